@@ -1,0 +1,1 @@
+"""Store backends. Each module implements `agentfold.store.EventStore` for one kind of storage."""

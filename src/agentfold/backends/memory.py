@@ -1,0 +1,167 @@
+"""`memory://`: a complete store in process memory, for tests and for trying things out.
+
+It is a real implementation that passes the same conformance suite as the durable backends; it only forgets
+everything when the process ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from agentfold.encoding import EncodedEvent, decode_object
+from agentfold.errors import DuplicateEventId, WrongExpectedVersion
+from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.store import EventStore
+
+
+class _IdRecord:
+    __slots__ = ("batch_first", "batch_last", "stream_id", "version")
+
+    def __init__(self, stream_id: str, version: int, batch_first: int, batch_last: int) -> None:
+        self.stream_id = stream_id
+        self.version = version
+        self.batch_first = batch_first
+        self.batch_last = batch_last
+
+
+def check_expected(stream_id: str, expected: ExpectedVersion, current: int) -> None:
+    """Raise `WrongExpectedVersion` unless a stream at `current` satisfies `expected`."""
+    if expected is ANY:
+        return
+    if expected is NO_STREAM:
+        ok = current == 0
+    elif expected is STREAM_EXISTS:
+        ok = current > 0
+    else:
+        ok = current == expected
+    if not ok:
+        raise WrongExpectedVersion(stream_id, expected, current)
+
+
+class MemoryStore(EventStore):
+    """Events in lists and dicts; every append runs without yielding to the event loop, so it is atomic."""
+
+    scheme = "memory"
+
+    def __init__(self, max_event_size: int | None = None) -> None:
+        super().__init__()
+        if max_event_size is not None:
+            self.max_event_size = max_event_size
+        self._log: list[RecordedEvent] = []
+        self._streams: dict[str, list[RecordedEvent]] = {}
+        self._ids: dict[str, _IdRecord] = {}
+        self._appended = asyncio.Event()
+
+    async def _append(
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
+    ) -> AppendResult:
+        stream = self._streams.get(stream_id)
+        current = len(stream) if stream else 0
+        retry = self._find_retry(stream_id, events)
+        if retry is not None:
+            return retry
+        check_expected(stream_id, expected_version, current)
+        if stream is None:
+            stream = self._streams[stream_id] = []
+        now = time.time_ns() // 1000
+        first = current + 1
+        last = current + len(events)
+        for offset, event in enumerate(events):
+            recorded = RecordedEvent(
+                stream_id,
+                first + offset,
+                len(self._log) + 1,
+                event.type,
+                decode_object(event.data),
+                decode_object(event.metadata),
+                event.id,
+                now,
+            )
+            self._log.append(recorded)
+            stream.append(recorded)
+            self._ids[event.id] = _IdRecord(stream_id, first + offset, first, last)
+        self._appended.set()
+        self._appended = asyncio.Event()
+        return AppendResult(last, len(self._log))
+
+    def _find_retry(self, stream_id: str, events: list[EncodedEvent]) -> AppendResult | None:
+        records = [self._ids.get(event.id) for event in events]
+        if all(record is None for record in records):
+            return None
+        first = records[0]
+        for event, record in zip(events, records, strict=True):
+            if record is None:
+                raise DuplicateEventId(
+                    next(e.id for e, r in zip(events, records, strict=True) if r is not None),
+                    stream_id,
+                    "only part of this batch was appended before; a retry must repeat the whole original batch",
+                )
+            if record.stream_id != stream_id:
+                raise DuplicateEventId(event.id, stream_id, f"already appended to stream {record.stream_id!r}")
+        assert first is not None
+        expected_versions = range(first.version, first.version + len(events))
+        if (
+            first.batch_first != first.version
+            or first.batch_last != first.version + len(events) - 1
+            or [record.version for record in records if record] != list(expected_versions)
+        ):
+            raise DuplicateEventId(
+                events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
+            )
+        last_event = self._streams[stream_id][first.batch_last - 1]
+        return AppendResult(last_event.version, last_event.position)
+
+    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
+        stream = self._streams.get(stream_id)
+        if not stream:
+            return []
+        return stream[after_version : after_version + limit]
+
+    async def _read_all_page(
+        self,
+        after_position: int,
+        limit: int,
+        types: tuple[str, ...] | None,
+        stream_prefix: str | None,
+    ) -> tuple[list[RecordedEvent], int]:
+        scanned = self._log[after_position : after_position + limit]
+        if not scanned:
+            return [], after_position
+        matching = [
+            event
+            for event in scanned
+            if (types is None or event.type in types)
+            and (stream_prefix is None or event.stream_id.startswith(stream_prefix))
+        ]
+        return matching, scanned[-1].position
+
+    async def stream_version(self, stream_id: str) -> int:
+        self._check_open()
+        stream = self._streams.get(stream_id)
+        return len(stream) if stream else 0
+
+    async def head_position(self) -> int:
+        self._check_open()
+        return len(self._log)
+
+    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+        if len(self._log) > after_position:
+            return
+        try:
+            await asyncio.wait_for(self._appended.wait(), timeout)
+        except TimeoutError:
+            return
+
+    async def _close(self) -> None:
+        self._appended.set()
+
+
+async def open_store(url: str, **options: Any) -> MemoryStore:
+    """Open a fresh, empty memory store (each call is independent)."""
+    from agentfold.connect import split_options
+
+    query = split_options(url)
+    size = options.get("max_event_size", query.get("max_event_size"))
+    return MemoryStore(max_event_size=int(size) if size is not None else None)

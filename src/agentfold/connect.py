@@ -1,0 +1,90 @@
+"""Open a store from a URL. Backends are looked up by scheme and imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+from agentfold.errors import InvalidURL
+from agentfold.store import EventStore
+
+# scheme -> "module:factory". The factory is `async def open(url: str, options: dict[str, str]) -> EventStore`.
+BACKENDS: Final[dict[str, str]] = {
+    "memory": "agentfold.backends.memory:open_store",
+    "sqlite": "agentfold.backends.sqlite:open_store",
+    "postgresql": "agentfold.backends.postgres:open_store",
+    "postgres": "agentfold.backends.postgres:open_store",
+    "redis": "agentfold.backends.redis:open_store",
+}
+
+_SECRET = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
+def redact(url: str) -> str:
+    """`url` with any password replaced by `***`, safe to print or log."""
+    return _SECRET.sub(r"\1***@", url)
+
+
+def split_options(url: str) -> dict[str, str]:
+    """The query options of a store URL; a repeated option is an error."""
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True, strict_parsing=False):
+        if key in options:
+            raise InvalidURL(f"option {key!r} is given twice in {redact(url)}")
+        options[key] = value
+    return options
+
+
+async def _open(url: str, **options: Any) -> EventStore:
+    if not isinstance(url, str):
+        raise InvalidURL(f"a store URL must be a str, got {type(url).__name__}")
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    target = BACKENDS.get(scheme)
+    if target is None:
+        supported = ", ".join(f"{name}://" for name in BACKENDS)
+        raise InvalidURL(f"unknown store URL {redact(url)!r}: supported schemes are {supported}")
+    module_name, factory_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        extra = "postgres" if scheme.startswith("postgres") else scheme
+        raise InvalidURL(
+            f"the {scheme}:// backend needs an extra: pip install 'agentfold[{extra}]' ({error})"
+        ) from None
+    factory = getattr(module, factory_name)
+    store: EventStore = await factory(url, **options)
+    return store
+
+
+class _Connecting:
+    """What `connect` returns: await it for a store, or use it as `async with` to close the store afterwards."""
+
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        self._url = url
+        self._options = options
+        self._store: EventStore | None = None
+
+    def __await__(self) -> Generator[Any, None, EventStore]:
+        return _open(self._url, **self._options).__await__()
+
+    async def __aenter__(self) -> EventStore:
+        self._store = await _open(self._url, **self._options)
+        return self._store
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+
+def connect(url: str, **options: Any) -> _Connecting:
+    """Open the store at `url`: ``memory://``, ``sqlite:///path``, ``postgresql://…``, ``redis://…``.
+
+    Keyword options override URL query options (e.g. ``max_event_size=…``, ``synchronous="NORMAL"``).
+    """
+    return _Connecting(url, options)

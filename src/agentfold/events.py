@@ -1,0 +1,106 @@
+"""The event types every store speaks: what callers append and what readers get back."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+
+# Metadata keys with a meaning of their own. Any other key is the caller's.
+AGENT_ID: Final = "agent_id"
+WORKFLOW_ID: Final = "workflow_id"
+CORRELATION_ID: Final = "correlation_id"
+CAUSATION_ID: Final = "causation_id"
+
+
+class StreamState(enum.Enum):
+    """Symbolic expected versions for `append`."""
+
+    ANY = "any"
+    """Append whatever the stream's version is."""
+    NO_STREAM = "no_stream"
+    """Append only if the stream has no events (the same as expected version 0)."""
+    STREAM_EXISTS = "stream_exists"
+    """Append only if the stream has at least one event."""
+
+
+ANY: Final = StreamState.ANY
+NO_STREAM: Final = StreamState.NO_STREAM
+STREAM_EXISTS: Final = StreamState.STREAM_EXISTS
+
+ExpectedVersion = StreamState | int
+"""`ANY`, `NO_STREAM`, `STREAM_EXISTS`, or the stream's exact current version (0: no stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append. `data` and `metadata` are JSON objects.
+
+    `id` identifies the event forever: appending the same ids again is an idempotent retry. When absent, a random
+    UUID is chosen now, so retrying the same `NewEvent` object is idempotent too.
+    """
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = None
+    id: uuid.UUID = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            object.__setattr__(self, "id", uuid.uuid4())
+        elif isinstance(self.id, str):
+            try:
+                object.__setattr__(self, "id", uuid.UUID(self.id))
+            except ValueError:
+                from agentfold.errors import InvalidInput
+
+                raise InvalidInput(f"event id {self.id!r} is not a UUID") from None
+        elif not isinstance(self.id, uuid.UUID):
+            from agentfold.errors import InvalidInput
+
+            raise InvalidInput(f"event id must be a UUID, got {type(self.id).__name__}")
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as stored: its stream, its place in the stream and in the whole store, and when it was written.
+
+    `version` is 1-based within the stream; `position` is global and only increases, and the order readers see is
+    final (no event ever appears later below a position already read).
+    """
+
+    stream_id: str
+    version: int
+    position: int
+    type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    _id: str
+    _recorded_at_us: int
+
+    @property
+    def id(self) -> uuid.UUID:
+        """The event's id, as given at append time."""
+        return uuid.UUID(self._id)
+
+    @property
+    def recorded_at(self) -> datetime:
+        """When the event was written (UTC)."""
+        return datetime.fromtimestamp(self._recorded_at_us / 1_000_000, UTC)
+
+    @property
+    def recorded_at_us(self) -> int:
+        """When the event was written, in microseconds since the Unix epoch (UTC)."""
+        return self._recorded_at_us
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """Where the last event of an append landed."""
+
+    version: int
+    """The stream's version after the append (the version of its last event)."""
+    position: int
+    """The global position of the append's last event."""

@@ -1,0 +1,227 @@
+"""The one store interface every backend implements.
+
+The public methods here validate input and page through results; a backend supplies a few narrow hooks that do the
+I/O (`_append`, `_read_stream_page`, `_read_all_page`, `stream_version`, `head_position`, `_wait_for_append`,
+`_close`). The core never imports a backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Final, Self
+
+from agentfold.encoding import (
+    DEFAULT_MAX_EVENT_SIZE,
+    EncodedEvent,
+    check_event_type,
+    check_expected_version,
+    check_stream_id,
+    encode_events,
+)
+from agentfold.errors import InvalidInput, StoreClosed
+from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+
+DEFAULT_PAGE_SIZE: Final = 1000
+
+
+class EventStore(abc.ABC):
+    """An append-only log of events, grouped into streams, in one global order.
+
+    Guarantees, on every backend:
+
+    - `append` is atomic: all events of one call are written, or none.
+    - `expected_version` is checked in the same step as the write, so two writers expecting the same version never
+      both succeed.
+    - Appending events whose ids were all written by one earlier call, in the same order to the same stream, returns
+      that call's `AppendResult` and writes nothing (idempotent retry, also after a restart).
+    - The order `read_all` shows is final: a reader never sees a position and later finds a smaller one filled in.
+    """
+
+    scheme: str = ""
+    max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    page_size: int = DEFAULT_PAGE_SIZE
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    # -- public API ----------------------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append `events` to `stream_id` atomically and return where the last one landed.
+
+        Raises `WrongExpectedVersion` (nothing written) when the stream is not at `expected_version`;
+        `DuplicateEventId` when an id was already used other than by an exact retry of its append; an
+        `InvalidInput` subclass for bad arguments, before any I/O.
+        """
+        self._check_open()
+        check_stream_id(stream_id)
+        expected = check_expected_version(expected_version)
+        encoded = encode_events(events, self.max_event_size)
+        return await self._append(stream_id, encoded, expected)
+
+    async def read_stream(
+        self, stream_id: str, after_version: int = 0, limit: int | None = None
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield the events of one stream with a version above `after_version`, in version order."""
+        async for page in self.read_stream_pages(stream_id, after_version, limit):
+            for event in page:
+                yield event
+
+    async def read_stream_pages(
+        self, stream_id: str, after_version: int = 0, limit: int | None = None
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Like `read_stream`, one list per round trip: the fast path for folds."""
+        self._check_open()
+        check_stream_id(stream_id)
+        after = _check_counter(after_version, "after_version")
+        remaining = _check_limit(limit)
+        while remaining is None or remaining > 0:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            page = await self._read_stream_page(stream_id, after, size)
+            if not page:
+                return
+            yield page
+            if remaining is not None:
+                remaining -= len(page)
+            if len(page) < size:
+                return
+            after = page[-1].version
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield every event with a global position above `after_position`, in position order.
+
+        `types` keeps only events of those types; `stream_prefix` only streams whose id starts with it.
+        """
+        async for page in self.read_all_pages(after_position, types, stream_prefix, limit):
+            for event in page:
+                yield event
+
+    async def read_all_pages(
+        self,
+        after_position: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Like `read_all`, one list per round trip."""
+        self._check_open()
+        after = _check_counter(after_position, "after_position")
+        type_filter = _check_types(types)
+        prefix = _check_prefix(stream_prefix)
+        remaining = _check_limit(limit)
+        while remaining is None or remaining > 0:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            page, scanned_to = await self._read_all_page(after, size, type_filter, prefix)
+            if page:
+                yield page
+                if remaining is not None:
+                    remaining -= len(page)
+            if scanned_to <= after:
+                return
+            after = scanned_to
+
+    @abc.abstractmethod
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's current version: the version of its last event, 0 when it has none."""
+
+    @abc.abstractmethod
+    async def head_position(self) -> int:
+        """The global position of the last event in the store, 0 when it is empty."""
+
+    async def close(self) -> None:
+        """Release connections and threads. Calling it twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- backend hooks -------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _append(
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
+    ) -> AppendResult:
+        """Write validated events atomically, enforcing expected version and id idempotency in the same step."""
+
+    @abc.abstractmethod
+    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
+        """At most `limit` events of the stream above `after_version`, in version order."""
+
+    @abc.abstractmethod
+    async def _read_all_page(
+        self,
+        after_position: int,
+        limit: int,
+        types: tuple[str, ...] | None,
+        stream_prefix: str | None,
+    ) -> tuple[list[RecordedEvent], int]:
+        """Scan at most `limit` positions above `after_position`; return the matching events and the last position
+        scanned (equal to `after_position` when nothing is there). Positions returned must be final: nothing may
+        later appear at or below the scanned position."""
+
+    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+        """Return when an event above `after_position` may exist, or after `timeout` seconds.
+
+        A hint only: callers re-read. The default polls; backends with push override it.
+        """
+        await asyncio.sleep(min(timeout, 0.05))
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Release the backend's resources."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"the {self.scheme or 'event'} store is closed")
+
+
+def _check_counter(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise InvalidInput(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _check_limit(limit: object) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInput(f"limit must be None or an int >= 0, got {limit!r}")
+    return limit
+
+
+def _check_types(types: Sequence[str] | None) -> tuple[str, ...] | None:
+    if types is None:
+        return None
+    if isinstance(types, str):
+        raise InvalidInput("types must be a list of event types, not a str")
+    return tuple(check_event_type(event_type) for event_type in types)
+
+
+def _check_prefix(prefix: str | None) -> str | None:
+    if prefix is None or prefix == "":
+        return None
+    return check_stream_id(prefix)
