@@ -188,6 +188,31 @@ class EventStore(abc.ABC):
         """
         await asyncio.sleep(min(timeout, 0.05))
 
+    # Records kept beside the log. They never change the event log itself.
+
+    @abc.abstractmethod
+    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
+        """The latest snapshot saved under `name` for the stream: (version it covers, encoded state), or None."""
+
+    @abc.abstractmethod
+    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
+        """Keep `state` as the snapshot `name` of the stream at `version`, unless a newer one is already kept."""
+
+    @abc.abstractmethod
+    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+        """Delete the stream's events with a version below `before_version` and return how many went.
+
+        The stream's version, the other streams and every position stay as they were.
+        """
+
+    @abc.abstractmethod
+    async def _load_checkpoint(self, name: str) -> int | None:
+        """The position last saved under the subscriber `name`, or None."""
+
+    @abc.abstractmethod
+    async def _save_checkpoint(self, name: str, position: int) -> None:
+        """Remember `position` for the subscriber `name`."""
+
     @abc.abstractmethod
     async def _close(self) -> None:
         """Release the backend's resources."""

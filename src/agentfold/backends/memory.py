@@ -49,16 +49,20 @@ class MemoryStore(EventStore):
         super().__init__()
         if max_event_size is not None:
             self.max_event_size = max_event_size
-        self._log: list[RecordedEvent] = []
+        self._log: list[RecordedEvent | None] = []  # None where an event was trimmed
+        self._log_positions: dict[tuple[str, int], int] = {}  # (stream, last version of a batch) -> position
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._ids: dict[str, _IdRecord] = {}
         self._appended = asyncio.Event()
+        self._snapshots: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self._checkpoints: dict[str, int] = {}
+        self._trimmed: dict[str, int] = {}
 
     async def _append(
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
         stream = self._streams.get(stream_id)
-        current = len(stream) if stream else 0
+        current = self._version(stream_id)
         retry = self._find_retry(stream_id, events)
         if retry is not None:
             return retry
@@ -82,6 +86,7 @@ class MemoryStore(EventStore):
             self._log.append(recorded)
             stream.append(recorded)
             self._ids[event.id] = _IdRecord(stream_id, first + offset, first, last)
+        self._log_positions[(stream_id, last)] = len(self._log)
         self._appended.set()
         self._appended = asyncio.Event()
         return AppendResult(last, len(self._log))
@@ -110,14 +115,15 @@ class MemoryStore(EventStore):
             raise DuplicateEventId(
                 events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
             )
-        last_event = self._streams[stream_id][first.batch_last - 1]
-        return AppendResult(last_event.version, last_event.position)
+        last_event = self._log_positions[(stream_id, first.batch_last)]
+        return AppendResult(first.batch_last, last_event)
 
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
         stream = self._streams.get(stream_id)
         if not stream:
             return []
-        return stream[after_version : after_version + limit]
+        start = max(0, after_version - self._trimmed.get(stream_id, 0))
+        return stream[start : start + limit]
 
     async def _read_all_page(
         self,
@@ -132,15 +138,19 @@ class MemoryStore(EventStore):
         matching = [
             event
             for event in scanned
-            if (types is None or event.type in types)
+            if event is not None
+            and (types is None or event.type in types)
             and (stream_prefix is None or event.stream_id.startswith(stream_prefix))
         ]
-        return matching, scanned[-1].position
+        return matching, after_position + len(scanned)
 
     async def stream_version(self, stream_id: str) -> int:
         self._check_open()
+        return self._version(stream_id)
+
+    def _version(self, stream_id: str) -> int:
         stream = self._streams.get(stream_id)
-        return len(stream) if stream else 0
+        return self._trimmed.get(stream_id, 0) + len(stream) if stream is not None else 0
 
     async def head_position(self) -> int:
         self._check_open()
@@ -153,6 +163,32 @@ class MemoryStore(EventStore):
             await asyncio.wait_for(self._appended.wait(), timeout)
         except TimeoutError:
             return
+
+    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
+        return self._snapshots.get((stream_id, name))
+
+    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
+        kept = self._snapshots.get((stream_id, name))
+        if kept is None or kept[0] <= version:
+            self._snapshots[(stream_id, name)] = (version, state)
+
+    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+        stream = self._streams.get(stream_id)
+        if not stream:
+            return 0
+        trimmed = self._trimmed.get(stream_id, 0)
+        count = max(0, min(before_version - 1 - trimmed, len(stream)))
+        for event in stream[:count]:
+            self._log[event.position - 1] = None
+        del stream[:count]
+        self._trimmed[stream_id] = trimmed + count
+        return count
+
+    async def _load_checkpoint(self, name: str) -> int | None:
+        return self._checkpoints.get(name)
+
+    async def _save_checkpoint(self, name: str, position: int) -> None:
+        self._checkpoints[name] = position
 
     async def _close(self) -> None:
         self._appended.set()

@@ -1,0 +1,128 @@
+"""The backends the conformance suite runs on, and how each test gets an isolated store of its own.
+
+A backend whose module does not exist yet is left out. A backend whose server cannot be reached skips its tests,
+except under CI=true, where a missing service is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PG_URL = os.environ.get("AGENTFOLD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AGENTFOLD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    module: str
+    make_url: Callable[[Path], str]
+    """A fresh, isolated store URL for one test (own file, schema or key prefix)."""
+    cleanup: Callable[[str], None]
+    """Remove what `make_url`'s store left behind."""
+    durable: bool
+    """Data survives closing and reopening the store (and other processes see it)."""
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+
+def _no_cleanup(url: str) -> None:
+    return None
+
+
+def _sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / f'store-{uuid.uuid4().hex[:8]}.db'}"
+
+
+def _pg_url(tmp_path: Path) -> str:
+    return f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema=t_{uuid.uuid4().hex[:12]}"
+
+
+def _pg_cleanup(url: str) -> None:
+    import psycopg
+
+    schema = url.rsplit("schema=", 1)[1].split("&")[0]
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _redis_url(tmp_path: Path) -> str:
+    return f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix=t{uuid.uuid4().hex[:12]}"
+
+
+def _redis_cleanup(url: str) -> None:
+    import redis
+
+    prefix = url.rsplit("prefix=", 1)[1].split("&")[0]
+    client = redis.Redis.from_url(REDIS_URL.split("?")[0])
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+BACKENDS: list[Backend] = [
+    Backend("memory", "agentfold.backends.memory", lambda tmp_path: "memory://", _no_cleanup, durable=False),
+    Backend("sqlite", "agentfold.backends.sqlite", _sqlite_url, _no_cleanup, durable=True),
+    Backend("postgres", "agentfold.backends.postgres", _pg_url, _pg_cleanup, durable=True),
+    Backend("redis", "agentfold.backends.redis", _redis_url, _redis_cleanup, durable=True),
+]
+
+AVAILABLE = [backend for backend in BACKENDS if backend.available()]
+DURABLE = [backend for backend in AVAILABLE if backend.durable]
+
+
+def require_service(backend: Backend) -> None:
+    """Skip (or, under CI=true, fail) when the backend's server is not reachable."""
+    if backend.name == "postgres":
+        _require(_pg_reachable, f"PostgreSQL at {PG_URL}")
+    elif backend.name == "redis":
+        _require(_redis_reachable, f"Redis at {REDIS_URL}")
+
+
+def _require(check: Callable[[], bool], what: str) -> None:
+    if check():
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is not reachable, and under CI=true backend tests never skip")
+    pytest.skip(f"{what} is not reachable")
+
+
+def _pg_reachable() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL.split("?")[0], connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+def _redis_reachable() -> bool:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL.split("?")[0], socket_connect_timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def run(coroutine: object) -> object:
+    """Run a coroutine to completion from synchronous test code."""
+    return asyncio.run(coroutine)  # type: ignore[arg-type]
