@@ -1,0 +1,21 @@
+"""The `agentfold` command. Each sub-command lives in its own module and registers itself on `main`."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+DEFAULT_STORE = "sqlite:///agentfold.db"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="agentfold")
+def main() -> None:
+    """Durable, event-sourced state for multi-agent systems."""
+
+
+# Sub-command modules, imported for their registration on `main`.
+COMMANDS = ("agentfold.cli.bench", "agentfold.cli.demo")
+for _module in COMMANDS:
+    importlib.import_module(_module)

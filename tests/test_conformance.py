@@ -1,0 +1,561 @@
+"""The conformance suite: every backend proves the same guarantees through the public store API."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import agentfold
+from agentfold import ANY, NO_STREAM, STREAM_EXISTS, NewEvent
+from agentfold.errors import (
+    DuplicateEventId,
+    EventTooLarge,
+    InvalidEventData,
+    InvalidEventType,
+    InvalidExpectedVersion,
+    InvalidInput,
+    InvalidStreamId,
+    InvalidURL,
+    StoreClosed,
+    WrongExpectedVersion,
+)
+from agentfold.store import EventStore
+
+
+def events(count: int, event_type: str = "Happened", **data: Any) -> list[NewEvent]:
+    return [NewEvent(event_type, {"n": index, **data}) for index in range(count)]
+
+
+async def stream_list(store: EventStore, stream_id: str, after_version: int = 0) -> list[agentfold.RecordedEvent]:
+    return [event async for event in store.read_stream(stream_id, after_version=after_version)]
+
+
+async def all_list(store: EventStore, **filters: Any) -> list[agentfold.RecordedEvent]:
+    return [event async for event in store.read_all(**filters)]
+
+
+# -- appending and reading ----------------------------------------------------------------------------------------
+
+
+async def test_append_then_read_back(store: EventStore) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    new = [
+        NewEvent("OrderPlaced", {"order_id": 42, "items": [{"sku": "a", "qty": 2}]}, {"agent_id": "intake"}),
+        NewEvent("OrderPaid", {"amount": 12.5, "currency": "EUR", "note": "déjà vu ✓"}),
+    ]
+    result = await store.append("order-42", new, expected_version=NO_STREAM)
+    assert result.version == 2
+    assert result.position >= 2
+
+    read = await stream_list(store, "order-42")
+    assert [event.type for event in read] == ["OrderPlaced", "OrderPaid"]
+    assert [event.version for event in read] == [1, 2]
+    assert [event.id for event in read] == [event.id for event in new]
+    assert read[0].data == {"order_id": 42, "items": [{"sku": "a", "qty": 2}]}
+    assert read[0].metadata == {"agent_id": "intake"}
+    assert read[1].metadata == {}
+    assert read[1].data["note"] == "déjà vu ✓"
+    assert read[1].position == result.position
+    assert read[0].position < read[1].position
+    assert all(event.stream_id == "order-42" for event in read)
+    assert all(before <= event.recorded_at <= datetime.now(UTC) + timedelta(seconds=5) for event in read)
+    assert read[0].recorded_at.tzinfo is not None
+    assert await store.stream_version("order-42") == 2
+    assert await store.head_position() == result.position
+
+
+async def test_missing_stream_has_version_zero_and_no_events(store: EventStore) -> None:
+    assert await store.stream_version("nobody") == 0
+    assert await stream_list(store, "nobody") == []
+    assert await store.head_position() == 0
+    assert await all_list(store) == []
+
+
+async def test_read_stream_after_version_and_limit(store: EventStore) -> None:
+    await store.append("s", events(10))
+    assert [event.version for event in await stream_list(store, "s", after_version=7)] == [8, 9, 10]
+    limited = [event.version async for event in store.read_stream("s", after_version=2, limit=3)]
+    assert limited == [3, 4, 5]
+    assert await stream_list(store, "s", after_version=10) == []
+
+
+async def test_reads_page_through_long_streams(store: EventStore) -> None:
+    store.page_size = 7
+    await store.append("long", events(30))
+    await store.append("other", events(5))
+    await store.append("long", events(20))
+    assert [event.version for event in await stream_list(store, "long")] == list(range(1, 51))
+    positions = [event.position for event in await all_list(store)]
+    assert len(positions) == 55
+    assert positions == sorted(set(positions))
+    pages = [page async for page in store.read_stream_pages("long")]
+    assert all(len(page) <= 7 for page in pages)
+    assert sum(len(page) for page in pages) == 50
+
+
+async def test_read_all_in_global_order_with_filters(store: EventStore) -> None:
+    await store.append("order-1", [NewEvent("OrderPlaced", {"n": 1})])
+    await store.append("user-1", [NewEvent("UserJoined", {"n": 2})])
+    await store.append("order-2", [NewEvent("OrderPlaced", {"n": 3}), NewEvent("OrderPaid", {"n": 4})])
+    await store.append("order-1", [NewEvent("OrderPaid", {"n": 5})])
+
+    everything = await all_list(store)
+    assert [event.data["n"] for event in everything] == [1, 2, 3, 4, 5]
+    assert [event.position for event in everything] == sorted(event.position for event in everything)
+
+    paid = await all_list(store, types=["OrderPaid"])
+    assert [event.data["n"] for event in paid] == [4, 5]
+    orders = await all_list(store, stream_prefix="order-")
+    assert [event.data["n"] for event in orders] == [1, 3, 4, 5]
+    both = await all_list(store, types=["OrderPlaced"], stream_prefix="order-2")
+    assert [event.data["n"] for event in both] == [3]
+    after = await all_list(store, after_position=everything[2].position)
+    assert [event.data["n"] for event in after] == [4, 5]
+    limited = await all_list(store, limit=2)
+    assert [event.data["n"] for event in limited] == [1, 2]
+
+
+async def test_filtered_read_all_pages_past_many_non_matching_events(store: EventStore) -> None:
+    store.page_size = 5
+    await store.append("noise", events(23, "Noise"))
+    await store.append("signal", [NewEvent("Signal", {"n": 1})])
+    found = await all_list(store, types=["Signal"])
+    assert [event.stream_id for event in found] == ["signal"]
+
+
+# -- expected version ---------------------------------------------------------------------------------------------
+
+
+async def test_expected_version_no_stream(store: EventStore) -> None:
+    await store.append("s", events(1), expected_version=NO_STREAM)
+    with pytest.raises(WrongExpectedVersion) as caught:
+        await store.append("s", events(1), expected_version=NO_STREAM)
+    assert caught.value.stream_id == "s"
+    assert caught.value.expected is NO_STREAM
+    assert caught.value.actual == 1
+    assert await store.stream_version("s") == 1
+
+
+async def test_expected_version_zero_means_no_stream(store: EventStore) -> None:
+    await store.append("s", events(1), expected_version=0)
+    with pytest.raises(WrongExpectedVersion):
+        await store.append("s", events(1), expected_version=0)
+
+
+async def test_expected_version_stream_exists(store: EventStore) -> None:
+    with pytest.raises(WrongExpectedVersion) as caught:
+        await store.append("s", events(1), expected_version=STREAM_EXISTS)
+    assert caught.value.actual == 0
+    assert await store.stream_version("s") == 0
+    await store.append("s", events(1))
+    result = await store.append("s", events(1), expected_version=STREAM_EXISTS)
+    assert result.version == 2
+
+
+async def test_expected_version_exact(store: EventStore) -> None:
+    await store.append("s", events(3), expected_version=0)
+    result = await store.append("s", events(2), expected_version=3)
+    assert result.version == 5
+    for wrong in (0, 3, 4, 6, 100):
+        with pytest.raises(WrongExpectedVersion) as caught:
+            await store.append("s", events(1), expected_version=wrong)
+        assert (caught.value.expected, caught.value.actual) == (wrong, 5)
+        assert "expected version" in str(caught.value)
+    assert await store.stream_version("s") == 5
+    assert len(await all_list(store)) == 5
+
+
+async def test_expected_version_any(store: EventStore) -> None:
+    await store.append("s", events(1), expected_version=ANY)
+    result = await store.append("s", events(1), expected_version=ANY)
+    assert result.version == 2
+
+
+async def test_sixteen_tasks_racing_on_one_stream_with_exact_versions(store: EventStore) -> None:
+    appends_per_task = 12
+    conflicts = 0
+
+    async def writer(task: int) -> None:
+        nonlocal conflicts
+        done = 0
+        while done < appends_per_task:
+            version = await store.stream_version("contended")
+            try:
+                await store.append(
+                    "contended", [NewEvent("Wrote", {"task": task, "n": done})], expected_version=version
+                )
+            except WrongExpectedVersion:
+                conflicts += 1
+                continue
+            done += 1
+
+    await asyncio.gather(*(writer(task) for task in range(16)))
+    read = await stream_list(store, "contended")
+    assert [event.version for event in read] == list(range(1, 16 * appends_per_task + 1))
+    written = sorted((event.data["task"], event.data["n"]) for event in read)
+    assert written == sorted((task, n) for task in range(16) for n in range(appends_per_task))
+    assert await store.stream_version("contended") == 16 * appends_per_task
+
+
+async def test_concurrent_appends_to_many_streams_get_unique_positions(store: EventStore) -> None:
+    results = await asyncio.gather(*(store.append(f"stream-{index % 8}", events(1 + index % 3)) for index in range(64)))
+    everything = await all_list(store)
+    positions = [event.position for event in everything]
+    assert positions == sorted(set(positions))
+    assert len(everything) == sum(1 + index % 3 for index in range(64))
+    assert {result.position for result in results} <= set(positions)
+    for stream in range(8):
+        versions = [event.version for event in await stream_list(store, f"stream-{stream}")]
+        assert versions == list(range(1, len(versions) + 1))
+
+
+# -- atomic batches -----------------------------------------------------------------------------------------------
+
+
+async def test_batch_is_atomic_when_one_event_is_bad(store: EventStore) -> None:
+    await store.append("s", events(1))
+    batch = [NewEvent("Ok", {"n": 1}), NewEvent("Ok", {"n": 2}), NewEvent("Bad", {"n": float("nan")})]
+    with pytest.raises(InvalidEventData):
+        await store.append("s", batch)
+    assert await store.stream_version("s") == 1
+    assert len(await all_list(store)) == 1
+
+
+async def test_batch_is_atomic_on_version_conflict(store: EventStore) -> None:
+    await store.append("s", events(2))
+    with pytest.raises(WrongExpectedVersion):
+        await store.append("s", events(50), expected_version=1)
+    assert await store.stream_version("s") == 2
+    assert len(await all_list(store)) == 2
+
+
+async def test_large_batch_gets_consecutive_versions_and_positions(store: EventStore) -> None:
+    result = await store.append("big", events(500))
+    read = await stream_list(store, "big")
+    assert result.version == 500
+    assert [event.version for event in read] == list(range(1, 501))
+    assert [event.position for event in read] == list(range(read[0].position, read[0].position + 500))
+
+
+# -- idempotent retry ---------------------------------------------------------------------------------------------
+
+
+async def test_retrying_the_same_batch_returns_the_original_result(store: EventStore) -> None:
+    batch = events(3)
+    first = await store.append("s", batch, expected_version=NO_STREAM)
+    await store.append("other", events(2))
+    await store.append("s", events(1))
+    again = await store.append("s", batch, expected_version=NO_STREAM)
+    assert again == first
+    assert await store.stream_version("s") == 4
+    assert len(await all_list(store)) == 6
+
+
+async def test_retry_with_fresh_objects_carrying_the_same_ids(store: EventStore) -> None:
+    ids = [uuid.uuid4() for _ in range(2)]
+    first = await store.append("s", [NewEvent("A", {"n": 1}, id=ids[0]), NewEvent("B", {"n": 2}, id=ids[1])])
+    again = await store.append("s", [NewEvent("A", {"n": 1}, id=str(ids[0])), NewEvent("B", {"n": 2}, id=ids[1])])
+    assert again == first
+    assert await store.stream_version("s") == 2
+
+
+async def test_single_event_retry_in_the_middle_of_a_stream(store: EventStore) -> None:
+    await store.append("s", events(2))
+    middle = events(1)
+    first = await store.append("s", middle)
+    await store.append("s", events(2))
+    assert await store.append("s", middle, expected_version=1) == first
+    assert await store.stream_version("s") == 5
+
+
+async def test_id_reused_on_another_stream_is_refused(store: EventStore) -> None:
+    batch = events(1)
+    await store.append("s", batch)
+    with pytest.raises(DuplicateEventId) as caught:
+        await store.append("t", batch)
+    assert caught.value.event_id == str(batch[0].id) or caught.value.event_id == batch[0].id
+    assert await store.stream_version("t") == 0
+
+
+async def test_partial_overlap_is_refused(store: EventStore) -> None:
+    batch = events(3)
+    await store.append("s", batch)
+    with pytest.raises(DuplicateEventId):
+        await store.append("s", [batch[0], *events(1)])
+    with pytest.raises(DuplicateEventId):
+        await store.append("s", [*events(1), batch[2]])
+    with pytest.raises(DuplicateEventId):
+        await store.append("s", batch[:2])
+    with pytest.raises(DuplicateEventId):
+        await store.append("s", batch[1:])
+    with pytest.raises(DuplicateEventId):
+        await store.append("s", [batch[1], batch[0], batch[2]])
+    with pytest.raises(DuplicateEventId):
+        await store.append("s", [*batch, *events(1)])
+    assert await store.stream_version("s") == 3
+    assert len(await all_list(store)) == 3
+
+
+async def test_two_single_appends_are_not_one_batch(store: EventStore) -> None:
+    first, second = events(1), events(1)
+    await store.append("s", first)
+    await store.append("s", second)
+    with pytest.raises(DuplicateEventId):
+        await store.append("s", [*first, *second])
+
+
+async def test_repeated_id_within_one_batch_is_refused(store: EventStore) -> None:
+    event = NewEvent("A", {})
+    with pytest.raises(InvalidInput):
+        await store.append("s", [event, event])
+    assert await store.stream_version("s") == 0
+
+
+async def test_concurrent_identical_retries_write_once(store: EventStore) -> None:
+    batch = events(2)
+    results = await asyncio.gather(
+        *(store.append("s", batch, expected_version=NO_STREAM) for _ in range(8)), return_exceptions=True
+    )
+    successes = [result for result in results if not isinstance(result, BaseException)]
+    assert successes, results
+    assert all(result == successes[0] for result in successes)
+    for failure in results:
+        if isinstance(failure, BaseException):
+            assert isinstance(failure, WrongExpectedVersion | DuplicateEventId), failure
+    assert await store.stream_version("s") == 2
+
+
+async def test_idempotency_and_data_survive_reopen(durable_url: str) -> None:
+    batch = events(3)
+    async with agentfold.connect(durable_url) as store:
+        first = await store.append("s", batch, expected_version=NO_STREAM)
+        await store._save_checkpoint("reader", 2)
+    async with agentfold.connect(durable_url) as store:
+        assert await store.append("s", batch, expected_version=NO_STREAM) == first
+        assert await store.stream_version("s") == 3
+        assert [event.data["n"] for event in await stream_list(store, "s")] == [0, 1, 2]
+        assert await store._load_checkpoint("reader") == 2
+        with pytest.raises(DuplicateEventId):
+            await store.append("t", batch[:1])
+
+
+# -- bad input ----------------------------------------------------------------------------------------------------
+
+
+def _cyclic() -> dict[str, Any]:
+    data: dict[str, Any] = {"a": []}
+    data["a"].append(data)
+    return data
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    current = data
+    for _ in range(levels):
+        current["x"] = {}
+        current = current["x"]
+    return data
+
+
+BAD_STREAM_IDS = ["", "x" * 201, "a\x00b", "a\nb", "tab\there", "\ud800", 42, None, b"bytes"]
+BAD_TYPES = ["", "T" * 201, "A\x00", "line\nbreak", "\udcff", 7, None]
+BAD_DATA: list[tuple[Any, type[Exception], str]] = [
+    ({"x": float("nan")}, InvalidEventData, "data.x"),
+    ({"x": [1, float("inf")]}, InvalidEventData, "data.x[1]"),
+    ({"x": {"y": -float("inf")}}, InvalidEventData, "data.x.y"),
+    ({"a": {"b": [1, object()]}}, InvalidEventData, "data.a.b[1]"),
+    ({"when": datetime.now(UTC)}, InvalidEventData, "data.when"),
+    ({"raw": b"bytes"}, InvalidEventData, "data.raw"),
+    ({"s": {1, 2}}, InvalidEventData, "data.s"),
+    ({1: "int key"}, InvalidEventData, "data"),
+    ({"text": "bad \udc80 surrogate"}, InvalidEventData, "data.text"),
+    (_cyclic(), InvalidEventData, "data.a[0]"),
+    (_deep(10_000), InvalidEventData, "data.x.x"),
+    (["not", "an", "object"], InvalidEventData, "data"),
+    ("string", InvalidEventData, "data"),
+    (None, InvalidEventData, "data"),
+]
+
+
+async def _assert_unchanged(store: EventStore, head: int) -> None:
+    assert await store.head_position() == head
+    assert await store.stream_version("victim") == 1
+
+
+@pytest.fixture
+async def seeded(store: EventStore) -> tuple[EventStore, int]:
+    result = await store.append("victim", events(1))
+    return store, result.position
+
+
+@pytest.mark.parametrize("stream_id", BAD_STREAM_IDS, ids=repr)
+async def test_bad_stream_ids_are_refused(seeded: tuple[EventStore, int], stream_id: Any) -> None:
+    store, head = seeded
+    with pytest.raises(InvalidStreamId) as caught:
+        await store.append(stream_id, events(1))
+    assert "stream id" in str(caught.value)
+    with pytest.raises(InvalidStreamId):
+        await stream_list(store, stream_id)
+    await _assert_unchanged(store, head)
+
+
+@pytest.mark.parametrize("event_type", BAD_TYPES, ids=repr)
+async def test_bad_event_types_are_refused(seeded: tuple[EventStore, int], event_type: Any) -> None:
+    store, head = seeded
+    with pytest.raises(InvalidEventType) as caught:
+        await store.append("victim", [NewEvent("Fine", {}), NewEvent(event_type, {})])
+    assert "event type" in str(caught.value)
+    await _assert_unchanged(store, head)
+
+
+@pytest.mark.parametrize(("data", "error", "path"), BAD_DATA, ids=[path for _, _, path in BAD_DATA])
+async def test_bad_data_is_refused_naming_the_path(
+    seeded: tuple[EventStore, int], data: Any, error: type[Exception], path: str
+) -> None:
+    store, head = seeded
+    with pytest.raises(error) as caught:
+        await store.append("victim", [NewEvent("Fine", {}), NewEvent("Bad", data)])
+    assert f"events[1].{path}" in str(caught.value)
+    if data is not None:  # metadata=None means "no metadata"
+        with pytest.raises(error):
+            await store.append("victim", [NewEvent("Bad", {}, metadata=data)])
+    await _assert_unchanged(store, head)
+
+
+async def test_oversized_events_are_refused(seeded: tuple[EventStore, int]) -> None:
+    store, head = seeded
+    with pytest.raises(EventTooLarge) as caught:
+        await store.append("victim", [NewEvent("Huge", {"blob": "x" * (1024 * 1024 + 1)})])
+    assert caught.value.limit == 1024 * 1024
+    await _assert_unchanged(store, head)
+
+
+async def test_event_size_limit_is_configurable(store_url: str) -> None:
+    async with agentfold.connect(store_url, max_event_size=100) as store:
+        await store.append("s", [NewEvent("Small", {"x": "y" * 50})])
+        with pytest.raises(EventTooLarge):
+            await store.append("s", [NewEvent("Big", {"x": "y" * 150})])
+        assert await store.stream_version("s") == 1
+
+
+@pytest.mark.parametrize("expected", [-1, "1", 1.5, True, None, 2**70, [1]], ids=repr)
+async def test_bad_expected_versions_are_refused(seeded: tuple[EventStore, int], expected: Any) -> None:
+    store, head = seeded
+    with pytest.raises(InvalidExpectedVersion):
+        await store.append("victim", events(1), expected_version=expected)
+    await _assert_unchanged(store, head)
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [[], "text", NewEvent("A", {}), [{"type": "A", "data": {}}], [NewEvent("A", {}), None], None, 5],
+    ids=repr,
+)
+async def test_bad_batches_are_refused(seeded: tuple[EventStore, int], batch: Any) -> None:
+    store, head = seeded
+    with pytest.raises(InvalidInput):
+        await store.append("victim", batch)
+    await _assert_unchanged(store, head)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"after_position": -1}, {"after_position": "0"}, {"types": "OrderPaid"}, {"types": [""]}, {"limit": -5}],
+    ids=repr,
+)
+async def test_bad_read_arguments_are_refused(seeded: tuple[EventStore, int], arguments: dict[str, Any]) -> None:
+    store, head = seeded
+    with pytest.raises(InvalidInput):
+        await all_list(store, **arguments)
+    with pytest.raises(InvalidInput):
+        await stream_list(store, "victim", after_version=-1)
+    await _assert_unchanged(store, head)
+
+
+def test_event_ids_must_be_uuids() -> None:
+    with pytest.raises(InvalidInput):
+        NewEvent("A", {}, id="not-a-uuid")
+    with pytest.raises(InvalidInput):
+        NewEvent("A", {}, id=12345)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["mysql://root@localhost/db", "sqlite", "", "ftp://x", "memory:/"], ids=repr)
+async def test_unknown_url_schemes_list_the_supported_ones(url: str) -> None:
+    with pytest.raises(InvalidURL) as caught:
+        await agentfold.connect(url)
+    assert "memory://" in str(caught.value)
+    assert "sqlite://" in str(caught.value)
+
+
+async def test_password_never_appears_in_url_errors() -> None:
+    with pytest.raises(InvalidURL) as caught:
+        await agentfold.connect("mysql://admin:hunter2@db.example/prod")
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_closed_store_refuses_work(store_url: str) -> None:
+    store = await agentfold.connect(store_url)
+    await store.append("s", events(1))
+    await store.close()
+    await store.close()
+    with pytest.raises(StoreClosed):
+        await store.append("s", events(1))
+    with pytest.raises(StoreClosed):
+        await stream_list(store, "s")
+    with pytest.raises(StoreClosed):
+        await store.stream_version("s")
+
+
+# -- records beside the log ---------------------------------------------------------------------------------------
+
+
+async def test_snapshots_keep_the_newest(store: EventStore) -> None:
+    assert await store._load_snapshot("s", "totals") is None
+    await store._save_snapshot("s", "totals", 10, b'{"n":10}')
+    await store._save_snapshot("s", "totals", 5, b'{"n":5}')
+    assert await store._load_snapshot("s", "totals") == (10, b'{"n":10}')
+    await store._save_snapshot("s", "totals", 20, b'{"n":20}')
+    assert await store._load_snapshot("s", "totals") == (20, b'{"n":20}')
+    assert await store._load_snapshot("s", "other") is None
+    assert await store._load_snapshot("t", "totals") is None
+    assert await store.head_position() == 0
+
+
+async def test_trimming_keeps_versions_and_positions(store: EventStore) -> None:
+    await store.append("s", events(10))
+    await store.append("t", events(3))
+    head = await store.head_position()
+    assert await store._trim_stream("s", 4) == 3
+    assert await store._trim_stream("s", 4) == 0
+    assert await store.stream_version("s") == 10
+    assert [event.version for event in await stream_list(store, "s")] == list(range(4, 11))
+    assert [event.version for event in await stream_list(store, "s", after_version=5)] == list(range(6, 11))
+    assert len(await all_list(store)) == 10
+    assert await store.head_position() == head
+    result = await store.append("s", events(1), expected_version=10)
+    assert result.version == 11
+    assert result.position > head
+    assert await store._trim_stream("nobody", 5) == 0
+
+
+async def test_checkpoints(store: EventStore) -> None:
+    assert await store._load_checkpoint("emailer") is None
+    await store._save_checkpoint("emailer", 5)
+    await store._save_checkpoint("emailer", 9)
+    await store._save_checkpoint("other", 1)
+    assert await store._load_checkpoint("emailer") == 9
+    assert await store._load_checkpoint("other") == 1
+
+
+async def test_wait_for_append_returns_once_an_event_exists(store: EventStore) -> None:
+    await store._wait_for_append(0, 0.01)
+    head = await store.head_position()
+    waiter = asyncio.create_task(store._wait_for_append(head, 30))
+    await asyncio.sleep(0.05)
+    await store.append("s", events(1))
+    await asyncio.wait_for(waiter, 30)
+    assert await store.head_position() > head
