@@ -1,0 +1,74 @@
+"""Processes the cross-process tests start and kill: `python -m tests.procs writer|reader ...`.
+
+Each prints one line per fact the parent needs, flushed at once, so a SIGKILL loses nothing the parent was told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import agentfold
+from agentfold import ANY, NewEvent
+
+
+async def writer(url: str, name: str, appends: int, batch_size: int, tasks: int) -> None:
+    """`tasks` concurrent appenders, `appends` appends each (0: until killed), to streams `{name}-{task}`.
+
+    Before each append: `SEND stream [ids]`; after its acknowledgement: `ACK stream version position`.
+    """
+    async with agentfold.connect(url) as store:
+
+        async def run(task: int) -> None:
+            stream_id = f"{name}-{task}"
+            count = 0
+            while appends == 0 or count < appends:
+                batch = [
+                    NewEvent("Wrote", {"writer": name, "task": task, "n": count, "k": k}) for k in range(batch_size)
+                ]
+                print("SEND", stream_id, json.dumps([str(event.id) for event in batch]), flush=True)
+                result = await store.append(stream_id, batch, expected_version=ANY)
+                print("ACK", stream_id, result.version, result.position, flush=True)
+                count += 1
+
+        await asyncio.gather(*(run(task) for task in range(tasks)))
+    print("DONE", flush=True)
+
+
+async def reader(url: str, expected: int, deadline_seconds: float) -> None:
+    """Tail `read_all` from position 0 until `expected` events were seen; print every position as JSON."""
+    positions: list[int] = []
+    deadline = time.monotonic() + deadline_seconds
+    async with agentfold.connect(url) as store:
+        print("READY", flush=True)
+        after = 0
+        while len(positions) < expected and time.monotonic() < deadline:
+            got = False
+            async for page in store.read_all_pages(after_position=after):
+                for event in page:
+                    if event.position <= after:
+                        raise AssertionError(f"position {event.position} seen after {after}")
+                    positions.append(event.position)
+                    after = event.position
+                    got = True
+            if not got:
+                await store._wait_for_append(after, 0.2)
+    print("POSITIONS", json.dumps(positions), flush=True)
+
+
+def main() -> None:
+    command, url, *rest = sys.argv[1:]
+    if command == "writer":
+        name, appends, batch_size, tasks = rest
+        asyncio.run(writer(url, name, int(appends), int(batch_size), int(tasks)))
+    elif command == "reader":
+        expected, deadline = rest
+        asyncio.run(reader(url, int(expected), float(deadline)))
+    else:
+        raise SystemExit(f"unknown command {command!r}; use writer or reader")
+
+
+if __name__ == "__main__":
+    main()
