@@ -1,0 +1,65 @@
+"""`agentfold bench`: measure this machine, print a table, optionally write JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from agentfold.bench import BACKEND_NAMES, run
+from agentfold.cli import main
+
+UNITS = {"_per_s": "/s", "_ms": " ms"}
+
+
+@main.command()
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    type=click.Choice([*BACKEND_NAMES, "all"]),
+    default=["sqlite"],
+    show_default=True,
+    help="Backend to measure; repeat it, or say 'all'.",
+)
+@click.option("--url", "urls", multiple=True, help="Server URL for a backend, e.g. postgresql://user@host/db.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
+@click.option("--quick", is_flag=True, help="Shorter runs: rougher figures.")
+def bench(backends: tuple[str, ...], urls: tuple[str, ...], json_path: Path | None, quick: bool) -> None:
+    """Measure appends, reads and folds, beside the bare driver of the same backend."""
+    console = Console(stderr=True)
+    chosen = list(BACKEND_NAMES) if "all" in backends else list(dict.fromkeys(backends))
+    base_urls: dict[str, str] = {}
+    for url in urls:
+        scheme = url.split("://", 1)[0]
+        base_urls["postgres" if scheme.startswith("postgres") else scheme] = url
+    with console.status("measuring") as status:
+        results = asyncio.run(run(chosen, base_urls, quick, progress=lambda text: status.update(text)))
+    Console().print(_table(results))
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"figures written to {json_path}")
+
+
+def _table(results: dict[str, Any]) -> Table:
+    table = Table(title=f"agentfold bench ({results['environment']['cpus']} CPUs)")
+    table.add_column("backend")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for backend, result in results["backends"].items():
+        for name, value in result["figures"].items():
+            table.add_row(backend, name, _format(name, value))
+    return table
+
+
+def _format(name: str, value: float) -> str:
+    if name.endswith("_per_s"):
+        return f"{value:,.0f}"
+    if name.endswith("_ms") or "_ms_" in name:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
