@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Final, Self
 
@@ -23,6 +23,7 @@ from agentfold.encoding import (
 )
 from agentfold.errors import InvalidInput, StoreClosed
 from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+from agentfold.subscription import Subscription, check_subscription_name
 
 DEFAULT_PAGE_SIZE: Final = 1000
 
@@ -69,7 +70,7 @@ class EventStore(abc.ABC):
 
     async def read_stream(
         self, stream_id: str, after_version: int = 0, limit: int | None = None
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncGenerator[RecordedEvent, None]:
         """Yield the events of one stream with a version above `after_version`, in version order."""
         async for page in self.read_stream_pages(stream_id, after_version, limit):
             for event in page:
@@ -77,7 +78,7 @@ class EventStore(abc.ABC):
 
     async def read_stream_pages(
         self, stream_id: str, after_version: int = 0, limit: int | None = None
-    ) -> AsyncIterator[list[RecordedEvent]]:
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
         """Like `read_stream`, one list per round trip: the fast path for folds."""
         self._check_open()
         check_stream_id(stream_id)
@@ -101,7 +102,7 @@ class EventStore(abc.ABC):
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         limit: int | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncGenerator[RecordedEvent, None]:
         """Yield every event with a global position above `after_position`, in position order.
 
         `types` keeps only events of those types; `stream_prefix` only streams whose id starts with it.
@@ -116,7 +117,7 @@ class EventStore(abc.ABC):
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         limit: int | None = None,
-    ) -> AsyncIterator[list[RecordedEvent]]:
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
         """Like `read_all`, one list per round trip."""
         self._check_open()
         after = _check_counter(after_position, "after_position")
@@ -133,6 +134,39 @@ class EventStore(abc.ABC):
             if scanned_to <= after:
                 return
             after = scanned_to
+
+    def subscribe(
+        self,
+        after_position: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        name: str | None = None,
+        page_size: int | None = None,
+    ) -> Subscription:
+        """Events after `after_position` (history, then live, with no gap or repeat at the switch), in order.
+
+        With `name`, resume after the position last acknowledged under that name (`await subscription.ack()`).
+        Use as ``async with store.subscribe(...) as subscription: async for event in subscription: ...``.
+        """
+        self._check_open()
+        return Subscription(
+            self,
+            _check_counter(after_position, "after_position"),
+            _check_types(types),
+            _check_prefix(stream_prefix),
+            check_subscription_name(name),
+            _check_limit(page_size) or self.page_size,
+        )
+
+    async def load_checkpoint(self, name: str) -> int | None:
+        """The position last saved under the subscriber `name`, or None."""
+        self._check_open()
+        return await self._load_checkpoint(_check_name(name))
+
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        """Remember `position` for the subscriber `name`."""
+        self._check_open()
+        await self._save_checkpoint(_check_name(name), _check_counter(position, "position"))
 
     @abc.abstractmethod
     async def stream_version(self, stream_id: str) -> int:
@@ -228,6 +262,14 @@ def _check_counter(value: object, name: str) -> int:
     if value < 0:
         raise InvalidInput(f"{name} must be >= 0, got {value}")
     return value
+
+
+def _check_name(name: object) -> str:
+    if name is None:
+        raise InvalidInput("a checkpoint needs a subscriber name")
+    checked = check_subscription_name(name)  # type: ignore[arg-type]
+    assert checked is not None
+    return checked
 
 
 def _check_limit(limit: object) -> int | None:
