@@ -1,0 +1,3 @@
+from agentfold.cli import main
+
+main()
