@@ -11,19 +11,53 @@ from agentfold.events import (
     RecordedEvent,
     StreamState,
 )
+from agentfold.projection import (
+    Folded,
+    HandlerFailed,
+    HistoryTrimmed,
+    InvalidProjection,
+    Projection,
+    ProjectionError,
+    TrimRefused,
+    TrimReport,
+    UnhandledEvent,
+    fold,
+    handles,
+    project,
+    save_snapshot,
+    trim,
+)
 from agentfold.store import EventStore
+from agentfold.upcasting import SCHEMA_VERSION, Upcasters, UpcastFailed
 
 __all__ = [
     "ANY",
     "NO_STREAM",
+    "SCHEMA_VERSION",
     "STREAM_EXISTS",
     "AppendResult",
     "EventStore",
     "ExpectedVersion",
+    "Folded",
+    "HandlerFailed",
+    "HistoryTrimmed",
+    "InvalidProjection",
     "NewEvent",
+    "Projection",
+    "ProjectionError",
     "RecordedEvent",
     "StreamState",
+    "TrimRefused",
+    "TrimReport",
+    "UnhandledEvent",
+    "UpcastFailed",
+    "Upcasters",
     "connect",
+    "fold",
+    "handles",
+    "project",
+    "save_snapshot",
+    "trim",
 ]
 
 __version__ = "0.1.0"

@@ -1,0 +1,604 @@
+"""Projections: state as a deterministic fold over one stream's events, with snapshots, time travel and trimming.
+
+A projection is pure code: an initial state and one handler per event type, declared with `@handles`::
+
+    class OrderProjection(Projection[OrderState]):
+        name = "order"
+        version = 1               # bump when the handlers change: older snapshots are then ignored
+        snapshot_every = 500      # save a snapshot once 500 events were folded past the last one
+
+        def initial(self) -> OrderState:
+            return OrderState()
+
+        @handles("ItemAdded")
+        def item_added(self, state: OrderState, event: RecordedEvent) -> OrderState:
+            return msgspec.structs.replace(state, items=state.items + 1)
+
+    state = await project(store, "order-42", OrderProjection)
+
+Guarantees:
+
+- Folding is deterministic: events are applied in version order, each exactly once, through the handler its type
+  maps to. Types without a handler are skipped, or raise `UnhandledEvent` when the projection is `strict`.
+- The result is the same whether the fold starts from the beginning or from a snapshot: a snapshot holds the state
+  after a given version, stored under the projection's name and version, and is used only when it is valid for
+  that code version and for the requested point in time. Snapshots live beside the log and never change it.
+- Time travel (`to_version`, `at`, `at_position`) reads only: it never saves a snapshot.
+- The log can be trimmed only behind a snapshot of every projection named (`trim`), and a fold that would need
+  trimmed events raises `HistoryTrimmed` instead of returning a wrong state.
+
+Only the public read API and the snapshot/trim hooks of `EventStore` are used, so all of this works on every
+backend. The read path takes one round trip per page (`read_stream_pages`), and each event costs one dict lookup
+and one handler call.
+"""
+
+from __future__ import annotations
+
+import abc
+import bisect
+import operator
+import typing
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Final, Generic, TypeVar
+
+import msgspec
+
+from agentfold.encoding import check_stream_id
+from agentfold.errors import AgentfoldError, InvalidInput
+from agentfold.events import RecordedEvent
+from agentfold.store import EventStore
+from agentfold.upcasting import Upcasters
+
+S = TypeVar("S")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+MAX_PROJECTION_NAME_LENGTH: Final = 150
+_HANDLES_ATTRIBUTE: Final = "__agentfold_handles__"
+_position_of = operator.attrgetter("position")
+_version_of = operator.attrgetter("version")
+_recorded_at_of = operator.attrgetter("_recorded_at_us")
+
+
+# -- errors --------------------------------------------------------------------------------------------------------
+
+
+class ProjectionError(AgentfoldError):
+    """Base class of the errors a fold raises on purpose."""
+
+
+class InvalidProjection(InvalidInput):
+    """A projection is declared wrongly (name, version, snapshot interval, handlers or state type)."""
+
+
+class UnhandledEvent(ProjectionError):
+    """A strict projection met an event type it has no handler for."""
+
+    def __init__(self, projection: str, event: RecordedEvent) -> None:
+        super().__init__(
+            f"projection {projection!r} has no handler for event {event.type!r} at version {event.version} of "
+            f"stream {event.stream_id!r}, and it is strict"
+        )
+        self.projection = projection
+        self.stream_id = event.stream_id
+        self.version = event.version
+        self.event_type = event.type
+
+
+class HandlerFailed(ProjectionError):
+    """A handler raised; the original error is the `__cause__`. Names the event it failed on."""
+
+    def __init__(self, projection: str, event: RecordedEvent, error: BaseException) -> None:
+        super().__init__(
+            f"projection {projection!r} failed on event {event.type!r} at version {event.version} of stream "
+            f"{event.stream_id!r}: {type(error).__name__}: {error}"
+        )
+        self.projection = projection
+        self.stream_id = event.stream_id
+        self.version = event.version
+        self.event_type = event.type
+
+
+class HistoryTrimmed(ProjectionError):
+    """The requested state needs events that were trimmed from the stream, and no usable snapshot covers them."""
+
+    def __init__(self, projection: str, stream_id: str, needed_from: int, available_from: int | None) -> None:
+        available = "none are left" if available_from is None else f"the oldest left is version {available_from}"
+        super().__init__(
+            f"projection {projection!r} needs stream {stream_id!r} from version {needed_from}, but events were "
+            f"trimmed ({available}) and no snapshot of this projection version covers them"
+        )
+        self.projection = projection
+        self.stream_id = stream_id
+        self.needed_from = needed_from
+        self.available_from = available_from
+
+
+class TrimRefused(ProjectionError):
+    """A trim would remove events no snapshot covers; nothing was trimmed."""
+
+
+# -- declaring projections -----------------------------------------------------------------------------------------
+
+
+def handles(*event_types: str) -> Callable[[_F], _F]:
+    """Declare the decorated method `(self, state, event) -> new state` as the handler of `event_types`."""
+    if not event_types:
+        raise InvalidProjection("@handles needs at least one event type")
+    for event_type in event_types:
+        if not isinstance(event_type, str) or not event_type:
+            raise InvalidProjection(f"@handles takes event type names, got {event_type!r}")
+
+    def decorate(function: _F) -> _F:
+        declared: tuple[str, ...] = getattr(function, _HANDLES_ATTRIBUTE, ())
+        setattr(function, _HANDLES_ATTRIBUTE, (*declared, *event_types))
+        return function
+
+    return decorate
+
+
+class Projection(abc.ABC, Generic[S]):
+    """State folded from a stream: `initial()` plus one `@handles` method per event type.
+
+    Handlers must be pure: they read the state and the event and return the new state (returning the same,
+    mutated object is fine as long as `initial()` returns a fresh one each call). Handlers must not mutate
+    `event.data`. The state must survive a JSON round trip through `encode_state`/`decode_state` unchanged, which
+    holds for msgspec Structs, dataclasses and dicts of JSON values (declare tuples and sets in a typed state, not
+    in a plain dict).
+
+    Class attributes (an instance may override them in `__init__`):
+    """
+
+    name: ClassVar[str] = ""
+    """Identifies the projection in snapshot names; 1 to 150 printable characters."""
+    version: ClassVar[int] = 1
+    """The code version: snapshots saved under another version are ignored."""
+    snapshot_every: ClassVar[int | None] = None
+    """Save a snapshot when a fold to the head has passed this many events since the last one (None: never)."""
+    strict: ClassVar[bool] = False
+    """Raise `UnhandledEvent` for event types without a handler instead of skipping them."""
+    upcasters: ClassVar[Upcasters | None] = None
+    """Upcasters applied to each event before its handler sees it."""
+    state_type: ClassVar[Any] = None
+    """The type `decode_state` decodes snapshots into; inferred from `Projection[StateType]` when not set."""
+
+    @abc.abstractmethod
+    def initial(self) -> S:
+        """The state before any event."""
+
+    def encode_state(self, state: S) -> bytes:
+        """The state as JSON bytes for a snapshot. Override together with `decode_state` for custom types."""
+        return _state_encoder.encode(state)
+
+    def decode_state(self, raw: bytes | msgspec.Raw) -> S:
+        """The state `encode_state` produced; a msgspec error when it does not fit (the snapshot is then ignored)."""
+        decoder = _plan_of(type(self)).state_decoder
+        if decoder is None:
+            raise InvalidProjection(
+                f"projection {type(self).__name__} cannot decode snapshots: subclass Projection[YourState] or set "
+                "state_type"
+            )
+        state: S = decoder.decode(raw)
+        return state
+
+
+_state_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    handler_names: dict[str, str]
+    """event type -> name of the method handling it."""
+    state_decoder: msgspec.json.Decoder[Any] | None
+
+
+_plans: weakref.WeakKeyDictionary[type, _Plan] = weakref.WeakKeyDictionary()
+
+
+def _plan_of(cls: type[Projection[Any]]) -> _Plan:
+    plan = _plans.get(cls)
+    if plan is None:
+        plan = _plans[cls] = _build_plan(cls)
+    return plan
+
+
+def _build_plan(cls: type[Projection[Any]]) -> _Plan:
+    handler_names: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        declared_here: dict[str, str] = {}
+        for attribute, value in vars(klass).items():
+            function = getattr(value, "__func__", value)
+            for event_type in getattr(function, _HANDLES_ATTRIBUTE, ()):
+                if event_type in declared_here:
+                    raise InvalidProjection(
+                        f"projection {cls.__name__} handles {event_type!r} twice: in {declared_here[event_type]}() "
+                        f"and {attribute}()"
+                    )
+                declared_here[event_type] = attribute
+        handler_names.update(declared_here)
+    state_type = cls.state_type if cls.state_type is not None else _inferred_state_type(cls)
+    decoder = msgspec.json.Decoder(state_type) if state_type is not None else None
+    return _Plan(handler_names, decoder)
+
+
+def _inferred_state_type(cls: type) -> Any:
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Projection):
+                arguments = typing.get_args(base)
+                if arguments and not isinstance(arguments[0], TypeVar):
+                    return arguments[0]
+    return None
+
+
+def _checked(projection: Projection[S] | type[Projection[S]]) -> Projection[S]:
+    instance = projection() if isinstance(projection, type) else projection
+    if not isinstance(instance, Projection):
+        raise InvalidProjection(f"expected a Projection subclass or instance, got {type(projection).__name__}")
+    name = instance.name
+    if not isinstance(name, str) or not name or len(name) > MAX_PROJECTION_NAME_LENGTH or not name.isprintable():
+        raise InvalidProjection(
+            f"projection {type(instance).__name__} needs a name of 1 to {MAX_PROJECTION_NAME_LENGTH} printable "
+            f"characters, got {name!r}"
+        )
+    version = instance.version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidProjection(f"projection {name!r}: version must be an int >= 1, got {version!r}")
+    every = instance.snapshot_every
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise InvalidProjection(f"projection {name!r}: snapshot_every must be None or an int >= 1, got {every!r}")
+    if not isinstance(instance.strict, bool):
+        raise InvalidProjection(f"projection {name!r}: strict must be a bool, got {instance.strict!r}")
+    if instance.upcasters is not None and not isinstance(instance.upcasters, Upcasters):
+        raise InvalidProjection(f"projection {name!r}: upcasters must be an Upcasters registry or None")
+    _plan_of(type(instance))
+    return instance
+
+
+def snapshot_name(projection: Projection[Any] | type[Projection[Any]]) -> str:
+    """The name snapshots of this projection version are stored under: ``<name>:v<version>``."""
+    instance = _checked(projection)
+    return f"{instance.name}:v{instance.version}"
+
+
+# -- results -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Folded(Generic[S]):
+    """A projection's state and where in the stream it stands."""
+
+    state: S
+    version: int
+    """The version of the last event the state includes (0: none). Use it as `expected_version` to append."""
+    position: int
+    """The global position of that event (0: none)."""
+    snapshot_version: int
+    """The version of the snapshot the fold started from (0: it started from `initial()`)."""
+    events_read: int
+    """Events read after the snapshot (handled or skipped)."""
+    snapshot_saved: bool
+    """Whether this fold saved a snapshot of the returned state."""
+
+
+class TrimReport(msgspec.Struct, frozen=True):
+    """What `trim` removed: `count` events, versions `first_version` to `last_version` (None when none went)."""
+
+    stream_id: str
+    count: int
+    first_version: int | None
+    last_version: int | None
+    covered_by_snapshot: int
+    """The snapshot version the trim was checked against: every trimmed event is at or below it."""
+
+
+class _SnapshotEnvelope(msgspec.Struct, array_like=True, frozen=True):
+    """What a snapshot stores: the projection version, the point it covers, and the encoded state."""
+
+    projection_version: int
+    version: int
+    position: int
+    recorded_until_us: int
+    """The latest `recorded_at` among the covered events (clocks may step back, so not always the last's)."""
+    state: msgspec.Raw
+
+
+_envelope_decoder = msgspec.json.Decoder(_SnapshotEnvelope)
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """Where a time-travelling fold stops; all None: at the head."""
+
+    to_version: int | None = None
+    at_us: int | None = None
+    at_position: int | None = None
+
+    @property
+    def unbounded(self) -> bool:
+        return self.to_version is None and self.at_us is None and self.at_position is None
+
+    def admits(self, envelope: _SnapshotEnvelope) -> bool:
+        """Whether every event the snapshot covers is inside the bound."""
+        if self.to_version is not None:
+            return envelope.version <= self.to_version
+        if self.at_position is not None:
+            return envelope.position <= self.at_position
+        if self.at_us is not None:
+            return envelope.recorded_until_us <= self.at_us
+        return True
+
+
+def _bound(to_version: int | None, at: datetime | None, at_position: int | None) -> _Bound:
+    given = [
+        name
+        for name, value in (("to_version", to_version), ("at", at), ("at_position", at_position))
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise InvalidInput(f"give at most one of to_version, at and at_position, got {' and '.join(given)}")
+    for name, value in (("to_version", to_version), ("at_position", at_position)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise InvalidInput(f"{name} must be None or an int >= 0, got {value!r}")
+    at_us: int | None = None
+    if at is not None:
+        if not isinstance(at, datetime):
+            raise InvalidInput(f"at must be a datetime, got {type(at).__name__}")
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidInput(f"at must be timezone-aware (e.g. datetime.now(UTC)), got naive {at.isoformat()}")
+        # Whole microseconds since the epoch, computed exactly (a float timestamp can be off by one).
+        at_us = (at - _EPOCH) // _ONE_MICROSECOND
+    return _Bound(to_version, at_us, at_position)
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+# -- folding -------------------------------------------------------------------------------------------------------
+
+
+async def project(
+    store: EventStore,
+    stream_id: str,
+    projection: Projection[S] | type[Projection[S]],
+    *,
+    to_version: int | None = None,
+    at: datetime | None = None,
+    at_position: int | None = None,
+) -> S:
+    """The projection's state for `stream_id`: at the head, or as it was (time travel).
+
+    `to_version=N`: after the stream's events up to version N. `at_position=P`: after its events at global
+    positions up to P. `at=datetime`: after the events before the first one recorded later than `at`. At most one
+    may be given; time travel never saves snapshots. See `fold` for the state together with its version.
+    """
+    folded = await fold(store, stream_id, projection, to_version=to_version, at=at, at_position=at_position)
+    return folded.state
+
+
+async def fold(
+    store: EventStore,
+    stream_id: str,
+    projection: Projection[S] | type[Projection[S]],
+    *,
+    to_version: int | None = None,
+    at: datetime | None = None,
+    at_position: int | None = None,
+) -> Folded[S]:
+    """Like `project`, returning the state with its version, position and how it was reached."""
+    return await _fold(store, stream_id, _checked(projection), _bound(to_version, at, at_position), force=False)
+
+
+async def save_snapshot(
+    store: EventStore, stream_id: str, projection: Projection[S] | type[Projection[S]]
+) -> Folded[S]:
+    """Fold to the head and keep a snapshot there (unless the newest snapshot is already there).
+
+    The event log is not touched. An empty stream has nothing to snapshot: `snapshot_saved` is then False.
+    """
+    return await _fold(store, stream_id, _checked(projection), _Bound(), force=True)
+
+
+async def _fold(
+    store: EventStore, stream_id: str, projection: Projection[S], bound: _Bound, *, force: bool
+) -> Folded[S]:
+    check_stream_id(stream_id)
+    store._check_open()
+    plan = _plan_of(type(projection))
+    name = f"{projection.name}:v{projection.version}"
+    every = projection.snapshot_every
+    may_save = bound.unbounded and (force or every is not None)
+
+    state: S
+    after = version = position = recorded_until = snapshot_version = 0
+    envelope = await _load_envelope(store, stream_id, name, projection.version)
+    start_state: S | None = None
+    if envelope is not None and bound.admits(envelope):
+        try:
+            start_state = projection.decode_state(envelope.state)
+        except (msgspec.MsgspecError, ValueError, TypeError):
+            start_state = None  # a state that no longer decodes: fold from the beginning instead
+    if envelope is not None and start_state is not None:
+        state = start_state
+        after = version = snapshot_version = envelope.version
+        position = envelope.position
+        recorded_until = envelope.recorded_until_us
+    else:
+        state = projection.initial()
+
+    handler_of = {event_type: getattr(projection, method) for event_type, method in plan.handler_names.items()}
+    get_handler = handler_of.get
+    strict = projection.strict
+    upcasters = projection.upcasters
+    upcast = upcasters.upcast if upcasters else None
+    upcast_types = upcasters.event_types if upcasters else frozenset()
+    limit = None if bound.to_version is None else max(0, bound.to_version - after)
+    cut_position = bound.at_position
+    cut_us = bound.at_us
+
+    events_read = 0
+    saw_page = False
+    pages = store.read_stream_pages(stream_id, after, limit)
+    async with _closing(pages):
+        async for page in pages:
+            if not saw_page:
+                saw_page = True
+                if page[0].version != after + 1:
+                    raise HistoryTrimmed(projection.name, stream_id, after + 1, page[0].version)
+            stop = False
+            if cut_position is not None and page[-1].position > cut_position:
+                page = page[: bisect.bisect_right(page, cut_position, key=_position_of)]
+                stop = True
+            elif cut_us is not None:
+                cut = next((index for index, event in enumerate(page) if event._recorded_at_us > cut_us), None)
+                if cut is not None:
+                    page = page[:cut]
+                    stop = True
+            if page:
+                if may_save:
+                    recorded_until = max(recorded_until, max(map(_recorded_at_of, page)))
+                if upcast is not None:
+                    page = [upcast(event) if event.type in upcast_types else event for event in page]
+                event = page[0]
+                try:
+                    for event in page:
+                        handler = get_handler(event.type)
+                        if handler is not None:
+                            state = handler(state, event)
+                        elif strict:
+                            raise UnhandledEvent(projection.name, event)
+                except UnhandledEvent:
+                    raise
+                except Exception as error:
+                    raise HandlerFailed(projection.name, event, error) from error
+                last = page[-1]
+                version = last.version
+                position = last.position
+                events_read += len(page)
+            if stop:
+                break
+
+    if not saw_page and (bound.to_version is None or bound.to_version > after):
+        await _check_not_trimmed(store, stream_id, projection.name, after)
+
+    saved = False
+    if may_save and events_read and (force or (every is not None and version - snapshot_version >= every)):
+        encoded = _SnapshotEnvelope(
+            projection.version, version, position, recorded_until, msgspec.Raw(projection.encode_state(state))
+        )
+        await store._save_snapshot(stream_id, name, version, _state_encoder.encode(encoded))
+        saved = True
+    return Folded(state, version, position, snapshot_version, events_read, saved)
+
+
+@asynccontextmanager
+async def _closing(pages: AsyncIterator[list[RecordedEvent]]) -> AsyncIterator[AsyncIterator[list[RecordedEvent]]]:
+    """Close the page reader when the fold stops early, so a backend cursor is not left open until collected."""
+    try:
+        yield pages
+    finally:
+        close = getattr(pages, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _check_not_trimmed(store: EventStore, stream_id: str, projection: str, after: int) -> None:
+    """Nothing was read after `after`: make sure that is because nothing is there, not because it was trimmed."""
+    if await store.stream_version(stream_id) <= after:
+        return
+    # Either an append landed since the read (fine: the state is the one as of the read) or the events are gone.
+    async with _closing(store.read_stream_pages(stream_id, after, 1)) as probe:
+        async for page in probe:
+            if page[0].version == after + 1:
+                return
+            raise HistoryTrimmed(projection, stream_id, after + 1, page[0].version)
+    raise HistoryTrimmed(projection, stream_id, after + 1, None)
+
+
+async def _load_envelope(
+    store: EventStore, stream_id: str, name: str, projection_version: int
+) -> _SnapshotEnvelope | None:
+    """The newest snapshot under `name`, if it decodes and belongs to `projection_version`."""
+    kept = await store._load_snapshot(stream_id, name)
+    if kept is None:
+        return None
+    version, payload = kept
+    try:
+        envelope = _envelope_decoder.decode(payload)
+    except msgspec.MsgspecError:
+        return None
+    if envelope.projection_version != projection_version or envelope.version != version or version < 1:
+        return None
+    return envelope
+
+
+# -- retention -----------------------------------------------------------------------------------------------------
+
+Archive = Callable[[list[RecordedEvent]], Awaitable[None]]
+"""Receives the events about to be trimmed, one page at a time, before they are deleted."""
+
+
+async def trim(
+    store: EventStore,
+    stream_id: str,
+    projections: Projection[Any] | type[Projection[Any]] | Sequence[Projection[Any] | type[Projection[Any]]],
+    *,
+    before_version: int | None = None,
+    archive: Archive | None = None,
+) -> TrimReport:
+    """Delete the stream's events below `before_version` (default: every event the snapshots cover).
+
+    Every projection named must have a valid snapshot of its current version, and the trim may not go past the
+    oldest of them: otherwise `TrimRefused` is raised and nothing is deleted. Folding these projections afterwards
+    gives the same state (snapshot plus tail). Other projections of the stream, and new versions of these, can no
+    longer fold from the beginning: pass `archive` to hand the events elsewhere first (it is awaited for each page
+    before anything is deleted; after a crash between the two, a retried trim archives those events again, so make
+    the archive idempotent by event id). The stream's version and every global position stay as they were.
+    """
+    check_stream_id(stream_id)
+    chosen = [projections] if isinstance(projections, Projection | type) else list(projections)
+    if not chosen:
+        raise InvalidInput("trim needs at least one projection whose snapshot covers the trimmed events")
+    instances = [_checked(projection) for projection in chosen]
+    if before_version is not None and (
+        isinstance(before_version, bool) or not isinstance(before_version, int) or before_version < 1
+    ):
+        raise InvalidInput(f"before_version must be None or an int >= 1, got {before_version!r}")
+    store._check_open()
+
+    covered: int | None = None
+    for instance in instances:
+        name = f"{instance.name}:v{instance.version}"
+        envelope = await _load_envelope(store, stream_id, name, instance.version)
+        if envelope is None:
+            raise TrimRefused(
+                f"cannot trim stream {stream_id!r}: projection {instance.name!r} version {instance.version} has no "
+                "snapshot on it (save one first with save_snapshot)"
+            )
+        covered = envelope.version if covered is None else min(covered, envelope.version)
+    assert covered is not None
+    if before_version is None:
+        before_version = covered + 1
+    elif before_version > covered + 1:
+        raise TrimRefused(
+            f"cannot trim stream {stream_id!r} below version {before_version}: the newest snapshot covers only up "
+            f"to version {covered}, so at most versions below {covered + 1} may go"
+        )
+
+    if archive is not None:
+        async with _closing(store.read_stream_pages(stream_id, 0, before_version - 1)) as pages:
+            async for page in pages:
+                below = page[: bisect.bisect_left(page, before_version, key=_version_of)]
+                if below:
+                    await archive(below)
+                if len(below) < len(page):
+                    break
+    count = await store._trim_stream(stream_id, before_version)
+    if count == 0:
+        return TrimReport(stream_id, 0, None, None, covered)
+    return TrimReport(stream_id, count, before_version - count, before_version - 1, covered)
