@@ -1,0 +1,856 @@
+"""`postgresql://user@host/db?schema=NAME`: the production store, shared by every process that connects to it.
+
+Guarantees beyond the `EventStore` contract:
+
+- The database itself enforces one event per (stream, version) and one row per event id (unique constraints).
+- Global positions are handed out in commit order and never have an uncommitted hole below a visible event, so a
+  reader tailing `read_all` never skips one (see `_GroupWriter._commit`).
+- Appends from many tasks of one process share transactions (group commit); each keeps its own expected-version
+  check and its own outcome.
+- Nothing waits forever: lock, statement, idle-in-transaction, pool and connect timeouts are always set, and a
+  timeout or a dropped connection surfaces as a retryable `StoreTimeout` / `StoreUnavailable`.
+- `LISTEN/NOTIFY` only wakes waiters early; they always re-read the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from agentfold.backends.memory import check_expected
+from agentfold.connect import redact, split_options
+from agentfold.encoding import EncodedEvent
+from agentfold.errors import (
+    AgentfoldError,
+    DuplicateEventId,
+    InvalidEventData,
+    InvalidURL,
+    StoreCorrupted,
+    StoreFull,
+    StoreReadOnly,
+    StoreTimeout,
+    StoreUnavailable,
+)
+from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.store import EventStore
+
+DEFAULT_SCHEMA: Final = "agentfold"
+DEFAULT_POOL_MIN: Final = 2
+DEFAULT_POOL_MAX: Final = 10
+DEFAULT_LOCK_TIMEOUT: Final = 5.0
+"""Seconds an append waits for the events table lock (held by another process's commit) before `StoreTimeout`."""
+DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
+"""Seconds any one statement may run before the server cancels it (`StoreTimeout`)."""
+DEFAULT_IDLE_IN_TRANSACTION_SESSION_TIMEOUT: Final = 10.0
+"""Seconds a session may sit idle inside a transaction before the server ends it, releasing its locks, so a stalled
+client can never freeze every other writer."""
+DEFAULT_POOL_TIMEOUT: Final = 10.0
+"""Seconds a call waits for a free pooled connection before `StoreTimeout`."""
+DEFAULT_CONNECT_TIMEOUT: Final = 10
+"""Seconds to establish one connection."""
+
+MAX_GROUP_APPENDS: Final = 1000
+MAX_GROUP_BYTES: Final = 8 * 1024 * 1024
+_LISTENER_HEALTH_CHECK: Final = 30.0
+_RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_MIGRATION_LOCK_CLASS: Final = 0x61660001  # first key of the advisory lock that serialises migrations
+
+# libpq connection parameters a URL may carry besides agentfold's own options.
+_LIBPQ_PARAMETERS: Final = frozenset(
+    {
+        "application_name",
+        "channel_binding",
+        "connect_timeout",
+        "gssencmode",
+        "keepalives",
+        "keepalives_count",
+        "keepalives_idle",
+        "keepalives_interval",
+        "passfile",
+        "service",
+        "sslcert",
+        "sslcrl",
+        "sslkey",
+        "sslmode",
+        "sslpassword",
+        "sslrootcert",
+        "target_session_attrs",
+        "tcp_user_timeout",
+    }
+)
+
+_page_decoder = msgspec.json.Decoder(list[RecordedEvent])
+
+
+# -- error translation: the one place where driver errors become agentfold errors ---------------------------------
+
+
+def translate_error(error: BaseException) -> AgentfoldError:
+    """The agentfold error for a psycopg / pool error, by SQLSTATE.
+
+    Timeouts and connection loss are retryable: appends are idempotent by event id, so repeating a call whose outcome
+    is unknown applies it at most once.
+    """
+    if isinstance(error, AgentfoldError):
+        return error
+    if isinstance(error, PoolTimeout):
+        return StoreTimeout(f"no pooled PostgreSQL connection became free in time: {error}")
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if sqlstate == "55P03":
+        return StoreTimeout(f"PostgreSQL lock wait ran out (lock_timeout): {message}")
+    if sqlstate == "57014":
+        return StoreTimeout(f"PostgreSQL cancelled a statement (statement_timeout or cancel): {message}")
+    if sqlstate == "25P03":
+        return StoreTimeout(f"PostgreSQL ended an idle transaction (idle_in_transaction_session_timeout): {message}")
+    if sqlstate in ("40001", "40P01"):
+        return StoreTimeout(f"PostgreSQL aborted a transaction in a conflict; retry: {message}")
+    if sqlstate == "23505":
+        return StoreUnavailable(
+            f"a concurrent write conflicted at the database (unique violation); a retry re-checks it: {message}"
+        )
+    if sqlstate == "53100":
+        return StoreFull(f"PostgreSQL is out of disk space: {message}")
+    if sqlstate == "25006":
+        return StoreReadOnly(f"PostgreSQL refused a write in a read-only transaction: {message}")
+    if sqlstate.startswith("22"):
+        return InvalidEventData(f"PostgreSQL refused a value: {message}")
+    if sqlstate.startswith(("08", "57P")) or isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return StoreUnavailable(f"PostgreSQL connection failed or was closed: {message}")
+    unexpected = StoreUnavailable(f"PostgreSQL error {sqlstate or type(error).__name__}: {message}")
+    unexpected.retryable = False
+    return unexpected
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except (psycopg.Error, PoolTimeout) as error:
+        raise translate_error(error) from error
+
+
+def _is_database_refusal(error: BaseException) -> bool:
+    """The server refused the statement itself (not a lost connection or a timeout): other appends may still go."""
+    if not isinstance(error, psycopg.Error) or isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    return not (error.sqlstate or "").startswith(("08", "57", "55P03", "25P03", "40"))
+
+
+# -- options ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostgresOptions:
+    """Everything `open_store` accepts, from the URL query or keyword arguments (keywords win). Times in seconds."""
+
+    schema: str = DEFAULT_SCHEMA
+    pool_min: int = DEFAULT_POOL_MIN
+    pool_max: int = DEFAULT_POOL_MAX
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
+    idle_in_transaction_session_timeout: float = DEFAULT_IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    max_event_size: int | None = None
+
+
+def _parse_options(url: str, keyword_options: dict[str, Any]) -> tuple[PostgresOptions, dict[str, str]]:
+    """Split URL query and keywords into agentfold options and libpq parameters; refuse anything unknown."""
+    known = set(PostgresOptions.__dataclass_fields__)
+    merged: dict[str, Any] = dict(split_options(url))
+    merged.update(keyword_options)
+    libpq: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for key, raw in merged.items():
+        if key in _LIBPQ_PARAMETERS:
+            libpq[key] = str(raw)
+        elif key not in known:
+            allowed = ", ".join(sorted(known | _LIBPQ_PARAMETERS))
+            raise InvalidURL(f"unknown option {key!r} for {redact(url)}; known options are {allowed}")
+        elif key == "schema":
+            values[key] = _check_schema(raw, url)
+        elif key in ("pool_min", "pool_max", "connect_timeout", "max_event_size"):
+            values[key] = _positive_number(key, raw, url, int, allow_zero=key == "pool_min")
+        else:
+            values[key] = _positive_number(key, raw, url, float, allow_zero=False)
+    options = PostgresOptions(**values)
+    if options.pool_max < max(options.pool_min, 1):
+        raise InvalidURL(f"pool_max ({options.pool_max}) must be >= pool_min ({options.pool_min}) and >= 1")
+    if "connect_timeout" not in libpq:
+        libpq["connect_timeout"] = str(options.connect_timeout)
+    libpq.setdefault("application_name", "agentfold")
+    return options, libpq
+
+
+def _check_schema(raw: Any, url: str) -> str:
+    if not isinstance(raw, str) or not _SCHEMA_NAME.fullmatch(raw) or raw.lower().startswith("pg_"):
+        raise InvalidURL(
+            f"schema {raw!r} in {redact(url)} must be 1-63 letters, digits or underscores, not start with a digit "
+            "or 'pg_'"
+        )
+    return raw
+
+
+def _positive_number(key: str, raw: Any, url: str, kind: type[int] | type[float], *, allow_zero: bool) -> Any:
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise InvalidURL(f"option {key}={raw!r} in {redact(url)} must be a {kind.__name__}") from None
+    if value < 0 or (value == 0 and not allow_zero) or value != value or value == float("inf"):
+        raise InvalidURL(f"option {key}={raw!r} in {redact(url)} must be a finite number > 0")
+    return value
+
+
+def _conninfo(url: str, options: PostgresOptions, libpq: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    bare = urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
+    settings = {
+        "lock_timeout": options.lock_timeout,
+        "statement_timeout": options.statement_timeout,
+        "idle_in_transaction_session_timeout": options.idle_in_transaction_session_timeout,
+    }
+    server_options = " ".join(f"-c {name}={round(seconds * 1000)}" for name, seconds in settings.items())
+    return make_conninfo(bare, options=server_options, **libpq)
+
+
+# -- schema and migrations ----------------------------------------------------------------------------------------
+
+
+class _Migration(NamedTuple):
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+# Each migration runs once, in order, inside one transaction holding the schema's advisory lock. `{s}` is the quoted
+# schema. Never edit a released migration; add a new one.
+MIGRATIONS: Final[tuple[_Migration, ...]] = (
+    _Migration(
+        1,
+        "events, ids of trimmed events, snapshots, checkpoints",
+        (
+            """CREATE TABLE {s}.events (
+                position bigint PRIMARY KEY,
+                stream_id text NOT NULL,
+                version bigint NOT NULL,
+                batch_first bigint NOT NULL,
+                batch_last bigint NOT NULL,
+                type text NOT NULL,
+                data json NOT NULL,
+                metadata json NOT NULL,
+                id uuid NOT NULL,
+                recorded_at timestamptz NOT NULL DEFAULT statement_timestamp(),
+                CONSTRAINT events_stream_version_key UNIQUE (stream_id, version),
+                CONSTRAINT events_id_key UNIQUE (id)
+            )""",
+            """CREATE TABLE {s}.trimmed_event_ids (
+                id uuid PRIMARY KEY,
+                stream_id text NOT NULL,
+                version bigint NOT NULL,
+                position bigint NOT NULL,
+                batch_first bigint NOT NULL,
+                batch_last bigint NOT NULL
+            )""",
+            "CREATE INDEX trimmed_event_ids_stream_version ON {s}.trimmed_event_ids (stream_id, version)",
+            "CREATE INDEX trimmed_event_ids_position ON {s}.trimmed_event_ids (position)",
+            """CREATE TABLE {s}.snapshots (
+                stream_id text NOT NULL,
+                name text NOT NULL,
+                version bigint NOT NULL,
+                state bytea NOT NULL,
+                PRIMARY KEY (stream_id, name)
+            )""",
+            "CREATE TABLE {s}.checkpoints (name text PRIMARY KEY, position bigint NOT NULL)",
+        ),
+    ),
+)
+
+
+async def _migrate(connection: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Create the schema and apply missing migrations; concurrent openers queue on an advisory lock."""
+    quoted = sql.Identifier(schema)
+    async with connection.transaction():
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_MIGRATION_LOCK_CLASS, f"agentfold:{schema}")
+        )
+        cursor = await connection.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        if await cursor.fetchone() is None:
+            await connection.execute(sql.SQL("CREATE SCHEMA {}").format(quoted))
+        await connection.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                "version integer PRIMARY KEY, description text NOT NULL, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(quoted)
+        )
+        cursor = await connection.execute(
+            sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(quoted)
+        )
+        row = await cursor.fetchone()
+        current = int(row[0]) if row else 0
+        latest = MIGRATIONS[-1].version
+        if current > latest:
+            raise StoreCorrupted(
+                f"schema {schema!r} is at migration {current}, newer than this agentfold knows ({latest}); upgrade"
+            )
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            for statement in migration.statements:
+                await connection.execute(sql.SQL(statement).format(s=quoted))
+            await connection.execute(
+                sql.SQL("INSERT INTO {}.schema_migrations (version, description) VALUES (%s, %s)").format(quoted),
+                (migration.version, migration.description),
+            )
+
+
+# -- statements ---------------------------------------------------------------------------------------------------
+
+_EVENT_JSON = (
+    "json_build_object('stream_id', stream_id, 'version', version, 'position', position, 'type', type, "
+    "'data', data, 'metadata', metadata, '_id', id, "
+    "'_recorded_at_us', (extract(epoch FROM recorded_at) * 1000000)::bigint)"
+)
+
+_STATEMENTS: Final = {
+    "lock": "LOCK TABLE {s}.events IN EXCLUSIVE MODE",
+    # The state an append group is decided on: the head position, each stream's version, and every record of the
+    # group's event ids, in one round trip. Trimmed events still count for versions, positions and ids.
+    "group_state": """
+        SELECT 0, NULL::text, NULL::text, greatest(
+                   (SELECT max(position) FROM {s}.events), (SELECT max(position) FROM {s}.trimmed_event_ids), 0),
+               NULL::bigint, NULL::bigint, NULL::bigint
+        UNION ALL
+        SELECT 1, streams.stream_id, NULL, greatest(
+                   (SELECT max(version) FROM {s}.events e WHERE e.stream_id = streams.stream_id),
+                   (SELECT max(version) FROM {s}.trimmed_event_ids t WHERE t.stream_id = streams.stream_id), 0),
+               NULL, NULL, NULL
+        FROM unnest(%(streams)s::text[]) AS streams(stream_id)
+        UNION ALL
+        SELECT 2, id::text, stream_id, version, position, batch_first, batch_last
+        FROM {s}.events WHERE id = ANY(%(ids)s::uuid[])
+        UNION ALL
+        SELECT 2, id::text, stream_id, version, position, batch_first, batch_last
+        FROM {s}.trimmed_event_ids WHERE id = ANY(%(ids)s::uuid[])
+    """,
+    "insert": """
+        WITH inserted AS (
+            INSERT INTO {s}.events (position, stream_id, version, batch_first, batch_last, type, data, metadata, id)
+            SELECT * FROM unnest(%(positions)s::bigint[], %(streams)s::text[], %(versions)s::bigint[],
+                                 %(firsts)s::bigint[], %(lasts)s::bigint[], %(types)s::text[], %(data)s::json[],
+                                 %(metadata)s::json[], %(ids)s::uuid[])
+            RETURNING 1
+        )
+        SELECT pg_notify(%(channel)s, '') FROM (SELECT count(*) FROM inserted) AS written
+    """,
+    "read_stream": f"""
+        SELECT json_agg({_EVENT_JSON} ORDER BY version)::text FROM (
+            SELECT * FROM {{s}}.events WHERE stream_id = %s AND version > %s ORDER BY version LIMIT %s
+        ) AS page
+    """,
+    "read_all": f"""
+        SELECT (json_agg({_EVENT_JSON} ORDER BY position)
+                    FILTER (WHERE (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+                              AND (%(prefix)s::text IS NULL OR starts_with(stream_id, %(prefix)s::text))))::text,
+               max(position)
+        FROM (SELECT * FROM {{s}}.events WHERE position > %(after)s ORDER BY position LIMIT %(limit)s) AS page
+    """,
+    "stream_version": """
+        SELECT greatest((SELECT max(version) FROM {s}.events WHERE stream_id = %(stream)s),
+                        (SELECT max(version) FROM {s}.trimmed_event_ids WHERE stream_id = %(stream)s), 0)
+    """,
+    "head_position": """
+        SELECT greatest((SELECT max(position) FROM {s}.events), (SELECT max(position) FROM {s}.trimmed_event_ids), 0)
+    """,
+    "trim": """
+        WITH trimmed AS (
+            DELETE FROM {s}.events WHERE stream_id = %s AND version < %s
+            RETURNING id, stream_id, version, position, batch_first, batch_last
+        )
+        INSERT INTO {s}.trimmed_event_ids (id, stream_id, version, position, batch_first, batch_last)
+        SELECT id, stream_id, version, position, batch_first, batch_last FROM trimmed
+    """,
+    "load_snapshot": "SELECT version, state FROM {s}.snapshots WHERE stream_id = %s AND name = %s",
+    "save_snapshot": """
+        INSERT INTO {s}.snapshots (stream_id, name, version, state) VALUES (%s, %s, %s, %s)
+        ON CONFLICT (stream_id, name) DO UPDATE SET version = excluded.version, state = excluded.state
+        WHERE snapshots.version <= excluded.version
+    """,
+    "load_checkpoint": "SELECT position FROM {s}.checkpoints WHERE name = %s",
+    "save_checkpoint": """
+        INSERT INTO {s}.checkpoints (name, position) VALUES (%s, %s)
+        ON CONFLICT (name) DO UPDATE SET position = excluded.position
+    """,
+}
+
+
+def _render_statements(connection: psycopg.AsyncConnection[Any], schema: str) -> dict[str, str]:
+    quoted = sql.Identifier(schema).as_string(connection)
+    return {name: text.replace("{s}", quoted) for name, text in _STATEMENTS.items()}
+
+
+# -- append decisions ---------------------------------------------------------------------------------------------
+
+
+class _IdRecord(NamedTuple):
+    stream_id: str
+    version: int
+    position: int
+    batch_first: int
+    batch_last: int
+
+
+def find_retry(stream_id: str, events: list[EncodedEvent], ids: dict[str, _IdRecord]) -> AppendResult | None:
+    """The original result if `events` exactly repeat one earlier append; None if no id is known; else raise.
+
+    The same rules as the memory store: every id known, all on this stream, the same batch in the same order.
+    """
+    records = [ids.get(event.id) for event in events]
+    if all(record is None for record in records):
+        return None
+    first = records[0]
+    for event, record in zip(events, records, strict=True):
+        if record is None:
+            raise DuplicateEventId(
+                next(e.id for e, r in zip(events, records, strict=True) if r is not None),
+                stream_id,
+                "only part of this batch was appended before; a retry must repeat the whole original batch",
+            )
+        if record.stream_id != stream_id:
+            raise DuplicateEventId(event.id, stream_id, f"already appended to stream {record.stream_id!r}")
+    assert first is not None
+    expected_versions = range(first.version, first.version + len(events))
+    if (
+        first.batch_first != first.version
+        or first.batch_last != first.version + len(events) - 1
+        or [record.version for record in records if record] != list(expected_versions)
+    ):
+        raise DuplicateEventId(
+            events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
+        )
+    # One append's events have consecutive versions and consecutive positions.
+    return AppendResult(first.batch_last, first.position + (first.batch_last - first.version))
+
+
+class _PendingAppend:
+    __slots__ = ("events", "expected", "future", "size", "stream_id")
+
+    def __init__(
+        self,
+        stream_id: str,
+        events: list[EncodedEvent],
+        expected: ExpectedVersion,
+        future: asyncio.Future[AppendResult],
+    ) -> None:
+        self.stream_id = stream_id
+        self.events = events
+        self.expected = expected
+        self.future = future
+        self.size = sum(len(event.data) + len(event.metadata) for event in events)
+
+
+class _GroupPlan:
+    """What one group transaction writes, and each append's outcome once it commits."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[AppendResult | AgentfoldError] = []
+        self.positions: list[int] = []
+        self.streams: list[str] = []
+        self.versions: list[int] = []
+        self.firsts: list[int] = []
+        self.lasts: list[int] = []
+        self.types: list[str] = []
+        self.data: list[str] = []
+        self.metadata: list[str] = []
+        self.ids: list[str] = []
+
+
+def plan_group(group: list[_PendingAppend], state_rows: list[tuple[Any, ...]]) -> _GroupPlan:
+    """Decide every append of the group in order, as if each ran alone after the ones before it.
+
+    `state_rows` is the committed state read under the table lock; the group's own earlier appends are applied to a
+    copy of it, so two appends in one group see each other exactly as two consecutive transactions would.
+    """
+    head = 0
+    versions: dict[str, int] = {}
+    ids: dict[str, _IdRecord] = {}
+    for kind, key, stream_id, number, position, batch_first, batch_last in state_rows:
+        if kind == 0:
+            head = int(number)
+        elif kind == 1:
+            versions[key] = int(number)
+        else:
+            ids[key] = _IdRecord(stream_id, int(number), int(position), int(batch_first), int(batch_last))
+    plan = _GroupPlan()
+    for pending in group:
+        stream_id = pending.stream_id
+        try:
+            retry = find_retry(stream_id, pending.events, ids)
+            if retry is not None:
+                plan.outcomes.append(retry)
+                continue
+            current = versions.get(stream_id, 0)
+            check_expected(stream_id, pending.expected, current)
+        except AgentfoldError as error:
+            plan.outcomes.append(error)
+            continue
+        first = current + 1
+        last = current + len(pending.events)
+        for offset, event in enumerate(pending.events):
+            head += 1
+            plan.positions.append(head)
+            plan.streams.append(stream_id)
+            plan.versions.append(first + offset)
+            plan.firsts.append(first)
+            plan.lasts.append(last)
+            plan.types.append(event.type)
+            plan.data.append(event.data.decode())
+            plan.metadata.append(event.metadata.decode())
+            plan.ids.append(event.id)
+            ids[event.id] = _IdRecord(stream_id, first + offset, head, first, last)
+        versions[stream_id] = last
+        plan.outcomes.append(AppendResult(last, head))
+    return plan
+
+
+# -- the store ----------------------------------------------------------------------------------------------------
+
+
+class PostgresStore(EventStore):
+    """Events in PostgreSQL tables of one schema, written by a group-commit writer and pushed via LISTEN/NOTIFY."""
+
+    scheme = "postgresql"
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        conninfo: str,
+        options: PostgresOptions,
+        statements: dict[str, str],
+        display_url: str,
+    ) -> None:
+        super().__init__()
+        if options.max_event_size is not None:
+            self.max_event_size = options.max_event_size
+        self._pool = pool
+        self._conninfo = conninfo
+        self._options = options
+        self._sql = statements
+        self._display_url = display_url
+        # One NOTIFY channel per schema. Kept under PostgreSQL's 63-byte identifier limit so LISTEN (which would
+        # truncate) and pg_notify (which would refuse) name the same channel; a shared prefix only adds wake-ups.
+        self._channel = f"agentfold.{options.schema}"[:63]
+        self._pending: collections.deque[_PendingAppend] = collections.deque()
+        self._pending_added = asyncio.Event()
+        self._closing = False
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="agentfold-pg-writer")
+        self._appended = asyncio.Event()
+        self._listening = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+        self._listener_backend_pid: int | None = None
+        self._listener_connects = 0
+        self._notifications = 0
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._display_url!r}, schema={self._options.schema!r})"
+
+    # -- appends: group commit -----------------------------------------------------------------------------------
+
+    async def _append(
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
+    ) -> AppendResult:
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingAppend(stream_id, events, expected_version, future))
+        self._pending_added.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        """Take everything pending and commit it as one group, until the store closes and the queue is empty."""
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._pending_added.clear()
+                await self._pending_added.wait()
+                continue
+            group: list[_PendingAppend] = []
+            size = 0
+            while self._pending and len(group) < MAX_GROUP_APPENDS and (not group or size < MAX_GROUP_BYTES):
+                pending = self._pending.popleft()
+                if pending.future.done():  # the caller was cancelled before anything was written
+                    continue
+                group.append(pending)
+                size += pending.size
+            if group:
+                await self._commit_group(group)
+
+    async def _commit_group(self, group: list[_PendingAppend]) -> None:
+        """Commit the group and resolve each append's future; never raises."""
+        try:
+            plan = await self._commit(group)
+        except (psycopg.Error, PoolTimeout) as error:
+            if len(group) > 1 and _is_database_refusal(error):
+                # The server refused something in the group: give every append its own transaction, so one bad
+                # append cannot fail the others.
+                for pending in group:
+                    await self._commit_group([pending])
+                return
+            for pending in group:
+                _resolve(pending.future, translate_error(error))
+            return
+        except Exception as error:  # a bug must not leave callers waiting forever
+            for pending in group:
+                _resolve(pending.future, error)
+            return
+        if plan.positions:
+            self._wake_waiters()
+        for pending, outcome in zip(group, plan.outcomes, strict=True):
+            _resolve(pending.future, outcome)
+
+    async def _commit(self, group: list[_PendingAppend]) -> _GroupPlan:
+        """Write one group in one transaction.
+
+        Why readers never skip an event: positions are not taken from a sequence at insert time (a sequence value
+        becomes visible only when its transaction commits, so a reader could pass position 99 while the transaction
+        holding it is still open, and lose it forever). Instead every append transaction first takes
+        `LOCK TABLE events IN EXCLUSIVE MODE`, which conflicts with itself and with the row locks of writes, but not
+        with plain SELECTs. So in the whole cluster only one transaction at a time assigns positions, and it assigns
+        them after reading the committed head under the lock (READ COMMITTED takes a fresh snapshot per statement,
+        after the LOCK returned). PostgreSQL marks a transaction committed before it releases its locks, so the next
+        writer starts only after this one is visible. Hence positions grow in commit order, and any snapshot that
+        shows position p also shows every position below p: a reader passing p never leaves a hole behind it.
+        This is the approach of the Python eventsourcing library's PostgreSQL recorder; the lock serialises writers,
+        which group commit pays for by writing every pending append in the one transaction. See
+        https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-TABLES
+        """
+        streams = list(dict.fromkeys(pending.stream_id for pending in group))
+        ids = [event.id for pending in group for event in pending.events]
+        async with self._pool.connection() as connection, connection.pipeline(), connection.transaction():
+            await connection.execute(self._sql["lock"])
+            cursor = await connection.execute(self._sql["group_state"], {"streams": streams, "ids": ids})
+            plan = plan_group(group, await cursor.fetchall())
+            if plan.positions:
+                await connection.execute(
+                    self._sql["insert"],
+                    {
+                        "positions": plan.positions,
+                        "streams": plan.streams,
+                        "versions": plan.versions,
+                        "firsts": plan.firsts,
+                        "lasts": plan.lasts,
+                        "types": plan.types,
+                        "data": plan.data,
+                        "metadata": plan.metadata,
+                        "ids": plan.ids,
+                        "channel": self._channel,
+                    },
+                )
+        return plan
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+
+    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
+        row = await self._fetch_one("read_stream", (stream_id, after_version, limit))
+        return _decode_page(row[0] if row else None)
+
+    async def _read_all_page(
+        self,
+        after_position: int,
+        limit: int,
+        types: tuple[str, ...] | None,
+        stream_prefix: str | None,
+    ) -> tuple[list[RecordedEvent], int]:
+        row = await self._fetch_one(
+            "read_all",
+            {"after": after_position, "limit": limit, "types": list(types) if types else None, "prefix": stream_prefix},
+        )
+        if row is None or row[1] is None:
+            return [], after_position
+        return _decode_page(row[0]), int(row[1])
+
+    async def stream_version(self, stream_id: str) -> int:
+        self._check_open()
+        row = await self._fetch_one("stream_version", {"stream": stream_id})
+        return int(row[0]) if row else 0
+
+    async def head_position(self) -> int:
+        self._check_open()
+        row = await self._fetch_one("head_position", ())
+        return int(row[0]) if row else 0
+
+    async def _fetch_one(self, statement: str, params: Any) -> tuple[Any, ...] | None:
+        with _translated():
+            async with self._pool.connection() as connection:
+                cursor = await connection.execute(self._sql[statement], params)
+                row: tuple[Any, ...] | None = await cursor.fetchone()
+                return row
+
+    # -- push ----------------------------------------------------------------------------------------------------
+
+    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+        """Return once the head is above `after_position`, on a NOTIFY, after a (re)LISTEN, or after `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._listener is None:
+            self._listener = loop.create_task(self._listen_loop(), name="agentfold-pg-listener")
+        if not self._listening.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), max(0.0, deadline - loop.time()))
+        # Taken before the re-check: a NOTIFY or reconnect after the check sets exactly this event.
+        woken = self._appended
+        if await self.head_position() > after_position:
+            return
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        if not self._listening.is_set():  # no LISTEN in place: notifications could be missed, so poll
+            await asyncio.sleep(min(remaining, 0.05))
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), remaining)
+
+    def _wake_waiters(self) -> None:
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    async def _listen_loop(self) -> None:
+        """Keep one LISTEN connection (outside the pool) alive; wake waiters on every NOTIFY and every (re)LISTEN."""
+        failures = 0
+        while not self._closed:
+            try:
+                connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            except psycopg.Error:
+                await asyncio.sleep(_RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)])
+                failures += 1
+                continue
+            try:
+                async with connection:
+                    await connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    self._listener_backend_pid = connection.info.backend_pid
+                    self._listener_connects += 1
+                    self._listening.set()
+                    failures = 0
+                    # Anything committed before LISTEN took effect sent its NOTIFY to nobody: make waiters re-read.
+                    self._wake_waiters()
+                    while True:
+                        async for _ in connection.notifies(timeout=_LISTENER_HEALTH_CHECK):
+                            self._notifications += 1
+                            self._wake_waiters()
+                        await connection.execute("SELECT 1")  # a silent network drop surfaces here
+            except psycopg.Error:
+                pass
+            finally:
+                self._listening.clear()
+                self._listener_backend_pid = None
+                self._wake_waiters()
+            await asyncio.sleep(_RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)])
+            failures += 1
+
+    # -- records beside the log ----------------------------------------------------------------------------------
+
+    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
+        row = await self._fetch_one("load_snapshot", (stream_id, name))
+        return (int(row[0]), bytes(row[1])) if row else None
+
+    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
+        await self._execute("save_snapshot", (stream_id, name, version, state))
+
+    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+        return await self._execute("trim", (stream_id, before_version))
+
+    async def _load_checkpoint(self, name: str) -> int | None:
+        row = await self._fetch_one("load_checkpoint", (name,))
+        return int(row[0]) if row else None
+
+    async def _save_checkpoint(self, name: str, position: int) -> None:
+        await self._execute("save_checkpoint", (name, position))
+
+    async def _execute(self, statement: str, params: Any) -> int:
+        with _translated():
+            async with self._pool.connection() as connection:
+                cursor = await connection.execute(self._sql[statement], params)
+                count: int = max(cursor.rowcount, 0)
+                return count
+
+    async def _close(self) -> None:
+        self._closing = True
+        self._pending_added.set()
+        with contextlib.suppress(Exception):
+            await self._writer
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        self._wake_waiters()
+        await self._pool.close()
+
+
+def _resolve(future: asyncio.Future[AppendResult], outcome: AppendResult | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _decode_page(text: str | None) -> list[RecordedEvent]:
+    if text is None:
+        return []
+    try:
+        return _page_decoder.decode(text)
+    except msgspec.DecodeError as error:
+        raise StoreCorrupted(f"a stored event does not decode: {error}") from None
+
+
+def _raise_unavailable(url: str, error: BaseException) -> NoReturn:
+    translated = translate_error(error)
+    raise type(translated)(f"cannot open the PostgreSQL store at {redact(url)}: {translated}") from None
+
+
+async def open_store(url: str, **options: Any) -> PostgresStore:
+    """Connect, create or upgrade the schema, and return a store. See `PostgresOptions` for the options."""
+    if not isinstance(url, str):
+        raise InvalidURL(f"a PostgreSQL URL must be a str, got {type(url).__name__}")
+    parsed, libpq = _parse_options(url, options)
+    conninfo = _conninfo(url, parsed, libpq)
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo) as connection:
+            await _migrate(connection, parsed.schema)
+            statements = _render_statements(connection, parsed.schema)
+    except (psycopg.Error, PoolTimeout) as error:
+        _raise_unavailable(url, error)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        conninfo,
+        min_size=parsed.pool_min,
+        max_size=parsed.pool_max,
+        kwargs={"autocommit": True},
+        timeout=parsed.pool_timeout,
+        open=False,
+        name=f"agentfold-{parsed.schema}-{uuid.uuid4().hex[:6]}",
+    )
+    try:
+        await pool.open(wait=parsed.pool_min > 0, timeout=parsed.pool_timeout)
+    except (psycopg.Error, PoolTimeout) as error:
+        await pool.close()
+        _raise_unavailable(url, error)
+    return PostgresStore(pool, conninfo, parsed, statements, redact(url))
