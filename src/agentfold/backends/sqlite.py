@@ -1,0 +1,869 @@
+"""`sqlite:///path`: the embedded default store, one SQLite file in WAL mode.
+
+- Durable by default: `synchronous=FULL` fsyncs the write-ahead log at every commit. `synchronous=NORMAL` skips that
+  fsync: the store still survives a crash of the process, but a power loss may take away the last commits.
+- The event loop never blocks on disk. One writer thread owns the only write connection and group-commits: it takes
+  every append waiting in its queue, checks and writes them all in one `BEGIN IMMEDIATE` transaction and commits once
+  (one fsync for the whole group). Each append keeps its own atomicity and its own expected-version check: an append
+  that fails (wrong version, duplicate id) writes nothing and gets its own error while the others commit.
+- Reads run in worker threads, each with its own read connection; WAL lets them proceed beside the writer.
+- Several processes may share one file: `BEGIN IMMEDIATE` plus the busy timeout make their writers queue. Positions
+  are assigned inside the write transaction from the file's `AUTOINCREMENT` counter, so they follow commit order and
+  are never reused, and a reader never sees a gap that is filled later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+from urllib.parse import unquote
+
+import msgspec
+
+from agentfold.backends.memory import check_expected
+from agentfold.connect import redact, split_options
+from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
+from agentfold.errors import (
+    AgentfoldError,
+    DuplicateEventId,
+    InvalidURL,
+    StoreClosed,
+    StoreCorrupted,
+    StoreFull,
+    StoreReadOnly,
+    StoreTimeout,
+    StoreUnavailable,
+    WrongExpectedVersion,
+)
+from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.store import EventStore
+
+T = TypeVar("T")
+
+SCHEMA_VERSION: Final = 1
+"""Stored in `PRAGMA user_version`; later releases migrate from it."""
+
+DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
+SYNCHRONOUS_MODES: Final = ("FULL", "NORMAL")
+POLL_INTERVAL: Final = 0.025
+"""How often `_wait_for_append` looks for appends made by other processes (seconds)."""
+MAX_GROUP_APPENDS: Final = 1000
+MAX_GROUP_EVENTS: Final = 20_000
+READ_THREADS: Final = 2
+
+_SCHEMA: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        stream_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        event_id TEXT NOT NULL UNIQUE,
+        recorded_at_us INTEGER NOT NULL,
+        batch_first INTEGER NOT NULL,
+        batch_last INTEGER NOT NULL,
+        UNIQUE (stream_id, version)
+    )
+    """,
+    # The stream's version survives trimming its events, so it is kept apart from them.
+    """
+    CREATE TABLE IF NOT EXISTS streams (
+        stream_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    # Ids of trimmed events, so that a retry of a trimmed append is still recognised.
+    """
+    CREATE TABLE IF NOT EXISTS trimmed_events (
+        event_id TEXT PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        batch_first INTEGER NOT NULL,
+        batch_last INTEGER NOT NULL,
+        position INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS snapshots (
+        stream_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        PRIMARY KEY (stream_id, name)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS checkpoints (
+        name TEXT PRIMARY KEY,
+        position INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+_SELECT_HEAD: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+_SELECT_KNOWN_IDS: Final = (
+    "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?1)) "
+    "UNION ALL SELECT event_id FROM trimmed_events WHERE event_id IN (SELECT value FROM json_each(?1))"
+)
+_SELECT_ID_RECORDS: Final = (
+    "SELECT event_id, stream_id, version, batch_first, batch_last, position FROM events "
+    "WHERE event_id IN (SELECT value FROM json_each(?1)) "
+    "UNION ALL SELECT event_id, stream_id, version, batch_first, batch_last, position FROM trimmed_events "
+    "WHERE event_id IN (SELECT value FROM json_each(?1))"
+)
+_SELECT_VERSIONS: Final = "SELECT stream_id, version FROM streams WHERE stream_id IN (SELECT value FROM json_each(?))"
+_SELECT_VERSION: Final = "SELECT version FROM streams WHERE stream_id = ?"
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (position, stream_id, version, type, data, metadata, event_id, recorded_at_us, "
+    "batch_first, batch_last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_STREAM: Final = (
+    "INSERT INTO streams (stream_id, version) VALUES (?, ?) "
+    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version"
+)
+_SELECT_STREAM_PAGE: Final = (
+    "SELECT version, position, type, data, metadata, event_id, recorded_at_us FROM events "
+    "WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
+)
+_ALL_COLUMNS: Final = "SELECT stream_id, version, position, type, data, metadata, event_id, recorded_at_us FROM events"
+
+_json_encoder = msgspec.json.Encoder()
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
+
+# Primary result codes (https://www.sqlite.org/rescode.html).
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
+_SQLITE_READONLY: Final = 8
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_FULL: Final = 13
+_SQLITE_NOTADB: Final = 26
+
+
+@dataclass(frozen=True, slots=True)
+class SQLiteSettings:
+    """What `open_store` read from the URL and keyword options."""
+
+    path: str
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+    max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+
+
+def parse_url(url: str, **options: Any) -> SQLiteSettings:
+    """Read `sqlite:///relative.db` or `sqlite:////absolute/path.db` and its options; raise `InvalidURL` if bad.
+
+    Keyword options override query options.
+    """
+    shown = redact(url)
+    scheme, separator, rest = url.partition("://")
+    if scheme.lower() != "sqlite" or not separator:
+        raise InvalidURL(f"{shown!r} is not a sqlite:// URL")
+    location = rest.split("?", 1)[0]
+    if not location.startswith("/"):
+        raise InvalidURL(
+            f"{shown!r} names a host; use sqlite:///relative/path.db or sqlite:////absolute/path.db (no host)"
+        )
+    path = unquote(location[1:])
+    if not path:
+        raise InvalidURL(f"{shown!r} has no file path: use sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    if path == ":memory:" or path.startswith("file:"):
+        raise InvalidURL(f"{shown!r}: the sqlite backend needs a file path; use memory:// for a store in memory")
+    merged: dict[str, Any] = {**split_options(url), **options}
+    unknown = sorted(set(merged) - {"synchronous", "busy_timeout", "max_event_size"})
+    if unknown:
+        raise InvalidURL(
+            f"unknown sqlite option(s) {', '.join(unknown)} in {shown!r}; "
+            "supported: synchronous, busy_timeout, max_event_size"
+        )
+    synchronous = str(merged.get("synchronous", "FULL")).upper()
+    if synchronous not in SYNCHRONOUS_MODES:
+        raise InvalidURL(
+            f"option synchronous={merged['synchronous']!r} is not supported: use FULL (durable, the default) "
+            "or NORMAL (survives a process crash, may lose the last commits on power loss)"
+        )
+    busy_timeout = _int_option(merged, "busy_timeout", DEFAULT_BUSY_TIMEOUT_MS, minimum=0)
+    max_event_size = _int_option(merged, "max_event_size", DEFAULT_MAX_EVENT_SIZE, minimum=1)
+    return SQLiteSettings(path, synchronous, busy_timeout, max_event_size)
+
+
+def _int_option(options: dict[str, Any], name: str, default: int, minimum: int) -> int:
+    if name not in options:
+        return default
+    raw = options[name]
+    if isinstance(raw, bool):
+        raise InvalidURL(f"option {name}={raw!r} must be an integer >= {minimum}")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidURL(f"option {name}={raw!r} must be an integer >= {minimum}") from None
+    if value < minimum or (isinstance(raw, float) and raw != value):
+        raise InvalidURL(f"option {name}={raw!r} must be an integer >= {minimum}")
+    return value
+
+
+def translate_error(error: sqlite3.Error, path: str) -> AgentfoldError:
+    """The one place where driver errors become `agentfold.errors`."""
+    code = getattr(error, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    where = f"SQLite store {path!r}"
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StoreTimeout(f"{where} stayed locked by another writer beyond the busy timeout: {error}")
+    if primary == _SQLITE_FULL:
+        return StoreFull(f"{where} is full (disk or size limit): {error}")
+    if primary == _SQLITE_READONLY:
+        return StoreReadOnly(f"{where} is read-only: {error}")
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or isinstance(error, sqlite3.IntegrityError):
+        return StoreCorrupted(f"{where} holds data agentfold did not write: {error}")
+    return StoreUnavailable(f"{where} is unavailable: {error}")
+
+
+class _IdRecord(msgspec.Struct, frozen=True):
+    stream_id: str
+    version: int
+    batch_first: int
+    batch_last: int
+    position: int
+
+
+class _AppendRequest:
+    """One append waiting for the writer thread; `outcome` is set there and delivered on the event loop."""
+
+    __slots__ = ("events", "expected", "future", "outcome", "stream_id")
+
+    def __init__(
+        self,
+        stream_id: str,
+        events: list[EncodedEvent],
+        expected: ExpectedVersion,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.stream_id = stream_id
+        self.events = events
+        self.expected = expected
+        self.future = future
+        self.outcome: AppendResult | BaseException | None = None
+
+
+class _WriteJob:
+    """Any other write (snapshot, trim, checkpoint), run in its own savepoint inside a group."""
+
+    __slots__ = ("future", "outcome", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]) -> None:
+        self.work = work
+        self.future = future
+        self.outcome: Any = None
+
+
+_Request = _AppendRequest | _WriteJob
+
+
+def _size(request: _Request) -> int:
+    return len(request.events) if isinstance(request, _AppendRequest) else 1
+
+
+def _connect(settings: SQLiteSettings, *, writer: bool) -> sqlite3.Connection:
+    connection = sqlite3.connect(
+        settings.path,
+        timeout=settings.busy_timeout_ms / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+        cached_statements=256,
+    )
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms}")
+        if writer:
+            connection.execute(f"PRAGMA synchronous = {settings.synchronous}")
+        else:
+            connection.execute("PRAGMA query_only = 1")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _create_schema(connection: sqlite3.Connection, path: str) -> None:
+    """Switch to WAL and create the tables. Idempotent; two processes may run it at once (the write lock orders
+    them and the second finds everything in place)."""
+    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreUnavailable(f"SQLite store {path!r} cannot use WAL mode (journal_mode is {mode})")
+    found = connection.execute("PRAGMA user_version").fetchone()[0]
+    if found == SCHEMA_VERSION:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        found = connection.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"SQLite store {path!r} has schema version {found}, newer than this agentfold understands "
+                f"({SCHEMA_VERSION}); upgrade agentfold"
+            )
+        if found == 0:
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _json_list(values: Iterable[str]) -> str:
+    return _json_encoder.encode(list(values)).decode()
+
+
+def _load_id_records(connection: sqlite3.Connection, ids: Sequence[str]) -> dict[str, _IdRecord]:
+    rows = connection.execute(_SELECT_ID_RECORDS, (_json_list(ids),)).fetchall()
+    return {row[0]: _IdRecord(*row[1:]) for row in rows}
+
+
+def _find_retry(stream_id: str, events: list[EncodedEvent], known: dict[str, _IdRecord]) -> AppendResult | None:
+    """The result of the original append if `events` repeats it exactly; raise `DuplicateEventId` when ids are
+    reused any other way; None when no id is known. The same rules as the memory store."""
+    records = [known.get(event.id) for event in events]
+    if all(record is None for record in records):
+        return None
+    first = records[0]
+    for event, record in zip(events, records, strict=True):
+        if record is None:
+            raise DuplicateEventId(
+                next(e.id for e, r in zip(events, records, strict=True) if r is not None),
+                stream_id,
+                "only part of this batch was appended before; a retry must repeat the whole original batch",
+            )
+        if record.stream_id != stream_id:
+            raise DuplicateEventId(event.id, stream_id, f"already appended to stream {record.stream_id!r}")
+    assert first is not None
+    expected_versions = list(range(first.version, first.version + len(events)))
+    if (
+        first.batch_first != first.version
+        or first.batch_last != first.version + len(events) - 1
+        or [record.version for record in records if record] != expected_versions
+    ):
+        raise DuplicateEventId(
+            events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
+        )
+    # The events of one append get consecutive positions.
+    return AppendResult(first.batch_last, first.position + first.batch_last - first.version)
+
+
+def _event_rows(
+    stream_id: str, events: list[EncodedEvent], first_version: int, first_position: int, now_us: int
+) -> list[tuple[Any, ...]]:
+    last_version = first_version + len(events) - 1
+    return [
+        (
+            first_position + offset,
+            stream_id,
+            first_version + offset,
+            event.type,
+            event.data.decode(),
+            event.metadata.decode(),
+            event.id,
+            now_us,
+            first_version,
+            last_version,
+        )
+        for offset, event in enumerate(events)
+    ]
+
+
+def _decode_stream_page(stream_id: str, rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
+    decode = _object_decoder.decode
+    try:
+        return [
+            RecordedEvent(
+                stream_id,
+                version,
+                position,
+                event_type,
+                decode(data),
+                decode(metadata) if metadata != "{}" else {},
+                event_id,
+                recorded_at_us,
+            )
+            for version, position, event_type, data, metadata, event_id, recorded_at_us in rows
+        ]
+    except (msgspec.DecodeError, TypeError) as error:
+        raise StoreCorrupted(
+            f"a stored event of stream {stream_id!r} does not decode as a JSON object: {error}"
+        ) from None
+
+
+def _decode_all_page(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
+    decode = _object_decoder.decode
+    try:
+        return [
+            RecordedEvent(
+                stream_id,
+                version,
+                position,
+                event_type,
+                decode(data),
+                decode(metadata) if metadata != "{}" else {},
+                event_id,
+                recorded_at_us,
+            )
+            for stream_id, version, position, event_type, data, metadata, event_id, recorded_at_us in rows
+        ]
+    except (msgspec.DecodeError, TypeError) as error:
+        raise StoreCorrupted(f"a stored event does not decode as a JSON object: {error}") from None
+
+
+class _Writer:
+    """The writer thread: drains the queue and commits each batch of requests as one transaction."""
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: str,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[list[_Request]], None],
+    ) -> None:
+        self._connection = connection
+        self._path = path
+        self._loop = loop
+        self._deliver = deliver
+        self.queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        """Requests for the writer thread; None asks it to stop after what is queued before."""
+        self.commits = 0
+        self.thread = threading.Thread(target=self._run, name=f"agentfold-sqlite-writer:{path}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                first = self.queue.get()
+                if first is None:
+                    break
+                group: list[_Request] = [first]
+                event_count = _size(first)
+                while len(group) < MAX_GROUP_APPENDS and event_count < MAX_GROUP_EVENTS:
+                    try:
+                        item = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True  # finish this group, then stop: everything queued before close commits
+                        break
+                    group.append(item)
+                    event_count += _size(item)
+                self._commit_group(group)
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver, group)
+                except RuntimeError:
+                    return  # the event loop is gone; nobody is waiting for these outcomes
+        finally:
+            self._connection.close()
+
+    def _commit_group(self, group: list[_Request]) -> None:
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._apply_group(group)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            self.commits += 1
+        except sqlite3.Error as error:
+            failure: BaseException = translate_error(error, self._path)
+            for request in group:
+                request.outcome = failure
+        except BaseException as error:
+            for request in group:
+                request.outcome = error
+
+    def _apply_group(self, group: list[_Request]) -> None:
+        appends = [request for request in group if isinstance(request, _AppendRequest)]
+        if appends:
+            leftovers = self._append_together(appends)
+            for leftover in leftovers:
+                self._append_alone(leftover)
+        for job in group:
+            if isinstance(job, _WriteJob):
+                self._in_savepoint(job, job.work)
+
+    def _append_together(self, appends: list[_AppendRequest]) -> list[_AppendRequest]:
+        """Check and write, with a handful of statements in all, every append that reuses no known event id.
+
+        Version checks run in Python against the versions read at the start of the transaction, updated as each
+        append is accepted: the same serial order the appends then commit in. An append that fails its check is
+        never written, so it needs no rollback. Appends reusing a known id (retries, duplicates) are returned for
+        `_append_alone`; they were submitted concurrently with the others, so running them afterwards is a valid
+        serial order too.
+        """
+        connection = self._connection
+        now_us = time.time_ns() // 1000
+        stream_ids = {request.stream_id for request in appends}
+        all_ids = [event.id for request in appends for event in request.events]
+        known_ids = {row[0] for row in connection.execute(_SELECT_KNOWN_IDS, (_json_list(all_ids),))}
+        versions: dict[str, int] = dict(connection.execute(_SELECT_VERSIONS, (_json_list(stream_ids),)).fetchall())
+        head_row = connection.execute(_SELECT_HEAD).fetchone()
+        next_position = head_row[0] + 1 if head_row else 1
+        rows: list[tuple[Any, ...]] = []
+        written_streams: dict[str, int] = {}
+        leftovers: list[_AppendRequest] = []
+        for request in appends:
+            ids = [event.id for event in request.events]
+            if not known_ids.isdisjoint(ids):
+                leftovers.append(request)
+                continue
+            current = versions.get(request.stream_id, 0)
+            try:
+                check_expected(request.stream_id, request.expected, current)
+            except WrongExpectedVersion as error:
+                request.outcome = error
+                continue
+            count = len(request.events)
+            rows.extend(_event_rows(request.stream_id, request.events, current + 1, next_position, now_us))
+            next_position += count
+            versions[request.stream_id] = written_streams[request.stream_id] = current + count
+            known_ids.update(ids)
+            request.outcome = AppendResult(current + count, next_position - 1)
+        if not rows:
+            return leftovers
+        connection.execute("SAVEPOINT group_append")
+        try:
+            connection.executemany(_INSERT_EVENT, rows)
+            connection.executemany(_UPSERT_STREAM, written_streams.items())
+        except sqlite3.IntegrityError:
+            # The tables disagree with the checks above (a damaged file): fall back to one append at a time so
+            # only the appends that meet the damage fail.
+            connection.execute("ROLLBACK TO group_append")
+            connection.execute("RELEASE group_append")
+            for request in appends:
+                request.outcome = None
+            return appends
+        connection.execute("RELEASE group_append")
+        return leftovers
+
+    def _append_alone(self, request: _AppendRequest) -> None:
+        now_us = time.time_ns() // 1000
+
+        def append(connection: sqlite3.Connection) -> AppendResult:
+            ids = [event.id for event in request.events]
+            retry = _find_retry(request.stream_id, request.events, _load_id_records(connection, ids))
+            if retry is not None:
+                return retry
+            row = connection.execute(_SELECT_VERSION, (request.stream_id,)).fetchone()
+            current = row[0] if row else 0
+            check_expected(request.stream_id, request.expected, current)
+            head_row = connection.execute(_SELECT_HEAD).fetchone()
+            first_position = head_row[0] + 1 if head_row else 1
+            count = len(request.events)
+            connection.executemany(
+                _INSERT_EVENT, _event_rows(request.stream_id, request.events, current + 1, first_position, now_us)
+            )
+            connection.execute(_UPSERT_STREAM, (request.stream_id, current + count))
+            return AppendResult(current + count, first_position + count - 1)
+
+        self._in_savepoint(request, append)
+
+    def _in_savepoint(self, request: _Request, work: Callable[[sqlite3.Connection], Any]) -> None:
+        """Run one request alone: its own errors roll back only its own writes."""
+        connection = self._connection
+        connection.execute("SAVEPOINT one_request")
+        try:
+            request.outcome = work(connection)
+        except AgentfoldError as error:
+            request.outcome = error
+        except sqlite3.IntegrityError as error:
+            request.outcome = translate_error(error, self._path)
+        except BaseException:
+            connection.execute("ROLLBACK TO one_request")
+            connection.execute("RELEASE one_request")
+            raise
+        else:
+            connection.execute("RELEASE one_request")
+            return
+        connection.execute("ROLLBACK TO one_request")
+        connection.execute("RELEASE one_request")
+
+
+class SQLiteStore(EventStore):
+    """An event store in one SQLite file. Open it with `agentfold.connect("sqlite:///path.db")`."""
+
+    scheme = "sqlite"
+
+    def __init__(self, settings: SQLiteSettings, writer_connection: sqlite3.Connection) -> None:
+        super().__init__()
+        self.settings = settings
+        self.max_event_size = settings.max_event_size
+        self._loop = asyncio.get_running_loop()
+        self._writer = _Writer(writer_connection, settings.path, self._loop, self._deliver)
+        self._writer.thread.start()
+        self._writer_stopped = False
+        self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="agentfold-sqlite-read")
+        self._reader_local = threading.local()
+        self._read_connections: list[sqlite3.Connection] = []
+        self._read_connections_lock = threading.Lock()
+        self._appended = asyncio.Event()
+        self._committed_position = 0
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self.settings.path
+
+    @property
+    def synchronous(self) -> str:
+        """`FULL` (every commit is fsynced) or `NORMAL` (may lose the last commits on power loss)."""
+        return self.settings.synchronous
+
+    @property
+    def commit_count(self) -> int:
+        """Write transactions committed by this store so far; appends / commits is the group-commit factor."""
+        return self._writer.commits
+
+    # -- writes ----------------------------------------------------------------------------------------------------
+
+    async def _append(
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
+    ) -> AppendResult:
+        future: asyncio.Future[AppendResult] = self._loop.create_future()
+        self._submit(_AppendRequest(stream_id, events, expected_version, future))
+        return await future
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the writer connection inside a write transaction, in its own savepoint."""
+        self._check_open()
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._submit(_WriteJob(work, future))
+        return await future
+
+    def _submit(self, request: _Request) -> None:
+        if self._writer_stopped:
+            raise StoreClosed("the sqlite store is closed")
+        self._writer.queue.put(request)
+
+    def _deliver(self, group: list[_Request]) -> None:
+        """On the event loop: hand each request its outcome, then wake the waiting readers."""
+        appended = False
+        for request in group:
+            outcome = request.outcome
+            if isinstance(request, _AppendRequest) and isinstance(outcome, AppendResult):
+                appended = True
+                self._committed_position = max(self._committed_position, outcome.position)
+            if request.future.done():
+                continue  # the caller was cancelled; the write stands (a retry finds it by event id)
+            if isinstance(outcome, BaseException):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
+        if appended:
+            self._appended.set()
+            self._appended = asyncio.Event()
+
+    # -- reads -----------------------------------------------------------------------------------------------------
+
+    def _read_connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._reader_local, "connection", None)
+        if connection is None:
+            connection = _connect(self.settings, writer=False)
+            self._reader_local.connection = connection
+            with self._read_connections_lock:
+                self._read_connections.append(connection)
+        return connection
+
+    def _run_read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            connection = self._read_connection()
+            try:
+                return query(connection)
+            finally:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise translate_error(error, self.settings.path) from None
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._loop.run_in_executor(self._readers, self._run_read, query)
+        except RuntimeError as error:
+            if self._closed:
+                raise StoreClosed("the sqlite store is closed") from None
+            raise error
+
+    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
+        def query(connection: sqlite3.Connection) -> list[RecordedEvent]:
+            rows = connection.execute(_SELECT_STREAM_PAGE, (stream_id, after_version, limit)).fetchall()
+            return _decode_stream_page(stream_id, rows)
+
+        return await self._read(query)
+
+    async def _read_all_page(
+        self,
+        after_position: int,
+        limit: int,
+        types: tuple[str, ...] | None,
+        stream_prefix: str | None,
+    ) -> tuple[list[RecordedEvent], int]:
+        sql = f"{_ALL_COLUMNS} WHERE position > ? AND position <= ?"
+        parameters: list[Any] = [after_position, after_position + limit]
+        if types is not None:
+            sql += " AND type IN (SELECT value FROM json_each(?))"
+            parameters.append(_json_list(types))
+        if stream_prefix is not None:
+            sql += " AND substr(stream_id, 1, ?) = ?"
+            parameters += [len(stream_prefix), stream_prefix]
+        sql += " ORDER BY position"
+
+        def query(connection: sqlite3.Connection) -> tuple[list[RecordedEvent], int]:
+            # The rows and the head come from one snapshot: every position up to the head is final in it.
+            connection.execute("BEGIN")
+            rows = connection.execute(sql, parameters).fetchall()
+            head_row = connection.execute(_SELECT_HEAD).fetchone()
+            connection.execute("COMMIT")
+            head = head_row[0] if head_row else 0
+            return _decode_all_page(rows), max(after_position, min(after_position + limit, head))
+
+        return await self._read(query)
+
+    async def stream_version(self, stream_id: str) -> int:
+        self._check_open()
+
+        def query(connection: sqlite3.Connection) -> int:
+            row = connection.execute(_SELECT_VERSION, (stream_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._read(query)
+
+    async def head_position(self) -> int:
+        self._check_open()
+        return await self._read(_head)
+
+    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+        deadline = self._loop.time() + timeout
+        while self._committed_position <= after_position and not self._closed:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._appended.wait(), min(remaining, POLL_INTERVAL))
+                return
+            except TimeoutError:
+                pass
+            # Appends by other processes (or other stores on this file) wake nobody here: poll for them.
+            if await self._read(_head) > after_position:
+                return
+
+    # -- records beside the log ------------------------------------------------------------------------------------
+
+    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
+        def query(connection: sqlite3.Connection) -> tuple[int, bytes] | None:
+            row = connection.execute(
+                "SELECT version, state FROM snapshots WHERE stream_id = ? AND name = ?", (stream_id, name)
+            ).fetchone()
+            return (int(row[0]), bytes(row[1])) if row else None
+
+        return await self._read(query)
+
+    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
+        def save(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO snapshots (stream_id, name, version, state) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (stream_id, name) DO UPDATE SET version = excluded.version, state = excluded.state "
+                "WHERE excluded.version >= snapshots.version",
+                (stream_id, name, version, state),
+            )
+
+        await self._write(save)
+
+    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+        def trim(connection: sqlite3.Connection) -> int:
+            connection.execute(
+                "INSERT INTO trimmed_events (event_id, stream_id, version, batch_first, batch_last, position) "
+                "SELECT event_id, stream_id, version, batch_first, batch_last, position FROM events "
+                "WHERE stream_id = ? AND version < ?",
+                (stream_id, before_version),
+            )
+            deleted = connection.execute(
+                "DELETE FROM events WHERE stream_id = ? AND version < ?", (stream_id, before_version)
+            )
+            return deleted.rowcount
+
+        return await self._write(trim)
+
+    async def _load_checkpoint(self, name: str) -> int | None:
+        def query(connection: sqlite3.Connection) -> int | None:
+            row = connection.execute("SELECT position FROM checkpoints WHERE name = ?", (name,)).fetchone()
+            return int(row[0]) if row else None
+
+        return await self._read(query)
+
+    async def _save_checkpoint(self, name: str, position: int) -> None:
+        def save(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO checkpoints (name, position) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                (name, position),
+            )
+
+        await self._write(save)
+
+    # -- closing ---------------------------------------------------------------------------------------------------
+
+    async def _close(self) -> None:
+        """Let the writer commit everything queued before the close, then stop the threads and close connections."""
+        self._writer_stopped = True
+        self._writer.queue.put(None)
+        await asyncio.to_thread(self._writer.thread.join)
+        await asyncio.to_thread(self._readers.shutdown, True)
+        with self._read_connections_lock:
+            connections, self._read_connections = self._read_connections, []
+        for connection in connections:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+        self._appended.set()
+
+
+def _head(connection: sqlite3.Connection) -> int:
+    row = connection.execute(_SELECT_HEAD).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _open_writer_connection(settings: SQLiteSettings) -> sqlite3.Connection:
+    directory = os.path.dirname(os.path.abspath(settings.path))
+    if not os.path.isdir(directory):
+        raise StoreUnavailable(f"SQLite store {settings.path!r}: directory {directory!r} does not exist")
+    try:
+        connection = _connect(settings, writer=True)
+    except sqlite3.Error as error:
+        raise translate_error(error, settings.path) from None
+    try:
+        _create_schema(connection, settings.path)
+    except BaseException as error:
+        connection.close()
+        if isinstance(error, sqlite3.Error):
+            raise translate_error(error, settings.path) from None
+        raise
+    return connection
+
+
+async def open_store(url: str, **options: Any) -> SQLiteStore:
+    """Open (creating if needed) the SQLite store at `url`.
+
+    Options, in the URL query or as keywords (keywords win): `synchronous` = `FULL` (default) or `NORMAL`,
+    `busy_timeout` in milliseconds (default 5000), `max_event_size` in bytes. Bad options raise `InvalidURL`.
+    """
+    settings = parse_url(url, **options)
+    connection = await asyncio.to_thread(_open_writer_connection, settings)
+    return SQLiteStore(settings, connection)
+
+
+__all__ = ["SQLiteSettings", "SQLiteStore", "open_store", "parse_url", "translate_error"]
