@@ -1,0 +1,736 @@
+"""`redis://host:port/db?prefix=NAME`: an event store in Redis Streams.
+
+Layout, every key under ``{prefix}:`` and nothing else in the database touched:
+
+- ``{prefix}:s:{stream_id}``: the stream's events, entry id ``0-<version>``;
+- ``{prefix}:v:{stream_id}``: the stream's version counter (``XLEN`` is wrong after trimming);
+- ``{prefix}:all``: every event in global order, entry id ``0-<position>``;
+- ``{prefix}:head``: the global position counter;
+- ``{prefix}:ids``: a hash, event id -> ``"version batch_first batch_last position stream_id"``;
+- ``{prefix}:snap:{stream_id}``: a hash, snapshot name -> ``"version " + state``;
+- ``{prefix}:checkpoints``: a hash, subscriber name -> position.
+
+Each entry holds one field ``e``: a JSON array ``[number, recorded_at_us, stream_id, type, id, data, metadata]``
+where ``number`` is the position in a per-stream entry and the version in a global one (the other number is the
+entry id), so one msgspec call decodes a page.
+
+Every append runs inside one Lua script (`APPEND_SCRIPT`): the id lookup, the expected-version check and all writes
+happen in one step no other client can interleave. Concurrent appends from one process are sent together: the
+script takes several independent appends per call and answers each on its own, so 16 writers cost one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from agentfold.connect import redact, split_options
+from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
+from agentfold.errors import (
+    DuplicateEventId,
+    InvalidURL,
+    StoreCorrupted,
+    StoreFull,
+    StoreReadOnly,
+    StoreTimeout,
+    StoreUnavailable,
+    WrongExpectedVersion,
+)
+from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.store import EventStore
+
+logger = logging.getLogger(__name__)
+
+Durability = Literal["server", "waitaof"]
+DURABILITIES: Final = ("server", "waitaof")
+DEFAULT_PREFIX: Final = "agentfold"
+DEFAULT_TIMEOUT: Final = 10.0
+WAITAOF_MIN_VERSION: Final = (7, 2)
+MIN_VERSION: Final = (7, 0)
+_PREFIX_PATTERN: Final = re.compile(r"[A-Za-z0-9_.{}\-]{1,100}")
+_OPTIONS: Final = ("prefix", "durability", "max_event_size", "timeout")
+
+# How many appends, and how many events, one script call may carry: bounds the time the server spends in one call.
+_MAX_APPENDS_PER_CALL: Final = 256
+_MAX_EVENTS_PER_CALL: Final = 4096
+_TRIM_PAGE: Final = 1000
+
+# KEYS: head, all, ids, then for each append its version key and stream key.
+# ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
+# number), event count, then per event: id and the JSON tail of its entry (`stream_id,type,id,data,metadata]`).
+# Reply, one item per append: {0, version, position} written; {1, records...} some id already recorded (nothing
+# written; the caller tells a retry from a duplicate); {2, current version} wrong expected version (nothing written).
+APPEND_SCRIPT: Final = """#!lua
+local head_key, all_key, ids_key = KEYS[1], KEYS[2], KEYS[3]
+local fmt = string.format
+local clock = redis.call('TIME')
+local now = clock[1] .. string.rep('0', 6 - #clock[2]) .. clock[2]
+local replies = {}
+local at = 2
+for append = 1, tonumber(ARGV[1]) do
+  local version_key, stream_key = KEYS[2 + 2 * append], KEYS[3 + 2 * append]
+  local stream_id, expected, count = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
+  local first_arg = at + 3
+  at = first_arg + 2 * count
+  local records = {}
+  local known = false
+  for start = 0, count - 1, 500 do
+    local ids = {}
+    for i = start, math.min(start + 499, count - 1) do ids[#ids + 1] = ARGV[first_arg + 2 * i] end
+    local found = redis.call('HMGET', ids_key, unpack(ids))
+    for i = 1, #found do
+      records[start + i] = found[i]
+      if found[i] then known = true end
+    end
+  end
+  if known then
+    replies[append] = {1, records}
+  else
+    local current = tonumber(redis.call('GET', version_key) or '0')
+    local ok
+    if expected == 'any' then ok = true
+    elseif expected == 'no_stream' then ok = current == 0
+    elseif expected == 'exists' then ok = current > 0
+    else ok = current == tonumber(expected) end
+    if not ok then
+      replies[append] = {2, current}
+    else
+      local last_version = redis.call('INCRBY', version_key, count)
+      local last_position = redis.call('INCRBY', head_key, count)
+      local first_version = last_version - count + 1
+      local first_position = last_position - count + 1
+      local batch = ' ' .. fmt('%d', first_version) .. ' ' .. fmt('%d', last_version) .. ' '
+      local pairs = {}
+      for i = 0, count - 1 do
+        local version = fmt('%d', first_version + i)
+        local position = fmt('%d', first_position + i)
+        local tail = ARGV[first_arg + 2 * i + 1]
+        redis.call('XADD', stream_key, '0-' .. version, 'e', '[' .. position .. ',' .. now .. ',' .. tail)
+        redis.call('XADD', all_key, '0-' .. position, 'e', '[' .. version .. ',' .. now .. ',' .. tail)
+        pairs[#pairs + 1] = ARGV[first_arg + 2 * i]
+        pairs[#pairs + 1] = version .. batch .. position .. ' ' .. stream_id
+        if #pairs >= 1000 then
+          redis.call('HSET', ids_key, unpack(pairs))
+          pairs = {}
+        end
+      end
+      if #pairs > 0 then redis.call('HSET', ids_key, unpack(pairs)) end
+      replies[append] = {0, last_version, last_position}
+    end
+  end
+end
+return replies
+"""
+
+# KEYS: stream key, all. ARGV: last version to delete ("0-<version>"), at most how many. Reply: how many went.
+TRIM_SCRIPT: Final = """#!lua
+local entries = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
+if #entries == 0 then return 0 end
+local own, global = {}, {}
+for i, entry in ipairs(entries) do
+  own[i] = entry[1]
+  global[i] = '0-' .. string.match(entry[2][2], '^%[(%d+),')
+end
+redis.call('XDEL', KEYS[1], unpack(own))
+redis.call('XDEL', KEYS[2], unpack(global))
+return #entries
+"""
+
+# KEYS: the stream's snapshot hash. ARGV: name, version, "version state". Keeps the newest version.
+SNAPSHOT_SCRIPT: Final = """#!lua
+local kept = redis.call('HGET', KEYS[1], ARGV[1])
+if kept and tonumber(string.match(kept, '^(%d+) ')) > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+_EXPECTED_ARGUMENT: Final = {ANY: b"any", NO_STREAM: b"no_stream", STREAM_EXISTS: b"exists"}
+
+
+class _Entry(msgspec.Struct, array_like=True, gc=False):
+    number: int
+    recorded_at_us: int
+    stream_id: str
+    type: str
+    id: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+_page_decoder = msgspec.json.Decoder(list[_Entry])
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """What a ``redis://`` URL and keyword options ask for, checked."""
+
+    client_url: str
+    """The URL for the driver: scheme, credentials, host, port and database, no agentfold options."""
+    prefix: str
+    durability: Durability
+    max_event_size: int
+    timeout: float
+
+    @property
+    def shown_url(self) -> str:
+        """The URL with any password hidden."""
+        return redact(self.client_url)
+
+
+def parse_url(url: str, options: dict[str, Any]) -> RedisSettings:
+    """Check a ``redis://`` URL and its options; raise `InvalidURL` naming what is wrong (password never shown)."""
+    shown = redact(url)
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise InvalidURL(f"{shown!r} is not a redis:// URL")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise InvalidURL(f"the port in {shown!r} is not a number in 0..65535") from None
+    if not parts.hostname:
+        raise InvalidURL(f"{shown!r} names no host")
+    database = parts.path.lstrip("/") or "0"
+    if not database.isdigit():
+        raise InvalidURL(f"the database in {shown!r} must be a number, got {database!r}")
+    merged: dict[str, Any] = {**split_options(url), **options}
+    unknown = sorted(set(merged) - set(_OPTIONS))
+    if unknown:
+        raise InvalidURL(f"unknown option(s) {', '.join(unknown)} for {shown!r}; known: {', '.join(_OPTIONS)}")
+    prefix = str(merged.get("prefix", DEFAULT_PREFIX))
+    if not _PREFIX_PATTERN.fullmatch(prefix):
+        raise InvalidURL(
+            f"prefix {prefix!r} must be 1 to 100 characters of letters, digits, '_', '.', '-', '{{' or '}}'"
+        )
+    durability = str(merged.get("durability", "server"))
+    if durability not in DURABILITIES:
+        raise InvalidURL(f"durability must be 'server' or 'waitaof', got {durability!r}")
+    max_event_size = _positive(merged.get("max_event_size", DEFAULT_MAX_EVENT_SIZE), "max_event_size", int)
+    timeout = _positive(merged.get("timeout", DEFAULT_TIMEOUT), "timeout", float)
+    client_url = urlunsplit(("redis", parts.netloc, f"/{database}", "", ""))
+    return RedisSettings(client_url, prefix, cast(Durability, durability), int(max_event_size), float(timeout))
+
+
+def _positive(value: Any, name: str, kind: type[int] | type[float]) -> float:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise InvalidURL(f"{name} must be a positive number, got {value!r}") from None
+    if isinstance(value, bool) or number <= 0:
+        raise InvalidURL(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn driver errors into agentfold errors: the one place this backend does so."""
+    try:
+        yield
+    except redis_errors.BusyLoadingError as error:
+        raise StoreUnavailable(f"{what}: Redis is loading its data set, retry shortly ({error})") from error
+    except redis_errors.AuthenticationError as error:
+        raise StoreUnavailable(f"{what}: Redis refused the credentials ({error})") from error
+    except redis_errors.ConnectionError as error:
+        raise StoreUnavailable(f"{what}: lost or could not open the connection to Redis ({error})") from error
+    except redis_errors.TimeoutError as error:
+        raise StoreTimeout(f"{what}: Redis did not answer in time ({error})") from error
+    except redis_errors.OutOfMemoryError as error:
+        raise StoreFull(f"{what}: Redis is out of memory (maxmemory reached); nothing was written") from error
+    except redis_errors.ReadOnlyError as error:
+        raise StoreReadOnly(f"{what}: this Redis is a read-only replica; nothing was written") from error
+    except redis_errors.ResponseError as error:
+        message = str(error)
+        if message.startswith(("MISCONF", "LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY ")):
+            raise StoreUnavailable(f"{what}: Redis cannot serve writes now ({message})") from error
+        raise
+
+
+@dataclass(frozen=True)
+class Persistence:
+    """What the server promises about an acknowledged append, read from its settings at connect."""
+
+    survives_crash: bool
+    """True when an acknowledged append is on disk (AOF ``appendfsync always``, or ``durability="waitaof"``)."""
+    description: str
+
+
+def describe_persistence(config: dict[str, str], durability: Durability) -> Persistence:
+    """Judge the server's persistence settings (``CONFIG GET appendonly appendfsync save``)."""
+    if durability == "waitaof":
+        return Persistence(True, "each append waits for WAITAOF: the server fsynced it to its append-only file")
+    appendonly = config.get("appendonly")
+    fsync = config.get("appendfsync")
+    if appendonly is None:
+        return Persistence(
+            False, "the server does not show its persistence settings (CONFIG is disabled): assume appends can be lost"
+        )
+    if appendonly == "yes" and fsync == "always":
+        return Persistence(True, "AOF with appendfsync always: every acknowledged append was fsynced")
+    if appendonly == "yes" and fsync == "everysec":
+        return Persistence(False, "AOF with appendfsync everysec: a crash can lose about the last second of appends")
+    if appendonly == "yes":
+        return Persistence(False, f"AOF with appendfsync {fsync}: the OS decides when appends reach the disk")
+    if config.get("save"):
+        return Persistence(False, "no AOF, only RDB snapshots: a crash loses every append since the last snapshot")
+    return Persistence(False, "no persistence at all (no AOF, no RDB): a restart loses every event")
+
+
+class RedisDurabilityWarning(UserWarning):
+    """The Redis server may lose an append it acknowledged."""
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_once(settings: RedisSettings, persistence: Persistence) -> None:
+    """Warn, once per server and setting per process, when acknowledged appends may be lost."""
+    if persistence.survives_crash:
+        return
+    key = (settings.shown_url, persistence.description)
+    if key in _warned:
+        return
+    _warned.add(key)
+    message = (
+        f"Redis at {settings.shown_url}: {persistence.description}. Use AOF with appendfsync always, "
+        "or durability=waitaof on Redis >= 7.2, for appends that survive a crash."
+    )
+    logger.warning(message)
+    warnings.warn(message, RedisDurabilityWarning, stacklevel=3)
+
+
+def make_client(settings: RedisSettings, timeout: float | None) -> aioredis.Redis:
+    """A client that never retries on its own: errors reach the caller, who may retry (appends are idempotent)."""
+    client = aioredis.Redis.from_url(
+        settings.client_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=settings.timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    client.set_response_callback("XRANGE", _raw)
+    client.set_response_callback("XREAD", _raw)
+    return client
+
+
+async def _execute(client: aioredis.Redis, *arguments: Any) -> Any:
+    """A command whose reply the store parses itself."""
+    return await client.execute_command(*arguments)  # type: ignore[no-untyped-call]
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    return response
+
+
+async def server_version(client: aioredis.Redis) -> tuple[int, ...]:
+    """The server's version as numbers, from ``INFO server``."""
+    info = await client.info("server")
+    return tuple(int(part) for part in str(info["redis_version"]).split(".")[:3] if part.isdigit())
+
+
+async def read_persistence_config(client: aioredis.Redis) -> dict[str, str]:
+    """``appendonly``, ``appendfsync`` and ``save``; empty when the server hides ``CONFIG``."""
+    try:
+        raw = await client.config_get("append*")
+        raw.update(await client.config_get("save"))
+    except redis_errors.ResponseError:
+        return {}
+    return {_text(key): _text(value) for key, value in raw.items()}
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+@dataclass(slots=True)
+class _PendingAppend:
+    stream_id: str
+    stream_key: bytes
+    version_key: bytes
+    arguments: list[bytes | str]
+    events: list[EncodedEvent]
+    expected: ExpectedVersion
+    reply: asyncio.Future[list[Any]]
+
+
+class RedisStore(EventStore):
+    """Events in Redis Streams; see the module docstring for the key layout and the append script."""
+
+    scheme = "redis"
+
+    def __init__(self, settings: RedisSettings, persistence: Persistence, version: tuple[int, ...]) -> None:
+        super().__init__()
+        self.settings = settings
+        self.persistence = persistence
+        self.server_version = version
+        self.max_event_size = settings.max_event_size
+        self.prefix = settings.prefix
+        self._client = make_client(settings, settings.timeout)
+        self._waiter = make_client(settings, None)  # blocking XREAD, kept off the connections appends use
+        self._append_script = self._client.register_script(APPEND_SCRIPT)
+        self._trim_script = self._client.register_script(TRIM_SCRIPT)
+        self._snapshot_script = self._client.register_script(SNAPSHOT_SCRIPT)
+        base = settings.prefix.encode()
+        self._head_key = base + b":head"
+        self._all_key = base + b":all"
+        self._ids_key = base + b":ids"
+        self._checkpoints_key = base + b":checkpoints"
+        self._pending: list[_PendingAppend] = []
+        self._sending = False
+
+    def key(self, kind: str, stream_id: str | None = None) -> bytes:
+        """The key of a record kind (``s``, ``v``, ``snap``, ``all``, ...), for one stream when given."""
+        name = f"{self.prefix}:{kind}" if stream_id is None else f"{self.prefix}:{kind}:{stream_id}"
+        return name.encode()
+
+    # -- appending -----------------------------------------------------------------------------------------------
+
+    async def _append(
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
+    ) -> AppendResult:
+        arguments: list[bytes | str] = [
+            stream_id,
+            _EXPECTED_ARGUMENT[expected_version] if not isinstance(expected_version, int) else str(expected_version),
+            str(len(events)),
+        ]
+        stream_json = _encoder.encode(stream_id)
+        for event in events:
+            arguments.append(event.id)
+            arguments.append(
+                b'%s,%s,"%s",%s,%s]'
+                % (stream_json, _encoder.encode(event.type), event.id.encode(), event.data, event.metadata)
+            )
+        pending = _PendingAppend(
+            stream_id,
+            self.key("s", stream_id),
+            self.key("v", stream_id),
+            arguments,
+            events,
+            expected_version,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._pending.append(pending)
+        if not self._sending:
+            self._sending = True
+            asyncio.get_running_loop().create_task(self._send_pending())
+        reply = await pending.reply
+        return self._answer(pending, reply)
+
+    async def _send_pending(self) -> None:
+        """Send every waiting append, a few hundred per script call, until none wait; one call in flight."""
+        try:
+            while self._pending:
+                group = self._take_group()
+                try:
+                    replies = await self._run_append_script(group)
+                except BaseException as error:
+                    for pending in group:
+                        if not pending.reply.done():
+                            pending.reply.set_exception(error)
+                    if not isinstance(error, Exception):
+                        raise
+                    continue
+                for pending, reply in zip(group, replies, strict=True):
+                    if not pending.reply.done():
+                        pending.reply.set_result(reply)
+        finally:
+            self._sending = False
+
+    def _take_group(self) -> list[_PendingAppend]:
+        group: list[_PendingAppend] = []
+        events = 0
+        for pending in self._pending:
+            if group and (len(group) >= _MAX_APPENDS_PER_CALL or events + len(pending.events) > _MAX_EVENTS_PER_CALL):
+                break
+            group.append(pending)
+            events += len(pending.events)
+        del self._pending[: len(group)]
+        return group
+
+    async def _run_append_script(self, group: list[_PendingAppend]) -> list[Any]:
+        keys: list[bytes] = [self._head_key, self._all_key, self._ids_key]
+        arguments: list[bytes | str] = [str(len(group))]
+        for pending in group:
+            keys.append(pending.version_key)
+            keys.append(pending.stream_key)
+            arguments.extend(pending.arguments)
+        with translate_errors(f"append to Redis at {self.settings.shown_url}"):
+            if self.settings.durability == "waitaof":
+                return await self._run_with_waitaof(keys, arguments)
+            return cast(list[Any], await self._evalsha(self._client, keys, arguments))
+
+    async def _evalsha(self, client: Any, keys: list[bytes], arguments: list[bytes | str]) -> Any:
+        sha = self._append_script.sha
+        try:
+            return await client.execute_command("EVALSHA", sha, len(keys), *keys, *arguments)
+        except redis_errors.NoScriptError:
+            # The server restarted or flushed its scripts; the script did not run, so sending it again is safe.
+            await self._client.script_load(APPEND_SCRIPT)
+            return await client.execute_command("EVALSHA", sha, len(keys), *keys, *arguments)
+
+    async def _run_with_waitaof(self, keys: list[bytes], arguments: list[bytes | str]) -> list[Any]:
+        """The script and ``WAITAOF 1 0 timeout`` on one connection: WAITAOF covers what that connection wrote."""
+        timeout_ms = int(self.settings.timeout * 1000)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.execute_command("EVALSHA", self._append_script.sha, len(keys), *keys, *arguments)
+            pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+            try:
+                replies, fsynced = await pipe.execute()
+            except redis_errors.NoScriptError:
+                await self._client.script_load(APPEND_SCRIPT)
+                pipe.execute_command("EVALSHA", self._append_script.sha, len(keys), *keys, *arguments)
+                pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+                replies, fsynced = await pipe.execute()
+        if int(fsynced[0]) < 1:
+            raise StoreTimeout(
+                f"append to Redis at {self.settings.shown_url}: the server did not confirm the fsync within "
+                f"{self.settings.timeout} s; the append may be written, retrying it is safe"
+            )
+        return cast(list[Any], replies)
+
+    def _answer(self, pending: _PendingAppend, reply: list[Any]) -> AppendResult:
+        outcome = int(reply[0])
+        if outcome == 0:
+            return AppendResult(int(reply[1]), int(reply[2]))
+        if outcome == 2:
+            raise WrongExpectedVersion(pending.stream_id, pending.expected, int(reply[1]))
+        return _retry_result(pending.stream_id, pending.events, [_IdRecord.parse(raw) for raw in reply[1]])
+
+    # -- reading -------------------------------------------------------------------------------------------------
+
+    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
+        with translate_errors(f"read stream {stream_id!r} from Redis"):
+            raw = await _execute(
+                self._client, "XRANGE", self.key("s", stream_id), f"0-{after_version + 1}", "+", "COUNT", limit
+            )
+        if not raw:
+            return []
+        entries = _decode_page(raw)
+        return [
+            RecordedEvent(
+                stream_id,
+                int(entry_id[2:]),
+                entry.number,
+                entry.type,
+                entry.data,
+                entry.metadata,
+                entry.id,
+                entry.recorded_at_us,
+            )
+            for (entry_id, _), entry in zip(raw, entries, strict=True)
+        ]
+
+    async def _read_all_page(
+        self,
+        after_position: int,
+        limit: int,
+        types: tuple[str, ...] | None,
+        stream_prefix: str | None,
+    ) -> tuple[list[RecordedEvent], int]:
+        with translate_errors("read all events from Redis"):
+            raw = await _execute(self._client, "XRANGE", self._all_key, f"0-{after_position + 1}", "+", "COUNT", limit)
+        if not raw:
+            return [], after_position
+        entries = _decode_page(raw)
+        events = [
+            RecordedEvent(
+                entry.stream_id,
+                entry.number,
+                int(entry_id[2:]),
+                entry.type,
+                entry.data,
+                entry.metadata,
+                entry.id,
+                entry.recorded_at_us,
+            )
+            for (entry_id, _), entry in zip(raw, entries, strict=True)
+            if (types is None or entry.type in types)
+            and (stream_prefix is None or entry.stream_id.startswith(stream_prefix))
+        ]
+        return events, int(raw[-1][0][2:])
+
+    async def stream_version(self, stream_id: str) -> int:
+        self._check_open()
+        with translate_errors(f"read the version of stream {stream_id!r} from Redis"):
+            value = await self._client.get(self.key("v", stream_id))
+        return int(value) if value is not None else 0
+
+    async def head_position(self) -> int:
+        self._check_open()
+        with translate_errors("read the head position from Redis"):
+            value = await self._client.get(self._head_key)
+        return int(value) if value is not None else 0
+
+    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+        """``XREAD BLOCK`` on the global stream, on a connection of its own; returns early on any error (a hint)."""
+        if timeout <= 0 or await self.head_position() > after_position:
+            return
+        block_ms = max(1, int(timeout * 1000))
+        try:
+            with translate_errors("wait for appends in Redis"):
+                await asyncio.wait_for(
+                    _execute(
+                        self._waiter,
+                        "XREAD",
+                        "COUNT",
+                        1,
+                        "BLOCK",
+                        block_ms,
+                        "STREAMS",
+                        self._all_key,
+                        f"0-{after_position}",
+                    ),
+                    timeout + self.settings.timeout,
+                )
+        except TimeoutError:
+            return
+
+    # -- records beside the log ----------------------------------------------------------------------------------
+
+    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
+        with translate_errors(f"load snapshot {name!r} of stream {stream_id!r} from Redis"):
+            value = await self._client.hget(self.key("snap", stream_id), name)
+        if value is None:
+            return None
+        version, _, state = cast(bytes, value).partition(b" ")
+        return int(version), state
+
+    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
+        with translate_errors(f"save snapshot {name!r} of stream {stream_id!r} in Redis"):
+            await self._snapshot_script(
+                keys=[self.key("snap", stream_id)], args=[name, version, b"%d " % version + state]
+            )
+
+    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+        if before_version <= 1:
+            return 0
+        removed = 0
+        keys = [self.key("s", stream_id), self._all_key]
+        while True:
+            with translate_errors(f"trim stream {stream_id!r} in Redis"):
+                count = int(await self._trim_script(keys=keys, args=[f"0-{before_version - 1}", _TRIM_PAGE]))
+            removed += count
+            if count < _TRIM_PAGE:
+                return removed
+
+    async def _load_checkpoint(self, name: str) -> int | None:
+        with translate_errors(f"load checkpoint {name!r} from Redis"):
+            value = await self._client.hget(self._checkpoints_key, name)
+        return int(value) if value is not None else None
+
+    async def _save_checkpoint(self, name: str, position: int) -> None:
+        with translate_errors(f"save checkpoint {name!r} in Redis"):
+            await self._client.hset(self._checkpoints_key, name, position)
+
+    async def _close(self) -> None:
+        await self._client.aclose()
+        await self._waiter.aclose()
+
+
+def _decode_page(raw: list[Any]) -> list[_Entry]:
+    """One msgspec call for a whole XRANGE page: the entries' JSON arrays joined into one array."""
+    try:
+        return _page_decoder.decode(b"[" + b",".join(fields[1] for _, fields in raw) + b"]")
+    except (msgspec.DecodeError, IndexError, TypeError) as error:
+        raise StoreCorrupted(f"a Redis stream entry was not written by agentfold: {error}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _IdRecord:
+    version: int
+    batch_first: int
+    batch_last: int
+    position: int
+    stream_id: str
+
+    @classmethod
+    def parse(cls, raw: bytes | None) -> _IdRecord | None:
+        if raw is None:
+            return None
+        version, first, last, position, stream_id = bytes(raw).decode().split(" ", 4)
+        return cls(int(version), int(first), int(last), int(position), stream_id)
+
+
+def _retry_result(stream_id: str, events: list[EncodedEvent], records: list[_IdRecord | None]) -> AppendResult:
+    """Some ids are recorded already: the original result for an exact retry, else `DuplicateEventId`.
+
+    The same rules as the memory store: every id recorded, on this stream, as one whole batch in the same order.
+    """
+    for event, record in zip(events, records, strict=True):
+        if record is None:
+            raise DuplicateEventId(
+                next(e.id for e, r in zip(events, records, strict=True) if r is not None),
+                stream_id,
+                "only part of this batch was appended before; a retry must repeat the whole original batch",
+            )
+        if record.stream_id != stream_id:
+            raise DuplicateEventId(event.id, stream_id, f"already appended to stream {record.stream_id!r}")
+    first = records[0]
+    assert first is not None
+    if (
+        first.batch_first != first.version
+        or first.batch_last != first.version + len(events) - 1
+        or [record.version for record in records if record] != list(range(first.version, first.version + len(events)))
+    ):
+        raise DuplicateEventId(
+            events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
+        )
+    last = records[-1]
+    assert last is not None
+    return AppendResult(first.batch_last, last.position)
+
+
+@asynccontextmanager
+async def connected(settings: RedisSettings) -> AsyncIterator[aioredis.Redis]:
+    """A short-lived client for checks at connect."""
+    client = make_client(settings, settings.timeout)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def check_server(settings: RedisSettings) -> tuple[tuple[int, ...], Persistence]:
+    """Reach the server, refuse what it cannot give, load the scripts, and judge its persistence."""
+    async with connected(settings) as client:
+        with translate_errors(f"connect to Redis at {settings.shown_url}"):
+            version = await server_version(client)
+            shown_version = ".".join(str(part) for part in version)
+            if version < MIN_VERSION:
+                raise InvalidURL(f"Redis at {settings.shown_url} runs {shown_version}; agentfold needs Redis >= 7.0")
+            config = await read_persistence_config(client)
+            if settings.durability == "waitaof":
+                if version < WAITAOF_MIN_VERSION:
+                    raise InvalidURL(
+                        f"durability=waitaof needs WAITAOF, which Redis >= 7.2 has; the server at "
+                        f"{settings.shown_url} runs {shown_version}. Use durability=server with AOF "
+                        "appendfsync always instead."
+                    )
+                if config.get("appendonly") == "no":
+                    raise InvalidURL(
+                        f"durability=waitaof needs the append-only file, which is off at {settings.shown_url} "
+                        "(appendonly no)"
+                    )
+            for script in (APPEND_SCRIPT, TRIM_SCRIPT, SNAPSHOT_SCRIPT):
+                await client.script_load(script)
+    return version, describe_persistence(config, settings.durability)
+
+
+async def open_store(url: str, **options: Any) -> RedisStore:
+    """Open the Redis store at `url` (options: prefix, durability, max_event_size, timeout)."""
+    settings = parse_url(url, options)
+    version, persistence = await check_server(settings)
+    warn_once(settings, persistence)
+    return RedisStore(settings, persistence, version)
