@@ -414,6 +414,11 @@ async def _fold(
     every = projection.snapshot_every
     may_save = bound.unbounded and (force or every is not None)
 
+    if may_save and plan.state_decoder is None and type(projection).decode_state is Projection.decode_state:
+        raise InvalidProjection(
+            f"projection {projection.name!r} cannot snapshot: its state type is unknown, so a snapshot could not be "
+            "read back (subclass Projection[YourState], set state_type, or override decode_state)"
+        )
     state: S
     after = version = position = recorded_until = snapshot_version = 0
     envelope = await _load_envelope(store, stream_id, name, projection.version)
@@ -421,6 +426,8 @@ async def _fold(
     if envelope is not None and bound.admits(envelope):
         try:
             start_state = projection.decode_state(envelope.state)
+        except InvalidProjection:
+            raise
         except (msgspec.MsgspecError, ValueError, TypeError):
             start_state = None  # a state that no longer decodes: fold from the beginning instead
     if envelope is not None and start_state is not None:
