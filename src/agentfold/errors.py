@@ -108,3 +108,132 @@ class StoreReadOnly(AgentfoldError):
 
 def _describe_expected(expected: Any) -> str:
     return expected.name if hasattr(expected, "name") else repr(expected)
+
+
+# -- agents and workflows ----------------------------------------------------------------------------------------
+
+
+class IllegalTransition(AgentfoldError):
+    """An event would move an agent along a transition its state machine does not allow; nothing was written."""
+
+    def __init__(self, agent: str, state: str, transition: str, reason: str = "") -> None:
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"agent {agent!r} in state {state!r} cannot take transition {transition!r}{detail}")
+        self.agent = agent
+        self.state = state
+        self.transition = transition
+        self.reason = reason
+
+
+class NotSerializable(InvalidInput):
+    """A workflow input, step result, signal payload or workflow result is not a JSON value.
+
+    `path` points at the offending value, e.g. ``input.args[0].items[2]``.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class NonDeterminism(AgentfoldError):
+    """Resumed workflow code asked for a different command than the one its history recorded at that point.
+
+    The history is left as it was; the run is suspended until code that matches its history resumes it.
+    """
+
+    def __init__(self, workflow_id: str, seq: int, recorded: str, requested: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} at command #{seq}: the history recorded {recorded}, the code now asks for "
+            f"{requested}"
+        )
+        self.workflow_id = workflow_id
+        self.seq = seq
+        self.recorded = recorded
+        self.requested = requested
+
+
+class StepError(AgentfoldError):
+    """A workflow step failed for good (retries exhausted or a non-retryable error).
+
+    Raised inside the workflow, the same way on the first run and on every replay: `error_type` and `message`
+    describe the step's last exception.
+    """
+
+    def __init__(self, step: str, seq: int, error_type: str, message: str) -> None:
+        super().__init__(f"step {step!r} (#{seq}) failed: {error_type}: {message}")
+        self.step = step
+        self.seq = seq
+        self.error_type = error_type
+        self.error_message = message
+
+
+class StepTimeout(AgentfoldError, TimeoutError):
+    """One attempt of a step ran longer than the step's timeout and was cancelled."""
+
+    retryable = True
+
+
+class WaitTimedOut(AgentfoldError, TimeoutError):
+    """`ctx.wait_for` reached its timeout before a matching signal arrived; the timeout is a recorded event."""
+
+    def __init__(self, workflow_id: str, name: str) -> None:
+        super().__init__(f"workflow {workflow_id!r}: no signal {name!r} arrived before the wait's timeout")
+        self.workflow_id = workflow_id
+        self.name = name
+
+
+class WorkflowFailed(AgentfoldError):
+    """The run ended with an exception; `error_type` and `error_message` are the stored failure."""
+
+    def __init__(self, workflow_id: str, error_type: str, message: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} failed: {error_type}: {message}")
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.error_message = message
+
+
+class WorkflowNotFound(AgentfoldError, LookupError):
+    """No run with this workflow id was started in this store."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"no workflow with id {workflow_id!r} was started")
+        self.workflow_id = workflow_id
+
+
+class WorkflowIdConflict(AgentfoldError):
+    """The workflow id is already used by a run of a different workflow; nothing was written."""
+
+    def __init__(self, workflow_id: str, existing: str, requested: str) -> None:
+        super().__init__(f"workflow id {workflow_id!r} already runs workflow {existing!r}, not {requested!r}")
+        self.workflow_id = workflow_id
+        self.existing = existing
+        self.requested = requested
+
+
+class UnknownWorkflow(InvalidInput):
+    """A workflow was named that this runtime does not have registered."""
+
+
+class InvalidSharedOperation(InvalidInput):
+    """An operation on shared state is malformed: bad key, value, amount, timestamp or event shape."""
+
+
+class SharedTypeMismatch(InvalidInput):
+    """A key of a shared stream was used as a different replicated type than its schema or its history says."""
+
+
+class SharedTypeConflict(AgentfoldError):
+    """A key of a shared stream holds operations of several replicated types, written concurrently without a schema.
+
+    The state is still deterministic; reading the key as one type is refused until a schema names its type.
+    """
+
+    def __init__(self, key: str, kinds: list[str]) -> None:
+        super().__init__(f"shared key {key!r} holds operations of several types: {', '.join(kinds)}")
+        self.key = key
+        self.kinds = kinds
+
+
+class NondeterministicResolver(AgentfoldError):
+    """A custom conflict resolver gave different results for the same concurrent values (another order, or twice)."""
