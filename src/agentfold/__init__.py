@@ -27,11 +27,13 @@ from agentfold.projection import (
     save_snapshot,
     trim,
 )
+from agentfold.runtime import NOT_APPLIED, RetryPolicy, Runtime, StateMachine, Transition, WorkflowContext
 from agentfold.store import EventStore
 from agentfold.upcasting import SCHEMA_VERSION, Upcasters, UpcastFailed
 
 __all__ = [
     "ANY",
+    "NOT_APPLIED",
     "NO_STREAM",
     "SCHEMA_VERSION",
     "STREAM_EXISTS",
@@ -46,12 +48,17 @@ __all__ = [
     "Projection",
     "ProjectionError",
     "RecordedEvent",
+    "RetryPolicy",
+    "Runtime",
+    "StateMachine",
     "StreamState",
+    "Transition",
     "TrimRefused",
     "TrimReport",
     "UnhandledEvent",
     "UpcastFailed",
     "Upcasters",
+    "WorkflowContext",
     "connect",
     "fold",
     "handles",

@@ -1,0 +1,56 @@
+"""Agents as state machines and durable workflows, built only on the store interface.
+
+Everything the runtime knows is an ordinary event in the store: a stream per run (``workflow-<id>``) and an inbox
+per run (``signals-<id>``), so it works on every backend and shows in every trace. The core never imports this
+package.
+"""
+
+from agentfold.runtime.client import WorkflowClient, WorkflowHandle
+from agentfold.runtime.context import NOT_APPLIED, RecordHook, WorkflowContext, WorkflowExecution, idempotency_key
+from agentfold.runtime.history import History, signal_stream, workflow_stream
+from agentfold.runtime.retry import NO_RETRY, RetryPolicy
+from agentfold.runtime.runtime import Runtime, WorkflowDefinition
+from agentfold.runtime.serialization import DefaultSerializer, Serializer
+from agentfold.runtime.statemachine import (
+    AWAITING_INPUT,
+    COMPLETED,
+    DEFAULT_LIFECYCLE,
+    FAILED,
+    IDLE,
+    PROCESSING,
+    Agent,
+    StateMachine,
+    Transition,
+)
+from agentfold.runtime.worker import Ownership, SoleOwnership, Worker
+
+__all__ = [
+    "AWAITING_INPUT",
+    "COMPLETED",
+    "DEFAULT_LIFECYCLE",
+    "FAILED",
+    "IDLE",
+    "NOT_APPLIED",
+    "NO_RETRY",
+    "PROCESSING",
+    "Agent",
+    "DefaultSerializer",
+    "History",
+    "Ownership",
+    "RecordHook",
+    "RetryPolicy",
+    "Runtime",
+    "Serializer",
+    "SoleOwnership",
+    "StateMachine",
+    "Transition",
+    "Worker",
+    "WorkflowClient",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowExecution",
+    "WorkflowHandle",
+    "idempotency_key",
+    "signal_stream",
+    "workflow_stream",
+]

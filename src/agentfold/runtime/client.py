@@ -1,0 +1,166 @@
+"""Starting runs, signalling them and awaiting their results, from any process."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from agentfold.errors import (
+    InvalidInput,
+    NonDeterminism,
+    WorkflowFailed,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+    WrongExpectedVersion,
+)
+from agentfold.events import ANY, NO_STREAM, NewEvent
+from agentfold.runtime import history as h
+from agentfold.runtime.context import load_history
+from agentfold.runtime.history import History
+from agentfold.runtime.retry import seconds
+from agentfold.store import EventStore
+
+if TYPE_CHECKING:
+    from agentfold.runtime.runtime import Runtime
+
+_START_NAMESPACE: Final = uuid.UUID("5f0c1d2e-8a47-4b8e-9d1c-6a2f3e4b5c6d")
+WAKE_CHECK_SECONDS: Final = 5.0
+"""`result` waits for a push from the store, and re-reads at least this often in case a push was missed."""
+
+
+class WorkflowHandle:
+    """A started run."""
+
+    def __init__(self, client: WorkflowClient, workflow_id: str) -> None:
+        self.client = client
+        self.workflow_id = workflow_id
+
+    async def result(self, *, timeout: Any = None) -> Any:
+        """See `WorkflowClient.result`."""
+        return await self.client.result(self.workflow_id, timeout=timeout)
+
+    async def signal(self, name: str, payload: Any = None, *, signal_id: str | uuid.UUID | None = None) -> None:
+        """See `WorkflowClient.signal`."""
+        await self.client.signal(self.workflow_id, name, payload, signal_id=signal_id)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r})"
+
+
+class WorkflowClient:
+    """Talks to runs through the store only; works with or without a worker in the same process."""
+
+    def __init__(self, runtime: Runtime, store: EventStore) -> None:
+        self.runtime = runtime
+        self.store = store
+
+    async def start(
+        self, workflow: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None
+    ) -> WorkflowHandle:
+        """Start a run of `workflow` with `args`, or return the run already started under `workflow_id`.
+
+        Idempotent on `workflow_id`: starting it again (even with other inputs, even concurrently) starts nothing
+        and returns the existing run. `WorkflowIdConflict` if the id runs a different workflow. Inputs that are not
+        JSON values (or typed models) raise `NotSerializable` before anything is written.
+        """
+        definition = self.runtime.definition(workflow)
+        chosen_id = h.check_workflow_id(uuid.uuid4().hex if workflow_id is None else workflow_id)
+        data: dict[str, Any] = {
+            "workflow": definition.name,
+            "input": definition.encode_input(args, self.runtime.serializer),
+            "version": definition.version,
+        }
+        event = NewEvent(h.WORKFLOW_STARTED, data, id=uuid.uuid5(_START_NAMESPACE, chosen_id))
+        try:
+            await self.store.append(h.workflow_stream(chosen_id), [event], expected_version=NO_STREAM)
+        except WrongExpectedVersion:
+            pass
+        existing = await self._first_event(chosen_id)
+        if existing is None or existing.type != h.WORKFLOW_STARTED:
+            raise InvalidInput(f"stream {h.workflow_stream(chosen_id)!r} exists but does not record a workflow run")
+        if existing.data.get("workflow") != definition.name:
+            raise WorkflowIdConflict(chosen_id, str(existing.data.get("workflow")), definition.name)
+        return WorkflowHandle(self, chosen_id)
+
+    def handle(self, workflow_id: str) -> WorkflowHandle:
+        """A handle to a run started elsewhere."""
+        return WorkflowHandle(self, h.check_workflow_id(workflow_id))
+
+    async def _first_event(self, workflow_id: str) -> Any:
+        async for event in self.store.read_stream(h.workflow_stream(workflow_id), limit=1):
+            return event
+        return None
+
+    async def signal(
+        self, workflow_id: str, name: str, payload: Any = None, *, signal_id: str | uuid.UUID | None = None
+    ) -> None:
+        """Send the signal `name` to a run: its next (or current) ``ctx.wait_for(name)`` returns `payload`.
+
+        Works from any process. `signal_id` makes the call idempotent: the same id is delivered once, however often
+        it is sent. `WorkflowNotFound` if no such run was started; `NotSerializable` for a non-JSON payload.
+        """
+        h.check_workflow_id(workflow_id)
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"a signal name must be a non-empty str, got {name!r}")
+        encoded = self.runtime.serializer.to_json(payload, "payload")
+        if await self.store.stream_version(h.workflow_stream(workflow_id)) == 0:
+            raise WorkflowNotFound(workflow_id)
+        data = {"name": name, "payload": encoded}
+        if signal_id is None:
+            event = NewEvent(h.SIGNAL_SENT, data)
+        else:
+            event = NewEvent(h.SIGNAL_SENT, data, id=uuid.uuid5(_START_NAMESPACE, f"{workflow_id}/signal/{signal_id}"))
+        await self.store.append(h.signal_stream(workflow_id), [event], expected_version=ANY)
+
+    async def state(self, workflow_id: str) -> str:
+        """The run's lifecycle state (Idle when never started): a fold of its events."""
+        return (await load_history(self.store, h.check_workflow_id(workflow_id))).state
+
+    async def history(self, workflow_id: str) -> History:
+        """Everything the run has recorded, folded."""
+        return await load_history(self.store, h.check_workflow_id(workflow_id))
+
+    async def result(self, workflow_id: str, *, timeout: Any = None) -> Any:
+        """Wait for the run to finish and return its result, decoded as the workflow declares.
+
+        Raises `WorkflowFailed` with the stored failure, `NonDeterminism` while the run is suspended because its code
+        no longer matches its history, `WorkflowNotFound` if it was never started, `TimeoutError` after `timeout`
+        (seconds or timedelta). Waiting is pushed by the store (`_wait_for_append`), not a polling loop.
+        """
+        h.check_workflow_id(workflow_id)
+        limit = None if timeout is None else seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        history = History(workflow_id)
+        stream = h.workflow_stream(workflow_id)
+        while True:
+            head = await self.store.head_position()
+            async for page in self.store.read_stream_pages(stream, history.version):
+                for event in page:
+                    history.apply(event.type, event.data)
+                history.version = page[-1].version
+            if history.finished is not None:
+                return self._outcome(history)
+            if history.suspended is not None:
+                data = history.suspended
+                raise NonDeterminism(workflow_id, int(data["seq"]), str(data["recorded"]), str(data["requested"]))
+            if history.version == 0:
+                raise WorkflowNotFound(workflow_id)
+            pause = WAKE_CHECK_SECONDS
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"workflow {workflow_id!r} did not finish within {limit} s")
+                pause = min(pause, remaining)
+            await self.store._wait_for_append(head, pause)
+
+    def _outcome(self, history: History) -> Any:
+        assert history.finished is not None
+        if history.finished_type == h.WORKFLOW_COMPLETED:
+            result_type = None
+            if self.runtime.knows(history.workflow):
+                result_type = self.runtime.definition(history.workflow).result_type
+            return self.runtime.serializer.from_json(history.finished["result"], result_type)
+        error = history.finished.get("error", {})
+        raise WorkflowFailed(history.workflow_id, str(error.get("type")), str(error.get("message")))

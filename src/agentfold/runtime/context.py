@@ -1,0 +1,621 @@
+"""Running one workflow: the `WorkflowContext` the code sees, and the `WorkflowExecution` that records for it.
+
+Resuming a run means calling the workflow function again from the start. Every command the code issues gets the
+next sequence number (synchronously, at call time) and is looked up in the history:
+
+- recorded with an outcome: the recorded result comes back (or the recorded failure is raised), nothing runs;
+- recorded without an outcome (a step whose process died between intent and outcome, a pending wait or timer):
+  it continues from where it stopped (a step's `reconcile` callback is asked first);
+- recorded as a different command: `NonDeterminism`; nothing is appended and the run is suspended;
+- not recorded: it runs, recording intent before any effect and the outcome after.
+
+Appends go to the run's own stream at the exact version this execution last saw. Another writer on that stream
+(a second worker holding the same run) makes the append fail with `WrongExpectedVersion`, which stops this
+execution: history is never forked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from agentfold.errors import (
+    AgentfoldError,
+    InvalidInput,
+    NonDeterminism,
+    StepError,
+    StepTimeout,
+    WaitTimedOut,
+)
+from agentfold.events import AppendResult, NewEvent, RecordedEvent
+from agentfold.runtime import history as h
+from agentfold.runtime.history import CommandRecord, History
+from agentfold.runtime.retry import RetryPolicy, seconds
+from agentfold.runtime.serialization import JsonValue, declared_types
+from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
+from agentfold.store import EventStore
+
+if TYPE_CHECKING:
+    from agentfold.runtime.runtime import Runtime, WorkflowDefinition
+
+logger = logging.getLogger("agentfold.runtime")
+
+APPEND_RETRIES: Final = 5
+SIGNAL_RECHECK_SECONDS: Final = 30.0
+"""A waiting run re-reads its inbox at least this often, even if no notification reached it."""
+
+
+class _NotApplied:
+    """The type of `NOT_APPLIED`."""
+
+    _instance: _NotApplied | None = None
+
+    def __new__(cls) -> _NotApplied:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOT_APPLIED"
+
+
+NOT_APPLIED: Final = _NotApplied()
+"""What a `reconcile` callback returns when the provider never applied the effect: the step runs again."""
+
+
+class RunFinished(Exception):
+    """Raised in a command still running after its run was recorded as finished."""
+
+
+class RecordHook:
+    """Called around every append the runtime makes to a workflow stream (tracing, metrics, fault injection).
+
+    Both methods run synchronously inside the execution; an exception they raise stops the run like a crash would.
+    """
+
+    def before_append(self, workflow_id: str, events: Sequence[NewEvent]) -> None:
+        """`events` are about to be appended to the run's stream."""
+        return None
+
+    def after_append(self, workflow_id: str, events: Sequence[NewEvent], result: AppendResult) -> None:
+        """`events` are durably appended."""
+        return None
+
+
+def idempotency_key(workflow_id: str, seq: int, name: str) -> str:
+    """The key a step passes to external APIs: the same for every attempt and every resume of that step."""
+    return f"{workflow_id}/{seq}/{name}"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _error_data(error: BaseException) -> dict[str, Any]:
+    kind = type(error)
+    name = (
+        kind.__qualname__
+        if kind.__module__ in ("builtins", "agentfold.errors")
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return {"type": name, "message": str(error)}
+
+
+def _accepts_keyword(function: Callable[..., Any], keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+async def _call(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Await an async function; run a plain function in a thread so it cannot block other runs."""
+    if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(type(function).__call__):
+        return await function(*args, **kwargs)
+    result = await asyncio.to_thread(functools.partial(function, *args, **kwargs))
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class WorkflowExecution:
+    """One attempt at running a workflow to its end, in this process, from its recorded history."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: EventStore,
+        definition: WorkflowDefinition,
+        history: History,
+    ) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.definition = definition
+        self.history = history
+        self.workflow_id = history.workflow_id
+        self.stream_id = h.workflow_stream(self.workflow_id)
+        self._lock = asyncio.Lock()
+        self._pending: list[NewEvent] = []
+        self._next_seq = 1
+        self._fatal: BaseException | None = None
+        self._patch_decisions: dict[str, bool] = {}
+        self._signal_arrived = asyncio.Event()
+        self._inbox: list[RecordedEvent] = []
+        self._inbox_version = 0
+        self.context = WorkflowContext(self)
+
+    @classmethod
+    async def load(cls, runtime: Runtime, store: EventStore, workflow_id: str) -> WorkflowExecution:
+        """Fold the run's stream and prepare to resume it."""
+        history = await load_history(store, workflow_id)
+        definition = runtime.definition(history.workflow)
+        return cls(runtime, store, definition, history)
+
+    def notify_signal(self) -> None:
+        """A signal may have arrived in the inbox: waiting commands re-read it."""
+        self._signal_arrived.set()
+
+    # -- the run ---------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run (or replay) the workflow to its end and record the result or failure.
+
+        Raises `NonDeterminism` (after appending `WorkflowSuspended`) and store errors (after appending nothing
+        more); in both cases the run stays unfinished, to be resumed later.
+        """
+        if self.history.finished is not None:
+            return
+        try:
+            await self._run_to_end()
+        except NonDeterminism as error:
+            await self.suspend(error)
+            raise
+
+    async def _run_to_end(self) -> None:
+        serializer = self.runtime.serializer
+        try:
+            args = self.definition.decode_input(self.history.input, serializer)
+            result = await self.definition.function(self.context, *args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # A store error or a determinism failure may have been caught and replaced by the workflow's own code;
+            # it still ends this execution without recording a failure.
+            self._raise_if_fatal()
+            await self._finish(h.WORKFLOW_FAILED, {"error": _error_data(error)})
+            return
+        self._raise_if_fatal()
+        leftover = self._first_unrequested()
+        if leftover is not None:
+            self._fail_nondeterministic(
+                leftover.seq, h.describe(leftover.kind, leftover.name), "the workflow to return"
+            )
+            self._raise_if_fatal()
+        try:
+            encoded = serializer.to_json(result, "result")
+        except InvalidInput as error:
+            await self._finish(h.WORKFLOW_FAILED, {"error": _error_data(error)})
+            return
+        await self._finish(h.WORKFLOW_COMPLETED, {"result": encoded})
+
+    async def _finish(self, event_type: str, data: dict[str, Any]) -> None:
+        try:
+            await self._record([NewEvent(event_type, data)])
+        except InvalidInput as error:  # e.g. a result larger than the store's event size limit
+            await self._record([NewEvent(h.WORKFLOW_FAILED, {"error": _error_data(error)})])
+
+    def _first_unrequested(self) -> CommandRecord | None:
+        for seq in range(self._next_seq, self.history.max_seq + 1):
+            record = self.history.commands.get(seq)
+            if record is not None:
+                return record
+        return None
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _fail_nondeterministic(self, seq: int, recorded: str, requested: str) -> None:
+        if self._fatal is None:
+            self._fatal = NonDeterminism(self.workflow_id, seq, recorded, requested)
+
+    async def suspend(self, error: NonDeterminism) -> None:
+        """Record that the run stopped because its code no longer matches its history."""
+        data = {
+            "error": _error_data(error),
+            "seq": error.seq,
+            "recorded": error.recorded,
+            "requested": error.requested,
+        }
+        self._fatal = None
+        self._pending.clear()
+        await self._record([NewEvent(h.WORKFLOW_SUSPENDED, data)])
+
+    # -- recording ------------------------------------------------------------------------------------------------
+
+    async def _record(self, events: list[NewEvent]) -> None:
+        async with self._lock:
+            await self._record_locked(events)
+
+    async def _record_locked(self, events: list[NewEvent]) -> None:
+        """Append pending records and `events` in one write at the exact expected version."""
+        self._raise_if_fatal()
+        if self.history.finished is not None:
+            # A step left running by `asyncio.gather` after another one failed the run: its outcome no longer
+            # matters and the finished stream takes no more events.
+            raise RunFinished(f"workflow {self.workflow_id!r} has already finished; nothing more is recorded")
+        batch = [*self._pending, *events]
+        state = self.history.state
+        for event in batch:
+            state = DEFAULT_LIFECYCLE.next_state(state, event.type, event.data, self.workflow_id)
+        for hook in self.runtime.hooks:
+            hook.before_append(self.workflow_id, batch)
+        for retry in range(APPEND_RETRIES):
+            try:
+                result = await self.store.append(self.stream_id, batch, expected_version=self.history.version)
+                break
+            except InvalidInput:
+                raise
+            except AgentfoldError as error:
+                # Retrying the same events is safe: their ids make a repeated append a no-op.
+                if error.retryable and retry < APPEND_RETRIES - 1:
+                    await asyncio.sleep(0.05 * 2**retry)
+                    continue
+                self._fatal = error
+                raise
+        self._pending.clear()
+        for event in batch:
+            self.history.apply(event.type, event.data)
+        self.history.version = result.version
+        for hook in self.runtime.hooks:
+            hook.after_append(self.workflow_id, batch, result)
+
+    def _take_seq(self, kind: str, name: str) -> tuple[int, CommandRecord | None]:
+        """The next sequence number, checked against what the history recorded there."""
+        self._raise_if_fatal()
+        seq = self._next_seq
+        self._next_seq += 1
+        record = self.history.commands.get(seq)
+        if record is not None and (record.kind, record.name) != (kind, name):
+            self._fail_nondeterministic(seq, h.describe(record.kind, record.name), h.describe(kind, name))
+            self._raise_if_fatal()
+        return seq, record
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+
+    async def run_step(
+        self,
+        seq: int,
+        record: CommandRecord | None,
+        name: str,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        reconcile: Callable[..., Any] | None,
+        policy: RetryPolicy,
+        timeout: float | None,
+    ) -> Any:
+        serializer = self.runtime.serializer
+        result_type = declared_types(function).get("return")
+        key = idempotency_key(self.workflow_id, seq, name)
+        attempt = 0
+        failures = 0
+        prefix: list[NewEvent] = []
+        if record is not None:
+            if record.outcome_type == h.STEP_COMPLETED:
+                assert record.outcome is not None
+                return serializer.from_json(record.outcome["result"], result_type)
+            if record.outcome_type == h.STEP_FAILED:
+                assert record.outcome is not None
+                raise _step_error(name, seq, record.outcome)
+            attempt, failures = record.attempt, record.failures
+            if record.in_doubt and reconcile is not None:
+                outcome = await self._reconcile(seq, name, attempt, key, reconcile, args, kwargs, policy)
+                if not isinstance(outcome, _NotApplied):
+                    return serializer.from_json(outcome, result_type)
+                prefix.append(
+                    NewEvent(h.STEP_RECONCILED, {"seq": seq, "name": name, "attempt": attempt, "applied": False})
+                )
+            elif record.retry_at_us is not None:
+                await asyncio.sleep(max(0.0, (record.retry_at_us - _now_us()) / 1e6))
+        call_kwargs = dict(kwargs)
+        if _accepts_keyword(function, "idempotency_key"):
+            call_kwargs["idempotency_key"] = key
+        while True:
+            attempt += 1
+            started = NewEvent(h.STEP_STARTED, {"seq": seq, "name": name, "attempt": attempt, "idempotency_key": key})
+            await self._record([*prefix, started])
+            prefix = []
+            error: BaseException
+            try:
+                async with asyncio.timeout(timeout) as deadline:
+                    value = await _call(function, args, call_kwargs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as raised:
+                error = raised
+                if isinstance(raised, TimeoutError) and deadline.expired():
+                    error = StepTimeout(f"step {name!r} attempt {attempt} ran longer than {timeout} s")
+            else:
+                try:
+                    encoded = serializer.to_json(value, f"step {name!r} result")
+                    await self._record(
+                        [NewEvent(h.STEP_COMPLETED, {"seq": seq, "name": name, "attempt": attempt, "result": encoded})]
+                    )
+                except InvalidInput as refused:
+                    data = {"seq": seq, "name": name, "attempt": attempt, "final": True, "error": _error_data(refused)}
+                    await self._record([NewEvent(h.STEP_FAILED, data)])
+                    raise _step_error(name, seq, data) from refused
+                return serializer.from_json(encoded, result_type)
+            failures += 1
+            failed: dict[str, Any] = {"seq": seq, "name": name, "attempt": attempt, "error": _error_data(error)}
+            if not policy.should_retry(error, failures):
+                failed["final"] = True
+                await self._record([NewEvent(h.STEP_FAILED, failed)])
+                raise _step_error(name, seq, failed) from error
+            delay = policy.backoff(failures)
+            failed["final"] = False
+            failed["retry_at_us"] = _now_us() + int(delay * 1e6)
+            await self._record([NewEvent(h.STEP_FAILED, failed)])
+            await asyncio.sleep(delay)
+
+    async def _reconcile(
+        self,
+        seq: int,
+        name: str,
+        attempt: int,
+        key: str,
+        reconcile: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        policy: RetryPolicy,
+    ) -> JsonValue | _NotApplied:
+        """Ask `reconcile` what became of the in-doubt attempt; record its answer when the effect was applied.
+
+        The callback only reads (the provider's status for the key), so failed calls are repeated, unrecorded, per
+        the step's retry policy; if it keeps failing the step fails for good rather than risk a second effect.
+        """
+        calls = 0
+        while True:
+            calls += 1
+            try:
+                outcome = await _call(reconcile, (key, *args), kwargs)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if calls < policy.max_attempts and not isinstance(error, policy.non_retryable):
+                    await asyncio.sleep(policy.backoff(calls))
+                    continue
+                failed = {
+                    "seq": seq,
+                    "name": name,
+                    "attempt": attempt,
+                    "final": True,
+                    "reconcile": True,
+                    "error": _error_data(error),
+                }
+                await self._record([NewEvent(h.STEP_FAILED, failed)])
+                raise _step_error(name, seq, failed) from error
+        if isinstance(outcome, _NotApplied):
+            return outcome
+        try:
+            encoded = self.runtime.serializer.to_json(outcome, f"step {name!r} reconciled result")
+        except InvalidInput as refused:
+            failed = {"seq": seq, "name": name, "attempt": attempt, "final": True, "error": _error_data(refused)}
+            await self._record([NewEvent(h.STEP_FAILED, failed)])
+            raise _step_error(name, seq, failed) from refused
+        completed = {"seq": seq, "name": name, "attempt": attempt, "result": encoded, "reconciled": True}
+        await self._record([NewEvent(h.STEP_COMPLETED, completed)])
+        return encoded
+
+    # -- waits and timers -----------------------------------------------------------------------------------------
+
+    async def wait_for(
+        self, seq: int, record: CommandRecord | None, name: str, timeout: float | None, as_type: Any
+    ) -> Any:
+        serializer = self.runtime.serializer
+        if record is not None and record.outcome is not None:
+            if record.outcome_type == h.SIGNAL_RECEIVED:
+                return serializer.from_json(record.outcome["payload"], as_type)
+            raise WaitTimedOut(self.workflow_id, name)
+        if record is None:
+            deadline_us = None if timeout is None else _now_us() + int(timeout * 1e6)
+            await self._record([NewEvent(h.WAIT_STARTED, {"seq": seq, "name": name, "deadline_us": deadline_us})])
+        else:
+            deadline_us = record.deadline_us
+        while True:
+            self._signal_arrived.clear()
+            async with self._lock:
+                signal = await self._take_signal(name, deadline_us)
+                if signal is not None:
+                    received = {
+                        "seq": seq,
+                        "name": name,
+                        "payload": signal.data.get("payload"),
+                        "signal_version": signal.version,
+                    }
+                    await self._record_locked([NewEvent(h.SIGNAL_RECEIVED, received)])
+                    return serializer.from_json(received["payload"], as_type)
+                if deadline_us is not None and _now_us() >= deadline_us:
+                    await self._record_locked([NewEvent(h.WAIT_TIMED_OUT, {"seq": seq, "name": name})])
+                    raise WaitTimedOut(self.workflow_id, name)
+            pause = SIGNAL_RECHECK_SECONDS
+            if deadline_us is not None:
+                pause = min(pause, max(0.0, (deadline_us - _now_us()) / 1e6))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._signal_arrived.wait(), pause)
+
+    async def _take_signal(self, name: str, deadline_us: int | None) -> RecordedEvent | None:
+        """The oldest unconsumed signal `name` in the inbox that arrived before the deadline."""
+        async for page in self.store.read_stream_pages(h.signal_stream(self.workflow_id), self._inbox_version):
+            self._inbox.extend(event for event in page if event.type == h.SIGNAL_SENT)
+            self._inbox_version = page[-1].version
+        for event in self._inbox:
+            if (
+                event.data.get("name") == name
+                and event.version not in self.history.consumed_signals
+                and (deadline_us is None or event.recorded_at_us <= deadline_us)
+            ):
+                return event
+        return None
+
+    async def sleep(self, seq: int, record: CommandRecord | None, duration: float) -> None:
+        if record is not None and record.outcome is not None:
+            return
+        if record is None:
+            fire_at_us = _now_us() + int(duration * 1e6)
+            await self._record([NewEvent(h.TIMER_STARTED, {"seq": seq, "deadline_us": fire_at_us})])
+        else:
+            fire_at_us = record.deadline_us or 0
+        await asyncio.sleep(max(0.0, (fire_at_us - _now_us()) / 1e6))
+        await self._record([NewEvent(h.TIMER_FIRED, {"seq": seq})])
+
+    # -- recorded values ------------------------------------------------------------------------------------------
+
+    def recorded_now(self) -> datetime:
+        seq, record = self._take_seq(h.NOW, h.NOW)
+        if record is not None:
+            assert record.outcome is not None
+            value_us: int = record.outcome["now_us"]
+        else:
+            value_us = _now_us()
+            self._pending.append(NewEvent(h.TIME_RECORDED, {"seq": seq, "now_us": value_us}))
+        return datetime.fromtimestamp(value_us / 1e6, UTC)
+
+    def recorded_random(self) -> float:
+        seq, record = self._take_seq(h.RANDOM, h.RANDOM)
+        if record is not None:
+            assert record.outcome is not None
+            value: float = record.outcome["value"]
+            return value
+        value = random.random()
+        self._pending.append(NewEvent(h.RANDOM_RECORDED, {"seq": seq, "value": value}))
+        return value
+
+    def patched(self, patch_id: str) -> bool:
+        if not isinstance(patch_id, str) or not patch_id:
+            raise InvalidInput(f"a patch id must be a non-empty str, got {patch_id!r}")
+        self._raise_if_fatal()
+        decided = self._patch_decisions.get(patch_id)
+        if decided is not None:
+            return decided
+        if patch_id in self.history.patches:
+            decided = True
+        elif self.history.max_seq >= self._next_seq:
+            # The history already holds commands from this point on: the run got here on code without the patch.
+            decided = False
+        else:
+            decided = True
+            self._pending.append(NewEvent(h.PATCH_APPLIED, {"patch": patch_id, "before_seq": self._next_seq}))
+        self._patch_decisions[patch_id] = decided
+        return decided
+
+
+def _step_error(name: str, seq: int, data: dict[str, Any]) -> StepError:
+    error = data.get("error", {})
+    return StepError(name, seq, str(error.get("type", "Exception")), str(error.get("message", "")))
+
+
+async def load_history(store: EventStore, workflow_id: str) -> History:
+    """Fold the run's stream (`History.version` 0 when it was never started)."""
+    history = History(workflow_id)
+    async for page in store.read_stream_pages(h.workflow_stream(workflow_id)):
+        for event in page:
+            history.apply(event.type, event.data)
+        history.version = page[-1].version
+    return history
+
+
+class WorkflowContext:
+    """What a workflow function receives as `ctx`: every way it may touch the world, each one recorded."""
+
+    def __init__(self, execution: WorkflowExecution) -> None:
+        self._execution = execution
+
+    @property
+    def workflow_id(self) -> str:
+        """The id this run was started with."""
+        return self._execution.workflow_id
+
+    @property
+    def version(self) -> Any:
+        """The code version the run was started with (`@runtime.workflow(version=...)`), recorded at start."""
+        return self._execution.history.code_version
+
+    def step(
+        self,
+        name: str,
+        function: Callable[..., Any],
+        *args: Any,
+        reconcile: Callable[..., Any] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | float | None = None,
+        **kwargs: Any,
+    ) -> Awaitable[Any]:
+        """Run `function(*args, **kwargs)` once for this run, recording intent before and the outcome after.
+
+        The sequence number is taken now, when `step` is called, so steps passed to `asyncio.gather` are numbered
+        in call order. `function` gets ``idempotency_key=`` when it accepts that keyword: pass it on to the external
+        API. `reconcile(idempotency_key, *args, **kwargs)` is called instead of running again when a previous
+        process recorded the intent but not the outcome; it returns the step's result if the effect was applied, or
+        `NOT_APPLIED`. Failed attempts are retried per `retry` (default: the runtime's policy); `timeout` (seconds
+        or timedelta) cancels an attempt that runs longer and records it as failed with `StepTimeout`.
+        Raises `StepError` when the step fails for good.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"a step name must be a non-empty str, got {name!r}")
+        if not callable(function):
+            raise InvalidInput(f"step {name!r}: {function!r} is not callable")
+        if reconcile is not None and not callable(reconcile):
+            raise InvalidInput(f"step {name!r}: reconcile {reconcile!r} is not callable")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInput(f"step {name!r}: retry must be a RetryPolicy, got {type(retry).__name__}")
+        limit = None if timeout is None else seconds(timeout, f"step {name!r} timeout")
+        policy = retry or self._execution.runtime.default_retry
+        seq, record = self._execution._take_seq(h.STEP, name)
+        return self._execution.run_step(seq, record, name, function, args, kwargs, reconcile, policy, limit)
+
+    async def wait_for(self, name: str, timeout: timedelta | float | None = None, *, as_type: Any = None) -> Any:
+        """Wait, durably, for the signal `name` (sent with `client.signal`); return its payload.
+
+        The run is `AwaitingInput` meanwhile. Signals sent before the wait began are kept and delivered in the
+        order they were sent, each to one wait. Raises `WaitTimedOut` (a recorded outcome) when `timeout` passes
+        first; a signal sent before the deadline still wins, even if it is read later.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"a signal name must be a non-empty str, got {name!r}")
+        limit = None if timeout is None else seconds(timeout, f"wait_for {name!r} timeout")
+        seq, record = self._execution._take_seq(h.WAIT, name)
+        return await self._execution.wait_for(seq, record, name, limit, as_type)
+
+    async def sleep(self, duration: timedelta | float) -> None:
+        """A durable timer: the wake-up time is recorded, so a resumed run sleeps only what is left."""
+        length = seconds(duration, "sleep duration")
+        seq, record = self._execution._take_seq(h.SLEEP, h.SLEEP)
+        await self._execution.sleep(seq, record, length)
+
+    def now(self) -> datetime:
+        """The current time (UTC), recorded: a replay sees the same value."""
+        return self._execution.recorded_now()
+
+    def random(self) -> float:
+        """A random float in [0, 1), recorded: a replay sees the same value."""
+        return self._execution.recorded_random()
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the code path guarded by `patch_id` (a change deployed while runs are in flight).
+
+        True for runs that reach this point on code that has the patch; False for a run whose history shows it
+        passed this point on older code. The answer is fixed for the rest of the run and on every replay.
+        """
+        return self._execution.patched(patch_id)

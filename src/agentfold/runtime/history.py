@@ -1,0 +1,183 @@
+"""What a workflow run has recorded, folded from the events of its stream.
+
+Every command a workflow issues (a step, a wait, a timer, a recorded clock reading or random number) gets a sequence
+number when the code asks for it. The number is taken synchronously, in call order, so `asyncio.gather` over
+several steps numbers them the same way on every run, whatever order they finish in. Events carry that number; the
+`History` groups them by it, which is all a replay needs.
+
+Streams (all ordinary streams, visible in any trace):
+
+- ``workflow-<id>``: the run itself; one writer at a time, every append at the exact expected version.
+- ``signals-<id>``: the run's inbox; anyone may append a `SignalSent` to it at any time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from agentfold.encoding import check_stream_id
+from agentfold.errors import InvalidInput
+from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
+
+WORKFLOW_STREAM_PREFIX: Final = "workflow-"
+SIGNAL_STREAM_PREFIX: Final = "signals-"
+
+WORKFLOW_STARTED: Final = "WorkflowStarted"
+WORKFLOW_COMPLETED: Final = "WorkflowCompleted"
+WORKFLOW_FAILED: Final = "WorkflowFailed"
+WORKFLOW_SUSPENDED: Final = "WorkflowSuspended"
+STEP_STARTED: Final = "StepStarted"
+STEP_COMPLETED: Final = "StepCompleted"
+STEP_FAILED: Final = "StepFailed"
+STEP_RECONCILED: Final = "StepReconciled"
+WAIT_STARTED: Final = "WaitStarted"
+SIGNAL_RECEIVED: Final = "SignalReceived"
+WAIT_TIMED_OUT: Final = "WaitTimedOut"
+TIMER_STARTED: Final = "TimerStarted"
+TIMER_FIRED: Final = "TimerFired"
+TIME_RECORDED: Final = "TimeRecorded"
+RANDOM_RECORDED: Final = "RandomRecorded"
+PATCH_APPLIED: Final = "PatchApplied"
+SIGNAL_SENT: Final = "SignalSent"
+
+FINISHED_TYPES: Final = (WORKFLOW_COMPLETED, WORKFLOW_FAILED)
+
+STEP: Final = "step"
+WAIT: Final = "wait_for"
+SLEEP: Final = "sleep"
+NOW: Final = "now"
+RANDOM: Final = "random"
+
+_KIND_OF: Final = {
+    STEP_STARTED: STEP,
+    STEP_COMPLETED: STEP,
+    STEP_FAILED: STEP,
+    STEP_RECONCILED: STEP,
+    WAIT_STARTED: WAIT,
+    SIGNAL_RECEIVED: WAIT,
+    WAIT_TIMED_OUT: WAIT,
+    TIMER_STARTED: SLEEP,
+    TIMER_FIRED: SLEEP,
+    TIME_RECORDED: NOW,
+    RANDOM_RECORDED: RANDOM,
+}
+
+MAX_WORKFLOW_ID_LENGTH: Final = 190
+
+
+def check_workflow_id(workflow_id: object) -> str:
+    """Return `workflow_id` if both of its stream ids are valid, else raise `InvalidInput` naming it."""
+    if not isinstance(workflow_id, str):
+        raise InvalidInput(f"workflow_id must be a str, got {type(workflow_id).__name__}")
+    if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
+        raise InvalidInput(
+            f"workflow_id {workflow_id[:40]!r}... is {len(workflow_id)} characters; "
+            f"the limit is {MAX_WORKFLOW_ID_LENGTH}"
+        )
+    if not workflow_id:
+        raise InvalidInput("workflow_id is empty")
+    check_stream_id(workflow_stream(workflow_id))
+    return workflow_id
+
+
+def workflow_stream(workflow_id: str) -> str:
+    """The stream that records one run."""
+    return f"{WORKFLOW_STREAM_PREFIX}{workflow_id}"
+
+
+def signal_stream(workflow_id: str) -> str:
+    """The inbox stream signals for one run are appended to."""
+    return f"{SIGNAL_STREAM_PREFIX}{workflow_id}"
+
+
+def describe(kind: str, name: str) -> str:
+    """How a command is named in errors: ``step 'charge'``, ``wait_for 'approval'``, ``now()``."""
+    if kind in (STEP, WAIT):
+        return f"{kind} {name!r}"
+    return f"{kind}()"
+
+
+@dataclass
+class CommandRecord:
+    """Everything recorded for one sequence number."""
+
+    seq: int
+    kind: str
+    name: str
+    attempt: int = 0
+    """The highest attempt number started (steps)."""
+    failures: int = 0
+    """How many attempts ended with an exception (steps)."""
+    in_doubt: bool = False
+    """The last attempt started and has no recorded outcome: the process stopped between intent and outcome."""
+    outcome: dict[str, Any] | None = None
+    """The data of the final event: StepCompleted, final StepFailed, SignalReceived, WaitTimedOut, TimerFired, …"""
+    outcome_type: str = ""
+    retry_at_us: int | None = None
+    deadline_us: int | None = None
+    """When a wait times out or a timer fires (microseconds since the epoch)."""
+
+
+@dataclass
+class History:
+    """The fold of one run's stream."""
+
+    workflow_id: str
+    version: int = 0
+    workflow: str = ""
+    input: dict[str, Any] = field(default_factory=dict)
+    code_version: Any = None
+    state: str = DEFAULT_LIFECYCLE.initial
+    commands: dict[int, CommandRecord] = field(default_factory=dict)
+    max_seq: int = 0
+    patches: set[str] = field(default_factory=set)
+    consumed_signals: set[int] = field(default_factory=set)
+    finished: dict[str, Any] | None = None
+    finished_type: str = ""
+    suspended: dict[str, Any] | None = None
+
+    def apply(self, event_type: str, data: dict[str, Any]) -> None:
+        """Fold one event (recorded, or just appended by this process) into the history."""
+        self.state = DEFAULT_LIFECYCLE.next_state(self.state, event_type, data, self.workflow_id, check_guard=False)
+        self.suspended = data if event_type == WORKFLOW_SUSPENDED else None
+        if event_type == WORKFLOW_STARTED:
+            self.workflow = data["workflow"]
+            self.input = data["input"]
+            self.code_version = data.get("version")
+            return
+        if event_type in FINISHED_TYPES:
+            self.finished = data
+            self.finished_type = event_type
+            return
+        if event_type == PATCH_APPLIED:
+            self.patches.add(data["patch"])
+            return
+        kind = _KIND_OF.get(event_type)
+        if kind is None:
+            return
+        seq: int = data["seq"]
+        record = self.commands.get(seq)
+        if record is None:
+            record = self.commands[seq] = CommandRecord(seq, kind, data.get("name", kind))
+            self.max_seq = max(self.max_seq, seq)
+        if event_type == STEP_STARTED:
+            record.attempt = data["attempt"]
+            record.in_doubt = True
+            record.retry_at_us = None
+        elif event_type == STEP_FAILED:
+            record.in_doubt = False
+            record.failures += 1
+            record.retry_at_us = data.get("retry_at_us")
+            if data.get("final"):
+                record.outcome, record.outcome_type = data, event_type
+        elif event_type == STEP_RECONCILED:
+            record.in_doubt = False
+        elif event_type in (WAIT_STARTED, TIMER_STARTED):
+            record.deadline_us = data.get("deadline_us")
+        elif event_type == SIGNAL_RECEIVED:
+            self.consumed_signals.add(data["signal_version"])
+            record.outcome, record.outcome_type = data, event_type
+        else:
+            record.in_doubt = False
+            record.outcome, record.outcome_type = data, event_type

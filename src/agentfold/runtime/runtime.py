@@ -1,0 +1,148 @@
+"""`Runtime`: the registry of workflows, and where workers and clients come from."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from agentfold.errors import InvalidInput, UnknownWorkflow
+from agentfold.runtime.context import RecordHook
+from agentfold.runtime.retry import RetryPolicy
+from agentfold.runtime.serialization import DefaultSerializer, JsonValue, Serializer, declared_types
+from agentfold.store import EventStore
+
+if TYPE_CHECKING:
+    from agentfold.runtime.client import WorkflowClient
+    from agentfold.runtime.worker import Worker
+
+WorkflowFunction = Callable[..., Awaitable[Any]]
+F = TypeVar("F", bound=WorkflowFunction)
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    """A registered workflow: its stable name, its function, and the code version new runs record."""
+
+    name: str
+    function: WorkflowFunction
+    version: JsonValue = None
+
+    @property
+    def parameter_types(self) -> list[Any]:
+        """The declared types of the inputs after `ctx` (None where not declared)."""
+        hints = declared_types(self.function)
+        parameters = list(inspect.signature(self.function).parameters.values())[1:]
+        return [hints.get(parameter.name) for parameter in parameters]
+
+    @property
+    def result_type(self) -> Any:
+        """The declared return type (None when not declared)."""
+        return declared_types(self.function).get("return")
+
+    def encode_input(self, args: tuple[Any, ...], serializer: Serializer) -> dict[str, Any]:
+        """The recorded form of the inputs; `NotSerializable` naming the bad one."""
+        return {"args": [serializer.to_json(arg, f"input.args[{index}]") for index, arg in enumerate(args)]}
+
+    def decode_input(self, recorded: dict[str, Any], serializer: Serializer) -> list[Any]:
+        """The inputs as the function declares them."""
+        types = self.parameter_types
+        values: list[JsonValue] = recorded.get("args", [])
+        return [
+            serializer.from_json(value, types[index] if index < len(types) else None)
+            for index, value in enumerate(values)
+        ]
+
+
+class Runtime:
+    """The workflows of an application. Safe to create at import time: it touches no store until asked.
+
+    Workers and clients of every process must register the same workflows under the same names.
+    """
+
+    def __init__(
+        self,
+        *,
+        serializer: Serializer | None = None,
+        default_retry: RetryPolicy | None = None,
+        hooks: Iterable[RecordHook] = (),
+    ) -> None:
+        self.serializer: Serializer = serializer or DefaultSerializer()
+        self.default_retry = default_retry or DEFAULT_RETRY
+        self.hooks: list[RecordHook] = list(hooks)
+        self._by_name: dict[str, WorkflowDefinition] = {}
+        self._by_function: dict[Callable[..., Any], WorkflowDefinition] = {}
+
+    @overload
+    def workflow(self, function: F, /) -> F: ...
+
+    @overload
+    def workflow(
+        self, function: None = None, /, *, name: str | None = None, version: JsonValue = None
+    ) -> Callable[[F], F]: ...
+
+    def workflow(
+        self, function: F | None = None, /, *, name: str | None = None, version: JsonValue = None
+    ) -> F | Callable[[F], F]:
+        """Register an ``async def workflow(ctx, *inputs)``: bare, or as ``@runtime.workflow(name=..., version=...)``.
+
+        The name (default: the function's qualified name) is what the store records, so renaming the function
+        needs ``name=`` to keep running existing runs. `version` is recorded in each new run (`ctx.version`).
+        """
+
+        def register(chosen: F) -> F:
+            is_async = inspect.iscoroutinefunction(chosen)
+            if not is_async:
+                raise InvalidInput(f"workflow {chosen!r} must be an async function taking ctx first")
+            workflow_name = name or chosen.__qualname__
+            if not isinstance(workflow_name, str) or not workflow_name:
+                raise InvalidInput(f"a workflow name must be a non-empty str, got {workflow_name!r}")
+            existing = self._by_name.get(workflow_name)
+            if existing is not None and existing.function is not chosen:
+                raise InvalidInput(f"a different function is already registered as workflow {workflow_name!r}")
+            definition = WorkflowDefinition(workflow_name, chosen, version)
+            self._by_name[workflow_name] = definition
+            self._by_function[chosen] = definition
+            return chosen
+
+        if function is not None:
+            return register(function)
+        return register
+
+    @property
+    def names(self) -> list[str]:
+        """The registered workflow names, sorted."""
+        return sorted(self._by_name)
+
+    def definition(self, workflow: str | Callable[..., Any]) -> WorkflowDefinition:
+        """The registered workflow for a name or a decorated function; `UnknownWorkflow` otherwise."""
+        if isinstance(workflow, str):
+            found = self._by_name.get(workflow)
+        else:
+            try:
+                found = self._by_function.get(workflow)
+            except TypeError:
+                found = None
+        if found is None:
+            known = ", ".join(self.names) or "none"
+            raise UnknownWorkflow(f"workflow {workflow!r} is not registered with this runtime (registered: {known})")
+        return found
+
+    def knows(self, name: str) -> bool:
+        """Whether a workflow of this name is registered."""
+        return name in self._by_name
+
+    def worker(self, store: EventStore, *, concurrency: int = 100) -> Worker:
+        """A worker running this runtime's workflows from `store` in this process (use with ``async with``)."""
+        from agentfold.runtime.worker import Worker
+
+        return Worker(self, store, concurrency=concurrency)
+
+    def client(self, store: EventStore) -> WorkflowClient:
+        """A client that starts, signals and awaits runs; it needs no worker in its process."""
+        from agentfold.runtime.client import WorkflowClient
+
+        return WorkflowClient(self, store)
