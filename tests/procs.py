@@ -58,6 +58,18 @@ async def reader(url: str, expected: int, deadline_seconds: float) -> None:
     print("POSITIONS", json.dumps(positions), flush=True)
 
 
+async def group_member(url: str, group: str, member: str, lease_seconds: float) -> None:
+    """Join `group` and print `HANDLED position stream version` for every event handled, until killed."""
+    async with agentfold.connect(url) as store:
+
+        async def handle(event: agentfold.RecordedEvent) -> None:
+            print("HANDLED", event.position, event.stream_id, event.version, flush=True)
+
+        async with store.consumer_group(group, handle, member_id=member, lease_seconds=lease_seconds, partitions=8):
+            print("JOINED", flush=True)
+            await asyncio.Event().wait()
+
+
 def main() -> None:
     command, url, *rest = sys.argv[1:]
     if command == "writer":
@@ -66,8 +78,11 @@ def main() -> None:
     elif command == "reader":
         expected, deadline = rest
         asyncio.run(reader(url, int(expected), float(deadline)))
+    elif command == "group":
+        group, member, lease_seconds = rest
+        asyncio.run(group_member(url, group, member, float(lease_seconds)))
     else:
-        raise SystemExit(f"unknown command {command!r}; use writer or reader")
+        raise SystemExit(f"unknown command {command!r}; use writer, reader or group")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import abc
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 from agentfold.encoding import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -23,6 +23,7 @@ from agentfold.encoding import (
 )
 from agentfold.errors import InvalidInput, StoreClosed
 from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+from agentfold.groups import ConsumerGroupMember, GroupSettings, Handler
 from agentfold.subscription import Subscription, check_subscription_name
 
 DEFAULT_PAGE_SIZE: Final = 1000
@@ -157,6 +158,15 @@ class EventStore(abc.ABC):
             check_subscription_name(name),
             _check_limit(page_size) or self.page_size,
         )
+
+    def consumer_group(
+        self, name: str, handler: Handler, member_id: str | None = None, **settings: Any
+    ) -> ConsumerGroupMember:
+        """Join the consumer group `name`: `handler` gets this member's share of the events, at least once,
+        each stream's events in order. Use as ``async with store.consumer_group("mailer", handle): ...``.
+        `settings` are those of `GroupSettings` (partitions, lease_seconds, max_attempts, types, ...)."""
+        self._check_open()
+        return ConsumerGroupMember(self, GroupSettings(name, **settings), handler, member_id)
 
     async def load_checkpoint(self, name: str) -> int | None:
         """The position last saved under the subscriber `name`, or None."""
