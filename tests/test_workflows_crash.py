@@ -1,0 +1,143 @@
+"""Worker processes SIGKILLed at every interesting point of a workflow, then restarted.
+
+Each test starts three payment runs on a SQLite store, lets a worker process run them until it reaches the chosen
+append (it prints ``PAUSED`` and freezes there), kills it with SIGKILL, starts a fresh worker, and checks against
+the fake provider: every run completes, and no effect ran twice, except the documented at-least-once case (a step
+without `reconcile`, killed after its effect and before `StepCompleted`, runs again with the same idempotency key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+import agentfold
+from agentfold.runtime import idempotency_key, workflow_stream
+from tests.workflow_apps import payments
+
+INVOICES = ("inv-1", "inv-2", "inv-3")
+ROOT = Path(__file__).resolve().parent.parent
+LINE_TIMEOUT = 30.0
+
+
+async def spawn_worker(url: str, provider: Path, kill_at: str | None) -> asyncio.subprocess.Process:
+    args = [sys.executable, "-m", "tests.workflow_apps.payments", url, str(provider)]
+    if kill_at is not None:
+        args.append(kill_at)
+    return await asyncio.create_subprocess_exec(
+        *args,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def expect_line(process: asyncio.subprocess.Process, prefix: str) -> str:
+    assert process.stdout is not None
+    while True:
+        raw = await asyncio.wait_for(process.stdout.readline(), LINE_TIMEOUT)
+        if not raw:
+            assert process.stderr is not None
+            errors = (await process.stderr.read()).decode(errors="replace")
+            raise AssertionError(f"worker exited before printing {prefix!r}:\n{errors}")
+        line = raw.decode().strip()
+        if line.startswith(prefix):
+            return line
+
+
+async def kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGKILL)
+    await process.wait()
+
+
+KILL_POINTS = [
+    # (where the worker dies, whether approvals are sent before it runs, extra executions of a confirm effect)
+    pytest.param("before:StepStarted:initiate_payment", True, id="before-intent"),
+    pytest.param("after:StepStarted:initiate_payment", True, id="after-intent-before-effect"),
+    pytest.param("before:StepCompleted:initiate_payment", True, id="after-effect-before-outcome-reconciled"),
+    pytest.param("after:WaitStarted:approval", False, id="during-wait-for"),
+    pytest.param("after:StepStarted:confirm_payment", True, id="after-intent-before-effect-no-reconcile"),
+    pytest.param("before:StepCompleted:confirm_payment", True, id="after-effect-before-outcome-no-reconcile"),
+]
+
+
+@pytest.mark.parametrize(("kill_at", "approve_first"), KILL_POINTS)
+async def test_sigkill_at_each_point_then_resume(kill_at: str, approve_first: bool, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    provider_path = tmp_path / "provider.db"
+    payments.PROVIDER["path"] = provider_path
+    provider = payments.Provider(provider_path)
+    async with agentfold.connect(url) as store:
+        client = payments.runtime.client(store)
+        for number in INVOICES:
+            await client.start(payments.pay_invoice, {"number": number}, workflow_id=number)
+            if approve_first:
+                await client.signal(number, "approval", {"by": "alice"})
+
+        doomed = await spawn_worker(url, provider_path, kill_at)
+        try:
+            await expect_line(doomed, f"PAUSED {kill_at}")
+        finally:
+            await kill(doomed)
+        assert doomed.returncode == -signal.SIGKILL
+
+        if not approve_first:
+            for number in INVOICES:
+                await client.signal(number, "approval", {"by": "bob"})
+        survivor = await spawn_worker(url, provider_path, None)
+        try:
+            await expect_line(survivor, "READY")
+            results = {number: await client.result(number, timeout=LINE_TIMEOUT) for number in INVOICES}
+        finally:
+            await kill(survivor)
+
+        approver = "alice" if approve_first else "bob"
+        for number in INVOICES:
+            assert results[number] == {
+                "paid": f"pay-{number}",
+                "approved_by": approver,
+                "receipt": f"receipt-pay-{number}",
+            }
+            assert await client.state(number) == "Completed"
+
+        calls = provider.calls()
+        repeated_confirm = None
+        if kill_at == "before:StepCompleted:confirm_payment":
+            started = [
+                event.stream_id
+                async for event in store.read_all(types=["StepStarted"])
+                if event.data["name"] == "confirm_payment" and event.data["attempt"] == 2
+            ]
+            assert len(started) == 1, "exactly the killed run re-ran its step"
+            repeated_confirm = idempotency_key(started[0].removeprefix("workflow-"), 3, "confirm_payment")
+        expected = {}
+        for number in INVOICES:
+            expected[idempotency_key(number, 1, "initiate_payment")] = ("initiate_payment", 1)
+            key = idempotency_key(number, 3, "confirm_payment")
+            expected[key] = ("confirm_payment", 2 if key == repeated_confirm else 1)
+        assert calls == expected
+
+        # The killed run's history shows what happened: intent, then the reconciliation or the second attempt.
+        recorded = [event async for event in store.read_all(stream_prefix="workflow-")]
+        reconciled = [event for event in recorded if event.type == "StepCompleted" and event.data.get("reconciled")]
+        not_applied = [event for event in recorded if event.type == "StepReconciled"]
+        if kill_at == "before:StepCompleted:initiate_payment":
+            assert len(reconciled) == 1 and not not_applied, "the provider said the effect was applied"
+        elif kill_at == "after:StepStarted:initiate_payment":
+            assert len(not_applied) == 1 and not reconciled, "the provider said the effect was not applied"
+            assert not_applied[0].data["applied"] is False
+        else:
+            assert not reconciled and not not_applied
+        for number in INVOICES:
+            types = [event.type async for event in store.read_stream(workflow_stream(number))]
+            assert types[0] == "WorkflowStarted"
+            assert types[-1] == "WorkflowCompleted"
+            assert types.count("WorkflowCompleted") == 1

@@ -1,0 +1,1 @@
+"""Importable workflow applications that the crash tests run in worker processes."""
