@@ -67,12 +67,10 @@ _SCHEMA: Final = (
         stream_id TEXT NOT NULL,
         version INTEGER NOT NULL,
         type TEXT NOT NULL,
-        data TEXT NOT NULL,
-        metadata TEXT NOT NULL,
         event_id TEXT NOT NULL UNIQUE,
-        recorded_at_us INTEGER NOT NULL,
         batch_first INTEGER NOT NULL,
         batch_last INTEGER NOT NULL,
+        record TEXT NOT NULL,
         UNIQUE (stream_id, version)
     )
     """,
@@ -125,21 +123,17 @@ _SELECT_ID_RECORDS: Final = (
 _SELECT_VERSIONS: Final = "SELECT stream_id, version FROM streams WHERE stream_id IN (SELECT value FROM json_each(?))"
 _SELECT_VERSION: Final = "SELECT version FROM streams WHERE stream_id = ?"
 _INSERT_EVENT: Final = (
-    "INSERT INTO events (position, stream_id, version, type, data, metadata, event_id, recorded_at_us, "
-    "batch_first, batch_last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (position, stream_id, version, type, event_id, batch_first, batch_last, record) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_STREAM: Final = (
     "INSERT INTO streams (stream_id, version) VALUES (?, ?) "
     "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version"
 )
-_SELECT_STREAM_PAGE: Final = (
-    "SELECT version, position, type, data, metadata, event_id, recorded_at_us FROM events "
-    "WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
-)
-_ALL_COLUMNS: Final = "SELECT stream_id, version, position, type, data, metadata, event_id, recorded_at_us FROM events"
+_SELECT_STREAM_PAGE: Final = "SELECT record FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
 
 _json_encoder = msgspec.json.Encoder()
-_object_decoder = msgspec.json.Decoder(dict[str, Any])
+_page_decoder = msgspec.json.Decoder(list[RecordedEvent])
 
 # Primary result codes (https://www.sqlite.org/rescode.html).
 _SQLITE_BUSY: Final = 5
@@ -359,67 +353,56 @@ def _find_retry(stream_id: str, events: list[EncodedEvent], known: dict[str, _Id
     return AppendResult(first.batch_last, first.position + first.batch_last - first.version)
 
 
+class _StoredRecord(msgspec.Struct, frozen=True, gc=False):
+    """What the `record` column holds: a `RecordedEvent` encoded as JSON, written once by the writer thread (which
+    knows the event's version and position before inserting it), so that a page of events decodes in one call."""
+
+    stream_id: str
+    version: int
+    position: int
+    type: str
+    data: msgspec.Raw
+    metadata: msgspec.Raw
+    _id: str
+    _recorded_at_us: int
+
+
 def _event_rows(
     stream_id: str, events: list[EncodedEvent], first_version: int, first_position: int, now_us: int
 ) -> list[tuple[Any, ...]]:
     last_version = first_version + len(events) - 1
-    return [
-        (
-            first_position + offset,
+    encode = _json_encoder.encode
+    rows: list[tuple[Any, ...]] = []
+    for offset, event in enumerate(events):
+        version = first_version + offset
+        position = first_position + offset
+        record = _StoredRecord(
             stream_id,
-            first_version + offset,
+            version,
+            position,
             event.type,
-            event.data.decode(),
-            event.metadata.decode(),
+            msgspec.Raw(event.data),
+            msgspec.Raw(event.metadata),
             event.id,
             now_us,
-            first_version,
-            last_version,
         )
-        for offset, event in enumerate(events)
-    ]
+        rows.append(
+            (position, stream_id, version, event.type, event.id, first_version, last_version, encode(record).decode())
+        )
+    return rows
 
 
-def _decode_stream_page(stream_id: str, rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
-    decode = _object_decoder.decode
+def _decode_page(rows: list[tuple[str]]) -> list[RecordedEvent]:
+    """Decode the `record` column of a page of rows with one msgspec call."""
+    if not rows:
+        return []
     try:
-        return [
-            RecordedEvent(
-                stream_id,
-                version,
-                position,
-                event_type,
-                decode(data),
-                decode(metadata) if metadata != "{}" else {},
-                event_id,
-                recorded_at_us,
-            )
-            for version, position, event_type, data, metadata, event_id, recorded_at_us in rows
-        ]
+        page = _page_decoder.decode("[" + ",".join([row[0] for row in rows]) + "]")
     except (msgspec.DecodeError, TypeError) as error:
-        raise StoreCorrupted(
-            f"a stored event of stream {stream_id!r} does not decode as a JSON object: {error}"
-        ) from None
-
-
-def _decode_all_page(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
-    decode = _object_decoder.decode
-    try:
-        return [
-            RecordedEvent(
-                stream_id,
-                version,
-                position,
-                event_type,
-                decode(data),
-                decode(metadata) if metadata != "{}" else {},
-                event_id,
-                recorded_at_us,
-            )
-            for stream_id, version, position, event_type, data, metadata, event_id, recorded_at_us in rows
-        ]
-    except (msgspec.DecodeError, TypeError) as error:
-        raise StoreCorrupted(f"a stored event does not decode as a JSON object: {error}") from None
+        raise StoreCorrupted(f"a stored event does not decode as an event record: {error}") from None
+    if len(page) != len(rows):
+        raise StoreCorrupted(f"{len(rows)} stored event records decoded as {len(page)} events")
+    return page
 
 
 class _Writer:
@@ -701,8 +684,7 @@ class SQLiteStore(EventStore):
 
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
         def query(connection: sqlite3.Connection) -> list[RecordedEvent]:
-            rows = connection.execute(_SELECT_STREAM_PAGE, (stream_id, after_version, limit)).fetchall()
-            return _decode_stream_page(stream_id, rows)
+            return _decode_page(connection.execute(_SELECT_STREAM_PAGE, (stream_id, after_version, limit)).fetchall())
 
         return await self._read(query)
 
@@ -713,7 +695,7 @@ class SQLiteStore(EventStore):
         types: tuple[str, ...] | None,
         stream_prefix: str | None,
     ) -> tuple[list[RecordedEvent], int]:
-        sql = f"{_ALL_COLUMNS} WHERE position > ? AND position <= ?"
+        sql = "SELECT record FROM events WHERE position > ? AND position <= ?"
         parameters: list[Any] = [after_position, after_position + limit]
         if types is not None:
             sql += " AND type IN (SELECT value FROM json_each(?))"
@@ -730,7 +712,7 @@ class SQLiteStore(EventStore):
             head_row = connection.execute(_SELECT_HEAD).fetchone()
             connection.execute("COMMIT")
             head = head_row[0] if head_row else 0
-            return _decode_all_page(rows), max(after_position, min(after_position + limit, head))
+            return _decode_page(rows), max(after_position, min(after_position + limit, head))
 
         return await self._read(query)
 
