@@ -1,0 +1,131 @@
+"""How fast state is rebuilt from events: a 10k-event fold through `project()`, and a 1M-event stream's state
+loaded from its snapshot.
+
+The fold figure is comparable with `raw_read_decode_fold_10k_ms` (bare driver: fetch, decode and count 10k
+~200-byte events by type); the projection here does the same counting, so the difference is agentfold's overhead.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from typing import Any, Final
+
+import msgspec
+
+import agentfold
+from agentfold.events import NewEvent, RecordedEvent
+from agentfold.projection import Projection, fold, handles, project, save_snapshot
+
+FOLD_EVENTS: Final = 10_000
+BIG_EVENTS: Final = 1_000_000
+ROUNDS: Final = 5
+APPEND_BATCH: Final = 1000
+EVENT_TYPES: Final = tuple(f"Type{index}" for index in range(5))
+SNAPSHOT_SCHEMES: Final = ("memory", "sqlite")
+
+
+class TypeCounts(msgspec.Struct):
+    """Events seen per type, the amount they carried, and the last few order ids."""
+
+    counts: dict[str, int] = {}
+    amount: float = 0.0
+    recent_orders: list[int] = []
+
+
+class CountByType(Projection[TypeCounts]):
+    """The fold the bare-driver baseline does: count events by type (here also summing one field)."""
+
+    name = "bench-count-by-type"
+
+    def initial(self) -> TypeCounts:
+        return TypeCounts(counts={})
+
+    @handles(*EVENT_TYPES)
+    def count(self, state: TypeCounts, event: RecordedEvent) -> TypeCounts:
+        counts = state.counts
+        counts[event.type] = counts.get(event.type, 0) + 1
+        state.amount += event.data.get("amount", 0.0)
+        return state
+
+
+class CountByTypeWithRecent(CountByType):
+    name = "bench-count-by-type-recent"
+
+    @handles(*EVENT_TYPES)
+    def count(self, state: TypeCounts, event: RecordedEvent) -> TypeCounts:
+        state = super().count(state, event)
+        recent = state.recent_orders
+        recent.append(event.data["n"])
+        if len(recent) > 50:
+            del recent[0]
+        return state
+
+
+def _payload(index: int) -> dict[str, Any]:
+    """About 200 bytes of JSON (the same shape as the other benchmarks)."""
+    return {
+        "order_id": index,
+        "agent_id": "payment-agent-7",
+        "status": "authorised",
+        "amount": 1234.56,
+        "currency": "EUR",
+        "items": [{"sku": f"sku-{index % 97}", "qty": index % 5 + 1}],
+        "note": "x" * 48,
+    }
+
+
+async def measure_projection(url: str, big: bool = False) -> dict[str, float]:
+    """Figures in ms: `fold_10k_ms` (best of 5; `_median` too) and, with `big` on memory:// or sqlite,
+    `snapshot_load_1m_ms` (best of 5; `_median` too) plus `snapshot_build_1m_s` (writing the stream and its first
+    snapshot). Each measurement uses its own stream in the store at `url`."""
+    figures: dict[str, float] = {}
+    async with agentfold.connect(url) as store:
+        stream_id = f"fold-bench-{uuid.uuid4().hex[:8]}"
+        for start in range(0, FOLD_EVENTS, APPEND_BATCH):
+            batch = [
+                NewEvent(EVENT_TYPES[index % len(EVENT_TYPES)], _payload(index))
+                for index in range(start, start + APPEND_BATCH)
+            ]
+            await store.append(stream_id, batch)
+        timings = []
+        for _ in range(ROUNDS):
+            started = time.perf_counter()
+            state = await project(store, stream_id, CountByType)
+            timings.append((time.perf_counter() - started) * 1000)
+            if sum(state.counts.values()) != FOLD_EVENTS:
+                raise RuntimeError(f"folded {sum(state.counts.values())} events, wrote {FOLD_EVENTS}")
+        figures["fold_10k_ms"] = min(timings)
+        figures["fold_10k_ms_median"] = statistics.median(timings)
+
+        if big and url.split("://", 1)[0].lower() in SNAPSHOT_SCHEMES:
+            figures.update(await _snapshot_load(store))
+    return figures
+
+
+async def _snapshot_load(store: agentfold.EventStore) -> dict[str, float]:
+    stream_id = f"snapshot-bench-{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    for start in range(0, BIG_EVENTS, APPEND_BATCH):
+        batch = [
+            NewEvent(EVENT_TYPES[index % len(EVENT_TYPES)], {"n": index, "amount": 1.5})
+            for index in range(start, start + APPEND_BATCH)
+        ]
+        await store.append(stream_id, batch)
+    saved = await save_snapshot(store, stream_id, CountByTypeWithRecent)
+    build_seconds = time.perf_counter() - started
+    if not saved.snapshot_saved or saved.version != BIG_EVENTS:
+        raise RuntimeError(f"expected a snapshot at version {BIG_EVENTS}, got {saved}")
+    timings = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        loaded = await fold(store, stream_id, CountByTypeWithRecent)
+        timings.append((time.perf_counter() - started) * 1000)
+        if loaded.snapshot_version != BIG_EVENTS or loaded.events_read or loaded.state != saved.state:
+            raise RuntimeError(f"the state did not come from the snapshot: {loaded}")
+    return {
+        "snapshot_load_1m_ms": min(timings),
+        "snapshot_load_1m_ms_median": statistics.median(timings),
+        "snapshot_build_1m_s": build_seconds,
+    }
