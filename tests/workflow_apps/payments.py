@@ -96,18 +96,18 @@ class KillPoint(RecordHook):
     def _matches(self, events: Sequence[NewEvent]) -> bool:
         return any(event.type == self.event_type and event.data.get("name") == self.name for event in events)
 
-    def _freeze(self) -> None:
-        print(f"PAUSED {self.spec}", flush=True)
+    def _freeze(self, workflow_id: str) -> None:
+        print(f"PAUSED {self.spec} {workflow_id}", flush=True)
         sys.stdin.readline()  # blocks the whole process (event loop included) until it is killed
         raise SystemExit("the kill point was released instead of killed")
 
     def before_append(self, workflow_id: str, events: Sequence[NewEvent]) -> None:
         if self.moment == "before" and self._matches(events):
-            self._freeze()
+            self._freeze(workflow_id)
 
     def after_append(self, workflow_id: str, events: Sequence[NewEvent], result: AppendResult) -> None:
         if self.moment == "after" and self._matches(events):
-            self._freeze()
+            self._freeze(workflow_id)
 
 
 async def serve(url: str) -> None:
