@@ -1,0 +1,403 @@
+"""What only the SQLite backend shows: group commit, its options, its file on disk, and sharing that file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import agentfold
+from agentfold import ANY, NO_STREAM, AppendResult, NewEvent
+from agentfold.backends.sqlite import SCHEMA_VERSION, SQLiteStore
+from agentfold.errors import (
+    DuplicateEventId,
+    InvalidURL,
+    StoreClosed,
+    StoreCorrupted,
+    StoreTimeout,
+    StoreUnavailable,
+    WrongExpectedVersion,
+)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+async def open_sqlite(path: Path, query: str = "", **options: Any) -> SQLiteStore:
+    store = await agentfold.connect(f"sqlite:///{path}{query}", **options)
+    assert isinstance(store, SQLiteStore)
+    return store
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = await open_sqlite(db_path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@contextmanager
+def write_lock_held(path: Path) -> Iterator[sqlite3.Connection]:
+    """Hold the file's write lock from another connection, as another process would."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        yield connection
+        if connection.in_transaction:
+            connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+
+async def let_tasks_submit(tasks: list[asyncio.Task[Any]]) -> None:
+    """Run the event loop until every task has queued its request (each does so in its first step)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not any(task.done() for task in tasks)
+
+
+def events(count: int, event_type: str = "Noted") -> list[NewEvent]:
+    return [NewEvent(event_type, {"n": n}) for n in range(count)]
+
+
+async def test_one_failing_append_in_a_group_fails_alone(store: SQLiteStore, db_path: Path) -> None:
+    await store.append("kept", events(2), NO_STREAM)
+    retried = events(2)
+    original = await store.append("retried", retried, NO_STREAM)
+    overlap = NewEvent("Noted", {"overlap": True})
+
+    commits_before = store.commit_count
+    with write_lock_held(db_path):
+        attempts = {
+            "fresh": store.append("fresh", events(3), NO_STREAM),
+            "wrong_version": store.append("kept", events(1), expected_version=5),
+            "exact": store.append("kept", events(2), expected_version=2),
+            "retry": store.append("retried", retried, NO_STREAM),
+            "partial_overlap": store.append("retried", [retried[0], overlap], ANY),
+            "any": store.append("other", events(1), ANY),
+        }
+        tasks = {name: asyncio.ensure_future(attempt) for name, attempt in attempts.items()}
+        await let_tasks_submit(list(tasks.values()))
+    outcomes = dict(zip(tasks, await asyncio.gather(*tasks.values(), return_exceptions=True), strict=True))
+
+    # Every request waited behind the lock, so they shared one transaction: one commit (fsync) for all of them.
+    assert store.commit_count - commits_before == 1
+    assert isinstance(outcomes["wrong_version"], WrongExpectedVersion)
+    assert outcomes["wrong_version"].actual == 2
+    assert isinstance(outcomes["partial_overlap"], DuplicateEventId)
+    assert outcomes["retry"] == original
+    assert outcomes["fresh"].version == 3  # type: ignore[union-attr]
+    assert outcomes["exact"].version == 4  # type: ignore[union-attr]
+    assert outcomes["any"].version == 1  # type: ignore[union-attr]
+
+    assert [event.data for event in [e async for e in store.read_stream("kept")]] == [{"n": 0}, {"n": 1}] * 2
+    assert await store.stream_version("retried") == 2
+    positions = [event.position async for event in store.read_all()]
+    assert positions == list(range(1, len(positions) + 1))
+    assert len(positions) == 2 + 2 + 3 + 2 + 1
+
+
+async def test_concurrent_appends_with_conflicts_give_consistent_streams(store: SQLiteStore) -> None:
+    streams = [f"race-{n}" for n in range(4)]
+    writers_per_stream = 6
+    appends_per_writer = 8
+
+    async def writer(stream_id: str, writer_id: int) -> int:
+        conflicts = 0
+        for n in range(appends_per_writer):
+            event = NewEvent("Counted", {"writer": writer_id, "n": n})
+            while True:
+                version = await store.stream_version(stream_id)
+                try:
+                    await store.append(stream_id, [event], expected_version=version)
+                    break
+                except WrongExpectedVersion:
+                    conflicts += 1
+        return conflicts
+
+    conflicts = await asyncio.gather(
+        *(writer(stream_id, w) for stream_id in streams for w in range(writers_per_stream))
+    )
+    assert sum(conflicts) > 0  # the writers really raced
+
+    expected_count = writers_per_stream * appends_per_writer
+    for stream_id in streams:
+        recorded = [event async for event in store.read_stream(stream_id)]
+        assert [event.version for event in recorded] == list(range(1, expected_count + 1))
+        written = sorted((event.data["writer"], event.data["n"]) for event in recorded)
+        assert written == sorted((w, n) for w in range(writers_per_stream) for n in range(appends_per_writer))
+    positions = [event.position async for event in store.read_all()]
+    assert positions == list(range(1, len(streams) * expected_count + 1))
+
+
+async def writer_synchronous(store: SQLiteStore) -> int:
+    """The synchronous level the writer connection really uses (0 OFF, 1 NORMAL, 2 FULL)."""
+    return int(await store._write(lambda connection: connection.execute("PRAGMA synchronous").fetchone()[0]))
+
+
+async def test_synchronous_defaults_to_full(store: SQLiteStore) -> None:
+    assert store.synchronous == "FULL"
+    assert await writer_synchronous(store) == 2
+
+
+@pytest.mark.parametrize("how", ["query", "keyword"])
+async def test_synchronous_normal_can_be_chosen(db_path: Path, how: str) -> None:
+    if how == "query":
+        store = await open_sqlite(db_path, "?synchronous=normal")
+    else:
+        store = await open_sqlite(db_path, "?synchronous=FULL", synchronous="NORMAL")
+    try:
+        assert store.synchronous == "NORMAL"
+        assert await writer_synchronous(store) == 1
+        await store.append("s", events(1), NO_STREAM)
+    finally:
+        await store.close()
+
+
+async def test_the_file_is_in_wal_mode(store: SQLiteStore, db_path: Path) -> None:
+    await store.append("s", events(1))
+    connection = sqlite3.connect(db_path)
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        connection.close()
+
+
+async def test_data_and_idempotency_survive_close_and_reopen(db_path: Path) -> None:
+    batch = [NewEvent("Placed", {"order": 42}, {"agent_id": "a-1"}), NewEvent("Paid", {"amount": 9.5})]
+    store = await open_sqlite(db_path)
+    first = await store.append("order-42", batch, NO_STREAM)
+    await store.append("order-42", events(3), expected_version=2)
+    await store._save_checkpoint("projector", 4)
+    await store._save_snapshot("order-42", "totals", 2, b"state-at-2")
+    await store._trim_stream("order-42", before_version=3)
+    await store.close()
+
+    store = await open_sqlite(db_path)
+    try:
+        # The trimmed batch is still recognised: an exact retry returns the original result and writes nothing.
+        assert await store.append("order-42", batch, NO_STREAM) == first
+        with pytest.raises(DuplicateEventId):
+            await store.append("order-42", [batch[1]], ANY)
+        with pytest.raises(DuplicateEventId):
+            await store.append("elsewhere", batch, ANY)
+        assert await store.stream_version("order-42") == 5
+        assert await store.head_position() == 5
+        remaining = [event async for event in store.read_stream("order-42")]
+        assert [event.version for event in remaining] == [3, 4, 5]
+        assert await store._load_checkpoint("projector") == 4
+        assert await store._load_snapshot("order-42", "totals") == (2, b"state-at-2")
+    finally:
+        await store.close()
+
+    store = await open_sqlite(db_path)
+    try:
+        events_back = [event async for event in store.read_all()]
+        assert [event.position for event in events_back] == [3, 4, 5]
+        appended = await store.append("fresh", events(1), NO_STREAM)
+        assert appended == AppendResult(1, 6)  # positions are never reused, even after trimming
+    finally:
+        await store.close()
+
+
+async def test_recorded_events_read_back_exactly(store: SQLiteStore) -> None:
+    event = NewEvent("Quoted", {"text": 'a "quote" \\ and ünïcode ✓', "items": [1, 2.5, None, True]}, {"k": "v"})
+    result = await store.append("s", [event], NO_STREAM)
+    (recorded,) = [e async for e in store.read_stream("s")]
+    (via_all,) = [e async for e in store.read_all()]
+    assert recorded == via_all
+    assert recorded.id == event.id
+    assert (recorded.stream_id, recorded.version, recorded.position) == ("s", 1, result.position)
+    assert recorded.data == event.data
+    assert recorded.metadata == {"k": "v"}
+    assert recorded.recorded_at.tzinfo is not None
+
+
+async def test_two_stores_on_one_file_see_each_other(db_path: Path) -> None:
+    first = await open_sqlite(db_path)
+    second = await open_sqlite(db_path)
+    try:
+        await first.append("shared", events(1), NO_STREAM)
+        with pytest.raises(WrongExpectedVersion):
+            await second.append("shared", events(1), NO_STREAM)
+        await second.append("shared", events(1), expected_version=1)
+        assert await first.stream_version("shared") == 2
+
+        # A waiter on one store is woken by an append through the other (found by polling the file).
+        head = await first.head_position()
+        waiter = asyncio.ensure_future(first._wait_for_append(head, timeout=60))
+        await asyncio.sleep(0)
+        await second.append("shared", events(1), expected_version=2)
+        await waiter
+        assert await first.head_position() == head + 1
+
+        async def append_through(store: SQLiteStore, writer: str) -> None:
+            for n in range(20):
+                await store.append(f"{writer}-{n % 3}", [NewEvent("Step", {"n": n})])
+
+        await asyncio.gather(append_through(first, "a"), append_through(second, "b"))
+        positions = [event.position async for event in second.read_all()]
+        assert positions == list(range(1, 44))
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_concurrent_opens_create_the_schema_once(db_path: Path) -> None:
+    errors: list[BaseException] = []
+
+    def open_append_close(n: int) -> None:
+        async def run() -> None:
+            store = await open_sqlite(db_path)
+            try:
+                await store.append(f"opener-{n}", events(2), NO_STREAM)
+            finally:
+                await store.close()
+
+        try:
+            asyncio.run(run())
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_append_close, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    async def check() -> None:
+        store = await open_sqlite(db_path)
+        try:
+            assert await store.head_position() == 8
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+async def test_close_finishes_queued_appends(db_path: Path) -> None:
+    store = await open_sqlite(db_path)
+    with write_lock_held(db_path):
+        tasks = [asyncio.ensure_future(store.append(f"s-{n}", events(1), NO_STREAM)) for n in range(10)]
+        await let_tasks_submit(tasks)
+        closing = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0)
+    await closing
+    results = await asyncio.gather(*tasks)
+    assert sorted(result.position for result in results) == list(range(1, 11))
+    with pytest.raises(StoreClosed):
+        await store.append("late", events(1))
+    with pytest.raises(StoreClosed):
+        await store.stream_version("s-1")
+
+    reopened = await open_sqlite(db_path)
+    try:
+        assert await reopened.head_position() == 10
+    finally:
+        await reopened.close()
+
+
+async def test_a_lock_held_beyond_the_busy_timeout_is_a_store_timeout(db_path: Path) -> None:
+    store = await open_sqlite(db_path, "?busy_timeout=50")
+    try:
+        with write_lock_held(db_path):
+            with pytest.raises(StoreTimeout) as raised:
+                await store.append("s", events(1), NO_STREAM)
+            assert raised.value.retryable
+        assert await store.head_position() == 0
+        assert await store.append("s", events(1), NO_STREAM) == AppendResult(1, 1)
+    finally:
+        await store.close()
+
+
+async def test_a_corrupt_record_is_reported(store: SQLiteStore, db_path: Path) -> None:
+    await store.append("s", events(2), NO_STREAM)
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        connection.execute("UPDATE events SET record = '{\"stream_id\": oops' WHERE version = 2")
+    finally:
+        connection.close()
+    with pytest.raises(StoreCorrupted):
+        _ = [event async for event in store.read_stream("s")]
+    with pytest.raises(StoreCorrupted):
+        _ = [event async for event in store.read_all()]
+
+
+def test_a_file_that_is_not_a_database_is_refused(db_path: Path) -> None:
+    db_path.write_bytes(b"this is not a SQLite database, just some text" * 100)
+    with pytest.raises(StoreCorrupted):
+        asyncio.run(open_sqlite(db_path))
+
+
+async def test_a_newer_schema_is_refused(db_path: Path) -> None:
+    connection = sqlite3.connect(db_path)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.close()
+    with pytest.raises(StoreUnavailable, match="newer"):
+        await open_sqlite(db_path)
+
+
+async def test_a_missing_directory_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="does not exist"):
+        await open_sqlite(tmp_path / "missing" / "store.db")
+
+
+async def test_max_event_size_option(db_path: Path) -> None:
+    from agentfold.errors import EventTooLarge
+
+    store = await open_sqlite(db_path, "?max_event_size=100")
+    try:
+        with pytest.raises(EventTooLarge):
+            await store.append("s", [NewEvent("Big", {"text": "x" * 200})])
+        await store.append("s", [NewEvent("Small", {"text": "x"})])
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("url_tail", "options", "named"),
+    [
+        ("?synchronous=OFF", {}, "synchronous"),
+        ("", {"synchronous": "EXTRA"}, "synchronous"),
+        ("?busy_timeout=soon", {}, "busy_timeout"),
+        ("?busy_timeout=-1", {}, "busy_timeout"),
+        ("", {"busy_timeout": 1.5}, "busy_timeout"),
+        ("?max_event_size=0", {}, "max_event_size"),
+        ("", {"max_event_size": True}, "max_event_size"),
+        ("?journal=delete", {}, "journal"),
+        ("?synchronous=FULL&synchronous=NORMAL", {}, "twice"),
+    ],
+)
+def test_bad_options_are_refused(db_path: Path, url_tail: str, options: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidURL, match=named):
+        asyncio.run(open_sqlite(db_path, url_tail, **options))
+    assert not db_path.exists()  # refused before the file was touched
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite://host/store.db", "sqlite:///:memory:"])
+async def test_bad_urls_are_refused(url: str) -> None:
+    with pytest.raises(InvalidURL):
+        await agentfold.connect(url)
+
+
+async def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = await agentfold.connect("sqlite:///relative.db")
+    await relative.close()
+    assert (tmp_path / "relative.db").exists()
+    absolute = await agentfold.connect(f"sqlite:///{tmp_path / 'absolute.db'}")
+    await absolute.close()
+    assert f"sqlite:///{tmp_path / 'absolute.db'}".startswith("sqlite:////")
+    assert (tmp_path / "absolute.db").exists()
