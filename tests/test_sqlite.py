@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,16 @@ async def let_tasks_submit(tasks: list[asyncio.Task[Any]]) -> None:
     assert not any(task.done() for task in tasks)
 
 
+async def writer_has_taken_everything(store: SQLiteStore) -> None:
+    """Wait (without a deadline: a condition, not a timing) until the writer thread has dequeued every request."""
+
+    def wait() -> None:
+        while not store._writer.queue.empty():
+            time.sleep(0.001)
+
+    await asyncio.to_thread(wait)
+
+
 def events(count: int, event_type: str = "Noted") -> list[NewEvent]:
     return [NewEvent(event_type, {"n": n}) for n in range(count)]
 
@@ -78,6 +89,10 @@ async def test_one_failing_append_in_a_group_fails_alone(store: SQLiteStore, db_
 
     commits_before = store.commit_count
     with write_lock_held(db_path):
+        # The writer takes this first request and waits for the lock; everything submitted meanwhile queues up.
+        blocker = asyncio.ensure_future(store.append("blocker", events(1)))
+        await let_tasks_submit([blocker])
+        await writer_has_taken_everything(store)
         attempts = {
             "fresh": store.append("fresh", events(3), NO_STREAM),
             "wrong_version": store.append("kept", events(1), expected_version=5),
@@ -88,10 +103,11 @@ async def test_one_failing_append_in_a_group_fails_alone(store: SQLiteStore, db_
         }
         tasks = {name: asyncio.ensure_future(attempt) for name, attempt in attempts.items()}
         await let_tasks_submit(list(tasks.values()))
+    await blocker
     outcomes = dict(zip(tasks, await asyncio.gather(*tasks.values(), return_exceptions=True), strict=True))
 
-    # Every request waited behind the lock, so they shared one transaction: one commit (fsync) for all of them.
-    assert store.commit_count - commits_before == 1
+    # The six requests waited together, so they shared one transaction: one commit (one fsync) for all of them.
+    assert store.commit_count - commits_before == 2
     assert isinstance(outcomes["wrong_version"], WrongExpectedVersion)
     assert outcomes["wrong_version"].actual == 2
     assert isinstance(outcomes["partial_overlap"], DuplicateEventId)
@@ -104,7 +120,7 @@ async def test_one_failing_append_in_a_group_fails_alone(store: SQLiteStore, db_
     assert await store.stream_version("retried") == 2
     positions = [event.position async for event in store.read_all()]
     assert positions == list(range(1, len(positions) + 1))
-    assert len(positions) == 2 + 2 + 3 + 2 + 1
+    assert len(positions) == 2 + 2 + 1 + 3 + 2 + 1
 
 
 async def test_concurrent_appends_with_conflicts_give_consistent_streams(store: SQLiteStore) -> None:
