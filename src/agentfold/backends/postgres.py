@@ -65,6 +65,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10
 
 MAX_GROUP_APPENDS: Final = 1000
 MAX_GROUP_BYTES: Final = 8 * 1024 * 1024
+GROUPS_IN_FLIGHT: Final = 3
+"""Group transactions one process keeps in flight: while one holds the table lock and waits for its commit to reach
+disk, the next is already encoded, sent and queued on the lock."""
 _LISTENER_HEALTH_CHECK: Final = 30.0
 _RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -259,6 +262,7 @@ LANGUAGE plpgsql AS $body$
 -- written (an id record never changes, so the caller decides retry or duplicate from them afterwards).
 -- append_expected: -1 any, -2 stream exists, n >= 0 exactly version n.
 DECLARE
+    has_trimmed boolean;
     head bigint;
     recorded_at_us bigint := (extract(epoch FROM statement_timestamp()) * 1000000)::bigint;
     known uuid[];
@@ -269,25 +273,29 @@ DECLARE
     expected bigint;
     size integer;
     first_event integer := 1;
-    written_events integer[] := ARRAY[]::integer[];
     written_appends integer[] := ARRAY[]::integer[];
-    written_versions bigint[] := ARRAY[]::bigint[];
-    written_positions bigint[] := ARRAY[]::bigint[];
-    written_firsts bigint[] := ARRAY[]::bigint[];
-    written_lasts bigint[] := ARRAY[]::bigint[];
+    written_first_events integer[] := ARRAY[]::integer[];
+    written_first_versions bigint[] := ARRAY[]::bigint[];
+    written_first_positions bigint[] := ARRAY[]::bigint[];
 BEGIN
     -- Serialises every writer of this schema, cluster-wide (why: PostgresStore._commit, agentfold.backends.postgres).
     LOCK TABLE {s}.events IN EXCLUSIVE MODE;
-    head := greatest((SELECT max(e.position) FROM {s}.events e),
-                     (SELECT max(t.position) FROM {s}.trimmed_event_ids t), 0);
-    known := ARRAY(SELECT e.id FROM {s}.events e WHERE e.id = ANY(event_ids)
-                   UNION ALL SELECT t.id FROM {s}.trimmed_event_ids t WHERE t.id = ANY(event_ids));
+    has_trimmed := EXISTS (SELECT FROM {s}.trimmed_event_ids);
+    head := coalesce((SELECT max(e.position) FROM {s}.events e), 0);
+    known := ARRAY(SELECT e.id FROM {s}.events e WHERE e.id = ANY(event_ids));
     SELECT array_agg(streams.stream_id),
-           array_agg(greatest((SELECT max(e.version) FROM {s}.events e WHERE e.stream_id = streams.stream_id),
-                              (SELECT max(t.version) FROM {s}.trimmed_event_ids t
-                               WHERE t.stream_id = streams.stream_id), 0))
+           array_agg(coalesce((SELECT max(e.version) FROM {s}.events e WHERE e.stream_id = streams.stream_id), 0))
       INTO stream_names, stream_versions
       FROM (SELECT DISTINCT unnest(append_streams) AS stream_id) AS streams;
+    IF has_trimmed THEN
+        -- Trimmed events still count for the head, for stream versions and for known ids.
+        head := greatest(head, (SELECT max(t.position) FROM {s}.trimmed_event_ids t));
+        known := known || ARRAY(SELECT t.id FROM {s}.trimmed_event_ids t WHERE t.id = ANY(event_ids));
+        FOR slot IN 1 .. array_length(stream_names, 1) LOOP
+            stream_versions[slot] := greatest(stream_versions[slot], (
+                SELECT max(t.version) FROM {s}.trimmed_event_ids t WHERE t.stream_id = stream_names[slot]));
+        END LOOP;
+    END IF;
     FOR a IN 1 .. coalesce(array_length(append_streams, 1), 0) LOOP
         size := append_sizes[a];
         result_version := NULL;
@@ -299,14 +307,10 @@ BEGIN
             current_version := stream_versions[slot];
             expected := append_expected[a];
             IF expected = -1 OR (expected = -2 AND current_version > 0) OR expected = current_version THEN
-                FOR offset_in_batch IN 0 .. size - 1 LOOP
-                    written_events := written_events || (first_event + offset_in_batch);
-                    written_appends := written_appends || a;
-                    written_versions := written_versions || (current_version + 1 + offset_in_batch);
-                    written_positions := written_positions || (head + 1 + offset_in_batch);
-                    written_firsts := written_firsts || (current_version + 1);
-                    written_lasts := written_lasts || (current_version + size);
-                END LOOP;
+                written_appends := written_appends || a;
+                written_first_events := written_first_events || first_event;
+                written_first_versions := written_first_versions || (current_version + 1);
+                written_first_positions := written_first_positions || (head + 1);
                 known := known || event_ids[first_event : first_event + size - 1];
                 head := head + size;
                 stream_versions[slot] := current_version + size;
@@ -321,15 +325,17 @@ BEGIN
         RETURN NEXT;
         first_event := first_event + size;
     END LOOP;
-    IF array_length(written_events, 1) > 0 THEN
+    IF cardinality(written_appends) > 0 THEN
         INSERT INTO {s}.events (position, stream_id, version, batch_first, batch_last, type, id, record)
-        SELECT w.position, append_streams[w.append], w.version, w.batch_first, w.batch_last,
-               event_types[w.event], event_ids[w.event],
-               ('{"stream_id":' || append_stream_json[w.append] || ',"version":' || w.version
-                || ',"position":' || w.position || ',"_recorded_at_us":' || recorded_at_us
-                || event_tails[w.event])::json
-        FROM unnest(written_events, written_appends, written_versions, written_positions, written_firsts,
-                    written_lasts) AS w(event, append, version, position, batch_first, batch_last);
+        SELECT w.first_position + o.i, append_streams[w.append], w.first_version + o.i, w.first_version,
+               w.first_version + append_sizes[w.append] - 1, event_types[w.first_event + o.i],
+               event_ids[w.first_event + o.i],
+               ('{"stream_id":' || append_stream_json[w.append] || ',"version":' || (w.first_version + o.i)
+                || ',"position":' || (w.first_position + o.i) || ',"_recorded_at_us":' || recorded_at_us
+                || event_tails[w.first_event + o.i])::json
+        FROM unnest(written_appends, written_first_events, written_first_versions, written_first_positions)
+                 AS w(append, first_event, first_version, first_position)
+             CROSS JOIN LATERAL generate_series(0, append_sizes[w.append] - 1) AS o(i);
         PERFORM pg_notify(channel, '');
     END IF;
 END
@@ -614,7 +620,11 @@ class PostgresStore(EventStore):
         self._pending: collections.deque[_PendingAppend] = collections.deque()
         self._pending_added = asyncio.Event()
         self._closing = False
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="agentfold-pg-writer")
+        loop = asyncio.get_running_loop()
+        self._writers = [
+            loop.create_task(self._write_loop(), name=f"agentfold-pg-writer-{number}")
+            for number in range(GROUPS_IN_FLIGHT)
+        ]
         self._appended = asyncio.Event()
         self._listening = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -862,8 +872,7 @@ class PostgresStore(EventStore):
     async def _close(self) -> None:
         self._closing = True
         self._pending_added.set()
-        with contextlib.suppress(Exception):
-            await self._writer
+        await asyncio.gather(*self._writers, return_exceptions=True)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
