@@ -457,9 +457,14 @@ class WorkflowExecution:
 
     async def _take_signal(self, name: str, deadline_us: int | None) -> RecordedEvent | None:
         """The oldest unconsumed signal `name` in the inbox that arrived before the deadline."""
-        async for page in self.store.read_stream_pages(h.signal_stream(self.workflow_id), self._inbox_version):
-            self._inbox.extend(event for event in page if event.type == h.SIGNAL_SENT)
-            self._inbox_version = page[-1].version
+        try:
+            async for page in self.store.read_stream_pages(h.signal_stream(self.workflow_id), self._inbox_version):
+                self._inbox.extend(event for event in page if event.type == h.SIGNAL_SENT)
+                self._inbox_version = page[-1].version
+        except AgentfoldError as error:
+            # A store failure is not the workflow's failure: it ends this execution, to be resumed later.
+            self._fatal = error
+            raise
         for event in self._inbox:
             if (
                 event.data.get("name") == name

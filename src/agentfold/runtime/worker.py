@@ -190,12 +190,21 @@ class Worker:
                     logger.error("workflow %r cannot run here: %s", workflow_id, error)
                     self._suspended.add(workflow_id)
                     return
-                except (AgentfoldError, OSError) as error:
+                except Exception as error:
+                    # Store errors, a lost append race (`WrongExpectedVersion`), or a fault in this process: the run's
+                    # history is intact, so it is loaded again and resumed from there.
                     if backoff is None:
-                        logger.error("workflow %r stopped after repeated store errors: %s", workflow_id, error)
+                        logger.error("workflow %r stopped after repeated errors: %r", workflow_id, error)
                         return
+                    expected = isinstance(error, AgentfoldError | OSError)
                     level = logging.WARNING if isinstance(error, WrongExpectedVersion) else logging.ERROR
-                    logger.log(level, "workflow %r interrupted (%s); resuming from its history", workflow_id, error)
+                    logger.log(
+                        level,
+                        "workflow %r interrupted (%r); resuming from its history",
+                        workflow_id,
+                        error,
+                        exc_info=not expected,
+                    )
                     await asyncio.sleep(backoff)
                 finally:
                     self._executions.pop(workflow_id, None)
