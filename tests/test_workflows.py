@@ -422,6 +422,22 @@ async def test_wait_for_timeout_is_a_recorded_event_and_signals_are_buffered(mem
         await client.signal("nobody", "vote", 1)
 
 
+async def test_waits_gathered_together_each_get_their_signal(memory: EventStore) -> None:
+    runtime = Runtime()
+
+    @runtime.workflow
+    async def two_approvals(ctx: WorkflowContext) -> list[Any]:
+        return list(await asyncio.gather(ctx.wait_for("legal"), ctx.wait_for("finance")))
+
+    client = runtime.client(memory)
+    async with runtime.worker(memory):
+        await client.start(two_approvals, workflow_id="two")
+        await until_state(client, "two", "AwaitingInput")
+        await client.signal("two", "finance", "ok-f")
+        await client.signal("two", "legal", "ok-l")
+        assert await client.result("two", timeout=TIMEOUT) == ["ok-l", "ok-f"]
+
+
 async def test_a_signal_from_another_client_wakes_a_waiting_run(memory: EventStore) -> None:
     runtime = Runtime()
 

@@ -590,24 +590,25 @@ class WorkflowContext:
         seq, record = self._execution._take_seq(h.STEP, name)
         return self._execution.run_step(seq, record, name, function, args, kwargs, reconcile, policy, limit)
 
-    async def wait_for(self, name: str, timeout: timedelta | float | None = None, *, as_type: Any = None) -> Any:
+    def wait_for(self, name: str, timeout: timedelta | float | None = None, *, as_type: Any = None) -> Awaitable[Any]:
         """Wait, durably, for the signal `name` (sent with `client.signal`); return its payload.
 
-        The run is `AwaitingInput` meanwhile. Signals sent before the wait began are kept and delivered in the
-        order they were sent, each to one wait. Raises `WaitTimedOut` (a recorded outcome) when `timeout` passes
-        first; a signal sent before the deadline still wins, even if it is read later.
+        Like every command, it takes its sequence number when called, so waits passed to `asyncio.gather` are
+        numbered in argument order. The run is `AwaitingInput` meanwhile. Signals sent before the wait began are
+        kept and delivered in the order they were sent, each to one wait. Raises `WaitTimedOut` (a recorded
+        outcome) when `timeout` passes first; a signal sent before the deadline still wins, even if read later.
         """
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"a signal name must be a non-empty str, got {name!r}")
         limit = None if timeout is None else seconds(timeout, f"wait_for {name!r} timeout")
         seq, record = self._execution._take_seq(h.WAIT, name)
-        return await self._execution.wait_for(seq, record, name, limit, as_type)
+        return self._execution.wait_for(seq, record, name, limit, as_type)
 
-    async def sleep(self, duration: timedelta | float) -> None:
+    def sleep(self, duration: timedelta | float) -> Awaitable[None]:
         """A durable timer: the wake-up time is recorded, so a resumed run sleeps only what is left."""
         length = seconds(duration, "sleep duration")
         seq, record = self._execution._take_seq(h.SLEEP, h.SLEEP)
-        await self._execution.sleep(seq, record, length)
+        return self._execution.sleep(seq, record, length)
 
     def now(self) -> datetime:
         """The current time (UTC), recorded: a replay sees the same value."""

@@ -187,8 +187,9 @@ DEFAULT_LIFECYCLE: Final = StateMachine(
     transitions=[
         Transition.of("WorkflowStarted", IDLE, PROCESSING),
         Transition.of("WaitStarted", [PROCESSING, AWAITING_INPUT], AWAITING_INPUT),
-        Transition.of("SignalReceived", AWAITING_INPUT, PROCESSING),
-        Transition.of("WaitTimedOut", AWAITING_INPUT, PROCESSING),
+        # From Processing too: with several waits in flight (`asyncio.gather`), the first answer already moved on.
+        Transition.of("SignalReceived", [AWAITING_INPUT, PROCESSING], PROCESSING),
+        Transition.of("WaitTimedOut", [AWAITING_INPUT, PROCESSING], PROCESSING),
         Transition.of("WorkflowCompleted", [PROCESSING, AWAITING_INPUT], COMPLETED),
         Transition.of("WorkflowFailed", [PROCESSING, AWAITING_INPUT], FAILED),
     ],
