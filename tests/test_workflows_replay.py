@@ -96,6 +96,8 @@ async def interpret(ctx: WorkflowContext, program: list[Any]) -> list[Any]:
             output.append("slept")
         elif kind == "wait":
             output.append(await ctx.wait_for(command[1]))
+        elif kind == "gather_waits":
+            output.append(list(await asyncio.gather(*(ctx.wait_for(name) for name in command[1]))))
         elif kind == "patched":
             output.append(ctx.patched(command[1]))
         else:
@@ -119,6 +121,9 @@ commands = st.one_of(
     st.just(["random"]),
     st.just(["sleep"]),
     st.tuples(st.just("wait"), st.sampled_from(["approval", "input"])).map(list),
+    st.tuples(st.just("gather_waits"), st.lists(st.sampled_from(["approval", "input"]), min_size=1, max_size=3)).map(
+        list
+    ),
     st.tuples(st.just("patched"), st.sampled_from(["p1", "p2"])).map(list),
     st.tuples(st.just("fail"), names).map(list),
 )
@@ -132,8 +137,9 @@ async def record(program: list[Any]) -> tuple[EventStore, list[Any], list[int]]:
     client = runtime.client(store)
     await client.start(interpret, program, workflow_id="run")
     for index, command in enumerate(program):
-        if command[0] == "wait":
-            await client.signal("run", command[1], f"{command[1]}-{index}")
+        waits = [command[1]] if command[0] == "wait" else command[1] if command[0] == "gather_waits" else []
+        for position, name in enumerate(waits):
+            await client.signal("run", name, f"{name}-{index}-{position}")
     batches = Batches()
     runtime.hooks.append(batches)
     try:
