@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import queue
 import sqlite3
@@ -125,14 +126,15 @@ _SELECT_ID_RECORDS: Final = (
 )
 _SELECT_VERSIONS: Final = "SELECT stream_id, version FROM streams WHERE stream_id IN (SELECT value FROM json_each(?))"
 _SELECT_VERSION: Final = "SELECT version FROM streams WHERE stream_id = ?"
-_INSERT_EVENT: Final = (
-    "INSERT INTO events (position, stream_id, version, type, event_id, batch_first, batch_last, record) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EVENTS: Final = (
+    "INSERT INTO events (position, stream_id, version, type, event_id, batch_first, batch_last, record) VALUES {rows}"
 )
-_UPSERT_STREAM: Final = (
-    "INSERT INTO streams (stream_id, version) VALUES (?, ?) "
+_UPSERT_STREAMS: Final = (
+    "INSERT INTO streams (stream_id, version) VALUES {rows} "
     "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version"
 )
+ROWS_PER_STATEMENT: Final = 64
+"""Rows per multi-row INSERT: one statement step (one release of the GIL) writes them all."""
 _SELECT_STREAM_PAGE: Final = "SELECT record FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
 
 _json_encoder = msgspec.json.Encoder()
@@ -276,7 +278,7 @@ def _connect(settings: SQLiteSettings, *, writer: bool) -> sqlite3.Connection:
         timeout=settings.busy_timeout_ms / 1000,
         isolation_level=None,
         check_same_thread=False,
-        cached_statements=256,
+        cached_statements=512,
     )
     try:
         connection.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms}")
@@ -393,6 +395,21 @@ def _event_rows(
             (position, stream_id, version, event.type, event.id, first_version, last_version, encode(record).decode())
         )
     return rows
+
+
+@functools.lru_cache(maxsize=256)
+def _multi_row_sql(template: str, row_count: int, width: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return template.format(rows=", ".join([row] * row_count))
+
+
+def _insert_rows(connection: sqlite3.Connection, template: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert `rows` with multi-row statements of at most `ROWS_PER_STATEMENT` rows (few distinct SQL texts, so
+    the prepared statements stay cached)."""
+    width = len(rows[0])
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        connection.execute(_multi_row_sql(template, len(chunk), width), [value for row in chunk for value in row])
 
 
 def _decode_page(rows: list[tuple[str]]) -> list[RecordedEvent]:
@@ -550,8 +567,8 @@ class _Writer:
             return leftovers
         connection.execute("SAVEPOINT group_append")
         try:
-            connection.executemany(_INSERT_EVENT, rows)
-            connection.executemany(_UPSERT_STREAM, written_streams.items())
+            _insert_rows(connection, _INSERT_EVENTS, rows)
+            _insert_rows(connection, _UPSERT_STREAMS, list(written_streams.items()))
         except sqlite3.IntegrityError:
             # The tables disagree with the checks above (a damaged file): fall back to one append at a time so
             # only the appends that meet the damage fail.
@@ -577,10 +594,12 @@ class _Writer:
             head_row = connection.execute(_SELECT_HEAD).fetchone()
             first_position = head_row[0] + 1 if head_row else 1
             count = len(request.events)
-            connection.executemany(
-                _INSERT_EVENT, _event_rows(request.stream_id, request.events, current + 1, first_position, now_us)
+            _insert_rows(
+                connection,
+                _INSERT_EVENTS,
+                _event_rows(request.stream_id, request.events, current + 1, first_position, now_us),
             )
-            connection.execute(_UPSERT_STREAM, (request.stream_id, current + count))
+            _insert_rows(connection, _UPSERT_STREAMS, [(request.stream_id, current + count)])
             return AppendResult(current + count, first_position + count - 1)
 
         self._in_savepoint(request, append)
