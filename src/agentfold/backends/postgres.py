@@ -26,7 +26,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import psycopg
-import psycopg.errors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -65,7 +64,7 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10
 
 MAX_GROUP_APPENDS: Final = 1000
 MAX_GROUP_BYTES: Final = 8 * 1024 * 1024
-GROUPS_IN_FLIGHT: Final = 3
+GROUPS_IN_FLIGHT: Final = 2
 """Group transactions one process keeps in flight: while one holds the table lock and waits for its commit to reach
 disk, the next is already encoded, sent and queued on the lock."""
 _LISTENER_HEALTH_CHECK: Final = 30.0
@@ -231,7 +230,11 @@ def _conninfo(url: str, options: PostgresOptions, libpq: dict[str, str]) -> str:
         "statement_timeout": options.statement_timeout,
         "idle_in_transaction_session_timeout": options.idle_in_transaction_session_timeout,
     }
-    server_options = " ".join(f"-c {name}={round(seconds * 1000)}" for name, seconds in settings.items())
+    # Milliseconds, at least 1: PostgreSQL reads 0 as "no limit".
+    server_options = " ".join(f"-c {name}={max(1, round(seconds * 1000))}" for name, seconds in settings.items())
+    # append_group() relies on a fresh snapshot per statement after its LOCK: pin READ COMMITTED whatever the
+    # server's default isolation is.
+    server_options += r" -c default_transaction_isolation=read\ committed"
     return make_conninfo(bare, options=server_options, **libpq)
 
 
@@ -248,14 +251,14 @@ class _Migration(NamedTuple):
 # quoted schema name. Never edit a released migration; add a new one.
 #
 # An event row keeps its columns for lookups (stream and version, position, id, type) and `record`: the whole event
-# exactly as readers receive it, as JSON. A page of reads is then one `string_agg` of stored text on the server and
-# one msgspec decode on the client, instead of per-column conversions on both sides.
+# exactly as readers receive it, as JSON. A page of reads is then one index range scan returning stored text, which
+# the client joins and decodes with msgspec in one call, instead of per-column conversions on both sides.
 _APPEND_GROUP = r"""
 CREATE FUNCTION {s}.append_group(
     append_streams text[], append_stream_json text[], append_expected bigint[], append_sizes integer[],
     event_ids uuid[], event_tails text[], event_types text[], channel text
 ) RETURNS TABLE (outcome integer, result_version bigint, result_position bigint)
-LANGUAGE plpgsql AS $body$
+LANGUAGE plpgsql VOLATILE AS $body$
 -- Writes a group of appends in the caller's one transaction, deciding each in order as if it ran alone after the
 -- ones before it. Per append, outcome 0: written (result_version, result_position of its last event); 1: wrong
 -- expected version (result_version = the stream's actual version); 2: some of its ids exist already, nothing
@@ -694,9 +697,11 @@ class PostgresStore(EventStore):
         holding it is still open, and lose it forever). Instead `append_group()` first takes
         `LOCK TABLE events IN EXCLUSIVE MODE`, which conflicts with itself and with the row locks of writes, but not
         with plain SELECTs. So in the whole cluster only one transaction at a time assigns positions, and it assigns
-        them after reading the committed head under the lock (READ COMMITTED takes a fresh snapshot per statement
-        inside the function, after the LOCK returned). PostgreSQL marks a transaction committed before it releases
-        its locks, so the next writer starts only after this one is visible. Hence positions grow in commit order,
+        them after reading the committed head under the lock: the function is VOLATILE, so under READ COMMITTED each
+        statement in it takes a fresh snapshot, after the LOCK returned (a STABLE function would reuse the calling
+        query's snapshot, taken before the lock, and could miss the previous writer's rows). PostgreSQL marks a
+        transaction committed before it releases its locks, so the next writer starts only after this one is
+        visible. Hence positions grow in commit order,
         and any snapshot that shows position p also shows every position below p: a reader that passes p never
         leaves a hole behind it. This is the approach of the Python eventsourcing library's PostgreSQL recorder.
         The lock serialises writers; group commit pays for that by writing every pending append of this process in
