@@ -16,7 +16,8 @@ from typing import Any, Final
 
 import msgspec
 
-from agentfold.errors import NondeterministicResolver
+from agentfold.encoding import check_json_object
+from agentfold.errors import InvalidEventData, NondeterministicResolver
 from agentfold.shared.types import Sibling, canonical_json
 
 Resolver = Callable[[Sequence[Sibling]], Any]
@@ -63,10 +64,12 @@ def check_resolver(resolver: Resolver, siblings: Sequence[Sibling], max_orders: 
 def _encode_result(resolver: Resolver, siblings: Sequence[Sibling]) -> bytes:
     result = resolver(tuple(siblings))
     try:
-        return canonical_json(result)
-    except (TypeError, ValueError, msgspec.EncodeError) as error:
-        message = f"the resolver returned {result!r}, which is not a JSON value ({error})"
-        raise NondeterministicResolver(message) from None
+        check_json_object({"result": result}, "resolver")
+    except InvalidEventData as error:
+        raise NondeterministicResolver(
+            f"the resolver returned {result!r}, which is not a JSON value ({error})"
+        ) from None
+    return canonical_json(result)
 
 
 def _orders(siblings: list[Sibling], max_orders: int) -> list[list[Sibling]]:
