@@ -28,6 +28,7 @@ from agentfold.projection import (
     trim,
 )
 from agentfold.runtime import NOT_APPLIED, RetryPolicy, Runtime, StateMachine, Transition, WorkflowContext
+from agentfold.shared import SharedKind, SharedState, SharedStream, check_resolver
 from agentfold.store import EventStore
 from agentfold.upcasting import SCHEMA_VERSION, Upcasters, UpcastFailed
 
@@ -50,6 +51,9 @@ __all__ = [
     "RecordedEvent",
     "RetryPolicy",
     "Runtime",
+    "SharedKind",
+    "SharedState",
+    "SharedStream",
     "StateMachine",
     "StreamState",
     "Transition",
@@ -59,6 +63,7 @@ __all__ = [
     "UpcastFailed",
     "Upcasters",
     "WorkflowContext",
+    "check_resolver",
     "connect",
     "fold",
     "handles",
