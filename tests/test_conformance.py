@@ -453,7 +453,7 @@ async def test_bad_expected_versions_are_refused(seeded: tuple[EventStore, int],
 @pytest.mark.parametrize(
     "batch",
     [[], "text", NewEvent("A", {}), [{"type": "A", "data": {}}], [NewEvent("A", {}), None], None, 5],
-    ids=repr,
+    ids=["empty", "str", "bare-event", "dicts", "with-none", "none", "int"],
 )
 async def test_bad_batches_are_refused(seeded: tuple[EventStore, int], batch: Any) -> None:
     store, head = seeded
