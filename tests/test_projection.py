@@ -625,3 +625,33 @@ async def test_a_projection_without_a_state_type_can_fold_but_not_snapshot(store
     with pytest.raises(InvalidProjection, match="state_type"):
         await project(store, "order-1", Untyped)
     assert (await fold(store, "order-1", Typed)).snapshot_version == 7
+
+
+async def test_an_instance_may_configure_its_projection(store: EventStore) -> None:
+    class Configurable(OrderProjection):
+        def __init__(self, name: str, snapshot_every: int | None) -> None:
+            self.name = name
+            self.snapshot_every = snapshot_every
+
+    await store.append("order-1", order_events())
+    assert not (await fold(store, "order-1", Configurable("order-a", None))).snapshot_saved
+    assert (await fold(store, "order-1", Configurable("order-b", 2))).snapshot_saved
+    assert await store._load_snapshot("order-1", "order-a:v1") is None
+    assert await store._load_snapshot("order-1", "order-b:v1") is not None
+    with pytest.raises(InvalidProjection, match="snapshot_every"):
+        await fold(store, "order-1", Configurable("order-c", -1))
+
+
+async def test_a_state_that_cannot_be_encoded_is_refused_for_snapshots(store: EventStore) -> None:
+    class Opaque(Projection[Any]):
+        name = "opaque"
+        state_type = Any
+
+        def initial(self) -> Any:
+            return {"handle": object()}
+
+    await store.append("order-1", order_events())
+    assert "handle" in await project(store, "order-1", Opaque)
+    with pytest.raises(InvalidProjection, match="cannot be encoded"):
+        await save_snapshot(store, "order-1", Opaque)
+    assert await store._load_snapshot("order-1", snapshot_name(Opaque)) is None

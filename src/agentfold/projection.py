@@ -152,15 +152,15 @@ class Projection(abc.ABC, Generic[S]):
     Class attributes (an instance may override them in `__init__`):
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""
     """Identifies the projection in snapshot names; 1 to 150 printable characters."""
-    version: ClassVar[int] = 1
+    version: int = 1
     """The code version: snapshots saved under another version are ignored."""
-    snapshot_every: ClassVar[int | None] = None
+    snapshot_every: int | None = None
     """Save a snapshot when a fold to the head has passed this many events since the last one (None: never)."""
-    strict: ClassVar[bool] = False
+    strict: bool = False
     """Raise `UnhandledEvent` for event types without a handler instead of skipping them."""
-    upcasters: ClassVar[Upcasters | None] = None
+    upcasters: Upcasters | None = None
     """Upcasters applied to each event before its handler sees it."""
     state_type: ClassVar[Any] = None
     """The type `decode_state` decodes snapshots into; inferred from `Projection[StateType]` when not set."""
@@ -495,9 +495,14 @@ async def _fold(
 
     saved = False
     if may_save and events_read and (force or (every is not None and version - snapshot_version >= every)):
-        encoded = _SnapshotEnvelope(
-            projection.version, version, position, recorded_until, msgspec.Raw(projection.encode_state(state))
-        )
+        try:
+            encoded_state = projection.encode_state(state)
+        except (msgspec.MsgspecError, TypeError, ValueError) as error:
+            raise InvalidProjection(
+                f"projection {projection.name!r}: the state after version {version} of stream {stream_id!r} cannot "
+                f"be encoded for a snapshot ({type(error).__name__}: {error}); override encode_state and decode_state"
+            ) from error
+        encoded = _SnapshotEnvelope(projection.version, version, position, recorded_until, msgspec.Raw(encoded_state))
         await store._save_snapshot(stream_id, name, version, _state_encoder.encode(encoded))
         saved = True
     return Folded(state, version, position, snapshot_version, events_read, saved)
