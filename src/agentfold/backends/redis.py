@@ -3,7 +3,7 @@
 Layout, every key under ``{prefix}:`` and nothing else in the database touched:
 
 - ``{prefix}:s:{stream_id}``: the stream's events, entry id ``0-<version>``;
-- ``{prefix}:v:{stream_id}``: the stream's version counter (``XLEN`` is wrong after trimming);
+- ``{prefix}:versions``: a hash, stream id -> the stream's version (``XLEN`` is wrong after trimming);
 - ``{prefix}:all``: every event in global order, entry id ``0-<position>``;
 - ``{prefix}:head``: the global position counter;
 - ``{prefix}:ids``: a hash, event id -> ``"version batch_first batch_last position stream_id"``;
@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.connection import AbstractConnection as Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -67,72 +68,118 @@ _OPTIONS: Final = ("prefix", "durability", "max_event_size", "timeout")
 _MAX_APPENDS_PER_CALL: Final = 256
 _MAX_EVENTS_PER_CALL: Final = 4096
 _TRIM_PAGE: Final = 1000
+_SENDERS: Final = 2
 
-# KEYS: head, all, ids, then for each append its version key and stream key.
+# KEYS: head, all, ids, versions, then each append's stream key.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
 # number), event count, then per event: id and the JSON tail of its entry (`stream_id,type,id,data,metadata]`).
-# Reply, one item per append: {0, version, position} written; {1, records...} some id already recorded (nothing
-# written; the caller tells a retry from a duplicate); {2, current version} wrong expected version (nothing written).
+# Reply, one line per append: "0 version position" written; "2 current_version" wrong expected version (nothing
+# written); "1" some id already recorded (nothing written), followed by one line per event: its record or "-"
+# (the caller tells a retry from a duplicate). Record lines cannot hold a newline: stream ids are printable.
+#
+# The appends of one call are applied one after the other, each checked against the state the previous ones left
+# (ids written earlier in the call are in `fresh`, versions in `versions`). Counters, versions and id records are
+# read once and written once per call; only the two XADDs are per event. Nothing is written before every check of
+# an append passed, and no command after the checks can fail on data agentfold wrote.
 APPEND_SCRIPT: Final = """#!lua
-local head_key, all_key, ids_key = KEYS[1], KEYS[2], KEYS[3]
-local fmt = string.format
+local head_key, all_key, ids_key, versions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local fmt, unpack = string.format, unpack
+local appends = tonumber(ARGV[1])
+
+local function hmget(key, fields)
+  local values = {}
+  for start = 1, #fields, 1000 do
+    local found = redis.call('HMGET', key, unpack(fields, start, math.min(start + 999, #fields)))
+    for i = 1, #found do values[start + i - 1] = found[i] end
+  end
+  return values
+end
+
+local function hset(key, pairs)
+  for start = 1, #pairs, 1000 do
+    redis.call('HSET', key, unpack(pairs, start, math.min(start + 999, #pairs)))
+  end
+end
+
+local starts, stream_ids, ids = {}, {}, {}
+local at = 2
+for append = 1, appends do
+  starts[append] = at
+  stream_ids[append] = ARGV[at]
+  local count = tonumber(ARGV[at + 2])
+  for i = 1, count do ids[#ids + 1] = ARGV[at + 1 + 2 * i] end
+  at = at + 3 + 2 * count
+end
+local known = hmget(ids_key, ids)
+local stored_versions = hmget(versions_key, stream_ids)
+local versions = {}
+for append = 1, appends do
+  local stream_id = stream_ids[append]
+  if versions[stream_id] == nil then versions[stream_id] = tonumber(stored_versions[append]) or 0 end
+end
+
 local clock = redis.call('TIME')
 local now = clock[1] .. string.rep('0', 6 - #clock[2]) .. clock[2]
-local replies = {}
-local at = 2
-for append = 1, tonumber(ARGV[1]) do
-  local version_key, stream_key = KEYS[2 + 2 * append], KEYS[3 + 2 * append]
-  local stream_id, expected, count = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
-  local first_arg = at + 3
-  at = first_arg + 2 * count
+local head = tonumber(redis.call('GET', head_key) or '0')
+local start_head = head
+local fresh, new_records, changed, replies = {}, {}, {}, {}
+local id_at = 0
+for append = 1, appends do
+  local at, stream_id = starts[append], stream_ids[append]
+  local expected, count = ARGV[at + 1], tonumber(ARGV[at + 2])
   local records = {}
-  local known = false
-  for start = 0, count - 1, 500 do
-    local ids = {}
-    for i = start, math.min(start + 499, count - 1) do ids[#ids + 1] = ARGV[first_arg + 2 * i] end
-    local found = redis.call('HMGET', ids_key, unpack(ids))
-    for i = 1, #found do
-      records[start + i] = found[i]
-      if found[i] then known = true end
-    end
+  local seen = false
+  for i = 1, count do
+    local record = fresh[ARGV[at + 1 + 2 * i]] or known[id_at + i]
+    records[i] = record or '-'
+    if record then seen = true end
   end
-  if known then
-    replies[append] = {1, records}
+  id_at = id_at + count
+  if seen then
+    replies[#replies + 1] = '1'
+    for i = 1, count do replies[#replies + 1] = records[i] end
   else
-    local current = tonumber(redis.call('GET', version_key) or '0')
+    local current = versions[stream_id]
     local ok
     if expected == 'any' then ok = true
     elseif expected == 'no_stream' then ok = current == 0
     elseif expected == 'exists' then ok = current > 0
     else ok = current == tonumber(expected) end
     if not ok then
-      replies[append] = {2, current}
+      replies[#replies + 1] = '2 ' .. fmt('%d', current)
     else
-      local last_version = redis.call('INCRBY', version_key, count)
-      local last_position = redis.call('INCRBY', head_key, count)
-      local first_version = last_version - count + 1
-      local first_position = last_position - count + 1
-      local batch = ' ' .. fmt('%d', first_version) .. ' ' .. fmt('%d', last_version) .. ' '
-      local pairs = {}
-      for i = 0, count - 1 do
-        local version = fmt('%d', first_version + i)
-        local position = fmt('%d', first_position + i)
-        local tail = ARGV[first_arg + 2 * i + 1]
+      local stream_key = KEYS[4 + append]
+      local batch = ' ' .. fmt('%d', current + 1) .. ' ' .. fmt('%d', current + count) .. ' '
+      for i = 1, count do
+        local version = fmt('%d', current + i)
+        local position = fmt('%d', head + i)
+        local tail = ARGV[at + 2 + 2 * i]
         redis.call('XADD', stream_key, '0-' .. version, 'e', '[' .. position .. ',' .. now .. ',' .. tail)
         redis.call('XADD', all_key, '0-' .. position, 'e', '[' .. version .. ',' .. now .. ',' .. tail)
-        pairs[#pairs + 1] = ARGV[first_arg + 2 * i]
-        pairs[#pairs + 1] = version .. batch .. position .. ' ' .. stream_id
-        if #pairs >= 1000 then
-          redis.call('HSET', ids_key, unpack(pairs))
-          pairs = {}
-        end
+        local id = ARGV[at + 1 + 2 * i]
+        local record = version .. batch .. position .. ' ' .. stream_id
+        fresh[id] = record
+        new_records[#new_records + 1] = id
+        new_records[#new_records + 1] = record
       end
-      if #pairs > 0 then redis.call('HSET', ids_key, unpack(pairs)) end
-      replies[append] = {0, last_version, last_position}
+      versions[stream_id] = current + count
+      changed[stream_id] = true
+      head = head + count
+      replies[#replies + 1] = '0 ' .. fmt('%d', current + count) .. ' ' .. fmt('%d', head)
     end
   end
 end
-return replies
+if head ~= start_head then
+  redis.call('SET', head_key, fmt('%d', head))
+  local new_versions = {}
+  for stream_id in pairs(changed) do
+    new_versions[#new_versions + 1] = stream_id
+    new_versions[#new_versions + 1] = fmt('%d', versions[stream_id])
+  end
+  hset(versions_key, new_versions)
+  hset(ids_key, new_records)
+end
+return table.concat(replies, '\\n')
 """
 
 # KEYS: stream key, all. ARGV: last version to delete ("0-<version>"), at most how many. Reply: how many went.
@@ -334,6 +381,36 @@ def _raw(response: Any, **options: Any) -> Any:
     return response
 
 
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _split_replies(reply: bytes, group: list[_PendingAppend]) -> list[list[bytes]]:
+    """The script's answer, one line per outcome (and per record after a ``1``), cut into one list per append."""
+    lines = reply.split(b"\n")
+    replies: list[list[bytes]] = []
+    at = 0
+    for pending in group:
+        if lines[at] == b"1":
+            size = 1 + len(pending.events)
+            replies.append(lines[at : at + size])
+            at += size
+        else:
+            replies.append([lines[at]])
+            at += 1
+    return replies
+
+
+def _answer(pending: _PendingAppend, reply: list[bytes]) -> AppendResult:
+    outcome, *numbers = reply[0].split(b" ")
+    if outcome == b"0":
+        return AppendResult(int(numbers[0]), int(numbers[1]))
+    if outcome == b"2":
+        raise WrongExpectedVersion(pending.stream_id, pending.expected, int(numbers[0]))
+    return _retry_result(pending.stream_id, pending.events, [_IdRecord.parse(raw) for raw in reply[1:]])
+
+
 async def server_version(client: aioredis.Redis) -> tuple[int, ...]:
     """The server's version as numbers, from ``INFO server``."""
     info = await client.info("server")
@@ -356,13 +433,15 @@ def _text(value: bytes | str | None) -> str:
 
 @dataclass(slots=True)
 class _PendingAppend:
+    """An append waiting for its script call, its key and arguments already packed as RESP bulk strings."""
+
     stream_id: str
-    stream_key: bytes
-    version_key: bytes
-    arguments: list[bytes | str]
     events: list[EncodedEvent]
     expected: ExpectedVersion
-    reply: asyncio.Future[list[Any]]
+    packed_key: bytes
+    packed_arguments: bytes
+    argument_count: int
+    reply: asyncio.Future[list[bytes]]
 
 
 class RedisStore(EventStore):
@@ -387,8 +466,23 @@ class RedisStore(EventStore):
         self._all_key = base + b":all"
         self._ids_key = base + b":ids"
         self._checkpoints_key = base + b":checkpoints"
+        self._prefix_bytes = base
+        self._versions_key = base + b":versions"
+        self._fixed_keys = b"".join(
+            _bulk(key) for key in (self._head_key, self._all_key, self._ids_key, self._versions_key)
+        )
+        self._evalsha_head = _bulk(b"EVALSHA") + _bulk(self._append_script.sha.encode())
+        timeout_ms = b"%d" % int(settings.timeout * 1000)
+        self._waitaof_command = b"*4\r\n" + b"".join(_bulk(part) for part in (b"WAITAOF", b"1", b"0", timeout_ms))
         self._pending: list[_PendingAppend] = []
-        self._sending = False
+        pool = self._client.connection_pool
+        # The senders' connections time out as a whole exchange (`asyncio.timeout`), not per socket operation:
+        # the driver's per-send timeout starts a task for every write.
+        untimed = {**pool.connection_kwargs, "socket_timeout": None}
+        self._idle_connections: list[Connection] = [pool.connection_class(**untimed) for _ in range(_SENDERS)]
+        self._all_connections = list(self._idle_connections)
+        self._senders: set[asyncio.Task[None]] = set()  # keeps the tasks referenced while they run
+        self._sending = 0
 
     def key(self, kind: str, stream_id: str | None = None) -> bytes:
         """The key of a record kind (``s``, ``v``, ``snap``, ``all``, ...), for one stream when given."""
@@ -400,41 +494,55 @@ class RedisStore(EventStore):
     async def _append(
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
-        arguments: list[bytes | str] = [
-            stream_id,
-            _EXPECTED_ARGUMENT[expected_version] if not isinstance(expected_version, int) else str(expected_version),
-            str(len(events)),
-        ]
+        stream_bytes = stream_id.encode()
+        expected = (
+            _EXPECTED_ARGUMENT[expected_version] if not isinstance(expected_version, int) else b"%d" % expected_version
+        )
+        parts = [_bulk(stream_bytes), _bulk(expected), _bulk(b"%d" % len(events))]
         stream_json = _encoder.encode(stream_id)
         for event in events:
-            arguments.append(event.id)
-            arguments.append(
-                b'%s,%s,"%s",%s,%s]'
-                % (stream_json, _encoder.encode(event.type), event.id.encode(), event.data, event.metadata)
+            event_id = event.id.encode()
+            parts.append(_bulk(event_id))
+            parts.append(
+                _bulk(
+                    b'%s,%s,"%s",%s,%s]'
+                    % (stream_json, _encoder.encode(event.type), event_id, event.data, event.metadata)
+                )
             )
         pending = _PendingAppend(
             stream_id,
-            self.key("s", stream_id),
-            self.key("v", stream_id),
-            arguments,
             events,
             expected_version,
+            _bulk(self._prefix_bytes + b":s:" + stream_bytes),
+            b"".join(parts),
+            len(parts),
             asyncio.get_running_loop().create_future(),
         )
         self._pending.append(pending)
-        if not self._sending:
-            self._sending = True
-            asyncio.get_running_loop().create_task(self._send_pending())
-        reply = await pending.reply
-        return self._answer(pending, reply)
+        if self._sending == 0:
+            self._start_sender()
+        return _answer(pending, await pending.reply)
 
-    async def _send_pending(self) -> None:
-        """Send every waiting append, a few hundred per script call, until none wait; one call in flight."""
+    def _start_sender(self) -> None:
+        connection = self._idle_connections.pop()
+        self._sending += 1
+        task = asyncio.get_running_loop().create_task(self._send_pending(connection))
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
+
+    async def _send_pending(self, connection: Connection) -> None:
+        """Send waiting appends, many per script call, until none wait.
+
+        Up to `_SENDERS` calls are in flight, each on its own connection: while the server runs one, this process
+        prepares the next. A sender that finds another connection idle leaves it half of the waiting appends.
+        """
         try:
             while self._pending:
                 group = self._take_group()
+                if self._pending and self._idle_connections:
+                    self._start_sender()
                 try:
-                    replies = await self._run_append_script(group)
+                    replies = await self._run_append_script(connection, group)
                 except BaseException as error:
                     for pending in group:
                         if not pending.reply.done():
@@ -446,67 +554,79 @@ class RedisStore(EventStore):
                     if not pending.reply.done():
                         pending.reply.set_result(reply)
         finally:
-            self._sending = False
+            # No await since the loop last found nothing waiting: an append arriving from now on starts a sender.
+            self._sending -= 1
+            self._idle_connections.append(connection)
 
     def _take_group(self) -> list[_PendingAppend]:
+        waiting = len(self._pending)
+        limit = min(_MAX_APPENDS_PER_CALL, (waiting + 1) // 2 if self._idle_connections else waiting)
         group: list[_PendingAppend] = []
         events = 0
         for pending in self._pending:
-            if group and (len(group) >= _MAX_APPENDS_PER_CALL or events + len(pending.events) > _MAX_EVENTS_PER_CALL):
+            if group and (len(group) >= limit or events + len(pending.events) > _MAX_EVENTS_PER_CALL):
                 break
             group.append(pending)
             events += len(pending.events)
         del self._pending[: len(group)]
         return group
 
-    async def _run_append_script(self, group: list[_PendingAppend]) -> list[Any]:
-        keys: list[bytes] = [self._head_key, self._all_key, self._ids_key]
-        arguments: list[bytes | str] = [str(len(group))]
-        for pending in group:
-            keys.append(pending.version_key)
-            keys.append(pending.stream_key)
-            arguments.extend(pending.arguments)
+    async def _run_append_script(self, connection: Connection, group: list[_PendingAppend]) -> list[list[bytes]]:
+        """One ``EVALSHA`` for the group, packed here (the driver's generic packing costs more than the script)."""
+        key_count = 4 + len(group)
+        argument_count = 1 + sum(pending.argument_count for pending in group)
+        payload = [
+            b"*%d\r\n" % (3 + key_count + argument_count),
+            self._evalsha_head,
+            _bulk(b"%d" % key_count),
+            self._fixed_keys,
+            *(pending.packed_key for pending in group),
+            _bulk(b"%d" % len(group)),
+            *(pending.packed_arguments for pending in group),
+        ]
+        if self.settings.durability == "waitaof":
+            payload.append(self._waitaof_command)
+        packed = b"".join(payload)
         with translate_errors(f"append to Redis at {self.settings.shown_url}"):
-            if self.settings.durability == "waitaof":
-                return await self._run_with_waitaof(keys, arguments)
-            return cast(list[Any], await self._evalsha(self._client, keys, arguments))
-
-    async def _evalsha(self, client: Any, keys: list[bytes], arguments: list[bytes | str]) -> Any:
-        sha = self._append_script.sha
-        try:
-            return await client.execute_command("EVALSHA", sha, len(keys), *keys, *arguments)
-        except redis_errors.NoScriptError:
-            # The server restarted or flushed its scripts; the script did not run, so sending it again is safe.
-            await self._client.script_load(APPEND_SCRIPT)
-            return await client.execute_command("EVALSHA", sha, len(keys), *keys, *arguments)
-
-    async def _run_with_waitaof(self, keys: list[bytes], arguments: list[bytes | str]) -> list[Any]:
-        """The script and ``WAITAOF 1 0 timeout`` on one connection: WAITAOF covers what that connection wrote."""
-        timeout_ms = int(self.settings.timeout * 1000)
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.execute_command("EVALSHA", self._append_script.sha, len(keys), *keys, *arguments)
-            pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
             try:
-                replies, fsynced = await pipe.execute()
+                reply = await self._exchange(connection, packed)
             except redis_errors.NoScriptError:
+                # The server restarted or flushed its scripts. The script did not run: sending it again is safe.
                 await self._client.script_load(APPEND_SCRIPT)
-                pipe.execute_command("EVALSHA", self._append_script.sha, len(keys), *keys, *arguments)
-                pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
-                replies, fsynced = await pipe.execute()
+                reply = await self._exchange(connection, packed)
+        return _split_replies(reply, group)
+
+    async def _exchange(self, connection: Connection, packed: bytes) -> bytes:
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                return await self._send_and_read(connection, packed)
+        except redis_errors.ResponseError:
+            raise
+        except TimeoutError:
+            await connection.disconnect(nowait=True)
+            raise StoreTimeout(
+                f"append to Redis at {self.settings.shown_url}: no answer within {self.settings.timeout} s; "
+                "the append may be written, and retrying it is safe"
+            ) from None
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+
+    async def _send_and_read(self, connection: Connection, packed: bytes) -> bytes:
+        await connection.send_packed_command(packed, check_health=False)
+        if self.settings.durability != "waitaof":
+            return cast(bytes, await connection.read_response())
+        # WAITAOF covers what this connection wrote: read both replies, even when the script failed.
+        try:
+            reply = cast(bytes, await connection.read_response())
+        finally:
+            fsynced = await connection.read_response()
         if int(fsynced[0]) < 1:
             raise StoreTimeout(
                 f"append to Redis at {self.settings.shown_url}: the server did not confirm the fsync within "
-                f"{self.settings.timeout} s; the append may be written, retrying it is safe"
+                f"{self.settings.timeout} s; the append may be written, and retrying it is safe"
             )
-        return cast(list[Any], replies)
-
-    def _answer(self, pending: _PendingAppend, reply: list[Any]) -> AppendResult:
-        outcome = int(reply[0])
-        if outcome == 0:
-            return AppendResult(int(reply[1]), int(reply[2]))
-        if outcome == 2:
-            raise WrongExpectedVersion(pending.stream_id, pending.expected, int(reply[1]))
-        return _retry_result(pending.stream_id, pending.events, [_IdRecord.parse(raw) for raw in reply[1]])
+        return reply
 
     # -- reading -------------------------------------------------------------------------------------------------
 
@@ -564,7 +684,7 @@ class RedisStore(EventStore):
     async def stream_version(self, stream_id: str) -> int:
         self._check_open()
         with translate_errors(f"read the version of stream {stream_id!r} from Redis"):
-            value = await self._client.get(self.key("v", stream_id))
+            value = await self._client.hget(self._versions_key, stream_id)
         return int(value) if value is not None else 0
 
     async def head_position(self) -> int:
@@ -635,6 +755,8 @@ class RedisStore(EventStore):
             await self._client.hset(self._checkpoints_key, name, position)
 
     async def _close(self) -> None:
+        for connection in self._all_connections:
+            await connection.disconnect()
         await self._client.aclose()
         await self._waiter.aclose()
 
@@ -656,8 +778,8 @@ class _IdRecord:
     stream_id: str
 
     @classmethod
-    def parse(cls, raw: bytes | None) -> _IdRecord | None:
-        if raw is None:
+    def parse(cls, raw: bytes) -> _IdRecord | None:
+        if raw == b"-":
             return None
         version, first, last, position, stream_id = bytes(raw).decode().split(" ", 4)
         return cls(int(version), int(first), int(last), int(position), stream_id)
