@@ -196,8 +196,11 @@ def is_shared_event_type(event_type: str) -> bool:
     return event_type.startswith(EVENT_TYPE_PREFIX)
 
 
-def decode_operation(op_id: str, event_type: str, data: dict[str, Any]) -> Operation:
-    """The operation an event records; raise `InvalidSharedOperation` naming what is wrong."""
+def decode_operation(op_id: str, event_type: str, data: dict[str, Any], id_is_canonical: bool = False) -> Operation:
+    """The operation an event records; raise `InvalidSharedOperation` naming what is wrong.
+
+    `id_is_canonical` skips re-parsing `op_id` when it comes from a store, which always returns canonical UUID text.
+    """
     operation_type = OPERATION_TYPES.get(event_type)
     if operation_type is None:
         raise InvalidSharedOperation(f"unknown shared operation type {event_type!r}")
@@ -211,7 +214,8 @@ def decode_operation(op_id: str, event_type: str, data: dict[str, Any]) -> Opera
     except InvalidInput as error:
         raise InvalidSharedOperation(f"{event_type} hlc: {error}") from None
     key = check_key(data["key"])
-    op_id = check_op_id(op_id)
+    if not id_is_canonical:
+        op_id = check_op_id(op_id)
     if operation_type is CounterAdd:
         return CounterAdd(op_id, key, timestamp, check_amount(data["amount"], allow_negative=True))
     if operation_type is RegisterAssign:

@@ -87,7 +87,7 @@ class SharedState:
         if not is_shared_event_type(event.type):
             return None
         try:
-            operation = decode_operation(event._id, event.type, event.data)
+            operation = decode_operation(event._id, event.type, event.data, id_is_canonical=True)
         except InvalidSharedOperation as error:
             self._rejected[event._id] = str(error)
             return None
