@@ -149,6 +149,12 @@ async def run_backend(
         figures.update(await measure_read(store))
         progress(f"{backend}: fold a 10k-event stream")
         figures.update(await _optional("agentfold.bench.projection_bench", "measure_projection", url))
+    progress(f"{backend}: append-to-delivery latency")
+    async with scratch_store(backend, base_url) as (url, store):
+        figures.update(await _optional("agentfold.bench.delivery", "measure_latency", url, store))
+    progress(f"{backend}: 3-member consumer group")
+    async with scratch_store(backend, base_url) as (url, store):
+        figures.update(await _optional("agentfold.bench.delivery", "measure_group", url, store))
     if backend != "memory":
         progress(f"{backend}: bare driver baseline")
         async with scratch_store(backend, base_url) as (url, _):

@@ -1,0 +1,125 @@
+"""Delivery figures: how long an appended event takes to reach a subscriber, and how fast a group drains a backlog.
+
+For durable backends the subscriber runs in another process (`python -m agentfold.bench.delivery URL COUNT`), so the
+figure includes the cross-process wake-up (NOTIFY, XREAD BLOCK, SQLite's poll). Both processes stamp times with the
+same system clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import agentfold
+from agentfold import NewEvent, RecordedEvent
+from agentfold.store import EventStore
+
+Figures = dict[str, float]
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def _probe(url: str, count: int) -> None:
+    """Subscribe and print `position received_ns` for `count` events of type LatencyProbe."""
+    async with agentfold.connect(url) as store:
+        head = await store.head_position()
+        async with store.subscribe(after_position=head, types=["LatencyProbe"]) as subscription:
+            print("READY", flush=True)
+            received = 0
+            async for event in subscription:
+                print(event.position, time.time_ns(), flush=True)
+                received += 1
+                if received == count:
+                    return
+
+
+async def measure_latency(url: str, store: EventStore, count: int = 300, gap_seconds: float = 0.003) -> Figures:
+    """Append-to-delivery latency in ms (p50, p99): appends one at a time, a subscriber elsewhere receives them."""
+    sent: dict[int, int] = {}
+    if url.startswith("memory://"):
+        received: dict[int, int] = {}
+
+        async def subscriber() -> None:
+            async with store.subscribe(after_position=await store.head_position(), types=["LatencyProbe"]) as sub:
+                async for event in sub:
+                    received[event.position] = time.time_ns()
+                    if len(received) == count:
+                        return
+
+        task = asyncio.create_task(subscriber())
+        await asyncio.sleep(0.05)
+        for index in range(count):
+            started = time.time_ns()
+            result = await store.append("latency", [NewEvent("LatencyProbe", {"n": index})])
+            sent[result.position] = started
+            await asyncio.sleep(gap_seconds)
+        await asyncio.wait_for(task, 60)
+    else:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agentfold.bench.delivery",
+            url,
+            str(count),
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert process.stdout is not None
+        assert (await asyncio.wait_for(process.stdout.readline(), 60)).strip() == b"READY"
+        for index in range(count):
+            started = time.time_ns()
+            result = await store.append("latency", [NewEvent("LatencyProbe", {"n": index})])
+            sent[result.position] = started
+            await asyncio.sleep(gap_seconds)
+        output, _ = await asyncio.wait_for(process.communicate(), 120)
+        received = {int(line.split()[0]): int(line.split()[1]) for line in output.decode().splitlines() if line}
+    latencies = [(received[position] - started) / 1e6 for position, started in sent.items()]
+    return {
+        "delivery_latency_p50_ms": statistics.median(latencies),
+        "delivery_latency_p99_ms": _percentile(latencies, 0.99),
+    }
+
+
+async def measure_group(url: str, store: EventStore, events: int = 6000, streams: int = 60) -> Figures:
+    """Events/s a 3-member consumer group delivers while draining a backlog (members in this process)."""
+    for start in range(0, events, 500):
+        await asyncio.gather(
+            *(
+                store.append(f"work-{(start + offset) % streams}", [NewEvent("Job", {"n": start + offset})])
+                for offset in range(min(500, events - start))
+            )
+        )
+    handled = 0
+    done = asyncio.Event()
+
+    async def handle(event: RecordedEvent) -> None:
+        nonlocal handled
+        handled += 1
+        if handled >= events:
+            done.set()
+
+    stores: list[Any] = [store] if url.startswith("memory://") else [await agentfold.connect(url) for _ in range(3)]
+    members = [
+        (stores[index % len(stores)]).consumer_group("bench", handle, member_id=f"m{index}", partitions=12)
+        for index in range(3)
+    ]
+    started = time.perf_counter()
+    async with members[0], members[1], members[2]:
+        await asyncio.wait_for(done.wait(), 300)
+        elapsed = time.perf_counter() - started
+    if not url.startswith("memory://"):
+        for opened in stores:
+            await opened.close()
+    return {"group_3_members_events_per_s": events / elapsed}
+
+
+if __name__ == "__main__":
+    asyncio.run(_probe(sys.argv[1], int(sys.argv[2])))
