@@ -1,0 +1,263 @@
+"""Relay: copy a store's global log into Redis Streams, in order, each position at most once.
+
+The SQL store stays the record; Redis Streams spread its events to many consumers. Layout under the target URL's
+prefix (nothing else in the database is touched):
+
+- ``{prefix}:log``: every relayed event, entry id ``0-<global position in the source>``;
+- ``{prefix}:category:{category}``: the events of one category (the stream id up to its first ``-``, or the
+  whole id), entry id ``0-<global position>``, for consumer groups that care about one kind of stream;
+- ``{prefix}:relay:{name}``: the relay's checkpoint, the last position it wrote.
+
+Each entry holds the fields ``stream_id``, ``version``, ``position``, ``type``, ``id``, ``data`` and ``metadata``
+(JSON objects) and ``recorded_at_us``; `decode_relayed` turns one back into a `RecordedEvent`.
+
+One Lua script call writes a batch: it reads the checkpoint, skips every event at or below it, adds the rest to
+the log and category streams and moves the checkpoint, all in one step. A relay killed at any point therefore leaves
+either the whole batch with its checkpoint or neither, and the next run resumes after the checkpoint: no gap, no
+event twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+
+from agentfold.backends.redis import (
+    RedisSettings,
+    check_server,
+    make_client,
+    parse_url,
+    translate_errors,
+    warn_once,
+)
+from agentfold.errors import AgentfoldError, InvalidInput, InvalidURL, StoreCorrupted
+from agentfold.events import RecordedEvent
+from agentfold.store import EventStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE: Final = 500
+MAX_BATCH_SIZE: Final = 10_000
+_FIELDS: Final = (b"stream_id", b"version", b"position", b"type", b"id", b"data", b"metadata", b"recorded_at_us")
+
+# KEYS: checkpoint, log, then each event's category stream. ARGV: event count, then per event: position followed by
+# the values of the entry's fields in `_FIELDS` order (position again among them). Reply: {written, checkpoint};
+# {-1, checkpoint, last log id} when the log already holds entries beyond the checkpoint (another writer).
+RELAY_SCRIPT: Final = """#!lua
+local checkpoint_key, log_key = KEYS[1], KEYS[2]
+local checkpoint = tonumber(redis.call('GET', checkpoint_key) or '0')
+local last = redis.call('XREVRANGE', log_key, '+', '-', 'COUNT', 1)[1]
+if last and tonumber(string.sub(last[1], 3)) > checkpoint then
+  return {-1, checkpoint, last[1]}
+end
+local written, top, top_text = 0, checkpoint, nil
+local count = tonumber(ARGV[1])
+for i = 0, count - 1 do
+  local at = 2 + i * 9
+  local position = tonumber(ARGV[at])
+  if position > top then
+    local id = '0-' .. ARGV[at]
+    local fields = {'stream_id', ARGV[at + 1], 'version', ARGV[at + 2], 'position', ARGV[at + 3], 'type', ARGV[at + 4],
+      'id', ARGV[at + 5], 'data', ARGV[at + 6], 'metadata', ARGV[at + 7], 'recorded_at_us', ARGV[at + 8]}
+    redis.call('XADD', log_key, id, unpack(fields))
+    redis.call('XADD', KEYS[3 + i], id, unpack(fields))
+    written = written + 1
+    top = position
+    top_text = ARGV[at]
+  end
+end
+if top_text then redis.call('SET', checkpoint_key, top_text) end
+return {written, top}
+"""
+
+_encoder = msgspec.json.Encoder()
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+class RelayConflict(AgentfoldError):
+    """The target's log holds events beyond this relay's checkpoint: another relay writes to the same prefix."""
+
+
+def category_of(stream_id: str) -> str:
+    """The category of a stream: its id up to the first ``-`` (``order-42`` -> ``order``), or the whole id."""
+    return stream_id.split("-", 1)[0]
+
+
+def decode_relayed(entry_id: bytes | str, fields: dict[bytes, bytes]) -> RecordedEvent:
+    """A relayed stream entry (as ``XRANGE``/``XREADGROUP`` return it, bytes keys) as the event it copies."""
+    try:
+        return RecordedEvent(
+            fields[b"stream_id"].decode(),
+            int(fields[b"version"]),
+            int(fields[b"position"]),
+            fields[b"type"].decode(),
+            _object_decoder.decode(fields[b"data"]),
+            _object_decoder.decode(fields[b"metadata"]),
+            fields[b"id"].decode(),
+            int(fields[b"recorded_at_us"]),
+        )
+    except (KeyError, ValueError, msgspec.DecodeError) as error:
+        raise StoreCorrupted(f"relayed entry {entry_id!r} was not written by the agentfold relay: {error}") from None
+
+
+def relay_settings(target_url: str) -> RedisSettings:
+    """Check the target URL: a ``redis://`` URL whose options are ``prefix`` and ``timeout``."""
+    settings = parse_url(target_url, {})
+    if settings.durability != "server":
+        raise InvalidURL(
+            "the relay takes no durability option: its copy can always be rebuilt from the source, and a Redis that "
+            "loses recent entries loses their checkpoint with them, so the relay copies them again"
+        )
+    return settings
+
+
+class Relay:
+    """Copies `source.read_all` into Redis Streams under the target's prefix; see the module docstring."""
+
+    def __init__(
+        self, source: EventStore, target_url: str, *, name: str = "relay", batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> None:
+        if not isinstance(name, str) or not name or not name.isprintable() or len(name) > 200:
+            raise InvalidInput(f"relay name must be 1 to 200 printable characters, got {name!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise InvalidInput(f"batch_size must be an int in 1..{MAX_BATCH_SIZE}, got {batch_size!r}")
+        self.source = source
+        self.settings = relay_settings(target_url)
+        self.name = name
+        self.batch_size = batch_size
+        prefix = self.settings.prefix
+        self.checkpoint_key = f"{prefix}:relay:{name}".encode()
+        self.log_key = f"{prefix}:log".encode()
+        self._category_prefix = f"{prefix}:category:".encode()
+        self._client = make_client(self.settings, self.settings.timeout)
+        self._script = self._client.register_script(RELAY_SCRIPT)
+        self._checked = False
+
+    async def close(self) -> None:
+        """Close the connection to the target (the source stays open: it belongs to the caller)."""
+        await self._client.aclose()
+
+    async def checkpoint(self) -> int:
+        """The last position this relay wrote to the target, 0 before the first."""
+        with translate_errors(f"read the relay checkpoint from Redis at {self.settings.shown_url}"):
+            value = await self._client.get(self.checkpoint_key)
+        return int(value) if value is not None else 0
+
+    async def run(self, *, once: bool = False, stop_event: asyncio.Event | None = None) -> int:
+        """Copy events until stopped and return how many were written.
+
+        `once`: copy what the source holds now, then return. Otherwise follow the source until `stop_event` is
+        set, waking on new appends; a retryable error (a store or Redis restarting) is logged and retried.
+        """
+        await self._check_target()
+        written = 0
+        scanned = await self.checkpoint()
+        end = await self.source.head_position() if once else None
+        delay = 0.1
+        while not (stop_event is not None and stop_event.is_set()):
+            if end is not None and scanned >= end:
+                return written
+            try:
+                events, scanned_to = await self._read(scanned)
+                if events:
+                    written += await self._write(events)
+            except AgentfoldError as error:
+                if once or not error.retryable:
+                    raise
+                logger.warning("relay %r: %s; retrying in %.1f s", self.name, error, delay)
+                await _sleep_or_stop(delay, stop_event)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            if scanned_to > scanned:
+                scanned = scanned_to
+            elif end is not None:
+                return written  # nothing above `scanned` any more: the rest up to the head was trimmed
+            else:
+                await self._wait(scanned, stop_event)
+        return written
+
+    async def _check_target(self) -> None:
+        if self._checked:
+            return
+        _, persistence = await check_server(self.settings)
+        warn_once(self.settings, persistence)
+        self._checked = True
+
+    async def _read(self, after: int) -> tuple[list[RecordedEvent], int]:
+        self.source._check_open()
+        return await self.source._read_all_page(after, self.batch_size, None, None)
+
+    async def _write(self, events: Sequence[RecordedEvent]) -> int:
+        keys: list[bytes] = [self.checkpoint_key, self.log_key]
+        arguments: list[bytes | str | int] = [len(events)]
+        for event in events:
+            keys.append(self._category_prefix + category_of(event.stream_id).encode())
+            position = str(event.position)
+            arguments += [
+                position,
+                event.stream_id,
+                str(event.version),
+                position,
+                event.type,
+                event._id,
+                _encoder.encode(event.data),
+                _encoder.encode(event.metadata),
+                str(event.recorded_at_us),
+            ]
+        with translate_errors(f"relay events to Redis at {self.settings.shown_url}"):
+            reply = await self._script(keys=keys, args=arguments)
+        if int(reply[0]) < 0:
+            raise RelayConflict(
+                f"relay {self.name!r}: the log at {self.settings.shown_url} (prefix {self.settings.prefix!r}) holds "
+                f"entry {_text(reply[2])} beyond this relay's checkpoint {int(reply[1])}: another relay writes to "
+                "this prefix. Give each source its own prefix, and each prefix one relay name."
+            )
+        return int(reply[0])
+
+    async def _wait(self, after: int, stop_event: asyncio.Event | None) -> None:
+        waiter = asyncio.ensure_future(self.source._wait_for_append(after, 5.0))
+        if stop_event is None:
+            await waiter
+            return
+        stopper = asyncio.ensure_future(stop_event.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, stopper):
+                task.cancel()
+
+
+async def _sleep_or_stop(delay: float, stop_event: asyncio.Event | None) -> None:
+    if stop_event is None:
+        await asyncio.sleep(delay)
+        return
+    try:
+        await asyncio.wait_for(stop_event.wait(), delay)
+    except TimeoutError:
+        return
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def relay(
+    source: EventStore,
+    target_url: str,
+    *,
+    name: str = "relay",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    once: bool = False,
+    stop_event: asyncio.Event | None = None,
+) -> int:
+    """Copy `source`'s events into Redis Streams at `target_url`; return how many were written. See `Relay.run`."""
+    worker = Relay(source, target_url, name=name, batch_size=batch_size)
+    try:
+        return await worker.run(once=once, stop_event=stop_event)
+    finally:
+        await worker.close()

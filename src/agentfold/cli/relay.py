@@ -1,0 +1,49 @@
+"""`agentfold relay`: copy a store's events into Redis Streams, in order, and keep following it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import click
+
+import agentfold
+from agentfold.backends.redis_relay import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, Relay
+from agentfold.cli import main
+from agentfold.connect import redact
+from agentfold.errors import AgentfoldError
+
+
+@main.command()
+@click.option("--from", "source_url", required=True, help="The store to copy: sqlite:///…, postgresql://…, redis://….")
+@click.option("--to", "target_url", required=True, help="Redis to copy into: redis://host:port/db?prefix=NAME.")
+@click.option("--once", is_flag=True, help="Copy what the source holds now, then exit (default: keep following).")
+@click.option("--name", default="relay", show_default=True, help="The relay's name: its checkpoint in Redis.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, MAX_BATCH_SIZE),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Events per Redis script call.",
+)
+def relay(source_url: str, target_url: str, once: bool, name: str, batch_size: int) -> None:
+    """Copy `read_all` of a store into Redis Streams: each event once, in order, resuming after a crash."""
+    try:
+        written, checkpoint = asyncio.run(_relay(source_url, target_url, once, name, batch_size))
+    except AgentfoldError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"relayed {written} events to {redact(target_url)}; checkpoint {checkpoint}")
+
+
+async def _relay(source_url: str, target_url: str, once: bool, name: str, batch_size: int) -> tuple[int, int]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    async with agentfold.connect(source_url) as source:
+        worker = Relay(source, target_url, name=name, batch_size=batch_size)
+        try:
+            written = await worker.run(once=once, stop_event=stop)
+            return written, await worker.checkpoint()
+        finally:
+            await worker.close()
