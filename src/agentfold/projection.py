@@ -149,7 +149,7 @@ class Projection(abc.ABC, Generic[S]):
     holds for msgspec Structs, dataclasses and dicts of JSON values (declare tuples and sets in a typed state, not
     in a plain dict).
 
-    Class attributes (an instance may override them in `__init__`):
+    The settings below are class attributes; an instance may override them in `__init__`.
     """
 
     name: str = ""
