@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 
 import agentfold
 from agentfold import ANY, NewEvent
@@ -70,6 +71,54 @@ async def group_member(url: str, group: str, member: str, lease_seconds: float) 
             await asyncio.Event().wait()
 
 
+async def projector(url: str) -> None:
+    """Count Deposited events per stream into a `totals` table of the store's own database, 20 events a page.
+
+    Prints `APPLIED position` after each page, and `TOTAL stream count` lines once caught up.
+    """
+    async with agentfold.connect(url) as store:
+        if url.startswith("sqlite"):
+
+            def create(connection: Any) -> None:
+                connection.execute("CREATE TABLE IF NOT EXISTS totals (stream TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+
+            await store._write(create)  # type: ignore[attr-defined]
+
+            def update(connection: Any, events: list[agentfold.RecordedEvent]) -> None:
+                connection.executemany(
+                    "INSERT INTO totals (stream, n) VALUES (?, 1) ON CONFLICT (stream) DO UPDATE SET n = n + 1",
+                    [(event.stream_id,) for event in events],
+                )
+                print("APPLIED", events[-1].position, flush=True)
+
+            projector = store.projector("totals", update, page_size=20)
+            await projector.catch_up()
+            rows = await store._read(lambda connection: connection.execute("SELECT stream, n FROM totals").fetchall())  # type: ignore[attr-defined]
+        else:
+            schema = url.rsplit("schema=", 1)[1].split("&")[0]
+            table = f'"{schema}".totals'
+            async with store._pool.connection() as connection:  # type: ignore[attr-defined]
+                await connection.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table} (stream TEXT PRIMARY KEY, n INT NOT NULL)"
+                )
+
+            async def update_pg(connection: Any, events: list[agentfold.RecordedEvent]) -> None:
+                async with connection.cursor() as cursor:
+                    await cursor.executemany(
+                        f"INSERT INTO {table} AS t (stream, n) VALUES (%s, 1) "
+                        "ON CONFLICT (stream) DO UPDATE SET n = t.n + 1",
+                        [(event.stream_id,) for event in events],
+                    )
+                print("APPLIED", events[-1].position, flush=True)
+
+            projector = store.projector("totals", update_pg, page_size=20)
+            await projector.catch_up()
+            async with store._pool.connection() as connection:  # type: ignore[attr-defined]
+                rows = await (await connection.execute(f"SELECT stream, n FROM {table}")).fetchall()
+        for stream, count in rows:
+            print("TOTAL", stream, count, flush=True)
+
+
 def main() -> None:
     command, url, *rest = sys.argv[1:]
     if command == "writer":
@@ -78,6 +127,8 @@ def main() -> None:
     elif command == "reader":
         expected, deadline = rest
         asyncio.run(reader(url, int(expected), float(deadline)))
+    elif command == "projector":
+        asyncio.run(projector(url))
     elif command == "group":
         group, member, lease_seconds = rest
         asyncio.run(group_member(url, group, member, float(lease_seconds)))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import inspect
+from collections.abc import AsyncGenerator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -24,6 +25,7 @@ from agentfold.encoding import (
 from agentfold.errors import InvalidInput, StoreClosed
 from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 from agentfold.groups import ConsumerGroupMember, GroupSettings, Handler
+from agentfold.readmodel import Projector, ReadModelUpdate
 from agentfold.subscription import Subscription, check_subscription_name
 
 DEFAULT_PAGE_SIZE: Final = 1000
@@ -168,6 +170,18 @@ class EventStore(abc.ABC):
         self._check_open()
         return ConsumerGroupMember(self, GroupSettings(name, **settings), handler, member_id)
 
+    def projector(
+        self,
+        name: str,
+        update: ReadModelUpdate,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        page_size: int = 500,
+    ) -> Projector:
+        """Keep a read model up to date from the named subscription `name` (see `agentfold.readmodel`)."""
+        self._check_open()
+        return Projector(self, name, update, types, stream_prefix, page_size)
+
     async def load_checkpoint(self, name: str) -> int | None:
         """The position last saved under the subscriber `name`, or None."""
         self._check_open()
@@ -256,6 +270,17 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def _save_checkpoint(self, name: str, position: int) -> None:
         """Remember `position` for the subscriber `name`."""
+
+    async def _apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
+        """Run `apply(handle)` for a read model and save the checkpoint `name` = `position`.
+
+        Backends with transactions override this to do both in one transaction (exactly once); this default runs
+        `apply(None)` first and then saves the checkpoint (at least once).
+        """
+        outcome = apply(None)
+        if inspect.isawaitable(outcome):
+            await outcome
+        await self._save_checkpoint(name, position)
 
     @abc.abstractmethod
     async def _close(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import os
 import queue
 import sqlite3
@@ -36,6 +37,7 @@ from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
     DuplicateEventId,
+    InvalidInput,
     InvalidURL,
     StoreClosed,
     StoreCorrupted,
@@ -846,6 +848,22 @@ class SQLiteStore(EventStore):
             )
 
         await self._write(save)
+
+    async def _apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
+        """Run `apply(writer_connection)` and save the checkpoint in one transaction: exactly once."""
+
+        def apply_and_save(connection: sqlite3.Connection) -> None:
+            outcome = apply(connection)
+            if inspect.iscoroutine(outcome):
+                outcome.close()
+                raise InvalidInput("a SQLite read-model update runs in the writer thread: use a plain function")
+            connection.execute(
+                "INSERT INTO checkpoints (name, position) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                (name, position),
+            )
+
+        await self._write(apply_and_save)
 
     # -- closing ---------------------------------------------------------------------------------------------------
 
