@@ -351,6 +351,39 @@ async def test_a_corrupt_record_is_reported(store: SQLiteStore, db_path: Path) -
         _ = [event async for event in store.read_all()]
 
 
+async def test_a_group_meeting_tables_that_disagree_fails_only_the_damaged_append(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    await store.append("damaged", events(2), NO_STREAM)
+    await store.append("healthy", events(1), NO_STREAM)
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        connection.execute("DELETE FROM streams WHERE stream_id = 'damaged'")  # its version now reads as 0
+    finally:
+        connection.close()
+    commits_before = store.commit_count
+    with write_lock_held(db_path):
+        blocker = asyncio.ensure_future(store.append("blocker", events(1)))
+        await let_tasks_submit([blocker])
+        await writer_has_taken_everything(store)
+        attempts = [
+            asyncio.ensure_future(store.append("healthy", events(1), expected_version=1)),
+            asyncio.ensure_future(store.append("damaged", events(1), NO_STREAM)),
+            asyncio.ensure_future(store.append("fresh", events(2), NO_STREAM)),
+        ]
+        await let_tasks_submit(attempts)
+    await blocker
+    healthy, damaged, fresh = await asyncio.gather(*attempts, return_exceptions=True)
+
+    assert store.commit_count - commits_before == 2
+    assert isinstance(damaged, StoreCorrupted)
+    assert healthy == AppendResult(2, 5)
+    assert fresh == AppendResult(2, 7)
+    assert [event.version async for event in store.read_stream("damaged")] == [1, 2]
+    positions = [event.position async for event in store.read_all()]
+    assert positions == list(range(1, 8))
+
+
 def test_a_file_that_is_not_a_database_is_refused(db_path: Path) -> None:
     db_path.write_bytes(b"this is not a SQLite database, just some text" * 100)
     with pytest.raises(StoreCorrupted):

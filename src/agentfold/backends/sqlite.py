@@ -47,7 +47,7 @@ from agentfold.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
-from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.events import ANY, AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.store import EventStore
 
 T = TypeVar("T")
@@ -62,9 +62,6 @@ POLL_INTERVAL: Final = 0.025
 MAX_GROUP_APPENDS: Final = 1000
 MAX_GROUP_EVENTS: Final = 20_000
 READ_THREADS: Final = 2
-RESUMED_WAIT: Final = 0.002
-"""How long the writer waits for the callers woken by its last commit to append again (seconds)."""
-RESUMED: Final = object()
 
 _SCHEMA: Final = (
     """
@@ -116,17 +113,23 @@ _SCHEMA: Final = (
 )
 
 _SELECT_HEAD: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
-_SELECT_KNOWN_IDS: Final = (
-    "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?1)) "
-    "UNION ALL SELECT event_id FROM trimmed_events WHERE event_id IN (SELECT value FROM json_each(?1))"
-)
 _SELECT_ID_RECORDS: Final = (
     "SELECT event_id, stream_id, version, batch_first, batch_last, position FROM events "
     "WHERE event_id IN (SELECT value FROM json_each(?1)) "
     "UNION ALL SELECT event_id, stream_id, version, batch_first, batch_last, position FROM trimmed_events "
     "WHERE event_id IN (SELECT value FROM json_each(?1))"
 )
-_SELECT_VERSIONS: Final = "SELECT stream_id, version FROM streams WHERE stream_id IN (SELECT value FROM json_each(?))"
+_SELECT_GROUP_STATE: Final = (
+    "SELECT "
+    "(SELECT json_group_array(event_id) FROM ("
+    "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?1)) "
+    "UNION ALL SELECT event_id FROM trimmed_events WHERE event_id IN (SELECT value FROM json_each(?1)))), "
+    "(SELECT json_group_object(stream_id, version) FROM streams "
+    "WHERE stream_id IN (SELECT value FROM json_each(?2))), "
+    "(SELECT seq FROM sqlite_sequence WHERE name = 'events')"
+)
+"""Everything a group's checks need, as one row from one statement: which of the group's event ids are already
+known (a JSON array), the current versions of the group's streams (a JSON object) and the head position."""
 _SELECT_VERSION: Final = "SELECT version FROM streams WHERE stream_id = ?"
 _INSERT_EVENTS: Final = (
     "INSERT INTO events (position, stream_id, version, type, event_id, batch_first, batch_last, record) VALUES {rows}"
@@ -135,12 +138,19 @@ _UPSERT_STREAMS: Final = (
     "INSERT INTO streams (stream_id, version) VALUES {rows} "
     "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version"
 )
+_INSERT_EVENTS_GROUP: Final = _INSERT_EVENTS.replace("INSERT INTO", "INSERT OR ROLLBACK INTO")
+_UPSERT_STREAMS_GROUP: Final = _UPSERT_STREAMS.replace("INSERT INTO", "INSERT OR ROLLBACK INTO")
+"""The group's writes. `OR ROLLBACK` ends the whole transaction on a constraint failure instead of undoing only
+the failing statement, which spares SQLite a statement journal (a copy of every page the statement first touches:
+the cost of inserting rows into many streams' places in the `(stream_id, version)` index at once)."""
 ROWS_PER_STATEMENT: Final = 64
 """Rows per multi-row INSERT: one statement step (one release of the GIL) writes them all."""
 _SELECT_STREAM_PAGE: Final = "SELECT record FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
 
 _json_encoder = msgspec.json.Encoder()
 _page_decoder = msgspec.json.Decoder(list[RecordedEvent])
+_id_list_decoder = msgspec.json.Decoder(list[str])
+_versions_decoder = msgspec.json.Decoder(dict[str, int])
 
 # Primary result codes (https://www.sqlite.org/rescode.html).
 _SQLITE_BUSY: Final = 5
@@ -272,6 +282,17 @@ _Request = _AppendRequest | _WriteJob
 
 def _size(request: _Request) -> int:
     return len(request.events) if isinstance(request, _AppendRequest) else 1
+
+
+def _split_group(requests: list[_Request]) -> tuple[list[_Request], list[_Request]]:
+    """The longest head of `requests` within the group limits (at least one request), and the rest."""
+    taken = events = 0
+    for request in requests:
+        events += _size(request)
+        if taken and (taken >= MAX_GROUP_APPENDS or events > MAX_GROUP_EVENTS):
+            break
+        taken += 1
+    return requests[:taken], requests[taken:]
 
 
 def _connect(settings: SQLiteSettings, *, writer: bool) -> sqlite3.Connection:
@@ -428,7 +449,7 @@ def _decode_page(rows: list[tuple[str]]) -> list[RecordedEvent]:
 
 
 class _Writer:
-    """The writer thread: drains the queue and commits each batch of requests as one transaction."""
+    """The writer thread: takes every request queued and commits them as one transaction (one fsync)."""
 
     def __init__(
         self,
@@ -441,62 +462,59 @@ class _Writer:
         self._path = path
         self._loop = loop
         self._deliver = deliver
-        self.queue: queue.SimpleQueue[_Request | object | None] = queue.SimpleQueue()
-        """Requests for the writer thread; `RESUMED` marks the end of a wake-up burst; None asks it to stop after
-        what is queued before."""
+        self.queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
+        """Batches of requests for the writer thread (the event loop hands over everything submitted in one of its
+        iterations at once, so one wake-up carries many appends); None asks it to stop after what is queued
+        before."""
+        self._backlog: list[_Request] = []
+        """Requests taken from the queue that did not fit into the last group."""
         self.commits = 0
         self.thread = threading.Thread(target=self._run, name=f"agentfold-sqlite-writer:{path}", daemon=True)
 
     def _run(self) -> None:
         try:
-            awaiting_resumed = False
             while True:
-                group, stopping = self._next_group(awaiting_resumed)
+                group, stopping = self._next_group()
                 if group:
                     self._commit_group(group)
                     try:
                         self._loop.call_soon_threadsafe(self._deliver, group)
                     except RuntimeError:
                         return  # the event loop is gone; nobody is waiting for these outcomes
-                awaiting_resumed = bool(group)
                 if stopping:
                     return
         finally:
             self._connection.close()
 
-    def _next_group(self, awaiting_resumed: bool) -> tuple[list[_Request], bool]:
-        """Collect the next group: block for a first request, then take everything queued.
+    def _next_group(self) -> tuple[list[_Request], bool]:
+        """Collect the next group: block for a first batch, then take every batch queued, up to the group limits.
 
-        After a commit, the callers it woke usually append again at once. Waiting until the event loop has resumed
-        them all (it queues `RESUMED` once their next requests are in) puts them in one group, and one fsync,
-        instead of splitting them over two. The wait is bounded, so a busy loop only delays, never stalls, a group.
+        Nothing waits for more: appends that arrive while this group commits form the next group, so the event
+        loop prepares the next group while the disk syncs this one.
         """
-        group: list[_Request] = []
-        event_count = 0
-        deadline = time.monotonic() + RESUMED_WAIT if awaiting_resumed else 0.0
-        while len(group) < MAX_GROUP_APPENDS and event_count < MAX_GROUP_EVENTS:
+        group = self._backlog
+        self._backlog = []
+        stopping = False
+        if not group:
+            batch = self.queue.get()
+            if batch is None:
+                return group, True
+            group = batch
+        while True:
             try:
-                if awaiting_resumed:
-                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                elif group:
-                    item = self.queue.get_nowait()
-                else:
-                    item = self.queue.get()
+                batch = self.queue.get_nowait()
             except queue.Empty:
-                if awaiting_resumed:
-                    awaiting_resumed = False
-                    continue
                 break
-            if item is RESUMED:
-                awaiting_resumed = False
-                if not group:
-                    return group, False
-                continue
-            if item is None:
-                return group, True  # close: commit what was queued before it, then stop
-            group.append(item)  # type: ignore[arg-type]
-            event_count += _size(item)  # type: ignore[arg-type]
-        return group, False
+            if batch is None:
+                stopping = True  # close: commit what was queued before it, then stop
+                break
+            group += batch
+        if len(group) > MAX_GROUP_APPENDS or sum(map(_size, group)) > MAX_GROUP_EVENTS:
+            group, self._backlog = _split_group(group)
+            if stopping:
+                self.queue.put(None)  # stop only once the backlog is committed too
+                stopping = False
+        return group, stopping
 
     def _commit_group(self, group: list[_Request]) -> None:
         connection = self._connection
@@ -519,67 +537,74 @@ class _Writer:
                 request.outcome = error
 
     def _apply_group(self, group: list[_Request]) -> None:
-        appends = [request for request in group if isinstance(request, _AppendRequest)]
+        appends = [request for request in group if type(request) is _AppendRequest]
         if appends:
-            leftovers = self._append_together(appends)
-            for leftover in leftovers:
+            for leftover in self._append_together(appends):
                 self._append_alone(leftover)
-        for job in group:
-            if isinstance(job, _WriteJob):
-                self._in_savepoint(job, job.work)
+        if len(appends) < len(group):
+            for job in group:
+                if isinstance(job, _WriteJob):
+                    self._in_savepoint(job, job.work)
 
     def _append_together(self, appends: list[_AppendRequest]) -> list[_AppendRequest]:
-        """Check and write, with a handful of statements in all, every append that reuses no known event id.
+        """Check and write every append that reuses no known event id with three statements in all: one that reads
+        the known ids, the versions and the head, one multi-row INSERT of the events, one of the stream versions.
 
         Version checks run in Python against the versions read at the start of the transaction, updated as each
         append is accepted: the same serial order the appends then commit in. An append that fails its check is
         never written, so it needs no rollback. Appends reusing a known id (retries, duplicates) are returned for
         `_append_alone`; they were submitted concurrently with the others, so running them afterwards is a valid
-        serial order too.
+        serial order too. Nothing is written in the transaction before this step, so if the tables turn out to
+        disagree with the checks (a damaged file), rolling the whole transaction back undoes exactly this step.
         """
         connection = self._connection
         now_us = time.time_ns() // 1000
-        stream_ids = {request.stream_id for request in appends}
         all_ids = [event.id for request in appends for event in request.events]
-        known_ids = {row[0] for row in connection.execute(_SELECT_KNOWN_IDS, (_json_list(all_ids),))}
-        versions: dict[str, int] = dict(connection.execute(_SELECT_VERSIONS, (_json_list(stream_ids),)).fetchall())
-        head_row = connection.execute(_SELECT_HEAD).fetchone()
-        next_position = head_row[0] + 1 if head_row else 1
+        stream_ids = list({request.stream_id: None for request in appends})
+        known_text, versions_text, head = connection.execute(
+            _SELECT_GROUP_STATE, (_json_list(all_ids), _json_list(stream_ids))
+        ).fetchone()
+        known_ids: set[str] = set() if known_text == "[]" else set(_id_list_decoder.decode(known_text))
+        versions = _versions_decoder.decode(versions_text)
+        next_position = head + 1 if head else 1
         rows: list[tuple[Any, ...]] = []
         written_streams: dict[str, int] = {}
         leftovers: list[_AppendRequest] = []
         for request in appends:
-            ids = [event.id for event in request.events]
+            stream_id = request.stream_id
+            events = request.events
+            ids = [event.id for event in events]
             if not known_ids.isdisjoint(ids):
                 leftovers.append(request)
                 continue
-            current = versions.get(request.stream_id, 0)
-            try:
-                check_expected(request.stream_id, request.expected, current)
-            except WrongExpectedVersion as error:
-                request.outcome = error
-                continue
-            count = len(request.events)
-            rows.extend(_event_rows(request.stream_id, request.events, current + 1, next_position, now_us))
-            next_position += count
-            versions[request.stream_id] = written_streams[request.stream_id] = current + count
+            current = versions.get(stream_id, 0)
+            expected = request.expected
+            if expected is not ANY:
+                try:
+                    check_expected(stream_id, expected, current)
+                except WrongExpectedVersion as error:
+                    request.outcome = error
+                    continue
             known_ids.update(ids)
+            count = len(events)
+            rows += _event_rows(stream_id, events, current + 1, next_position, now_us)
+            next_position += count
+            versions[stream_id] = written_streams[stream_id] = current + count
             request.outcome = AppendResult(current + count, next_position - 1)
         if not rows:
             return leftovers
-        connection.execute("SAVEPOINT group_append")
         try:
-            _insert_rows(connection, _INSERT_EVENTS, rows)
-            _insert_rows(connection, _UPSERT_STREAMS, list(written_streams.items()))
+            _insert_rows(connection, _INSERT_EVENTS_GROUP, rows)
+            _insert_rows(connection, _UPSERT_STREAMS_GROUP, list(written_streams.items()))
         except sqlite3.IntegrityError:
             # The tables disagree with the checks above (a damaged file): fall back to one append at a time so
-            # only the appends that meet the damage fail.
-            connection.execute("ROLLBACK TO group_append")
-            connection.execute("RELEASE group_append")
+            # only the appends that meet the damage fail. `OR ROLLBACK` has already ended the transaction.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            connection.execute("BEGIN IMMEDIATE")
             for request in appends:
                 request.outcome = None
             return appends
-        connection.execute("RELEASE group_append")
         return leftovers
 
     def _append_alone(self, request: _AppendRequest) -> None:
@@ -640,6 +665,8 @@ class SQLiteStore(EventStore):
         self._writer = _Writer(writer_connection, settings.path, self._loop, self._deliver)
         self._writer.thread.start()
         self._writer_stopped = False
+        self._submitted: list[_Request] = []
+        """Requests of this iteration of the event loop, not yet handed to the writer."""
         self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="agentfold-sqlite-read")
         self._reader_local = threading.local()
         self._read_connections: list[sqlite3.Connection] = []
@@ -679,29 +706,38 @@ class SQLiteStore(EventStore):
         return await future
 
     def _submit(self, request: _Request) -> None:
+        """Queue `request` for the writer. Requests submitted during one iteration of the event loop reach the
+        writer together, as one batch (one wake-up of the writer thread for all of them)."""
         if self._writer_stopped:
             raise StoreClosed("the sqlite store is closed")
-        self._writer.queue.put(request)
+        if not self._submitted:
+            self._loop.call_soon(self._hand_over)
+        self._submitted.append(request)
+
+    def _hand_over(self) -> None:
+        if self._submitted:
+            batch, self._submitted = self._submitted, []
+            self._writer.queue.put(batch)
 
     def _deliver(self, group: list[_Request]) -> None:
         """On the event loop: hand each request its outcome, then wake the waiting readers."""
         appended = False
         for request in group:
             outcome = request.outcome
-            if isinstance(request, _AppendRequest) and isinstance(outcome, AppendResult):
+            future = request.future
+            if type(outcome) is AppendResult:
                 appended = True
-                self._committed_position = max(self._committed_position, outcome.position)
-            if request.future.done():
+                if outcome.position > self._committed_position:
+                    self._committed_position = outcome.position
+            if future.done():
                 continue  # the caller was cancelled; the write stands (a retry finds it by event id)
             if isinstance(outcome, BaseException):
-                request.future.set_exception(outcome)
+                future.set_exception(outcome)
             else:
-                request.future.set_result(outcome)
+                future.set_result(outcome)
         if appended:
             self._appended.set()
             self._appended = asyncio.Event()
-        # Runs after every task woken above has taken its next step (and queued its next append, if any).
-        self._loop.call_soon(self._writer.queue.put, RESUMED)
 
     # -- reads -----------------------------------------------------------------------------------------------------
 
@@ -870,6 +906,7 @@ class SQLiteStore(EventStore):
     async def _close(self) -> None:
         """Let the writer commit everything queued before the close, then stop the threads and close connections."""
         self._writer_stopped = True
+        self._hand_over()
         self._writer.queue.put(None)
         await asyncio.to_thread(self._writer.thread.join)
         await asyncio.to_thread(self._readers.shutdown, True)
