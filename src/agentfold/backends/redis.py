@@ -508,24 +508,30 @@ class RedisStore(EventStore):
         expected = (
             _EXPECTED_ARGUMENT[expected_version] if not isinstance(expected_version, int) else b"%d" % expected_version
         )
-        parts = [_bulk(stream_bytes), _bulk(expected), _bulk(b"%d" % len(events))]
+        count = b"%d" % len(events)
+        parts = [
+            b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+            % (len(stream_bytes), stream_bytes, len(expected), expected, len(count), count)
+        ]
         stream_json = _encoder.encode(stream_id)
         for event in events:
             event_id = event.id.encode()
-            parts.append(_bulk(event_id))
-            parts.append(
-                _bulk(
-                    b'%s,%s,"%s",%s,%s]'
-                    % (stream_json, _encoder.encode(event.type), event_id, event.data, event.metadata)
-                )
+            tail = b'%s,%s,"%s",%s,%s]' % (
+                stream_json,
+                _encoder.encode(event.type),
+                event_id,
+                event.data,
+                event.metadata,
             )
+            parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(event_id), event_id, len(tail), tail))
+        key = self._prefix_bytes + b":s:" + stream_bytes
         pending = _PendingAppend(
             stream_id,
             events,
             expected_version,
-            _bulk(self._prefix_bytes + b":s:" + stream_bytes),
+            b"$%d\r\n%s\r\n" % (len(key), key),
             b"".join(parts),
-            len(parts),
+            3 + 2 * len(events),
             asyncio.get_running_loop().create_future(),
         )
         self._pending.append(pending)
