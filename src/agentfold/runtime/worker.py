@@ -13,7 +13,6 @@ the same runs cannot fork a history; it fails with `WrongExpectedVersion` and ba
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Protocol, Self
@@ -32,6 +31,8 @@ logger = logging.getLogger("agentfold.runtime")
 WATCHED_TYPES: Final = (h.WORKFLOW_STARTED, h.WORKFLOW_COMPLETED, h.WORKFLOW_FAILED, h.SIGNAL_SENT)
 WAKE_CHECK_SECONDS: Final = 5.0
 RESTART_BACKOFF_SECONDS: Final = (0.05, 0.2, 1.0, 5.0)
+STOP_TIMEOUT_SECONDS: Final = 10.0
+"""How long `stop` waits for cancelled runs; a run blocked in a store call that ignores cancellation is left."""
 
 
 class Ownership(Protocol):
@@ -119,10 +120,15 @@ class Worker:
         tasks = [task for task in (self._serving, *self._running.values()) if task is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         self._serving = None
+        if not tasks:
+            return
+        done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("%s ended with %r while the worker stopped", task.get_name(), task.exception())
+        for task in stuck:
+            logger.error("%s did not stop within %s s of being cancelled", task.get_name(), STOP_TIMEOUT_SECONDS)
 
     # -- following the store ------------------------------------------------------------------------------------
 
