@@ -710,7 +710,7 @@ class RedisStore(EventStore):
         return int(value) if value is not None else 0
 
     async def _wait_for_append(self, after_position: int, timeout: float) -> None:
-        """``XREAD BLOCK`` on the global stream, on a connection of its own; returns early on any error (a hint)."""
+        """``XREAD BLOCK`` on the global stream, on a connection of its own (a hint: callers re-read)."""
         if timeout <= 0 or await self.head_position() > after_position:
             return
         block_ms = max(1, int(timeout * 1000))

@@ -165,6 +165,8 @@ class Relay:
                 events, scanned_to = await self._read(scanned)
                 if events:
                     written += await self._write(events)
+                if scanned_to <= scanned and end is None:
+                    await self._wait(scanned, stop_event)
             except AgentfoldError as error:
                 if once or not error.retryable:
                     raise
@@ -177,8 +179,6 @@ class Relay:
                 scanned = scanned_to
             elif end is not None:
                 return written  # nothing above `scanned` any more: the rest up to the head was trimmed
-            else:
-                await self._wait(scanned, stop_event)
         return written
 
     async def _check_target(self) -> None:
