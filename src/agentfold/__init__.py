@@ -1,6 +1,15 @@
 """agentfold: durable, event-sourced state for multi-agent systems."""
 
 from agentfold.connect import connect
+from agentfold.errors import (
+    HandlerFailed,
+    HistoryTrimmed,
+    InvalidProjection,
+    ProjectionError,
+    TrimRefused,
+    UnhandledEvent,
+    UpcastFailed,
+)
 from agentfold.events import (
     ANY,
     NO_STREAM,
@@ -13,14 +22,8 @@ from agentfold.events import (
 )
 from agentfold.projection import (
     Folded,
-    HandlerFailed,
-    HistoryTrimmed,
-    InvalidProjection,
     Projection,
-    ProjectionError,
-    TrimRefused,
     TrimReport,
-    UnhandledEvent,
     fold,
     handles,
     project,
@@ -30,7 +33,7 @@ from agentfold.projection import (
 from agentfold.runtime import NOT_APPLIED, RetryPolicy, Runtime, StateMachine, Transition, WorkflowContext
 from agentfold.shared import SharedKind, SharedState, SharedStream, check_resolver
 from agentfold.store import EventStore
-from agentfold.upcasting import SCHEMA_VERSION, Upcasters, UpcastFailed
+from agentfold.upcasting import SCHEMA_VERSION, Upcasters
 
 __all__ = [
     "ANY",

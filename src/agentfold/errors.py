@@ -6,7 +6,10 @@ is safe: appends are idempotent by event id, so a retried append is applied at m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentfold.events import RecordedEvent
 
 
 class AgentfoldError(Exception):
@@ -237,3 +240,75 @@ class SharedTypeConflict(AgentfoldError):
 
 class NondeterministicResolver(AgentfoldError):
     """A custom conflict resolver gave different results for the same concurrent values (another order, or twice)."""
+
+
+# -- folds and projections ----------------------------------------------------------------------------------------
+
+
+class ProjectionError(AgentfoldError):
+    """Base class of the errors a fold raises on purpose."""
+
+
+class InvalidProjection(InvalidInput):
+    """A projection is declared wrongly (name, version, snapshot interval, handlers or state type)."""
+
+
+class UnhandledEvent(ProjectionError):
+    """A strict projection met an event type it has no handler for."""
+
+    def __init__(self, projection: str, event: RecordedEvent) -> None:
+        super().__init__(
+            f"projection {projection!r} has no handler for event {event.type!r} at version {event.version} of "
+            f"stream {event.stream_id!r}, and it is strict"
+        )
+        self.projection = projection
+        self.stream_id = event.stream_id
+        self.version = event.version
+        self.event_type = event.type
+
+
+class HandlerFailed(ProjectionError):
+    """A handler raised; the original error is the `__cause__`. Names the event it failed on."""
+
+    def __init__(self, projection: str, event: RecordedEvent, error: BaseException) -> None:
+        super().__init__(
+            f"projection {projection!r} failed on event {event.type!r} at version {event.version} of stream "
+            f"{event.stream_id!r}: {type(error).__name__}: {error}"
+        )
+        self.projection = projection
+        self.stream_id = event.stream_id
+        self.version = event.version
+        self.event_type = event.type
+
+
+class HistoryTrimmed(ProjectionError):
+    """The requested state needs events that were trimmed from the stream, and no usable snapshot covers them."""
+
+    def __init__(self, projection: str, stream_id: str, needed_from: int, available_from: int | None) -> None:
+        available = "none are left" if available_from is None else f"the oldest left is version {available_from}"
+        super().__init__(
+            f"projection {projection!r} needs stream {stream_id!r} from version {needed_from}, but events were "
+            f"trimmed ({available}) and no snapshot of this projection version covers them"
+        )
+        self.projection = projection
+        self.stream_id = stream_id
+        self.needed_from = needed_from
+        self.available_from = available_from
+
+
+class TrimRefused(ProjectionError):
+    """A trim would remove events no snapshot covers; nothing was trimmed."""
+
+
+class UpcastFailed(AgentfoldError):
+    """An upcaster raised or returned something other than a dict; names the event it failed on."""
+
+    def __init__(self, event: RecordedEvent, schema_version: int, reason: str) -> None:
+        super().__init__(
+            f"upcasting event {event.type!r} (schema version {schema_version}) at version {event.version} "
+            f"of stream {event.stream_id!r} failed: {reason}"
+        )
+        self.stream_id = event.stream_id
+        self.version = event.version
+        self.event_type = event.type
+        self.schema_version = schema_version

@@ -14,7 +14,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from agentfold.encoding import check_event_type
-from agentfold.errors import AgentfoldError, InvalidInput
+from agentfold.errors import InvalidInput, UpcastFailed
 from agentfold.events import RecordedEvent
 
 SCHEMA_VERSION: Final = "schema_version"
@@ -27,20 +27,6 @@ Upcaster = Callable[[EventData], EventData]
 """Takes the event's data in shape ``from_version`` and returns a new dict in shape ``from_version + 1``."""
 
 _U = TypeVar("_U", bound=Upcaster)
-
-
-class UpcastFailed(AgentfoldError):
-    """An upcaster raised or returned something other than a dict; names the event it failed on."""
-
-    def __init__(self, event: RecordedEvent, schema_version: int, reason: str) -> None:
-        super().__init__(
-            f"upcasting event {event.type!r} (schema version {schema_version}) at version {event.version} "
-            f"of stream {event.stream_id!r} failed: {reason}"
-        )
-        self.stream_id = event.stream_id
-        self.version = event.version
-        self.event_type = event.type
-        self.schema_version = schema_version
 
 
 def schema_version_of(event: RecordedEvent) -> int:
