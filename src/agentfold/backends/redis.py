@@ -69,6 +69,7 @@ _MAX_APPENDS_PER_CALL: Final = 256
 _MAX_EVENTS_PER_CALL: Final = 4096
 _TRIM_PAGE: Final = 1000
 _SENDERS: Final = 2
+_PACKED_STREAMS: Final = 4096
 
 # KEYS: head, all, ids, versions, then each append's stream key.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
@@ -493,6 +494,7 @@ class RedisStore(EventStore):
         self._all_connections = list(self._idle_connections)
         self._senders: set[asyncio.Task[None]] = set()  # keeps the tasks referenced while they run
         self._sending = 0
+        self._packed_streams: dict[str, tuple[bytes, bytes, bytes]] = {}
 
     def key(self, kind: str, stream_id: str | None = None) -> bytes:
         """The key of a record kind (``s``, ``v``, ``snap``, ``all``, ...), for one stream when given."""
@@ -504,16 +506,17 @@ class RedisStore(EventStore):
     async def _append(
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
-        stream_bytes = stream_id.encode()
-        expected = (
-            _EXPECTED_ARGUMENT[expected_version] if not isinstance(expected_version, int) else b"%d" % expected_version
-        )
-        count = b"%d" % len(events)
-        parts = [
-            b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-            % (len(stream_bytes), stream_bytes, len(expected), expected, len(count), count)
-        ]
-        stream_json = _encoder.encode(stream_id)
+        packed = self._packed_streams.get(stream_id)
+        if packed is None:
+            packed = self._pack_stream(stream_id)
+        packed_key, packed_stream_id, stream_json = packed
+        if expected_version is ANY:
+            expected = b"$3\r\nany\r\n"
+        else:
+            expected = _bulk(
+                b"%d" % expected_version if isinstance(expected_version, int) else _EXPECTED_ARGUMENT[expected_version]
+            )
+        parts = [packed_stream_id, expected, _bulk(b"%d" % len(events))]
         for event in events:
             event_id = event.id.encode()
             tail = b'%s,%s,"%s",%s,%s]' % (
@@ -524,12 +527,11 @@ class RedisStore(EventStore):
                 event.metadata,
             )
             parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(event_id), event_id, len(tail), tail))
-        key = self._prefix_bytes + b":s:" + stream_bytes
         pending = _PendingAppend(
             stream_id,
             events,
             expected_version,
-            b"$%d\r\n%s\r\n" % (len(key), key),
+            packed_key,
             b"".join(parts),
             3 + 2 * len(events),
             asyncio.get_running_loop().create_future(),
@@ -538,6 +540,15 @@ class RedisStore(EventStore):
         if self._sending == 0:
             self._start_sender()
         return _answer(pending, await pending.reply)
+
+    def _pack_stream(self, stream_id: str) -> tuple[bytes, bytes, bytes]:
+        """A stream's key and id as RESP bulk strings, and its id as JSON; kept for the most recent streams."""
+        stream_bytes = stream_id.encode()
+        packed = (_bulk(self._prefix_bytes + b":s:" + stream_bytes), _bulk(stream_bytes), _encoder.encode(stream_id))
+        if len(self._packed_streams) >= _PACKED_STREAMS:
+            self._packed_streams.clear()
+        self._packed_streams[stream_id] = packed
+        return packed
 
     def _start_sender(self) -> None:
         connection = self._idle_connections.pop()
