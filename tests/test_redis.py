@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 import agentfold
 from agentfold import ANY, NewEvent
+from agentfold.backends import redis as redis_backend
 from agentfold.backends.redis import RedisDurabilityWarning, RedisStore, server_version
 from agentfold.backends.redis_relay import relay
 from agentfold.errors import (
@@ -294,6 +295,7 @@ async def test_unreachable_server_is_a_retryable_error_without_the_password() ->
 
 async def test_persistence_is_judged_at_connect_and_warned_once(private_redis: Any) -> None:
     server = private_redis(NO_PERSISTENCE)
+    redis_backend._warned.difference_update({key for key in redis_backend._warned if key[0] == server.url})
     with pytest.warns(RedisDurabilityWarning, match="no persistence"):
         store = await agentfold.connect(f"{server.url}?prefix=a")
     assert isinstance(store, RedisStore)
