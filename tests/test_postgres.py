@@ -441,3 +441,28 @@ async def test_trimming_a_whole_stream_keeps_its_version_head_and_retries(pg_sto
     after = await store.append("trimmed", events(1), 3)
     assert (after.version, after.position) == (4, original.position + 1)
     assert [event.version for event in [event async for event in store.read_stream("trimmed")]] == [4]
+
+
+# -- read models --------------------------------------------------------------------------------------------------
+
+
+async def test_a_failing_read_model_update_leaves_neither_its_rows_nor_the_checkpoint(
+    pg_url: str, pg_store: PostgresStore
+) -> None:
+    table = f'"{schema_of(pg_url)}".seen'
+    async with pg_store._pool.connection() as connection:
+        await connection.execute(f"CREATE TABLE {table} (position bigint PRIMARY KEY)")
+
+    async def update(connection: psycopg.AsyncConnection[Any], position: int, fail: bool) -> None:
+        await connection.execute(f"INSERT INTO {table} VALUES (%s)", (position,))
+        if fail:
+            raise RuntimeError("the read model refused the page")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        await pg_store._apply_with_checkpoint("seen", 1, lambda connection: update(connection, 1, True))
+    assert await pg_store.load_checkpoint("seen") is None
+    await pg_store._apply_with_checkpoint("seen", 2, lambda connection: update(connection, 2, False))
+    assert await pg_store.load_checkpoint("seen") == 2
+    async with pg_store._pool.connection() as connection:
+        rows = await (await connection.execute(f"SELECT position FROM {table}")).fetchall()
+    assert rows == [(2,)]

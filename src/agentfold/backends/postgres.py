@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -866,6 +867,19 @@ class PostgresStore(EventStore):
 
     async def _save_checkpoint(self, name: str, position: int) -> None:
         await self._execute("save_checkpoint", (name, position))
+
+    async def _apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
+        """Run `apply(connection)` (plain or async) and save the checkpoint in one transaction: exactly once.
+
+        The connection is a `psycopg.AsyncConnection` inside that transaction, so a read model kept in the same
+        database commits together with the position it covers, or not at all.
+        """
+        with _translated():
+            async with self._pool.connection() as connection, connection.transaction():
+                outcome = apply(connection)
+                if inspect.isawaitable(outcome):
+                    await outcome
+                await connection.execute(self._sql["save_checkpoint"], (name, position))
 
     async def _execute(self, statement: str, params: Any) -> int:
         with _translated():
