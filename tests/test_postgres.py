@@ -89,6 +89,14 @@ async def test_readers_do_not_pass_an_open_append_transaction_and_see_it_once_it
     head = seed.position
     held_events = encode_events([NewEvent("Held", {"holds": "the lower position"})])
     loop = asyncio.get_running_loop()
+    live: list[RecordedEvent] = []
+    subscription = store.subscribe(after_position=head)
+
+    async def follow() -> None:
+        async for event in subscription:
+            live.append(event)
+
+    following = asyncio.create_task(follow())
     holder = await admin()
     try:
         # An append transaction exactly as the store runs it, held open before COMMIT: it owns position head + 1.
@@ -120,9 +128,10 @@ async def test_readers_do_not_pass_an_open_append_transaction_and_see_it_once_it
             # Readers see nothing above the committed head: not the open position, not anything after it.
             assert await read_all_list(store, head) == []
             assert await store.head_position() == head
-            # A tailing reader that waits for news and re-reads still finds nothing to pass.
+            # A tailing reader that waits for news and re-reads, and a live subscription, find nothing to pass.
             await store._wait_for_append(head, 0.2)
             assert await read_all_list(store, head) == []
+            assert live == []
 
             await holder.execute("COMMIT")
             result = await asyncio.wait_for(later, CONDITION_BOUND)
@@ -134,6 +143,10 @@ async def test_readers_do_not_pass_an_open_append_transaction_and_see_it_once_it
     assert result.position == head + 2
     delivered = await read_all_list(store, head)
     assert [(event.stream_id, event.position) for event in delivered] == [("held", head + 1), ("later", head + 2)]
+    await eventually(lambda: _async_true(len(live) >= 2), "the subscription delivers both events")
+    await subscription.close()
+    await asyncio.wait_for(following, CONDITION_BOUND)
+    assert [(event.stream_id, event.position) for event in live] == [("held", head + 1), ("later", head + 2)]
 
 
 async def test_sixteen_writers_and_two_tailing_readers_see_every_event_once_in_order(pg_url: str) -> None:
