@@ -303,8 +303,8 @@ def translate_errors(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"{what}: Redis refused the credentials ({error})") from error
     except redis_errors.ConnectionError as error:
         raise StoreUnavailable(f"{what}: lost or could not open the connection to Redis ({error})") from error
-    except redis_errors.TimeoutError as error:
-        raise StoreTimeout(f"{what}: Redis did not answer in time ({error})") from error
+    except (redis_errors.TimeoutError, TimeoutError) as error:
+        raise StoreTimeout(f"{what}: Redis did not answer in time; a write may have been applied ({error})") from error
     except redis_errors.OutOfMemoryError as error:
         raise StoreFull(f"{what}: Redis is out of memory (maxmemory reached); nothing was written") from error
     except redis_errors.ReadOnlyError as error:
@@ -570,13 +570,16 @@ class RedisStore(EventStore):
                     self._start_sender()
                 try:
                     replies = await self._run_append_script(connection, group)
-                except BaseException as error:
+                except Exception as error:
                     for pending in group:
                         if not pending.reply.done():
                             pending.reply.set_exception(error)
-                    if not isinstance(error, Exception):
-                        raise
                     continue
+                except BaseException:
+                    for pending in [*group, *self._pending]:
+                        pending.reply.cancel()
+                    self._pending.clear()
+                    raise
                 for pending, reply in zip(group, replies, strict=True):
                     if not pending.reply.done():
                         pending.reply.set_result(reply)
@@ -629,12 +632,6 @@ class RedisStore(EventStore):
                 return await self._send_and_read(connection, packed)
         except redis_errors.ResponseError:
             raise
-        except TimeoutError:
-            await connection.disconnect(nowait=True)
-            raise StoreTimeout(
-                f"append to Redis at {self.settings.shown_url}: no answer within {self.settings.timeout} s; "
-                "the append may be written, and retrying it is safe"
-            ) from None
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
@@ -725,24 +722,13 @@ class RedisStore(EventStore):
         if timeout <= 0 or await self.head_position() > after_position:
             return
         block_ms = max(1, int(timeout * 1000))
-        try:
-            with translate_errors("wait for appends in Redis"):
-                await asyncio.wait_for(
-                    _execute(
-                        self._waiter,
-                        "XREAD",
-                        "COUNT",
-                        1,
-                        "BLOCK",
-                        block_ms,
-                        "STREAMS",
-                        self._all_key,
-                        f"0-{after_position}",
-                    ),
-                    timeout + self.settings.timeout,
-                )
-        except TimeoutError:
-            return
+        command = ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", self._all_key, f"0-{after_position}")
+        with translate_errors("wait for appends in Redis"):
+            try:
+                # The server answers when BLOCK runs out; the deadline here only guards against a silent server.
+                await asyncio.wait_for(_execute(self._waiter, *command), timeout + self.settings.timeout)
+            except TimeoutError:
+                return
 
     # -- records beside the log ----------------------------------------------------------------------------------
 
