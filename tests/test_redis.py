@@ -29,6 +29,7 @@ from agentfold.backends.redis_relay import relay
 from agentfold.errors import (
     InvalidURL,
     StoreCorrupted,
+    StoreFull,
     StoreTimeout,
     StoreUnavailable,
     WrongExpectedVersion,
@@ -248,6 +249,24 @@ async def test_foreign_entries_are_reported_as_corruption(prefix: str) -> None:
             [event async for event in store.read_all()]
     finally:
         await client.aclose()
+        await store.close()
+
+
+async def test_a_full_server_refuses_whole_appends(private_redis: Any) -> None:
+    """At maxmemory a script is refused before it runs: `StoreFull`, and never half an append."""
+    server = private_redis({**NO_PERSISTENCE, "maxmemory": "3mb", "maxmemory-policy": "noeviction"})
+    store = await open_redis(f"{server.url}?prefix=app")
+    written = 0
+    try:
+        with pytest.raises(StoreFull):
+            for _ in range(1000):
+                await store.append("big", [NewEvent("Blob", {"text": "x" * 20_000}) for _ in range(5)])
+                written += 5
+        assert written > 0
+        assert await store.stream_version("big") == written
+        assert len([event async for event in store.read_stream("big")]) == written
+        assert await store.head_position() == written
+    finally:
         await store.close()
 
 
