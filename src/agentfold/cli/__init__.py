@@ -16,6 +16,6 @@ def main() -> None:
 
 
 # Sub-command modules, imported for their registration on `main`.
-COMMANDS = ("agentfold.cli.bench", "agentfold.cli.demo", "agentfold.cli.relay")
+COMMANDS = ("agentfold.cli.bench", "agentfold.cli.demo", "agentfold.cli.inspect", "agentfold.cli.relay")
 for _module in COMMANDS:
     importlib.import_module(_module)

@@ -1,0 +1,529 @@
+"""Look inside a store: `workflows`, `show`, `replay`, `diff`, `tail`, `export`, `stats`.
+
+Every command only reads. Tables fit the terminal; `--json` prints the same facts for scripts (`tail --json`: one
+object per line). Steps that failed, retries and attempts left in doubt stand out by colour and by a marker column,
+so they show in a plain-text paste too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import click
+from rich.console import Group
+from rich.json import JSON
+from rich.table import Table
+from rich.text import Text
+
+from agentfold.cli import main
+from agentfold.cli.common import (
+    format_duration,
+    format_size,
+    format_time,
+    json_option,
+    output_console,
+    print_json,
+    print_json_line,
+    progress_bar,
+    resolve_workflow,
+    run_with_store,
+    store_option,
+)
+from agentfold.events import AGENT_ID, RecordedEvent
+from agentfold.runtime import history as h
+from agentfold.runtime.inspect import (
+    FLAG_ATTEMPT_FAILED,
+    FLAG_FAILED,
+    FLAG_IN_DOUBT,
+    FLAG_RECONCILED,
+    FLAG_RETRY,
+    FLAG_SUSPENDED,
+    FLAG_TIMED_OUT,
+    INBOX,
+    RUN_STATUSES,
+    SUSPENDED,
+    Change,
+    ReplayStep,
+    RunFilter,
+    RunSummary,
+    compact_json,
+    describe_event,
+    diff_versions,
+    event_json,
+    export_trace,
+    iso_time,
+    list_runs,
+    now_us,
+    replay,
+    state_at,
+    store_stats,
+    timeline,
+)
+from agentfold.store import EventStore
+
+TRACE_FORMAT: Final = "agentfold-trace/1"
+
+MARKERS: Final = {
+    FLAG_FAILED: ("✗", "bold red"),
+    FLAG_ATTEMPT_FAILED: ("!", "red"),
+    FLAG_RETRY: ("↻", "yellow"),
+    FLAG_IN_DOUBT: ("?", "magenta"),
+    FLAG_RECONCILED: ("≈", "cyan"),
+    FLAG_TIMED_OUT: ("⌛", "yellow"),
+    FLAG_SUSPENDED: ("‖", "bold magenta"),
+}
+"""Flag -> (symbol, row style). The marker column shows the symbol and the flag's name."""
+
+STATE_STYLES: Final = {
+    "Completed": "green",
+    "Failed": "bold red",
+    "AwaitingInput": "cyan",
+    "Processing": "yellow",
+    "Idle": "dim",
+    SUSPENDED: "bold magenta",
+}
+
+VALUE_LIMIT: Final = 80
+
+
+def _marker(flag: str) -> Text:
+    if not flag:
+        return Text("")
+    symbol, style = MARKERS[flag]
+    return Text(f"{symbol} {flag}", style=style)
+
+
+def _state(status: str) -> Text:
+    return Text(status, style=STATE_STYLES.get(status, ""))
+
+
+def _run_issues(run: RunSummary) -> Text:
+    parts: list[tuple[str, str]] = []
+    if run.failed_steps:
+        parts.append((f"✗ {run.failed_steps} failed", "bold red"))
+    if run.retries:
+        parts.append((f"↻ {run.retries} {'retry' if run.retries == 1 else 'retries'}", "yellow"))
+    if run.in_doubt_steps:
+        parts.append((f"? {run.in_doubt_steps} in doubt", "magenta"))
+    if run.problem:
+        parts.append(("unreadable history", "bold red"))
+    text = Text()
+    for index, (part, style) in enumerate(parts):
+        if index:
+            text.append(", ")
+        text.append(part, style=style)
+    return text
+
+
+# -- workflows -----------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@store_option
+@click.option(
+    "--status",
+    type=click.Choice(RUN_STATUSES, case_sensitive=False),
+    help="Only runs in this state.",
+)
+@json_option
+def workflows(store_url: str, status: str | None, as_json: bool) -> None:
+    """List workflow runs: state, agent, start, last event, duration, failures."""
+    run_filter = RunFilter(status=status)
+
+    async def listing(store: EventStore) -> list[RunSummary]:
+        with progress_bar("reading runs", await store.head_position()) as update:
+            return await list_runs(store, run_filter, update)
+
+    runs = run_with_store(store_url, listing)
+    at = now_us()
+    if as_json:
+        print_json([run.to_json(at) for run in runs])
+        return
+    console = output_console()
+    if not runs:
+        console.print("no workflow runs" + (f" in state {status}" if status else ""))
+        return
+    table = Table(title=f"{len(runs)} workflow runs", title_justify="left")
+    table.add_column("workflow id", overflow="fold")
+    table.add_column("agent", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("last event", overflow="fold")
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("events", justify="right")
+    table.add_column("issues")
+    for run in runs:
+        finished = run.finished_at_us is not None
+        table.add_row(
+            run.workflow_id,
+            run.agent,
+            _state(run.status),
+            format_time(run.started_at_us),
+            f"{run.last_event_type} {format_time(run.last_event_at_us)[11:]}",
+            format_duration(run.duration_us(at)) + ("" if finished else " …"),
+            str(run.version),
+            _run_issues(run),
+            style="red" if run.state == "Failed" or run.failed_steps else None,
+        )
+    console.print(table)
+
+
+# -- show ----------------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@store_option
+@click.argument("workflow_id", metavar="WORKFLOW")
+@json_option
+def show(store_url: str, workflow_id: str, as_json: bool) -> None:
+    """The timeline of one run: every event with its step, attempt, agent, time and duration."""
+
+    async def load(store: EventStore) -> Any:
+        chosen = await resolve_workflow(store, workflow_id, store_url)
+        total = await store.stream_version(h.workflow_stream(chosen)) + await store.stream_version(
+            h.signal_stream(chosen)
+        )
+        with progress_bar(f"reading {chosen}", total) as update:
+            return await timeline(store, chosen, update)
+
+    trace = run_with_store(store_url, load)
+    if as_json:
+        print_json(trace.to_json())
+        return
+    run: RunSummary = trace.run
+    console = output_console()
+    heading = Text.assemble(
+        (run.workflow_id, "bold"),
+        f"  {run.workflow}  ",
+        _state(run.status),
+        f"  {run.version} events, {format_duration(run.duration_us())}",
+    )
+    issues = _run_issues(run)
+    if issues.plain:
+        heading.append("  ")
+        heading.append_text(issues)
+    table = Table(title=heading, title_justify="left")
+    table.add_column("v", justify="right", no_wrap=True)
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("+", justify="right", no_wrap=True)
+    table.add_column("event", no_wrap=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("step", overflow="fold")
+    table.add_column("try", justify="right", no_wrap=True)
+    table.add_column("agent", overflow="fold")
+    table.add_column("took", justify="right", no_wrap=True)
+    table.add_column("!", no_wrap=True)
+    table.add_column("detail", overflow="fold", ratio=1)
+    for row in trace.rows:
+        style = MARKERS[row.flag][1] if row.flag else ("dim" if row.stream == INBOX else None)
+        table.add_row(
+            f"inbox {row.version}" if row.stream == INBOX else str(row.version),
+            format_time(row.recorded_at_us)[11:],
+            format_duration(row.since_previous_us),
+            row.event_type,
+            "" if row.seq is None else str(row.seq),
+            row.name,
+            "" if row.attempt is None else str(row.attempt),
+            row.agent,
+            format_duration(row.took_us),
+            _marker(row.flag),
+            row.detail,
+            style=style,
+        )
+    console.print(table)
+
+
+# -- replay --------------------------------------------------------------------------------------------------------
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        value = {key: item for key, item in value.items() if item}
+    return compact_json(value, VALUE_LIMIT)
+
+
+def _describe_change(change: Change) -> Text:
+    if change.kind == "added":
+        return Text(f"+ {change.path} = {_short(change.after)}", style="green")
+    if change.kind == "removed":
+        return Text(f"- {change.path} (was {_short(change.before)})", style="red")
+    return Text(f"~ {change.path}: {_short(change.before)} → {_short(change.after)}")
+
+
+@main.command(name="replay")
+@store_option
+@click.argument("workflow_id", metavar="WORKFLOW")
+@click.option("--to", "to_version", type=click.IntRange(min=1), help="Stop after this version (default: the last).")
+@json_option
+def replay_command(store_url: str, workflow_id: str, to_version: int | None, as_json: bool) -> None:
+    """Dry replay: fold the recorded events one by one and show the state and what changed after each.
+
+    Nothing is executed: no workflow code, no step, no write. The fold is the one a worker uses to resume a run.
+    """
+
+    async def fold(store: EventStore) -> tuple[str, list[ReplayStep], dict[str, Any]]:
+        chosen = await resolve_workflow(store, workflow_id, store_url)
+        last = await store.stream_version(h.workflow_stream(chosen))
+        steps: list[ReplayStep] = []
+        with progress_bar(f"replaying {chosen}", to_version or last) as update:
+            async for step in replay(store, chosen, to_version, update):
+                steps.append(step)
+        final = await state_at(store, chosen, steps[-1].version)
+        return chosen, steps, final
+
+    chosen, steps, final = run_with_store(store_url, fold)
+    if as_json:
+        print_json(
+            {
+                "workflow_id": chosen,
+                "to_version": steps[-1].version,
+                "steps": [step.to_json() for step in steps],
+                "state": final,
+            }
+        )
+        return
+    console = output_console()
+    table = Table(
+        title=f"dry replay of {chosen} to version {steps[-1].version} (nothing executed)", title_justify="left"
+    )
+    table.add_column("v", justify="right", no_wrap=True)
+    table.add_column("event", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("what changed", overflow="fold", ratio=1)
+    for step in steps:
+        changes = Text("\n").join(_describe_change(change) for change in step.changes)
+        if step.error is not None:
+            changes = Text(f"not folded: {step.error}", style="bold red")
+        table.add_row(str(step.version), step.event_type, _state(step.state), changes)
+    console.print(table)
+    console.print(Group(Text(f"projected state at version {steps[-1].version}", style="bold"), JSON.from_data(final)))
+
+
+# -- diff ----------------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@store_option
+@click.argument("workflow_id", metavar="WORKFLOW")
+@click.argument("from_version", metavar="A", type=click.IntRange(min=0))
+@click.argument("to_version", metavar="B", type=click.IntRange(min=0))
+@json_option
+def diff(store_url: str, workflow_id: str, from_version: int, to_version: int, as_json: bool) -> None:
+    """How the projected state of a run differs between versions A and B (0: before the first event)."""
+
+    async def compare(store: EventStore) -> tuple[str, list[Change]]:
+        chosen = await resolve_workflow(store, workflow_id, store_url)
+        return chosen, await diff_versions(store, chosen, from_version, to_version)
+
+    chosen, changes = run_with_store(store_url, compare)
+    if as_json:
+        print_json(
+            {
+                "workflow_id": chosen,
+                "from": from_version,
+                "to": to_version,
+                "changes": [change.to_json() for change in changes],
+            }
+        )
+        return
+    console = output_console()
+    if not changes:
+        console.print(f"{chosen}: no difference between versions {from_version} and {to_version}")
+        return
+    table = Table(
+        title=f"{chosen}: version {from_version} → {to_version}, {len(changes)} changes", title_justify="left"
+    )
+    table.add_column("path", overflow="fold")
+    table.add_column("", no_wrap=True)
+    table.add_column(f"at {from_version}", overflow="fold", ratio=1)
+    table.add_column(f"at {to_version}", overflow="fold", ratio=1)
+    for change in changes:
+        style = {"added": "green", "removed": "red"}.get(change.kind)
+        before = "" if change.kind == "added" else _short(change.before)
+        after = "" if change.kind == "removed" else _short(change.after)
+        table.add_row(change.path, change.kind, before, after, style=style)
+    console.print(table)
+
+
+# -- tail ----------------------------------------------------------------------------------------------------------
+
+
+def _tail_line(event: RecordedEvent) -> Text:
+    flag = ""
+    if event.type == h.STEP_FAILED:
+        flag = FLAG_FAILED if event.data.get("final") else FLAG_ATTEMPT_FAILED
+    elif event.type == h.WORKFLOW_FAILED:
+        flag = FLAG_FAILED
+    elif event.type == h.STEP_STARTED and int(event.data.get("attempt", 1) or 1) > 1:
+        flag = FLAG_RETRY
+    agent = event.metadata.get(AGENT_ID)
+    line = Text.assemble(
+        (format_time(event.recorded_at_us)[11:], "dim"),
+        f" #{event.position} ",
+        (event.stream_id, "bold"),
+        f" v{event.version} ",
+        (event.type, MARKERS[flag][1] if flag else "cyan"),
+    )
+    if isinstance(agent, str) and agent:
+        line.append(f" [{agent}]")
+    if flag:
+        line.append(" ")
+        line.append_text(_marker(flag))
+    line.append(f" {describe_event(event)}")
+    return line
+
+
+@main.command()
+@store_option
+@click.option("--stream-prefix", "stream_prefix", default="", help="Only streams whose id starts with this.")
+@click.option("--type", "types", multiple=True, help="Only events of this type; repeat for several.")
+@click.option(
+    "--after",
+    "after_position",
+    type=click.IntRange(min=0),
+    help="Start after this global position (0: from the beginning). Default: only events appended from now on.",
+)
+@click.option("--count", type=click.IntRange(min=1), hidden=True, help="Stop after this many events.")
+@json_option
+def tail(
+    store_url: str,
+    stream_prefix: str,
+    types: tuple[str, ...],
+    after_position: int | None,
+    count: int | None,
+    as_json: bool,
+) -> None:
+    """Follow events as they are appended, until Ctrl-C. `--json` prints one object per line."""
+    console = output_console()
+
+    async def follow(store: EventStore) -> None:
+        start = await store.head_position() if after_position is None else after_position
+        loop = asyncio.get_running_loop()
+        subscription = store.subscribe(start, types=list(types) or None, stream_prefix=stream_prefix or None)
+        stop = asyncio.Event()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, stop.set)
+        closing = asyncio.create_task(_close_on(stop, subscription))
+        seen = 0
+        try:
+            async with subscription:
+                async for event in subscription:
+                    if as_json:
+                        print_json_line(event_json(event))
+                    else:
+                        console.print(_tail_line(event), soft_wrap=True)
+                        sys.stdout.flush()
+                    seen += 1
+                    if count is not None and seen >= count:
+                        break
+        finally:
+            closing.cancel()
+            for signal_number in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signal_number)
+
+    run_with_store(store_url, follow)
+
+
+async def _close_on(stop: asyncio.Event, subscription: Any) -> None:
+    await stop.wait()
+    await subscription.close()
+
+
+# -- export --------------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@store_option
+@click.argument("workflow_id", metavar="WORKFLOW")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["json", "jsonl"]),
+    default="json",
+    show_default=True,
+    help="json: one document; jsonl: a header line, then one event per line.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write here instead of stdout.",
+)
+def export(store_url: str, workflow_id: str, output_format: str, output: Path | None) -> None:
+    """The full trace of a run (its events and its inbox's, verbatim), for a bug report."""
+
+    async def collect(store: EventStore) -> Any:
+        chosen = await resolve_workflow(store, workflow_id, store_url)
+        total = await store.stream_version(h.workflow_stream(chosen)) + await store.stream_version(
+            h.signal_stream(chosen)
+        )
+        with progress_bar(f"exporting {chosen}", total) as update:
+            return await export_trace(store, chosen, update)
+
+    trace = run_with_store(store_url, collect)
+    header = {
+        "format": TRACE_FORMAT,
+        "exported_at": iso_time(now_us()),
+        "run": trace.run.to_json(),
+    }
+    if output_format == "json":
+        text = json.dumps({**header, "events": trace.events}, indent=2, ensure_ascii=False) + "\n"
+    else:
+        lines = [header, *({"event": event} for event in trace.events)]
+        text = "".join(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n" for line in lines)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"{len(trace.events)} events of {trace.run.workflow_id} written to {output}", err=True)
+
+
+# -- stats ---------------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@store_option
+@json_option
+def stats(store_url: str, as_json: bool) -> None:
+    """Streams, events, size, oldest and newest event, and counts per event type and per stream category."""
+
+    async def count(store: EventStore) -> Any:
+        with progress_bar("reading every event", await store.head_position()) as update:
+            return await store_stats(store, update)
+
+    figures = run_with_store(store_url, count)
+    if as_json:
+        print_json(figures.to_json())
+        return
+    console = output_console()
+    summary = Table(title="store", title_justify="left", show_header=False)
+    summary.add_column("figure")
+    summary.add_column("value", justify="right")
+    summary.add_row("streams", f"{figures.streams:,}")
+    summary.add_row("events", f"{figures.events:,}")
+    summary.add_row("size (encoded events)", format_size(figures.size_bytes))
+    summary.add_row("head position", f"{figures.head_position:,}")
+    summary.add_row("oldest event (UTC)", format_time(figures.oldest_us))
+    summary.add_row("newest event (UTC)", format_time(figures.newest_us))
+    summary.add_row("workflow runs", f"{figures.runs:,}")
+    console.print(summary)
+    if figures.types:
+        types = Table(title="events per type", title_justify="left")
+        types.add_column("type", overflow="fold")
+        types.add_column("events", justify="right")
+        types.add_column("share", justify="right")
+        for event_type, number in figures.types.items():
+            types.add_row(event_type, f"{number:,}", f"{number / figures.events:.1%}")
+        console.print(types)
+    if figures.categories:
+        categories = Table(title="streams per category", title_justify="left")
+        categories.add_column("category", overflow="fold")
+        categories.add_column("streams", justify="right")
+        for category, number in figures.categories.items():
+            categories.add_row(category, f"{number:,}")
+        console.print(categories)
