@@ -220,6 +220,38 @@ async def test_relay_killed_mid_copy_resumes_without_gaps_or_duplicates(tmp_path
         ]
 
 
+async def test_relay_command_follows_and_stops_on_sigterm(tmp_path: Path, target: str) -> None:
+    source_url = f"sqlite:///{tmp_path / 'source.db'}"
+    async with agentfold.connect(source_url) as source:
+        await fill(source, 10)
+    process = start_relay("--from", source_url, "--to", target)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    checkpoint_key = f"{prefix_of(target)}:relay:relay"
+
+    async def wait_for_checkpoint(position: int) -> None:
+        deadline = time.monotonic() + 60
+        while int(await client.get(checkpoint_key) or 0) < position:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"the relay did not reach position {position} within 60 s"
+            await asyncio.sleep(0.01)
+
+    try:
+        await wait_for_checkpoint(10)
+        async with agentfold.connect(source_url) as source:
+            await fill(source, 5)  # appended after the relay caught up: it follows
+        await wait_for_checkpoint(15)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await client.aclose()
+    assert process.returncode == 0, err
+    assert "checkpoint 15" in out
+    async with agentfold.connect(source_url) as source:
+        assert await relayed(target) == await source_events(source)
+
+
 def test_relay_command_reports_bad_urls_without_the_password() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RedisDurabilityWarning)
