@@ -15,7 +15,7 @@ import pytest
 
 import agentfold
 from agentfold import ANY, NO_STREAM, AppendResult, NewEvent
-from agentfold.backends.sqlite import SCHEMA_VERSION, SQLiteStore
+from agentfold.backends.sqlite import MAX_GROUP_APPENDS, SCHEMA_VERSION, SQLiteStore
 from agentfold.errors import (
     DuplicateEventId,
     InvalidURL,
@@ -321,6 +321,33 @@ async def test_close_finishes_queued_appends(db_path: Path) -> None:
     reopened = await open_sqlite(db_path)
     try:
         assert await reopened.head_position() == 10
+    finally:
+        await reopened.close()
+
+
+async def test_a_backlog_beyond_the_group_limit_commits_in_order_before_close(db_path: Path) -> None:
+    store = await open_sqlite(db_path)
+    count = 2 * MAX_GROUP_APPENDS + 10
+    commits_before = store.commit_count
+    with write_lock_held(db_path):
+        blocker = asyncio.ensure_future(store.append("blocker", events(1)))
+        await let_tasks_submit([blocker])
+        await writer_has_taken_everything(store)
+        tasks = [asyncio.ensure_future(store.append(f"s-{n % 7}", events(1))) for n in range(count)]
+        await let_tasks_submit(tasks)
+        closing = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0)
+    await closing
+    await blocker
+    results = await asyncio.gather(*tasks)
+    # Submitted in one iteration of the event loop, taken in submission order, split only by the group limit.
+    assert [result.position for result in results] == list(range(2, count + 2))
+    assert store.commit_count - commits_before == 1 + 3
+
+    reopened = await open_sqlite(db_path)
+    try:
+        assert await reopened.head_position() == count + 1
+        assert sum([await reopened.stream_version(f"s-{n}") for n in range(7)]) == count
     finally:
         await reopened.close()
 

@@ -5,7 +5,12 @@
 - The event loop never blocks on disk. One writer thread owns the only write connection and group-commits: it takes
   every append waiting in its queue, checks and writes them all in one `BEGIN IMMEDIATE` transaction and commits once
   (one fsync for the whole group). Each append keeps its own atomicity and its own expected-version check: an append
-  that fails (wrong version, duplicate id) writes nothing and gets its own error while the others commit.
+  that fails (wrong version, duplicate id) writes nothing and gets its own error while the others commit. An append
+  is acknowledged only after the commit that holds it has returned (with `FULL`: after its fsync).
+- A group costs a fixed handful of statements however many appends it holds (one read of everything the checks need,
+  one multi-row INSERT per table, the commit), and one wake-up each way between the event loop and the writer: the
+  loop hands over everything submitted during one of its iterations as one batch, and the writer hands back every
+  outcome of a group in one callback. Appends that arrive while a group commits form the next group.
 - Reads run in worker threads, each with its own read connection; WAL lets them proceed beside the writer.
 - Several processes may share one file: `BEGIN IMMEDIATE` plus the busy timeout make their writers queue. Positions
   are assigned inside the write transaction from the file's `AUTOINCREMENT` counter, so they follow commit order and
