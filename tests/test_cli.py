@@ -166,8 +166,6 @@ def test_every_command_reads_runs_made_by_the_runtime(durable_url: str) -> None:
     failed = next(row for row in shown["timeline"] if row["event_type"] == "StepFailed")
     assert failed["detail"].startswith("ConnectionError: provider timeout")
     assert failed["took_s"] is not None and failed["took_s"] >= 0
-    finished = ok_json("show", "order-2", "--json", *store)["timeline"][-1]
-    assert (finished["event_type"], finished["flag"]) == ("WorkflowFailed", "failed")
     in_doubt = [row for row in ok_json("show", "order-4", "--json", *store)["timeline"] if row["flag"] == "in doubt"]
     assert [(row["event_type"], row["name"]) for row in in_doubt] == [("StepStarted", "ship")]
 
@@ -191,7 +189,6 @@ def test_every_command_reads_runs_made_by_the_runtime(durable_url: str) -> None:
     by_path = {change["path"]: change for change in differences["changes"]}
     assert (by_path["state"]["before"], by_path["state"]["after"]) == ("Idle", "Completed")
     assert by_path["commands.3"]["kind"] == "added"
-    assert ok_json("diff", "order-1", "2", "2", "--json", *store)["changes"] == []
 
     exported = cli("export", "order-1", "--format", "jsonl", *store)
     assert exported.returncode == 0, exported.stderr
@@ -199,8 +196,6 @@ def test_every_command_reads_runs_made_by_the_runtime(durable_url: str) -> None:
     assert lines[0]["format"] == "agentfold-trace/1" and lines[0]["run"]["workflow_id"] == "order-1"
     assert [line["event"]["id"] for line in lines[1:]] == [str(event.id) for event in recorded]
     assert [line["event"]["data"] for line in lines[1:]] == [event.data for event in recorded]
-    document = ok_json("export", "order-2", *store)
-    assert document["run"]["status"] == "Failed" and document["events"][-1]["type"] == "WorkflowFailed"
 
     figures = ok_json("stats", "--json", *store)
     assert figures["events"] == len(before) and figures["head_position"] == before[-1].position
@@ -214,8 +209,11 @@ def test_every_command_reads_runs_made_by_the_runtime(durable_url: str) -> None:
 
 
 def test_tail_follows_events_appended_after_it_started(durable_url: str) -> None:
-    asyncio.run(make_runs(durable_url))
-    head = asyncio.run(read_everything(durable_url))[-1].position
+    async def head_position() -> int:
+        async with agentfold.connect(durable_url) as store:
+            return await store.head_position()
+
+    head = asyncio.run(head_position())
     command = [sys.executable, "-m", "agentfold.cli", "tail", "--store", durable_url, "--json"]
     command += ["--after", str(head), "--stream-prefix", "workflow-order-5", "--count", "3"]
     follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
@@ -286,12 +284,13 @@ def test_tables_make_failures_and_retries_stand_out(sqlite_runs: str) -> None:
 
 def test_export_writes_a_file(sqlite_runs: str, tmp_path: Path) -> None:
     target = tmp_path / "trace.json"
-    result = cli("export", "order-4", "--format", "json", "--output", str(target), "--store", sqlite_runs)
+    result = cli("export", "order-2", "--format", "json", "--output", str(target), "--store", sqlite_runs)
     assert result.returncode == 0, result.stderr
     trace = json.loads(target.read_text())
-    assert trace["run"]["in_doubt_steps"] == 1
-    assert trace["events"][0]["type"] == "WorkflowStarted"
-    assert f"{len(trace['events'])} events of order-4 written to" in result.stderr
+    assert trace["run"]["status"] == "Failed" and trace["run"]["failed_steps"] == 1
+    assert [event["type"] for event in trace["events"]][::5] == ["WorkflowStarted", "WorkflowFailed"]
+    assert trace["events"][-1]["data"]["error"]["type"] == "StepError"
+    assert f"{len(trace['events'])} events of order-2 written to" in result.stderr
 
 
 def test_a_stream_name_is_taken_for_its_workflow_id_and_typos_get_close_matches(sqlite_runs: str) -> None:

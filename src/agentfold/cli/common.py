@@ -106,7 +106,8 @@ async def open_store(url: str) -> EventStore:
     except InvalidInput as error:
         raise StoreError(f"cannot use the store URL {shown}: {scrub(str(error), url)}") from None
     except (AgentfoldError, OSError) as error:
-        raise StoreError(f"cannot open the store at {shown}: {scrub(str(error), url)}") from None
+        reason = scrub(str(error), url)
+        raise StoreError(reason if shown in reason else f"cannot open the store at {shown}: {reason}") from None
 
 
 def run_with_store(url: str, action: Callable[[EventStore], Awaitable[T]]) -> T:

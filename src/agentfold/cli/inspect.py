@@ -154,6 +154,7 @@ def workflows(store_url: str, status: str | None, as_json: bool) -> None:
     table.add_column("state", no_wrap=True)
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("last event", overflow="fold")
+    table.add_column("quiet for", justify="right", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("events", justify="right")
     table.add_column("issues")
@@ -164,7 +165,8 @@ def workflows(store_url: str, status: str | None, as_json: bool) -> None:
             run.agent,
             _state(run.status),
             format_time(run.started_at_us),
-            f"{run.last_event_type} {format_time(run.last_event_at_us)[11:]}",
+            run.last_event_type,
+            "" if finished else format_duration(max(0, at - run.last_event_at_us)),
             format_duration(run.duration_us(at)) + ("" if finished else " …"),
             str(run.version),
             _run_issues(run),
@@ -207,6 +209,10 @@ def show(store_url: str, workflow_id: str, as_json: bool) -> None:
     if issues.plain:
         heading.append("  ")
         heading.append_text(issues)
+    # One agent for the whole run (the usual case) is said once, in the heading, leaving the width to the details.
+    several_agents = any(row.agent != run.agent for row in trace.rows)
+    if not several_agents:
+        heading.append(f"  agent {run.agent}")
     table = Table(title=heading, title_justify="left")
     table.add_column("v", justify="right", no_wrap=True)
     table.add_column("time (UTC)", no_wrap=True)
@@ -215,13 +221,14 @@ def show(store_url: str, workflow_id: str, as_json: bool) -> None:
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("step", overflow="fold")
     table.add_column("try", justify="right", no_wrap=True)
-    table.add_column("agent", overflow="fold")
+    if several_agents:
+        table.add_column("agent", overflow="fold")
     table.add_column("took", justify="right", no_wrap=True)
     table.add_column("!", no_wrap=True)
     table.add_column("detail", overflow="fold", ratio=1)
     for row in trace.rows:
         style = MARKERS[row.flag][1] if row.flag else ("dim" if row.stream == INBOX else None)
-        table.add_row(
+        cells: list[str | Text] = [
             f"inbox {row.version}" if row.stream == INBOX else str(row.version),
             format_time(row.recorded_at_us)[11:],
             format_duration(row.since_previous_us),
@@ -229,12 +236,12 @@ def show(store_url: str, workflow_id: str, as_json: bool) -> None:
             "" if row.seq is None else str(row.seq),
             row.name,
             "" if row.attempt is None else str(row.attempt),
-            row.agent,
+            *([row.agent] if several_agents else []),
             format_duration(row.took_us),
             _marker(row.flag),
             row.detail,
-            style=style,
-        )
+        ]
+        table.add_row(*cells, style=style)
     console.print(table)
 
 

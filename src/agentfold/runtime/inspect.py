@@ -386,8 +386,11 @@ def describe_event(event: RecordedEvent) -> str:
         text = _error_text(data)
         if data.get("reconcile"):
             text = f"reconcile failed: {text}"
-        elif not data.get("final") and data.get("retry_at_us") is not None:
-            text += f" (retry at {iso_time(int(data['retry_at_us']))})"
+        elif not data.get("final") and isinstance(data.get("retry_at_us"), int):
+            delay_s = max(0, data["retry_at_us"] - event.recorded_at_us) / 1e6
+            text += f" (retried after {delay_s:.3g} s)"
+    elif kind == h.STEP_STARTED:
+        text = ""
     elif kind == h.STEP_RECONCILED:
         text = "not applied: run again" if data.get("applied") is False else compact_json(data)
     elif kind in (h.WAIT_STARTED, h.TIMER_STARTED):
