@@ -702,33 +702,36 @@ class PostgresStore(EventStore):
         statement in it takes a fresh snapshot, after the LOCK returned (a STABLE function would reuse the calling
         query's snapshot, taken before the lock, and could miss the previous writer's rows). PostgreSQL marks a
         transaction committed before it releases its locks, so the next writer starts only after this one is
-        visible. Hence positions grow in commit order,
-        and any snapshot that shows position p also shows every position below p: a reader that passes p never
-        leaves a hole behind it. This is the approach of the Python eventsourcing library's PostgreSQL recorder.
-        The lock serialises writers; group commit pays for that by writing every pending append of this process in
-        one transaction. See https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-TABLES
+        visible. Hence positions grow in commit order, and any snapshot that shows position p also shows every
+        position below p: a reader that passes p never leaves a hole behind it. This is the approach of the Python
+        eventsourcing library's PostgreSQL recorder. The lock serialises writers; group commit pays for that by
+        writing every pending append of this process in one transaction.
+        See https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-TABLES and
+        https://www.postgresql.org/docs/current/xfunc-volatility.html
         """
         async with self._pool.connection() as connection:
             cursor = await connection.execute(self._sql["append_group"], _group_arguments(group, self._channel))
             rows = await cursor.fetchall()
-            outcomes: list[AppendResult | AgentfoldError | None] = []
-            reused: list[str] = []
-            ids: dict[str, _IdRecord] = {}
-            for pending, (outcome, version, position) in zip(group, rows, strict=True):
-                if outcome == 0:
-                    outcomes.append(AppendResult(version, position))
-                elif outcome == 1:
-                    outcomes.append(WrongExpectedVersion(pending.stream_id, pending.expected, version))
-                else:
-                    outcomes.append(None)
-                    reused.extend(event.id for event in pending.events)
-            if any(outcome == 0 for outcome, _, _ in rows):
-                self._wake_waiters()
-            if reused:
-                # Records of ids never change once written, so deciding these after the commit gives the same answer
-                # as deciding them inside it.
-                cursor = await connection.execute(self._sql["id_records"], {"ids": reused})
-                ids = {row[0]: _IdRecord(*row[1:]) for row in await cursor.fetchall()}
+        outcomes: list[AppendResult | AgentfoldError | None] = []
+        reused: list[str] = []
+        for pending, (outcome, version, position) in zip(group, rows, strict=True):
+            if outcome == 0:
+                outcomes.append(AppendResult(version, position))
+            elif outcome == 1:
+                outcomes.append(WrongExpectedVersion(pending.stream_id, pending.expected, version))
+            else:
+                outcomes.append(None)
+                reused.extend(event.id for event in pending.events)
+        if any(outcome == 0 for outcome, _, _ in rows):
+            self._wake_waiters()
+        if not reused:
+            return [outcome for outcome in outcomes if outcome is not None]  # every append is decided
+        # The group has committed; what is left are appends that reused known ids. Records of ids never change once
+        # written, so deciding them after the commit gives the same answer as deciding them inside it.
+        try:
+            ids = {row[0]: _IdRecord(*row[1:]) for row in await self._fetch_all("id_records", {"ids": reused})}
+        except AgentfoldError as error:
+            return [error if outcome is None else outcome for outcome in outcomes]
         decided: list[AppendResult | AgentfoldError] = []
         for pending, known in zip(group, outcomes, strict=True):
             if known is not None:
