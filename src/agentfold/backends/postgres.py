@@ -69,6 +69,7 @@ GROUPS_IN_FLIGHT: Final = 2
 """Group transactions one process keeps in flight: while one holds the table lock and waits for its commit to reach
 disk, the next is already encoded, sent and queued on the lock."""
 _LISTENER_HEALTH_CHECK: Final = 30.0
+_POLL_SECONDS: Final = 0.05  # how often waiters re-read while no LISTEN connection is up
 _RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -799,9 +800,9 @@ class PostgresStore(EventStore):
         deadline = loop.time() + timeout
         if self._listener is None:
             self._listener = loop.create_task(self._listen_loop(), name="agentfold-pg-listener")
-        if not self._listening.is_set():
+        if not self._listening.is_set():  # (re)connecting: give it a moment, then poll rather than trust a hint
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listening.wait(), max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(self._listening.wait(), max(0.0, min(deadline - loop.time(), _POLL_SECONDS)))
         # Taken before the re-check: a NOTIFY or reconnect after the check sets exactly this event.
         woken = self._appended
         if await self.head_position() > after_position:
@@ -810,7 +811,7 @@ class PostgresStore(EventStore):
         if remaining <= 0:
             return
         if not self._listening.is_set():  # no LISTEN in place: notifications could be missed, so poll
-            await asyncio.sleep(min(remaining, 0.05))
+            await asyncio.sleep(min(remaining, _POLL_SECONDS))
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(woken.wait(), remaining)
@@ -921,9 +922,11 @@ def _decode_page(records: list[str]) -> list[RecordedEvent]:
         raise StoreCorrupted(f"a stored event does not decode: {error}") from None
 
 
-def _raise_unavailable(url: str, error: BaseException) -> NoReturn:
+def _raise_open_error(url: str, error: BaseException) -> NoReturn:
     translated = translate_error(error)
-    raise type(translated)(f"cannot open the PostgreSQL store at {redact(url)}: {translated}") from None
+    raised = type(translated)(f"cannot open the PostgreSQL store at {redact(url)}: {translated}")
+    raised.retryable = translated.retryable
+    raise raised from None
 
 
 async def open_store(url: str, **options: Any) -> PostgresStore:
@@ -937,7 +940,7 @@ async def open_store(url: str, **options: Any) -> PostgresStore:
             await _migrate(connection, parsed.schema)
             statements = _render_statements(connection, parsed.schema)
     except (psycopg.Error, PoolTimeout) as error:
-        _raise_unavailable(url, error)
+        _raise_open_error(url, error)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         conninfo,
         min_size=parsed.pool_min,
@@ -951,5 +954,5 @@ async def open_store(url: str, **options: Any) -> PostgresStore:
         await pool.open(wait=parsed.pool_min > 0, timeout=parsed.pool_timeout)
     except (psycopg.Error, PoolTimeout) as error:
         await pool.close()
-        _raise_unavailable(url, error)
+        _raise_open_error(url, error)
     return PostgresStore(pool, conninfo, parsed, statements, redact(url))
