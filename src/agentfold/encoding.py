@@ -80,8 +80,33 @@ def check_json_object(value: object, path: str) -> dict[str, Any]:
     """Return `value` if it is a JSON object of finite values, else raise `InvalidEventData` naming the path."""
     if not isinstance(value, dict):
         raise InvalidEventData(f"{path} must be a dict (a JSON object), got {type(value).__name__}", path)
-    _check_json(value, path, 0, set())
+    if not _is_json(value, 0):
+        _check_json(value, path, 0, set())  # the slow walk names the offending path
     return value
+
+
+def _is_json(value: object, depth: int) -> bool:
+    """The fast check of `check_json_object`: no paths, no cycle set (a cycle fails the depth limit), no UTF-8
+    check (the encoder refuses surrogates, and the caller then runs the slow walk for the path)."""
+    if depth >= MAX_DEPTH:
+        return False
+    items = value.values() if type(value) is dict else value  # type: ignore[attr-defined]
+    if type(value) is dict:
+        for key in value:  # type: ignore[attr-defined]
+            if type(key) is not str:
+                return False
+    for item in items:  # type: ignore[attr-defined]
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is float:
+            if item - item != 0.0:  # NaN and +-Infinity
+                return False
+            continue
+        if (kind is dict or kind is list) and _is_json(item, depth + 1):
+            continue
+        return False
+    return True
 
 
 def _check_json(value: object, path: str, depth: int, on_path: set[int]) -> None:
@@ -140,8 +165,14 @@ def encode_events(events: Sequence[NewEvent], max_event_size: int = DEFAULT_MAX_
         if event_id in seen_ids:
             raise InvalidInput(f"events[{index}] repeats event id {event_id} within one append")
         seen_ids.add(event_id)
-        data_bytes = _encoder.encode(data)
-        metadata_bytes = _encoder.encode(metadata) if metadata else b"{}"
+        try:
+            data_bytes = _encoder.encode(data)
+            metadata_bytes = _encoder.encode(metadata) if metadata else b"{}"
+        except UnicodeEncodeError:
+            _check_json(data, f"events[{index}].data", 0, set())
+            if metadata:
+                _check_json(metadata, f"events[{index}].metadata", 0, set())
+            raise
         size = len(data_bytes) + len(metadata_bytes) + len(event_type)
         if size > max_event_size:
             raise EventTooLarge(event_type, size, max_event_size)
