@@ -90,9 +90,9 @@ def _is_json(value: object, depth: int) -> bool:
     check (the encoder refuses surrogates, and the caller then runs the slow walk for the path)."""
     if depth >= MAX_DEPTH:
         return False
-    items = value.values() if type(value) is dict else value  # type: ignore[attr-defined]
+    items = value.values() if type(value) is dict else value
     if type(value) is dict:
-        for key in value:  # type: ignore[attr-defined]
+        for key in value:
             if type(key) is not str:
                 return False
     for item in items:  # type: ignore[attr-defined]
