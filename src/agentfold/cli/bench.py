@@ -30,7 +30,10 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
 @click.option("--url", "urls", multiple=True, help="Server URL for a backend, e.g. postgresql://user@host/db.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
 @click.option("--quick", is_flag=True, help="Shorter runs: rougher figures.")
-def bench(backends: tuple[str, ...], urls: tuple[str, ...], json_path: Path | None, quick: bool) -> None:
+@click.option("--markdown", is_flag=True, help="Print the figures as a Markdown table (as in the README).")
+def bench(
+    backends: tuple[str, ...], urls: tuple[str, ...], json_path: Path | None, quick: bool, markdown: bool
+) -> None:
     """Measure appends, reads and folds, beside the bare driver of the same backend."""
     console = Console(stderr=True)
     chosen = list(BACKEND_NAMES) if "all" in backends else list(dict.fromkeys(backends))
@@ -40,7 +43,10 @@ def bench(backends: tuple[str, ...], urls: tuple[str, ...], json_path: Path | No
         base_urls["postgres" if scheme.startswith("postgres") else scheme] = url
     with console.status("measuring") as status:
         results = asyncio.run(run(chosen, base_urls, quick, progress=lambda text: status.update(text)))
-    Console().print(_table(results))
+    if markdown:
+        click.echo(markdown_table(results))
+    else:
+        Console().print(_table(results))
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
         console.print(f"figures written to {json_path}")
@@ -55,6 +61,19 @@ def _table(results: dict[str, Any]) -> Table:
         for name, value in result["figures"].items():
             table.add_row(backend, name, _format(name, value))
     return table
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per figure, one column per backend."""
+    backends = list(results["backends"])
+    names: list[str] = []
+    for result in results["backends"].values():
+        names.extend(name for name in result["figures"] if name not in names)
+    lines = ["| figure | " + " | ".join(backends) + " |", "|---|" + "---:|" * len(backends)]
+    for name in names:
+        cells = [results["backends"][backend]["figures"].get(name) for backend in backends]
+        lines.append(f"| {name} | " + " | ".join("" if cell is None else _format(name, cell) for cell in cells) + " |")
+    return "\n".join(lines)
 
 
 def _format(name: str, value: float) -> str:
