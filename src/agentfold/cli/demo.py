@@ -1,55 +1,67 @@
-"""`agentfold demo`: a short walk through the store on a SQLite file in a temporary folder."""
+"""`agentfold demo` (run by `make demo`): the order pipeline, a payment worker killed mid-charge, and the check."""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import Final
 
+import click
 from rich.console import Console
-from rich.table import Table
 
-import agentfold
-from agentfold import NO_STREAM, NewEvent
 from agentfold.cli import main
-from agentfold.errors import WrongExpectedVersion
+from agentfold.connect import redact
+from agentfold.errors import AgentfoldError
 
-
-async def _walk_through(path: Path, console: Console) -> None:
-    url = f"sqlite:///{path}"
-    console.print(f"[bold]Store[/bold] {url}")
-    async with agentfold.connect(url) as store:
-        placed = NewEvent("OrderPlaced", {"order_id": 42, "total": 99.5}, {"agent_id": "intake"})
-        result = await store.append("order-42", [placed], expected_version=NO_STREAM)
-        console.print(f"intake agent appended OrderPlaced -> version {result.version}, position {result.position}")
-        try:
-            await store.append("order-42", [NewEvent("OrderPlaced", {"order_id": 42})], expected_version=NO_STREAM)
-        except WrongExpectedVersion as error:
-            console.print(f"a second intake agent is refused: [yellow]{error}[/yellow]")
-        paid = NewEvent("OrderPaid", {"order_id": 42, "amount": 99.5}, {"agent_id": "payment"})
-        await store.append("order-42", [paid], expected_version=1)
-        retry = await store.append("order-42", [paid], expected_version=1)
-        console.print(f"the payment agent retries its append: same result {retry}, nothing written twice")
-
-    console.print("the process closes the store; a new one opens the same file:")
-    async with agentfold.connect(url) as store:
-        table = Table(title="order-42")
-        for column in ("version", "position", "type", "agent", "data"):
-            table.add_column(column)
-        async for event in store.read_stream("order-42"):
-            table.add_row(
-                str(event.version),
-                str(event.position),
-                event.type,
-                str(event.metadata.get("agent_id", "")),
-                str(event.data),
-            )
-        console.print(table)
+CHECK_FAILED_EXIT_CODE: Final = 1
+DEMO_ERROR_EXIT_CODE: Final = 2
+INTERRUPTED_EXIT_CODE: Final = 130
+WIDTH_WHEN_PIPED: Final = 140
 
 
 @main.command()
-def demo() -> None:
-    """Show what agentfold guarantees, on a throw-away SQLite store."""
-    console = Console()
-    with tempfile.TemporaryDirectory(prefix="agentfold-demo-") as folder:
-        asyncio.run(_walk_through(Path(folder) / "demo.db", console))
+@click.option(
+    "--store",
+    "store_url",
+    metavar="URL",
+    help="Run on this store (postgresql://…, redis://…, sqlite:///…). Default: a SQLite file in a temporary folder.",
+)
+@click.option(
+    "--orders", type=click.IntRange(min=1, max=1000), default=20, show_default=True, help="How many orders to place."
+)
+def demo(store_url: str | None, orders: int) -> None:
+    """Four agents process orders as durable workflows; the payment worker is SIGKILLed between a charge and its
+    record, a fresh one reconciles with the provider, and a check proves every order completed with one charge.
+
+    Exits non-zero if the check fails.
+    """
+    from agentfold.demo.orchestrator import DemoError, DemoSettings, run_demo
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=WIDTH_WHEN_PIPED)
+    kept_store = store_url is None
+    if store_url is None:
+        folder = Path(tempfile.mkdtemp(prefix="agentfold-demo-"))
+        store_url = f"sqlite:///{folder / 'demo.db'}"
+    settings = DemoSettings(store_url=store_url, orders=orders)
+    try:
+        result = asyncio.run(run_demo(settings, console))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; every worker process was stopped[/yellow]")
+        raise click.exceptions.Exit(INTERRUPTED_EXIT_CODE) from None
+    except DemoError as error:
+        console.print(f"[red]the demo could not finish:[/red] {error}")
+        raise click.exceptions.Exit(DEMO_ERROR_EXIT_CODE) from None
+    except (AgentfoldError, OSError) as error:
+        console.print(f"[red]the store at {redact(store_url)} failed:[/red] {error}")
+        raise click.exceptions.Exit(DEMO_ERROR_EXIT_CODE) from None
+    console.print(f"finished in {result.elapsed_seconds:.1f} s")
+    if kept_store:
+        console.print(
+            f"look inside: [bold]agentfold show {result.chosen_order} --store {store_url}[/bold] "
+            f"(or `agentfold workflows --store {store_url}`)"
+        )
+    if not result.check.ok:
+        raise click.exceptions.Exit(CHECK_FAILED_EXIT_CODE)
