@@ -552,8 +552,9 @@ class _Writer:
                     self._in_savepoint(job, job.work)
 
     def _append_together(self, appends: list[_AppendRequest]) -> list[_AppendRequest]:
-        """Check and write every append that reuses no known event id with three statements in all: one that reads
-        the known ids, the versions and the head, one multi-row INSERT of the events, one of the stream versions.
+        """Check and write every append that reuses no known event id with a few statements in all: one that reads
+        the known ids, the versions and the head, then multi-row INSERTs of the events and of the stream versions
+        (one statement per `ROWS_PER_STATEMENT` rows; a group of one-event appends from 16 tasks needs one each).
 
         Version checks run in Python against the versions read at the start of the transaction, updated as each
         append is accepted: the same serial order the appends then commit in. An append that fails its check is
