@@ -215,3 +215,9 @@ def test_worker_refuses_an_unknown_agent() -> None:
     )
     assert run.returncode == 2
     assert "invalid choice: 'cook'" in run.stderr
+
+
+def test_demo_refuses_a_memory_store() -> None:
+    run = subprocess.run(demo_command("memory://"), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "memory:// lives inside one process" in run.stderr

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 
 from agentfold.cli import main
+from agentfold.cli.common import scrub
 from agentfold.connect import redact
 from agentfold.errors import AgentfoldError
 
@@ -41,6 +42,12 @@ def demo(store_url: str | None, orders: int) -> None:
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=WIDTH_WHEN_PIPED)
+    if store_url is not None and store_url.lower().startswith("memory:"):
+        raise click.BadParameter(
+            "memory:// lives inside one process, and the demo's workers are separate processes; "
+            "use sqlite://, postgresql:// or redis://",
+            param_hint="--store",
+        )
     kept_store = store_url is None
     if store_url is None:
         folder = Path(tempfile.mkdtemp(prefix="agentfold-demo-"))
@@ -49,13 +56,16 @@ def demo(store_url: str | None, orders: int) -> None:
     try:
         result = asyncio.run(run_demo(settings, console))
     except KeyboardInterrupt:
+        console.print()
         console.print("[yellow]interrupted; every worker process was stopped[/yellow]")
         raise click.exceptions.Exit(INTERRUPTED_EXIT_CODE) from None
     except DemoError as error:
+        console.print()
         console.print(f"[red]the demo could not finish:[/red] {error}")
         raise click.exceptions.Exit(DEMO_ERROR_EXIT_CODE) from None
     except (AgentfoldError, OSError) as error:
-        console.print(f"[red]the store at {redact(store_url)} failed:[/red] {error}")
+        console.print()
+        console.print(f"[red]the store at {redact(store_url)} failed:[/red] {scrub(str(error), store_url)}")
         raise click.exceptions.Exit(DEMO_ERROR_EXIT_CODE) from None
     console.print(f"finished in {result.elapsed_seconds:.1f} s")
     if kept_store:

@@ -112,6 +112,8 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = log
         self.killed = False
+        self.frozen = False
+        """It said PAUSED: its event loop is blocked, so only SIGKILL stops it."""
 
     @classmethod
     async def spawn(
@@ -140,6 +142,8 @@ class WorkerProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 env={**os.environ, "PYTHONPATH": path},
+                # Out of the terminal's process group: Ctrl-C reaches the demo only, which stops its workers itself.
+                start_new_session=True,
             )
         except BaseException:
             log.close()
@@ -193,6 +197,8 @@ class WorkerProcess:
 
     async def stop(self) -> None:
         """Ask it to stop (SIGTERM), SIGKILL it if it has not within a few seconds, and reap it."""
+        if self.frozen:
+            await self.kill()
         if not self.exited:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
@@ -439,6 +445,7 @@ async def _tell(
             view.note("runs failed before the payment worker reached the kill point; nothing was killed", "red")
             return
         words = paused.result()
+        doomed.frozen = True
         view.paused_key = words[2]
         view.workers[PAYMENT] = f"pid {doomed.pid} [yellow]frozen[/yellow]"
         view.note(
