@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
 
 import agentfold
 from agentfold import ANY, NewEvent
+
+
+def say(line: str) -> None:
+    """Write one whole line in one system call, so a SIGKILL never leaves half a line for the parent to parse."""
+    os.write(1, (line + "\n").encode())
 
 
 async def writer(url: str, name: str, appends: int, batch_size: int, tasks: int) -> None:
@@ -29,9 +35,9 @@ async def writer(url: str, name: str, appends: int, batch_size: int, tasks: int)
                 batch = [
                     NewEvent("Wrote", {"writer": name, "task": task, "n": count, "k": k}) for k in range(batch_size)
                 ]
-                print("SEND", stream_id, json.dumps([str(event.id) for event in batch]), flush=True)
+                say(f"SEND {stream_id} {json.dumps([str(event.id) for event in batch])}")
                 result = await store.append(stream_id, batch, expected_version=ANY)
-                print("ACK", stream_id, result.version, result.position, flush=True)
+                say(f"ACK {stream_id} {result.version} {result.position}")
                 count += 1
 
         await asyncio.gather(*(run(task) for task in range(tasks)))
@@ -56,7 +62,7 @@ async def reader(url: str, expected: int, deadline_seconds: float) -> None:
                     got = True
             if not got:
                 await store._wait_for_append(after, 0.2)
-    print("POSITIONS", json.dumps(positions), flush=True)
+    say(f"POSITIONS {json.dumps(positions)}")
 
 
 async def group_member(url: str, group: str, member: str, lease_seconds: float) -> None:
@@ -64,7 +70,7 @@ async def group_member(url: str, group: str, member: str, lease_seconds: float) 
     async with agentfold.connect(url) as store:
 
         async def handle(event: agentfold.RecordedEvent) -> None:
-            print("HANDLED", event.position, event.stream_id, event.version, flush=True)
+            say(f"HANDLED {event.position} {event.stream_id} {event.version}")
 
         async with store.consumer_group(group, handle, member_id=member, lease_seconds=lease_seconds, partitions=8):
             print("JOINED", flush=True)
@@ -89,7 +95,7 @@ async def projector(url: str) -> None:
                     "INSERT INTO totals (stream, n) VALUES (?, 1) ON CONFLICT (stream) DO UPDATE SET n = n + 1",
                     [(event.stream_id,) for event in events],
                 )
-                print("APPLIED", events[-1].position, flush=True)
+                say(f"APPLIED {events[-1].position}")
 
             projector = store.projector("totals", update, page_size=20)
             await projector.catch_up()
@@ -109,14 +115,14 @@ async def projector(url: str) -> None:
                         "ON CONFLICT (stream) DO UPDATE SET n = t.n + 1",
                         [(event.stream_id,) for event in events],
                     )
-                print("APPLIED", events[-1].position, flush=True)
+                say(f"APPLIED {events[-1].position}")
 
             projector = store.projector("totals", update_pg, page_size=20)
             await projector.catch_up()
             async with store._pool.connection() as connection:  # type: ignore[attr-defined]
                 rows = await (await connection.execute(f"SELECT stream, n FROM {table}")).fetchall()
         for stream, count in rows:
-            print("TOTAL", stream, count, flush=True)
+            say(f"TOTAL {stream} {count}")
 
 
 def main() -> None:
