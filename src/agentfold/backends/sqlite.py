@@ -936,15 +936,29 @@ def _open_writer_connection(settings: SQLiteSettings) -> sqlite3.Connection:
     try:
         connection = _connect(settings, writer=True)
     except sqlite3.Error as error:
-        raise translate_error(error, settings.path) from None
+        raise _open_error(error, settings.path, directory) from None
     try:
         _create_schema(connection, settings.path)
     except BaseException as error:
         connection.close()
         if isinstance(error, sqlite3.Error):
-            raise translate_error(error, settings.path) from None
+            raise _open_error(error, settings.path, directory) from None
         raise
     return connection
+
+
+def _open_error(error: sqlite3.Error, path: str, directory: str) -> AgentfoldError:
+    """Why the store cannot be opened. A WAL store needs to write its folder (the -wal and -shm files) even to read,
+    and SQLite reports a read-only file system as "unable to open": name that cause instead."""
+    try:
+        read_only_mount = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_mount = False
+    if read_only_mount or not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return StoreReadOnly(
+            f"SQLite store {path!r} is on a read-only file system or in a folder this process cannot write: {error}"
+        )
+    return translate_error(error, path)
 
 
 async def open_store(url: str, **options: Any) -> SQLiteStore:
