@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,6 +28,11 @@ def test_quick_start_runs_as_written(tmp_path: Path) -> None:
 
 def test_make_demo_command_runs(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "agentfold.cli", "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "agentfold.cli", "demo", "--orders", "5"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # the demo keeps its store folder for inspection
     )
     assert run.returncode == 0, run.stderr
