@@ -312,3 +312,26 @@ class UpcastFailed(AgentfoldError):
         self.version = event.version
         self.event_type = event.type
         self.schema_version = schema_version
+
+
+# -- workers, leases and breakers ---------------------------------------------------------------------------------
+
+
+class CircuitOpen(AgentfoldError):
+    """A step's circuit breaker is open (or its probe is out): the call was not made. Retryable after `until_us`."""
+
+    retryable = True
+
+    def __init__(self, breaker: str, until_us: int) -> None:
+        super().__init__(f"circuit breaker {breaker!r} is open; calls fail fast until {until_us} µs since the epoch")
+        self.breaker = breaker
+        self.until_us = until_us
+
+
+class LeaseLost(AgentfoldError):
+    """Another worker holds the run: this worker was fenced out (or never got it) and stopped running it."""
+
+    def __init__(self, workflow_id: str, owner: str | None) -> None:
+        super().__init__(f"workflow {workflow_id!r} is held by worker {owner!r}; this worker stopped running it")
+        self.workflow_id = workflow_id
+        self.owner = owner

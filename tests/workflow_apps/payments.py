@@ -111,7 +111,7 @@ class KillPoint(RecordHook):
 
 
 async def serve(url: str) -> None:
-    async with agentfold.connect(url) as store, runtime.worker(store):
+    async with agentfold.connect(url) as store, runtime.worker(store, lease_ttl=1.0):
         print("READY", flush=True)
         await asyncio.Event().wait()
 

@@ -5,9 +5,11 @@ per run (``signals-<id>``), so it works on every backend and shows in every trac
 package.
 """
 
+from agentfold.runtime.breaker import BreakerSettings, CircuitBreaker
 from agentfold.runtime.client import WorkflowClient, WorkflowHandle
 from agentfold.runtime.context import NOT_APPLIED, RecordHook, WorkflowContext, WorkflowExecution, idempotency_key
 from agentfold.runtime.history import History, signal_stream, workflow_stream
+from agentfold.runtime.leases import LeaseSettings, RunLease, run_leases, stalled_runs
 from agentfold.runtime.retry import NO_RETRY, RetryPolicy
 from agentfold.runtime.runtime import Runtime, WorkflowDefinition
 from agentfold.runtime.serialization import DefaultSerializer, Serializer
@@ -22,7 +24,8 @@ from agentfold.runtime.statemachine import (
     StateMachine,
     Transition,
 )
-from agentfold.runtime.worker import Ownership, SoleOwnership, Worker
+from agentfold.runtime.triggers import Trigger
+from agentfold.runtime.worker import Worker
 
 __all__ = [
     "AWAITING_INPUT",
@@ -34,16 +37,19 @@ __all__ = [
     "NO_RETRY",
     "PROCESSING",
     "Agent",
+    "BreakerSettings",
+    "CircuitBreaker",
     "DefaultSerializer",
     "History",
-    "Ownership",
+    "LeaseSettings",
     "RecordHook",
     "RetryPolicy",
+    "RunLease",
     "Runtime",
     "Serializer",
-    "SoleOwnership",
     "StateMachine",
     "Transition",
+    "Trigger",
     "Worker",
     "WorkflowClient",
     "WorkflowContext",
@@ -51,6 +57,8 @@ __all__ = [
     "WorkflowExecution",
     "WorkflowHandle",
     "idempotency_key",
+    "run_leases",
     "signal_stream",
+    "stalled_runs",
     "workflow_stream",
 ]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from agentfold.errors import (
     AgentfoldError,
+    CircuitOpen,
     InvalidInput,
     NonDeterminism,
     StepError,
@@ -37,6 +38,7 @@ from agentfold.errors import (
 )
 from agentfold.events import AppendResult, NewEvent, RecordedEvent
 from agentfold.runtime import history as h
+from agentfold.runtime.breaker import BreakerBoard, Permit, check_breaker_name
 from agentfold.runtime.history import CommandRecord, History
 from agentfold.runtime.retry import RetryPolicy, seconds
 from agentfold.runtime.serialization import JsonValue, declared_types
@@ -73,6 +75,16 @@ NOT_APPLIED: Final = _NotApplied()
 
 class RunFinished(Exception):
     """Raised in a command still running after its run was recorded as finished."""
+
+
+class Drained(BaseException):
+    """Raised instead of recording a new intent once the worker is shutting down: the run stops between commands.
+
+    A `BaseException`, like cancellation, so workflow code catching `Exception` cannot swallow it.
+    """
+
+
+INTENT_TYPES: Final = frozenset({h.STEP_STARTED, h.WAIT_STARTED, h.TIMER_STARTED})
 
 
 class RecordHook:
@@ -151,6 +163,15 @@ class WorkflowExecution:
         self._signal_arrived = asyncio.Event()
         self._inbox: list[RecordedEvent] = []
         self._inbox_version = 0
+        self.worker_id: str | None = None
+        """The worker running this execution; its first append names it in the metadata (the claim)."""
+        self._claim_recorded = True
+        self.draining = False
+        """Set when the worker stops: no new intent is recorded; commands already started finish."""
+        self.steps_in_flight = 0
+        """Step attempts whose intent is recorded and whose function is running: a stopping worker lets them end."""
+        self.breakers: Any = None
+        """The worker's `BreakerBoard`, shared by its executions (one is made on first use otherwise)."""
         self.context = WorkflowContext(self)
 
     @classmethod
@@ -159,6 +180,29 @@ class WorkflowExecution:
         history = await load_history(store, workflow_id)
         definition = runtime.definition(history.workflow)
         return cls(runtime, store, definition, history)
+
+    def claim(self, worker_id: str, previous: str | None = None, previous_state: str = "") -> None:
+        """Run as `worker_id`: the first append names it; taking over from `previous` also records `WorkflowClaimed`.
+
+        The claim is written with the execution's next append (or by `flush`), at the exact expected version, so a
+        previous owner still running is fenced out: its next append fails with `WrongExpectedVersion`.
+        """
+        self.worker_id = worker_id
+        self._claim_recorded = False
+        if previous is not None and previous != worker_id:
+            data = {"worker": worker_id, "previous": previous, "previous_state": previous_state}
+            self._pending.insert(0, NewEvent(h.WORKFLOW_CLAIMED, data))
+
+    async def flush(self) -> None:
+        """Append what is pending (a claim, recorded values) now, before the run blocks."""
+        async with self._lock:
+            if (self._pending or not self._claim_recorded) and self.history.finished is None:
+                await self._record_locked([])
+
+    @property
+    def idle(self) -> bool:
+        """No step function is running and no append is in progress: stopping the run now loses nothing."""
+        return self.steps_in_flight == 0 and not self._lock.locked()
 
     def notify_signal(self) -> None:
         """A signal may have arrived in the inbox: waiting commands re-read it."""
@@ -254,6 +298,16 @@ class WorkflowExecution:
             # matters and the finished stream takes no more events.
             raise RunFinished(f"workflow {self.workflow_id!r} has already finished; nothing more is recorded")
         batch = [*self._pending, *events]
+        if not batch and self._claim_recorded:
+            return
+        if self.draining and any(event.type in INTENT_TYPES for event in batch):
+            raise Drained(f"workflow {self.workflow_id!r}: the worker is stopping; no new command is started")
+        if not self._claim_recorded and self.worker_id is not None:
+            if not batch:
+                batch = [NewEvent(h.WORKFLOW_CLAIMED, {"worker": self.worker_id, "previous": None})]
+            first = batch[0]
+            metadata = {**(first.metadata or {}), h.OWNER_KEY: self.worker_id}
+            batch[0] = NewEvent(first.type, first.data, metadata, first.id)
         state = self.history.state
         for event in batch:
             state = DEFAULT_LIFECYCLE.next_state(state, event.type, event.data, self.workflow_id)
@@ -276,6 +330,9 @@ class WorkflowExecution:
         for event in batch:
             self.history.apply(event.type, event.data)
         self.history.version = result.version
+        if not self._claim_recorded:
+            self._claim_recorded = True
+            self.history.owner = self.worker_id
         for hook in self.runtime.hooks:
             hook.after_append(self.workflow_id, batch, result)
 
@@ -303,6 +360,7 @@ class WorkflowExecution:
         reconcile: Callable[..., Any] | None,
         policy: RetryPolicy,
         timeout: float | None,
+        breaker: str | None = None,
     ) -> Any:
         serializer = self.runtime.serializer
         result_type = declared_types(function).get("return")
@@ -326,47 +384,79 @@ class WorkflowExecution:
                     NewEvent(h.STEP_RECONCILED, {"seq": seq, "name": name, "attempt": attempt, "applied": False})
                 )
             elif record.retry_at_us is not None:
-                await asyncio.sleep(max(0.0, (record.retry_at_us - _now_us()) / 1e6))
+                await self._block(max(0.0, (record.retry_at_us - _now_us()) / 1e6))
         call_kwargs = dict(kwargs)
         if _accepts_keyword(function, "idempotency_key"):
             call_kwargs["idempotency_key"] = key
+        circuit = None if breaker is None else self._breaker_board().get(breaker)
         while True:
             attempt += 1
             started = NewEvent(h.STEP_STARTED, {"seq": seq, "name": name, "attempt": attempt, "idempotency_key": key})
-            await self._record([*prefix, started])
-            prefix = []
-            error: BaseException
-            try:
-                async with asyncio.timeout(timeout) as deadline:
-                    value = await _call(function, args, call_kwargs)
-            except asyncio.CancelledError:
-                raise
-            except Exception as raised:
-                error = raised
-                if isinstance(raised, TimeoutError) and deadline.expired():
-                    error = StepTimeout(f"step {name!r} attempt {attempt} ran longer than {timeout} s")
-            else:
+            error: BaseException | None = None
+            permit: Permit | None = None
+            if circuit is not None:
                 try:
-                    encoded = serializer.to_json(value, f"step {name!r} result")
-                    await self._record(
-                        [NewEvent(h.STEP_COMPLETED, {"seq": seq, "name": name, "attempt": attempt, "result": encoded})]
-                    )
-                except InvalidInput as refused:
-                    data = {"seq": seq, "name": name, "attempt": attempt, "final": True, "error": _error_data(refused)}
-                    await self._record([NewEvent(h.STEP_FAILED, data)])
-                    raise _step_error(name, seq, data) from refused
-                return serializer.from_json(encoded, result_type)
+                    permit = await circuit.acquire(key)
+                except CircuitOpen as refused:
+                    error = refused
+                    prefix.append(started)  # recorded with its failure: the attempt made no call
+            if error is None:
+                await self._record([*prefix, started])
+                prefix = []
+                self.steps_in_flight += 1
+                try:
+                    try:
+                        async with asyncio.timeout(timeout) as deadline:
+                            value = await _call(function, args, call_kwargs)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as raised:
+                        error = raised
+                        if isinstance(raised, TimeoutError) and deadline.expired():
+                            error = StepTimeout(f"step {name!r} attempt {attempt} ran longer than {timeout} s")
+                    if circuit is not None and permit is not None:
+                        if error is None:
+                            await circuit.succeeded(permit)
+                        else:
+                            await circuit.failed(permit, error, key)
+                    if error is None:
+                        try:
+                            encoded = serializer.to_json(value, f"step {name!r} result")
+                            completed = {"seq": seq, "name": name, "attempt": attempt, "result": encoded}
+                            await self._record([NewEvent(h.STEP_COMPLETED, completed)])
+                        except InvalidInput as refused:
+                            data = {
+                                "seq": seq,
+                                "name": name,
+                                "attempt": attempt,
+                                "final": True,
+                                "error": _error_data(refused),
+                            }
+                            await self._record([NewEvent(h.STEP_FAILED, data)])
+                            raise _step_error(name, seq, data) from refused
+                        return serializer.from_json(encoded, result_type)
+                finally:
+                    self.steps_in_flight -= 1
             failures += 1
             failed: dict[str, Any] = {"seq": seq, "name": name, "attempt": attempt, "error": _error_data(error)}
+            if breaker is not None:
+                failed["breaker"] = breaker
             if not policy.should_retry(error, failures):
                 failed["final"] = True
-                await self._record([NewEvent(h.STEP_FAILED, failed)])
+                await self._record([*prefix, NewEvent(h.STEP_FAILED, failed)])
                 raise _step_error(name, seq, failed) from error
             delay = policy.backoff(failures)
             failed["final"] = False
             failed["retry_at_us"] = _now_us() + int(delay * 1e6)
-            await self._record([NewEvent(h.STEP_FAILED, failed)])
-            await asyncio.sleep(delay)
+            await self._record([*prefix, NewEvent(h.STEP_FAILED, failed)])
+            prefix = []
+            await self._block(delay)
+
+    def _breaker_board(self) -> BreakerBoard:
+        if self.breakers is None:
+            self.breakers = BreakerBoard(self.store, self.runtime.breakers)
+        board: BreakerBoard = self.breakers
+        return board
 
     async def _reconcile(
         self,
@@ -452,6 +542,7 @@ class WorkflowExecution:
             pause = SIGNAL_RECHECK_SECONDS
             if deadline_us is not None:
                 pause = min(pause, max(0.0, (deadline_us - _now_us()) / 1e6))
+            await self.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._signal_arrived.wait(), pause)
 
@@ -482,8 +573,15 @@ class WorkflowExecution:
             await self._record([NewEvent(h.TIMER_STARTED, {"seq": seq, "deadline_us": fire_at_us})])
         else:
             fire_at_us = record.deadline_us or 0
-        await asyncio.sleep(max(0.0, (fire_at_us - _now_us()) / 1e6))
+        await self._block(max(0.0, (fire_at_us - _now_us()) / 1e6))
         await self._record([NewEvent(h.TIMER_FIRED, {"seq": seq})])
+
+    async def _block(self, duration: float) -> None:
+        """Sleep with nothing in flight; the claim is written first, so other workers see who holds the run."""
+        if duration <= 0:
+            return
+        await self.flush()
+        await asyncio.sleep(duration)
 
     # -- recorded values ------------------------------------------------------------------------------------------
 
@@ -537,6 +635,9 @@ async def load_history(store: EventStore, workflow_id: str) -> History:
     async for page in store.read_stream_pages(h.workflow_stream(workflow_id)):
         for event in page:
             history.apply(event.type, event.data)
+            owner = event.metadata.get(h.OWNER_KEY)
+            if owner is not None and event.type != h.WORKFLOW_RELEASED:
+                history.owner = owner
         history.version = page[-1].version
     return history
 
@@ -565,6 +666,7 @@ class WorkflowContext:
         reconcile: Callable[..., Any] | None = None,
         retry: RetryPolicy | None = None,
         timeout: timedelta | float | None = None,
+        breaker: str | None = None,
         **kwargs: Any,
     ) -> Awaitable[Any]:
         """Run `function(*args, **kwargs)` once for this run, recording intent before and the outcome after.
@@ -574,8 +676,10 @@ class WorkflowContext:
         API. `reconcile(idempotency_key, *args, **kwargs)` is called instead of running again when a previous
         process recorded the intent but not the outcome; it returns the step's result if the effect was applied, or
         `NOT_APPLIED`. Failed attempts are retried per `retry` (default: the runtime's policy); `timeout` (seconds
-        or timedelta) cancels an attempt that runs longer and records it as failed with `StepTimeout`.
-        Raises `StepError` when the step fails for good.
+        or timedelta) cancels an attempt that runs longer and records it as failed with `StepTimeout`; without it
+        the runtime's `step_timeout` applies. `breaker` names the circuit breaker guarding the dependency
+        (`agentfold.runtime.breaker`): while it is open an attempt fails fast with `CircuitOpen`, recorded like any
+        failed attempt, and `retry` decides what follows. Raises `StepError` when the step fails for good.
         """
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"a step name must be a non-empty str, got {name!r}")
@@ -585,10 +689,14 @@ class WorkflowContext:
             raise InvalidInput(f"step {name!r}: reconcile {reconcile!r} is not callable")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInput(f"step {name!r}: retry must be a RetryPolicy, got {type(retry).__name__}")
-        limit = None if timeout is None else seconds(timeout, f"step {name!r} timeout")
-        policy = retry or self._execution.runtime.default_retry
+        runtime = self._execution.runtime
+        chosen = runtime.step_timeout if timeout is None else timeout
+        limit = None if chosen is None else seconds(chosen, f"step {name!r} timeout")
+        if breaker is not None:
+            check_breaker_name(breaker)
+        policy = retry or runtime.default_retry
         seq, record = self._execution._take_seq(h.STEP, name)
-        return self._execution.run_step(seq, record, name, function, args, kwargs, reconcile, policy, limit)
+        return self._execution.run_step(seq, record, name, function, args, kwargs, reconcile, policy, limit, breaker)
 
     def wait_for(self, name: str, timeout: timedelta | float | None = None, *, as_type: Any = None) -> Awaitable[Any]:
         """Wait, durably, for the signal `name` (sent with `client.signal`); return its payload.

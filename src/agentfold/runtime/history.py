@@ -40,6 +40,13 @@ TIME_RECORDED: Final = "TimeRecorded"
 RANDOM_RECORDED: Final = "RandomRecorded"
 PATCH_APPLIED: Final = "PatchApplied"
 SIGNAL_SENT: Final = "SignalSent"
+WORKFLOW_CLAIMED: Final = "WorkflowClaimed"
+WORKFLOW_RELEASED: Final = "WorkflowReleased"
+
+LEASE_TYPES: Final = (WORKFLOW_CLAIMED, WORKFLOW_RELEASED)
+"""Ownership records (see `agentfold.runtime.leases`): they change who runs the run, never what it did."""
+OWNER_KEY: Final = "worker"
+"""The metadata key naming the worker that made an append: the first append of every execution carries it."""
 
 FINISHED_TYPES: Final = (WORKFLOW_COMPLETED, WORKFLOW_FAILED)
 
@@ -136,10 +143,15 @@ class History:
     finished: dict[str, Any] | None = None
     finished_type: str = ""
     suspended: dict[str, Any] | None = None
+    owner: str | None = None
+    """The worker holding the run: named by the last `WorkflowClaimed` or claim metadata; None once released."""
 
     def apply(self, event_type: str, data: dict[str, Any]) -> None:
         """Fold one event (recorded, or just appended by this process) into the history."""
         self.state = DEFAULT_LIFECYCLE.next_state(self.state, event_type, data, self.workflow_id, check_guard=False)
+        if event_type in LEASE_TYPES:
+            self.owner = data.get("worker") if event_type == WORKFLOW_CLAIMED else None
+            return
         self.suspended = data if event_type == WORKFLOW_SUSPENDED else None
         if event_type == WORKFLOW_STARTED:
             self.workflow = data["workflow"]

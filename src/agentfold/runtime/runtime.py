@@ -5,12 +5,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from agentfold.errors import InvalidInput, UnknownWorkflow
+from agentfold.runtime.breaker import BreakerSettings, check_breaker_name
 from agentfold.runtime.context import RecordHook
-from agentfold.runtime.retry import RetryPolicy
+from agentfold.runtime.leases import DEFAULT_LEASE_TTL
+from agentfold.runtime.retry import RetryPolicy, seconds
 from agentfold.runtime.serialization import DefaultSerializer, JsonValue, Serializer, declared_types
+from agentfold.runtime.triggers import Trigger
 from agentfold.store import EventStore
 
 if TYPE_CHECKING:
@@ -69,10 +73,15 @@ class Runtime:
         serializer: Serializer | None = None,
         default_retry: RetryPolicy | None = None,
         hooks: Iterable[RecordHook] = (),
+        step_timeout: timedelta | float | None = None,
     ) -> None:
         self.serializer: Serializer = serializer or DefaultSerializer()
         self.default_retry = default_retry or DEFAULT_RETRY
         self.hooks: list[RecordHook] = list(hooks)
+        self.step_timeout = None if step_timeout is None else seconds(step_timeout, "step_timeout")
+        """The timeout of every step attempt that names none (None: no limit)."""
+        self.breakers: dict[str, BreakerSettings] = {}
+        self.triggers: list[Trigger] = []
         self._by_name: dict[str, WorkflowDefinition] = {}
         self._by_function: dict[Callable[..., Any], WorkflowDefinition] = {}
 
@@ -112,6 +121,44 @@ class Runtime:
             return register(function)
         return register
 
+    def breaker(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        window: timedelta | float = 60.0,
+        cool_down: timedelta | float = 30.0,
+        probe_timeout: timedelta | float | None = None,
+        ignore: tuple[type[BaseException], ...] = (),
+    ) -> BreakerSettings:
+        """Configure the circuit breaker `name` used by ``ctx.step(..., breaker=name)`` (see `BreakerSettings`).
+
+        A name never configured uses the defaults. Every process should configure a name the same way.
+        """
+        settings = BreakerSettings(failure_threshold, window, cool_down, probe_timeout, ignore)
+        self.breakers[check_breaker_name(name)] = settings
+        return settings
+
+    def trigger(
+        self,
+        event_type: str,
+        workflow: str | Callable[..., Any],
+        *,
+        stream_prefix: str | None = None,
+        name: str | None = None,
+    ) -> Trigger:
+        """Start `workflow` once per event of `event_type` (on streams starting with `stream_prefix`).
+
+        The run gets the event as its input (`TriggerEvent`) and a workflow id derived from the event id, so every
+        worker may see the event and still only one run starts. Workers deliver triggers; see `agentfold.runtime
+        .triggers`.
+        """
+        chosen = Trigger.of(self.definition(workflow).name, event_type, stream_prefix, name)
+        if any(existing.name == chosen.name for existing in self.triggers):
+            raise InvalidInput(f"a trigger named {chosen.name!r} is already registered")
+        self.triggers.append(chosen)
+        return chosen
+
     @property
     def names(self) -> list[str]:
         """The registered workflow names, sorted."""
@@ -135,11 +182,33 @@ class Runtime:
         """Whether a workflow of this name is registered."""
         return name in self._by_name
 
-    def worker(self, store: EventStore, *, concurrency: int = 100) -> Worker:
-        """A worker running this runtime's workflows from `store` in this process (use with ``async with``)."""
-        from agentfold.runtime.worker import Worker
+    def worker(
+        self,
+        store: EventStore,
+        *,
+        concurrency: int = 100,
+        lease_ttl: timedelta | float = DEFAULT_LEASE_TTL,
+        heartbeat: timedelta | float | None = None,
+        worker_id: str | None = None,
+        stop_timeout: timedelta | float | None = None,
+    ) -> Worker:
+        """A worker running this runtime's workflows from `store` in this process (use with ``async with``).
 
-        return Worker(self, store, concurrency=concurrency)
+        Any number of workers, in any processes, may serve one store: each run is held by one worker at a time
+        under a lease (`lease_ttl`, renewed by a heartbeat every `heartbeat` seconds, default a third of the TTL).
+        Leaving the block lets running step functions finish for up to `stop_timeout` seconds (default 2).
+        """
+        from agentfold.runtime.worker import STOP_TIMEOUT_SECONDS, Worker
+
+        return Worker(
+            self,
+            store,
+            concurrency=concurrency,
+            lease_ttl=lease_ttl,
+            heartbeat=heartbeat,
+            worker_id=worker_id,
+            stop_timeout=STOP_TIMEOUT_SECONDS if stop_timeout is None else stop_timeout,
+        )
 
     def client(self, store: EventStore) -> WorkflowClient:
         """A client that starts, signals and awaits runs; it needs no worker in its process."""

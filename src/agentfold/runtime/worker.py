@@ -1,26 +1,59 @@
-"""A worker runs workflows in this process: it resumes unfinished runs at start and picks up new ones by push.
+"""A worker runs workflows in this process, sharing the store's runs with any number of other workers.
 
-The worker follows the store's global log for a few event types (`WorkflowStarted`, `WorkflowCompleted`,
-`WorkflowFailed`, `SignalSent`). At start it reads them from the beginning to find every unfinished run of a
-registered workflow and resumes it; afterwards it waits on the store's append notification (`_wait_for_append`)
-and reads only what is new, so a new run or a signal reaches its execution without a polling delay.
+The worker follows the store's global log for a few event types: run starts and ends, signals, worker heartbeats
+and claims. At start it reads them from the beginning to learn every unfinished run and every live worker;
+afterwards it waits on the store's append notification (`_wait_for_append`) and reads only what is new, so a new
+run or a signal reaches its execution without a polling delay.
 
-Which runs this worker may execute is decided by its `Ownership`. `SoleOwnership` (the default) claims every
-run: correct when one worker serves the store. Appends still use exact expected versions, so a second worker on
-the same runs cannot fork a history; it fails with `WrongExpectedVersion` and backs off.
+Which worker runs what is decided by leases (`agentfold.runtime.leases`): a run belongs to the worker that made its
+latest claim while that worker's heartbeat is fresh. A new run goes first to the worker rendezvous hashing prefers
+(so workers rarely race for it) and to any worker after `claim_delay`; of racing workers, the one whose append lands
+at the exact expected version wins. Runs whose holder's heartbeat expired are taken over within the TTL plus one
+heartbeat; a worker fenced out of a run (its append fails because another worker claimed it) stops that run.
+
+`stop` (SIGTERM in `agentfold worker`) is graceful: no new run is claimed and no new command is started, step
+functions already running finish (up to `stop_timeout`), and a `WorkerStopped` record frees every run the worker
+held, so others take them over at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
+from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
-from agentfold.errors import AgentfoldError, InvalidInput, NonDeterminism, UnknownWorkflow, WrongExpectedVersion
-from agentfold.events import RecordedEvent
+from agentfold.errors import (
+    AgentfoldError,
+    InvalidInput,
+    LeaseLost,
+    NonDeterminism,
+    UnknownWorkflow,
+    WrongExpectedVersion,
+)
+from agentfold.events import NewEvent, RecordedEvent
+from agentfold.groups import ConsumerGroupMember, GroupSettings
 from agentfold.runtime import history as h
-from agentfold.runtime.context import WorkflowExecution
+from agentfold.runtime.breaker import BreakerBoard
+from agentfold.runtime.context import Drained, WorkflowExecution, load_history
+from agentfold.runtime.leases import (
+    ALIVE,
+    DEFAULT_LEASE_TTL,
+    LIVENESS_TYPES,
+    STOPPED,
+    Heartbeat,
+    LeaseSettings,
+    Liveness,
+    check_worker_id,
+    new_worker_id,
+    now_us,
+    preferred_worker,
+)
+from agentfold.runtime.retry import seconds
+from agentfold.runtime.triggers import TRIGGER_GROUP, TriggerDispatcher
 from agentfold.store import EventStore
 
 if TYPE_CHECKING:
@@ -28,33 +61,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("agentfold.runtime")
 
-WATCHED_TYPES: Final = (h.WORKFLOW_STARTED, h.WORKFLOW_COMPLETED, h.WORKFLOW_FAILED, h.SIGNAL_SENT)
+WATCHED_TYPES: Final = (
+    h.WORKFLOW_STARTED,
+    h.WORKFLOW_COMPLETED,
+    h.WORKFLOW_FAILED,
+    h.SIGNAL_SENT,
+    h.WORKFLOW_CLAIMED,
+    h.WORKFLOW_RELEASED,
+    *LIVENESS_TYPES,
+)
 WAKE_CHECK_SECONDS: Final = 5.0
 RESTART_BACKOFF_SECONDS: Final = (0.05, 0.2, 1.0, 5.0)
-STOP_TIMEOUT_SECONDS: Final = 10.0
-"""How long `stop` waits for cancelled runs; a run blocked in a store call that ignores cancellation is left."""
-
-
-class Ownership(Protocol):
-    """Decides which runs this worker executes (the seam for leases across workers)."""
-
-    async def claim(self, workflow_id: str) -> bool:
-        """Take the run; False when another worker holds it."""
-        ...
-
-    async def release(self, workflow_id: str) -> None:
-        """Give the run back (it finished, failed to run, or the worker stops)."""
-        ...
-
-
-class SoleOwnership:
-    """Every run belongs to this worker: the store is served by one worker."""
-
-    async def claim(self, workflow_id: str) -> bool:
-        return True
-
-    async def release(self, workflow_id: str) -> None:
-        return None
+STOP_TIMEOUT_SECONDS: Final = 2.0
+"""How long `stop` lets running step functions finish before cancelling them (`agentfold worker`: 10 s)."""
+DRAIN_POLL_SECONDS: Final = 0.02
+MAX_CLAIM_DELAY_SECONDS: Final = 0.25
 
 
 class Worker:
@@ -66,21 +87,39 @@ class Worker:
         store: EventStore,
         *,
         concurrency: int = 100,
-        ownership: Ownership | None = None,
+        lease_ttl: timedelta | float = DEFAULT_LEASE_TTL,
+        heartbeat: timedelta | float | None = None,
+        worker_id: str | None = None,
+        stop_timeout: timedelta | float = STOP_TIMEOUT_SECONDS,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInput(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.runtime = runtime
         self.store = store
         self.concurrency = concurrency
-        self.ownership: Ownership = ownership or SoleOwnership()
+        self.lease = LeaseSettings.of(lease_ttl, heartbeat)
+        self.worker_id = new_worker_id() if worker_id is None else check_worker_id(worker_id)
+        self.stop_timeout = seconds(stop_timeout, "stop_timeout")
+        self.claim_delay = min(MAX_CLAIM_DELAY_SECONDS, self.lease.heartbeat / 2)
+        """How long a new run is left to the worker rendezvous hashing prefers before others race for it."""
+        self.liveness = Liveness()
+        self.breakers = BreakerBoard(store, runtime.breakers)
+        self.taken_over = 0
+        """Runs this worker took over from a worker whose lease expired."""
+        self.lost = 0
+        """Runs this worker was fenced out of."""
         self._unfinished: dict[str, None] = {}  # insertion-ordered set: runs are resumed oldest first
+        self._owners: dict[str, str | None] = {}
+        self._known_at: dict[str, float] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._executions: dict[str, WorkflowExecution] = {}
         self._suspended: set[str] = set()
         self._ready = asyncio.Event()
         self._serving: asyncio.Task[None] | None = None
         self._slot_freed = asyncio.Event()
+        self._stopping = False
+        self._heartbeat = Heartbeat(store, self.worker_id, self.lease, self._describe, self._out_of_touch)
+        self._triggers: ConsumerGroupMember | None = None
 
     @property
     def running(self) -> list[str]:
@@ -102,38 +141,76 @@ class Worker:
         await self.stop()
 
     async def start(self) -> None:
-        """Scan for unfinished runs, resume them, and keep following the store. Returns once the scan is done."""
+        """Heartbeat, learn the unfinished runs and live workers, start running. Returns once caught up."""
         if self._serving is not None:
             return
-        self._serving = asyncio.create_task(self._serve(), name="agentfold-worker")
+        self._stopping = False
+        await self._heartbeat.start()
+        self._serving = asyncio.create_task(self._serve(), name=f"agentfold-worker-{self.worker_id}")
         ready = asyncio.create_task(self._ready.wait())
         await asyncio.wait({ready, self._serving}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         if self._serving.done():
             self._serving.result()
+        if self.runtime.triggers:
+            dispatcher = TriggerDispatcher(self.runtime.client(self.store), self.runtime.triggers)
+            settings = GroupSettings(TRIGGER_GROUP, lease_seconds=self.lease.ttl, types=dispatcher.event_types)
+            self._triggers = ConsumerGroupMember(self.store, settings, dispatcher, member_id=self.worker_id)
+            await self._triggers.__aenter__()
 
     async def stop(self) -> None:
-        """Stop following the store and cancel running executions.
+        """Stop gracefully: claim nothing more, let running step functions finish, free every held run.
 
-        A cancelled run records nothing more; a step cut short is in doubt and is reconciled when the run resumes.
+        A run stops between commands (no new step, wait or timer is started); a run waiting for a signal or a
+        timer stops at once. Step functions still running after `stop_timeout` are cancelled: their steps are in
+        doubt and are reconciled by whoever resumes the run.
         """
-        tasks = [task for task in (self._serving, *self._running.values()) if task is not None]
-        for task in tasks:
-            task.cancel()
-        self._serving = None
-        if not tasks:
+        if self._serving is None:
             return
-        done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                logger.error("%s ended with %r while the worker stopped", task.get_name(), task.exception())
-        for task in stuck:
-            logger.error("%s did not stop within %s s of being cancelled", task.get_name(), STOP_TIMEOUT_SECONDS)
+        self._stopping = True
+        if self._triggers is not None:
+            await self._triggers.stop()
+            self._triggers = None
+        self._serving.cancel()
+        # Bounded: a store call that ignores cancellation must not hold the shutdown up.
+        await asyncio.wait({self._serving}, timeout=self.stop_timeout)
+        self._serving = None
+        for execution in self._executions.values():
+            execution.draining = True
+        deadline = time.monotonic() + self.stop_timeout
+        while self._running:
+            overdue = time.monotonic() >= deadline
+            for workflow_id, task in list(self._running.items()):
+                held = self._executions.get(workflow_id)
+                if overdue or held is None or held.idle:
+                    task.cancel()
+            await asyncio.wait(list(self._running.values()), timeout=DRAIN_POLL_SECONDS)
+            if overdue:
+                break
+        stuck = [task for task in self._running.values() if not task.done()]
+        if stuck:
+            _, still = await asyncio.wait(stuck, timeout=self.stop_timeout)
+            for task in still:
+                logger.error("%s did not stop within %s s of being cancelled", task.get_name(), self.stop_timeout)
+        try:
+            await self._heartbeat.stop()
+        except AgentfoldError as error:
+            logger.warning("worker %s could not record its stop (its leases expire instead): %r", self.worker_id, error)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "concurrency": self.concurrency, "running": len(self._running)}
+
+    def _out_of_touch(self) -> None:
+        """No heartbeat for a whole TTL: others may hold our runs now, so stop them rather than be fenced mid-step."""
+        for workflow_id, task in list(self._running.items()):
+            logger.warning("worker %s lost touch with the store; stopping run %r", self.worker_id, workflow_id)
+            task.cancel()
 
     # -- following the store ------------------------------------------------------------------------------------
 
     async def _serve(self) -> None:
         position = 0
+        pause = min(WAKE_CHECK_SECONDS, self.lease.heartbeat, self.claim_delay)
         while True:
             head = await self.store.head_position()
             async for page in self.store.read_all_pages(position, types=WATCHED_TYPES):
@@ -144,7 +221,7 @@ class Worker:
             self._ready.set()
             self._launch()
             self._slot_freed.clear()
-            wake = asyncio.create_task(self.store._wait_for_append(position, WAKE_CHECK_SECONDS))
+            wake = asyncio.create_task(self.store._wait_for_append(position, pause))
             freed = asyncio.create_task(self._slot_freed.wait())
             try:
                 await asyncio.wait({wake, freed}, return_when=asyncio.FIRST_COMPLETED)
@@ -154,6 +231,9 @@ class Worker:
 
     def _observe(self, event: RecordedEvent) -> None:
         stream = event.stream_id
+        if event.type in LIVENESS_TYPES:
+            self.liveness.observe(event)
+            return
         if event.type == h.SIGNAL_SENT:
             if stream.startswith(h.SIGNAL_STREAM_PREFIX):
                 execution = self._executions.get(stream[len(h.SIGNAL_STREAM_PREFIX) :])
@@ -166,16 +246,43 @@ class Worker:
         if event.type == h.WORKFLOW_STARTED:
             if self.runtime.knows(str(event.data.get("workflow"))):
                 self._unfinished[workflow_id] = None
+                self._known_at.setdefault(workflow_id, time.monotonic())
+        elif event.type == h.WORKFLOW_CLAIMED:
+            owner = event.data.get("worker")
+            self._owners[workflow_id] = owner if isinstance(owner, str) else None
+            task = self._running.get(workflow_id)
+            if owner != self.worker_id and task is not None:
+                logger.warning("worker %s: run %r was taken over by %s", self.worker_id, workflow_id, owner)
+                self.lost += 1
+                task.cancel()
+        elif event.type == h.WORKFLOW_RELEASED:
+            self._owners[workflow_id] = None
         else:
             self._unfinished.pop(workflow_id, None)
+            self._owners.pop(workflow_id, None)
+            self._known_at.pop(workflow_id, None)
             self._suspended.discard(workflow_id)
 
     def _launch(self) -> None:
+        if self._stopping:
+            return
+        moment = now_us()
+        clock = time.monotonic()
+        live: list[str] | None = None
         for workflow_id in list(self._unfinished):
             if len(self._running) >= self.concurrency:
                 return
             if workflow_id in self._running or workflow_id in self._suspended:
                 continue
+            owner = self._owners.get(workflow_id)
+            if owner is not None and owner != self.worker_id:
+                if self.liveness.state(owner, moment) == ALIVE:
+                    continue
+            elif owner is None and clock < self._known_at.get(workflow_id, 0.0) + self.claim_delay:
+                if live is None:
+                    live = sorted({*self.liveness.alive(moment), self.worker_id})
+                if preferred_worker(workflow_id, live) != self.worker_id:
+                    continue
             self._running[workflow_id] = asyncio.create_task(self._run(workflow_id), name=f"workflow-{workflow_id}")
 
     # -- one run --------------------------------------------------------------------------------------------------
@@ -183,10 +290,14 @@ class Worker:
     async def _run(self, workflow_id: str) -> None:
         try:
             for backoff in (*RESTART_BACKOFF_SECONDS, None):
-                if not await self.ownership.claim(workflow_id):
-                    return
                 try:
                     await self._execute(workflow_id)
+                    return
+                except LeaseLost as lost:
+                    self._owners[workflow_id] = lost.owner
+                    logger.debug("%s", lost)
+                    return
+                except Drained:
                     return
                 except NonDeterminism as error:
                     logger.error("workflow %r suspended: %s", workflow_id, error)
@@ -196,16 +307,19 @@ class Worker:
                     logger.error("workflow %r cannot run here: %s", workflow_id, error)
                     self._suspended.add(workflow_id)
                     return
+                except WrongExpectedVersion:
+                    # Another worker appended first (a race for a new run, or a takeover): load again and see who
+                    # holds it now.
+                    continue
                 except Exception as error:
-                    # Store errors, a lost append race (`WrongExpectedVersion`), or a fault in this process: the run's
-                    # history is intact, so it is loaded again and resumed from there.
+                    # Store errors or a fault in this process: the run's history is intact, so it is loaded again
+                    # and resumed from there.
                     if backoff is None:
                         logger.error("workflow %r stopped after repeated errors: %r", workflow_id, error)
+                        await self._release(workflow_id)
                         return
                     expected = isinstance(error, AgentfoldError | OSError)
-                    level = logging.WARNING if isinstance(error, WrongExpectedVersion) else logging.ERROR
-                    logger.log(
-                        level,
+                    logger.error(
                         "workflow %r interrupted (%r); resuming from its history",
                         workflow_id,
                         error,
@@ -214,14 +328,47 @@ class Worker:
                     await asyncio.sleep(backoff)
                 finally:
                     self._executions.pop(workflow_id, None)
-                    await self.ownership.release(workflow_id)
         finally:
             self._running.pop(workflow_id, None)
             self._slot_freed.set()
 
     async def _execute(self, workflow_id: str) -> None:
         execution = await WorkflowExecution.load(self.runtime, self.store, workflow_id)
+        history = execution.history
+        if history.finished is not None:
+            self._unfinished.pop(workflow_id, None)
+            return
+        owner = history.owner
+        if owner is not None and owner != self.worker_id:
+            self._owners[workflow_id] = owner
+            state = self.liveness.state(owner)
+            if state != STOPPED:
+                state = await self.liveness.refresh(self.store, owner)  # the owner's own stream decides
+            if state == ALIVE:
+                raise LeaseLost(workflow_id, owner)
+            execution.claim(self.worker_id, owner, state)
+            if state != STOPPED:
+                # The holder may only be paused: fence it out now, before anything else runs.
+                await execution.flush()
+                self.taken_over += 1
+                logger.info("worker %s took over run %r from %s (%s)", self.worker_id, workflow_id, owner, state)
+        else:
+            execution.claim(self.worker_id)
+        execution.breakers = self.breakers
+        execution.draining = self._stopping
+        self._owners[workflow_id] = self.worker_id
         self._executions[workflow_id] = execution
         await execution.run()
         if execution.history.finished is not None:
             self._unfinished.pop(workflow_id, None)
+
+    async def _release(self, workflow_id: str) -> None:
+        """Give a run this worker cannot make progress on back to the others (`WorkflowReleased`)."""
+        try:
+            history = await load_history(self.store, workflow_id)
+            if history.finished is None and history.owner == self.worker_id:
+                released = NewEvent(h.WORKFLOW_RELEASED, {"worker": self.worker_id})
+                await self.store.append(h.workflow_stream(workflow_id), [released], expected_version=history.version)
+                self._owners[workflow_id] = None
+        except AgentfoldError as error:
+            logger.warning("could not release run %r (its lease expires instead): %r", workflow_id, error)

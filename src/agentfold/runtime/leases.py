@@ -1,0 +1,322 @@
+"""Which worker holds which run: leases kept alive by one heartbeat per worker, fenced by exact expected versions.
+
+Each worker appends a `WorkerHeartbeat` (with its TTL) to its own stream ``$worker-<id>`` every `heartbeat`
+seconds, and a `WorkerStopped` when it shuts down; the stream is trimmed behind. The cost is one append per worker
+per heartbeat, whatever the number of runs it holds.
+
+A worker holds a run from the first append it makes to the run's stream: that append names it in the metadata
+(``{"worker": id}``) and is written at the exact expected version, so of several workers racing for a new run the
+first one wins and the others get `WrongExpectedVersion`. The run stays held while its holder's heartbeat is fresh
+(the last heartbeat's `recorded_at` plus the TTL it declared is in the future).
+
+When the holder's heartbeat expires, another worker takes the run over by appending `WorkflowClaimed` (naming the
+previous holder) to the run's stream at the exact version it folded. That append is the fence: the previous holder,
+if it was only paused or cut off, fails its next append with `WrongExpectedVersion`, sees the new holder, and stops
+the run (`LeaseLost`). Every effect is preceded by an intent append at an exact version, so a fenced worker cannot
+start another one. A run whose holder stopped cleanly (`WorkerStopped`) or gave it back (`WorkflowReleased`) is
+taken with the next append of the new holder: nothing else can still be running it.
+
+Workers find runs to take over in memory: they follow the global log for heartbeats, claims and run starts and
+ends, and look at least once per heartbeat for runs whose holder expired, so a run is taken over within the TTL
+plus one heartbeat of its holder's last sign of life. Clocks of workers (and of the PostgreSQL server, which stamps
+events there) must agree to well within the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+
+from agentfold.encoding import check_stream_id
+from agentfold.errors import InvalidInput
+from agentfold.events import NewEvent, RecordedEvent
+from agentfold.runtime import history as h
+from agentfold.runtime.retry import seconds
+from agentfold.store import EventStore
+
+logger = logging.getLogger("agentfold.runtime")
+
+DEFAULT_LEASE_TTL: Final = 10.0
+WORKER_STREAM_PREFIX: Final = "$worker-"
+WORKER_HEARTBEAT: Final = "WorkerHeartbeat"
+WORKER_STOPPED: Final = "WorkerStopped"
+LIVENESS_TYPES: Final = (WORKER_HEARTBEAT, WORKER_STOPPED)
+TRIM_EVERY: Final = 64
+"""Heartbeats between trims of a worker's stream."""
+KEEP_HEARTBEATS: Final = 4
+
+ALIVE: Final = "alive"
+EXPIRED: Final = "expired"
+STOPPED: Final = "stopped"
+UNKNOWN: Final = "unknown"
+
+
+def worker_stream(worker_id: str) -> str:
+    """The stream a worker heartbeats to."""
+    return f"{WORKER_STREAM_PREFIX}{worker_id}"
+
+
+def new_worker_id() -> str:
+    """A worker id unique across machines and restarts: host, process id and a random suffix."""
+    host = "".join(char if char.isalnum() or char in "-." else "-" for char in socket.gethostname())[:60] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def check_worker_id(worker_id: object) -> str:
+    """`worker_id` if it makes a valid stream id, else `InvalidInput` naming it."""
+    if not isinstance(worker_id, str) or not worker_id:
+        raise InvalidInput(f"a worker id must be a non-empty str, got {worker_id!r}")
+    check_stream_id(worker_stream(worker_id))
+    return worker_id
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """How long a worker's leases last without a heartbeat, and how often it renews them."""
+
+    ttl: float = DEFAULT_LEASE_TTL
+    heartbeat: float = DEFAULT_LEASE_TTL / 3
+
+    @classmethod
+    def of(cls, ttl: timedelta | float, heartbeat: timedelta | float | None = None) -> LeaseSettings:
+        """Validated settings; `heartbeat` defaults to a third of `ttl` and must be shorter than it."""
+        chosen_ttl = seconds(ttl, "lease_ttl")
+        if chosen_ttl <= 0:
+            raise InvalidInput(f"lease_ttl must be positive, got {ttl!r}")
+        chosen_heartbeat = chosen_ttl / 3 if heartbeat is None else seconds(heartbeat, "heartbeat")
+        if not 0 < chosen_heartbeat < chosen_ttl:
+            raise InvalidInput(
+                f"heartbeat must be positive and shorter than lease_ttl ({chosen_ttl} s), got {heartbeat!r}"
+            )
+        return cls(chosen_ttl, chosen_heartbeat)
+
+    @property
+    def ttl_us(self) -> int:
+        return int(self.ttl * 1e6)
+
+
+class Liveness:
+    """What the heartbeats of the log say about each worker: until when it holds its leases, or that it stopped."""
+
+    def __init__(self) -> None:
+        self._expires_us: dict[str, int] = {}
+        self._stopped: set[str] = set()
+
+    def observe(self, event: RecordedEvent) -> None:
+        """Fold a `WorkerHeartbeat` or `WorkerStopped` event (others are ignored)."""
+        worker = event.data.get("worker")
+        if not isinstance(worker, str):
+            return
+        if event.type == WORKER_HEARTBEAT:
+            expires = event.recorded_at_us + int(event.data.get("ttl_us", 0))
+            if expires > self._expires_us.get(worker, 0):
+                self._expires_us[worker] = expires
+            self._stopped.discard(worker)
+        elif event.type == WORKER_STOPPED:
+            self._stopped.add(worker)
+
+    def state(self, worker: str, at_us: int | None = None) -> str:
+        """`alive`, `expired`, `stopped` or `unknown` (no heartbeat seen)."""
+        if worker in self._stopped:
+            return STOPPED
+        expires = self._expires_us.get(worker)
+        if expires is None:
+            return UNKNOWN
+        return ALIVE if expires > (now_us() if at_us is None else at_us) else EXPIRED
+
+    def expires_us(self, worker: str) -> int | None:
+        """When the worker's leases run out unless it heartbeats again (None: no heartbeat seen)."""
+        return self._expires_us.get(worker)
+
+    def alive(self, at_us: int | None = None) -> list[str]:
+        """The workers whose leases are fresh, sorted."""
+        moment = now_us() if at_us is None else at_us
+        return sorted(w for w, expires in self._expires_us.items() if expires > moment and w not in self._stopped)
+
+    async def refresh(self, store: EventStore, worker: str) -> str:
+        """Read the worker's own stream (the authority, whatever the follower has seen) and return its state."""
+        stream = worker_stream(worker)
+        version = await store.stream_version(stream)
+        async for event in store.read_stream(stream, after_version=max(0, version - 1)):
+            self.observe(event)
+        return self.state(worker)
+
+
+def preferred_worker(workflow_id: str, workers: Iterable[str]) -> str | None:
+    """The worker a new run should go to first (rendezvous hashing): every worker computes the same answer."""
+    return max(workers, key=lambda worker: zlib.crc32(f"{workflow_id}\0{worker}".encode()), default=None)
+
+
+class Heartbeat:
+    """Keeps one worker's leases alive: a `WorkerHeartbeat` every `settings.heartbeat` seconds.
+
+    `on_out_of_touch` is called when no heartbeat could be written for a whole TTL: other workers may have taken
+    the runs over, so the worker should stop them.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        worker_id: str,
+        settings: LeaseSettings,
+        describe: Callable[[], dict[str, Any]],
+        on_out_of_touch: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.stream_id = worker_stream(worker_id)
+        self.settings = settings
+        self._describe = describe
+        self._on_out_of_touch = on_out_of_touch
+        self._task: asyncio.Task[None] | None = None
+        self.last_success = 0.0
+        self.beats = 0
+
+    async def start(self) -> None:
+        """Write the first heartbeat (before the worker claims anything), then keep beating in a task."""
+        await self.beat()
+        self._task = asyncio.create_task(self._loop(), name=f"agentfold-heartbeat-{self.worker_id}")
+
+    async def beat(self) -> None:
+        data = {"worker": self.worker_id, "ttl_us": self.settings.ttl_us, **self._describe()}
+        result = await self.store.append(self.stream_id, [NewEvent(WORKER_HEARTBEAT, data)])
+        self.last_success = time.monotonic()
+        self.beats += 1
+        if self.beats % TRIM_EVERY == 0:
+            await self.store._trim_stream(self.stream_id, result.version - KEEP_HEARTBEATS)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            try:
+                await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                logger.warning("worker %s could not heartbeat: %r", self.worker_id, error)
+                if time.monotonic() - self.last_success >= self.settings.ttl:
+                    self._on_out_of_touch()
+
+    async def stop(self, reason: str = "shutdown") -> None:
+        """Stop beating and record `WorkerStopped`: every run this worker held is free at once."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=self.settings.ttl)
+            self._task = None
+        await self.store.append(
+            self.stream_id, [NewEvent(WORKER_STOPPED, {"worker": self.worker_id, "reason": reason})]
+        )
+
+
+# -- inspection ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunLease:
+    """Who holds an unfinished run, and whether that holder is still alive."""
+
+    workflow_id: str
+    workflow: str
+    state: str
+    """The run's lifecycle state."""
+    owner: str | None
+    """The worker that last claimed it (None: never run, or given back)."""
+    owner_state: str
+    """`alive`, `expired`, `stopped`, `unknown`, or `none` without an owner."""
+    lease_expires_at_us: int | None
+    """When the owner's lease runs out unless it heartbeats again."""
+    last_event_at_us: int
+    version: int
+
+    @property
+    def stalled(self) -> bool:
+        """Unfinished and nobody alive holds it: it waits for a worker to take it over."""
+        return self.owner_state != ALIVE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workflow_id": self.workflow_id,
+            "workflow": self.workflow,
+            "state": self.state,
+            "owner": self.owner,
+            "owner_state": self.owner_state,
+            "lease_expires_at_us": self.lease_expires_at_us,
+            "last_event_at_us": self.last_event_at_us,
+            "version": self.version,
+            "stalled": self.stalled,
+        }
+
+
+async def worker_liveness(store: EventStore) -> Liveness:
+    """The liveness of every worker that heartbeats to `store`, folded from their (trimmed) streams."""
+    liveness = Liveness()
+    async for page in store.read_all_pages(types=LIVENESS_TYPES, stream_prefix=WORKER_STREAM_PREFIX):
+        for event in page:
+            liveness.observe(event)
+    return liveness
+
+
+async def run_leases(store: EventStore, at_us: int | None = None) -> list[RunLease]:
+    """Every unfinished run (oldest first) with its holder and the holder's liveness."""
+    unfinished: dict[str, None] = {}
+    types = [h.WORKFLOW_STARTED, *h.FINISHED_TYPES]
+    async for page in store.read_all_pages(types=types, stream_prefix=h.WORKFLOW_STREAM_PREFIX):
+        for event in page:
+            workflow_id = event.stream_id[len(h.WORKFLOW_STREAM_PREFIX) :]
+            if event.type == h.WORKFLOW_STARTED:
+                unfinished[workflow_id] = None
+            else:
+                unfinished.pop(workflow_id, None)
+    liveness = await worker_liveness(store)
+    moment = now_us() if at_us is None else at_us
+    leases = []
+    for workflow_id in unfinished:
+        history = h.History(workflow_id)
+        last_at = 0
+        async for page in store.read_stream_pages(h.workflow_stream(workflow_id)):
+            for event in page:
+                history.apply(event.type, event.data)
+                owner = event.metadata.get(h.OWNER_KEY)
+                if owner is not None and event.type != h.WORKFLOW_RELEASED:
+                    history.owner = owner
+                last_at = event.recorded_at_us
+            history.version = page[-1].version
+        if history.finished is not None or history.version == 0:
+            continue
+        owner_state = "none" if history.owner is None else liveness.state(history.owner, moment)
+        expires = None if history.owner is None else liveness.expires_us(history.owner)
+        leases.append(
+            RunLease(
+                workflow_id,
+                history.workflow,
+                history.state,
+                history.owner,
+                owner_state,
+                expires,
+                last_at,
+                history.version,
+            )
+        )
+    return leases
+
+
+async def stalled_runs(store: EventStore, at_us: int | None = None) -> list[RunLease]:
+    """Unfinished runs that no live worker holds: their holder's lease expired, it stopped, or none ever ran them.
+
+    A healthy deployment takes them over within one TTL plus one heartbeat; a run listed for longer means no
+    worker can run it (its workflow is not registered anywhere, or every worker is down).
+    """
+    return [lease for lease in await run_leases(store, at_us) if lease.stalled]
