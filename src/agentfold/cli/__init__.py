@@ -16,6 +16,12 @@ def main() -> None:
 
 
 # Sub-command modules, imported for their registration on `main`.
-COMMANDS = ("agentfold.cli.bench", "agentfold.cli.demo", "agentfold.cli.inspect", "agentfold.cli.relay")
+COMMANDS = (
+    "agentfold.cli.bench",
+    "agentfold.cli.demo",
+    "agentfold.cli.inspect",
+    "agentfold.cli.relay",
+    "agentfold.cli.worker",
+)
 for _module in COMMANDS:
     importlib.import_module(_module)

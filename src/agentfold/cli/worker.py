@@ -1,0 +1,115 @@
+"""`agentfold worker module:runtime`: run an application's workflows from a store until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+
+import click
+
+import agentfold
+from agentfold.cli import DEFAULT_STORE, main
+from agentfold.connect import redact
+from agentfold.errors import AgentfoldError
+from agentfold.runtime import Runtime
+from agentfold.runtime.leases import DEFAULT_LEASE_TTL
+
+
+def load_runtime(target: str) -> Runtime:
+    """The `Runtime` named by ``package.module:attribute`` (imported with the current directory on the path)."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"{target!r} is not of the form package.module:attribute", param_hint="APP")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise click.BadParameter(f"cannot import {module_name!r}: {error}", param_hint="APP") from None
+    found = getattr(module, attribute, None)
+    if not isinstance(found, Runtime):
+        raise click.BadParameter(
+            f"{module_name}.{attribute} is {type(found).__name__}, not an agentfold Runtime", param_hint="APP"
+        )
+    return found
+
+
+@main.command()
+@click.argument("app", metavar="APP")
+@click.option("--store", "store_url", envvar="AGENTFOLD_STORE", default=DEFAULT_STORE, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1), default=32, show_default=True, help="Runs held at once.")
+@click.option(
+    "--lease-ttl",
+    type=click.FloatRange(0, min_open=True),
+    default=DEFAULT_LEASE_TTL,
+    show_default=True,
+    help="Seconds without a heartbeat after which other workers take this worker's runs over.",
+)
+@click.option("--heartbeat", type=click.FloatRange(0, min_open=True), help="Seconds between heartbeats [TTL / 3].")
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="On SIGTERM, seconds to let running steps finish before cancelling them.",
+)
+@click.option("--worker-id", help="This worker's name in the store [host-pid-random].")
+@click.option("--verbose", "-v", is_flag=True, help="Log takeovers and run interruptions.")
+def worker(
+    app: str,
+    store_url: str,
+    concurrency: int,
+    lease_ttl: float,
+    heartbeat: float | None,
+    stop_timeout: float,
+    worker_id: str | None,
+    verbose: bool,
+) -> None:
+    """Run the workflows of APP (``package.module:runtime``) from the store, sharing them with other workers.
+
+    Any number of workers may serve one store. SIGTERM or Ctrl-C stops gracefully: nothing new is started, running
+    steps finish, and every run this worker held is handed to the others at once.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    runtime = load_runtime(app)
+    try:
+        asyncio.run(_serve(runtime, store_url, concurrency, lease_ttl, heartbeat, stop_timeout, worker_id))
+    except AgentfoldError as error:
+        raise click.ClickException(str(error)) from None
+
+
+async def _serve(
+    runtime: Runtime,
+    store_url: str,
+    concurrency: int,
+    lease_ttl: float,
+    heartbeat: float | None,
+    stop_timeout: float,
+    worker_id: str | None,
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    async with agentfold.connect(store_url) as store:
+        running = runtime.worker(
+            store,
+            concurrency=concurrency,
+            lease_ttl=lease_ttl,
+            heartbeat=heartbeat,
+            worker_id=worker_id,
+            stop_timeout=stop_timeout,
+        )
+        async with running:
+            click.echo(
+                f"worker {running.worker_id} ready: {', '.join(runtime.names) or 'no workflows'} from "
+                f"{redact(store_url)}, concurrency {concurrency}, lease TTL {running.lease.ttl} s",
+                err=True,
+            )
+            await stop.wait()
+            click.echo(f"worker {running.worker_id} stopping", err=True)
+    click.echo("worker stopped", err=True)
