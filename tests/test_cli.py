@@ -75,7 +75,7 @@ async def make_runs(url: str) -> None:
     """order-1 completes after a retried charge; order-2 fails (card declined); order-3 waits for approval;
     order-4 is stopped while shipping, leaving that step in doubt."""
     runtime, fulfil_order, _ = order_app()
-    async with agentfold.connect(url) as store:
+    async with asyncio.timeout(2 * TIMEOUT), agentfold.connect(url) as store:
         client = runtime.client(store)
         async with runtime.worker(store):
             await client.start(fulfil_order, {"number": 1, "sku": "tea"}, workflow_id="order-1")
@@ -227,25 +227,31 @@ def test_tail_follows_events_appended_after_it_started(durable_url: str) -> None
 
     async def start_another() -> None:
         runtime, fulfil_order, _ = order_app()
-        async with agentfold.connect(durable_url) as store, runtime.worker(store):
+        async with asyncio.timeout(TIMEOUT), agentfold.connect(durable_url) as store, runtime.worker(store):
             client = runtime.client(store)
             await client.start(fulfil_order, {"number": 5, "sku": "jar"}, workflow_id="order-5")
             await until(client, "order-5", lambda history: history.state == "AwaitingInput")
 
-    asyncio.run(start_another())
-    out, err = follower.communicate(timeout=TIMEOUT)
-    assert follower.returncode == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
-    assert [(event["stream_id"], event["type"]) for event in events] == [
-        ("workflow-order-5", "WorkflowStarted"),
-        ("workflow-order-5", "StepStarted"),
-        ("workflow-order-5", "StepCompleted"),
-    ]
-    assert all(event["position"] > head for event in events)
-    out, err = filtered.communicate(timeout=TIMEOUT)
-    assert filtered.returncode == 0, err
-    [failure] = [json.loads(line) for line in out.splitlines()]
-    assert (failure["stream_id"], failure["data"]["error"]["type"]) == ("workflow-order-5", "ConnectionError")
+    try:
+        asyncio.run(start_another())
+        out, err = follower.communicate(timeout=TIMEOUT)
+        assert follower.returncode == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        assert [(event["stream_id"], event["type"]) for event in events] == [
+            ("workflow-order-5", "WorkflowStarted"),
+            ("workflow-order-5", "StepStarted"),
+            ("workflow-order-5", "StepCompleted"),
+        ]
+        assert all(event["position"] > head for event in events)
+        out, err = filtered.communicate(timeout=TIMEOUT)
+        assert filtered.returncode == 0, err
+        [failure] = [json.loads(line) for line in out.splitlines()]
+        assert (failure["stream_id"], failure["data"]["error"]["type"]) == ("workflow-order-5", "ConnectionError")
+    finally:
+        for process in (follower, filtered):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_tables_make_failures_and_retries_stand_out(sqlite_runs: str) -> None:
@@ -276,6 +282,12 @@ def test_tables_make_failures_and_retries_stand_out(sqlite_runs: str) -> None:
     differences = ok_text("diff", "order-1", "1", "3", *store)
     assert "version 1 → 3" in differences and "commands.1" in differences
     assert "no difference" in ok_text("diff", "order-1", "3", "3", *store)
+
+    followed = ok_text("tail", "--after", "0", "--type", "StepFailed", "--count", "4", *store).splitlines()
+    assert len(followed) == 4 and all(" StepFailed " in line for line in followed)
+    assert sum("! attempt failed" in line for line in followed) == 3
+    [final] = [line for line in followed if "✗ failed" in line]
+    assert "workflow-order-2 v" in final
 
     figures = ok_text("stats", *store)
     for expected in ("streams", "events per type", "WorkflowStarted", "StepStarted", "workflow runs", "signals"):
