@@ -155,6 +155,11 @@ async def run_backend(
     progress(f"{backend}: 3-member consumer group")
     async with scratch_store(backend, base_url) as (url, store):
         figures.update(await _optional("agentfold.bench.delivery", "measure_group", url, store))
+    if backend in ("sqlite", "postgres"):
+        progress(f"{backend}: 10-step workflows with 1 and 3 worker processes; takeover after SIGKILL")
+        async with scratch_store(backend, base_url) as (url, _):
+            runs = 200 if quick else 500
+            figures.update(await _optional("agentfold.bench.workflow_bench", "measure_workflows", url, runs))
     if backend != "memory":
         progress(f"{backend}: bare driver baseline")
         async with scratch_store(backend, base_url) as (url, _):

@@ -188,7 +188,7 @@ class WorkflowExecution:
         previous owner still running is fenced out: its next append fails with `WrongExpectedVersion`.
         """
         self.worker_id = worker_id
-        self._claim_recorded = False
+        self._claim_recorded = self.history.owner == worker_id
         if previous is not None and previous != worker_id:
             data = {"worker": worker_id, "previous": previous, "previous_state": previous_state}
             self._pending.insert(0, NewEvent(h.WORKFLOW_CLAIMED, data))

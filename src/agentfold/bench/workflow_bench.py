@@ -1,0 +1,174 @@
+"""Workflow figures: runs/s and steps/s of a 10-step workflow with 1 and 3 worker processes, and takeover time.
+
+The workers are real `agentfold worker` processes (``agentfold.bench.workflow_bench:runtime``); this process starts
+the runs with a client and counts `WorkflowCompleted` events, so the figures include starting, claiming, every
+step's intent and outcome appends, and completion. The takeover figure SIGKILLs a worker holding runs and measures,
+on the store's own event times, how long after the kill the first of its runs was claimed by the survivor, and
+after its last heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import Any, Final
+
+import agentfold
+from agentfold.runtime import NO_RETRY, Runtime, WorkflowContext
+from agentfold.runtime.leases import worker_stream
+from agentfold.store import EventStore
+
+Figures = dict[str, float]
+
+STEPS: Final = 10
+LEASE_TTL: Final = 2.0
+HEARTBEAT: Final = 0.5
+CONCURRENCY: Final = 64
+READY_TIMEOUT: Final = 60.0
+
+runtime = Runtime(default_retry=NO_RETRY)
+
+
+async def work(index: int, idempotency_key: str) -> dict[str, Any]:
+    """A step with no effect of its own: the figure is the runtime's cost per step."""
+    return {"step": index, "key": idempotency_key}
+
+
+@runtime.workflow(name="bench_ten_steps")
+async def ten_steps(ctx: WorkflowContext, number: int) -> int:
+    for index in range(STEPS):
+        await ctx.step(f"step-{index}", work, index)
+    return number
+
+
+@runtime.workflow(name="bench_waiting")
+async def waiting(ctx: WorkflowContext, number: int) -> int:
+    await ctx.step("step-0", work, 0)
+    await ctx.wait_for("go")
+    return number
+
+
+async def _spawn(url: str, name: str) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agentfold.cli",
+        "worker",
+        "agentfold.bench.workflow_bench:runtime",
+        "--store",
+        url,
+        "--concurrency",
+        str(CONCURRENCY),
+        "--lease-ttl",
+        str(LEASE_TTL),
+        "--heartbeat",
+        str(HEARTBEAT),
+        "--worker-id",
+        name,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ},
+    )
+    assert process.stderr is not None
+    while True:
+        line = await asyncio.wait_for(process.stderr.readline(), READY_TIMEOUT)
+        if not line:
+            raise RuntimeError(f"bench worker {name} exited before it was ready")
+        if line.startswith(f"worker {name} ready".encode()):
+            return process
+
+
+async def _stop(processes: list[asyncio.subprocess.Process]) -> None:
+    for process in processes:
+        if process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+
+async def _until(store: EventStore, event_type: str, after: int, count: int) -> None:
+    """Return once `count` events of `event_type` were appended after position `after` (read incrementally)."""
+    seen = 0
+    async with asyncio.timeout(600):
+        while True:
+            head = await store.head_position()
+            async for page in store.read_all_pages(after, types=[event_type]):
+                seen += len(page)
+            after = max(after, head)
+            if seen >= count:
+                return
+            await store._wait_for_append(head, 0.5)
+
+
+async def _throughput(url: str, workers: int, runs: int, tag: str) -> tuple[float, float]:
+    processes = [await _spawn(url, f"{tag}-w{index}") for index in range(workers)]
+    try:
+        async with agentfold.connect(url) as store:
+            client = runtime.client(store)
+            head = await store.head_position()
+            started = time.perf_counter()
+            for first in range(0, runs, 50):
+                await asyncio.gather(
+                    *(
+                        client.start(ten_steps, number, workflow_id=f"{tag}-{number}")
+                        for number in range(first, min(runs, first + 50))
+                    )
+                )
+            await _until(store, "WorkflowCompleted", head, runs)
+            elapsed = time.perf_counter() - started
+    finally:
+        await _stop(processes)
+    return runs / elapsed, runs * STEPS / elapsed
+
+
+async def _first_takeover(store: EventStore, after: int, victim: str) -> int:
+    """When (µs, store time) the first run held by `victim` was claimed by another worker."""
+    async with asyncio.timeout(600):
+        while True:
+            head = await store.head_position()
+            async for page in store.read_all_pages(after, types=["WorkflowClaimed"]):
+                for event in page:
+                    if event.data.get("previous") == victim:
+                        return event.recorded_at_us
+            after = max(after, head)
+            await store._wait_for_append(head, 0.5)
+
+
+async def _takeover(url: str) -> Figures:
+    victim, survivor = await _spawn(url, "victim"), await _spawn(url, "survivor")
+    try:
+        async with agentfold.connect(url) as store:
+            client = runtime.client(store)
+            head = await store.head_position()
+            for number in range(40):
+                await client.start(waiting, number, workflow_id=f"takeover-{number}")
+            await _until(store, "WaitStarted", head, 40)
+            killed_at_us = time.time_ns() // 1000
+            victim.send_signal(signal.SIGKILL)
+            await victim.wait()
+            first = await _first_takeover(store, head, "victim")
+            beats = [event async for event in store.read_stream(worker_stream("victim"))]
+            return {
+                "takeover_after_sigkill_ms": (first - killed_at_us) / 1000,
+                "takeover_after_last_heartbeat_ms": (first - beats[-1].recorded_at_us) / 1000,
+                "takeover_lease_ttl_ms": LEASE_TTL * 1000,
+            }
+    finally:
+        await _stop([victim, survivor])
+
+
+async def measure_workflows(url: str, runs: int = 500) -> Figures:
+    """Runs/s and steps/s with 1 and 3 worker processes, and the takeover time after a SIGKILL."""
+    figures: Figures = {}
+    for workers in (1, 3):
+        per_s, steps_per_s = await _throughput(url, workers, runs, f"bench{workers}")
+        figures[f"workflows_{workers}_worker_per_s"] = per_s
+        figures[f"workflow_steps_{workers}_worker_per_s"] = steps_per_s
+    figures.update(await _takeover(url))
+    return figures
+
+
+if __name__ == "__main__":
+    print(asyncio.run(measure_workflows(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 500)))
