@@ -21,6 +21,7 @@ COMMANDS = (
     "agentfold.cli.demo",
     "agentfold.cli.inspect",
     "agentfold.cli.relay",
+    "agentfold.cli.soak",
     "agentfold.cli.worker",
 )
 for _module in COMMANDS:

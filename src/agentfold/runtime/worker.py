@@ -211,7 +211,9 @@ class Worker:
     async def _serve(self) -> None:
         position = 0
         pause = min(WAKE_CHECK_SECONDS, self.lease.heartbeat, self.claim_delay)
-        while True:
+        # Not `while True`: a driver that swallows a cancellation (redis-py can, mid-command) must not keep `stop`
+        # waiting for this loop forever.
+        while not self._stopping:
             head = await self.store.head_position()
             async for page in self.store.read_all_pages(position, types=WATCHED_TYPES):
                 for event in page:
