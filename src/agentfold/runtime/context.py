@@ -35,6 +35,8 @@ from agentfold.errors import (
     StepError,
     StepTimeout,
     WaitTimedOut,
+    WorkflowIdConflict,
+    WorkflowNotFound,
 )
 from agentfold.events import AppendResult, NewEvent, RecordedEvent
 from agentfold.runtime import history as h
@@ -624,6 +626,12 @@ class WorkflowExecution:
         return decided
 
 
+_HAND_OFF_RETRY: Final = RetryPolicy(
+    max_attempts=5, initial_backoff=0.1, non_retryable=(WorkflowIdConflict, WorkflowNotFound, InvalidInput)
+)
+_CHILD_RESULT_RETRY: Final = RetryPolicy(max_attempts=1)
+
+
 def _step_error(name: str, seq: int, data: dict[str, Any]) -> StepError:
     error = data.get("error", {})
     return StepError(name, seq, str(error.get("type", "Exception")), str(error.get("message", "")))
@@ -717,6 +725,60 @@ class WorkflowContext:
         length = seconds(duration, "sleep duration")
         seq, record = self._execution._take_seq(h.SLEEP, h.SLEEP)
         return self._execution.sleep(seq, record, length)
+
+    # -- hand-offs --------------------------------------------------------------------------------------------------
+
+    def start_child(self, workflow: Callable[..., Any] | str, *args: Any) -> Awaitable[str]:
+        """Start a child run of `workflow` with `args`, once, and return its workflow id.
+
+        Recorded as the step ``child:<workflow name>``; the child's id is that step's idempotency key
+        (``<parent id>/<seq>/child:<name>``), so a resumed parent finds the same child instead of starting another.
+        Await its result with `child_result`.
+        """
+        execution = self._execution
+        definition = execution.runtime.definition(workflow)
+        client = execution.runtime.client(execution.store)
+
+        async def start_child_run(*inputs: Any, idempotency_key: str) -> str:
+            handle = await client.start(definition.function, *inputs, workflow_id=idempotency_key)
+            return handle.workflow_id
+
+        return self.step(f"child:{definition.name}", start_child_run, *args, retry=_HAND_OFF_RETRY)
+
+    def child_result(self, workflow_id: str, timeout: timedelta | float | None = None) -> Awaitable[Any]:
+        """Wait for the run `workflow_id` to finish and return its result (JSON), recorded as a step.
+
+        The child's failure fails this step with `StepError` (``error_type`` ``WorkflowFailed``); `timeout` fails it
+        with `StepTimeout` (default: the runtime's `step_timeout`). A parent resumed elsewhere while waiting waits
+        again; the child runs on regardless.
+        """
+        client = self._execution.runtime.client(self._execution.store)
+
+        async def await_child(child_id: str) -> Any:
+            return await client.result(child_id)
+
+        return self.step(f"result:{workflow_id}", await_child, workflow_id, retry=_CHILD_RESULT_RETRY, timeout=timeout)
+
+    async def child(
+        self, workflow: Callable[..., Any] | str, *args: Any, timeout: timedelta | float | None = None
+    ) -> Any:
+        """Start a child run and wait for its result: `start_child` then `child_result`."""
+        child_id = await self.start_child(workflow, *args)
+        return await self.child_result(child_id, timeout)
+
+    def send(self, workflow_id: str, name: str, payload: Any = None) -> Awaitable[None]:
+        """Put a message in another run's mailbox: its ``ctx.wait_for(name)`` returns `payload`.
+
+        Recorded as the step ``send:<name>``, with the step's idempotency key as the signal id, so the message is
+        delivered once even if this run is resumed after sending it. `WorkflowNotFound` (as a failed step) if the
+        receiving run was never started.
+        """
+        client = self._execution.runtime.client(self._execution.store)
+
+        async def send_message(target: str, message: Any, *, idempotency_key: str) -> None:
+            await client.signal(target, name, message, signal_id=idempotency_key)
+
+        return self.step(f"send:{name}", send_message, workflow_id, payload, retry=_HAND_OFF_RETRY)
 
     def now(self) -> datetime:
         """The current time (UTC), recorded: a replay sees the same value."""
