@@ -22,6 +22,7 @@ script takes several independent appends per call and answers each on its own, s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import warnings
@@ -41,6 +42,7 @@ from redis.backoff import NoBackoff
 from agentfold.connect import redact, split_options
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
+    AgentfoldError,
     DuplicateEventId,
     InvalidURL,
     StoreCorrupted,
@@ -70,6 +72,8 @@ _MAX_EVENTS_PER_CALL: Final = 4096
 _TRIM_PAGE: Final = 1000
 _SENDERS: Final = 2
 _PACKED_STREAMS: Final = 4096
+_WATCH_BLOCK_MS: Final = 1000
+_WATCH_RETRY_SECONDS: Final = 0.1
 
 # KEYS: head, all, ids, versions, then each append's stream key.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
@@ -495,6 +499,9 @@ class RedisStore(EventStore):
         self._senders: set[asyncio.Task[None]] = set()  # keeps the tasks referenced while they run
         self._sending = 0
         self._packed_streams: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._seen_head = 0
+        self._head_changed = asyncio.Event()
 
     def key(self, kind: str, stream_id: str | None = None) -> bytes:
         """The key of a record kind (``s``, ``v``, ``snap``, ``all``, ...), for one stream when given."""
@@ -718,17 +725,57 @@ class RedisStore(EventStore):
         return int(value) if value is not None else 0
 
     async def _wait_for_append(self, after_position: int, timeout: float) -> None:
-        """``XREAD BLOCK`` on the global stream, on a connection of its own (a hint: callers re-read)."""
-        if timeout <= 0 or await self.head_position() > after_position:
+        """Wait for the store's one watcher (a blocking ``XREAD`` loop) to see the head move; a hint only.
+
+        Waiters share one event instead of holding a blocking connection each, so any number of subscribers costs
+        one connection, and cancelling a waiter never interrupts a command on a socket.
+        """
+        if timeout <= 0 or self._seen_head > after_position:
             return
-        block_ms = max(1, int(timeout * 1000))
-        command = ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", self._all_key, f"0-{after_position}")
-        with translate_errors("wait for appends in Redis"):
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch(), name=f"agentfold redis watcher {self.prefix}")
+        changed = self._head_changed
+        if await self.head_position() > after_position:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+
+    def _wake_waiters(self) -> None:
+        self._head_changed.set()
+        self._head_changed = asyncio.Event()
+
+    async def _watch(self) -> None:
+        """Block on the global stream after the last head seen; wake every waiter when something arrives."""
+        last = 0
+        while not self._closed:
             try:
-                # The server answers when BLOCK runs out; the deadline here only guards against a silent server.
-                await asyncio.wait_for(_execute(self._waiter, *command), timeout + self.settings.timeout)
-            except TimeoutError:
-                return
+                with translate_errors("watch for appends in Redis"):
+                    if last == 0 or self._seen_head == 0:
+                        last = await self.head_position()
+                        self._seen_head = last
+                        self._wake_waiters()  # anything appended before the watch began: re-read
+                    reply = await _execute(
+                        self._waiter,
+                        "XREAD",
+                        "COUNT",
+                        1,
+                        "BLOCK",
+                        _WATCH_BLOCK_MS,
+                        "STREAMS",
+                        self._all_key,
+                        f"0-{last}",
+                    )
+                    if reply:
+                        last = max(last + 1, await self.head_position())
+                        self._seen_head = last
+                        self._wake_waiters()
+            except asyncio.CancelledError:
+                raise
+            except AgentfoldError:
+                if self._closed:
+                    return
+                self._wake_waiters()  # waiters re-read and meet the error themselves, or find data
+                await asyncio.sleep(_WATCH_RETRY_SECONDS)
 
     # -- records beside the log ----------------------------------------------------------------------------------
 
@@ -768,6 +815,10 @@ class RedisStore(EventStore):
             await self._client.hset(self._checkpoints_key, name, position)
 
     async def _close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.wait([self._watcher], timeout=2)
+        self._wake_waiters()
         for connection in self._all_connections:
             await connection.disconnect()
         await self._client.aclose()
