@@ -261,3 +261,11 @@ def test_relay_command_reports_bad_urls_without_the_password() -> None:
     assert process.returncode != 0
     assert "colour" in err
     assert "hunter2" not in out + err
+
+
+def test_cli_limits_match_the_relay() -> None:
+    from agentfold.backends import redis_relay
+    from agentfold.cli import relay as relay_command
+
+    assert relay_command.DEFAULT_BATCH_SIZE == redis_relay.DEFAULT_BATCH_SIZE
+    assert relay_command.MAX_BATCH_SIZE == redis_relay.MAX_BATCH_SIZE

@@ -8,10 +8,14 @@ import signal
 import click
 
 import agentfold
-from agentfold.backends.redis_relay import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, Relay
 from agentfold.cli import main
 from agentfold.connect import redact
 from agentfold.errors import AgentfoldError
+
+# The relay's limits, repeated here so the CLI starts without importing the Redis driver (an optional extra);
+# tests/test_relay.py checks they match agentfold.backends.redis_relay.
+DEFAULT_BATCH_SIZE = 500
+MAX_BATCH_SIZE = 10_000
 
 
 @main.command()
@@ -41,6 +45,8 @@ async def _relay(source_url: str, target_url: str, once: bool, name: str, batch_
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stop.set)
     async with agentfold.connect(source_url) as source:
+        from agentfold.backends.redis_relay import Relay
+
         worker = Relay(source, target_url, name=name, batch_size=batch_size)
         try:
             written = await worker.run(once=once, stop_event=stop)
