@@ -9,7 +9,8 @@ worker died) is replaced after `probe_timeout`.
 The state is the fold of the stream ``$breaker-<name>``, so every worker on the store sees the same breaker and
 every change shows in a trace: `BreakerFailureRecorded`, `BreakerOpened`, `BreakerHalfOpened`, `BreakerClosed`.
 Changes of state are appended at the exact version the writer folded, so two workers cannot both open it, or both
-win the probe; the loser folds again and follows. The stream is trimmed behind each change of state.
+win the probe; the loser folds again and follows. The stream is trimmed now and then, keeping at least the last
+`KEEP_EVENTS` events and never the last change of state, so a fresh reader folds the same state.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ OPEN: Final = "open"
 HALF_OPEN: Final = "half_open"
 
 WRITE_RETRIES: Final = 8
+TRIM_EVERY: Final = 256
+KEEP_EVENTS: Final = 128
 
 
 def breaker_stream(name: str) -> str:
@@ -109,6 +112,8 @@ class BreakerState:
     open_until_us: int = 0
     probe: str | None = None
     probe_until_us: int = 0
+    last_change_version: int = 0
+    """The version of the last `BreakerOpened`, `BreakerHalfOpened` or `BreakerClosed`: never trimmed away."""
 
     def apply(self, event: RecordedEvent) -> None:
         data = event.data
@@ -122,6 +127,8 @@ class BreakerState:
         elif event.type == BREAKER_CLOSED:
             self.state, self.probe = CLOSED, None
             self.failures.clear()
+        if event.type != BREAKER_FAILURE_RECORDED:
+            self.last_change_version = event.version
         self.version = event.version
 
     def failures_since(self, since_us: int) -> int:
@@ -182,7 +189,7 @@ class CircuitBreaker:
             folded = await self.refresh()
             if folded.state != HALF_OPEN or folded.probe != permit.probe:
                 return
-            if await self._write([NewEvent(BREAKER_CLOSED, {"probe": permit.probe})], trim=True):
+            if await self._write([NewEvent(BREAKER_CLOSED, {"probe": permit.probe})]):
                 return
 
     async def failed(self, permit: Permit, error: BaseException, caller: str) -> None:
@@ -200,7 +207,7 @@ class CircuitBreaker:
             if permit.probe is not None:
                 if folded.state != HALF_OPEN or folded.probe != permit.probe:
                     return
-                if await self._write([opened], trim=True):
+                if await self._write([opened]):
                     return
                 continue
             if folded.state != CLOSED:
@@ -208,19 +215,22 @@ class CircuitBreaker:
             failure = NewEvent(BREAKER_FAILURE_RECORDED, {"at_us": now, "by": caller, "error": description})
             recent = folded.failures_since(now - self.settings.window_us) + 1
             if recent >= self.settings.failure_threshold:
-                if await self._write([failure, opened], trim=True):
+                if await self._write([failure, opened]):
                     return
             elif await self._write([failure]):
                 return
 
-    async def _write(self, events: list[NewEvent], trim: bool = False) -> bool:
+    async def _write(self, events: list[NewEvent]) -> bool:
         """Append at the folded version; False when another writer got there first (fold again and decide)."""
         try:
             result = await self.store.append(self.stream_id, events, expected_version=self.folded.version)
         except WrongExpectedVersion:
             return False
-        if trim:
-            await self.store._trim_stream(self.stream_id, result.version)
+        if result.version // TRIM_EVERY > self.folded.version // TRIM_EVERY:
+            await self.refresh()
+            keep_from = min(result.version - KEEP_EVENTS, self.folded.last_change_version or result.version)
+            if keep_from > 1:
+                await self.store._trim_stream(self.stream_id, keep_from)
         return True
 
 
