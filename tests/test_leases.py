@@ -1,0 +1,183 @@
+"""Leases in one process: several `Worker` objects on one store behave like workers in several processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import agentfold
+from agentfold.errors import InvalidInput, WrongExpectedVersion
+from agentfold.events import NewEvent
+from agentfold.runtime import Runtime, WorkflowClient, WorkflowContext, run_leases, stalled_runs, workflow_stream
+from agentfold.runtime.leases import EXPIRED, STOPPED, now_us
+from agentfold.store import EventStore
+
+TIMEOUT = 30.0
+TTL = 1.0
+HEARTBEAT = 0.25
+
+
+def waiting_app(calls: Counter[str]) -> Runtime:
+    runtime = Runtime()
+
+    async def effect(what: str, idempotency_key: str) -> str:
+        calls[idempotency_key] += 1
+        return what
+
+    @runtime.workflow(name="waiting")
+    async def waiting(ctx: WorkflowContext, number: int) -> dict[str, Any]:
+        first = await ctx.step("first", effect, f"first-{number}")
+        go = await ctx.wait_for("go")
+        second = await ctx.step("second", effect, f"second-{number}")
+        return {"first": first, "second": second, "by": go["by"]}
+
+    return runtime
+
+
+async def until(store: EventStore, check: Any) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            head = await store.head_position()
+            if await check():
+                return
+            await store._wait_for_append(head, 0.2)
+
+
+async def all_waiting(client: WorkflowClient, ids: list[str]) -> bool:
+    return all([await client.state(workflow_id) == "AwaitingInput" for workflow_id in ids])
+
+
+async def test_a_paused_worker_is_fenced_out_and_its_run_taken_over(durable_url: str) -> None:
+    calls: Counter[str] = Counter()
+    runtime = waiting_app(calls)
+    async with agentfold.connect(durable_url) as store, agentfold.connect(durable_url) as other_store:
+        client = runtime.client(store)
+        paused = runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="paused")
+        await paused.start()
+        await client.start("waiting", 1, workflow_id="w1")
+        await until(store, lambda: all_waiting(client, ["w1"]))
+        held = paused._executions["w1"]
+        # The worker stops heartbeating (a long pause, a partition) but its execution goes on.
+        assert paused._heartbeat._task is not None
+        paused._heartbeat._task.cancel()
+        async with runtime.worker(other_store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="taker") as taker:
+
+            async def claimed() -> bool:
+                return (await client.history("w1")).owner == "taker"
+
+            await until(store, claimed)
+            with pytest.raises(WrongExpectedVersion):
+                await held._record([NewEvent("StepStarted", {"seq": 9, "name": "late", "attempt": 1})])
+            await client.signal("w1", "go", {"by": "ops"})
+            assert await client.result("w1", timeout=TIMEOUT) == {"first": "first-1", "second": "second-1", "by": "ops"}
+            assert taker.taken_over == 1
+
+        async def fenced_out() -> bool:
+            return paused.lost == 1  # its follower saw the claim and stopped the run
+
+        await until(store, fenced_out)
+        await paused.stop()
+        claims = [event async for event in store.read_all(types=["WorkflowClaimed"])]
+        assert [(event.data["worker"], event.data["previous"], event.data["previous_state"]) for event in claims] == [
+            ("taker", "paused", EXPIRED)
+        ]
+        assert set(calls.values()) == {1}
+
+
+async def test_stalled_runs_lists_runs_no_live_worker_holds(store: EventStore) -> None:
+    calls: Counter[str] = Counter()
+    runtime = waiting_app(calls)
+    client = runtime.client(store)
+    ids = [f"s{n}" for n in range(3)]
+    async with runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="holder"):
+        for number, workflow_id in enumerate(ids):
+            await client.start("waiting", number, workflow_id=workflow_id)
+        await until(store, lambda: all_waiting(client, ids))
+        leases = await run_leases(store)
+        assert [(lease.workflow_id, lease.owner, lease.stalled) for lease in leases] == [
+            (workflow_id, "holder", False) for workflow_id in ids
+        ]
+        assert await stalled_runs(store) == []
+        later = await stalled_runs(store, at_us=now_us() + int(10 * TTL * 1e6))
+        assert [(lease.workflow_id, lease.owner_state) for lease in later] == [(w, EXPIRED) for w in ids]
+    stalled = await stalled_runs(store)
+    assert [(lease.workflow_id, lease.owner_state, lease.state) for lease in stalled] == [
+        (w, STOPPED, "AwaitingInput") for w in ids
+    ]
+    assert stalled[0].to_json()["stalled"] is True
+    for workflow_id in ids:
+        await client.signal(workflow_id, "go", {"by": "ops"})
+    async with runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="next"):
+        for workflow_id in ids:
+            await client.result(workflow_id, timeout=TIMEOUT)
+    assert await stalled_runs(store) == []
+    assert await run_leases(store) == []
+
+
+async def test_a_full_worker_leaves_new_runs_to_the_others(durable_url: str) -> None:
+    calls: Counter[str] = Counter()
+    runtime = waiting_app(calls)
+    async with agentfold.connect(durable_url) as store, agentfold.connect(durable_url) as other_store:
+        client = runtime.client(store)
+        ids = [f"c{n}" for n in range(6)]
+        async with (
+            runtime.worker(store, concurrency=2, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="small"),
+            runtime.worker(other_store, concurrency=10, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="big"),
+        ):
+            for number, workflow_id in enumerate(ids):
+                await client.start("waiting", number, workflow_id=workflow_id)
+            await until(store, lambda: all_waiting(client, ids))
+            owners = Counter(lease.owner for lease in await run_leases(store))
+            assert owners["small"] <= 2
+            assert owners["small"] + owners["big"] == 6
+            for workflow_id in ids:
+                await client.signal(workflow_id, "go", {"by": "ops"})
+            for workflow_id in ids:
+                await client.result(workflow_id, timeout=TIMEOUT)
+        assert len(calls) == 12
+        assert set(calls.values()) == {1}
+
+
+async def test_stopping_lets_a_running_step_finish_and_starts_nothing_new() -> None:
+    runtime = Runtime()
+    started = asyncio.Event()
+    calls: Counter[str] = Counter()
+
+    async def slow(name: str, idempotency_key: str) -> str:
+        calls[idempotency_key] += 1
+        started.set()
+        await asyncio.sleep(0.3)
+        return name
+
+    @runtime.workflow(name="two_slow_steps")
+    async def two_slow_steps(ctx: WorkflowContext) -> list[str]:
+        return [await ctx.step("one", slow, "one"), await ctx.step("two", slow, "two")]
+
+    async with agentfold.connect("memory://") as store:
+        client = runtime.client(store)
+        worker = runtime.worker(store, stop_timeout=TIMEOUT)
+        await worker.start()
+        await client.start(two_slow_steps, workflow_id="slow")
+        await started.wait()
+        await worker.stop()
+        types = [event.type async for event in store.read_stream(workflow_stream("slow"))]
+        assert types == ["WorkflowStarted", "StepStarted", "StepCompleted"], "finished step one, began nothing"
+        async with runtime.worker(store):
+            assert await client.result("slow", timeout=TIMEOUT) == ["one", "two"]
+        assert set(calls.values()) == {1}
+
+
+def test_bad_lease_settings_are_refused() -> None:
+    runtime = Runtime()
+    store: Any = object()
+    with pytest.raises(InvalidInput, match="lease_ttl"):
+        runtime.worker(store, lease_ttl=0)
+    with pytest.raises(InvalidInput, match="heartbeat"):
+        runtime.worker(store, lease_ttl=1, heartbeat=1)
+    with pytest.raises(InvalidInput, match="worker id"):
+        runtime.worker(store, worker_id="")
+    with pytest.raises(InvalidInput, match="concurrency"):
+        runtime.worker(store, concurrency=0)
