@@ -10,34 +10,10 @@ import asyncio
 import time
 from typing import Any
 
+from agentfold.appending import IdRecord, check_expected, find_retry
 from agentfold.encoding import EncodedEvent, decode_object
-from agentfold.errors import DuplicateEventId, WrongExpectedVersion
-from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.store import EventStore
-
-
-class _IdRecord:
-    __slots__ = ("batch_first", "batch_last", "stream_id", "version")
-
-    def __init__(self, stream_id: str, version: int, batch_first: int, batch_last: int) -> None:
-        self.stream_id = stream_id
-        self.version = version
-        self.batch_first = batch_first
-        self.batch_last = batch_last
-
-
-def check_expected(stream_id: str, expected: ExpectedVersion, current: int) -> None:
-    """Raise `WrongExpectedVersion` unless a stream at `current` satisfies `expected`."""
-    if expected is ANY:
-        return
-    if expected is NO_STREAM:
-        ok = current == 0
-    elif expected is STREAM_EXISTS:
-        ok = current > 0
-    else:
-        ok = current == expected
-    if not ok:
-        raise WrongExpectedVersion(stream_id, expected, current)
 
 
 class MemoryStore(EventStore):
@@ -50,9 +26,8 @@ class MemoryStore(EventStore):
         if max_event_size is not None:
             self.max_event_size = max_event_size
         self._log: list[RecordedEvent | None] = []  # None where an event was trimmed
-        self._log_positions: dict[tuple[str, int], int] = {}  # (stream, last version of a batch) -> position
         self._streams: dict[str, list[RecordedEvent]] = {}
-        self._ids: dict[str, _IdRecord] = {}
+        self._ids: dict[str, IdRecord] = {}
         self._appended = asyncio.Event()
         self._snapshots: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._checkpoints: dict[str, int] = {}
@@ -63,7 +38,7 @@ class MemoryStore(EventStore):
     ) -> AppendResult:
         stream = self._streams.get(stream_id)
         current = self._version(stream_id)
-        retry = self._find_retry(stream_id, events)
+        retry = find_retry(stream_id, events, [self._ids.get(event.id) for event in events])
         if retry is not None:
             return retry
         check_expected(stream_id, expected_version, current)
@@ -85,38 +60,10 @@ class MemoryStore(EventStore):
             )
             self._log.append(recorded)
             stream.append(recorded)
-            self._ids[event.id] = _IdRecord(stream_id, first + offset, first, last)
-        self._log_positions[(stream_id, last)] = len(self._log)
+            self._ids[event.id] = IdRecord(stream_id, first + offset, first, last, len(self._log))
         self._appended.set()
         self._appended = asyncio.Event()
         return AppendResult(last, len(self._log))
-
-    def _find_retry(self, stream_id: str, events: list[EncodedEvent]) -> AppendResult | None:
-        records = [self._ids.get(event.id) for event in events]
-        if all(record is None for record in records):
-            return None
-        first = records[0]
-        for event, record in zip(events, records, strict=True):
-            if record is None:
-                raise DuplicateEventId(
-                    next(e.id for e, r in zip(events, records, strict=True) if r is not None),
-                    stream_id,
-                    "only part of this batch was appended before; a retry must repeat the whole original batch",
-                )
-            if record.stream_id != stream_id:
-                raise DuplicateEventId(event.id, stream_id, f"already appended to stream {record.stream_id!r}")
-        assert first is not None
-        expected_versions = range(first.version, first.version + len(events))
-        if (
-            first.batch_first != first.version
-            or first.batch_last != first.version + len(events) - 1
-            or [record.version for record in records if record] != list(expected_versions)
-        ):
-            raise DuplicateEventId(
-                events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
-            )
-        last_event = self._log_positions[(stream_id, first.batch_last)]
-        return AppendResult(first.batch_last, last_event)
 
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
         stream = self._streams.get(stream_id)

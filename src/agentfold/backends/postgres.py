@@ -31,11 +31,11 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from agentfold.appending import IdRecord, find_retry
 from agentfold.connect import redact, split_options
 from agentfold.encoding import EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
-    DuplicateEventId,
     InvalidEventData,
     InvalidURL,
     StoreCorrupted,
@@ -431,10 +431,10 @@ _STATEMENTS: Final = {
                               %b::text[], %s::text)
     """,
     "id_records": """
-        SELECT id::text, stream_id, version, position, batch_first, batch_last
+        SELECT id::text, stream_id, version, batch_first, batch_last, position
         FROM {s}.events WHERE id = ANY(%(ids)b::uuid[])
         UNION ALL
-        SELECT id::text, stream_id, version, position, batch_first, batch_last
+        SELECT id::text, stream_id, version, batch_first, batch_last, position
         FROM {s}.trimmed_event_ids WHERE id = ANY(%(ids)b::uuid[])
     """,
     # A stream's stored versions are contiguous (trimming removes a prefix), so a page is a version range: the plan
@@ -493,46 +493,6 @@ def _render_statements(connection: psycopg.AsyncConnection[Any], schema: str) ->
 
 
 # -- append decisions ---------------------------------------------------------------------------------------------
-
-
-class _IdRecord(NamedTuple):
-    stream_id: str
-    version: int
-    position: int
-    batch_first: int
-    batch_last: int
-
-
-def find_retry(stream_id: str, events: list[EncodedEvent], ids: dict[str, _IdRecord]) -> AppendResult | None:
-    """The original result if `events` exactly repeat one earlier append; None if no id is known; else raise.
-
-    The same rules as the memory store: every id known, all on this stream, the same batch in the same order.
-    """
-    records = [ids.get(event.id) for event in events]
-    if all(record is None for record in records):
-        return None
-    first = records[0]
-    for event, record in zip(events, records, strict=True):
-        if record is None:
-            raise DuplicateEventId(
-                next(e.id for e, r in zip(events, records, strict=True) if r is not None),
-                stream_id,
-                "only part of this batch was appended before; a retry must repeat the whole original batch",
-            )
-        if record.stream_id != stream_id:
-            raise DuplicateEventId(event.id, stream_id, f"already appended to stream {record.stream_id!r}")
-    assert first is not None
-    expected_versions = range(first.version, first.version + len(events))
-    if (
-        first.batch_first != first.version
-        or first.batch_last != first.version + len(events) - 1
-        or [record.version for record in records if record] != list(expected_versions)
-    ):
-        raise DuplicateEventId(
-            events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
-        )
-    # One append's events have consecutive versions and consecutive positions.
-    return AppendResult(first.batch_last, first.position + (first.batch_last - first.version))
 
 
 _EXPECTED_ANY: Final = -1
@@ -730,7 +690,7 @@ class PostgresStore(EventStore):
         # The group has committed; what is left are appends that reused known ids. Records of ids never change once
         # written, so deciding them after the commit gives the same answer as deciding them inside it.
         try:
-            ids = {row[0]: _IdRecord(*row[1:]) for row in await self._fetch_all("id_records", {"ids": reused})}
+            ids = {row[0]: IdRecord(*row[1:]) for row in await self._fetch_all("id_records", {"ids": reused})}
         except AgentfoldError as error:
             return [error if outcome is None else outcome for outcome in outcomes]
         decided: list[AppendResult | AgentfoldError] = []
@@ -739,7 +699,7 @@ class PostgresStore(EventStore):
                 decided.append(known)
                 continue
             try:
-                retry = find_retry(pending.stream_id, pending.events, ids)
+                retry = find_retry(pending.stream_id, pending.events, [ids.get(event.id) for event in pending.events])
             except AgentfoldError as error:
                 decided.append(error)
                 continue

@@ -39,11 +39,11 @@ from redis.asyncio.connection import AbstractConnection as Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from agentfold.appending import IdRecord, find_retry
 from agentfold.connect import redact, split_options
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
-    DuplicateEventId,
     InvalidURL,
     StoreCorrupted,
     StoreFull,
@@ -422,7 +422,9 @@ def _answer(pending: _PendingAppend, reply: list[bytes]) -> AppendResult:
         return AppendResult(int(numbers[0]), int(numbers[1]))
     if outcome == b"2":
         raise WrongExpectedVersion(pending.stream_id, pending.expected, int(numbers[0]))
-    return _retry_result(pending.stream_id, pending.events, [_IdRecord.parse(raw) for raw in reply[1:]])
+    retry = find_retry(pending.stream_id, pending.events, [_parse_id_record(raw) for raw in reply[1:]])
+    assert retry is not None, "the script answers with id records only when an id is known"
+    return retry
 
 
 async def server_version(client: aioredis.Redis) -> tuple[int, ...]:
@@ -825,49 +827,12 @@ class RedisStore(EventStore):
         await self._waiter.aclose()
 
 
-@dataclass(frozen=True, slots=True)
-class _IdRecord:
-    version: int
-    batch_first: int
-    batch_last: int
-    position: int
-    stream_id: str
-
-    @classmethod
-    def parse(cls, raw: bytes) -> _IdRecord | None:
-        if raw == b"-":
-            return None
-        version, first, last, position, stream_id = bytes(raw).decode().split(" ", 4)
-        return cls(int(version), int(first), int(last), int(position), stream_id)
-
-
-def _retry_result(stream_id: str, events: list[EncodedEvent], records: list[_IdRecord | None]) -> AppendResult:
-    """Some ids are recorded already: the original result for an exact retry, else `DuplicateEventId`.
-
-    The same rules as the memory store: every id recorded, on this stream, as one whole batch in the same order.
-    """
-    for event, record in zip(events, records, strict=True):
-        if record is None:
-            raise DuplicateEventId(
-                next(e.id for e, r in zip(events, records, strict=True) if r is not None),
-                stream_id,
-                "only part of this batch was appended before; a retry must repeat the whole original batch",
-            )
-        if record.stream_id != stream_id:
-            raise DuplicateEventId(event.id, stream_id, f"already appended to stream {record.stream_id!r}")
-    first = records[0]
-    assert first is not None
-    if (
-        first.batch_first != first.version
-        or first.batch_last != first.version + len(events) - 1
-        or [record.version for record in records if record] != list(range(first.version, first.version + len(events)))
-    ):
-        raise DuplicateEventId(
-            events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
-        )
-    last = records[-1]
-    assert last is not None
-    return AppendResult(first.batch_last, last.position)
+def _parse_id_record(raw: bytes) -> IdRecord | None:
+    """An id record as the append script keeps it: ``version first last position stream``, or ``-``."""
+    if raw == b"-":
+        return None
+    version, first, last, position, stream_id = bytes(raw).decode().split(" ", 4)
+    return IdRecord(stream_id, int(version), int(first), int(last), int(position))
 
 
 @asynccontextmanager

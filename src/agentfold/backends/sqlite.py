@@ -36,12 +36,11 @@ from urllib.parse import unquote
 
 import msgspec
 
-from agentfold.backends.memory import check_expected
+from agentfold.appending import IdRecord, check_expected, find_retry
 from agentfold.connect import redact, split_options
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
-    DuplicateEventId,
     InvalidInput,
     InvalidURL,
     StoreClosed,
@@ -244,14 +243,6 @@ def translate_error(error: sqlite3.Error, path: str) -> AgentfoldError:
     return StoreUnavailable(f"{where} is unavailable: {error}")
 
 
-class _IdRecord(msgspec.Struct, frozen=True):
-    stream_id: str
-    version: int
-    batch_first: int
-    batch_last: int
-    position: int
-
-
 class _AppendRequest:
     """One append waiting for the writer thread; `outcome` is set there and delivered on the event loop."""
 
@@ -351,39 +342,9 @@ def _json_list(values: Iterable[str]) -> str:
     return _json_encoder.encode(list(values)).decode()
 
 
-def _load_id_records(connection: sqlite3.Connection, ids: Sequence[str]) -> dict[str, _IdRecord]:
+def _load_id_records(connection: sqlite3.Connection, ids: Sequence[str]) -> dict[str, IdRecord]:
     rows = connection.execute(_SELECT_ID_RECORDS, (_json_list(ids),)).fetchall()
-    return {row[0]: _IdRecord(*row[1:]) for row in rows}
-
-
-def _find_retry(stream_id: str, events: list[EncodedEvent], known: dict[str, _IdRecord]) -> AppendResult | None:
-    """The result of the original append if `events` repeats it exactly; raise `DuplicateEventId` when ids are
-    reused any other way; None when no id is known. The same rules as the memory store."""
-    records = [known.get(event.id) for event in events]
-    if all(record is None for record in records):
-        return None
-    first = records[0]
-    for event, record in zip(events, records, strict=True):
-        if record is None:
-            raise DuplicateEventId(
-                next(e.id for e, r in zip(events, records, strict=True) if r is not None),
-                stream_id,
-                "only part of this batch was appended before; a retry must repeat the whole original batch",
-            )
-        if record.stream_id != stream_id:
-            raise DuplicateEventId(event.id, stream_id, f"already appended to stream {record.stream_id!r}")
-    assert first is not None
-    expected_versions = list(range(first.version, first.version + len(events)))
-    if (
-        first.batch_first != first.version
-        or first.batch_last != first.version + len(events) - 1
-        or [record.version for record in records if record] != expected_versions
-    ):
-        raise DuplicateEventId(
-            events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
-        )
-    # The events of one append get consecutive positions.
-    return AppendResult(first.batch_last, first.position + first.batch_last - first.version)
+    return {row[0]: IdRecord(*row[1:]) for row in rows}
 
 
 class _StoredRecord(msgspec.Struct, frozen=True, gc=False):
@@ -618,7 +579,8 @@ class _Writer:
 
         def append(connection: sqlite3.Connection) -> AppendResult:
             ids = [event.id for event in request.events]
-            retry = _find_retry(request.stream_id, request.events, _load_id_records(connection, ids))
+            known = _load_id_records(connection, ids)
+            retry = find_retry(request.stream_id, request.events, [known.get(event.id) for event in request.events])
             if retry is not None:
                 return retry
             row = connection.execute(_SELECT_VERSION, (request.stream_id,)).fetchone()
