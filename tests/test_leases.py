@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections import Counter
 from typing import Any
 
@@ -181,3 +184,22 @@ def test_bad_lease_settings_are_refused() -> None:
         runtime.worker(store, worker_id="")
     with pytest.raises(InvalidInput, match="concurrency"):
         runtime.worker(store, concurrency=0)
+
+
+async def test_the_workflows_command_lists_stalled_runs(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'stalled.db'}"
+    runtime = waiting_app(Counter())
+    async with agentfold.connect(url) as store:
+        client = runtime.client(store)
+        async with runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="gone"):
+            await client.start("waiting", 1, workflow_id="left-behind")
+            await client.start("waiting", 3, workflow_id="finished")
+            await client.signal("finished", "go", {"by": "ops"})
+            await client.result("finished", timeout=TIMEOUT)
+            await until(store, lambda: all_waiting(client, ["left-behind"]))
+        await client.start("waiting", 2, workflow_id="never-run")
+    command = [sys.executable, "-m", "agentfold.cli", "workflows", "--store", url, "--stalled", "--json"]
+    listed = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=True)
+    assert [run["workflow_id"] for run in json.loads(listed.stdout)] == ["left-behind", "never-run"]
+    everything = subprocess.run([*command[:-2], "--json"], capture_output=True, text=True, timeout=TIMEOUT, check=True)
+    assert len(json.loads(everything.stdout)) == 3

@@ -64,6 +64,7 @@ from agentfold.runtime.inspect import (
     store_stats,
     timeline,
 )
+from agentfold.runtime.leases import stalled_runs
 from agentfold.store import EventStore
 
 TRACE_FORMAT: Final = "agentfold-trace/1"
@@ -130,14 +131,23 @@ def _run_issues(run: RunSummary) -> Text:
     type=click.Choice(RUN_STATUSES, case_sensitive=False),
     help="Only runs in this state.",
 )
+@click.option(
+    "--stalled",
+    is_flag=True,
+    help="Only unfinished runs no live worker holds (lease expired, worker stopped, never run).",
+)
 @json_option
-def workflows(store_url: str, status: str | None, as_json: bool) -> None:
+def workflows(store_url: str, status: str | None, stalled: bool, as_json: bool) -> None:
     """List workflow runs: state, agent, start, last event, duration, failures."""
     run_filter = RunFilter(status=status)
 
     async def listing(store: EventStore) -> list[RunSummary]:
         with progress_bar("reading runs", await store.head_position()) as update:
-            return await list_runs(store, run_filter, update)
+            runs = await list_runs(store, run_filter, update)
+        if stalled:
+            stuck = {lease.workflow_id for lease in await stalled_runs(store)}
+            runs = [run for run in runs if run.workflow_id in stuck]
+        return runs
 
     runs = run_with_store(store_url, listing)
     at = now_us()
@@ -146,7 +156,9 @@ def workflows(store_url: str, status: str | None, as_json: bool) -> None:
         return
     console = output_console()
     if not runs:
-        console.print("no workflow runs" + (f" in state {status}" if status else ""))
+        console.print(
+            ("no stalled workflow runs" if stalled else "no workflow runs") + (f" in state {status}" if status else "")
+        )
         return
     table = Table(title=f"{len(runs)} workflow runs", title_justify="left")
     table.add_column("workflow id", overflow="fold")
