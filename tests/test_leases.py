@@ -203,3 +203,33 @@ async def test_the_workflows_command_lists_stalled_runs(tmp_path: Any) -> None:
     assert [run["workflow_id"] for run in json.loads(listed.stdout)] == ["left-behind", "never-run"]
     everything = subprocess.run([*command[:-2], "--json"], capture_output=True, text=True, timeout=TIMEOUT, check=True)
     assert len(json.loads(everything.stdout)) == 3
+
+
+async def test_a_starting_worker_reads_on_from_the_registry_snapshot(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentfold.runtime import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "REGISTRY_EVERY_EVENTS", 1)
+    calls: Counter[str] = Counter()
+    runtime = waiting_app(calls)
+    client = runtime.client(store)
+    async with runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="first"):
+        await client.start("waiting", 1, workflow_id="before")
+        await until(store, lambda: all_waiting(client, ["before"]))
+        await client.start("waiting", 2, workflow_id="also-before")
+        await until(store, lambda: all_waiting(client, ["also-before"]))
+    saved = await store._load_snapshot(worker_module.REGISTRY_STREAM, worker_module.REGISTRY_SNAPSHOT)
+    assert saved is not None
+    registry = json.loads(saved[1])
+    assert registry["runs"]["before"] == ["waiting", "first"]
+    assert registry["workers"]["first"][1] is True or saved[0] < await store.head_position()
+    await client.start("waiting", 3, workflow_id="after")
+    for workflow_id in ("before", "also-before", "after"):
+        await client.signal(workflow_id, "go", {"by": "ops"})
+    async with runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="second"):
+        for workflow_id in ("before", "also-before", "after"):
+            await client.result(workflow_id, timeout=TIMEOUT)
+    for workflow_id in ("before", "also-before", "after"):
+        assert (await client.history(workflow_id)).owner == "second"
+    assert set(calls.values()) == {1}

@@ -141,6 +141,21 @@ class Liveness:
         """When the worker's leases run out unless it heartbeats again (None: no heartbeat seen)."""
         return self._expires_us.get(worker)
 
+    def to_json(self) -> dict[str, list[Any]]:
+        """What `from_json` needs to restore this view (kept in the workers' registry snapshot)."""
+        workers = set(self._expires_us) | self._stopped
+        return {worker: [self._expires_us.get(worker), worker in self._stopped] for worker in sorted(workers)}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, list[Any]]) -> Liveness:
+        liveness = cls()
+        for worker, (expires, stopped) in saved.items():
+            if expires is not None:
+                liveness._expires_us[worker] = int(expires)
+            if stopped:
+                liveness._stopped.add(worker)
+        return liveness
+
     def alive(self, at_us: int | None = None) -> list[str]:
         """The workers whose leases are fresh, sorted."""
         moment = now_us() if at_us is None else at_us

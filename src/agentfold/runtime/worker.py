@@ -19,6 +19,7 @@ held, so others take them over at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -76,6 +77,11 @@ STOP_TIMEOUT_SECONDS: Final = 2.0
 """How long `stop` lets running step functions finish before cancelling them (`agentfold worker`: 10 s)."""
 DRAIN_POLL_SECONDS: Final = 0.02
 MAX_CLAIM_DELAY_SECONDS: Final = 0.25
+REGISTRY_STREAM: Final = "$workers"
+REGISTRY_SNAPSHOT: Final = "registry"
+REGISTRY_EVERY_EVENTS: Final = 2000
+"""Watched events between saves of the registry snapshot (also saved at most every `REGISTRY_EVERY_SECONDS`)."""
+REGISTRY_EVERY_SECONDS: Final = 60.0
 
 
 class Worker:
@@ -109,6 +115,8 @@ class Worker:
         self.lost = 0
         """Runs this worker was fenced out of."""
         self._unfinished: dict[str, None] = {}  # insertion-ordered set: runs are resumed oldest first
+        self._workflows: dict[str, str] = {}
+        """Every unfinished run in the store (of any workflow) and its workflow's name: the registry's content."""
         self._owners: dict[str, str | None] = {}
         self._known_at: dict[str, float] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -209,7 +217,8 @@ class Worker:
     # -- following the store ------------------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        position = 0
+        position = await self._restore_registry()
+        saved, saved_at, observed = position, time.monotonic(), 0
         pause = min(WAKE_CHECK_SECONDS, self.lease.heartbeat, self.claim_delay)
         # Not `while True`: a driver that swallows a cancellation (redis-py can, mid-command) must not keep `stop`
         # waiting for this loop forever.
@@ -218,8 +227,14 @@ class Worker:
             async for page in self.store.read_all_pages(position, types=WATCHED_TYPES):
                 for event in page:
                     self._observe(event)
+                observed += len(page)
                 position = max(position, page[-1].position)
             position = max(position, head)
+            if position > saved and (
+                observed >= REGISTRY_EVERY_EVENTS or time.monotonic() - saved_at >= REGISTRY_EVERY_SECONDS
+            ):
+                await self._save_registry(position)
+                saved, saved_at, observed = position, time.monotonic(), 0
             self._ready.set()
             self._launch()
             self._slot_freed.clear()
@@ -230,6 +245,38 @@ class Worker:
             finally:
                 wake.cancel()
                 freed.cancel()
+
+    async def _restore_registry(self) -> int:
+        """Start from the latest registry snapshot, if any worker saved one: the position it covers.
+
+        The snapshot holds every unfinished run with its workflow and holder, and every worker's liveness, folded
+        from the watched events up to that position. Positions are final, so reading on from there misses nothing,
+        and a worker joining a store with a long history does not scan it from the beginning.
+        """
+        loaded = await self.store._load_snapshot(REGISTRY_STREAM, REGISTRY_SNAPSHOT)
+        if loaded is None:
+            return 0
+        position, encoded = loaded
+        registry = json.loads(encoded)
+        now = time.monotonic()
+        for workflow_id, (workflow, owner) in registry["runs"].items():
+            self._workflows[workflow_id] = workflow
+            if owner is not None:
+                self._owners[workflow_id] = owner
+            if self.runtime.knows(workflow):
+                self._unfinished[workflow_id] = None
+                self._known_at.setdefault(workflow_id, now)
+        self.liveness = Liveness.from_json(registry["workers"])
+        return int(position)
+
+    async def _save_registry(self, position: int) -> None:
+        """Save what the follower knows at `position` for workers that start later (kept unless a newer one is)."""
+        runs = {run: [workflow, self._owners.get(run)] for run, workflow in self._workflows.items()}
+        registry = {"runs": runs, "workers": self.liveness.to_json()}
+        try:
+            await self.store._save_snapshot(REGISTRY_STREAM, REGISTRY_SNAPSHOT, position, json.dumps(registry).encode())
+        except AgentfoldError as error:
+            logger.warning("could not save the workers' registry snapshot: %r", error)
 
     def _observe(self, event: RecordedEvent) -> None:
         stream = event.stream_id
@@ -246,6 +293,7 @@ class Worker:
             return
         workflow_id = stream[len(h.WORKFLOW_STREAM_PREFIX) :]
         if event.type == h.WORKFLOW_STARTED:
+            self._workflows[workflow_id] = str(event.data.get("workflow"))
             if self.runtime.knows(str(event.data.get("workflow"))):
                 self._unfinished[workflow_id] = None
                 self._known_at.setdefault(workflow_id, time.monotonic())
@@ -261,6 +309,7 @@ class Worker:
             self._owners[workflow_id] = None
         else:
             self._unfinished.pop(workflow_id, None)
+            self._workflows.pop(workflow_id, None)
             self._owners.pop(workflow_id, None)
             self._known_at.pop(workflow_id, None)
             self._suspended.discard(workflow_id)
