@@ -2,9 +2,11 @@
 
 from agentfold.connect import connect
 from agentfold.errors import (
+    CircuitOpen,
     HandlerFailed,
     HistoryTrimmed,
     InvalidProjection,
+    LeaseLost,
     ProjectionError,
     TrimRefused,
     UnhandledEvent,
@@ -42,12 +44,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "STREAM_EXISTS",
     "AppendResult",
+    "CircuitOpen",
     "EventStore",
     "ExpectedVersion",
     "Folded",
     "HandlerFailed",
     "HistoryTrimmed",
     "InvalidProjection",
+    "LeaseLost",
     "NewEvent",
     "Projection",
     "ProjectionError",

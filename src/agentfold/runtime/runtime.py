@@ -150,8 +150,7 @@ class Runtime:
         """Start `workflow` once per event of `event_type` (on streams starting with `stream_prefix`).
 
         The run gets the event as its input (`TriggerEvent`) and a workflow id derived from the event id, so every
-        worker may see the event and still only one run starts. Workers deliver triggers; see `agentfold.runtime
-        .triggers`.
+        worker may see the event and still only one run starts. Workers deliver triggers (`agentfold.runtime.triggers`).
         """
         chosen = Trigger.of(self.definition(workflow).name, event_type, stream_prefix, name)
         if any(existing.name == chosen.name for existing in self.triggers):
