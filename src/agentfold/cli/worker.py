@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import click
 
@@ -93,6 +94,9 @@ async def _serve(
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Plain step functions run in the default executor: give every run a thread, so runs blocked in slow calls
+    # cannot starve the others of threads.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=concurrency + 8, thread_name_prefix="agentfold-step"))
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stop.set)
     async with agentfold.connect(store_url) as store:
