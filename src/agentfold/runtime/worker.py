@@ -301,7 +301,9 @@ class Worker:
             owner = event.data.get("worker")
             self._owners[workflow_id] = owner if isinstance(owner, str) else None
             task = self._running.get(workflow_id)
-            if owner != self.worker_id and task is not None:
+            execution = self._executions.get(workflow_id)
+            newer = execution is None or event.version > execution.history.version
+            if owner != self.worker_id and task is not None and newer:
                 logger.warning("worker %s: run %r was taken over by %s", self.worker_id, workflow_id, owner)
                 self.lost += 1
                 task.cancel()
