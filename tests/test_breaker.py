@@ -195,3 +195,24 @@ def test_bad_settings_and_names_are_refused() -> None:
         BreakerSettings(cool_down=-1)
     with pytest.raises(InvalidInput, match="breaker name"):
         Runtime().breaker("")
+
+
+async def test_the_runtime_step_timeout_bounds_steps_that_name_none() -> None:
+    runtime = Runtime(step_timeout=0.05)
+    dependency = Dependency()
+    dependency.hang = True
+
+    @runtime.workflow(name="hangs")
+    async def hangs(ctx: WorkflowContext) -> str:
+        try:
+            await ctx.step("call", dependency.call, "x", retry=NO_RETRY)
+        except StepError as error:
+            return error.error_type
+        return "ok"
+
+    async with agentfold.connect("memory://") as store, runtime.worker(store):
+        client = runtime.client(store)
+        await client.start(hangs, workflow_id="h")
+        assert await client.result("h", timeout=TIMEOUT) == "StepTimeout"
+    with pytest.raises(InvalidInput, match="step_timeout"):
+        Runtime(step_timeout=-1)
