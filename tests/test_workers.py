@@ -184,3 +184,20 @@ async def test_sigterm_hands_held_runs_to_the_others_at_once(shared_url: str, tm
         await leaving.kill()
         if staying is not None:
             await staying.kill()
+
+
+def test_the_worker_command_names_a_bad_app() -> None:
+    import subprocess
+
+    def run(app: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "agentfold.cli", "worker", app, "--store", "memory://"]
+        return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=LINE_TIMEOUT, check=False)
+
+    missing = run("tests.workflow_apps.nowhere:runtime")
+    assert missing.returncode == 2
+    assert "cannot import 'tests.workflow_apps.nowhere'" in missing.stderr
+    wrong = run("tests.workflow_apps.fleet:STEPS")
+    assert wrong.returncode == 2
+    assert "is int, not an agentfold Runtime" in wrong.stderr
+    malformed = run("tests.workflow_apps.fleet")
+    assert "package.module:attribute" in malformed.stderr
