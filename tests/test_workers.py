@@ -31,7 +31,7 @@ RUNS = 200
 LINE_TIMEOUT = 30.0
 RESULT_TIMEOUT = 60.0
 
-PROCESS_BACKENDS = [backend for backend in BACKENDS if backend.name in ("sqlite", "postgres") and backend.available()]
+PROCESS_BACKENDS = [backend for backend in BACKENDS if backend.durable and backend.available()]
 
 
 @pytest.fixture(params=PROCESS_BACKENDS, ids=lambda backend: backend.name)
