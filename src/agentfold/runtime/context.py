@@ -172,7 +172,7 @@ class WorkflowExecution:
         """Set when the worker stops: no new intent is recorded; commands already started finish."""
         self.steps_in_flight = 0
         """Step attempts whose intent is recorded and whose function is running: a stopping worker lets them end."""
-        self.breakers: Any = None
+        self.breakers: BreakerBoard | None = None
         """The worker's `BreakerBoard`, shared by its executions (one is made on first use otherwise)."""
         self.context = WorkflowContext(self)
 
@@ -457,8 +457,7 @@ class WorkflowExecution:
     def _breaker_board(self) -> BreakerBoard:
         if self.breakers is None:
             self.breakers = BreakerBoard(self.store, self.runtime.breakers)
-        board: BreakerBoard = self.breakers
-        return board
+        return self.breakers
 
     async def _reconcile(
         self,
