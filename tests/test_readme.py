@@ -11,19 +11,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_start_runs_as_written(tmp_path: Path) -> None:
+def section_code(heading: str) -> str:
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Quick start", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    code = re.search(r"```python\n(.*?)```", readme.split(heading, 1)[1], re.DOTALL)
     assert code is not None
-    assert len(code.group(1).strip().splitlines()) <= 25
-    script = tmp_path / "quick_start.py"
-    script.write_text(code.group(1))
+    return code.group(1)
+
+
+def run_twice(code: str, tmp_path: Path) -> list[str]:
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    outputs = []
     for _ in range(2):
         run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
-        assert "refused:" in run.stdout
-        assert "OrderPlaced" in run.stdout
+        outputs.append(run.stdout)
+    return outputs
+
+
+def test_quick_start_runs_as_written(tmp_path: Path) -> None:
+    code = section_code("## Quick start")
+    assert len([line for line in code.splitlines() if line.strip()]) <= 20
+    for output in run_twice(code, tmp_path):
+        assert "{'paid': 'order-7/1/charge', 'approved_by': 'alice'}" in output
+
+
+def test_event_log_example_runs_as_written(tmp_path: Path) -> None:
+    for output in run_twice(section_code("## The event log"), tmp_path):
+        assert "refused:" in output
+        assert "OrderPlaced" in output
 
 
 def test_make_demo_command_runs(tmp_path: Path) -> None:
