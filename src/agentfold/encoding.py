@@ -136,6 +136,7 @@ def _check_json(value: object, path: str, depth: int, on_path: set[int]) -> None
             for key, item in value.items():  # type: ignore[attr-defined]
                 if type(key) is not str:
                     raise InvalidEventData(f"{path} has a key {key!r} that is not a str", path)
+                _check_json(key, f"{path} key {key!r}", depth + 1, on_path)
                 _check_json(item, f"{path}.{key}", depth + 1, on_path)
         else:
             for index, item in enumerate(value):  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import traceback
 import uuid
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from agentfold.encoding import check_stream_id
+from agentfold.encoding import check_event_type, check_stream_id
 from agentfold.errors import InvalidInput, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
 
@@ -70,6 +71,22 @@ class GroupSettings:
 
     def __post_init__(self) -> None:
         check_stream_id(self.name)
+        for whole in ("partitions", "max_attempts", "checkpoint_every", "page_size"):
+            value = getattr(self, whole)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidInput(f"{whole} must be an int, got {type(value).__name__}")
+        for seconds in ("lease_seconds", "retry_delay_seconds"):
+            value = getattr(self, seconds)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise InvalidInput(f"{seconds} must be a finite number of seconds >= 0, got {value!r}")
+        if self.types is not None:
+            if isinstance(self.types, str):
+                raise InvalidInput("types must be a list of event types, not a str")
+            object.__setattr__(self, "types", tuple(check_event_type(event_type) for event_type in self.types))
+        if self.stream_prefix is not None:
+            check_stream_id(self.stream_prefix)
+        if self.page_size < 1:
+            raise InvalidInput(f"page_size must be at least 1, got {self.page_size}")
         if not 1 <= self.partitions <= 1024:
             raise InvalidInput(f"partitions must be between 1 and 1024, got {self.partitions}")
         if not self.lease_seconds > 0:

@@ -16,6 +16,7 @@ from typing import Any, Final, Self
 
 from agentfold.encoding import (
     DEFAULT_MAX_EVENT_SIZE,
+    MAX_VERSION,
     EncodedEvent,
     check_event_type,
     check_expected_version,
@@ -168,7 +169,15 @@ class EventStore(abc.ABC):
         each stream's events in order. Use as ``async with store.consumer_group("mailer", handle): ...``.
         `settings` are those of `GroupSettings` (partitions, lease_seconds, max_attempts, types, ...)."""
         self._check_open()
-        return ConsumerGroupMember(self, GroupSettings(name, **settings), handler, member_id)
+        if not callable(handler):
+            raise InvalidInput(f"a consumer group handler must be an async function, got {type(handler).__name__}")
+        if member_id is not None:
+            _check_name(member_id, "member id")
+        try:
+            group_settings = GroupSettings(name, **settings)
+        except TypeError as error:  # an unknown setting
+            raise InvalidInput(f"consumer group {name!r}: {error}") from None
+        return ConsumerGroupMember(self, group_settings, handler, member_id)
 
     def projector(
         self,
@@ -180,7 +189,12 @@ class EventStore(abc.ABC):
     ) -> Projector:
         """Keep a read model up to date from the named subscription `name` (see `agentfold.readmodel`)."""
         self._check_open()
-        return Projector(self, name, update, types, stream_prefix, page_size)
+        if not callable(update):
+            raise InvalidInput(f"a projector's update must be a function, got {type(update).__name__}")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise InvalidInput(f"page_size must be an int >= 1, got {page_size!r}")
+        checked_types = _check_types(types)
+        return Projector(self, _check_name(name), update, checked_types, _check_prefix(stream_prefix), page_size)
 
     async def load_checkpoint(self, name: str) -> int | None:
         """The position last saved under the subscriber `name`, or None."""
@@ -296,15 +310,18 @@ def _check_counter(value: object, name: str) -> int:
         raise InvalidInput(f"{name} must be an int, got {type(value).__name__}")
     if value < 0:
         raise InvalidInput(f"{name} must be >= 0, got {value}")
+    if value > MAX_VERSION:
+        raise InvalidInput(f"{name} {value} is beyond any position or version a store can hold ({MAX_VERSION})")
     return value
 
 
-def _check_name(name: object) -> str:
+def _check_name(name: object, what: str = "subscriber name") -> str:
     if name is None:
-        raise InvalidInput("a checkpoint needs a subscriber name")
-    checked = check_subscription_name(name)  # type: ignore[arg-type]
-    assert checked is not None
-    return checked
+        raise InvalidInput(f"a {what} is required")
+    try:
+        return check_stream_id(name)
+    except InvalidInput as error:
+        raise InvalidInput(str(error).replace("stream id", what)) from None
 
 
 def _check_limit(limit: object) -> int | None:

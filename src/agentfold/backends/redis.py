@@ -291,8 +291,8 @@ def _positive(value: Any, name: str, kind: type[int] | type[float]) -> float:
         number = kind(value)
     except (TypeError, ValueError):
         raise InvalidURL(f"{name} must be a positive number, got {value!r}") from None
-    if isinstance(value, bool) or number <= 0:
-        raise InvalidURL(f"{name} must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not 0 < number < float("inf"):  # also refuses NaN
+        raise InvalidURL(f"{name} must be a positive finite number, got {value!r}")
     return number
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from agentfold.bench import BACKEND_NAMES, run
 from agentfold.cli import main
+from agentfold.errors import AgentfoldError
 
 UNITS = {"_per_s": "/s", "_ms": " ms"}
 
@@ -42,7 +43,10 @@ def bench(
         scheme = url.split("://", 1)[0]
         base_urls["postgres" if scheme.startswith("postgres") else scheme] = url
     with console.status("measuring") as status:
-        results = asyncio.run(run(chosen, base_urls, quick, progress=lambda text: status.update(text)))
+        try:
+            results = asyncio.run(run(chosen, base_urls, quick, progress=lambda text: status.update(text)))
+        except AgentfoldError as error:  # messages name URLs with the password hidden
+            raise click.ClickException(str(error)) from None
     if markdown:
         click.echo(markdown_table(results))
     else:
