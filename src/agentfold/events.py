@@ -99,13 +99,25 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def id(self) -> uuid.UUID:
-        """The event's id, as given at append time."""
-        return uuid.UUID(self._id)
+        """The event's id, as given at append time. `StoreCorrupted` if the stored id is not a UUID."""
+        try:
+            return uuid.UUID(self._id)
+        except ValueError:
+            from agentfold.errors import StoreCorrupted
+
+            raise StoreCorrupted(f"the stored event at position {self.position} has an id that is not a UUID") from None
 
     @property
     def recorded_at(self) -> datetime:
-        """When the event was written (UTC)."""
-        return datetime.fromtimestamp(self._recorded_at_us / 1_000_000, UTC)
+        """When the event was written (UTC). `StoreCorrupted` if the stored time is not a representable date."""
+        try:
+            return datetime.fromtimestamp(self._recorded_at_us / 1_000_000, UTC)
+        except (OverflowError, ValueError, OSError):
+            from agentfold.errors import StoreCorrupted
+
+            raise StoreCorrupted(
+                f"the stored event at position {self.position} has an impossible time {self._recorded_at_us}"
+            ) from None
 
     @property
     def recorded_at_us(self) -> int:
