@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -297,3 +298,49 @@ async def gather_outcomes(store: EventStore, attempts: dict[str, list[NewEvent]]
         *(store.append(stream, events) for stream, events in attempts.items()), return_exceptions=True
     )
     return dict(zip(attempts, results, strict=True))
+
+
+# -- a writer killed in the middle of large batches ---------------------------------------------------------------
+
+
+async def test_a_writer_sigkilled_mid_large_batches_leaves_a_sound_file(tmp_path: Path) -> None:
+    """Batches of 300 events make the kill land inside a transaction's writes: the file passes SQLite's
+    `integrity_check`, holds whole batches only, every acknowledged one among them, and takes appends again.
+    (Acknowledged-append survival for small batches on every backend: tests/test_processes.py.)"""
+    path = tmp_path / "killed.db"
+    url = f"sqlite:///{path}"
+    async with agentfold.connect(url):
+        pass
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.procs", "writer", url, "big", "0", "300", "2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    acknowledged: list[tuple[str, int, int]] = []
+    for line in process.stdout:
+        parts = line.split()
+        if parts[0] == "ACK":
+            acknowledged.append((parts[1], int(parts[2]), int(parts[3])))
+            if len(acknowledged) >= 20:
+                break
+    process.kill()
+    process.wait(timeout=30)
+    process.stdout.close()
+
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    async with agentfold.connect(url) as store:
+        events = [event async for event in store.read_all()]
+        stored = {(event.stream_id, event.version): event.position for event in events}
+        for stream_id, version, position in acknowledged:
+            assert stored[(stream_id, version)] == position
+        for stream_id in {event.stream_id for event in events}:
+            versions = [event.version for event in events if event.stream_id == stream_id]
+            assert versions == list(range(1, len(versions) + 1))
+            assert len(versions) % 300 == 0, f"a partial batch is stored on {stream_id}"
+            assert await store.stream_version(stream_id) == len(versions)
+        result = await store.append("big-0", batch(1), expected_version=await store.stream_version("big-0"))
+        assert result.position == len(events) + 1
