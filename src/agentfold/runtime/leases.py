@@ -197,11 +197,13 @@ class Heartbeat:
         self._describe = describe
         self._on_out_of_touch = on_out_of_touch
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.last_success = 0.0
         self.beats = 0
 
     async def start(self) -> None:
         """Write the first heartbeat (before the worker claims anything), then keep beating in a task."""
+        self._stopping = False
         await self.beat()
         self._task = asyncio.create_task(self._loop(), name=f"agentfold-heartbeat-{self.worker_id}")
 
@@ -214,7 +216,7 @@ class Heartbeat:
             await self.store._trim_stream(self.stream_id, result.version - KEEP_HEARTBEATS)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:  # not only cancellation: a driver may swallow one (redis-py can, mid-command)
             await asyncio.sleep(self.settings.heartbeat)
             try:
                 await self.beat()
@@ -227,6 +229,7 @@ class Heartbeat:
 
     async def stop(self, reason: str = "shutdown") -> None:
         """Stop beating and record `WorkerStopped`: every run this worker held is free at once."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=self.settings.ttl)
