@@ -149,11 +149,14 @@ async def run_soak(url: str, seconds: float, *, seed: int | None = None) -> dict
 
 
 async def _run(store: EventStore, observer: EventStore, state: _State, chooser: random.Random, tag: str) -> None:
-    tasks = [
+    appenders = [
         asyncio.create_task(_appender(store, state, index, chooser.randrange(2**32), tag)) for index in range(APPENDERS)
     ]
+    appends_done = asyncio.Event()
+    asyncio.gather(*appenders, return_exceptions=True).add_done_callback(lambda _: appends_done.set())
+    tasks = [*appenders]
     tasks.append(asyncio.create_task(_subscriptions(observer, state, chooser.randrange(2**32), tag)))
-    tasks.append(asyncio.create_task(_group(store, state, tag)))
+    tasks.append(asyncio.create_task(_group(store, state, tag, appends_done)))
     tasks.append(asyncio.create_task(_workflows(store, state, tag)))
     checker_stop = asyncio.Event()
     checker = asyncio.create_task(_checker(observer, state, tag, checker_stop))
@@ -351,7 +354,7 @@ def _check_subscription(state: _State, start: int, last: int, seen: list[tuple[i
 # -- a consumer group with changing members -----------------------------------------------------------------------
 
 
-async def _group(store: EventStore, state: _State, tag: str) -> None:
+async def _group(store: EventStore, state: _State, tag: str, appends_done: asyncio.Event) -> None:
     prefix = f"{SOAK_PREFIX}{tag}-"
 
     missing: set[str] = set()
@@ -390,7 +393,8 @@ async def _group(store: EventStore, state: _State, tag: str) -> None:
                 break
             await current.pop(0).stop()  # leaves cleanly: checkpoints and releases its partitions
             current.append(await member().__aenter__())
-        # Everything appended (and acknowledged) must reach the group.
+        # Everything appended (and acknowledged) must reach the group, up to the appenders' last append.
+        await appends_done.wait()
         missing.update(event_id for ack in state.acknowledged for event_id in ack.ids)
         missing.difference_update(state.group_handled)
         if missing:
