@@ -311,10 +311,24 @@ def _connect(settings: SQLiteSettings, *, writer: bool) -> sqlite3.Connection:
     return connection
 
 
+def _switch_to_wal(connection: sqlite3.Connection, attempts: int = 100) -> str:
+    """`PRAGMA journal_mode = WAL`, retried: while another process is switching a fresh file, SQLite may answer
+    "database is locked" at once instead of waiting for the busy timeout."""
+    attempt = 0
+    while True:
+        try:
+            return str(connection.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as error:
+            attempt += 1
+            if "locked" not in str(error) or attempt >= attempts:
+                raise
+            time.sleep(0.01 * (1 + attempt % 10))
+
+
 def _create_schema(connection: sqlite3.Connection, path: str) -> None:
     """Switch to WAL and create the tables. Idempotent; two processes may run it at once (the write lock orders
     them and the second finds everything in place)."""
-    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _switch_to_wal(connection)
     if str(mode).lower() != "wal":
         raise StoreUnavailable(f"SQLite store {path!r} cannot use WAL mode (journal_mode is {mode})")
     found = connection.execute("PRAGMA user_version").fetchone()[0]
