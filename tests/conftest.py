@@ -9,6 +9,8 @@ import agentfold
 from agentfold.store import EventStore
 from tests.backends import AVAILABLE, DURABLE, Backend, require_service
 
+pytest_plugins = ["tests.servers"]  # private PostgreSQL and Redis servers for fault tests
+
 
 @pytest.fixture(params=AVAILABLE, ids=lambda backend: backend.name)
 def backend(request: pytest.FixtureRequest) -> Backend:

@@ -7,18 +7,13 @@ The shared guarantees are in the conformance suite. Tests that restart or reconf
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
-import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 import agentfold
@@ -34,7 +29,8 @@ from agentfold.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
-from tests.backends import BACKENDS, IN_CI, REDIS_URL, require_service
+from tests.backends import BACKENDS, REDIS_URL, require_service
+from tests.servers import AOF_ALWAYS
 
 REDIS = next(backend for backend in BACKENDS if backend.name == "redis")
 
@@ -60,75 +56,7 @@ async def open_redis(url: str, **options: Any) -> RedisStore:
     return store
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, in a temporary folder, on a free port."""
-
-    def __init__(self, folder: Path, settings: dict[str, str]) -> None:
-        self.folder = folder
-        self.settings = settings
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        command += ["--daemonize", "no", "--logfile", str(self.folder / "redis.log")]
-        for name, value in self.settings.items():
-            command += [f"--{name}", value]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 20
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.exceptions.BusyLoadingError:
-                    pass
-                except redis.exceptions.ConnectionError:
-                    if self.process.poll() is not None:
-                        raise RuntimeError(f"redis-server exited: {(self.folder / 'redis.log').read_text()}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start within 20 s")
-                time.sleep(0.02)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Any]:
-    """Start private servers with given settings: `start({"appendonly": "yes", ...})`."""
-    if shutil.which("redis-server") is None:
-        if IN_CI:
-            pytest.fail("redis-server is not installed, and under CI=true backend tests never skip")
-        pytest.skip("redis-server is not installed")
-    servers: list[PrivateRedis] = []
-
-    def start(settings: dict[str, str]) -> PrivateRedis:
-        folder = tmp_path / f"redis-{len(servers)}"
-        folder.mkdir()
-        server = PrivateRedis(folder, settings)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
-
-
 NO_PERSISTENCE = {"appendonly": "no", "save": ""}
-AOF_ALWAYS = {"appendonly": "yes", "appendfsync": "always", "save": ""}
 
 
 def events(count: int, **data: Any) -> list[NewEvent]:
