@@ -14,6 +14,7 @@ import logging
 import math
 import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,7 +37,9 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.store import EventStore
-from tests.backends import run
+from tests.backends import AVAILABLE, Backend, run
+
+SERVER_BACKENDS = [backend for backend in AVAILABLE if backend.name in ("postgres", "redis")]
 
 SECRET = "s3cret-Pw-7f1c"
 
@@ -320,10 +323,9 @@ INJECTED_OPTIONS = [
 
 @pytest.mark.parametrize("query", INJECTED_OPTIONS)
 async def test_urls_with_injected_options_are_refused_without_the_password(
-    store_url: str, query: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    durable_url: str, query: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if store_url.startswith("memory:"):
-        pytest.skip("memory:// takes no options")
+    store_url = durable_url  # memory:// takes no options
     caplog.set_level(logging.DEBUG)
     url = with_password(add_query(store_url, query))
     key = query.split("=", 1)[0]
@@ -348,12 +350,11 @@ async def test_urls_of_the_wrong_kind_are_refused(url: Any) -> None:
         await agentfold.connect(url)
 
 
+@pytest.mark.parametrize("server_backend", SERVER_BACKENDS, ids=lambda backend: backend.name)
 async def test_an_unreachable_server_never_shows_the_password(
-    store_url: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    server_backend: Backend, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    parts = urlsplit(store_url)
-    if not parts.hostname:
-        pytest.skip("only server URLs carry a password")
+    parts = urlsplit(server_backend.make_url(tmp_path))  # only server URLs carry a password
     caplog.set_level(logging.DEBUG)
     url = urlunsplit((parts.scheme, f"agent:{SECRET}@127.0.0.1:1", parts.path, parts.query, ""))
     with pytest.raises(StoreUnavailable) as raised:
@@ -404,8 +405,9 @@ def cli_cases(store_url: str) -> list[tuple[str, list[str], int]]:
 
 
 def test_hostile_command_lines_fail_cleanly_and_change_nothing(
-    store_url: str, caplog: pytest.LogCaptureFixture
+    durable_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    store_url = durable_url  # a memory:// store lives in one process: each command would see an empty one
     caplog.set_level(logging.DEBUG)
 
     async def seed_and_digest() -> tuple[int, str]:
@@ -414,8 +416,6 @@ def test_hostile_command_lines_fail_cleanly_and_change_nothing(
                 await store.append("victim", [NewEvent("Seeded", {})])
             return await digest(store)
 
-    if store_url.startswith("memory:"):
-        pytest.skip("a memory:// store lives in one process: the commands would each see an empty one")
     before = run(seed_and_digest())
     runner = CliRunner()
     failures: list[str] = []
