@@ -81,8 +81,10 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def _format(name: str, value: float) -> str:
-    if name.endswith("_per_s"):
+    if "_vs_" in name:
+        return f"{value:.2f}x"
+    if "_per_s" in name:
         return f"{value:,.0f}"
     if name.endswith("_ms") or "_ms_" in name:
-        return f"{value:.1f}"
+        return f"{value:,.1f}"
     return f"{value:.2f}"
