@@ -133,7 +133,7 @@ async def _optional(module: str, function: str, *args: Any) -> Figures:
 
 
 async def run_backend(
-    backend: str, base_url: str | None = None, quick: bool = False, progress: Progress = print
+    backend: str, base_url: str | None = None, quick: bool = False, progress: Progress = print, big: bool = False
 ) -> Figures:
     """Every figure for one backend, the raw-driver baseline of the same run, and the ratios between them."""
     seconds = 1.0 if quick else 3.0
@@ -148,7 +148,9 @@ async def run_backend(
     async with scratch_store(backend, base_url) as (url, store):
         figures.update(await measure_read(store))
         progress(f"{backend}: fold a 10k-event stream")
-        figures.update(await _optional("agentfold.bench.projection_bench", "measure_projection", url))
+        figures.update(
+            await _optional("agentfold.bench.projection_bench", "measure_projection", url, big and backend != "memory")
+        )
     progress(f"{backend}: append-to-delivery latency")
     async with scratch_store(backend, base_url) as (url, store):
         figures.update(await _optional("agentfold.bench.delivery", "measure_latency", url, store))
@@ -195,7 +197,7 @@ def environment() -> dict[str, Any]:
 
 
 async def run(
-    backends: list[str], base_urls: dict[str, str], quick: bool, progress: Progress = print
+    backends: list[str], base_urls: dict[str, str], quick: bool, progress: Progress = print, big: bool = False
 ) -> dict[str, Any]:
     """Run the benchmarks for `backends`; the result is what `--json` writes."""
     results: dict[str, Any] = {"environment": environment(), "backends": {}}
@@ -203,6 +205,6 @@ async def run(
         url = base_urls.get(backend)
         results["backends"][backend] = {
             "url": redact(url) if url else None,
-            "figures": await run_backend(backend, url, quick, progress),
+            "figures": await run_backend(backend, url, quick, progress, big),
         }
     return results

@@ -31,9 +31,15 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
 @click.option("--url", "urls", multiple=True, help="Server URL for a backend, e.g. postgresql://user@host/db.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
 @click.option("--quick", is_flag=True, help="Shorter runs: rougher figures.")
+@click.option(
+    "--snapshot-1m",
+    "big",
+    is_flag=True,
+    help="Also load a 1,000,000-event stream's state from its snapshot (SQLite; building it takes about a minute).",
+)
 @click.option("--markdown", is_flag=True, help="Print the figures as a Markdown table (as in the README).")
 def bench(
-    backends: tuple[str, ...], urls: tuple[str, ...], json_path: Path | None, quick: bool, markdown: bool
+    backends: tuple[str, ...], urls: tuple[str, ...], json_path: Path | None, quick: bool, big: bool, markdown: bool
 ) -> None:
     """Measure appends, reads and folds, beside the bare driver of the same backend."""
     console = Console(stderr=True)
@@ -44,7 +50,7 @@ def bench(
         base_urls["postgres" if scheme.startswith("postgres") else scheme] = url
     with console.status("measuring") as status:
         try:
-            results = asyncio.run(run(chosen, base_urls, quick, progress=lambda text: status.update(text)))
+            results = asyncio.run(run(chosen, base_urls, quick, progress=lambda text: status.update(text), big=big))
         except AgentfoldError as error:  # messages name URLs with the password hidden
             raise click.ClickException(str(error)) from None
     if markdown:
