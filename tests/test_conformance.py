@@ -559,3 +559,14 @@ async def test_wait_for_append_returns_once_an_event_exists(store: EventStore) -
     await store.append("s", events(1))
     await asyncio.wait_for(waiter, 30)
     assert await store.head_position() > head
+
+
+def test_event_ids_stay_unique_when_the_random_module_is_seeded() -> None:
+    import random
+
+    ids = set()
+    for _ in range(100):
+        random.seed(7)
+        ids.add(NewEvent("A", {}).id)
+    assert len(ids) == 100
+    assert all(event_id.version == 7 for event_id in ids)
