@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import inspect
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,6 +69,9 @@ MAX_GROUP_BYTES: Final = 8 * 1024 * 1024
 GROUPS_IN_FLIGHT: Final = 2
 """Group transactions one process keeps in flight: while one holds the table lock and waits for its commit to reach
 disk, the next is already encoded, sent and queued on the lock."""
+
+logger = logging.getLogger("agentfold.postgres")
+
 _LISTENER_HEALTH_CHECK: Final = 30.0
 _POLL_SECONDS: Final = 0.05  # how often waiters re-read while no LISTEN connection is up
 _RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -805,7 +809,7 @@ class PostgresStore(EventStore):
                             self._wake_waiters()
                         await connection.execute("SELECT 1")  # a silent network drop surfaces here
             except psycopg.Error:
-                pass
+                logger.debug("the LISTEN connection dropped; reconnecting", exc_info=True)
             finally:
                 self._listening.clear()
                 self._listener_backend_pid = None

@@ -804,11 +804,9 @@ class SQLiteStore(EventStore):
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._appended.wait(), min(remaining, POLL_INTERVAL))
                 return
-            except TimeoutError:
-                pass
             # Appends by other processes (or other stores on this file) wake nobody here: poll for them.
             if await self._read(_head) > after_position:
                 return

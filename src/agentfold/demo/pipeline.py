@@ -20,6 +20,7 @@ crash starts nothing new. Every run of one order therefore has a known id, and t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -235,10 +236,8 @@ class OrderPipeline:
             {"agent_id": NOTIFICATION},
             id=uuid.uuid5(_NOTIFICATION_NAMESPACE, idempotency_key),
         )
-        try:
+        with contextlib.suppress(WrongExpectedVersion):  # written by an earlier attempt whose outcome was lost
             await self.store.append(NOTIFICATION_STREAM_PREFIX + order.order_id, [event], expected_version=NO_STREAM)
-        except WrongExpectedVersion:
-            pass  # written by an earlier attempt whose outcome was not recorded
         return message
 
     async def _report(self, order_id: str, tracking_number: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -73,10 +74,8 @@ class WorkflowClient:
             "version": definition.version,
         }
         event = NewEvent(h.WORKFLOW_STARTED, data, id=uuid.uuid5(_START_NAMESPACE, chosen_id))
-        try:
+        with contextlib.suppress(WrongExpectedVersion):  # started before: the run below is the one to use
             await self.store.append(h.workflow_stream(chosen_id), [event], expected_version=NO_STREAM)
-        except WrongExpectedVersion:
-            pass
         existing = await self._first_event(chosen_id)
         if existing is None or existing.type != h.WORKFLOW_STARTED:
             raise InvalidInput(f"stream {h.workflow_stream(chosen_id)!r} exists but does not record a workflow run")
