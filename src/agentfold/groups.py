@@ -377,14 +377,7 @@ class ConsumerGroupMember:
                 return
             return
         after = min(lease.processed for lease in self._leases.values())
-        waiter = asyncio.ensure_future(self.store._wait_for_append(after, wait))
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waiter, stopper):
-                if not task.done():
-                    task.cancel()
+        await self.store.wait_for_append(after, wait, until=self._stopping)
 
 
 async def dead_letters(store: EventStore, group: str) -> list[RecordedEvent]:

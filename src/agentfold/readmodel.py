@@ -78,14 +78,7 @@ class Projector:
         """Catch up, then follow new events until `stop()`."""
         while not self._stopping.is_set():
             await self.catch_up()
-            waiter = asyncio.ensure_future(self.store._wait_for_append(self.position, IDLE_WAIT_SECONDS))
-            stopper = asyncio.ensure_future(self._stopping.wait())
-            try:
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (waiter, stopper):
-                    if not task.done():
-                        task.cancel()
+            await self.store.wait_for_append(self.position, IDLE_WAIT_SECONDS, until=self._stopping)
 
     def stop(self) -> None:
         """Make `run()` return after the page it is applying."""

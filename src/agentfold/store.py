@@ -28,6 +28,7 @@ from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, Recor
 from agentfold.groups import ConsumerGroupMember, GroupSettings, Handler
 from agentfold.readmodel import Projector, ReadModelUpdate
 from agentfold.subscription import Subscription, check_subscription_name
+from agentfold.wakeup import wait_unless
 
 DEFAULT_PAGE_SIZE: Final = 1000
 
@@ -252,6 +253,12 @@ class EventStore(abc.ABC):
         """Scan at most `limit` positions above `after_position`; return the matching events and the last position
         scanned (equal to `after_position` when nothing is there). Positions returned must be final: nothing may
         later appear at or below the scanned position."""
+
+    async def wait_for_append(self, after_position: int, timeout: float, until: asyncio.Event | None = None) -> None:
+        """Return when an event above `after_position` may exist, after `timeout` seconds, or as soon as `until`
+        is set. A hint only: read again afterwards."""
+        self._check_open()
+        await wait_unless(self._wait_for_append(after_position, timeout), until)
 
     async def _wait_for_append(self, after_position: int, timeout: float) -> None:
         """Return when an event above `after_position` may exist, or after `timeout` seconds.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Final, Self
 
 from agentfold.errors import InvalidInput, StoreClosed
 from agentfold.events import RecordedEvent
@@ -100,19 +100,7 @@ class Subscription:
         return event
 
     async def _wait(self) -> None:
-        waiter = asyncio.ensure_future(self._store._wait_for_append(self._after, IDLE_WAIT_SECONDS))
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waiter, stopper):
-                if not task.done():
-                    task.cancel()
-                    # A driver may finish the cancelled wait with an error instead (redis-py does when the store
-                    # closes under a blocked XREAD): nobody awaits it any more, so it is retrieved here.
-                    task.add_done_callback(_retrieve_outcome)
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
-                raise waiter.exception()  # type: ignore[misc]
+        await self._store.wait_for_append(self._after, IDLE_WAIT_SECONDS, until=self._stopping)
 
     async def ack(self, event: RecordedEvent | int | None = None) -> None:
         """Acknowledge everything up to `event` (default: the last one handed out, or further when the events
@@ -134,11 +122,6 @@ class Subscription:
     async def close(self) -> None:
         """Stop iterating. An iteration waiting for new events ends at once."""
         self._stopping.set()
-
-
-def _retrieve_outcome(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def check_subscription_name(name: str | None) -> str | None:

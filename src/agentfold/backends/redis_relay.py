@@ -220,16 +220,7 @@ class Relay:
         return int(reply[0])
 
     async def _wait(self, after: int, stop_event: asyncio.Event | None) -> None:
-        waiter = asyncio.ensure_future(self.source._wait_for_append(after, 5.0))
-        if stop_event is None:
-            await waiter
-            return
-        stopper = asyncio.ensure_future(stop_event.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waiter, stopper):
-                task.cancel()
+        await self.source.wait_for_append(after, 5.0, until=stop_event)
 
 
 async def _sleep_or_stop(delay: float, stop_event: asyncio.Event | None) -> None:

@@ -238,13 +238,7 @@ class Worker:
             self._ready.set()
             self._launch()
             self._slot_freed.clear()
-            wake = asyncio.create_task(self.store._wait_for_append(position, pause))
-            freed = asyncio.create_task(self._slot_freed.wait())
-            try:
-                await asyncio.wait({wake, freed}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                wake.cancel()
-                freed.cancel()
+            await self.store.wait_for_append(position, pause, until=self._slot_freed)
 
     async def _restore_registry(self) -> int:
         """Start from the latest registry snapshot, if any worker saved one: the position it covers.
