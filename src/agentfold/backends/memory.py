@@ -6,7 +6,6 @@ everything when the process ends.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from agentfold.appending import IdRecord, check_expected, find_retry
 from agentfold.encoding import EncodedEvent, decode_object
 from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.store import EventStore
+from agentfold.wakeup import Broadcast
 
 
 class MemoryStore(EventStore):
@@ -28,7 +28,7 @@ class MemoryStore(EventStore):
         self._log: list[RecordedEvent | None] = []  # None where an event was trimmed
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._ids: dict[str, IdRecord] = {}
-        self._appended = asyncio.Event()
+        self._appended = Broadcast()
         self._snapshots: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._checkpoints: dict[str, int] = {}
         self._trimmed: dict[str, int] = {}
@@ -61,8 +61,7 @@ class MemoryStore(EventStore):
             self._log.append(recorded)
             stream.append(recorded)
             self._ids[event.id] = IdRecord(stream_id, first + offset, first, last, len(self._log))
-        self._appended.set()
-        self._appended = asyncio.Event()
+        self._appended.wake()
         return AppendResult(last, len(self._log))
 
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
@@ -104,12 +103,8 @@ class MemoryStore(EventStore):
         return len(self._log)
 
     async def _wait_for_append(self, after_position: int, timeout: float) -> None:
-        if len(self._log) > after_position:
-            return
-        try:
-            await asyncio.wait_for(self._appended.wait(), timeout)
-        except TimeoutError:
-            return
+        if len(self._log) <= after_position:
+            await Broadcast.wait(self._appended.ticket(), timeout)
 
     async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
         return self._snapshots.get((stream_id, name))
@@ -138,7 +133,7 @@ class MemoryStore(EventStore):
         self._checkpoints[name] = position
 
     async def _close(self) -> None:
-        self._appended.set()
+        self._appended.wake()
 
 
 async def open_store(url: str, **options: Any) -> MemoryStore:

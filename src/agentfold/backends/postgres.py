@@ -48,6 +48,7 @@ from agentfold.errors import (
 )
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.store import EventStore
+from agentfold.wakeup import Broadcast
 
 DEFAULT_SCHEMA: Final = "agentfold"
 DEFAULT_POOL_MIN: Final = 2
@@ -594,7 +595,7 @@ class PostgresStore(EventStore):
             loop.create_task(self._write_loop(), name=f"agentfold-pg-writer-{number}")
             for number in range(GROUPS_IN_FLIGHT)
         ]
-        self._appended = asyncio.Event()
+        self._appended = Broadcast()
         self._listening = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._listener_backend_pid: int | None = None
@@ -768,7 +769,7 @@ class PostgresStore(EventStore):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._listening.wait(), max(0.0, min(deadline - loop.time(), _POLL_SECONDS)))
         # Taken before the re-check: a NOTIFY or reconnect after the check sets exactly this event.
-        woken = self._appended
+        woken = self._appended.ticket()
         if await self.head_position() > after_position:
             return
         remaining = deadline - loop.time()
@@ -777,12 +778,10 @@ class PostgresStore(EventStore):
         if not self._listening.is_set():  # no LISTEN in place: notifications could be missed, so poll
             await asyncio.sleep(min(remaining, _POLL_SECONDS))
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(woken.wait(), remaining)
+        await Broadcast.wait(woken, remaining)
 
     def _wake_waiters(self) -> None:
-        self._appended.set()
-        self._appended = asyncio.Event()
+        self._appended.wake()
 
     async def _listen_loop(self) -> None:
         """Keep one LISTEN connection (outside the pool) alive; wake waiters on every NOTIFY and every (re)LISTEN."""

@@ -22,7 +22,6 @@ script takes several independent appends per call and answers each on its own, s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import warnings
@@ -54,6 +53,7 @@ from agentfold.errors import (
 )
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.store import EventStore
+from agentfold.wakeup import Broadcast
 
 logger = logging.getLogger(__name__)
 
@@ -503,7 +503,7 @@ class RedisStore(EventStore):
         self._packed_streams: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._seen_head = 0
-        self._head_changed = asyncio.Event()
+        self._head_changed = Broadcast()
 
     def key(self, kind: str, stream_id: str | None = None) -> bytes:
         """The key of a record kind (``s``, ``v``, ``snap``, ``all``, ...), for one stream when given."""
@@ -736,15 +736,13 @@ class RedisStore(EventStore):
             return
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch(), name=f"agentfold redis watcher {self.prefix}")
-        changed = self._head_changed
+        changed = self._head_changed.ticket()
         if await self.head_position() > after_position:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
+        await Broadcast.wait(changed, timeout)
 
     def _wake_waiters(self) -> None:
-        self._head_changed.set()
-        self._head_changed = asyncio.Event()
+        self._head_changed.wake()
 
     async def _watch(self) -> None:
         """Block on the global stream after the last head seen; wake every waiter when something arrives."""

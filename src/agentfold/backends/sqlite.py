@@ -53,6 +53,7 @@ from agentfold.errors import (
 )
 from agentfold.events import ANY, AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.store import EventStore
+from agentfold.wakeup import Broadcast
 
 T = TypeVar("T")
 
@@ -653,7 +654,7 @@ class SQLiteStore(EventStore):
         self._reader_local = threading.local()
         self._read_connections: list[sqlite3.Connection] = []
         self._read_connections_lock = threading.Lock()
-        self._appended = asyncio.Event()
+        self._appended = Broadcast()
         self._committed_position = 0
 
     @property
@@ -718,8 +719,7 @@ class SQLiteStore(EventStore):
             else:
                 future.set_result(outcome)
         if appended:
-            self._appended.set()
-            self._appended = asyncio.Event()
+            self._appended.wake()
 
     # -- reads -----------------------------------------------------------------------------------------------------
 
@@ -804,8 +804,9 @@ class SQLiteStore(EventStore):
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._appended.wait(), min(remaining, POLL_INTERVAL))
+            ticket = self._appended.ticket()
+            await Broadcast.wait(ticket, min(remaining, POLL_INTERVAL))
+            if ticket.is_set():
                 return
             # Appends by other processes (or other stores on this file) wake nobody here: poll for them.
             if await self._read(_head) > after_position:
@@ -895,7 +896,7 @@ class SQLiteStore(EventStore):
         for connection in connections:
             with contextlib.suppress(sqlite3.Error):
                 connection.close()
-        self._appended.set()
+        self._appended.wake()
 
 
 def _head(connection: sqlite3.Connection) -> int:
