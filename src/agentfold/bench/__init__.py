@@ -32,7 +32,7 @@ Figures = dict[str, float]
 Progress = Callable[[str], None]
 
 
-def _payload(index: int) -> dict[str, Any]:
+def event_payload(index: int) -> dict[str, Any]:
     """About 200 bytes of JSON, the size of a typical agent event."""
     return {
         "order_id": index,
@@ -98,7 +98,7 @@ async def measure_appends(store: EventStore, writers: int, seconds: float) -> fl
         nonlocal count
         index = 0
         while time.perf_counter() < deadline:
-            await store.append(f"bench-{task}", [NewEvent("OrderUpdated", _payload(index))])
+            await store.append(f"bench-{task}", [NewEvent("OrderUpdated", event_payload(index))])
             index += 1
             count += 1
 
@@ -112,7 +112,7 @@ async def measure_read(store: EventStore, events: int = 10_000, repeats: int = 5
     stream_id = f"read-{uuid.uuid4().hex[:8]}"
     for start in range(0, events, 1000):
         await store.append(
-            stream_id, [NewEvent("OrderUpdated", _payload(index)) for index in range(start, start + 1000)]
+            stream_id, [NewEvent("OrderUpdated", event_payload(index)) for index in range(start, start + 1000)]
         )
     timings = []
     for _ in range(repeats):

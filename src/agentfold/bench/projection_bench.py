@@ -10,11 +10,12 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
 import agentfold
+from agentfold.bench import event_payload
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.projection import Projection, fold, handles, project, save_snapshot
 
@@ -63,19 +64,6 @@ class CountByTypeWithRecent(CountByType):
         return state
 
 
-def _payload(index: int) -> dict[str, Any]:
-    """About 200 bytes of JSON (the same shape as the other benchmarks)."""
-    return {
-        "order_id": index,
-        "agent_id": "payment-agent-7",
-        "status": "authorised",
-        "amount": 1234.56,
-        "currency": "EUR",
-        "items": [{"sku": f"sku-{index % 97}", "qty": index % 5 + 1}],
-        "note": "x" * 48,
-    }
-
-
 async def measure_projection(url: str, big: bool = False) -> dict[str, float]:
     """Figures in ms: `fold_10k_ms` (best of 5; `_median` too) and, with `big` on memory:// or sqlite,
     `snapshot_load_1m_ms` (best of 5; `_median` too) plus `snapshot_build_1m_s` (writing the stream and its first
@@ -85,7 +73,7 @@ async def measure_projection(url: str, big: bool = False) -> dict[str, float]:
         stream_id = f"fold-bench-{uuid.uuid4().hex[:8]}"
         for start in range(0, FOLD_EVENTS, APPEND_BATCH):
             batch = [
-                NewEvent(EVENT_TYPES[index % len(EVENT_TYPES)], _payload(index))
+                NewEvent(EVENT_TYPES[index % len(EVENT_TYPES)], event_payload(index))
                 for index in range(start, start + APPEND_BATCH)
             ]
             await store.append(stream_id, batch)

@@ -15,7 +15,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from agentfold.backends.redis import parse_url
-from agentfold.bench import _payload
+from agentfold.bench import event_payload
 
 CLIENTS: Final = 16
 PIPELINE_DEPTH: Final = 1000
@@ -28,7 +28,7 @@ async def measure_raw(url: str, seconds: float = 2.0) -> dict[str, float]:
     """
     settings = parse_url(url, {})
     prefix = f"{settings.prefix}-raw{uuid.uuid4().hex[:8]}"
-    entry = msgspec.json.encode(_payload(1))
+    entry = msgspec.json.encode(event_payload(1))
     client = aioredis.Redis.from_url(settings.client_url, max_connections=CLIENTS + 1)
     try:
         figures = {

@@ -19,6 +19,8 @@ from urllib.parse import unquote
 
 import msgspec
 
+from agentfold.bench import event_payload
+
 COMMIT_SECONDS: Final = 2.0
 ROWS_PER_TRANSACTION: Final = 100
 READ_EVENTS: Final = 10_000
@@ -72,19 +74,9 @@ def _open(path: str) -> sqlite3.Connection:
 
 
 def _payload(index: int) -> str:
-    """About 200 bytes of JSON, the same shape as the events `agentfold bench` writes and folds: decoding cost
-    depends on the shape (keys, nesting, numbers), not only on the size, so the baseline decodes the same thing."""
-    return msgspec.json.encode(
-        {
-            "order_id": index,
-            "agent_id": "payment-agent-7",
-            "status": "authorised",
-            "amount": 1234.56,
-            "currency": "EUR",
-            "items": [{"sku": f"sku-{index % 97}", "qty": index % 5 + 1}],
-            "note": "x" * 48,
-        }
-    ).decode()
+    """The events `agentfold bench` writes and folds, as stored text: decoding cost depends on the shape (keys,
+    nesting, numbers), not only on the size, so the baseline decodes the same thing."""
+    return msgspec.json.encode(event_payload(index)).decode()
 
 
 def _rows_per_second(path: str, rows_per_commit: int) -> float:
