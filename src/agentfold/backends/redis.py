@@ -665,19 +665,7 @@ class RedisStore(EventStore):
 
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
         entries = await self._read_page(self.key("s", stream_id), after_version, limit)
-        return [
-            RecordedEvent(
-                entry.stream_id,
-                entry.version,
-                entry.position,
-                entry.type,
-                entry.data,
-                entry.metadata,
-                entry.id,
-                entry.recorded_at_us,
-            )
-            for entry in entries
-        ]
+        return [_event(entry) for entry in entries]
 
     async def _read_all_page(
         self,
@@ -690,16 +678,7 @@ class RedisStore(EventStore):
         if not entries:
             return [], after_position
         events = [
-            RecordedEvent(
-                entry.stream_id,
-                entry.version,
-                entry.position,
-                entry.type,
-                entry.data,
-                entry.metadata,
-                entry.id,
-                entry.recorded_at_us,
-            )
+            _event(entry)
             for entry in entries
             if (types is None or entry.type in types)
             and (stream_prefix is None or entry.stream_id.startswith(stream_prefix))
@@ -823,6 +802,19 @@ class RedisStore(EventStore):
             await connection.disconnect()
         await self._client.aclose()
         await self._waiter.aclose()
+
+
+def _event(entry: _Entry) -> RecordedEvent:
+    return RecordedEvent(
+        entry.stream_id,
+        entry.version,
+        entry.position,
+        entry.type,
+        entry.data,
+        entry.metadata,
+        entry.id,
+        entry.recorded_at_us,
+    )
 
 
 def _parse_id_record(raw: bytes) -> IdRecord | None:

@@ -62,8 +62,9 @@ def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event
     def watch() -> None:
         # Raw reads of the descriptor: a daemon thread blocked in a buffered read would hold the buffer's lock
         # while the interpreter shuts down, which aborts the process.
-        while os.read(sys.stdin.fileno(), 4096):
-            pass
+        chunk = b"open"
+        while chunk:  # b"" at end of file: the demo closed the pipe or died
+            chunk = os.read(sys.stdin.fileno(), 4096)
         _parent_gone.set()
         loop.call_soon_threadsafe(stop.set)
 
