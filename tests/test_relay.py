@@ -21,6 +21,7 @@ from agentfold import NewEvent, RecordedEvent
 from agentfold.backends.redis import RedisDurabilityWarning
 from agentfold.backends.redis_relay import Relay, RelayConflict, category_of, decode_relayed, relay
 from agentfold.errors import InvalidInput, InvalidURL
+from agentfold.groups import partition_of
 from agentfold.store import EventStore
 from tests.backends import BACKENDS, REDIS_URL, require_service
 
@@ -110,6 +111,40 @@ async def test_a_batch_at_or_below_the_checkpoint_is_never_written_again(target:
         finally:
             await worker.close()
         assert await relayed(target) == events
+
+
+async def test_partition_streams_hold_each_stream_in_one_partition_in_order(target: str) -> None:
+    async with agentfold.connect("memory://") as source:
+        await fill(source, 40, batch=2)
+        assert await relay(source, target, once=True, batch_size=9, partitions=4) == 80
+        expected = await source_events(source)
+        for partition in range(4):
+            assert await relayed(target, f"partition:{partition}") == [
+                event for event in expected if partition_of(event.stream_id, 4) == partition
+            ]
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            assert await client.get(f"{prefix_of(target)}:partitions") == b"4"
+        finally:
+            await client.aclose()
+        await fill(source, 3)
+        assert await relay(source, target, once=True, partitions=4) == 3
+        with pytest.raises(InvalidInput, match="4 partition streams, not 8"):
+            await relay(source, target, once=True, partitions=8)
+        with pytest.raises(InvalidInput, match="4 partition streams, not 0"):
+            await relay(source, target, once=True)
+
+
+async def test_partitioning_is_refused_on_a_prefix_filled_without_it(target: str) -> None:
+    async with agentfold.connect("memory://") as source:
+        await fill(source, 3)
+        await relay(source, target, once=True)
+        with pytest.raises(InvalidInput, match="without partition streams, not 4"):
+            await relay(source, target, once=True, partitions=4)
+        with pytest.raises(InvalidInput, match="partitions"):
+            Relay(source, target, partitions=-1)
+        with pytest.raises(InvalidInput, match="partitions"):
+            Relay(source, target, partitions=1025)
 
 
 async def test_trimmed_events_are_skipped(target: str) -> None:
@@ -269,3 +304,4 @@ def test_cli_limits_match_the_relay() -> None:
 
     assert relay_command.DEFAULT_BATCH_SIZE == redis_relay.DEFAULT_BATCH_SIZE
     assert relay_command.MAX_BATCH_SIZE == redis_relay.MAX_BATCH_SIZE
+    assert relay_command.MAX_PARTITIONS == redis_relay.MAX_PARTITIONS

@@ -6,15 +6,22 @@ prefix (nothing else in the database is touched):
 - ``{prefix}:log``: every relayed event, entry id ``0-<global position in the source>``;
 - ``{prefix}:category:{category}``: the events of one category (the stream id up to its first ``-``, or the
   whole id), entry id ``0-<global position>``, for consumer groups that care about one kind of stream;
+- ``{prefix}:partition:{k}``: only with ``partitions=N``: the events of every stream whose
+  `agentfold.groups.partition_of` is ``k`` (0 <= k < N), entry id ``0-<global position>``, for Redis-native consumer
+  groups (`agentfold.backends.redis_groups`): every event of one stream is in one partition stream, in order;
+- ``{prefix}:partitions``: the N the partition streams were cut with (absent: none are written);
 - ``{prefix}:relay:{name}``: the relay's checkpoint, the last position it wrote.
 
 Each entry holds the fields ``stream_id``, ``version``, ``position``, ``type``, ``id``, ``data`` and ``metadata``
 (JSON objects) and ``recorded_at_us``; `decode_relayed` turns one back into a `RecordedEvent`.
 
 One Lua script call writes a batch: it reads the checkpoint, skips every event at or below it, adds the rest to
-the log and category streams and moves the checkpoint, all in one step. A relay killed at any point therefore leaves
-either the whole batch with its checkpoint or neither, and the next run resumes after the checkpoint: no gap, no
-event twice.
+the log, category and partition streams and moves the checkpoint, all in one step. A relay killed at any point
+therefore leaves either the whole batch with its checkpoint or neither, and the next run resumes after the
+checkpoint: no gap, no event twice. The same call checks the partition count against ``{prefix}:partitions``:
+partition streams cut with another N, or a log filled before partitioning was asked for, would give consumer groups
+a gap, so the relay refuses to start instead (partitioning is chosen when a prefix is first filled; relay into a
+new prefix to change it).
 """
 
 from __future__ import annotations
@@ -36,35 +43,46 @@ from agentfold.backends.redis import (
 )
 from agentfold.errors import AgentfoldError, InvalidInput, InvalidURL, StoreCorrupted
 from agentfold.events import RecordedEvent
+from agentfold.groups import partition_of
 from agentfold.store import EventStore
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE: Final = 500
 MAX_BATCH_SIZE: Final = 10_000
+MAX_PARTITIONS: Final = 1024
 _FIELDS: Final = (b"stream_id", b"version", b"position", b"type", b"id", b"data", b"metadata", b"recorded_at_us")
 
-# KEYS: checkpoint, log, then each event's category stream. ARGV: event count, then per event: position followed by
-# the values of the entry's fields in `_FIELDS` order (position again among them). Reply: {written, checkpoint};
-# {-1, checkpoint, last log id} when the log already holds entries beyond the checkpoint (another writer).
+# KEYS: checkpoint, log, partitions key, then each event's category stream, then (with partitions) each event's
+# partition stream. ARGV: event count, partition count (0: none), then per event: position followed by the values of
+# the entry's fields in `_FIELDS` order (position again among them). Reply: {written, checkpoint};
+# {-1, checkpoint, last log id} when the log already holds entries beyond the checkpoint (another writer);
+# {-2, checkpoint, declared partitions} when the prefix was filled with another partition count.
+# Called with no events, it only checks (and, on an empty prefix, declares) the partition count.
 RELAY_SCRIPT: Final = """#!lua
-local checkpoint_key, log_key = KEYS[1], KEYS[2]
+local checkpoint_key, log_key, partitions_key = KEYS[1], KEYS[2], KEYS[3]
 local checkpoint = tonumber(redis.call('GET', checkpoint_key) or '0')
 local last = redis.call('XREVRANGE', log_key, '+', '-', 'COUNT', 1)[1]
 if last and tonumber(string.sub(last[1], 3)) > checkpoint then
   return {-1, checkpoint, last[1]}
 end
+local count, partitions = tonumber(ARGV[1]), tonumber(ARGV[2])
+local declared = tonumber(redis.call('GET', partitions_key) or '0')
+if declared ~= partitions then
+  if declared ~= 0 or last then return {-2, checkpoint, declared} end
+  redis.call('SET', partitions_key, ARGV[2])
+end
 local written, top, top_text = 0, checkpoint, nil
-local count = tonumber(ARGV[1])
 for i = 0, count - 1 do
-  local at = 2 + i * 9
+  local at = 3 + i * 9
   local position = tonumber(ARGV[at])
   if position > top then
     local id = '0-' .. ARGV[at]
     local fields = {'stream_id', ARGV[at + 1], 'version', ARGV[at + 2], 'position', ARGV[at + 3], 'type', ARGV[at + 4],
       'id', ARGV[at + 5], 'data', ARGV[at + 6], 'metadata', ARGV[at + 7], 'recorded_at_us', ARGV[at + 8]}
     redis.call('XADD', log_key, id, unpack(fields))
-    redis.call('XADD', KEYS[3 + i], id, unpack(fields))
+    redis.call('XADD', KEYS[4 + i], id, unpack(fields))
+    if partitions > 0 then redis.call('XADD', KEYS[4 + count + i], id, unpack(fields)) end
     written = written + 1
     top = position
     top_text = ARGV[at]
@@ -119,20 +137,33 @@ class Relay:
     """Copies `source.read_all` into Redis Streams under the target's prefix; see the module docstring."""
 
     def __init__(
-        self, source: EventStore, target_url: str, *, name: str = "relay", batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        source: EventStore,
+        target_url: str,
+        *,
+        name: str = "relay",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        partitions: int = 0,
     ) -> None:
         if not isinstance(name, str) or not name or not name.isprintable() or len(name) > 200:
             raise InvalidInput(f"relay name must be 1 to 200 printable characters, got {name!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise InvalidInput(f"batch_size must be an int in 1..{MAX_BATCH_SIZE}, got {batch_size!r}")
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or not 0 <= partitions <= MAX_PARTITIONS:
+            raise InvalidInput(
+                f"partitions must be an int in 0..{MAX_PARTITIONS} (0: no partition streams), got {partitions!r}"
+            )
         self.source = source
+        self.partitions = partitions
         self.settings = relay_settings(target_url)
         self.name = name
         self.batch_size = batch_size
         prefix = self.settings.prefix
         self.checkpoint_key = f"{prefix}:relay:{name}".encode()
         self.log_key = f"{prefix}:log".encode()
+        self.partitions_key = f"{prefix}:partitions".encode()
         self._category_prefix = f"{prefix}:category:".encode()
+        self._partition_prefix = f"{prefix}:partition:".encode()
         self._client = make_client(self.settings, self.settings.timeout)
         self._script = self._client.register_script(RELAY_SCRIPT)
         self._checked = False
@@ -186,6 +217,7 @@ class Relay:
             return
         _, persistence = await check_server(self.settings)
         warn_once(self.settings, persistence)
+        await self._write([])  # checks the partition count, declares it on an empty prefix: groups can start now
         self._checked = True
 
     async def _read(self, after: int) -> tuple[list[RecordedEvent], int]:
@@ -193,10 +225,14 @@ class Relay:
         return await self.source._read_all_page(after, self.batch_size, None, None)
 
     async def _write(self, events: Sequence[RecordedEvent]) -> int:
-        keys: list[bytes] = [self.checkpoint_key, self.log_key]
-        arguments: list[bytes | str | int] = [len(events)]
+        keys: list[bytes] = [self.checkpoint_key, self.log_key, self.partitions_key]
+        arguments: list[bytes | str | int] = [len(events), self.partitions]
         for event in events:
             keys.append(self._category_prefix + category_of(event.stream_id).encode())
+        if self.partitions:
+            for event in events:
+                keys.append(self._partition_prefix + str(partition_of(event.stream_id, self.partitions)).encode())
+        for event in events:
             position = str(event.position)
             arguments += [
                 position,
@@ -211,6 +247,14 @@ class Relay:
             ]
         with translate_errors(f"relay events to Redis at {self.settings.shown_url}"):
             reply = await self._script(keys=keys, args=arguments)
+        if int(reply[0]) == -2:
+            declared = int(reply[2])
+            raise InvalidInput(
+                f"relay {self.name!r}: the prefix {self.settings.prefix!r} at {self.settings.shown_url} was filled "
+                + (f"with {declared} partition streams" if declared else "without partition streams")
+                + f", not {self.partitions}: partitioning is chosen when a prefix is first filled (consumer groups "
+                "would miss events otherwise). Relay into a new prefix to change it."
+            )
         if int(reply[0]) < 0:
             raise RelayConflict(
                 f"relay {self.name!r}: the log at {self.settings.shown_url} (prefix {self.settings.prefix!r}) holds "
@@ -243,11 +287,12 @@ async def relay(
     *,
     name: str = "relay",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    partitions: int = 0,
     once: bool = False,
     stop_event: asyncio.Event | None = None,
 ) -> int:
     """Copy `source`'s events into Redis Streams at `target_url`; return how many were written. See `Relay.run`."""
-    worker = Relay(source, target_url, name=name, batch_size=batch_size)
+    worker = Relay(source, target_url, name=name, batch_size=batch_size, partitions=partitions)
     try:
         return await worker.run(once=once, stop_event=stop_event)
     finally:

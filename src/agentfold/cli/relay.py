@@ -16,6 +16,7 @@ from agentfold.errors import AgentfoldError
 # tests/test_relay.py checks they match agentfold.backends.redis_relay.
 DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 10_000
+MAX_PARTITIONS = 1024
 
 
 @main.command()
@@ -30,16 +31,25 @@ MAX_BATCH_SIZE = 10_000
     show_default=True,
     help="Events per Redis script call.",
 )
-def relay(source_url: str, target_url: str, once: bool, name: str, batch_size: int) -> None:
+@click.option(
+    "--partitions",
+    type=click.IntRange(0, MAX_PARTITIONS),
+    default=0,
+    show_default=True,
+    help="Also write N partition streams for Redis-native consumer groups (fixed when the prefix is first filled).",
+)
+def relay(source_url: str, target_url: str, once: bool, name: str, batch_size: int, partitions: int) -> None:
     """Copy `read_all` of a store into Redis Streams: each event once, in order, resuming after a crash."""
     try:
-        written, checkpoint = asyncio.run(_relay(source_url, target_url, once, name, batch_size))
+        written, checkpoint = asyncio.run(_relay(source_url, target_url, once, name, batch_size, partitions))
     except AgentfoldError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"relayed {written} events to {redact(target_url)}; checkpoint {checkpoint}")
 
 
-async def _relay(source_url: str, target_url: str, once: bool, name: str, batch_size: int) -> tuple[int, int]:
+async def _relay(
+    source_url: str, target_url: str, once: bool, name: str, batch_size: int, partitions: int
+) -> tuple[int, int]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
@@ -47,7 +57,7 @@ async def _relay(source_url: str, target_url: str, once: bool, name: str, batch_
     async with agentfold.connect(source_url) as source:
         from agentfold.backends.redis_relay import Relay
 
-        worker = Relay(source, target_url, name=name, batch_size=batch_size)
+        worker = Relay(source, target_url, name=name, batch_size=batch_size, partitions=partitions)
         try:
             written = await worker.run(once=once, stop_event=stop)
             return written, await worker.checkpoint()
