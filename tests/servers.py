@@ -164,9 +164,10 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 class PrivateRedis:
     """A redis-server in a temp folder on a free port, with the given settings; `restart()` keeps its data dir."""
 
-    def __init__(self, folder: Path, settings: dict[str, str]) -> None:
+    def __init__(self, folder: Path, settings: dict[str, str], binary: str = "redis-server") -> None:
         self.folder = folder
         self.settings = settings
+        self.binary = binary
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -177,7 +178,7 @@ class PrivateRedis:
     def start(self) -> None:
         import redis
 
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
         command += ["--daemonize", "no", "--logfile", str(self.folder / "redis.log")]
         for name, value in self.settings.items():
             command += [f"--{name}", value]
@@ -221,19 +222,16 @@ class PrivateRedis:
 
 
 AOF_ALWAYS = {"appendonly": "yes", "appendfsync": "always", "save": ""}
+WAITAOF_SERVER_SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "waitaof-server"
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], PrivateRedis]]:
-    """Start private redis-servers: ``private_redis({"appendonly": "yes", ...})``; all are killed afterwards."""
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server is not installed")
+def _start_private_redis(tmp_path: Path, binary: str) -> Iterator[Callable[[dict[str, str]], PrivateRedis]]:
     servers: list[PrivateRedis] = []
 
     def start(settings: dict[str, str]) -> PrivateRedis:
         folder = tmp_path / f"redis-{len(servers)}"
         folder.mkdir()
-        server = PrivateRedis(folder, settings)
+        server = PrivateRedis(folder, settings, binary)
         servers.append(server)
         server.start()
         return server
@@ -241,6 +239,40 @@ def private_redis(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Private
     yield start
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], PrivateRedis]]:
+    """Start private redis-servers: ``private_redis({"appendonly": "yes", ...})``; all are killed afterwards."""
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed")
+    yield from _start_private_redis(tmp_path, "redis-server")
+
+
+def waitaof_server_binary() -> str | None:
+    """A server with WAITAOF (Redis >= 7.2 or Valkey): `AGENTFOLD_TEST_WAITAOF_SERVER`, else what
+    `.ci/waitaof-server` finds or fetches (Valkey from Debian's bookworm-backports when the machine has Redis 7.0)."""
+    configured = os.environ.get("AGENTFOLD_TEST_WAITAOF_SERVER")
+    if configured:
+        return configured
+    try:
+        found = subprocess.run(
+            [str(WAITAOF_SERVER_SCRIPT)], capture_output=True, text=True, timeout=300, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    os.environ["AGENTFOLD_TEST_WAITAOF_SERVER"] = found  # once per test process
+    return found
+
+
+@pytest.fixture
+def private_waitaof_redis(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], PrivateRedis]]:
+    """Like `private_redis`, with a server that has WAITAOF (Redis >= 7.2 or Valkey)."""
+    binary = waitaof_server_binary()
+    if binary is None:
+        unavailable("no server with WAITAOF (Redis >= 7.2 or Valkey) is installed or could be fetched")
+        return
+    yield from _start_private_redis(tmp_path, binary)
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 60) -> None:

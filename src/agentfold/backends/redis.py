@@ -653,7 +653,13 @@ class RedisStore(EventStore):
         try:
             reply = cast(bytes, await connection.read_response())
         finally:
-            fsynced = await connection.read_response()
+            try:
+                fsynced = await connection.read_response()
+            except redis_errors.ResponseError as error:  # e.g. the append-only file was turned off since connect
+                raise StoreUnavailable(
+                    f"append to Redis at {self.settings.shown_url}: the server cannot confirm the fsync ({error}); "
+                    "the append may be written, and retrying it is safe"
+                ) from error
         if int(fsynced[0]) < 1:
             raise StoreTimeout(
                 f"append to Redis at {self.settings.shown_url}: the server did not confirm the fsync within "
