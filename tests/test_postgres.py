@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 import agentfold
-from agentfold.backends.postgres import PostgresStore, _group_arguments, _PendingAppend
+from agentfold.backends.postgres import MIGRATIONS, PostgresStore, _group_arguments, _PendingAppend
 from agentfold.encoding import EncodedEvent, encode_events
 from agentfold.errors import (
     DuplicateEventId,
@@ -281,7 +281,7 @@ async def test_concurrent_openers_migrate_a_new_schema_once(pg_url: str) -> None
         cursor = await connection.execute(
             f'SELECT version FROM "{schema_of(pg_url)}".schema_migrations ORDER BY version'
         )
-        assert [row[0] for row in await cursor.fetchall()] == [1]
+        assert [row[0] for row in await cursor.fetchall()] == [migration.version for migration in MIGRATIONS]
     # Reopening an up-to-date schema changes nothing.
     async with agentfold.connect(pg_url) as store:
         assert await store.head_position() == 8
