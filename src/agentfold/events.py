@@ -38,15 +38,22 @@ ExpectedVersion = StreamState | int
 """`ANY`, `NO_STREAM`, `STREAM_EXISTS`, or the stream's exact current version (0: no stream)."""
 
 
+_UUID7_CLEAR: Final = ~((0xF << 76) | (0x3 << 62))
+_UUID7_SET: Final = (0x7 << 76) | (0x2 << 62)  # version 7, RFC 4122 variant
+
+
 def new_event_id() -> uuid.UUID:
     """A time-ordered UUID (version 7, RFC 9562): unique like uuid4, but ids made later sort later, which keeps
     the stores' event-id indexes appending at their right edge instead of writing all over the index."""
     # os.urandom, not the random module: user code (and test tools) seed that one, and equal seeds would give
     # equal ids, which the stores would take for retries of events already written.
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return uuid.UUID(int=value)
+    value = ((time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))) & _UUID7_CLEAR | _UUID7_SET
+    # Built the way uuid.UUID(int=...) builds it, minus the range check this value passes by construction: one id
+    # per appended event, so its cost is paid on every append (1.3 us instead of 2.6 us).
+    event_id = object.__new__(uuid.UUID)
+    object.__setattr__(event_id, "int", value)
+    object.__setattr__(event_id, "is_safe", uuid.SafeUUID.unknown)
+    return event_id
 
 
 @dataclass(frozen=True, slots=True)
