@@ -77,6 +77,29 @@ async def group_member(url: str, group: str, member: str, lease_seconds: float) 
             await asyncio.Event().wait()
 
 
+async def redis_group_member(url: str, group: str, member: str, hold_after: int) -> None:
+    """Join a Redis-native group on relayed streams; print `HANDLED position stream version` per event handled.
+
+    With `hold_after` > 0, the handler never finishes the event after the first `hold_after`: it prints `HOLDING
+    position stream version` and waits until the process is killed, so that entry stays unacknowledged.
+    """
+    from agentfold.backends.redis_groups import redis_consumer_group
+
+    handled = 0
+
+    async def handle(event: agentfold.RecordedEvent) -> None:
+        nonlocal handled
+        if hold_after and handled >= hold_after:
+            say(f"HOLDING {event.position} {event.stream_id} {event.version}")
+            await asyncio.Event().wait()
+        handled += 1
+        say(f"HANDLED {event.position} {event.stream_id} {event.version}")
+
+    async with redis_consumer_group(url, group, handle, member_id=member, lease_seconds=1.5, min_idle_seconds=1.0):
+        say("JOINED")
+        await asyncio.Event().wait()
+
+
 async def projector(url: str) -> None:
     """Count Deposited events per stream into a `totals` table of the store's own database, 20 events a page.
 
@@ -138,6 +161,9 @@ def main() -> None:
     elif command == "group":
         group, member, lease_seconds = rest
         asyncio.run(group_member(url, group, member, float(lease_seconds)))
+    elif command == "redis-group":
+        group, member, hold_after = rest
+        asyncio.run(redis_group_member(url, group, member, int(hold_after)))
     else:
         raise SystemExit(f"unknown command {command!r}; use writer, reader or group")
 

@@ -1,0 +1,719 @@
+"""Redis-native consumer groups on relayed streams: competing members, each stream's events in order to one member.
+
+The relay (`agentfold.backends.redis_relay`, with ``partitions=N``) writes every event a second time to one of N
+partition streams, ``{prefix}:partition:{k}`` with ``k = partition_of(stream_id, N)``, in the same script call that
+writes the log and moves its checkpoint. All events of one stream are therefore in one partition stream, in stream
+order, and a partition stream never has a gap. Members of a group then share the partitions:
+
+- **Ownership.** A member owns a partition while it holds the lease ``{prefix}:group:{group}:owner:{k}`` (``SET
+  member NX PX lease``, renewed by every heartbeat, deleted by a compare-and-delete script). Heartbeats also keep the
+  member in ``{prefix}:group:{group}:members`` (a sorted set scored by expiry, judged by Redis's clock), so each
+  member sees the live members and takes its fair share, ``ceil(N / live members)``: it claims free partitions when
+  below it and hands partitions back when above it (a member joining or leaving therefore rebalances).
+- **Delivery.** Each partition stream has a Redis consumer group named after the group (``XGROUP CREATE ... 0
+  MKSTREAM``: a new group starts at the first relayed event). The owner reads it with ``XREADGROUP``, one partition
+  at a time in one task, one entry after the other, and ``XACK``s each entry once its handler returned. Every read
+  runs in a script that first checks the lease, so a member that lost a partition reads nothing more from it.
+- **Order.** Within a partition, entries are handled strictly in entry order: an entry is acknowledged (or
+  dead-lettered) before the next one is handed over, and a failed entry is retried before anything after it. A new
+  owner first takes over the pending entries of earlier owners (``XAUTOCLAIM`` of the entries idle for at least
+  ``min_idle_seconds``) and handles them, oldest first, before it reads new entries (``>``); while earlier owners
+  hold entries not idle long enough, it waits. Since all of a stream's events are in one partition, each stream's
+  events reach one member at a time, in stream order.
+- **At least once.** An entry leaves the pending list only by ``XACK`` after its handler returned, or with its dead
+  letter. A member that dies (SIGKILL) leaves its entries pending; its leases expire after ``lease_seconds``, and
+  the next owner takes its pending entries over once they were idle for ``min_idle_seconds``. A member leaving
+  cleanly finishes the entry in hand and marks its other pending entries idle, so its successor takes them at once.
+  Events are delivered again only when they were not acknowledged: after a crash, a lost lease, or an ``XACK``
+  that did not reach Redis.
+- **Dead letters.** The pending list's delivery count is the number of handler calls: reading ``>`` sets it to 1,
+  each retry after a failure (``XCLAIM`` to oneself) adds 1, and a new owner adds 1 to the oldest pending entry only
+  (under strictly sequential handling, it is the only one a handler may have had). When a handler fails on its
+  ``max_attempts``-th call, or an entry is due for call ``max_attempts + 1`` because the members handling it kept
+  dying (a poison event that crashes its process), the entry goes to ``{prefix}:dead:{group}`` with its fields, the
+  error and its traceback, and is acknowledged in the same script call; the partition moves on.
+
+Limits: a member paused for longer than its lease (a stopped VM, a debugger) may finish the entry in hand after a
+new owner took it over, so handlers should be idempotent, as at-least-once delivery demands anyway; a handler that
+runs longer than ``min_idle_seconds`` after its member died is not raced, but one whose member lost its lease while
+alive may be. Member ids must be unique among live members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self, cast
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from agentfold.backends.redis import make_client, translate_errors
+from agentfold.backends.redis_relay import decode_relayed, relay_settings
+from agentfold.errors import AgentfoldError, InvalidInput, StoreCorrupted
+from agentfold.events import RecordedEvent
+from agentfold.groups import Handler
+from agentfold.wakeup import Broadcast, wait_unless
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LEASE_SECONDS: Final = 10.0
+DEFAULT_MIN_IDLE_SECONDS: Final = 30.0
+DEFAULT_MAX_ATTEMPTS: Final = 5
+DEFAULT_BATCH_SIZE: Final = 100
+MAX_BATCH_SIZE: Final = 10_000
+_NAME: Final = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+_RELEASED_IDLE_MS: Final = 86_400_000
+"""The idle time a member leaving gives its pending entries: more than any `min_idle_seconds`, so they go at once."""
+_WATCH_BLOCK_MS: Final = 1000
+_IDLE_POLL_SECONDS: Final = 1.0
+_TRACEBACK_CHARS: Final = 4000
+
+# KEYS: the members set, then every partition's owner key. ARGV: member, lease ms.
+# Reply: {live members, owner of each partition ('' when free)}; renews the leases the member holds.
+HEARTBEAT_SCRIPT: Final = """#!lua
+local members_key, me, lease = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', members_key, '-inf', now)
+redis.call('ZADD', members_key, now + lease, me)
+redis.call('PEXPIRE', members_key, lease)
+local owners = {}
+for i = 2, #KEYS do
+  local owner = redis.call('GET', KEYS[i])
+  if owner == me then redis.call('PEXPIRE', KEYS[i], lease) end
+  owners[i - 1] = owner or ''
+end
+return {redis.call('ZRANGE', members_key, 0, -1), owners}
+"""
+
+# KEYS: owner key and partition stream of each candidate partition, in the order to try. ARGV: member, lease ms,
+# group, how many to claim. Reply: the 1-based indexes of the candidates claimed. A claimed partition gets its Redis
+# consumer group, and consumers holding nothing (members gone) are forgotten.
+CLAIM_SCRIPT: Final = """#!lua
+local me, lease, group, wanted = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local claimed = {}
+for i = 1, #KEYS, 2 do
+  if #claimed >= wanted then break end
+  if redis.call('SET', KEYS[i], me, 'NX', 'PX', lease) then
+    local stream = KEYS[i + 1]
+    redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+    for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
+      if consumer[4] == 0 and consumer[2] ~= me then
+        redis.call('XGROUP', 'DELCONSUMER', stream, group, consumer[2])
+      end
+    end
+    claimed[#claimed + 1] = (i + 1) / 2
+  end
+end
+return claimed
+"""
+
+# KEYS: partition stream, owner key. ARGV: group, member, batch size, min idle ms.
+# Reply: {0} the lease is not ours; {1} earlier owners hold entries not idle long enough (wait);
+# {2, {{id, delivery count, fields}...}} our pending entries, oldest first (taken over or left by an error);
+# {3, {{id, fields}...}} new entries; {4} nothing to do.
+FETCH_SCRIPT: Final = """#!lua
+local key, owner_key = KEYS[1], KEYS[2]
+local group, me, count, min_idle = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if redis.call('GET', owner_key) ~= me then return {0} end
+local function others_hold_entries()
+  local consumers = redis.call('XPENDING', key, group)[4]
+  if not consumers then return false end
+  for _, consumer in ipairs(consumers) do
+    if consumer[1] ~= me then return true end
+  end
+  return false
+end
+if others_hold_entries() then
+  local cursor = '0-0'
+  repeat
+    cursor = redis.call('XAUTOCLAIM', key, group, me, min_idle, cursor, 'COUNT', 100, 'JUSTID')[1]
+  until cursor == '0-0'
+  if others_hold_entries() then return {1} end
+end
+local pending = redis.call('XPENDING', key, group, '-', '+', count, me)
+if #pending > 0 then
+  local entries = {}
+  for i, entry in ipairs(pending) do
+    local id, deliveries, claimed = entry[1], entry[4], nil
+    if i == 1 then
+      claimed = redis.call('XCLAIM', key, group, me, 0, id)
+      deliveries = deliveries + 1
+    else
+      claimed = redis.call('XCLAIM', key, group, me, 0, id, 'RETRYCOUNT', deliveries)
+    end
+    if claimed[1] then entries[#entries + 1] = {id, deliveries, claimed[1][2]} end
+  end
+  return {2, entries}
+end
+local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', count, 'STREAMS', key, '>')
+if read then return {3, read[1][2]} end
+return {4}
+"""
+
+# KEYS: partition stream, owner key. ARGV: group, member, entry id. Reply: the entry's delivery count after this
+# redelivery to ourselves, 0 when the lease is not ours or the entry is no longer pending.
+RETRY_SCRIPT: Final = """#!lua
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+if not redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3])[1] then return 0 end
+return redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1][4]
+"""
+
+# KEYS: partition stream, owner key, dead-letter stream. ARGV: group, member, entry id, then the dead letter's fields
+# and values. Reply: 1 written and acknowledged, 0 the lease is not ours (the next owner decides).
+DEAD_LETTER_SCRIPT: Final = """#!lua
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: partition stream, owner key. ARGV: group, member, idle ms, the oldest entry read but never handed to the
+# handler ('' if none), the delivery count to give it. Marks our pending entries idle so the next owner takes them at
+# once, undoes the count of the entry never handled (the next owner adds it again), and deletes the lease.
+RELEASE_SCRIPT: Final = """#!lua
+local key, group, me = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('GET', KEYS[2]) ~= me then return 0 end
+for _, entry in ipairs(redis.call('XPENDING', key, group, '-', '+', 100000, me)) do
+  if entry[1] == ARGV[4] then
+    redis.call('XCLAIM', key, group, me, 0, entry[1], 'IDLE', ARGV[3], 'RETRYCOUNT', ARGV[5], 'JUSTID')
+  else
+    redis.call('XCLAIM', key, group, me, 0, entry[1], 'IDLE', ARGV[3], 'JUSTID')
+  end
+end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+_LOST, _WAIT, _PENDING, _NEW, _NOTHING = 0, 1, 2, 3, 4
+
+
+@dataclass
+class _Partition:
+    """A partition this member owns, and what its task was asked to do."""
+
+    number: int
+    key: bytes
+    owner_key: bytes
+    valid_until: float
+    """Monotonic time the lease runs out unless renewed, counted from when the renewal was sent (never late)."""
+    release: bool = False
+    lost: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An entry a group gave up on, as `dead_letters` reads it from ``{prefix}:dead:{group}``."""
+
+    entry_id: str
+    event: RecordedEvent | None
+    """The event, or None when the entry could not be decoded (it was not written by the relay)."""
+    error: str
+    traceback: str
+    attempts: int
+    member: str
+    partition: int
+
+
+def _check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise InvalidInput(f"{what} must be 1 to 100 letters, digits, '_', '.' or '-', got {value!r}")
+    return value
+
+
+def _check_seconds(value: object, what: str, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not minimum <= value < math.inf:
+        raise InvalidInput(f"{what} must be a finite number of seconds >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _check_count(value: object, what: str, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInput(f"{what} must be an int in 1..{maximum}, got {value!r}")
+    return value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    return {flat[index]: flat[index + 1] for index in range(0, len(flat), 2)}
+
+
+class RedisConsumerGroupMember:
+    """One member of a Redis-native consumer group on relayed partition streams; see the module docstring.
+
+    ``async with RedisConsumerGroupMember(url, "mailer", handler) as member:`` joins the group and works in the
+    background until the block ends, when it finishes the entries in hand and hands its partitions back.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        group: str,
+        handler: Handler,
+        *,
+        member_id: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        min_idle_seconds: float = DEFAULT_MIN_IDLE_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        retry_delay_seconds: float = 0.05,
+    ) -> None:
+        self.group = _check_name(group, "group")
+        self.member_id = _check_name(member_id or f"member-{uuid.uuid4().hex[:12]}", "member_id")
+        if not callable(handler):
+            raise InvalidInput(f"handler must be an async callable taking a RecordedEvent, got {handler!r}")
+        self.handler = handler
+        self.lease_seconds = _check_seconds(lease_seconds, "lease_seconds", 0.1)
+        self.min_idle_seconds = _check_seconds(min_idle_seconds, "min_idle_seconds", 0.0)
+        self.retry_delay_seconds = _check_seconds(retry_delay_seconds, "retry_delay_seconds", 0.0)
+        self.max_attempts = _check_count(max_attempts, "max_attempts", 1_000_000)
+        self.batch_size = _check_count(batch_size, "batch_size", MAX_BATCH_SIZE)
+        self.settings = relay_settings(url)
+        prefix = self.settings.prefix
+        self._partition_prefix = f"{prefix}:partition:"
+        self._owner_prefix = f"{prefix}:group:{group}:owner:"
+        self._members_key = f"{prefix}:group:{group}:members".encode()
+        self._dead_key = f"{prefix}:dead:{group}".encode()
+        self._partitions_key = f"{prefix}:partitions".encode()
+        self._log_key = f"{prefix}:log".encode()
+        self._lease_ms = max(1, round(self.lease_seconds * 1000))
+        self._heartbeat_seconds = self.lease_seconds / 3
+        self._partition_count: int | None = None
+        self._owned: dict[int, _Partition] = {}
+        self._wakes = Broadcast()
+        self._stopping = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._waiting_logged = False
+        self.handled = 0
+        """Entries whose handler returned and that were acknowledged."""
+        self.dead_lettered = 0
+
+    # -- life cycle ---------------------------------------------------------------------------------------------
+
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions this member owns now and works on (not those it is handing back)."""
+        return sorted(number for number, state in self._owned.items() if not state.release and not state.lost)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Join the group: start heartbeats, claim partitions and handle their entries in the background."""
+        if self._task is not None:
+            raise InvalidInput(f"member {self.member_id!r} of group {self.group!r} was started already")
+        client = make_client(self.settings, self.settings.timeout)
+        self._client = client
+        for name, source in (
+            ("heartbeat", HEARTBEAT_SCRIPT),
+            ("claim", CLAIM_SCRIPT),
+            ("fetch", FETCH_SCRIPT),
+            ("retry", RETRY_SCRIPT),
+            ("dead_letter", DEAD_LETTER_SCRIPT),
+            ("release", RELEASE_SCRIPT),
+        ):
+            self._scripts[name] = client.register_script(source)
+        self._task = asyncio.create_task(self._run(), name=f"redis group {self.group} {self.member_id}")
+
+    async def stop(self) -> None:
+        """Leave the group: finish the entries in hand, hand every partition back, and raise what made it fail."""
+        self._stopping.set()
+        self._wakes.wake()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        watch_client = make_client(self.settings, self.settings.timeout + _WATCH_BLOCK_MS / 1000)
+        watcher = asyncio.create_task(self._watch(watch_client), name=f"redis group {self.group} {self.member_id} log")
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._heartbeat()
+                except AgentfoldError as error:
+                    if not error.retryable:
+                        raise
+                    logger.warning("group %r member %r: heartbeat failed: %s", self.group, self.member_id, error)
+                await wait_unless(asyncio.sleep(self._heartbeat_seconds), self._stopping)
+        finally:
+            self._stopping.set()
+            await self._leave()
+            # redis-py finishes a blocked read before it honours a cancel: closing the socket ends it at once.
+            await watch_client.connection_pool.disconnect()
+            await asyncio.wait([watcher], timeout=self.settings.timeout)
+            if not watcher.done():
+                watcher.cancel()
+            await watch_client.aclose()
+            if self._client is not None:
+                await self._client.aclose()
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, error: BaseException) -> None:
+        """A partition task met an error retrying cannot fix: the member stops and `stop()` raises it."""
+        if self._failure is None:
+            self._failure = error
+        self._stopping.set()
+        self._wakes.wake()
+
+    async def _leave(self) -> None:
+        for state in self._owned.values():
+            state.release = True
+        self._wakes.wake()
+        tasks = [state.task for state in self._owned.values() if state.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            with translate_errors(f"leave group {self.group!r} at {self.settings.shown_url}"):
+                await self._redis.zrem(self._members_key, self.member_id)
+        except AgentfoldError as error:  # our entry in the members set expires after one lease anyway
+            logger.warning("group %r member %r: could not leave cleanly: %s", self.group, self.member_id, error)
+
+    @property
+    def _redis(self) -> aioredis.Redis:
+        assert self._client is not None, "start() creates the client"
+        return self._client
+
+    async def _call(self, script: str, keys: Sequence[bytes | str], args: Sequence[bytes | str | int]) -> Any:
+        with translate_errors(f"group {self.group!r} at {self.settings.shown_url}: {script}"):
+            return await self._scripts[script](keys=list(keys), args=list(args))
+
+    # -- membership and leases ----------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        count = await self._layout()
+        if count is None:
+            return
+        owner_keys = [f"{self._owner_prefix}{number}".encode() for number in range(count)]
+        sent = time.monotonic()
+        live_raw, owners_raw = await self._call(
+            "heartbeat", [self._members_key, *owner_keys], [self.member_id, self._lease_ms]
+        )
+        live = sorted(_text(member) for member in live_raw)
+        owners = [_text(owner) for owner in owners_raw]
+        for number, owner in enumerate(owners):
+            state = self._owned.get(number)
+            if owner == self.member_id:
+                if state is None:  # ours, but its task ended (an error, or the lease looked expired): resume
+                    self._start_partition(number, sent)
+                else:
+                    state.valid_until = sent + self.lease_seconds
+            elif state is not None and not state.lost:
+                logger.warning("group %r member %r lost partition %d", self.group, self.member_id, number)
+                state.lost = True
+                self._wakes.wake()
+        share = -(-count // max(1, len(live)))
+        mine = self.partitions
+        if len(mine) > share:
+            for number in self._preferred(live, count)[::-1]:
+                if len(mine) <= share:
+                    break
+                if number in mine:
+                    self._owned[number].release = True
+                    mine.remove(number)
+            self._wakes.wake()
+        elif len(mine) < share and not self._stopping.is_set():
+            candidates = [
+                number for number in self._preferred(live, count) if owners[number] == "" and number not in self._owned
+            ]
+            if candidates:
+                keys: list[bytes] = []
+                for number in candidates:
+                    keys += [owner_keys[number], self._partition_key(number)]
+                sent = time.monotonic()
+                claimed = await self._call(
+                    "claim", keys, [self.member_id, self._lease_ms, self.group, share - len(mine)]
+                )
+                for index in claimed:
+                    self._start_partition(candidates[int(index) - 1], sent)
+
+    async def _layout(self) -> int | None:
+        """The relay's partition count, read once; None until a relay with partitions has declared it."""
+        if self._partition_count is None:
+            with translate_errors(f"read the partition count at {self.settings.shown_url}"):
+                value = await self._redis.get(self._partitions_key)
+            if value is None or int(value) == 0:
+                if not self._waiting_logged:
+                    logger.warning(
+                        "group %r: %s (prefix %r) has no partition streams yet; waiting for `agentfold relay "
+                        "--partitions N` to declare them",
+                        self.group,
+                        self.settings.shown_url,
+                        self.settings.prefix,
+                    )
+                    self._waiting_logged = True
+                return None
+            self._partition_count = int(value)
+        return self._partition_count
+
+    def _preferred(self, live: list[str], count: int) -> list[int]:
+        """Round-robin partitions of this member first, so members rarely race for the same ones."""
+        index = live.index(self.member_id) if self.member_id in live else 0
+        members = max(1, len(live))
+        mine = [number for number in range(count) if number % members == index]
+        return mine + [number for number in range(count) if number % members != index]
+
+    def _partition_key(self, number: int) -> bytes:
+        return f"{self._partition_prefix}{number}".encode()
+
+    def _start_partition(self, number: int, sent: float) -> None:
+        state = _Partition(
+            number, self._partition_key(number), f"{self._owner_prefix}{number}".encode(), sent + self.lease_seconds
+        )
+        self._owned[number] = state
+        state.task = asyncio.create_task(self._work(state), name=f"redis group {self.group} partition {number}")
+        logger.debug("group %r member %r took partition %d", self.group, self.member_id, number)
+
+    # -- delivery -----------------------------------------------------------------------------------------------
+
+    def _must_stop(self, state: _Partition) -> bool:
+        return state.release or state.lost or self._stopping.is_set() or time.monotonic() >= state.valid_until
+
+    async def _work(self, state: _Partition) -> None:
+        """Handle one partition's entries, one after the other, until it is lost or handed back."""
+        unhandled: tuple[bytes, int] | None = None
+        try:
+            while not self._must_stop(state):
+                ticket = self._wakes.ticket()
+                reply = await self._call(
+                    "fetch",
+                    [state.key, state.owner_key],
+                    [self.group, self.member_id, self.batch_size, round(self.min_idle_seconds * 1000)],
+                )
+                kind = int(reply[0])
+                if kind == _LOST:
+                    state.lost = True
+                elif kind == _WAIT:
+                    await Broadcast.wait(ticket, min(_IDLE_POLL_SECONDS, max(0.05, self.min_idle_seconds / 10)))
+                elif kind == _NOTHING:
+                    await Broadcast.wait(ticket, min(_IDLE_POLL_SECONDS, self._heartbeat_seconds))
+                else:
+                    entries = (
+                        [(entry[0], int(entry[1]), entry[2]) for entry in reply[1]]
+                        if kind == _PENDING
+                        else [(entry[0], 1, entry[1]) for entry in reply[1]]
+                    )
+                    for entry_id, deliveries, flat in entries:
+                        if self._must_stop(state):
+                            unhandled = (entry_id, deliveries)
+                            break
+                        if not await self._deliver(state, entry_id, deliveries, _fields(flat)):
+                            break
+        except AgentfoldError as error:
+            if not error.retryable:
+                self._fail(error)
+            else:  # the next heartbeat resumes the partition if the lease is still ours
+                logger.warning("group %r partition %d: %s", self.group, state.number, error)
+                await wait_unless(asyncio.sleep(self._heartbeat_seconds), self._stopping)
+        except Exception as error:
+            self._fail(error)
+        finally:
+            if self._owned.get(state.number) is state:
+                del self._owned[state.number]
+            if not state.lost and (state.release or self._stopping.is_set()):
+                await self._release(state, unhandled)
+
+    async def _release(self, state: _Partition, unhandled: tuple[bytes, int] | None) -> None:
+        entry_id, deliveries = unhandled if unhandled is not None else (b"", 1)
+        try:
+            await self._call(
+                "release",
+                [state.key, state.owner_key],
+                [self.group, self.member_id, _RELEASED_IDLE_MS, entry_id, deliveries - 1],
+            )
+        except AgentfoldError as error:  # the lease expires on its own; the next owner then waits for min idle
+            logger.warning("group %r: could not hand partition %d back: %s", self.group, state.number, error)
+
+    async def _deliver(self, state: _Partition, entry_id: bytes, deliveries: int, fields: dict[bytes, bytes]) -> bool:
+        """Handle one entry until acknowledged or dead-lettered (True), or until told to stop (False)."""
+        try:
+            event = decode_relayed(entry_id, fields)
+        except StoreCorrupted as error:
+            return await self._dead_letter(state, entry_id, fields, deliveries, error)
+        attempt = deliveries
+        while True:
+            if attempt > self.max_attempts:
+                abandoned = RuntimeError(
+                    f"handed to a handler {attempt - 1} times without being acknowledged: the members handling it "
+                    "stopped or lost the partition before they finished"
+                )
+                return await self._dead_letter(state, entry_id, fields, attempt - 1, abandoned)
+            try:
+                await self.handler(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if attempt >= self.max_attempts:
+                    return await self._dead_letter(state, entry_id, fields, attempt, error)
+                logger.warning(
+                    "group %r: handler failed on %s (attempt %d of %d): %r",
+                    self.group,
+                    _text(entry_id),
+                    attempt,
+                    self.max_attempts,
+                    error,
+                )
+                await wait_unless(asyncio.sleep(self.retry_delay_seconds * attempt), self._stopping)
+                if self._must_stop(state):
+                    return False
+                attempt = int(
+                    await self._call("retry", [state.key, state.owner_key], [self.group, self.member_id, entry_id])
+                )
+                if attempt == 0:
+                    state.lost = True
+                    return False
+            else:
+                with translate_errors(f"acknowledge {_text(entry_id)} in group {self.group!r}"):
+                    await self._redis.xack(state.key, self.group, entry_id)
+                self.handled += 1
+                return True
+
+    async def _dead_letter(
+        self, state: _Partition, entry_id: bytes, fields: dict[bytes, bytes], attempts: int, error: BaseException
+    ) -> bool:
+        logger.error(
+            "group %r: entry %s of partition %d dead-lettered after %d attempts: %r",
+            self.group,
+            _text(entry_id),
+            state.number,
+            attempts,
+            error,
+        )
+        letter: list[bytes | str | int] = []
+        for name, value in fields.items():
+            letter += [name, value]
+        letter += [
+            "error",
+            repr(error),
+            "traceback",
+            "".join(traceback.format_exception(error))[-_TRACEBACK_CHARS:],
+            "attempts",
+            attempts,
+            "member",
+            self.member_id,
+            "partition",
+            state.number,
+            "entry_id",
+            entry_id,
+        ]
+        written = await self._call(
+            "dead_letter", [state.key, state.owner_key, self._dead_key], [self.group, self.member_id, entry_id, *letter]
+        )
+        if not int(written):
+            state.lost = True
+            return False
+        self.dead_lettered += 1
+        return True
+
+    async def _watch(self, client: aioredis.Redis) -> None:
+        """Wake idle partitions when the relay writes: one blocking read of the log per member, not per partition.
+
+        The relay writes the log and the partition streams in one script call, so an entry of a partition stream is
+        in the log too. The watcher takes the log's last id before it wakes the partitions, so whatever a partition
+        finds missing when it looks after a wake is above that id, and the next blocking read returns for it.
+        """
+        last: bytes | None = None
+        while not self._stopping.is_set():
+            try:
+                with translate_errors(f"watch the log at {self.settings.shown_url}"):
+                    if last is None:
+                        last = await self._last_log_id(client)
+                    reply = await client.xread({self._log_key: last}, count=1, block=_WATCH_BLOCK_MS)
+                    if reply:
+                        last = await self._last_log_id(client)
+                        self._wakes.wake()
+            except AgentfoldError as error:  # only a hint: partitions also look on their own every second
+                if self._stopping.is_set():
+                    return
+                logger.debug("group %r: watching the log failed: %s", self.group, error)
+                await wait_unless(asyncio.sleep(_IDLE_POLL_SECONDS), self._stopping)
+
+    async def _last_log_id(self, client: aioredis.Redis) -> bytes:
+        with translate_errors(f"read the log at {self.settings.shown_url}"):
+            newest = cast(list[tuple[bytes, Any]], await client.xrevrange(self._log_key, count=1))
+        return newest[0][0] if newest else b"0-0"
+
+
+def redis_consumer_group(
+    url: str,
+    group: str,
+    handler: Handler,
+    *,
+    member_id: str | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    min_idle_seconds: float = DEFAULT_MIN_IDLE_SECONDS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    retry_delay_seconds: float = 0.05,
+) -> RedisConsumerGroupMember:
+    """A member of `group` on the partition streams relayed to `url`; use with ``async with``.
+
+    `url` is the relay's target (``redis://host:port/db?prefix=NAME``, relayed with ``--partitions N``); the
+    partition count is read from there. `lease_seconds`: how long a silent member keeps its partitions.
+    `min_idle_seconds`: how long an entry delivered to another member must sit untouched before this one takes it
+    over. `max_attempts`: handler calls before an entry is dead-lettered. See the module docstring for guarantees.
+    """
+    return RedisConsumerGroupMember(
+        url,
+        group,
+        handler,
+        member_id=member_id,
+        lease_seconds=lease_seconds,
+        min_idle_seconds=min_idle_seconds,
+        max_attempts=max_attempts,
+        batch_size=batch_size,
+        retry_delay_seconds=retry_delay_seconds,
+    )
+
+
+async def dead_letters(url: str, group: str) -> list[DeadLetter]:
+    """The entries `group` gave up on, oldest first, with the error of their last attempt."""
+    settings = relay_settings(url)
+    key = f"{settings.prefix}:dead:{_check_name(group, 'group')}"
+    client = make_client(settings, settings.timeout)
+    try:
+        with translate_errors(f"read the dead letters of {group!r} at {settings.shown_url}"):
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(key))
+    finally:
+        await client.aclose()
+    letters = []
+    for entry_id, fields in entries:
+        try:
+            event: RecordedEvent | None = decode_relayed(entry_id, fields)
+        except StoreCorrupted:
+            event = None
+        letters.append(
+            DeadLetter(
+                _text(entry_id),
+                event,
+                _text(fields[b"error"]),
+                _text(fields[b"traceback"]),
+                int(fields[b"attempts"]),
+                _text(fields[b"member"]),
+                int(fields[b"partition"]),
+            )
+        )
+    return letters
+
+
+__all__ = ["DeadLetter", "RedisConsumerGroupMember", "dead_letters", "redis_consumer_group"]
