@@ -46,10 +46,11 @@ def _check_name(value: object, what: str, error: type[InvalidInput]) -> str:
         raise error(f"{what} {value[:40]!r}... is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
     if not value.isprintable():
         raise error(f"{what} {value!r} holds non-printable characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise error(f"{what} {value!r} is not valid UTF-8 text") from None
+    if not value.isascii():  # ASCII is valid UTF-8; only other text can hold lone surrogates
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise error(f"{what} {value!r} is not valid UTF-8 text") from None
     return value
 
 
@@ -148,12 +149,15 @@ def _check_json(value: object, path: str, depth: int, on_path: set[int]) -> None
 
 def encode_events(events: Sequence[NewEvent], max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> list[EncodedEvent]:
     """Validate and encode a batch for `append`; raise a typed error for the first bad event."""
-    if isinstance(events, NewEvent) or not isinstance(events, Sequence) or isinstance(events, str | bytes):
+    if type(events) is not list and (
+        isinstance(events, NewEvent) or not isinstance(events, Sequence) or isinstance(events, str | bytes)
+    ):
         raise InvalidInput(f"events must be a list of NewEvent, got {type(events).__name__}")
     if not events:
         raise InvalidInput("events is empty: an append needs at least one event")
     encoded: list[EncodedEvent] = []
     seen_ids: set[str] = set()
+    single = len(events) == 1
     for index, event in enumerate(events):
         if not isinstance(event, NewEvent):
             raise InvalidInput(f"events[{index}] must be a NewEvent, got {type(event).__name__}")
@@ -163,9 +167,10 @@ def encode_events(events: Sequence[NewEvent], max_event_size: int = DEFAULT_MAX_
         if metadata is not None:
             check_json_object(metadata, f"events[{index}].metadata")
         event_id = str(event.id)
-        if event_id in seen_ids:
-            raise InvalidInput(f"events[{index}] repeats event id {event_id} within one append")
-        seen_ids.add(event_id)
+        if not single:
+            if event_id in seen_ids:
+                raise InvalidInput(f"events[{index}] repeats event id {event_id} within one append")
+            seen_ids.add(event_id)
         try:
             data_bytes = _encoder.encode(data)
             metadata_bytes = _encoder.encode(metadata) if metadata else b"{}"
