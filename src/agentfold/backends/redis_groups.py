@@ -33,10 +33,11 @@ order, and a partition stream never has a gap. Members of a group then share the
   dying (a poison event that crashes its process), the entry goes to ``{prefix}:dead:{group}`` with its fields, the
   error and its traceback, and is acknowledged in the same script call; the partition moves on.
 
-Limits: a member paused for longer than its lease (a stopped VM, a debugger) may finish the entry in hand after a
-new owner took it over, so handlers should be idempotent, as at-least-once delivery demands anyway; a handler that
-runs longer than ``min_idle_seconds`` after its member died is not raced, but one whose member lost its lease while
-alive may be. Member ids must be unique among live members.
+Limits: a member paused for longer than its lease (a stopped VM, a debugger), or whose handler runs longer than
+``min_idle_seconds`` while it loses its lease, may finish the entry in hand after a new owner took it over, so
+handlers should be idempotent, as at-least-once delivery demands anyway. A member dying between reading a batch and
+handing over its first entry counts one delivery too many for that entry. Member ids must be unique among live
+members.
 """
 
 from __future__ import annotations
