@@ -14,6 +14,10 @@ order, and a partition stream never has a gap. Members of a group then share the
   MKSTREAM``: a new group starts at the first relayed event). The owner reads it with ``XREADGROUP``, one partition
   at a time in one task, one entry after the other, and ``XACK``s each entry once its handler returned. Every read
   runs in a script that first checks the lease, so a member that lost a partition reads nothing more from it.
+  The ``XACK`` is written to the partition's own connection before the next entry is handed over, but its reply is
+  read only before the partition's next script call (every script call waits for them), so handling an entry costs
+  no round trip: Redis runs a connection's commands in order, and what a member wrote before it died still
+  arrives.
 - **Order.** Within a partition, entries are handled strictly in entry order: an entry is acknowledged (or
   dead-lettered) before the next one is handed over, and a failed entry is retried before anything after it. A new
   owner first takes over the pending entries of earlier owners (``XAUTOCLAIM`` of the entries idle for at least
@@ -57,7 +61,7 @@ from typing import Any, Final, Self, cast
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from agentfold.backends.redis import make_client, translate_errors
+from agentfold.backends.redis import _bulk, make_client, translate_errors
 from agentfold.backends.redis_relay import decode_relayed, relay_settings
 from agentfold.errors import AgentfoldError, InvalidInput, StoreCorrupted
 from agentfold.events import RecordedEvent
@@ -210,6 +214,59 @@ class _Partition:
     release: bool = False
     lost: bool = False
     task: asyncio.Task[None] | None = None
+    acks: _Acknowledgements | None = None
+
+
+class _Acknowledgements:
+    """``XACK``s of one partition, written at once and answered later, on a connection of their own.
+
+    `send` returns when the command is in the socket, before Redis answered; `settle` reads the answers. The owner
+    settles before every script call on the partition, so a script never sees an entry whose acknowledgement is
+    still on its way. The connection has no per-operation socket timeout (the driver starts a task for each timed
+    write); `settle` bounds the whole wait instead.
+    """
+
+    def __init__(self, client: aioredis.Redis, key: bytes, group: str, timeout: float, shown_url: str) -> None:
+        pool = client.connection_pool
+        self._connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        self._head = b"*4\r\n$4\r\nXACK\r\n" + _bulk(key) + _bulk(group.encode())
+        self._timeout = timeout
+        self._what = f"acknowledge entries of {_text(key)} in group {group!r} at {shown_url}"
+        self._unanswered = 0
+
+    async def send(self, entry_id: bytes) -> None:
+        with translate_errors(self._what):
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._connection.send_packed_command(self._head + _bulk(entry_id), check_health=False)
+            except BaseException:
+                await self._reset()
+                raise
+        self._unanswered += 1
+
+    async def settle(self) -> None:
+        if not self._unanswered:
+            return
+        with translate_errors(self._what):
+            try:
+                async with asyncio.timeout(self._timeout):
+                    while self._unanswered:
+                        await self._connection.read_response()
+                        self._unanswered -= 1
+            except BaseException:
+                await self._reset()
+                raise
+
+    async def close(self) -> None:
+        try:
+            await self.settle()
+        finally:
+            await self._connection.disconnect()
+
+    async def _reset(self) -> None:
+        """After an error the answers are lost with the connection; an entry not acknowledged is delivered again."""
+        self._unanswered = 0
+        await self._connection.disconnect(nowait=True)
 
 
 @dataclass(frozen=True)
@@ -302,7 +359,7 @@ class RedisConsumerGroupMember:
         self._scripts: dict[str, AsyncScript] = {}
         self._waiting_logged = False
         self.handled = 0
-        """Entries whose handler returned and that were acknowledged."""
+        """Entries whose handler returned and whose acknowledgement was sent."""
         self.dead_lettered = 0
 
     # -- life cycle ---------------------------------------------------------------------------------------------
@@ -493,9 +550,13 @@ class RedisConsumerGroupMember:
     async def _work(self, state: _Partition) -> None:
         """Handle one partition's entries, one after the other, until it is lost or handed back."""
         unhandled: tuple[bytes, int] | None = None
+        state.acks = _Acknowledgements(
+            self._redis, state.key, self.group, self.settings.timeout, self.settings.shown_url
+        )
         try:
             while not self._must_stop(state):
                 ticket = self._wakes.ticket()
+                await state.acks.settle()
                 reply = await self._call(
                     "fetch",
                     [state.key, state.owner_key],
@@ -531,6 +592,10 @@ class RedisConsumerGroupMember:
         finally:
             if self._owned.get(state.number) is state:
                 del self._owned[state.number]
+            try:
+                await state.acks.close()
+            except AgentfoldError as error:  # those entries are delivered again: at least once
+                logger.warning("group %r partition %d: %s", self.group, state.number, error)
             if not state.lost and (state.release or self._stopping.is_set()):
                 await self._release(state, unhandled)
 
@@ -577,6 +642,8 @@ class RedisConsumerGroupMember:
                 await wait_unless(asyncio.sleep(self.retry_delay_seconds * attempt), self._stopping)
                 if self._must_stop(state):
                     return False
+                assert state.acks is not None, "_work sets up the acknowledgements"
+                await state.acks.settle()
                 attempt = int(
                     await self._call("retry", [state.key, state.owner_key], [self.group, self.member_id, entry_id])
                 )
@@ -584,8 +651,8 @@ class RedisConsumerGroupMember:
                     state.lost = True
                     return False
             else:
-                with translate_errors(f"acknowledge {_text(entry_id)} in group {self.group!r}"):
-                    await self._redis.xack(state.key, self.group, entry_id)
+                assert state.acks is not None, "_work sets up the acknowledgements"
+                await state.acks.send(entry_id)
                 self.handled += 1
                 return True
 
@@ -617,6 +684,8 @@ class RedisConsumerGroupMember:
             "entry_id",
             entry_id,
         ]
+        if state.acks is not None:
+            await state.acks.settle()
         written = await self._call(
             "dead_letter", [state.key, state.owner_key, self._dead_key], [self.group, self.member_id, entry_id, *letter]
         )
