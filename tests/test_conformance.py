@@ -97,6 +97,28 @@ async def test_reads_page_through_long_streams(store: EventStore) -> None:
     assert sum(len(page) for page in pages) == 50
 
 
+@pytest.mark.parametrize("reads_ahead", [False, True])
+async def test_paged_reads_with_and_without_read_ahead(store: EventStore, reads_ahead: bool) -> None:
+    """Reading ahead changes when pages are asked for, never what a read returns: limits, a read abandoned after
+    its first page (its page read ahead is dropped, not handed to a later read), and appends made after an
+    abandoned read, which the next read sees."""
+    store.reads_ahead = reads_ahead
+    store.page_size = 4
+    await store.append("long", events(18))
+    assert [event.version for event in await stream_list(store, "long")] == list(range(1, 19))
+    assert [event.version async for event in store.read_stream("long", after_version=3, limit=9)] == list(range(4, 13))
+    assert [event.version async for event in store.read_stream("long", limit=8)] == list(range(1, 9))
+    for _ in range(3):
+        pages = store.read_stream_pages("long", after_version=12)
+        async for page in pages:
+            assert [event.version for event in page] == [13, 14, 15, 16]
+            break
+        await pages.aclose()
+    await store.append("long", events(3))
+    assert [event.version for event in await stream_list(store, "long", after_version=12)] == list(range(13, 22))
+    assert [len(page) async for page in store.read_stream_pages("long")] == [4, 4, 4, 4, 4, 1]
+
+
 async def test_read_all_in_global_order_with_filters(store: EventStore) -> None:
     await store.append("order-1", [NewEvent("OrderPlaced", {"n": 1})])
     await store.append("user-1", [NewEvent("UserJoined", {"n": 2})])

@@ -49,6 +49,9 @@ class EventStore(abc.ABC):
     scheme: str = ""
     max_event_size: int = DEFAULT_MAX_EVENT_SIZE
     page_size: int = DEFAULT_PAGE_SIZE
+    reads_ahead: bool = False
+    """`read_stream_pages` asks for the next page before it decodes the current one: for backends whose pages are
+    prepared by a server, which then works while this process decodes."""
 
     def __init__(self) -> None:
         self._closed = False
@@ -89,17 +92,35 @@ class EventStore(abc.ABC):
         check_stream_id(stream_id)
         after = _check_counter(after_version, "after_version")
         remaining = _check_limit(limit)
-        while remaining is None or remaining > 0:
-            size = self.page_size if remaining is None else min(self.page_size, remaining)
-            page = await self._read_stream_page(stream_id, after, size)
-            if not page:
-                return
-            yield page
-            if remaining is not None:
-                remaining -= len(page)
-            if len(page) < size:
-                return
-            after = page[-1].version
+        ahead: asyncio.Future[tuple[Any, int, int]] | None = None
+        try:
+            while remaining is None or remaining > 0:
+                size = self.page_size if remaining is None else min(self.page_size, remaining)
+                if ahead is not None:
+                    fetched, ahead = await ahead, None
+                else:
+                    fetched = await self._fetch_stream_page(stream_id, after, size)
+                raw, count, last_version = fetched
+                if not count:
+                    return
+                if remaining is not None:
+                    remaining -= count
+                full = count == size
+                if full and self.reads_ahead and (remaining is None or remaining > 0):
+                    # Ask for the next page before decoding this one, so the server prepares it meanwhile. It is
+                    # this read's own request, made after the read began: it returns what a read made at that
+                    # moment returns, and it is dropped with this read.
+                    next_size = self.page_size if remaining is None else min(self.page_size, remaining)
+                    ahead = asyncio.ensure_future(self._fetch_stream_page(stream_id, last_version, next_size))
+                    await asyncio.sleep(0)  # let it send its request before this page is decoded
+                yield self._decode_stream_page(raw)
+                if not full:
+                    return
+                after = last_version
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                ahead.add_done_callback(_retrieve_outcome)
 
     async def read_all(
         self,
@@ -242,6 +263,18 @@ class EventStore(abc.ABC):
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
         """At most `limit` events of the stream above `after_version`, in version order."""
 
+    async def _fetch_stream_page(self, stream_id: str, after_version: int, limit: int) -> tuple[Any, int, int]:
+        """A page of `_read_stream_page` as (the page in the backend's own form, its event count, its last version),
+        for `_decode_stream_page` to turn into events; a backend that reads ahead splits its read here so the next
+        request can go out before this page is decoded. The default reads and decodes at once."""
+        page = await self._read_stream_page(stream_id, after_version, limit)
+        return page, len(page), page[-1].version if page else after_version
+
+    def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
+        """The events of a page `_fetch_stream_page` returned."""
+        page: list[RecordedEvent] = raw
+        return page
+
     @abc.abstractmethod
     async def _read_all_page(
         self,
@@ -351,3 +384,9 @@ def _check_prefix(prefix: str | None) -> str | None:
     if prefix is None or prefix == "":
         return None
     return check_stream_id(prefix)
+
+
+def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
+    """A page read ahead that nobody will take: fetch its outcome so an error is not reported as unhandled."""
+    if not future.cancelled():
+        future.exception()

@@ -459,7 +459,7 @@ _STATEMENTS: Final = {
     # stays a short range scan even before the table has statistics. Rows come back as the stored JSON text and the
     # client joins a page into one array for one msgspec decode (measured faster than `string_agg` on the server).
     "read_stream": """
-        SELECT record::text
+        SELECT record::text, version
         FROM {s}.events
         WHERE stream_id = %(stream)s
           AND version > greatest(%(after)s, (SELECT min(version) - 1 FROM {s}.events WHERE stream_id = %(stream)s))
@@ -580,6 +580,7 @@ class PostgresStore(EventStore):
     """Events in PostgreSQL tables of one schema, written by a group-commit writer and pushed via LISTEN/NOTIFY."""
 
     scheme = "postgresql"
+    reads_ahead = True  # the server finds the next page while this process decodes and folds the current one
 
     def __init__(
         self,
@@ -728,8 +729,15 @@ class PostgresStore(EventStore):
     # -- reads ---------------------------------------------------------------------------------------------------
 
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
+        raw, _, _ = await self._fetch_stream_page(stream_id, after_version, limit)
+        return self._decode_stream_page(raw)
+
+    async def _fetch_stream_page(self, stream_id: str, after_version: int, limit: int) -> tuple[Any, int, int]:
         rows = await self._fetch_all("read_stream", {"stream": stream_id, "after": after_version, "limit": limit})
-        return _decode_page([row[0] for row in rows])
+        return rows, len(rows), rows[-1][1] if rows else after_version
+
+    def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
+        return _decode_page([row[0] for row in raw])
 
     async def _read_all_page(
         self,
