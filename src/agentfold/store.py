@@ -2,7 +2,8 @@
 
 The public methods here validate input and page through results; a backend supplies a few narrow hooks that do the
 I/O (`_append`, `_read_stream_page`, `_read_all_page`, `stream_version`, `head_position`, `_wait_for_append`,
-`_close`). The core never imports a backend.
+`_close`; a backend that reads ahead also splits a page read into `_fetch_stream_page` and `_decode_stream_page`).
+The core never imports a backend.
 """
 
 from __future__ import annotations
