@@ -45,13 +45,7 @@ async def measure_raw(url: str) -> dict[str, float]:
     table = sql.Identifier(schema, "events")
     try:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
-            await admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-            await admin.execute(
-                sql.SQL(
-                    "CREATE TABLE {} (position bigserial PRIMARY KEY, stream_id text NOT NULL, version bigint NOT NULL,"
-                    " type text NOT NULL, data text NOT NULL, id uuid NOT NULL UNIQUE, UNIQUE (stream_id, version))"
-                ).format(table)
-            )
+            await _create_table(admin, schema)
             results = {
                 "raw_tx_per_s_8clients_1row": await _insert_rate(conninfo, table, rows_per_statement=1),
                 "raw_rows_per_s_multirow": await _insert_rate(conninfo, table, rows_per_statement=MULTIROW_ROWS),
@@ -62,6 +56,17 @@ async def measure_raw(url: str) -> dict[str, float]:
     finally:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as cleanup:
             await cleanup.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+async def _create_table(connection: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """The bare table in a schema of its own: the columns and unique constraints an event log needs."""
+    await connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    await connection.execute(
+        sql.SQL(
+            "CREATE TABLE {} (position bigserial PRIMARY KEY, stream_id text NOT NULL, version bigint NOT NULL,"
+            " type text NOT NULL, data text NOT NULL, id uuid NOT NULL UNIQUE, UNIQUE (stream_id, version))"
+        ).format(sql.Identifier(schema, "events"))
+    )
 
 
 def _payload(number: int) -> str:
@@ -121,13 +126,7 @@ class BareFold:
         table = sql.Identifier(schema, "events")
         stream = f"replay-{uuid.uuid4().hex[:6]}"
         try:
-            await connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-            await connection.execute(
-                sql.SQL(
-                    "CREATE TABLE {} (position bigserial PRIMARY KEY, stream_id text NOT NULL, version bigint NOT NULL,"
-                    " type text NOT NULL, data text NOT NULL, id uuid NOT NULL UNIQUE, UNIQUE (stream_id, version))"
-                ).format(table)
-            )
+            await _create_table(connection, schema)
             async with connection.cursor() as cursor:
                 await cursor.executemany(
                     sql.SQL("INSERT INTO {} (stream_id, version, type, data, id) VALUES (%s, %s, %s, %s, %s)").format(
