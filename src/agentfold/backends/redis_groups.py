@@ -351,6 +351,8 @@ class RedisConsumerGroupMember:
         self._heartbeat_seconds = self.lease_seconds / 3
         self._partition_count: int | None = None
         self._owned: dict[int, _Partition] = {}
+        self._partition_tasks: set[asyncio.Task[None]] = set()
+        """Every partition task still running, including those handing their partition back (no longer owned)."""
         self._wakes = Broadcast()
         self._stopping = asyncio.Event()
         self._failure: BaseException | None = None
@@ -439,8 +441,8 @@ class RedisConsumerGroupMember:
         for state in self._owned.values():
             state.release = True
         self._wakes.wake()
-        tasks = [state.task for state in self._owned.values() if state.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Also the tasks still handing a partition back after a rebalance: the client closes once they are done.
+        await asyncio.gather(*self._partition_tasks, return_exceptions=True)
         try:
             with translate_errors(f"leave group {self.group!r} at {self.settings.shown_url}"):
                 await self._redis.zrem(self._members_key, self.member_id)
@@ -540,6 +542,8 @@ class RedisConsumerGroupMember:
         )
         self._owned[number] = state
         state.task = asyncio.create_task(self._work(state), name=f"redis group {self.group} partition {number}")
+        self._partition_tasks.add(state.task)
+        state.task.add_done_callback(self._partition_tasks.discard)
         logger.debug("group %r member %r took partition %d", self.group, self.member_id, number)
 
     # -- delivery -----------------------------------------------------------------------------------------------

@@ -198,28 +198,43 @@ class Relay:
         scanned = await self.checkpoint()
         end = await self.source.head_position() if once else None
         delay = 0.1
-        while not (stop_event is not None and stop_event.is_set()):
-            if end is not None and scanned >= end:
-                return written
-            try:
-                events, scanned_to = await self._read(scanned)
-                if events:
-                    written += await self._write(events)
-                if scanned_to <= scanned and end is None:
-                    await self._wait(scanned, stop_event)
-            except AgentfoldError as error:
-                if once or not error.retryable:
-                    raise
-                logger.warning("relay %r: %s; retrying in %.1f s", self.name, error, delay)
-                await _sleep_or_stop(delay, stop_event)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            if scanned_to > scanned:
-                scanned = scanned_to
-            elif end is not None:
-                return written  # nothing above `scanned` any more: the rest up to the head was trimmed
-        return written
+        ahead: asyncio.Future[tuple[list[RecordedEvent], int]] | None = None
+        """The read of the batch after the one being written: the source prepares it while Redis runs the script.
+        Positions the source shows are final, so reading past what is not yet written misses nothing; after an
+        error the read ahead is dropped and reading starts again after the last batch written."""
+        try:
+            while not (stop_event is not None and stop_event.is_set()):
+                if end is not None and scanned >= end:
+                    return written
+                try:
+                    if ahead is not None:
+                        events, scanned_to = await ahead
+                        ahead = None
+                    else:
+                        events, scanned_to = await self._read(scanned)
+                    if events:
+                        if scanned_to > scanned and (end is None or scanned_to < end):
+                            ahead = asyncio.ensure_future(self._read(scanned_to))
+                        written += await self._write(events)
+                    if scanned_to <= scanned and end is None:
+                        await self._wait(scanned, stop_event)
+                except AgentfoldError as error:
+                    _dropped(ahead)
+                    ahead = None
+                    if once or not error.retryable:
+                        raise
+                    logger.warning("relay %r: %s; retrying in %.1f s", self.name, error, delay)
+                    await _sleep_or_stop(delay, stop_event)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                delay = 0.1
+                if scanned_to > scanned:
+                    scanned = scanned_to
+                elif end is not None:
+                    return written  # nothing above `scanned` any more: the rest up to the head was trimmed
+            return written
+        finally:
+            _dropped(ahead)
 
     async def _check_target(self) -> None:
         if self._checked:
@@ -297,6 +312,13 @@ class Relay:
 
     async def _wait(self, after: int, stop_event: asyncio.Event | None) -> None:
         await self.source.wait_for_append(after, 5.0, until=stop_event)
+
+
+def _dropped(read: asyncio.Future[Any] | None) -> None:
+    """Stop a read ahead nobody will take, and retrieve its outcome so an error is not reported as unhandled."""
+    if read is not None:
+        read.cancel()
+        read.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 async def _sleep_or_stop(delay: float, stop_event: asyncio.Event | None) -> None:
