@@ -352,6 +352,8 @@ class RedisConsumerGroupMember:
         self._partition_count: int | None = None
         self._owned: dict[int, _Partition] = {}
         self._partition_tasks: set[asyncio.Task[None]] = set()
+        self._finishing: set[int] = set()
+        """Partitions whose task is acknowledging and handing back (no longer owned, lease not yet deleted)."""
         """Every partition task still running, including those handing their partition back (no longer owned)."""
         self._wakes = Broadcast()
         self._stopping = asyncio.Event()
@@ -474,10 +476,10 @@ class RedisConsumerGroupMember:
         for number, owner in enumerate(owners):
             state = self._owned.get(number)
             if owner == self.member_id:
-                if state is None:  # ours, but its task ended (an error, or the lease looked expired): resume
-                    self._start_partition(number, sent)
-                else:
+                if state is not None:
                     state.valid_until = sent + self.lease_seconds
+                elif number not in self._finishing:
+                    self._start_partition(number, sent)  # ours, but its task ended (an error, a lease run out)
             elif state is not None and not state.lost:
                 logger.warning("group %r member %r lost partition %d", self.group, self.member_id, number)
                 state.lost = True
@@ -494,7 +496,9 @@ class RedisConsumerGroupMember:
             self._wakes.wake()
         elif len(mine) < share and not self._stopping.is_set():
             candidates = [
-                number for number in self._preferred(live, count) if owners[number] == "" and number not in self._owned
+                number
+                for number in self._preferred(live, count)
+                if owners[number] == "" and number not in self._owned and number not in self._finishing
             ]
             if candidates:
                 keys: list[bytes] = []
@@ -596,12 +600,18 @@ class RedisConsumerGroupMember:
         finally:
             if self._owned.get(state.number) is state:
                 del self._owned[state.number]
+            # Until the release below has deleted the lease, a heartbeat still finds the partition ours: it must
+            # not start a second task for it, whose lease the release would then delete.
+            self._finishing.add(state.number)
             try:
-                await state.acks.close()
-            except AgentfoldError as error:  # those entries are delivered again: at least once
-                logger.warning("group %r partition %d: %s", self.group, state.number, error)
-            if not state.lost and (state.release or self._stopping.is_set()):
-                await self._release(state, unhandled)
+                try:
+                    await state.acks.close()
+                except AgentfoldError as error:  # those entries are delivered again: at least once
+                    logger.warning("group %r partition %d: %s", self.group, state.number, error)
+                if not state.lost and (state.release or self._stopping.is_set()):
+                    await self._release(state, unhandled)
+            finally:
+                self._finishing.discard(state.number)
 
     async def _release(self, state: _Partition, unhandled: tuple[bytes, int] | None) -> None:
         entry_id, deliveries = unhandled if unhandled is not None else (b"", 1)
