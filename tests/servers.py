@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -42,8 +43,8 @@ def free_port() -> int:
         return port
 
 
-def unavailable(what: str) -> None:
-    """Skip, or fail under CI=true, when a private server cannot be had."""
+def unavailable(what: str) -> NoReturn:
+    """Skip, or fail under CI=true, when a fault test cannot run here (no private server, no read-only mount...)."""
     if IN_CI:
         pytest.fail(f"{what}, and under CI=true fault tests never skip")
     pytest.skip(what)

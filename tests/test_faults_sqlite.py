@@ -23,6 +23,7 @@ from agentfold import NewEvent
 from agentfold.backends.sqlite import SQLiteStore
 from agentfold.errors import AgentfoldError, StoreFull, StoreReadOnly, StoreTimeout, StoreUnavailable
 from agentfold.store import EventStore
+from tests.servers import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,7 +169,7 @@ async def test_a_store_on_a_read_only_file_system_is_refused_as_read_only(tmp_pa
         before = await digest(store)
     with read_only_view(folder, tmp_path / "view") as mounted:
         if not mounted and os.geteuid() == 0:
-            pytest.skip("root ignores file modes and this machine does not allow a read-only bind mount")
+            unavailable("root ignores file modes and this machine does not allow a read-only bind mount")
         with pytest.raises(StoreReadOnly) as raised:
             await agentfold.connect(f"sqlite:///{tmp_path / 'view' / 'ro.db'}")
         assert "ro.db" in str(raised.value) and "read-only" in str(raised.value)
@@ -187,7 +188,7 @@ async def test_a_read_only_mount_while_another_process_has_the_store_open(tmp_pa
         await writer.append("kept", batch(5))
         with read_only_view(folder, tmp_path / "view") as mounted:
             if not mounted:
-                pytest.skip("needs a read-only bind mount: file modes do not stop a store that is already open")
+                unavailable("needs a read-only bind mount: file modes do not stop a store that is already open")
             reader = await agentfold.connect(f"sqlite:///{tmp_path / 'view' / 'shared.db'}")
             try:
                 before = await digest(reader)
@@ -209,7 +210,7 @@ async def test_an_immutable_file_under_an_open_store_fails_appends_and_recovers(
     try:
         await store.append("s", batch(3))
         if not run("chattr", "+i", *files):
-            pytest.skip("chattr +i is not allowed here (needs root and a file system with the immutable flag)")
+            unavailable("chattr +i is not allowed here (needs root and a file system with the immutable flag)")
         try:
             before = await digest(store)
             attempt = batch(2, size=10_000)
