@@ -16,12 +16,11 @@ What `update(handle, events)` receives as `handle`:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agentfold.encoding import check_event_type
 from agentfold.events import RecordedEvent
-from agentfold.subscription import IDLE_WAIT_SECONDS, check_subscription_name
+from agentfold.subscription import IDLE_WAIT_SECONDS
 
 if TYPE_CHECKING:
     from agentfold.store import EventStore
@@ -30,22 +29,24 @@ ReadModelUpdate = Callable[[Any, list[RecordedEvent]], Any]
 
 
 class Projector:
-    """Apply every event after the checkpoint `name` to a read model, page by page, until stopped."""
+    """Apply every event after the checkpoint `name` to a read model, page by page, until stopped.
+
+    Made by `EventStore.projector`, which checks the arguments."""
 
     def __init__(
         self,
         store: EventStore,
         name: str,
         update: ReadModelUpdate,
-        types: Sequence[str] | None = None,
+        types: tuple[str, ...] | None = None,
         stream_prefix: str | None = None,
         page_size: int = 500,
     ) -> None:
         self.store = store
-        self.name = check_subscription_name(name) or name
+        self.name = name
         self.update = update
-        self.types = tuple(check_event_type(event_type) for event_type in types) if types is not None else None
-        self.stream_prefix = stream_prefix or None
+        self.types = types
+        self.stream_prefix = stream_prefix
         self.page_size = page_size
         self.position = 0
         self.applied = 0
