@@ -378,6 +378,13 @@ def make_client(settings: RedisSettings, timeout: float | None) -> aioredis.Redi
     return client
 
 
+def untimed_connection(client: aioredis.Redis) -> Connection:
+    """A connection of its own, outside `client`'s pool, with no per-operation socket timeout: its user times a
+    whole exchange (`asyncio.timeout`) instead, since the driver's timed socket operations start a task per write."""
+    pool = client.connection_pool
+    return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+
+
 async def _execute(client: aioredis.Redis, *arguments: Any) -> Any:
     """A command whose reply the store parses itself."""
     return await client.execute_command(*arguments)  # type: ignore[no-untyped-call]
@@ -485,11 +492,7 @@ class RedisStore(EventStore):
         timeout_ms = b"%d" % int(settings.timeout * 1000)
         self._waitaof_command = b"*4\r\n" + b"".join(_bulk(part) for part in (b"WAITAOF", b"1", b"0", timeout_ms))
         self._pending: list[_PendingAppend] = []
-        pool = self._client.connection_pool
-        # The senders' connections time out as a whole exchange (`asyncio.timeout`), not per socket operation:
-        # the driver's per-send timeout starts a task for every write.
-        untimed = {**pool.connection_kwargs, "socket_timeout": None}
-        self._idle_connections: list[Connection] = [pool.connection_class(**untimed) for _ in range(_SENDERS)]
+        self._idle_connections: list[Connection] = [untimed_connection(self._client) for _ in range(_SENDERS)]
         self._all_connections = list(self._idle_connections)
         self._senders: set[asyncio.Task[None]] = set()  # keeps the tasks referenced while they run
         self._sending = 0

@@ -61,7 +61,7 @@ from typing import Any, Final, Self, cast
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from agentfold.backends.redis import _bulk, make_client, translate_errors
+from agentfold.backends.redis import _bulk, make_client, translate_errors, untimed_connection
 from agentfold.backends.redis_relay import decode_relayed, relay_settings
 from agentfold.errors import AgentfoldError, InvalidInput, StoreCorrupted
 from agentfold.events import RecordedEvent
@@ -227,8 +227,7 @@ class _Acknowledgements:
     """
 
     def __init__(self, client: aioredis.Redis, key: bytes, group: str, timeout: float, shown_url: str) -> None:
-        pool = client.connection_pool
-        self._connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        self._connection = untimed_connection(client)
         self._head = b"*4\r\n$4\r\nXACK\r\n" + _bulk(key) + _bulk(group.encode())
         self._timeout = timeout
         self._what = f"acknowledge entries of {_text(key)} in group {group!r} at {shown_url}"

@@ -41,6 +41,7 @@ from agentfold.backends.redis import (
     make_client,
     parse_url,
     translate_errors,
+    untimed_connection,
     warn_once,
 )
 from agentfold.errors import AgentfoldError, InvalidInput, InvalidURL, StoreCorrupted
@@ -168,11 +169,9 @@ class Relay:
         self._partition_prefix = f"{prefix}:partition:".encode()
         self._client = make_client(self.settings, self.settings.timeout)
         self._script = self._client.register_script(RELAY_SCRIPT)
-        pool = self._client.connection_pool
         # Batches go out on a connection of their own, packed here: the driver's generic packing of a batch's
         # ~10 arguments per event cost more CPU than everything else the relay does (it was 85% of `_write`).
-        # Timed as a whole exchange (`asyncio.timeout`), not per socket operation.
-        self._connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        self._connection = untimed_connection(self._client)
         self._evalsha_head = _bulk(b"EVALSHA") + _bulk(self._script.sha.encode())
         self._checked = False
 
