@@ -38,6 +38,7 @@ from agentfold.errors import (
 )
 from agentfold.store import EventStore
 from tests.backends import AVAILABLE, Backend, run
+from tests.test_conformance import _cyclic, _deep
 
 SERVER_BACKENDS = [backend for backend in AVAILABLE if backend.name in ("postgres", "redis")]
 
@@ -58,21 +59,6 @@ VALID_HOSTILE_IDS = [
     "ünïcødé ✓ 漢字 🙂",
     "x" * 200,
 ]
-
-
-def _cyclic() -> dict[str, Any]:
-    data: dict[str, Any] = {"loop": []}
-    data["loop"].append(data)
-    return data
-
-
-def _deep(levels: int) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    current = data
-    for _ in range(levels):
-        current["x"] = {}
-        current = current["x"]
-    return data
 
 
 def _deep_list(levels: int) -> dict[str, Any]:
