@@ -61,7 +61,7 @@ from typing import Any, Final, Self, cast
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from agentfold.backends.redis import _bulk, make_client, translate_errors, untimed_connection
+from agentfold.backends.redis import _bulk, _text, make_client, translate_errors, untimed_connection
 from agentfold.backends.redis_relay import decode_relayed, relay_settings
 from agentfold.errors import AgentfoldError, InvalidInput, StoreCorrupted
 from agentfold.events import RecordedEvent
@@ -298,10 +298,6 @@ def _check_count(value: object, what: str, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise InvalidInput(f"{what} must be an int in 1..{maximum}, got {value!r}")
     return value
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:

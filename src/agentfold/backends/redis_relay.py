@@ -37,6 +37,7 @@ from redis import exceptions as redis_errors
 from agentfold.backends.redis import (
     RedisSettings,
     _bulk,
+    _text,
     check_server,
     make_client,
     parse_url,
@@ -328,10 +329,6 @@ async def _sleep_or_stop(delay: float, stop_event: asyncio.Event | None) -> None
         await asyncio.wait_for(stop_event.wait(), delay)
     except TimeoutError:
         return
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def relay(
