@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import agentfold
@@ -25,6 +26,20 @@ Figures = dict[str, float]
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _counting_handler(events: int) -> tuple[Callable[[RecordedEvent], Awaitable[None]], asyncio.Event]:
+    """A group handler that counts the events it is given, and the event it sets once it has counted `events`."""
+    handled = 0
+    done = asyncio.Event()
+
+    async def handle(event: RecordedEvent) -> None:
+        nonlocal handled
+        handled += 1
+        if handled >= events:
+            done.set()
+
+    return handle, done
 
 
 async def _probe(url: str, count: int) -> None:
@@ -44,6 +59,15 @@ async def _probe(url: str, count: int) -> None:
 async def measure_latency(url: str, store: EventStore, count: int = 300, gap_seconds: float = 0.003) -> Figures:
     """Append-to-delivery latency in ms (p50, p99): appends one at a time, a subscriber elsewhere receives them."""
     sent: dict[int, int] = {}
+
+    async def send() -> None:
+        """Append the probes one at a time, noting when each append began."""
+        for index in range(count):
+            started = time.time_ns()
+            result = await store.append("latency", [NewEvent("LatencyProbe", {"n": index})])
+            sent[result.position] = started
+            await asyncio.sleep(gap_seconds)
+
     if url.startswith("memory://"):
         received: dict[int, int] = {}
 
@@ -56,11 +80,7 @@ async def measure_latency(url: str, store: EventStore, count: int = 300, gap_sec
 
         task = asyncio.create_task(subscriber())
         await asyncio.sleep(0.05)
-        for index in range(count):
-            started = time.time_ns()
-            result = await store.append("latency", [NewEvent("LatencyProbe", {"n": index})])
-            sent[result.position] = started
-            await asyncio.sleep(gap_seconds)
+        await send()
         await asyncio.wait_for(task, 60)
     else:
         process = await asyncio.create_subprocess_exec(
@@ -74,11 +94,7 @@ async def measure_latency(url: str, store: EventStore, count: int = 300, gap_sec
         )
         assert process.stdout is not None
         assert (await asyncio.wait_for(process.stdout.readline(), 60)).strip() == b"READY"
-        for index in range(count):
-            started = time.time_ns()
-            result = await store.append("latency", [NewEvent("LatencyProbe", {"n": index})])
-            sent[result.position] = started
-            await asyncio.sleep(gap_seconds)
+        await send()
         output, _ = await asyncio.wait_for(process.communicate(), 120)
         received = {int(line.split()[0]): int(line.split()[1]) for line in output.decode().splitlines() if line}
     latencies = [(received[position] - started) / 1e6 for position, started in sent.items()]
@@ -103,15 +119,7 @@ async def measure_group(url: str, store: EventStore, events: int = 6000, streams
     figures: Figures = {}
     if url.startswith("redis://"):
         figures.update(await measure_redis_native_group(url, store, events))
-    handled = 0
-    done = asyncio.Event()
-
-    async def handle(event: RecordedEvent) -> None:
-        nonlocal handled
-        handled += 1
-        if handled >= events:
-            done.set()
-
+    handle, done = _counting_handler(events)
     stores: list[Any] = [store] if url.startswith("memory://") else [await agentfold.connect(url) for _ in range(3)]
     members = [
         (stores[index % len(stores)]).consumer_group("bench", handle, member_id=f"m{index}", partitions=12)
@@ -141,15 +149,7 @@ async def measure_redis_native_group(url: str, store: EventStore, events: int) -
 
     async with agentfold.connect("memory://") as empty:
         await relay(empty, url, once=True, partitions=12, name="declare")
-    handled = 0
-    done = asyncio.Event()
-
-    async def handle(event: RecordedEvent) -> None:
-        nonlocal handled
-        handled += 1
-        if handled >= events:
-            done.set()
-
+    handle, done = _counting_handler(events)
     members = [
         redis_consumer_group(url, "bench", handle, member_id=f"m{index}", lease_seconds=1.5) for index in range(3)
     ]
