@@ -141,8 +141,8 @@ async def test_members_joining_and_leaving_rebalance_without_loss(
 
     # max_attempts=1: an entry handed over with a wrong delivery count would be dead-lettered instead of handled.
     options = {"lease_seconds": 1.5, "min_idle_seconds": 30.0, "max_attempts": 1, "batch_size": 10}
-    first = redis_consumer_group(target, "rebalance", handle, member_id="first", **options)  # type: ignore[arg-type]
-    second = redis_consumer_group(target, "rebalance", handle, member_id="second", **options)  # type: ignore[arg-type]
+    first = redis_consumer_group(target, "rebalance", handle, member_id="first", **options)
+    second = redis_consumer_group(target, "rebalance", handle, member_id="second", **options)
     total = 0
     async with first:
         await until(lambda: len(first.partitions) == PARTITIONS)

@@ -347,9 +347,9 @@ class RedisConsumerGroupMember:
         self._partition_count: int | None = None
         self._owned: dict[int, _Partition] = {}
         self._partition_tasks: set[asyncio.Task[None]] = set()
+        """Every partition task still running, including those handing their partition back (no longer owned)."""
         self._finishing: set[int] = set()
         """Partitions whose task is acknowledging and handing back (no longer owned, lease not yet deleted)."""
-        """Every partition task still running, including those handing their partition back (no longer owned)."""
         self._wakes = Broadcast()
         self._stopping = asyncio.Event()
         self._failure: BaseException | None = None
@@ -733,36 +733,16 @@ class RedisConsumerGroupMember:
         return newest[0][0] if newest else b"0-0"
 
 
-def redis_consumer_group(
-    url: str,
-    group: str,
-    handler: Handler,
-    *,
-    member_id: str | None = None,
-    lease_seconds: float = DEFAULT_LEASE_SECONDS,
-    min_idle_seconds: float = DEFAULT_MIN_IDLE_SECONDS,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    retry_delay_seconds: float = 0.05,
-) -> RedisConsumerGroupMember:
+def redis_consumer_group(url: str, group: str, handler: Handler, **options: Any) -> RedisConsumerGroupMember:
     """A member of `group` on the partition streams relayed to `url`; use with ``async with``.
 
     `url` is the relay's target (``redis://host:port/db?prefix=NAME``, relayed with ``--partitions N``); the
-    partition count is read from there. `lease_seconds`: how long a silent member keeps its partitions.
-    `min_idle_seconds`: how long an entry delivered to another member must sit untouched before this one takes it
-    over. `max_attempts`: handler calls before an entry is dead-lettered. See the module docstring for guarantees.
+    partition count is read from there. `options` are those of `RedisConsumerGroupMember`: `member_id`;
+    `lease_seconds`: how long a silent member keeps its partitions; `min_idle_seconds`: how long an entry delivered
+    to another member must sit untouched before this one takes it over; `max_attempts`: handler calls before an
+    entry is dead-lettered; `batch_size`; `retry_delay_seconds`. See the module docstring for guarantees.
     """
-    return RedisConsumerGroupMember(
-        url,
-        group,
-        handler,
-        member_id=member_id,
-        lease_seconds=lease_seconds,
-        min_idle_seconds=min_idle_seconds,
-        max_attempts=max_attempts,
-        batch_size=batch_size,
-        retry_delay_seconds=retry_delay_seconds,
-    )
+    return RedisConsumerGroupMember(url, group, handler, **options)
 
 
 async def dead_letters(url: str, group: str) -> list[DeadLetter]:
