@@ -54,6 +54,11 @@ def _check_name(value: object, what: str, error: type[InvalidInput]) -> str:
     return value
 
 
+def check_name(value: object, what: str) -> str:
+    """Return `value` if it follows the stream-id rules, else raise `InvalidInput` calling it `what`."""
+    return _check_name(value, what, InvalidInput)
+
+
 def check_stream_id(stream_id: object) -> str:
     """Return `stream_id` if it is 1 to 200 printable characters, else raise `InvalidStreamId`."""
     return _check_name(stream_id, "stream id", InvalidStreamId)

@@ -21,6 +21,7 @@ from agentfold.encoding import (
     EncodedEvent,
     check_event_type,
     check_expected_version,
+    check_name,
     check_stream_id,
     encode_events,
 )
@@ -359,10 +360,7 @@ def _check_counter(value: object, name: str) -> int:
 def _check_name(name: object, what: str = "subscriber name") -> str:
     if name is None:
         raise InvalidInput(f"a {what} is required")
-    try:
-        return check_stream_id(name)
-    except InvalidInput as error:
-        raise InvalidInput(str(error).replace("stream id", what)) from None
+    return check_name(name, what)
 
 
 def _check_limit(limit: object) -> int | None:

@@ -128,9 +128,6 @@ def check_subscription_name(name: str | None) -> str | None:
     """A subscriber name follows the stream-id rules (1 to 200 printable characters)."""
     if name is None:
         return None
-    from agentfold.encoding import check_stream_id
+    from agentfold.encoding import check_name
 
-    try:
-        return check_stream_id(name)
-    except InvalidInput as error:
-        raise InvalidInput(str(error).replace("stream id", "subscription name")) from None
+    return check_name(name, "subscription name")
