@@ -180,10 +180,15 @@ async def _retrying(state: _State, what: str, call: Callable[[], Awaitable[Any]]
         try:
             return await call()
         except AgentfoldError as error:
-            if not error.retryable:
-                raise
-            state.retryable_errors[f"{what}: {type(error).__name__}"] += 1
+            _count_retryable(state, what, error)
             await asyncio.sleep(0.05)
+
+
+def _count_retryable(state: _State, what: str, error: AgentfoldError) -> None:
+    """Count a retryable store error under `what`; raise any other."""
+    if not error.retryable:
+        raise error
+    state.retryable_errors[f"{what}: {type(error).__name__}"] += 1
 
 
 # -- appends ------------------------------------------------------------------------------------------------------
@@ -243,9 +248,7 @@ async def _checker(store: EventStore, state: _State, tag: str, stop: asyncio.Eve
                         state.log_ids[event.position] = event_id
                 after = max(after, page[-1].position if page else after)
         except AgentfoldError as error:
-            if not error.retryable:
-                raise
-            state.retryable_errors[f"read_all: {type(error).__name__}"] += 1
+            _count_retryable(state, "read_all", error)
         state.checked_to = after
         _check_acknowledged(state)
         if stopping:
@@ -323,15 +326,7 @@ async def _subscription(store: EventStore, state: _State, start: int, live_secon
 
     stopper = asyncio.create_task(stop_when_idle())
     try:
-        while True:
-            try:
-                await follow()
-                break
-            except AgentfoldError as error:
-                if not error.retryable:
-                    raise
-                state.retryable_errors[f"subscription: {type(error).__name__}"] += 1
-                await asyncio.sleep(0.05)
+        await _retrying(state, "subscription", follow)
     finally:
         stopper.cancel()
         await subscription.close()
