@@ -641,10 +641,7 @@ async def load_history(store: EventStore, workflow_id: str) -> History:
     history = History(workflow_id)
     async for page in store.read_stream_pages(h.workflow_stream(workflow_id)):
         for event in page:
-            history.apply(event.type, event.data)
-            owner = event.metadata.get(h.OWNER_KEY)
-            if owner is not None and event.type != h.WORKFLOW_RELEASED:
-                history.owner = owner
+            history.apply_recorded(event)
         history.version = page[-1].version
     return history
 

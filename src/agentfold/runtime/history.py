@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from agentfold.encoding import check_stream_id
 from agentfold.errors import InvalidInput
+from agentfold.events import RecordedEvent
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 
 WORKFLOW_STREAM_PREFIX: Final = "workflow-"
@@ -145,6 +146,13 @@ class History:
     suspended: dict[str, Any] | None = None
     owner: str | None = None
     """The worker holding the run: named by the last `WorkflowClaimed` or claim metadata; None once released."""
+
+    def apply_recorded(self, event: RecordedEvent) -> None:
+        """Fold a stored event, with the holder its metadata names (the first append of every execution does)."""
+        self.apply(event.type, event.data)
+        owner = event.metadata.get(OWNER_KEY)
+        if owner is not None and event.type != WORKFLOW_RELEASED:
+            self.owner = owner
 
     def apply(self, event_type: str, data: dict[str, Any]) -> None:
         """Fold one event (recorded, or just appended by this process) into the history."""

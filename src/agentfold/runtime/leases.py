@@ -306,10 +306,7 @@ async def run_leases(store: EventStore, at_us: int | None = None) -> list[RunLea
         last_at = 0
         async for page in store.read_stream_pages(h.workflow_stream(workflow_id)):
             for event in page:
-                history.apply(event.type, event.data)
-                owner = event.metadata.get(h.OWNER_KEY)
-                if owner is not None and event.type != h.WORKFLOW_RELEASED:
-                    history.owner = owner
+                history.apply_recorded(event)
                 last_at = event.recorded_at_us
             history.version = page[-1].version
         if history.finished is not None or history.version == 0:
