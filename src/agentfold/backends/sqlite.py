@@ -150,6 +150,10 @@ the failing statement, which spares SQLite a statement journal (a copy of every 
 the cost of inserting rows into many streams' places in the `(stream_id, version)` index at once)."""
 ROWS_PER_STATEMENT: Final = 64
 """Rows per multi-row INSERT: one statement step (one release of the GIL) writes them all."""
+_UPSERT_CHECKPOINT: Final = (
+    "INSERT INTO checkpoints (name, position) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+)
 _SELECT_STREAM_PAGE: Final = "SELECT record FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
 
 _json_encoder = msgspec.json.Encoder()
@@ -858,11 +862,7 @@ class SQLiteStore(EventStore):
 
     async def _save_checkpoint(self, name: str, position: int) -> None:
         def save(connection: sqlite3.Connection) -> None:
-            connection.execute(
-                "INSERT INTO checkpoints (name, position) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (name, position),
-            )
+            connection.execute(_UPSERT_CHECKPOINT, (name, position))
 
         await self._write(save)
 
@@ -874,11 +874,7 @@ class SQLiteStore(EventStore):
             if inspect.iscoroutine(outcome):
                 outcome.close()
                 raise InvalidInput("a SQLite read-model update runs in the writer thread: use a plain function")
-            connection.execute(
-                "INSERT INTO checkpoints (name, position) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (name, position),
-            )
+            connection.execute(_UPSERT_CHECKPOINT, (name, position))
 
         await self._write(apply_and_save)
 
