@@ -47,3 +47,23 @@ async def store(store_url: str) -> AsyncIterator[EventStore]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+def redis_service() -> None:
+    """Skip unless the machine's Redis (``AGENTFOLD_TEST_REDIS``) is reachable; use with ``usefixtures``."""
+    from tests.backends import BACKENDS
+
+    require_service(next(backend for backend in BACKENDS if backend.name == "redis"))
+
+
+@pytest.fixture
+def redis_target(redis_service: None) -> Iterator[str]:
+    """A URL on the machine's Redis under a fresh prefix, its keys deleted afterwards."""
+    import uuid
+
+    from tests.backends import BACKENDS, REDIS_URL
+
+    url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix=t{uuid.uuid4().hex[:12]}"
+    yield url
+    next(backend for backend in BACKENDS if backend.name == "redis").cleanup(url)

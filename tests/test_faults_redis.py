@@ -15,15 +15,12 @@ import pytest
 
 import agentfold
 from agentfold.backends.redis import RedisDurabilityWarning, RedisStore
-from tests.backends import BACKENDS, require_service
 from tests.servers import AOF_ALWAYS, FaultWorkload, PrivateRedis, private_redis
 
 __all__ = ["private_redis"]
 
 
-@pytest.fixture(autouse=True)
-def _redis_backend_installed() -> None:
-    require_service(next(backend for backend in BACKENDS if backend.name == "redis"))
+pytestmark = pytest.mark.usefixtures("redis_service")
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["sigterm", "sigkill"])

@@ -29,15 +29,13 @@ from agentfold.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
-from tests.backends import BACKENDS, REDIS_URL, require_service
+from tests.backends import BACKENDS, REDIS_URL
 from tests.servers import AOF_ALWAYS
 
 REDIS = next(backend for backend in BACKENDS if backend.name == "redis")
 
 
-@pytest.fixture(autouse=True)
-def _redis_reachable() -> None:
-    require_service(REDIS)
+pytestmark = pytest.mark.usefixtures("redis_service")
 
 
 @pytest.fixture

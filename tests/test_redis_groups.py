@@ -8,9 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,26 +22,12 @@ from agentfold.backends.redis_relay import relay
 from agentfold.errors import InvalidInput, InvalidURL
 from agentfold.groups import partition_of
 from agentfold.store import EventStore
-from tests.backends import BACKENDS, REDIS_URL, require_service
+from tests.backends import REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS = next(backend for backend in BACKENDS if backend.name == "redis")
 PARTITIONS = 8
 
-pytestmark = pytest.mark.filterwarnings("ignore::agentfold.backends.redis.RedisDurabilityWarning")
-
-
-@pytest.fixture(autouse=True)
-def _redis_reachable() -> None:
-    require_service(REDIS)
-
-
-@pytest.fixture
-def target() -> Iterator[str]:
-    """The relay's target URL under a fresh prefix, its keys deleted afterwards."""
-    url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix=g{uuid.uuid4().hex[:12]}"
-    yield url
-    REDIS.cleanup(url)
+pytestmark = pytest.mark.usefixtures("redis_service")
 
 
 @pytest.fixture
@@ -62,12 +47,12 @@ def prefix_of(url: str) -> str:
     return url.rsplit("prefix=", 1)[1].split("&")[0]
 
 
-async def feed(source: EventStore, target: str, streams: int, per_stream: int, first: int = 0) -> int:
+async def feed(source: EventStore, redis_target: str, streams: int, per_stream: int, first: int = 0) -> int:
     """Append `per_stream` events to each of `streams` streams, interleaved, and relay them; return how many."""
     for number in range(first, first + per_stream):
         for stream in range(streams):
             await source.append(f"job-{stream}", [NewEvent("JobQueued", {"stream": stream, "n": number})])
-    await relay(source, target, once=True, partitions=PARTITIONS)
+    await relay(source, redis_target, once=True, partitions=PARTITIONS)
     return streams * per_stream
 
 
@@ -88,16 +73,16 @@ def assert_in_stream_order(events: list[RecordedEvent]) -> None:
         assert versions == sorted(versions), f"{stream} handled out of order: {versions}"
 
 
-async def pending_count(client: aioredis.Redis, target: str, group: str) -> int:
+async def pending_count(client: aioredis.Redis, redis_target: str, group: str) -> int:
     total = 0
     for partition in range(PARTITIONS):
-        key = f"{prefix_of(target)}:partition:{partition}"
+        key = f"{prefix_of(redis_target)}:partition:{partition}"
         if await client.exists(key):
             total += int((await client.xpending(key, group))["pending"])
     return total
 
 
-async def test_each_event_goes_to_one_member_each_stream_in_order(source: EventStore, target: str) -> None:
+async def test_each_event_goes_to_one_member_each_stream_in_order(source: EventStore, redis_target: str) -> None:
     seen: list[tuple[str, RecordedEvent]] = []
 
     def handler_for(member: str) -> Callable[[RecordedEvent], Awaitable[None]]:
@@ -108,15 +93,17 @@ async def test_each_event_goes_to_one_member_each_stream_in_order(source: EventS
         return handle
 
     members = [
-        redis_consumer_group(target, "workers", handler_for(f"m{index}"), member_id=f"m{index}", lease_seconds=1.5)
+        redis_consumer_group(
+            redis_target, "workers", handler_for(f"m{index}"), member_id=f"m{index}", lease_seconds=1.5
+        )
         for index in range(3)
     ]
     async with members[0], members[1], members[2]:
         await asyncio.sleep(0.2)  # nothing relayed yet: the members wait for the relay to declare its partitions
         assert all(member.partitions == [] for member in members)
-        await relay(source, target, once=True, partitions=PARTITIONS)  # an empty source: declares the partitions
+        await relay(source, redis_target, once=True, partitions=PARTITIONS)  # an empty source: declares the partitions
         await until(lambda: sorted(len(member.partitions) for member in members) == [2, 3, 3])
-        total = await feed(source, target, streams=20, per_stream=10)
+        total = await feed(source, redis_target, streams=20, per_stream=10)
         await until(lambda: len(seen) >= total)
         await asyncio.sleep(0.3)  # time for a duplicate to show up, if there were one
     ids = [event.id for _, event in seen]
@@ -130,9 +117,9 @@ async def test_each_event_goes_to_one_member_each_stream_in_order(source: EventS
 
 
 async def test_members_joining_and_leaving_rebalance_without_loss(
-    source: EventStore, target: str, client: aioredis.Redis
+    source: EventStore, redis_target: str, client: aioredis.Redis
 ) -> None:
-    await relay(source, target, once=True, partitions=PARTITIONS)
+    await relay(source, redis_target, once=True, partitions=PARTITIONS)
     handled: list[RecordedEvent] = []
 
     async def handle(event: RecordedEvent) -> None:
@@ -141,17 +128,17 @@ async def test_members_joining_and_leaving_rebalance_without_loss(
 
     # max_attempts=1: an entry handed over with a wrong delivery count would be dead-lettered instead of handled.
     options = {"lease_seconds": 1.5, "min_idle_seconds": 30.0, "max_attempts": 1, "batch_size": 10}
-    first = redis_consumer_group(target, "rebalance", handle, member_id="first", **options)
-    second = redis_consumer_group(target, "rebalance", handle, member_id="second", **options)
+    first = redis_consumer_group(redis_target, "rebalance", handle, member_id="first", **options)
+    second = redis_consumer_group(redis_target, "rebalance", handle, member_id="second", **options)
     total = 0
     async with first:
         await until(lambda: len(first.partitions) == PARTITIONS)
-        total += await feed(source, target, streams=16, per_stream=10)
+        total += await feed(source, redis_target, streams=16, per_stream=10)
         async with second:  # joins while the first is busy
             await until(lambda: len(first.partitions) == len(second.partitions) == PARTITIONS // 2)
-            total += await feed(source, target, streams=16, per_stream=10, first=10)
+            total += await feed(source, redis_target, streams=16, per_stream=10, first=10)
             await until(lambda: len({event.id for event in handled}) >= total)
-            total += await feed(source, target, streams=16, per_stream=10, first=20)
+            total += await feed(source, redis_target, streams=16, per_stream=10, first=20)
         # the second left with entries in hand: the first takes them at once (min idle 30 s is not waited for)
         await until(lambda: len(first.partitions) == PARTITIONS)
         await until(lambda: len({event.id for event in handled}) >= total)
@@ -159,16 +146,16 @@ async def test_members_joining_and_leaving_rebalance_without_loss(
     assert len(ids) == len(set(ids)) == total, "a clean hand-over repeats nothing that was acknowledged"
     assert first.handled > 0 and second.handled > 0
     assert_in_stream_order(handled)
-    assert await dead_letters(target, "rebalance") == []
-    assert await pending_count(client, target, "rebalance") == 0
+    assert await dead_letters(redis_target, "rebalance") == []
+    assert await pending_count(client, redis_target, "rebalance") == 0
 
 
 async def test_poison_events_are_dead_lettered_and_the_group_moves_on(
-    source: EventStore, target: str, client: aioredis.Redis
+    source: EventStore, redis_target: str, client: aioredis.Redis
 ) -> None:
     await source.append("job-1", [NewEvent("JobQueued", {"n": 1}), NewEvent("JobQueued", {"poison": True})])
     await source.append("job-1", [NewEvent("JobQueued", {"n": 3})])
-    await relay(source, target, once=True, partitions=PARTITIONS)
+    await relay(source, redis_target, once=True, partitions=PARTITIONS)
     attempts: dict[int, int] = defaultdict(int)
     done: list[int] = []
 
@@ -178,11 +165,13 @@ async def test_poison_events_are_dead_lettered_and_the_group_moves_on(
             raise ValueError("cannot parse this job")
         done.append(event.version)
 
-    async with redis_consumer_group(target, "careful", handle, max_attempts=3, retry_delay_seconds=0.001) as member:
+    async with redis_consumer_group(
+        redis_target, "careful", handle, max_attempts=3, retry_delay_seconds=0.001
+    ) as member:
         await until(lambda: done == [1, 3])
     assert attempts == {1: 1, 2: 3, 3: 1}
     assert member.dead_lettered == 1
-    letters = await dead_letters(target, "careful")
+    letters = await dead_letters(redis_target, "careful")
     assert len(letters) == 1
     letter = letters[0]
     assert letter.event is not None
@@ -192,16 +181,16 @@ async def test_poison_events_are_dead_lettered_and_the_group_moves_on(
     assert "ValueError" in letter.traceback
     assert letter.partition == partition_of("job-1", PARTITIONS)
     assert letter.member == member.member_id
-    assert await pending_count(client, target, "careful") == 0
+    assert await pending_count(client, redis_target, "careful") == 0
 
 
 async def test_an_event_whose_members_keep_dying_is_dead_lettered_unhandled(
-    source: EventStore, target: str, client: aioredis.Redis
+    source: EventStore, redis_target: str, client: aioredis.Redis
 ) -> None:
     """An event that crashes every process handling it: after max_attempts deliveries it goes to the dead letters."""
     await source.append("job-7", [NewEvent("JobQueued", {"crashes": True}), NewEvent("JobQueued", {"n": 2})])
-    await relay(source, target, once=True, partitions=PARTITIONS)
-    key = f"{prefix_of(target)}:partition:{partition_of('job-7', PARTITIONS)}"
+    await relay(source, redis_target, once=True, partitions=PARTITIONS)
+    key = f"{prefix_of(redis_target)}:partition:{partition_of('job-7', PARTITIONS)}"
     # What members that died mid-handler leave behind: the entry pending under a dead consumer, delivered 3 times.
     await client.xgroup_create(key, "fragile", id="0", mkstream=True)
     [[_, [(entry_id, _)]]] = await client.xreadgroup("fragile", "dead-member", {key: ">"}, count=1)
@@ -211,25 +200,25 @@ async def test_an_event_whose_members_keep_dying_is_dead_lettered_unhandled(
     async def handle(event: RecordedEvent) -> None:
         handled.append(event)
 
-    async with redis_consumer_group(target, "fragile", handle, max_attempts=3, min_idle_seconds=1.0):
+    async with redis_consumer_group(redis_target, "fragile", handle, max_attempts=3, min_idle_seconds=1.0):
         await until(lambda: len(handled) == 1)
     assert [event.version for event in handled] == [2], "the crashing event is not handed to a handler again"
-    [letter] = await dead_letters(target, "fragile")
+    [letter] = await dead_letters(redis_target, "fragile")
     assert letter.event is not None and letter.event.data == {"crashes": True}
     assert letter.attempts == 3
     assert "without being acknowledged" in letter.error
-    assert await pending_count(client, target, "fragile") == 0
+    assert await pending_count(client, redis_target, "fragile") == 0
 
 
-async def test_bad_arguments_are_refused(target: str) -> None:
+async def test_bad_arguments_are_refused(redis_target: str) -> None:
     async def handle(event: RecordedEvent) -> None:
         return None
 
     for group in ("", "a b", "a:b", "x" * 101):
         with pytest.raises(InvalidInput, match="group"):
-            RedisConsumerGroupMember(target, group, handle)
+            RedisConsumerGroupMember(redis_target, group, handle)
     with pytest.raises(InvalidInput, match="member_id"):
-        RedisConsumerGroupMember(target, "g", handle, member_id="two words")
+        RedisConsumerGroupMember(redis_target, "g", handle, member_id="two words")
     for bad in (
         {"lease_seconds": 0},
         {"lease_seconds": float("nan")},
@@ -241,14 +230,14 @@ async def test_bad_arguments_are_refused(target: str) -> None:
         {"retry_delay_seconds": float("inf")},
     ):
         with pytest.raises(InvalidInput, match=next(iter(bad))):
-            RedisConsumerGroupMember(target, "g", handle, **bad)  # type: ignore[arg-type]
+            RedisConsumerGroupMember(redis_target, "g", handle, **bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="handler"):
-        RedisConsumerGroupMember(target, "g", "not a function")  # type: ignore[arg-type]
+        RedisConsumerGroupMember(redis_target, "g", "not a function")  # type: ignore[arg-type]
     with pytest.raises(InvalidURL):
         RedisConsumerGroupMember("sqlite:///nowhere.db", "g", handle)
     with pytest.raises(InvalidURL, match="durability"):
-        RedisConsumerGroupMember(f"{target}&durability=waitaof", "g", handle)
-    member = RedisConsumerGroupMember(target, "g", handle)
+        RedisConsumerGroupMember(f"{redis_target}&durability=waitaof", "g", handle)
+    member = RedisConsumerGroupMember(redis_target, "g", handle)
     async with member:
         with pytest.raises(InvalidInput, match="started already"):
             await member.start()
@@ -258,13 +247,13 @@ async def test_bad_arguments_are_refused(target: str) -> None:
 
 
 async def test_sigkilled_member_entries_go_to_the_survivors(
-    source: EventStore, target: str, client: aioredis.Redis
+    source: EventStore, redis_target: str, client: aioredis.Redis
 ) -> None:
-    await relay(source, target, once=True, partitions=PARTITIONS)
+    await relay(source, redis_target, once=True, partitions=PARTITIONS)
     lines: dict[str, list[list[str]]] = defaultdict(list)
     processes = {
         member: subprocess.Popen(
-            [sys.executable, "-m", "tests.procs", "redis-group", target, "crash", member, hold],
+            [sys.executable, "-m", "tests.procs", "redis-group", redis_target, "crash", member, hold],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -286,7 +275,7 @@ async def test_sigkilled_member_entries_go_to_the_survivors(
         return [words[1] for words in list(lines["a"]) if words[0] == "HOLDING"]
 
     async def owners() -> set[bytes]:
-        keys = [f"{prefix_of(target)}:group:crash:owner:{partition}" for partition in range(PARTITIONS)]
+        keys = [f"{prefix_of(redis_target)}:group:crash:owner:{partition}" for partition in range(PARTITIONS)]
         return {owner for owner in await client.mget(keys) if owner is not None}
 
     readers = [threading.Thread(target=collect, args=item, daemon=True) for item in processes.items()]
@@ -298,11 +287,11 @@ async def test_sigkilled_member_entries_go_to_the_survivors(
         while await owners() != {b"a", b"b", b"c"}:
             assert asyncio.get_running_loop().time() < deadline, "the partitions did not spread over 3 members"
             await asyncio.sleep(0.05)
-        total += await feed(source, target, streams=24, per_stream=4)
+        total += await feed(source, redis_target, streams=24, per_stream=4)
         await until(lambda: bool(holding()), 60)
         processes["a"].send_signal(signal.SIGKILL)  # with an event received and not acknowledged
         processes["a"].wait(timeout=30)
-        total += await feed(source, target, streams=24, per_stream=2, first=4)
+        total += await feed(source, redis_target, streams=24, per_stream=2, first=4)
         await until(lambda: len(handled_by("a", "b", "c")) >= total, 60)
     except TimeoutError:
         counts = {member: len(handled_by(member)) for member in processes}

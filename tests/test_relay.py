@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,25 +21,11 @@ from agentfold.backends.redis_relay import Relay, RelayConflict, category_of, de
 from agentfold.errors import InvalidInput, InvalidURL
 from agentfold.groups import partition_of
 from agentfold.store import EventStore
-from tests.backends import BACKENDS, REDIS_URL, require_service
+from tests.backends import REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS = next(backend for backend in BACKENDS if backend.name == "redis")
 
-pytestmark = pytest.mark.filterwarnings("ignore::agentfold.backends.redis.RedisDurabilityWarning")
-
-
-@pytest.fixture(autouse=True)
-def _redis_reachable() -> None:
-    require_service(REDIS)
-
-
-@pytest.fixture
-def target() -> Iterator[str]:
-    """A relay target URL under a fresh prefix, its keys deleted afterwards."""
-    url = f"{REDIS_URL}?prefix=r{uuid.uuid4().hex[:12]}"
-    yield url
-    REDIS.cleanup(url)
+pytestmark = pytest.mark.usefixtures("redis_service")
 
 
 def prefix_of(url: str) -> str:
@@ -74,34 +58,34 @@ async def source_events(store: EventStore) -> list[RecordedEvent]:
     return [event async for event in store.read_all()]
 
 
-async def test_relay_copies_every_event_once_in_order(target: str) -> None:
+async def test_relay_copies_every_event_once_in_order(redis_target: str) -> None:
     async with agentfold.connect("memory://") as source:
         await fill(source, 30, batch=2)
-        assert await relay(source, target, once=True, batch_size=7) == 60
+        assert await relay(source, redis_target, once=True, batch_size=7) == 60
         expected = await source_events(source)
-        assert await relayed(target) == expected
-        assert await relayed_ids(target) == [f"0-{event.position}".encode() for event in expected]
+        assert await relayed(redis_target) == expected
+        assert await relayed_ids(redis_target) == [f"0-{event.position}".encode() for event in expected]
         for category in ("order", "invoice", "agent"):
-            assert await relayed(target, f"category:{category}") == [
+            assert await relayed(redis_target, f"category:{category}") == [
                 event for event in expected if category_of(event.stream_id) == category
             ]
 
-        assert await relay(source, target, once=True) == 0
+        assert await relay(source, redis_target, once=True) == 0
         await fill(source, 5)
-        assert await relay(source, target, once=True) == 5
-        assert await relayed(target) == await source_events(source)
-        worker = Relay(source, target)
+        assert await relay(source, redis_target, once=True) == 5
+        assert await relayed(redis_target) == await source_events(source)
+        worker = Relay(source, redis_target)
         try:
             assert await worker.checkpoint() == await source.head_position()
         finally:
             await worker.close()
 
 
-async def test_a_batch_at_or_below_the_checkpoint_is_never_written_again(target: str) -> None:
+async def test_a_batch_at_or_below_the_checkpoint_is_never_written_again(redis_target: str) -> None:
     async with agentfold.connect("memory://") as source:
         await fill(source, 10)
         events = await source_events(source)
-        worker = Relay(source, target)
+        worker = Relay(source, redis_target)
         try:
             await worker._check_target()
             assert await worker._write(events[:6]) == 6
@@ -110,60 +94,60 @@ async def test_a_batch_at_or_below_the_checkpoint_is_never_written_again(target:
             assert await worker.checkpoint() == 10
         finally:
             await worker.close()
-        assert await relayed(target) == events
+        assert await relayed(redis_target) == events
 
 
-async def test_partition_streams_hold_each_stream_in_one_partition_in_order(target: str) -> None:
+async def test_partition_streams_hold_each_stream_in_one_partition_in_order(redis_target: str) -> None:
     async with agentfold.connect("memory://") as source:
         await fill(source, 40, batch=2)
-        assert await relay(source, target, once=True, batch_size=9, partitions=4) == 80
+        assert await relay(source, redis_target, once=True, batch_size=9, partitions=4) == 80
         expected = await source_events(source)
         for partition in range(4):
-            assert await relayed(target, f"partition:{partition}") == [
+            assert await relayed(redis_target, f"partition:{partition}") == [
                 event for event in expected if partition_of(event.stream_id, 4) == partition
             ]
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            assert await client.get(f"{prefix_of(target)}:partitions") == b"4"
+            assert await client.get(f"{prefix_of(redis_target)}:partitions") == b"4"
         finally:
             await client.aclose()
         await fill(source, 3)
-        assert await relay(source, target, once=True, partitions=4) == 3
+        assert await relay(source, redis_target, once=True, partitions=4) == 3
         with pytest.raises(InvalidInput, match="4 partition streams, not 8"):
-            await relay(source, target, once=True, partitions=8)
+            await relay(source, redis_target, once=True, partitions=8)
         with pytest.raises(InvalidInput, match="4 partition streams, not 0"):
-            await relay(source, target, once=True)
+            await relay(source, redis_target, once=True)
 
 
-async def test_partitioning_is_refused_on_a_prefix_filled_without_it(target: str) -> None:
+async def test_partitioning_is_refused_on_a_prefix_filled_without_it(redis_target: str) -> None:
     async with agentfold.connect("memory://") as source:
         await fill(source, 3)
-        await relay(source, target, once=True)
+        await relay(source, redis_target, once=True)
         with pytest.raises(InvalidInput, match="without partition streams, not 4"):
-            await relay(source, target, once=True, partitions=4)
+            await relay(source, redis_target, once=True, partitions=4)
         with pytest.raises(InvalidInput, match="partitions"):
-            Relay(source, target, partitions=-1)
+            Relay(source, redis_target, partitions=-1)
         with pytest.raises(InvalidInput, match="partitions"):
-            Relay(source, target, partitions=1025)
+            Relay(source, redis_target, partitions=1025)
 
 
-async def test_trimmed_events_are_skipped(target: str) -> None:
+async def test_trimmed_events_are_skipped(redis_target: str) -> None:
     async with agentfold.connect("memory://") as source:
         await source.append("order-1", [NewEvent("A", {"n": n}) for n in range(5)])
         await source.append("order-2", [NewEvent("B", {})])
         await source._trim_stream("order-1", 6)
-        assert await relay(source, target, once=True) == 1
-        assert [event.stream_id for event in await relayed(target)] == ["order-2"]
+        assert await relay(source, redis_target, once=True) == 1
+        assert [event.stream_id for event in await relayed(redis_target)] == ["order-2"]
 
 
-async def test_following_the_source_until_stopped(target: str) -> None:
+async def test_following_the_source_until_stopped(redis_target: str) -> None:
     async with agentfold.connect("memory://") as source:
         stop = asyncio.Event()
-        running = asyncio.create_task(relay(source, target, stop_event=stop))
+        running = asyncio.create_task(relay(source, redis_target, stop_event=stop))
         await fill(source, 12)
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            checkpoint_key = f"{prefix_of(target)}:relay:relay"
+            checkpoint_key = f"{prefix_of(redis_target)}:relay:relay"
             for _ in range(600):
                 if await client.get(checkpoint_key) == b"12":
                     break
@@ -172,27 +156,27 @@ async def test_following_the_source_until_stopped(target: str) -> None:
             await client.aclose()
         stop.set()
         assert await asyncio.wait_for(running, 30) == 12
-        assert await relayed(target) == await source_events(source)
+        assert await relayed(redis_target) == await source_events(source)
 
 
-async def test_a_second_relay_into_the_same_prefix_is_refused(target: str) -> None:
+async def test_a_second_relay_into_the_same_prefix_is_refused(redis_target: str) -> None:
     async with agentfold.connect("memory://") as first, agentfold.connect("memory://") as second:
         await fill(first, 5)
         await fill(second, 3)
-        await relay(first, target, once=True)
+        await relay(first, redis_target, once=True)
         with pytest.raises(RelayConflict, match="another relay"):
-            await relay(second, target, name="other", once=True)
-        assert await relayed(target) == await source_events(first)
+            await relay(second, redis_target, name="other", once=True)
+        assert await relayed(redis_target) == await source_events(first)
 
 
-async def test_bad_relay_arguments_are_refused(target: str) -> None:
+async def test_bad_relay_arguments_are_refused(redis_target: str) -> None:
     async with agentfold.connect("memory://") as source:
         with pytest.raises(InvalidInput, match="batch_size"):
-            Relay(source, target, batch_size=0)
+            Relay(source, redis_target, batch_size=0)
         with pytest.raises(InvalidInput, match="name"):
-            Relay(source, target, name="")
+            Relay(source, redis_target, name="")
         with pytest.raises(InvalidURL, match="durability"):
-            Relay(source, f"{target}&durability=waitaof")
+            Relay(source, f"{redis_target}&durability=waitaof")
         with pytest.raises(InvalidURL):
             Relay(source, "sqlite:///nowhere.db")
 
@@ -211,7 +195,7 @@ def start_relay(*arguments: str) -> subprocess.Popen[str]:
     )
 
 
-async def test_relay_killed_mid_copy_resumes_without_gaps_or_duplicates(tmp_path: Path, target: str) -> None:
+async def test_relay_killed_mid_copy_resumes_without_gaps_or_duplicates(tmp_path: Path, redis_target: str) -> None:
     source_url = f"sqlite:///{tmp_path / 'source.db'}"
     async with agentfold.connect(source_url) as source:
         await fill(source, 300, batch=50)
@@ -220,9 +204,9 @@ async def test_relay_killed_mid_copy_resumes_without_gaps_or_duplicates(tmp_path
     assert total == 15_000
 
     # Small batches make the copy take seconds, so the kill lands mid-copy even on a busy machine.
-    process = start_relay("--from", source_url, "--to", target, "--batch-size", "5")
+    process = start_relay("--from", source_url, "--to", redis_target, "--batch-size", "5")
     client = aioredis.Redis.from_url(REDIS_URL)
-    checkpoint_key = f"{prefix_of(target)}:relay:relay"
+    checkpoint_key = f"{prefix_of(redis_target)}:relay:relay"
     try:
         deadline = time.monotonic() + 60
         while int(await client.get(checkpoint_key) or 0) < 500:
@@ -235,9 +219,9 @@ async def test_relay_killed_mid_copy_resumes_without_gaps_or_duplicates(tmp_path
         assert 0 < at_kill < total, "the relay must be killed mid-copy"
 
         # What the killed relay left is a gap-free prefix that ends exactly at its checkpoint.
-        assert await relayed_ids(target) == [f"0-{event.position}".encode() for event in expected[:at_kill]]
+        assert await relayed_ids(redis_target) == [f"0-{event.position}".encode() for event in expected[:at_kill]]
 
-        restarted = start_relay("--from", source_url, "--to", target, "--once")
+        restarted = start_relay("--from", source_url, "--to", redis_target, "--once")
         out, err = restarted.communicate(timeout=120)
         assert restarted.returncode == 0, err
         assert f"relayed {total - at_kill} events" in out
@@ -247,22 +231,22 @@ async def test_relay_killed_mid_copy_resumes_without_gaps_or_duplicates(tmp_path
             process.kill()
         await client.aclose()
 
-    copied = await relayed(target)
+    copied = await relayed(redis_target)
     assert [event.position for event in copied] == [event.position for event in expected]
     assert copied == expected
     for category in ("order", "invoice", "agent"):
-        assert await relayed(target, f"category:{category}") == [
+        assert await relayed(redis_target, f"category:{category}") == [
             event for event in expected if category_of(event.stream_id) == category
         ]
 
 
-async def test_relay_command_follows_and_stops_on_sigterm(tmp_path: Path, target: str) -> None:
+async def test_relay_command_follows_and_stops_on_sigterm(tmp_path: Path, redis_target: str) -> None:
     source_url = f"sqlite:///{tmp_path / 'source.db'}"
     async with agentfold.connect(source_url) as source:
         await fill(source, 10)
-    process = start_relay("--from", source_url, "--to", target)
+    process = start_relay("--from", source_url, "--to", redis_target)
     client = aioredis.Redis.from_url(REDIS_URL)
-    checkpoint_key = f"{prefix_of(target)}:relay:relay"
+    checkpoint_key = f"{prefix_of(redis_target)}:relay:relay"
 
     async def wait_for_checkpoint(position: int) -> None:
         deadline = time.monotonic() + 60
@@ -285,7 +269,7 @@ async def test_relay_command_follows_and_stops_on_sigterm(tmp_path: Path, target
     assert process.returncode == 0, err
     assert "checkpoint 15" in out
     async with agentfold.connect(source_url) as source:
-        assert await relayed(target) == await source_events(source)
+        assert await relayed(redis_target) == await source_events(source)
 
 
 def test_relay_command_reports_bad_urls_without_the_password() -> None:
