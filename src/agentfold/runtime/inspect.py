@@ -628,23 +628,32 @@ async def replay(
             progress(page[-1].version)
 
 
-async def state_at(store: EventStore, workflow_id: str, version: int) -> dict[str, Any]:
-    """The projected state of the run after its event `version` (0: before any event)."""
+async def _states_at(store: EventStore, workflow_id: str, versions: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The projected state of the run after each of its events `versions` (0: before any), from one read."""
     last = await _require_run(store, workflow_id)
-    _check_version(version, "version", last, workflow_id, 0)
+    wanted = {_check_version(version, "version", last, workflow_id, 0) for version in versions}
     history = History(workflow_id)
-    if version > 0:
-        async for page in store.read_stream_pages(h.workflow_stream(workflow_id), limit=version):
+    states: dict[int, dict[str, Any]] = {}
+    if 0 in wanted:
+        states[0] = projected_state(history)
+    if max(wanted) > 0:
+        async for page in store.read_stream_pages(h.workflow_stream(workflow_id), limit=max(wanted)):
             for event in page:
                 _fold_one(history, event)
-    return projected_state(history)
+                if event.version in wanted:
+                    states[event.version] = projected_state(history)
+    return states
+
+
+async def state_at(store: EventStore, workflow_id: str, version: int) -> dict[str, Any]:
+    """The projected state of the run after its event `version` (0: before any event)."""
+    return (await _states_at(store, workflow_id, [version]))[version]
 
 
 async def diff_versions(store: EventStore, workflow_id: str, from_version: int, to_version: int) -> list[Change]:
     """What changed in the projected state between two versions of the run (either order; 0 is the empty run)."""
-    before = await state_at(store, workflow_id, from_version)
-    after = await state_at(store, workflow_id, to_version)
-    return diff_states(before, after)
+    states = await _states_at(store, workflow_id, [from_version, to_version])
+    return diff_states(states[from_version], states[to_version])
 
 
 # -- the whole store -----------------------------------------------------------------------------------------------
