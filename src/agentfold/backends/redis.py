@@ -26,10 +26,10 @@ import asyncio
 import logging
 import re
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -57,6 +57,7 @@ from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Durability = Literal["server", "waitaof"]
 DURABILITIES: Final = ("server", "waitaof")
@@ -385,6 +386,26 @@ def untimed_connection(client: aioredis.Redis) -> Connection:
     return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
 
 
+async def exchange(connection: Connection, timeout: float, talk: Awaitable[T]) -> T:
+    """Await `talk`, a request and its replies on an `untimed_connection`, within `timeout`. Unless Redis answered
+    with an error, a failure drops the connection: a reply may still be on its way, out of step with the next request.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await talk
+    except redis_errors.ResponseError:
+        raise
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+
+
+async def send_and_read(connection: Connection, packed: bytes) -> Any:
+    """Send one packed command and read its reply."""
+    await connection.send_packed_command(packed, check_health=False)
+    return await connection.read_response()
+
+
 async def _execute(client: aioredis.Redis, *arguments: Any) -> Any:
     """A command whose reply the store parses itself."""
     return await client.execute_command(*arguments)  # type: ignore[no-untyped-call]
@@ -624,27 +645,17 @@ class RedisStore(EventStore):
         packed = b"".join(payload)
         with translate_errors(f"append to Redis at {self.settings.shown_url}"):
             try:
-                reply = await self._exchange(connection, packed)
+                reply = await exchange(connection, self.settings.timeout, self._send_and_read(connection, packed))
             except redis_errors.NoScriptError:
                 # The server restarted or flushed its scripts. The script did not run: sending it again is safe.
                 await self._client.script_load(APPEND_SCRIPT)
-                reply = await self._exchange(connection, packed)
+                reply = await exchange(connection, self.settings.timeout, self._send_and_read(connection, packed))
         return _split_replies(reply, group)
 
-    async def _exchange(self, connection: Connection, packed: bytes) -> bytes:
-        try:
-            async with asyncio.timeout(self.settings.timeout):
-                return await self._send_and_read(connection, packed)
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            await connection.disconnect(nowait=True)
-            raise
-
     async def _send_and_read(self, connection: Connection, packed: bytes) -> bytes:
-        await connection.send_packed_command(packed, check_health=False)
         if self.settings.durability != "waitaof":
-            return cast(bytes, await connection.read_response())
+            return cast(bytes, await send_and_read(connection, packed))
+        await connection.send_packed_command(packed, check_health=False)
         # WAITAOF covers what this connection wrote: read both replies, even when the script failed.
         try:
             reply = cast(bytes, await connection.read_response())

@@ -39,8 +39,10 @@ from agentfold.backends.redis import (
     _bulk,
     _text,
     check_server,
+    exchange,
     make_client,
     parse_url,
+    send_and_read,
     translate_errors,
     untimed_connection,
     warn_once,
@@ -276,13 +278,14 @@ class Relay:
                 _bulk(b"%d" % event.recorded_at_us),
             ]
         packed = b"*%d\r\n" % (2 + len(parts)) + self._evalsha_head + b"".join(parts)
+        timeout = self.settings.timeout
         with translate_errors(f"relay events to Redis at {self.settings.shown_url}"):
             try:
-                reply = await self._exchange(packed)
+                reply = await exchange(self._connection, timeout, send_and_read(self._connection, packed))
             except redis_errors.NoScriptError:
                 # The server restarted or flushed its scripts. The script did not run: sending it again is safe.
                 await self._client.script_load(RELAY_SCRIPT)
-                reply = await self._exchange(packed)
+                reply = await exchange(self._connection, timeout, send_and_read(self._connection, packed))
         if int(reply[0]) == -2:
             declared = int(reply[2])
             raise InvalidInput(
@@ -298,17 +301,6 @@ class Relay:
                 "this prefix. Give each source its own prefix, and each prefix one relay name."
             )
         return int(reply[0])
-
-    async def _exchange(self, packed: bytes) -> Any:
-        try:
-            async with asyncio.timeout(self.settings.timeout):
-                await self._connection.send_packed_command(packed, check_health=False)
-                return await self._connection.read_response()
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            await self._connection.disconnect(nowait=True)
-            raise
 
     async def _wait(self, after: int, stop_event: asyncio.Event | None) -> None:
         await self.source.wait_for_append(after, 5.0, until=stop_event)
