@@ -19,6 +19,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 import agentfold
 from agentfold import NewEvent
 from agentfold.connect import redact
@@ -43,6 +45,12 @@ def event_payload(index: int) -> dict[str, Any]:
         "items": [{"sku": f"sku-{index % 97}", "qty": index % 5 + 1}],
         "note": "x" * 48,
     }
+
+
+def event_payload_text(index: int) -> str:
+    """`event_payload` as stored JSON text, for the bare-driver baselines: decoding cost depends on the shape (keys,
+    nesting, numbers), not only on the size, so they write and decode the same events the store does."""
+    return msgspec.json.encode(event_payload(index)).decode()
 
 
 @asynccontextmanager

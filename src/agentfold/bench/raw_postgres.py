@@ -15,7 +15,7 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from agentfold.bench import event_payload
+from agentfold.bench import event_payload_text
 from agentfold.connect import redact
 
 RAW_CLIENTS: Final = 8
@@ -69,11 +69,6 @@ async def _create_table(connection: psycopg.AsyncConnection[Any], schema: str) -
     )
 
 
-def _payload(number: int) -> str:
-    """The events `agentfold bench` writes and folds, so the baseline decodes the same shape."""
-    return msgspec.json.encode(event_payload(number)).decode()
-
-
 async def _insert_rate(conninfo: str, table: sql.Identifier, rows_per_statement: int) -> float:
     """Rows per second committed by RAW_CLIENTS connections, each one statement (one transaction) at a time."""
     row = sql.SQL("(%s, %s, 'Raw', %s, %s)")
@@ -92,7 +87,7 @@ async def _insert_rate(conninfo: str, table: sql.Identifier, rows_per_statement:
                 params: list[Any] = []
                 for _ in range(rows_per_statement):
                     version += 1
-                    params += [stream, version, _payload(version), uuid.uuid4()]
+                    params += [stream, version, event_payload_text(version), uuid.uuid4()]
                 await connection.execute(rendered.encode(), params)
             return version
 
@@ -133,7 +128,7 @@ class BareFold:
                         table
                     ),
                     [
-                        (stream, number, f"Type{number % 5}", _payload(number), uuid.uuid4())
+                        (stream, number, f"Type{number % 5}", event_payload_text(number), uuid.uuid4())
                         for number in range(1, REPLAY_EVENTS + 1)
                     ],
                 )

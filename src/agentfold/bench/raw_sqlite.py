@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import msgspec
 
-from agentfold.bench import event_payload
+from agentfold.bench import event_payload_text
 
 COMMIT_SECONDS: Final = 2.0
 ROWS_PER_TRANSACTION: Final = 100
@@ -34,7 +34,7 @@ _INSERT: Final = "INSERT INTO events (stream_id, version, type, data) VALUES (?,
 
 async def measure_raw(url: str) -> dict[str, float]:
     """Measure the bare driver: single-row commits/s and rows/s in 100-row transactions (both WAL,
-    `synchronous=FULL`). The bare fold that `fold_10k_ms` is compared with is `prepare_fold`, which the projection
+    `synchronous=FULL`). The bare fold that `fold_10k_ms` is compared with is `BareFold`, which the projection
     benchmark times in turns with its own fold."""
     return await asyncio.to_thread(_measure, _directory_of(url))
 
@@ -69,12 +69,6 @@ def _open(path: str) -> sqlite3.Connection:
     return connection
 
 
-def _payload(index: int) -> str:
-    """The events `agentfold bench` writes and folds, as stored text: decoding cost depends on the shape (keys,
-    nesting, numbers), not only on the size, so the baseline decodes the same thing."""
-    return msgspec.json.encode(event_payload(index)).decode()
-
-
 def _rows_per_second(path: str, rows_per_commit: int) -> float:
     connection = _open(path)
     try:
@@ -83,7 +77,7 @@ def _rows_per_second(path: str, rows_per_commit: int) -> float:
         deadline = started + COMMIT_SECONDS
         while time.perf_counter() < deadline:
             rows = [
-                ("stream-1", written + offset + 1, "Ticked", _payload(written + offset))
+                ("stream-1", written + offset + 1, "Ticked", event_payload_text(written + offset))
                 for offset in range(rows_per_commit)
             ]
             connection.execute("BEGIN IMMEDIATE")
@@ -108,7 +102,7 @@ class BareFold:
         types = [f"Type{index % 5}" for index in range(READ_EVENTS)]
         self._connection.execute("BEGIN IMMEDIATE")
         self._connection.executemany(
-            _INSERT, [("stream-1", index + 1, types[index], _payload(index)) for index in range(READ_EVENTS)]
+            _INSERT, [("stream-1", index + 1, types[index], event_payload_text(index)) for index in range(READ_EVENTS)]
         )
         self._connection.execute(
             "INSERT INTO events (stream_id, version, type, data) VALUES (?, 1, 'Other', '{}')", (str(uuid.uuid4()),)
