@@ -30,7 +30,7 @@ from rich.text import Text
 
 import agentfold
 from agentfold.connect import redact
-from agentfold.demo.check import PipelineCheck, check_pipeline
+from agentfold.demo.check import SHOWN_PROBLEMS, PipelineCheck, check_pipeline
 from agentfold.demo.pipeline import (
     AGENTS,
     CHARGE_STEP,
@@ -49,7 +49,6 @@ from agentfold.demo.worker import PAUSED, READY
 from agentfold.errors import StoreTimeout, StoreUnavailable
 from agentfold.events import RecordedEvent
 from agentfold.runtime import COMPLETED, FAILED, IDLE, history, signal_stream, workflow_stream
-from agentfold.runtime.context import load_history
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
 from agentfold.subscription import Subscription
@@ -377,11 +376,8 @@ async def run_demo(settings: DemoSettings, console: Console) -> DemoResult:
             await asyncio.gather(*(worker.stop() for worker in workers))
             console.print()
             console.print(await order_timeline(store, chosen.order_id, view))
-            states = {
-                run_id(order.order_id, agent): (await load_history(store, run_id(order.order_id, agent))).state
-                for order in orders
-                for agent in AGENTS
-            }
+            runs = [run_id(order.order_id, agent) for order in orders for agent in AGENTS]
+            states = {workflow_id: await pipeline.client.state(workflow_id) for workflow_id in runs}
         ledger = provider.ledger()
     key = view.paused_key
     check = check_pipeline(
@@ -396,7 +392,7 @@ async def run_demo(settings: DemoSettings, console: Console) -> DemoResult:
             f"provider, key {key}: {ledger.charge_requests.get(key, 0)} charge request, "
             f"{ledger.status_queries.get(key, 0)} status query (the fresh worker's reconcile)"
         )
-    for problem in check.problems[:10]:
+    for problem in check.problems[:SHOWN_PROBLEMS]:
         console.print(f"  [red]✗[/red] {problem}")
     console.print(Text(check.summary(), style="bold green" if check.ok else "bold red"))
     return DemoResult(check, chosen_payment, view.elapsed())
