@@ -461,7 +461,7 @@ class RedisConsumerGroupMember:
         count = await self._layout()
         if count is None:
             return
-        owner_keys = [f"{self._owner_prefix}{number}".encode() for number in range(count)]
+        owner_keys = [self._owner_key(number) for number in range(count)]
         sent = time.monotonic()
         live_raw, owners_raw = await self._call(
             "heartbeat", [self._members_key, *owner_keys], [self.member_id, self._lease_ms]
@@ -535,10 +535,11 @@ class RedisConsumerGroupMember:
     def _partition_key(self, number: int) -> bytes:
         return f"{self._partition_prefix}{number}".encode()
 
+    def _owner_key(self, number: int) -> bytes:
+        return f"{self._owner_prefix}{number}".encode()
+
     def _start_partition(self, number: int, sent: float) -> None:
-        state = _Partition(
-            number, self._partition_key(number), f"{self._owner_prefix}{number}".encode(), sent + self.lease_seconds
-        )
+        state = _Partition(number, self._partition_key(number), self._owner_key(number), sent + self.lease_seconds)
         self._owned[number] = state
         state.task = asyncio.create_task(self._work(state), name=f"redis group {self.group} partition {number}")
         self._partition_tasks.add(state.task)
