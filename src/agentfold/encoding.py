@@ -69,6 +69,15 @@ def check_event_type(event_type: object) -> str:
     return _check_name(event_type, "event type", InvalidEventType)
 
 
+def check_event_types(types: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Return a type filter as a tuple of checked event types (None: no filter); a bare str is refused."""
+    if types is None:
+        return None
+    if isinstance(types, str):
+        raise InvalidInput("types must be a list of event types, not a str")
+    return tuple(check_event_type(event_type) for event_type in types)
+
+
 def check_expected_version(expected_version: object) -> ExpectedVersion:
     """Return `expected_version` if it is a `StreamState` or an int in [0, 2**62], else raise."""
     if isinstance(expected_version, StreamState):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from agentfold.encoding import check_event_type, check_stream_id
+from agentfold.encoding import check_event_types, check_stream_id
 from agentfold.errors import InvalidInput, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
 
@@ -80,9 +80,7 @@ class GroupSettings:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
                 raise InvalidInput(f"{seconds} must be a finite number of seconds >= 0, got {value!r}")
         if self.types is not None:
-            if isinstance(self.types, str):
-                raise InvalidInput("types must be a list of event types, not a str")
-            object.__setattr__(self, "types", tuple(check_event_type(event_type) for event_type in self.types))
+            object.__setattr__(self, "types", check_event_types(self.types))
         if self.stream_prefix is not None:
             check_stream_id(self.stream_prefix)
         if self.page_size < 1:

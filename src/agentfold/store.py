@@ -19,7 +19,7 @@ from agentfold.encoding import (
     DEFAULT_MAX_EVENT_SIZE,
     MAX_VERSION,
     EncodedEvent,
-    check_event_type,
+    check_event_types,
     check_expected_version,
     check_name,
     check_stream_id,
@@ -149,7 +149,7 @@ class EventStore(abc.ABC):
         """Like `read_all`, one list per round trip."""
         self._check_open()
         after = _check_counter(after_position, "after_position")
-        type_filter = _check_types(types)
+        type_filter = check_event_types(types)
         prefix = _check_prefix(stream_prefix)
         remaining = _check_limit(limit)
         while remaining is None or remaining > 0:
@@ -180,7 +180,7 @@ class EventStore(abc.ABC):
         return Subscription(
             self,
             _check_counter(after_position, "after_position"),
-            _check_types(types),
+            check_event_types(types),
             _check_prefix(stream_prefix),
             check_subscription_name(name),
             _check_limit(page_size) or self.page_size,
@@ -217,7 +217,7 @@ class EventStore(abc.ABC):
             raise InvalidInput(f"a projector's update must be a function, got {type(update).__name__}")
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise InvalidInput(f"page_size must be an int >= 1, got {page_size!r}")
-        checked_types = _check_types(types)
+        checked_types = check_event_types(types)
         return Projector(self, _check_name(name), update, checked_types, _check_prefix(stream_prefix), page_size)
 
     async def load_checkpoint(self, name: str) -> int | None:
@@ -369,14 +369,6 @@ def _check_limit(limit: object) -> int | None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise InvalidInput(f"limit must be None or an int >= 0, got {limit!r}")
     return limit
-
-
-def _check_types(types: Sequence[str] | None) -> tuple[str, ...] | None:
-    if types is None:
-        return None
-    if isinstance(types, str):
-        raise InvalidInput("types must be a list of event types, not a str")
-    return tuple(check_event_type(event_type) for event_type in types)
 
 
 def _check_prefix(prefix: str | None) -> str | None:
