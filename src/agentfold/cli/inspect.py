@@ -187,6 +187,13 @@ def workflows(store_url: str, status: str | None, stalled: bool, as_json: bool) 
     console.print(table)
 
 
+async def _run_events_count(store: EventStore, workflow_id: str) -> int:
+    """Events in the run's stream and its inbox: what `run_events` reads, as a progress bar's total."""
+    return await store.stream_version(h.workflow_stream(workflow_id)) + await store.stream_version(
+        h.signal_stream(workflow_id)
+    )
+
+
 # -- show ----------------------------------------------------------------------------------------------------------
 
 
@@ -199,10 +206,7 @@ def show(store_url: str, workflow_id: str, as_json: bool) -> None:
 
     async def load(store: EventStore) -> Any:
         chosen = await resolve_workflow(store, workflow_id, store_url)
-        total = await store.stream_version(h.workflow_stream(chosen)) + await store.stream_version(
-            h.signal_stream(chosen)
-        )
-        with progress_bar(f"reading {chosen}", total) as update:
+        with progress_bar(f"reading {chosen}", await _run_events_count(store, chosen)) as update:
             return await timeline(store, chosen, update)
 
     trace = run_with_store(store_url, load)
@@ -478,10 +482,7 @@ def export(store_url: str, workflow_id: str, output_format: str, output: Path | 
 
     async def collect(store: EventStore) -> Any:
         chosen = await resolve_workflow(store, workflow_id, store_url)
-        total = await store.stream_version(h.workflow_stream(chosen)) + await store.stream_version(
-            h.signal_stream(chosen)
-        )
-        with progress_bar(f"exporting {chosen}", total) as update:
+        with progress_bar(f"exporting {chosen}", await _run_events_count(store, chosen)) as update:
             return await export_trace(store, chosen, update)
 
     trace = run_with_store(store_url, collect)
