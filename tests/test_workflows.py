@@ -97,6 +97,19 @@ def payment_app(provider: Provider) -> tuple[Runtime, Any]:
     return runtime, reconcile_payment
 
 
+async def awaiting_approval(
+    store: EventStore, number: int, workflow_id: str
+) -> tuple[Provider, Runtime, WorkflowClient]:
+    """A `payment_app` run charged and waiting for its approval, left unfinished by a worker that stopped."""
+    provider = Provider()
+    runtime, reconcile_payment = payment_app(provider)
+    client = runtime.client(store)
+    async with runtime.worker(store):
+        await client.start(reconcile_payment, {"number": number}, workflow_id=workflow_id)
+        await until_state(client, workflow_id, "AwaitingInput")
+    return provider, runtime, client
+
+
 async def test_the_documented_example_on_every_backend(store: EventStore) -> None:
     provider = Provider()
     runtime, reconcile_payment = payment_app(provider)
@@ -129,12 +142,7 @@ async def test_the_documented_example_on_every_backend(store: EventStore) -> Non
 
 
 async def test_a_waiting_run_survives_its_worker_and_completed_steps_do_not_run_again(memory: EventStore) -> None:
-    provider = Provider()
-    runtime, reconcile_payment = payment_app(provider)
-    client = runtime.client(memory)
-    async with runtime.worker(memory):
-        await client.start(reconcile_payment, {"number": 1}, workflow_id="a")
-        await until_state(client, "a", "AwaitingInput")
+    provider, runtime, client = await awaiting_approval(memory, 1, "a")
     await client.signal("a", "approval", {"by": "bob"})
     async with runtime.worker(memory):  # a new worker finds the unfinished run and replays it
         assert await client.result("a", timeout=TIMEOUT) == {"paid": "pay-1", "by": "bob"}
@@ -248,12 +256,7 @@ async def replay_result(runtime: Runtime, store: EventStore, workflow_id: str) -
 
 
 async def test_changed_code_fails_with_nondeterminism_and_suspends_instead_of_corrupting(memory: EventStore) -> None:
-    provider = Provider()
-    old, reconcile_payment = payment_app(provider)
-    client = old.client(memory)
-    async with old.worker(memory):
-        await client.start(reconcile_payment, {"number": 3}, workflow_id="d")
-        await until_state(client, "d", "AwaitingInput")
+    provider, old, client = await awaiting_approval(memory, 3, "d")
     before = await types_of(memory, "d")
 
     changed = Runtime()
@@ -279,12 +282,7 @@ async def test_changed_code_fails_with_nondeterminism_and_suspends_instead_of_co
 
 
 async def test_a_run_waiting_for_approval_survives_a_deploy_with_patched(memory: EventStore) -> None:
-    provider = Provider()
-    old, reconcile_payment = payment_app(provider)
-    client = old.client(memory)
-    async with old.worker(memory):
-        await client.start(reconcile_payment, {"number": 4}, workflow_id="p")
-        await until_state(client, "p", "AwaitingInput")
+    provider, _, client = await awaiting_approval(memory, 4, "p")
 
     deployed = Runtime(default_retry=QUICK)
     paths: list[tuple[str, bool]] = []
