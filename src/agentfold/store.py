@@ -30,7 +30,7 @@ from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, Recor
 from agentfold.groups import ConsumerGroupMember, GroupSettings, Handler
 from agentfold.readmodel import Projector, ReadModelUpdate
 from agentfold.subscription import Subscription, check_subscription_name
-from agentfold.wakeup import wait_unless
+from agentfold.wakeup import retrieve_outcome, wait_unless
 
 DEFAULT_PAGE_SIZE: Final = 1000
 
@@ -122,7 +122,7 @@ class EventStore(abc.ABC):
         finally:
             if ahead is not None:
                 ahead.cancel()
-                ahead.add_done_callback(_retrieve_outcome)
+                ahead.add_done_callback(retrieve_outcome)  # a page nobody will take
 
     async def read_all(
         self,
@@ -375,9 +375,3 @@ def _check_prefix(prefix: str | None) -> str | None:
     if prefix is None or prefix == "":
         return None
     return check_stream_id(prefix)
-
-
-def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
-    """A page read ahead that nobody will take: fetch its outcome so an error is not reported as unhandled."""
-    if not future.cancelled():
-        future.exception()

@@ -52,11 +52,13 @@ async def wait_unless(waiting: Awaitable[Any], until: asyncio.Event | None) -> N
         for task in (waiter, stopper):
             if not task.done():
                 task.cancel()
-                task.add_done_callback(_retrieve_outcome)
+                task.add_done_callback(retrieve_outcome)
     if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
         raise waiter.exception()  # type: ignore[misc]
 
 
-def _retrieve_outcome(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+def retrieve_outcome(future: asyncio.Future[Any]) -> None:
+    """A done callback for a cancelled future nobody awaits: fetch its outcome so an error it may still finish
+    with is not reported as unhandled."""
+    if not future.cancelled():
+        future.exception()
