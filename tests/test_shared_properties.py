@@ -192,6 +192,12 @@ def test_multi_value_siblings_are_exactly_the_concurrent_writes(history: History
                 assert first.timestamp not in history.seen_before[second.op_id]
 
 
+def fold_some(operations: list[Operation], data: st.DataObject) -> SharedState:
+    """The state of a drawn subset of `operations`."""
+    mask = data.draw(st.lists(st.booleans(), min_size=len(operations), max_size=len(operations)))
+    return fold_operations(operation for operation, keep in zip(operations, mask, strict=True) if keep)
+
+
 KIND_READERS = {
     SharedKind.COUNTER: lambda state: state.counter("c"),
     SharedKind.REGISTER: lambda state: state.register("r"),
@@ -205,14 +211,7 @@ KIND_READERS = {
 @PROPERTY_SETTINGS
 @given(history=histories(), data=st.data())
 def test_merge_is_commutative_associative_idempotent(kind: SharedKind, history: History, data: st.DataObject) -> None:
-    operations = history.operations
-
-    def some_state() -> Any:
-        mask = data.draw(st.lists(st.booleans(), min_size=len(operations), max_size=len(operations)))
-        chosen = [operation for operation, keep in zip(operations, mask, strict=True) if keep]
-        return KIND_READERS[kind](fold_operations(chosen))
-
-    a, b, c = some_state(), some_state(), some_state()
+    a, b, c = (KIND_READERS[kind](fold_some(history.operations, data)) for _ in range(3))
     assert a.joined(b) == b.joined(a)
     assert a.joined(b).value == b.joined(a).value
     assert a.joined(b).joined(c) == a.joined(b.joined(c))
@@ -226,13 +225,7 @@ def test_merge_is_commutative_associative_idempotent(kind: SharedKind, history: 
 @PROPERTY_SETTINGS
 @given(history=histories(), data=st.data())
 def test_shared_state_merge_is_a_join(history: History, data: st.DataObject) -> None:
-    operations = history.operations
-
-    def some_state() -> SharedState:
-        mask = data.draw(st.lists(st.booleans(), min_size=len(operations), max_size=len(operations)))
-        return fold_operations(op for op, keep in zip(operations, mask, strict=True) if keep)
-
-    a, b, c = some_state(), some_state(), some_state()
+    a, b, c = (fold_some(history.operations, data) for _ in range(3))
     assert a.joined(b) == b.joined(a)
     assert a.joined(b).joined(c) == a.joined(b.joined(c))
     assert a.joined(a) == a
