@@ -694,15 +694,17 @@ class PostgresStore(EventStore):
             rows = await cursor.fetchall()
         outcomes: list[AppendResult | AgentfoldError | None] = []
         reused: list[str] = []
+        written = False
         for pending, (outcome, version, position) in zip(group, rows, strict=True):
             if outcome == 0:
                 outcomes.append(AppendResult(version, position))
+                written = True
             elif outcome == 1:
                 outcomes.append(WrongExpectedVersion(pending.stream_id, pending.expected, version))
             else:
                 outcomes.append(None)
                 reused.extend(event.id for event in pending.events)
-        if any(outcome == 0 for outcome, _, _ in rows):
+        if written:
             self._wake_waiters()
         if not reused:
             return [outcome for outcome in outcomes if outcome is not None]  # every append is decided
