@@ -11,13 +11,12 @@ import click
 from rich.console import Console
 
 from agentfold.cli import main
-from agentfold.cli.common import scrub
+from agentfold.cli.common import INTERRUPTED_EXIT_CODE, scrub
 from agentfold.connect import redact
 from agentfold.errors import AgentfoldError
 
 CHECK_FAILED_EXIT_CODE: Final = 1
 DEMO_ERROR_EXIT_CODE: Final = 2
-INTERRUPTED_EXIT_CODE: Final = 130
 WIDTH_WHEN_PIPED: Final = 140
 
 
