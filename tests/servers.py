@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -283,6 +284,14 @@ async def eventually(condition: Callable[[], bool], timeout: float = 60) -> None
             if condition():
                 return
             await asyncio.sleep(0.01)
+
+
+async def digest(store: EventStore) -> tuple[int, str]:
+    """The head position and a hash of every event as read: equal digests mean an unchanged log."""
+    hasher = hashlib.sha256()
+    async for event in store.read_all():
+        hasher.update(repr((event.stream_id, event.version, event.position, event.type, event.data, event.id)).encode())
+    return await store.head_position(), hasher.hexdigest()
 
 
 # -- a workload to run around a fault -----------------------------------------------------------------------------

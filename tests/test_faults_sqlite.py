@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import sqlite3
 import subprocess
@@ -23,7 +22,7 @@ from agentfold import NewEvent
 from agentfold.backends.sqlite import SQLiteStore
 from agentfold.errors import AgentfoldError, StoreFull, StoreReadOnly, StoreTimeout, StoreUnavailable
 from agentfold.store import EventStore
-from tests.servers import unavailable
+from tests.servers import digest, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,14 +31,6 @@ async def open_sqlite(path: Path, query: str = "") -> SQLiteStore:
     store = await agentfold.connect(f"sqlite:///{path}{query}")
     assert isinstance(store, SQLiteStore)
     return store
-
-
-async def digest(store: EventStore) -> tuple[int, str]:
-    """The head position and a hash of every event as read: equal digests mean an unchanged log."""
-    hasher = hashlib.sha256()
-    async for event in store.read_all():
-        hasher.update(repr((event.stream_id, event.version, event.position, event.type, event.data, event.id)).encode())
-    return await store.head_position(), hasher.hexdigest()
 
 
 def batch(count: int, size: int = 0, **data: object) -> list[NewEvent]:

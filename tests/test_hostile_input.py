@@ -9,7 +9,6 @@ after each case. URLs carrying a password must never show it, in errors, in logs
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import traceback
@@ -38,6 +37,7 @@ from agentfold.errors import (
 )
 from agentfold.store import EventStore
 from tests.backends import AVAILABLE, Backend, run
+from tests.servers import digest
 from tests.test_conformance import _cyclic, _deep
 
 SERVER_BACKENDS = [backend for backend in AVAILABLE if backend.name in ("postgres", "redis")]
@@ -66,13 +66,6 @@ def _deep_list(levels: int) -> dict[str, Any]:
     for _ in range(levels):
         value = [value]
     return {"x": value}
-
-
-async def digest(store: EventStore) -> tuple[int, str]:
-    hasher = hashlib.sha256()
-    async for event in store.read_all():
-        hasher.update(repr((event.stream_id, event.version, event.position, event.type, event.data, event.id)).encode())
-    return await store.head_position(), hasher.hexdigest()
 
 
 async def drain(iterator: Any) -> list[Any]:
