@@ -76,9 +76,7 @@ def _table(results: dict[str, Any]) -> Table:
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per figure, one column per backend."""
     backends = list(results["backends"])
-    names: list[str] = []
-    for result in results["backends"].values():
-        names.extend(name for name in result["figures"] if name not in names)
+    names = dict.fromkeys(name for result in results["backends"].values() for name in result["figures"])
     lines = ["| figure | " + " | ".join(backends) + " |", "|---|" + "---:|" * len(backends)]
     for name in names:
         cells = [results["backends"][backend]["figures"].get(name) for backend in backends]
