@@ -165,7 +165,7 @@ def main() -> None:
         group, member, hold_after = rest
         asyncio.run(redis_group_member(url, group, member, int(hold_after)))
     else:
-        raise SystemExit(f"unknown command {command!r}; use writer, reader or group")
+        raise SystemExit(f"unknown command {command!r}; use writer, reader, projector, group or redis-group")
 
 
 if __name__ == "__main__":
