@@ -105,12 +105,14 @@ def _is_json(value: object, depth: int) -> bool:
     check (the encoder refuses surrogates, and the caller then runs the slow walk for the path)."""
     if depth >= MAX_DEPTH:
         return False
-    items = value.values() if type(value) is dict else value
     if type(value) is dict:
         for key in value:
             if type(key) is not str:
                 return False
-    for item in items:  # type: ignore[attr-defined]
+        items = value.values()
+    else:
+        items = value  # type: ignore[assignment]
+    for item in items:
         kind = type(item)
         if kind is str or kind is int or kind is bool or item is None:
             continue
