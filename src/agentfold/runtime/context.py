@@ -427,15 +427,7 @@ class WorkflowExecution:
                             completed = {"seq": seq, "name": name, "attempt": attempt, "result": encoded}
                             await self._record([NewEvent(h.STEP_COMPLETED, completed)])
                         except InvalidInput as refused:
-                            data = {
-                                "seq": seq,
-                                "name": name,
-                                "attempt": attempt,
-                                "final": True,
-                                "error": _error_data(refused),
-                            }
-                            await self._record([NewEvent(h.STEP_FAILED, data)])
-                            raise _step_error(name, seq, data) from refused
+                            raise await self._fail_step(seq, name, attempt, refused) from refused
                         return serializer.from_json(encoded, result_type)
                 finally:
                     self.steps_in_flight -= 1
@@ -453,6 +445,12 @@ class WorkflowExecution:
             await self._record([*prefix, NewEvent(h.STEP_FAILED, failed)])
             prefix = []
             await self._block(delay)
+
+    async def _fail_step(self, seq: int, name: str, attempt: int, error: BaseException, **extra: Any) -> StepError:
+        """Record that the step failed for good with `error`; the `StepError` to raise."""
+        failed = {"seq": seq, "name": name, "attempt": attempt, "final": True, **extra, "error": _error_data(error)}
+        await self._record([NewEvent(h.STEP_FAILED, failed)])
+        return _step_error(name, seq, failed)
 
     def _breaker_board(self) -> BreakerBoard:
         if self.breakers is None:
@@ -487,24 +485,13 @@ class WorkflowExecution:
                 if calls < policy.max_attempts and not isinstance(error, policy.non_retryable):
                     await asyncio.sleep(policy.backoff(calls))
                     continue
-                failed = {
-                    "seq": seq,
-                    "name": name,
-                    "attempt": attempt,
-                    "final": True,
-                    "reconcile": True,
-                    "error": _error_data(error),
-                }
-                await self._record([NewEvent(h.STEP_FAILED, failed)])
-                raise _step_error(name, seq, failed) from error
+                raise await self._fail_step(seq, name, attempt, error, reconcile=True) from error
         if isinstance(outcome, _NotApplied):
             return outcome
         try:
             encoded = self.runtime.serializer.to_json(outcome, f"step {name!r} reconciled result")
         except InvalidInput as refused:
-            failed = {"seq": seq, "name": name, "attempt": attempt, "final": True, "error": _error_data(refused)}
-            await self._record([NewEvent(h.STEP_FAILED, failed)])
-            raise _step_error(name, seq, failed) from refused
+            raise await self._fail_step(seq, name, attempt, refused) from refused
         completed = {"seq": seq, "name": name, "attempt": attempt, "result": encoded, "reconciled": True}
         await self._record([NewEvent(h.STEP_COMPLETED, completed)])
         return encoded
