@@ -156,9 +156,7 @@ async def run_backend(
     async with scratch_store(backend, base_url) as (url, store):
         figures.update(await measure_read(store))
         progress(f"{backend}: fold a 10k-event stream")
-        figures.update(
-            await _optional("agentfold.bench.projection_bench", "measure_projection", url, big and backend != "memory")
-        )
+        figures.update(await _optional("agentfold.bench.projection_bench", "measure_projection", url, big))
     progress(f"{backend}: append-to-delivery latency")
     async with scratch_store(backend, base_url) as (url, store):
         figures.update(await _optional("agentfold.bench.delivery", "measure_latency", url, store))

@@ -26,7 +26,7 @@ BIG_EVENTS: Final = 1_000_000
 ROUNDS: Final = 5
 APPEND_BATCH: Final = 1000
 EVENT_TYPES: Final = tuple(f"Type{index}" for index in range(5))
-SNAPSHOT_SCHEMES: Final = ("memory", "sqlite")
+SNAPSHOT_SCHEMES: Final = ("sqlite",)
 
 
 class TypeCounts(msgspec.Struct):
@@ -67,7 +67,7 @@ class CountByTypeWithRecent(CountByType):
 
 
 async def measure_projection(url: str, big: bool = False) -> dict[str, float]:
-    """Figures in ms: `fold_10k_ms` (best of 5; `_median` too) and, with `big` on memory:// or sqlite,
+    """Figures in ms: `fold_10k_ms` (best of 5; `_median` too) and, with `big` on sqlite,
     `snapshot_load_1m_ms` (best of 5; `_median` too) plus `snapshot_build_1m_s` (writing the stream and its first
     snapshot). Each measurement uses its own stream in the store at `url`."""
     figures: dict[str, float] = {}
