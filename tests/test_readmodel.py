@@ -14,10 +14,8 @@ from typing import Any
 import agentfold
 from agentfold import NewEvent, RecordedEvent
 from agentfold.store import EventStore
-from tests.backends import BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
-SQL_BACKENDS = [backend for backend in BACKENDS if backend.name in ("sqlite", "postgres") and backend.available()]
 
 
 async def test_projector_applies_each_page_and_resumes_from_its_checkpoint(store: EventStore) -> None:
