@@ -18,7 +18,7 @@ import pytest
 
 import agentfold
 from agentfold.runtime import workflow_stream
-from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, stalled_runs, worker_stream
+from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, run_leases, stalled_runs, worker_stream
 from agentfold.store import EventStore
 from tests.backends import BACKENDS, Backend, require_service
 from tests.workflow_apps import fleet
@@ -95,6 +95,16 @@ async def completed_runs(store: EventStore) -> int:
     return sum([len(page) async for page in store.read_all_pages(types=["WorkflowCompleted"])])
 
 
+async def until_holding(store: EventStore, worker_id: str) -> None:
+    """Wait until `worker_id` holds an unfinished run (it claims runs as its peers do, only not always yet)."""
+    async with asyncio.timeout(RESULT_TIMEOUT):
+        while True:
+            head = await store.head_position()
+            if any(lease.owner == worker_id for lease in await run_leases(store)):
+                return
+            await store._wait_for_append(head, 1.0)
+
+
 async def until_completed(store: EventStore, count: int) -> None:
     async with asyncio.timeout(RESULT_TIMEOUT):
         while True:
@@ -116,6 +126,7 @@ async def test_three_workers_200_runs_one_sigkilled_all_complete_once(shared_url
                 await client.start("fleet", number, workflow_id=f"run-{number}")
             await until_completed(store, 20)
             victim = workers[0]
+            await until_holding(store, victim.worker_id)  # so that the kill leaves runs to take over
             await victim.kill()
             results = [await client.result(f"run-{number}", timeout=RESULT_TIMEOUT) for number in range(RUNS)]
             assert results == [{"number": n, "steps": list(range(fleet.STEPS))} for n in range(RUNS)]
