@@ -117,6 +117,15 @@ async def test_paged_reads_with_and_without_read_ahead(store: EventStore, reads_
     await store.append("long", events(3))
     assert [event.version for event in await stream_list(store, "long", after_version=12)] == list(range(13, 22))
     assert [len(page) async for page in store.read_stream_pages("long")] == [4, 4, 4, 4, 4, 1]
+    assert [len(page) async for page in store.read_stream_pages("long", limit=16)] == [4, 4, 4, 4]
+    assert [len(page) async for page in store.read_stream_pages("long", after_version=1)] == [4, 4, 4, 4, 4]
+    pages = store.read_stream_pages("long")
+    async for page in pages:  # abandoned after more pages than a backend reads ahead
+        if page[-1].version >= 20:
+            break
+    await pages.aclose()
+    await store.append("long", events(2))
+    assert [event.version for event in await stream_list(store, "long", after_version=16)] == list(range(17, 24))
 
 
 async def test_read_all_in_global_order_with_filters(store: EventStore) -> None:

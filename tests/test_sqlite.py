@@ -15,7 +15,13 @@ import pytest
 
 import agentfold
 from agentfold import ANY, NO_STREAM, AppendResult, NewEvent
-from agentfold.backends.sqlite import MAX_GROUP_APPENDS, SCHEMA_VERSION, SQLiteStore
+from agentfold.backends.sqlite import (
+    MAX_GROUP_APPENDS,
+    SCHEMA_VERSION,
+    SQLiteStore,
+    _decode_joined_page,
+    _fetch_joined_page,
+)
 from agentfold.errors import (
     DuplicateEventId,
     InvalidURL,
@@ -442,6 +448,47 @@ async def test_max_event_size_option(db_path: Path) -> None:
         await store.close()
 
 
+async def test_a_page_beyond_sqlites_string_limit_is_read_row_by_row(store: SQLiteStore, db_path: Path) -> None:
+    """A page is joined into one string by SQLite; a page longer than SQLite's string limit comes back whole."""
+    await store.append("s", [NewEvent("Big", {"text": "x" * 1000, "n": index}) for index in range(30)])
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        joined = _fetch_joined_page(connection, "s", 5, 20)
+        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10_000)
+        row_by_row = _fetch_joined_page(connection, "s", 5, 20)
+        with pytest.raises(sqlite3.DataError):  # the joined page is over the limit, and was refused
+            connection.execute(
+                "SELECT group_concat(record) FROM events WHERE stream_id = 's' AND version > 5 AND version <= 25"
+            ).fetchone()
+    finally:
+        connection.close()
+    assert isinstance(joined[0], bytes)
+    assert isinstance(row_by_row[0], list)
+    assert _decode_joined_page(joined[0]) == _decode_joined_page(row_by_row[0])
+    assert [event.data["n"] for event in _decode_joined_page(row_by_row[0])] == list(range(5, 25))
+    assert joined[1:] == row_by_row[1:] == (20, 25)
+
+
+async def test_read_cache_option_sets_the_read_connections_cache(db_path: Path) -> None:
+    store = await open_sqlite(db_path, "?read_cache_mb=3")
+    try:
+        await store.append("s", events(1))
+        assert await store._read(lambda connection: connection.execute("PRAGMA cache_size").fetchone()[0]) == -3072
+    finally:
+        await store.close()
+
+
+def test_a_joined_page_out_of_order_is_put_back_in_version_order() -> None:
+    """SQLite keeps the subquery's order when it joins a page, but does not promise it; the order is checked."""
+    records = [
+        f'{{"stream_id":"s","version":{version},"position":{version},"type":"T","data":{{}},"metadata":{{}},'
+        f'"_id":"01a21873-1900-7793-9638-93b74765257b","_recorded_at_us":1}}'
+        for version in (3, 1, 2, 5, 4)
+    ]
+    joined = ("[" + ",".join(records) + "]").encode()
+    assert [event.version for event in _decode_joined_page(joined)] == [1, 2, 3, 4, 5]
+
+
 @pytest.mark.parametrize(
     ("url_tail", "options", "named"),
     [
@@ -454,6 +501,7 @@ async def test_max_event_size_option(db_path: Path) -> None:
         ("", {"max_event_size": True}, "max_event_size"),
         ("?journal=delete", {}, "journal"),
         ("?synchronous=FULL&synchronous=NORMAL", {}, "twice"),
+        ("?read_cache_mb=-1", {}, "read_cache_mb"),
     ],
 )
 def test_bad_options_are_refused(db_path: Path, url_tail: str, options: dict[str, Any], named: str) -> None:

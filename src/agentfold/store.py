@@ -2,7 +2,8 @@
 
 The public methods here validate input and page through results; a backend supplies a few narrow hooks that do the
 I/O (`_append`, `_read_stream_page`, `_read_all_page`, `stream_version`, `head_position`, `_wait_for_append`,
-`_close`; a backend that reads ahead also splits a page read into `_fetch_stream_page` and `_decode_stream_page`).
+`_close`; a backend that reads ahead also splits a page read into `_fetch_stream_page` and `_decode_stream_page`, or
+pages a stream its own way in `_stream_pages`).
 The core never imports a backend.
 """
 
@@ -53,7 +54,7 @@ class EventStore(abc.ABC):
     page_size: int = DEFAULT_PAGE_SIZE
     reads_ahead: bool = False
     """`read_stream_pages` asks for the next page before it decodes the current one: for backends whose pages are
-    prepared by a server, which then works while this process decodes."""
+    prepared by a server or another thread, which then works while this one decodes."""
 
     def __init__(self) -> None:
         self._closed = False
@@ -86,14 +87,20 @@ class EventStore(abc.ABC):
             for event in page:
                 yield event
 
-    async def read_stream_pages(
+    def read_stream_pages(
         self, stream_id: str, after_version: int = 0, limit: int | None = None
     ) -> AsyncGenerator[list[RecordedEvent], None]:
-        """Like `read_stream`, one list per round trip: the fast path for folds."""
+        """Like `read_stream`, one list per round trip: the fast path for folds. Bad arguments raise here, at the
+        call."""
         self._check_open()
         check_stream_id(stream_id)
-        after = _check_counter(after_version, "after_version")
-        remaining = _check_limit(limit)
+        return self._stream_pages(stream_id, _check_counter(after_version, "after_version"), _check_limit(limit))
+
+    async def _stream_pages(
+        self, stream_id: str, after_version: int, remaining: int | None
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """The pages of `read_stream_pages`, arguments checked. A backend may read its own way here."""
+        after = after_version
         ahead: asyncio.Future[tuple[Any, int, int]] | None = None
         try:
             while remaining is None or remaining > 0:
