@@ -104,7 +104,7 @@ _LIBPQ_PARAMETERS: Final = frozenset(
     }
 )
 
-_page_decoder = msgspec.json.Decoder(list[RecordedEvent])
+_record_decoder = msgspec.json.Decoder(RecordedEvent)
 
 
 # -- error translation: the one place where driver errors become agentfold errors ---------------------------------
@@ -739,7 +739,7 @@ class PostgresStore(EventStore):
         return rows, len(rows), rows[-1][1] if rows else after_version
 
     def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
-        return _decode_page([row[0] for row in raw])
+        return _decode_page(raw)
 
     async def _read_all_page(
         self,
@@ -754,7 +754,7 @@ class PostgresStore(EventStore):
         )
         if not rows:
             return [], after_position
-        return _decode_page([row[0] for row in rows if row[0] is not None]), int(rows[-1][1])
+        return _decode_page([row for row in rows if row[0] is not None]), int(rows[-1][1])
 
     async def stream_version(self, stream_id: str) -> int:
         self._check_open()
@@ -899,11 +899,16 @@ def _resolve(future: asyncio.Future[AppendResult], outcome: AppendResult | BaseE
         future.set_result(outcome)
 
 
-def _decode_page(records: list[str]) -> list[RecordedEvent]:
-    if not records:
-        return []
+def _decode_page(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
+    """The events of rows whose first column is a stored record.
+
+    Each record is decoded on its own. Joining a page into one JSON array and decoding that at once was measured
+    slower: the joined text of a 1,000-event page (~360 KB) is a fresh allocation each time, above glibc's mmap
+    threshold, and its page faults made a 10k-event fold take 20.3 ms instead of 16.7-17.2 ms.
+    """
+    decode = _record_decoder.decode
     try:
-        return _page_decoder.decode("[" + ",".join(records) + "]")
+        return [decode(row[0]) for row in rows]
     except msgspec.DecodeError as error:
         raise StoreCorrupted(f"a stored event does not decode: {error}") from None
 
