@@ -744,6 +744,11 @@ class SQLiteStore(EventStore):
 
     scheme = "sqlite"
     reads_ahead = True  # a reader thread fetches the next pages while this one decodes and folds
+    page_size = 500
+    """Smaller than the default 1,000: a page's joined text and its events then fit memory this process already
+    holds. With 1,000, each page took fresh memory from the OS, 200-400 page faults per 10k events; measured in
+    turns, a 10k-event fold's median went from 13.7-15.9 to 12.1-12.4 ms, and `read_all` of 10k from 14.8-19.0 to
+    13.0-14.5 ms."""
 
     def __init__(self, settings: SQLiteSettings, writer_connection: sqlite3.Connection) -> None:
         super().__init__()
