@@ -53,6 +53,7 @@ from agentfold.errors import (
     HistoryTrimmed,
     InvalidInput,
     InvalidProjection,
+    StoreCorrupted,
     TrimRefused,
     UnhandledEvent,
 )
@@ -399,45 +400,75 @@ async def _fold(
 
     events_read = 0
     saw_page = False
-    pages = store.read_stream_pages(stream_id, after, limit)
-    async with _closing(pages):
-        async for page in pages:
-            if not saw_page:
-                saw_page = True
-                if page[0].version != after + 1:
-                    raise HistoryTrimmed(projection.name, stream_id, after + 1, page[0].version)
-            stop = False
-            if cut_position is not None and page[-1].position > cut_position:
-                page = page[: bisect.bisect_right(page, cut_position, key=_position_of)]
-                stop = True
-            elif cut_us is not None:
-                cut = next((index for index, event in enumerate(page) if event._recorded_at_us > cut_us), None)
-                if cut is not None:
-                    page = page[:cut]
-                    stop = True
-            if page:
-                if may_save:
-                    recorded_until = max(recorded_until, max(map(_recorded_at_of, page)))
-                if upcast is not None:
-                    page = [upcast(event) if event.type in upcast_types else event for event in page]
-                event = page[0]
-                try:
-                    for event in page:
-                        handler = get_handler(event.type)
-                        if handler is not None:
+    record_pages = None
+    if cut_position is None and cut_us is None and upcast is None and not may_save:
+        record_pages = store._record_pages(stream_id, after, limit)
+    if record_pages is not None and store.record_decoder is not None:
+        decode = store.record_decoder.decode
+        async with _closing(record_pages):
+            async for records in record_pages:
+                event = None
+                for record in records:
+                    try:
+                        event = decode(record)
+                    except msgspec.DecodeError as error:
+                        raise StoreCorrupted(
+                            f"a stored event of stream {stream_id!r} does not decode: {error}"
+                        ) from None
+                    if not saw_page:
+                        saw_page = True
+                        _check_first_version(projection.name, stream_id, after, event.version)
+                    handler = get_handler(event.type)
+                    if handler is not None:
+                        try:
                             state = handler(state, event)
-                        elif strict:
-                            raise UnhandledEvent(projection.name, event)
-                except UnhandledEvent:
-                    raise
-                except Exception as error:
-                    raise HandlerFailed(projection.name, event, error) from error
-                last = page[-1]
-                version = last.version
-                position = last.position
-                events_read += len(page)
-            if stop:
-                break
+                        except Exception as error:
+                            raise HandlerFailed(projection.name, event, error) from error
+                    elif strict:
+                        raise UnhandledEvent(projection.name, event)
+                if event is not None:
+                    version = event.version
+                    position = event.position
+                    events_read += len(records)
+    else:
+        pages = store.read_stream_pages(stream_id, after, limit)
+        async with _closing(pages):
+            async for page in pages:
+                if not saw_page:
+                    saw_page = True
+                    _check_first_version(projection.name, stream_id, after, page[0].version)
+                stop = False
+                if cut_position is not None and page[-1].position > cut_position:
+                    page = page[: bisect.bisect_right(page, cut_position, key=_position_of)]
+                    stop = True
+                elif cut_us is not None:
+                    cut = next((index for index, event in enumerate(page) if event._recorded_at_us > cut_us), None)
+                    if cut is not None:
+                        page = page[:cut]
+                        stop = True
+                if page:
+                    if may_save:
+                        recorded_until = max(recorded_until, max(map(_recorded_at_of, page)))
+                    if upcast is not None:
+                        page = [upcast(event) if event.type in upcast_types else event for event in page]
+                    event = page[0]
+                    try:
+                        for event in page:
+                            handler = get_handler(event.type)
+                            if handler is not None:
+                                state = handler(state, event)
+                            elif strict:
+                                raise UnhandledEvent(projection.name, event)
+                    except UnhandledEvent:
+                        raise
+                    except Exception as error:
+                        raise HandlerFailed(projection.name, event, error) from error
+                    last = page[-1]
+                    version = last.version
+                    position = last.position
+                    events_read += len(page)
+                if stop:
+                    break
 
     if not saw_page and (bound.to_version is None or bound.to_version > after):
         await _check_not_trimmed(store, stream_id, projection.name, after)
@@ -466,6 +497,14 @@ async def _closing(pages: AsyncIterator[list[RecordedEvent]]) -> AsyncIterator[A
         close = getattr(pages, "aclose", None)
         if close is not None:
             await close()
+
+
+def _check_first_version(projection: str, stream_id: str, after: int, version: int) -> None:
+    """The first event a fold reads must follow `after`; a later one means the events between were trimmed."""
+    if version > after + 1:
+        raise HistoryTrimmed(projection, stream_id, after + 1, version)
+    if version <= after:
+        raise StoreCorrupted(f"stream {stream_id!r} holds version {version} after version {after}")
 
 
 async def _check_not_trimmed(store: EventStore, stream_id: str, projection: str, after: int) -> None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncGenerator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
+
+import msgspec
 
 from agentfold.encoding import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -100,6 +103,14 @@ class EventStore(abc.ABC):
         self, stream_id: str, after_version: int, remaining: int | None
     ) -> AsyncGenerator[list[RecordedEvent], None]:
         """The pages of `read_stream_pages`, arguments checked. A backend may read its own way here."""
+        async with contextlib.aclosing(self._raw_stream_pages(stream_id, after_version, remaining)) as pages:
+            async for raw in pages:
+                yield self._decode_stream_page(raw)
+
+    async def _raw_stream_pages(
+        self, stream_id: str, after_version: int, remaining: int | None
+    ) -> AsyncGenerator[Any, None]:
+        """The pages of `_stream_pages` as `_fetch_stream_page` returned them, not yet decoded."""
         after = after_version
         ahead: asyncio.Future[tuple[Any, int, int]] | None = None
         try:
@@ -122,7 +133,7 @@ class EventStore(abc.ABC):
                     next_size = self.page_size if remaining is None else min(self.page_size, remaining)
                     ahead = asyncio.ensure_future(self._fetch_stream_page(stream_id, last_version, next_size))
                     await asyncio.sleep(0)  # let it send its request before this page is decoded
-                yield self._decode_stream_page(raw)
+                yield raw
                 if not full:
                     return
                 after = last_version
@@ -130,6 +141,18 @@ class EventStore(abc.ABC):
             if ahead is not None:
                 ahead.cancel()
                 ahead.add_done_callback(retrieve_outcome)  # a page nobody will take
+
+    def _record_pages(
+        self, stream_id: str, after_version: int, remaining: int | None
+    ) -> AsyncGenerator[list[Any], None] | None:
+        """For folds: the stream's pages as stored records that `record_decoder` turns into events, or None
+        where pages come as events. A fold then decodes each event just before its handler runs, so an event
+        the handler does not keep is freed at once instead of living as long as its page (with 1,000-event
+        pages, those events were what made the garbage collector run its full collections during folds)."""
+        return None
+
+    record_decoder: msgspec.json.Decoder[RecordedEvent] | None = None
+    """Decodes one record of `_record_pages`."""
 
     async def read_all(
         self,

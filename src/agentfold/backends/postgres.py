@@ -21,7 +21,7 @@ import inspect
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -740,6 +740,15 @@ class PostgresStore(EventStore):
 
     def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
         return _decode_page(raw)
+
+    record_decoder = msgspec.json.Decoder(RecordedEvent)
+
+    async def _record_pages(
+        self, stream_id: str, after_version: int, remaining: int | None
+    ) -> AsyncGenerator[list[Any], None]:
+        async with contextlib.aclosing(self._raw_stream_pages(stream_id, after_version, remaining)) as pages:
+            async for rows in pages:
+                yield [row[0] for row in rows]
 
     async def _read_all_page(
         self,
