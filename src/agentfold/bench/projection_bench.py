@@ -3,7 +3,7 @@ loaded from its snapshot.
 
 The fold figure is set beside `raw_read_decode_fold_10k_ms`, the bare driver fetching, decoding and counting 10k
 ~200-byte events of the same shape by type; the projection here does the same counting, so the difference is
-agentfold's overhead. The two are timed in turns (ours, then the bare one, five times), because this machine's speed
+agentfold's overhead. The two are timed in turns (ours, then the bare one, `ROUNDS` times), because this machine's speed
 drifts within minutes: timed apart, the ratio between them varied from 1.0 to 2.3 between runs.
 """
 
@@ -23,7 +23,10 @@ from agentfold.projection import Projection, fold, handles, project, save_snapsh
 
 FOLD_EVENTS: Final = 10_000
 BIG_EVENTS: Final = 1_000_000
-ROUNDS: Final = 5
+ROUNDS: Final = 11
+"""Rounds of the fold and its bare baseline, timed in turns; each figure is the best and the median of its own.
+With 5, the best of each moved by up to 15% between runs minutes apart (a reader thread or the server scheduled a
+little late once is enough)."""
 APPEND_BATCH: Final = 1000
 EVENT_TYPES: Final = tuple(f"Type{index}" for index in range(5))
 SNAPSHOT_SCHEMES: Final = ("sqlite",)
@@ -67,8 +70,8 @@ class CountByTypeWithRecent(CountByType):
 
 
 async def measure_projection(url: str, big: bool = False) -> dict[str, float]:
-    """Figures in ms: `fold_10k_ms` (best of 5; `_median` too) and, with `big` on sqlite,
-    `snapshot_load_1m_ms` (best of 5; `_median` too) plus `snapshot_build_1m_s` (writing the stream and its first
+    """Figures in ms: `fold_10k_ms` (best of `ROUNDS`; `_median` too) and, with `big` on sqlite,
+    `snapshot_load_1m_ms` (best of `ROUNDS`; `_median` too) plus `snapshot_build_1m_s` (writing the stream and its first
     snapshot). Each measurement uses its own stream in the store at `url`."""
     figures: dict[str, float] = {}
     async with agentfold.connect(url) as store:
