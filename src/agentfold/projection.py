@@ -403,33 +403,15 @@ async def _fold(
     record_pages = None
     if cut_position is None and cut_us is None and upcast is None and not may_save:
         record_pages = store._record_pages(stream_id, after, limit)
-    if record_pages is not None and store.record_decoder is not None:
-        decode = store.record_decoder.decode
+    if record_pages is not None and store._record_decoder is not None:
         async with _closing(record_pages):
-            async for records in record_pages:
-                event = None
-                for record in records:
-                    try:
-                        event = decode(record)
-                    except msgspec.DecodeError as error:
-                        raise StoreCorrupted(
-                            f"a stored event of stream {stream_id!r} does not decode: {error}"
-                        ) from None
-                    if not saw_page:
-                        saw_page = True
-                        _check_first_version(projection.name, stream_id, after, event.version)
-                    handler = get_handler(event.type)
-                    if handler is not None:
-                        try:
-                            state = handler(state, event)
-                        except Exception as error:
-                            raise HandlerFailed(projection.name, event, error) from error
-                    elif strict:
-                        raise UnhandledEvent(projection.name, event)
-                if event is not None:
-                    version = event.version
-                    position = event.position
-                    events_read += len(records)
+            state, last, events_read = await _fold_records(
+                record_pages, store._record_decoder, state, get_handler, projection, stream_id, after
+            )
+        if last is not None:
+            saw_page = True
+            version = last.version
+            position = last.position
     else:
         pages = store.read_stream_pages(stream_id, after, limit)
         async with _closing(pages):
@@ -497,6 +479,42 @@ async def _closing(pages: AsyncIterator[list[RecordedEvent]]) -> AsyncIterator[A
         close = getattr(pages, "aclose", None)
         if close is not None:
             await close()
+
+
+async def _fold_records(
+    pages: AsyncIterator[list[Any]],
+    decoder: msgspec.json.Decoder[RecordedEvent],
+    state: S,
+    get_handler: Callable[[str], Callable[[S, RecordedEvent], S] | None],
+    projection: Projection[S],
+    stream_id: str,
+    after: int,
+) -> tuple[S, RecordedEvent | None, int]:
+    """`_fold`'s loop over stored records: each event is decoded just before its handler runs. Returns the state,
+    the last event read (None if none) and how many events were read."""
+    decode = decoder.decode
+    strict = projection.strict
+    last: RecordedEvent | None = None
+    events_read = 0
+    async for records in pages:
+        for record in records:
+            try:
+                event = decode(record)
+            except msgspec.DecodeError as error:
+                raise StoreCorrupted(f"a stored event of stream {stream_id!r} does not decode: {error}") from None
+            if last is None:
+                _check_first_version(projection.name, stream_id, after, event.version)
+            last = event
+            handler = get_handler(event.type)
+            if handler is not None:
+                try:
+                    state = handler(state, event)
+                except Exception as error:
+                    raise HandlerFailed(projection.name, event, error) from error
+            elif strict:
+                raise UnhandledEvent(projection.name, event)
+        events_read += len(records)
+    return state, last, events_read
 
 
 def _check_first_version(projection: str, stream_id: str, after: int, version: int) -> None:

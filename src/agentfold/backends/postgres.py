@@ -756,7 +756,7 @@ class PostgresStore(EventStore):
     def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
         return _decode_page(raw)
 
-    record_decoder = _record_decoder
+    _record_decoder = _record_decoder
 
     def _record_pages(
         self, stream_id: str, after_version: int, remaining: int | None
