@@ -64,8 +64,8 @@ SCHEMA_VERSION: Final = 1
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
 DEFAULT_READ_CACHE_MB: Final = 32
 """The page cache of each read connection, at most. SQLite's own default (2 MB) holds about 4,000 ~200-byte events,
-so a fold of a longer stream read every page from the file again; with 32 MB a 10k-event fold reads the cached pages
-and takes about half as long in SQLite. Memory is taken only as pages are read."""
+so a fold of a longer stream read every page from the file again; with 32 MB the queries of a 10k-event fold took
+2.5 ms instead of 4.7 ms. Memory is taken only as pages are read."""
 SYNCHRONOUS_MODES: Final = ("FULL", "NORMAL")
 POLL_INTERVAL: Final = 0.025
 """How often `_wait_for_append` looks for appends made by other processes (seconds)."""
@@ -161,11 +161,12 @@ _UPSERT_CHECKPOINT: Final = (
 )
 _SELECT_STREAM_PAGE: Final = "SELECT record FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
 
-_json_encoder = msgspec.json.Encoder()
 _SELECT_STREAM_PAGE_JOINED: Final = (
     "SELECT CAST('[' || group_concat(record, ',') || ']' AS BLOB), count(*), max(version) FROM "
     "(SELECT record, version FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?)"
 )
+
+_json_encoder = msgspec.json.Encoder()
 PAGES_AHEAD: Final = 4
 """How many pages a stream read fetches ahead of its reader, at most."""
 _page_decoder = msgspec.json.Decoder(list[RecordedEvent])
