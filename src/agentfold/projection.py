@@ -400,13 +400,12 @@ async def _fold(
 
     events_read = 0
     saw_page = False
-    record_pages = None
-    if cut_position is None and cut_us is None and upcast is None and not may_save:
-        record_pages = store._record_pages(stream_id, after, limit)
-    if record_pages is not None and store._record_decoder is not None:
+    record_decoder = store._record_decoder
+    if record_decoder is not None and cut_position is None and cut_us is None and upcast is None and not may_save:
+        record_pages = store._raw_stream_pages(stream_id, after, limit)
         async with _closing(record_pages):
             state, last, events_read = await _fold_records(
-                record_pages, store._record_decoder, state, get_handler, projection, stream_id, after
+                record_pages, record_decoder, state, get_handler, projection, stream_id, after
             )
         if last is not None:
             saw_page = True

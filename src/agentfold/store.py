@@ -142,17 +142,11 @@ class EventStore(abc.ABC):
                 ahead.cancel()
                 ahead.add_done_callback(retrieve_outcome)  # a page nobody will take
 
-    def _record_pages(
-        self, stream_id: str, after_version: int, remaining: int | None
-    ) -> AsyncGenerator[list[Any], None] | None:
-        """For folds: the stream's pages as stored records that `_record_decoder` turns into events, or None
-        where pages come as events. A fold then decodes each event just before its handler runs, so an event
-        the handler does not keep is freed at once instead of living as long as its page (with 1,000-event
-        pages, those events were what made the garbage collector run its full collections during folds)."""
-        return None
-
     _record_decoder: msgspec.json.Decoder[RecordedEvent] | None = None
-    """Decodes one record of `_record_pages`."""
+    """Set by a backend whose raw pages (`_fetch_stream_page`) are lists of stored records, each decoded by this.
+    A fold then decodes each event just before its handler runs, so an event the handler does not keep is freed
+    at once instead of living as long as its page (with 1,000-event pages, those events were what made the
+    garbage collector run its full collections during folds)."""
 
     async def read_all(
         self,

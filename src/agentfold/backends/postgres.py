@@ -21,7 +21,7 @@ import inspect
 import logging
 import re
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -756,12 +756,7 @@ class PostgresStore(EventStore):
     def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
         return _decode_page(raw)
 
-    _record_decoder = _record_decoder
-
-    def _record_pages(
-        self, stream_id: str, after_version: int, remaining: int | None
-    ) -> AsyncGenerator[list[Any], None]:
-        return self._raw_stream_pages(stream_id, after_version, remaining)
+    _record_decoder = _record_decoder  # raw pages are lists of records: folds decode them one by one
 
     async def _read_all_page(
         self,
