@@ -30,7 +30,7 @@ import msgspec
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import scalar_row
+from psycopg.rows import RowFactory, scalar_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agentfold.appending import IdRecord, find_retry
@@ -738,13 +738,9 @@ class PostgresStore(EventStore):
     async def _fetch_stream_page(self, stream_id: str, after_version: int, limit: int) -> tuple[Any, int, int]:
         # The records come as a list of strings, not of 1-tuples: no object per row that is not needed, and none
         # that the garbage collector counts while the page is alive.
-        with _translated():
-            async with self._pool.connection() as connection:
-                cursor = connection.cursor(row_factory=scalar_row)
-                await cursor.execute(
-                    self._sql["read_stream"], {"stream": stream_id, "after": after_version, "limit": limit}
-                )
-                records: list[str] = await cursor.fetchall()
+        records: list[str] = await self._fetch_all(
+            "read_stream", {"stream": stream_id, "after": after_version, "limit": limit}, scalar_row
+        )
         if not records:
             return records, 0, after_version
         try:
@@ -783,11 +779,12 @@ class PostgresStore(EventStore):
         row = await self._fetch_one("head_position", ())
         return int(row[0]) if row else 0
 
-    async def _fetch_all(self, statement: str, params: Any) -> list[tuple[Any, ...]]:
+    async def _fetch_all(self, statement: str, params: Any, row_factory: RowFactory[Any] = tuple_row) -> list[Any]:
         with _translated():
             async with self._pool.connection() as connection:
-                cursor = await connection.execute(self._sql[statement], params)
-                rows: list[tuple[Any, ...]] = await cursor.fetchall()
+                cursor = connection.cursor(row_factory=row_factory)
+                await cursor.execute(self._sql[statement], params)
+                rows: list[Any] = await cursor.fetchall()
                 return rows
 
     async def _fetch_one(self, statement: str, params: Any) -> tuple[Any, ...] | None:
