@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from agentfold import NewEvent, RecordedEvent
 from agentfold.errors import InvalidInput
 from agentfold.groups import ConsumerGroupMember, GroupSettings, dead_letters, partition_of
 from agentfold.store import EventStore
+from tests.group_helpers import PoisonJobs, until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,15 +27,6 @@ async def fill(store: EventStore, streams: int, per_stream: int) -> int:
         for stream in range(streams):
             await store.append(f"job-{stream}", [NewEvent("JobQueued", {"stream": stream, "n": version})])
     return streams * per_stream
-
-
-async def until(condition: object, timeout: float = 60) -> None:
-    """Poll a condition that other tasks or processes make true (no event to wait on)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"condition still false after {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def test_partitions_are_stable_and_spread() -> None:
@@ -106,19 +97,11 @@ async def test_members_joining_and_leaving_rebalance(store: EventStore) -> None:
 async def test_poison_events_are_dead_lettered_and_the_group_moves_on(store: EventStore) -> None:
     await store.append("job-1", [NewEvent("JobQueued", {"n": 1}), NewEvent("JobQueued", {"poison": True})])
     await store.append("job-1", [NewEvent("JobQueued", {"n": 3})])
-    attempts: dict[int, int] = defaultdict(int)
-    done: list[int] = []
-
-    async def handle(event: RecordedEvent) -> None:
-        attempts[event.version] += 1
-        if event.data.get("poison"):
-            raise ValueError("cannot parse this job")
-        done.append(event.version)
-
+    handle = PoisonJobs()
     member = store.consumer_group("careful", handle, max_attempts=3, retry_delay_seconds=0.001, lease_seconds=3)
     async with member:
-        await until(lambda: done == [1, 3])
-    assert attempts[2] == 3
+        await until(lambda: handle.done == [1, 3])
+    assert handle.attempts[2] == 3
     letters = await dead_letters(store, "careful")
     assert len(letters) == 1
     assert letters[0].data["version"] == 2
@@ -184,7 +167,7 @@ async def test_sigkilled_member_partitions_are_taken_over(durable_url: str) -> N
             # Keep work coming until the partitions have spread and every member has handled some.
             for _ in range(200):
                 total += await fill(store, streams=24, per_stream=1)
-                await until(lambda expected=total: len(union()) >= expected, 60)
+                await until(lambda expected=total: len(union()) >= expected, 60)  # type: ignore[misc]
                 if all(len(handled[member]) >= 3 for member in processes):
                     break
             processes["a"].send_signal(signal.SIGKILL)

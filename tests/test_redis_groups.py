@@ -23,6 +23,7 @@ from agentfold.errors import InvalidInput, InvalidURL
 from agentfold.groups import partition_of
 from agentfold.store import EventStore
 from tests.backends import REDIS_URL
+from tests.group_helpers import PoisonJobs, until
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 8
@@ -54,15 +55,6 @@ async def feed(source: EventStore, redis_target: str, streams: int, per_stream: 
             await source.append(f"job-{stream}", [NewEvent("JobQueued", {"stream": stream, "n": number})])
     await relay(source, redis_target, once=True, partitions=PARTITIONS)
     return streams * per_stream
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    """Poll a condition that other tasks or processes make true."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"condition still false after {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def assert_in_stream_order(events: list[RecordedEvent]) -> None:
@@ -156,20 +148,12 @@ async def test_poison_events_are_dead_lettered_and_the_group_moves_on(
     await source.append("job-1", [NewEvent("JobQueued", {"n": 1}), NewEvent("JobQueued", {"poison": True})])
     await source.append("job-1", [NewEvent("JobQueued", {"n": 3})])
     await relay(source, redis_target, once=True, partitions=PARTITIONS)
-    attempts: dict[int, int] = defaultdict(int)
-    done: list[int] = []
-
-    async def handle(event: RecordedEvent) -> None:
-        attempts[event.version] += 1
-        if event.data.get("poison"):
-            raise ValueError("cannot parse this job")
-        done.append(event.version)
-
+    handle = PoisonJobs()
     async with redis_consumer_group(
         redis_target, "careful", handle, max_attempts=3, retry_delay_seconds=0.001
     ) as member:
-        await until(lambda: done == [1, 3])
-    assert attempts == {1: 1, 2: 3, 3: 1}
+        await until(lambda: handle.done == [1, 3])
+    assert handle.attempts == {1: 1, 2: 3, 3: 1}
     assert member.dead_lettered == 1
     letters = await dead_letters(redis_target, "careful")
     assert len(letters) == 1
