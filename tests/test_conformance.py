@@ -68,6 +68,22 @@ async def test_append_then_read_back(store: EventStore) -> None:
     assert await store.head_position() == result.position
 
 
+async def test_control_characters_commas_and_quotes_survive_concurrent_appends(store: EventStore) -> None:
+    # Backends may pack a group of appends into joined strings or scripts; no character in data, metadata, names or
+    # keys may split or merge events.
+    awkward = "a\x1eb\x1fc\x00d,e;f\"g'h\\i\nj\u2028k"
+    data = {awkward: awkward, "list": [awkward, ",", "\x1e"], "nested": {"\x1e": {"": ","}}}
+    names = ["s,1", "s;2", 's"3', "s'4", "s 5", "s\\6"]
+    results = await asyncio.gather(
+        *(store.append(name, [NewEvent("T,y\"p'e", data, {awkward: name}), NewEvent("Two", {})]) for name in names)
+    )
+    assert len({result.position for result in results}) == len(names)
+    for name in names:
+        read = await stream_list(store, name)
+        assert [(event.type, event.version) for event in read] == [("T,y\"p'e", 1), ("Two", 2)]
+        assert read[0].data == data and read[0].metadata == {awkward: name}
+
+
 async def test_missing_stream_has_version_zero_and_no_events(store: EventStore) -> None:
     assert await store.stream_version("nobody") == 0
     assert await stream_list(store, "nobody") == []
