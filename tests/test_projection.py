@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -27,8 +28,8 @@ from agentfold import (
     save_snapshot,
     trim,
 )
-from agentfold.errors import InvalidInput
-from agentfold.projection import snapshot_name
+from agentfold.errors import InvalidInput, StoreCorrupted
+from agentfold.projection import _fold_records, snapshot_name
 from agentfold.store import EventStore
 
 
@@ -655,3 +656,53 @@ async def test_a_state_that_cannot_be_encoded_is_refused_for_snapshots(store: Ev
     with pytest.raises(InvalidProjection, match="cannot be encoded"):
         await save_snapshot(store, "order-1", Opaque)
     assert await store._load_snapshot("order-1", snapshot_name(Opaque)) is None
+
+
+# -- folding stored records -------------------------------------------------------------------------------------
+
+
+class SeenVersions(Projection[list[int]]):
+    name = "seen-versions"
+
+    def initial(self) -> list[int]:
+        return []
+
+    @handles("T")
+    def seen(self, state: list[int], event: RecordedEvent) -> list[int]:
+        return [*state, event.version]
+
+
+def _stored_record(version: int) -> bytes:
+    return (
+        f'{{"stream_id":"s","version":{version},"position":{version},"type":"T","data":{{}},"metadata":{{}},'
+        f'"_id":"01a21873-1900-7793-9638-93b74765257b","_recorded_at_us":1}}'
+    ).encode()
+
+
+async def _fold_stored(pages: list[list[int]], after: int = 0) -> tuple[list[int], int | None, int]:
+    async def record_pages() -> AsyncIterator[list[bytes]]:
+        for page in pages:
+            yield [_stored_record(version) for version in page]
+
+    projection = SeenVersions()
+    state, last, read = await _fold_records(
+        record_pages(), msgspec.json.Decoder(RecordedEvent), [], {"T": projection.seen}.get, projection, "s", after
+    )
+    return state, None if last is None else last.version, read
+
+
+@pytest.mark.parametrize(
+    "pages", [[[1, 2, 3], [4, 5]], [[3, 1, 2], [5, 4]], [[1, 3, 2], [4, 5]], [[2, 1]], [[1, 2], [4, 3, 5]]]
+)
+async def test_records_of_a_page_in_any_order_fold_in_version_order(pages: list[list[int]]) -> None:
+    """A backend may hand over a page's records in any order (SQLite does not promise group_concat's order)."""
+    count = sum(map(len, pages))
+    assert await _fold_stored(pages) == (list(range(1, count + 1)), count, count)
+
+
+async def test_stored_records_are_checked_against_the_version_folded_from() -> None:
+    with pytest.raises(HistoryTrimmed):
+        await _fold_stored([[3, 2]])  # version 1 is gone
+    with pytest.raises(StoreCorrupted):
+        await _fold_stored([[3, 4]], after=3)  # a version at or below the one folded from
+    assert await _fold_stored([[5, 4]], after=3) == ([4, 5], 5, 2)

@@ -20,7 +20,9 @@ from agentfold.backends.sqlite import (
     SCHEMA_VERSION,
     SQLiteStore,
     _decode_joined_page,
+    _decode_records,
     _fetch_joined_page,
+    _fetch_page_records,
 )
 from agentfold.errors import (
     DuplicateEventId,
@@ -449,13 +451,15 @@ async def test_max_event_size_option(db_path: Path) -> None:
 
 
 async def test_a_page_beyond_sqlites_string_limit_is_read_row_by_row(store: SQLiteStore, db_path: Path) -> None:
-    """A page is joined into one string by SQLite; a page longer than SQLite's string limit comes back whole."""
+    """A page is joined into one blob by SQLite; a page longer than SQLite's string limit comes back whole."""
     await store.append("s", [NewEvent("Big", {"text": "x" * 1000, "n": index}) for index in range(30)])
     connection = sqlite3.connect(db_path, isolation_level=None)
     try:
         joined = _fetch_joined_page(connection, "s", 5, 20)
+        records = _fetch_page_records(connection, "s", 5, 20)
         connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10_000)
-        row_by_row = _fetch_joined_page(connection, "s", 5, 20)
+        joined_row_by_row = _fetch_joined_page(connection, "s", 5, 20)
+        records_row_by_row = _fetch_page_records(connection, "s", 5, 20)
         with pytest.raises(sqlite3.DataError):  # the joined page is over the limit, and was refused
             connection.execute(
                 "SELECT group_concat(record) FROM events WHERE stream_id = 's' AND version > 5 AND version <= 25"
@@ -463,10 +467,27 @@ async def test_a_page_beyond_sqlites_string_limit_is_read_row_by_row(store: SQLi
     finally:
         connection.close()
     assert isinstance(joined[0], bytes)
-    assert isinstance(row_by_row[0], list)
-    assert _decode_joined_page(joined[0]) == _decode_joined_page(row_by_row[0])
-    assert [event.data["n"] for event in _decode_joined_page(row_by_row[0])] == list(range(5, 25))
-    assert joined[1:] == row_by_row[1:] == (20, 25)
+    assert isinstance(joined_row_by_row[0], list)
+    assert _decode_joined_page(joined[0]) == _decode_joined_page(joined_row_by_row[0])
+    assert [event.data["n"] for event in _decode_joined_page(joined_row_by_row[0])] == list(range(5, 25))
+    assert joined[1:] == joined_row_by_row[1:] == (20, 25)
+    assert records == records_row_by_row
+    assert all(isinstance(record, bytes) for record in records[0])
+    assert _decode_records(records[0]) == _decode_joined_page(joined[0])
+    assert records[1:] == (20, 25)
+
+
+async def test_a_record_holding_the_separator_is_store_corrupted(store: SQLiteStore, db_path: Path) -> None:
+    await store.append("s", events(3))
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        connection.execute("UPDATE events SET record = record || char(30) WHERE stream_id = 's' AND version = 2")
+        with pytest.raises(StoreCorrupted, match="char 30"):
+            _fetch_page_records(connection, "s", 0, 10)
+    finally:
+        connection.close()
+    with pytest.raises(StoreCorrupted):
+        [event async for event in store.read_stream("s")]
 
 
 async def test_read_cache_option_sets_the_read_connections_cache(db_path: Path) -> None:
@@ -482,10 +503,11 @@ def test_a_joined_page_out_of_order_is_put_back_in_version_order() -> None:
     """SQLite keeps the subquery's order when it joins a page, but does not promise it; the order is checked."""
     records = [
         f'{{"stream_id":"s","version":{version},"position":{version},"type":"T","data":{{}},"metadata":{{}},'
-        f'"_id":"01a21873-1900-7793-9638-93b74765257b","_recorded_at_us":1}}'
+        f'"_id":"01a21873-1900-7793-9638-93b74765257b","_recorded_at_us":1}}'.encode()
         for version in (3, 1, 2, 5, 4)
     ]
-    joined = ("[" + ",".join(records) + "]").encode()
+    assert [event.version for event in _decode_records(records)] == [1, 2, 3, 4, 5]
+    joined = b"[" + b",".join(records) + b"]"
     assert [event.version for event in _decode_joined_page(joined)] == [1, 2, 3, 4, 5]
 
 

@@ -39,7 +39,7 @@ import bisect
 import operator
 import typing
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -490,28 +490,41 @@ async def _fold_records(
     after: int,
 ) -> tuple[S, RecordedEvent | None, int]:
     """`_fold`'s loop over stored records: each event is decoded just before its handler runs. Returns the state,
-    the last event read (None if none) and how many events were read."""
-    decode = decoder.decode
+    the last event read (None if none) and how many events were read.
+
+    A page's records may come in any order (SQLite does not promise the order in which it joins them): as long as
+    each event is the one after the last, it is folded at once; otherwise the rest of the page is decoded and
+    folded in version order, the first event read still checked against `after`."""
     strict = projection.strict
     last: RecordedEvent | None = None
+    next_version = after + 1
     events_read = 0
     async for records in pages:
-        for record in records:
-            try:
-                event = decode(record)
-            except msgspec.DecodeError as error:
-                raise StoreCorrupted(f"a stored event of stream {stream_id!r} does not decode: {error}") from None
-            if last is None:
-                _check_first_version(projection.name, stream_id, after, event.version)
-            last = event
-            handler = get_handler(event.type)
-            if handler is not None:
-                try:
-                    state = handler(state, event)
-                except Exception as error:
-                    raise HandlerFailed(projection.name, event, error) from error
-            elif strict:
-                raise UnhandledEvent(projection.name, event)
+        events: Iterator[RecordedEvent] = map(decoder.decode, records)
+        try:
+            while True:  # once, or again from the sorted rest of an out-of-order page
+                for event in events:
+                    if event.version != next_version:
+                        rest = sorted([event, *events], key=_version_of)
+                        if last is None:
+                            _check_first_version(projection.name, stream_id, after, rest[0].version)
+                        next_version = rest[0].version
+                        events = iter(rest)
+                        break
+                    handler = get_handler(event.type)
+                    if handler is not None:
+                        try:
+                            state = handler(state, event)
+                        except Exception as error:
+                            raise HandlerFailed(projection.name, event, error) from error
+                    elif strict:
+                        raise UnhandledEvent(projection.name, event)
+                    last = event
+                    next_version += 1
+                else:
+                    break
+        except msgspec.DecodeError as error:
+            raise StoreCorrupted(f"a stored event of stream {stream_id!r} does not decode: {error}") from None
         events_read += len(records)
     return state, last, events_read
 

@@ -159,17 +159,25 @@ _UPSERT_CHECKPOINT: Final = (
     "INSERT INTO checkpoints (name, position) VALUES (?, ?) "
     "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
 )
-_SELECT_STREAM_PAGE: Final = "SELECT record FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
-
-_SELECT_STREAM_PAGE_JOINED: Final = (
-    "SELECT CAST('[' || group_concat(record, ',') || ']' AS BLOB), count(*), max(version) FROM "
+_SELECT_STREAM_PAGE: Final = (
+    "SELECT CAST(record AS BLOB), version FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
+)
+_STREAM_PAGE_ROWS: Final = (
     "(SELECT record, version FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?)"
 )
+_SELECT_STREAM_PAGE_JOINED: Final = (
+    f"SELECT CAST('[' || group_concat(record, ',') || ']' AS BLOB), count(*), max(version) FROM {_STREAM_PAGE_ROWS}"
+)
+_SELECT_STREAM_PAGE_SEPARATED: Final = (
+    f"SELECT CAST(group_concat(record, char(30)) AS BLOB), count(*), max(version) FROM {_STREAM_PAGE_ROWS}"
+)
+_RECORD_SEPARATOR: Final = b"\x1e"  # char(30): JSON text holds no raw control character
 
 _json_encoder = msgspec.json.Encoder()
 PAGES_AHEAD: Final = 4
 """How many pages a stream read fetches ahead of its reader, at most."""
 _page_decoder = msgspec.json.Decoder(list[RecordedEvent])
+_record_decoder = msgspec.json.Decoder(RecordedEvent)
 _id_list_decoder = msgspec.json.Decoder(list[str])
 _versions_decoder = msgspec.json.Decoder(dict[str, int])
 
@@ -454,16 +462,18 @@ def _fetch_joined_page(
     """A page of the stream's records as one JSON array (bytes, so that msgspec checks the text's UTF-8 and a
     damaged record is `StoreCorrupted`), with its event count and last version.
 
-    SQLite joins the records itself, without the GIL and without a Python string per row. A page longer than
-    SQLite's string limit (`SQLITE_MAX_LENGTH`, 1 GB by default) is fetched row by row instead.
+    SQLite joins the records itself, without the GIL and without a Python string per row. The subquery hands the
+    rows over in version order, and SQLite keeps it (it does not flatten a subquery with LIMIT into an aggregate),
+    but its documentation leaves group_concat's order open, so the order is checked rather than trusted. A page
+    longer than SQLite's string limit (`SQLITE_MAX_LENGTH`, 1 GB by default) is fetched row by row instead.
     """
     try:
         text, count, last_version = connection.execute(
             _SELECT_STREAM_PAGE_JOINED, (stream_id, after_version, limit)
         ).fetchone()
     except sqlite3.DataError:
-        page = _decode_page(connection.execute(_SELECT_STREAM_PAGE, (stream_id, after_version, limit)).fetchall())
-        return page, len(page), page[-1].version if page else after_version
+        records, count, last_version = _fetch_page_rows(connection, stream_id, after_version, limit)
+        return _decode_records(records), count, last_version
     if not count:
         return [], 0, after_version
     return text, count, last_version
@@ -477,9 +487,53 @@ def _decode_joined_page(raw: bytes | list[RecordedEvent]) -> list[RecordedEvent]
         page: list[RecordedEvent] = _page_decoder.decode(raw)
     except (msgspec.DecodeError, TypeError) as error:
         raise StoreCorrupted(f"a stored event does not decode as an event record: {error}") from None
-    # The records are joined in the order the subquery returns them, which SQLite keeps: it does not flatten a
-    # subquery with LIMIT into an aggregate. Its documentation leaves group_concat's order open, though, so the
-    # order is checked (20 us per 1,000 events) rather than trusted.
+    return _in_version_order(page)
+
+
+def _fetch_page_records(
+    connection: sqlite3.Connection, stream_id: str, after_version: int, limit: int
+) -> tuple[list[bytes], int, int]:
+    """A page of the stream's stored records, one by one, for a fold to decode each just before its handler runs,
+    with the page's event count and last version. The records are bytes, as in `_fetch_joined_page`, and come in
+    no promised order (the fold puts them in version order).
+
+    SQLite joins the records into one blob, as in `_fetch_joined_page`, and the blob is split here at a separator
+    that JSON text cannot hold (a raw control character is invalid JSON outside a string and escaped inside one).
+    """
+    try:
+        joined, count, last_version = connection.execute(
+            _SELECT_STREAM_PAGE_SEPARATED, (stream_id, after_version, limit)
+        ).fetchone()
+    except sqlite3.DataError:
+        return _fetch_page_rows(connection, stream_id, after_version, limit)
+    if not count:
+        return [], 0, after_version
+    records: list[bytes] = joined.split(_RECORD_SEPARATOR)
+    if len(records) != count:
+        raise StoreCorrupted(f"stream {stream_id!r}: a stored event record holds a raw control character (char 30)")
+    return records, count, last_version
+
+
+def _fetch_page_rows(
+    connection: sqlite3.Connection, stream_id: str, after_version: int, limit: int
+) -> tuple[list[bytes], int, int]:
+    """A page's records row by row, in version order, with its event count and last version: for a page longer
+    than SQLite's string limit."""
+    rows = connection.execute(_SELECT_STREAM_PAGE, (stream_id, after_version, limit)).fetchall()
+    return [row[0] for row in rows], len(rows), rows[-1][1] if rows else after_version
+
+
+def _decode_records(records: list[bytes]) -> list[RecordedEvent]:
+    """The events of stored records, in version order."""
+    try:
+        page = list(map(_record_decoder.decode, records))
+    except msgspec.DecodeError as error:
+        raise StoreCorrupted(f"a stored event does not decode as an event record: {error}") from None
+    return _in_version_order(page)
+
+
+def _in_version_order(page: list[RecordedEvent]) -> list[RecordedEvent]:
+    """`page`, sorted by version if it is not already (checking costs 20 us per 1,000 events)."""
     versions = list(map(_version_of, page))
     if versions != sorted(versions):
         page.sort(key=_version_of)
@@ -502,8 +556,9 @@ class _PageProducer:
         remaining: int | None,
         page_size: int,
         ahead: int,
+        fetch: Callable[[sqlite3.Connection, str, int, int], tuple[Any, int, int]],
     ) -> None:
-        self.pages: asyncio.Queue[bytes | list[RecordedEvent] | None] = asyncio.Queue()
+        self.pages: asyncio.Queue[Any] = asyncio.Queue()
         self.after_version = after_version
         self.remaining = remaining
         self.exhausted = False
@@ -514,13 +569,14 @@ class _PageProducer:
         self._stream_id = stream_id
         self._page_size = page_size
         self._ahead = ahead
+        self._fetch = fetch
 
     def produce(self, connection: sqlite3.Connection) -> None:
         """Runs in a reader thread."""
         while not self.stopped and self._produced - self.taken < self._ahead:
             remaining = self.remaining
             size = self._page_size if remaining is None else min(self._page_size, remaining)
-            raw, count, last_version = _fetch_joined_page(connection, self._stream_id, self.after_version, size)
+            raw, count, last_version = self._fetch(connection, self._stream_id, self.after_version, size)
             self._produced += 1
             self._loop.call_soon_threadsafe(self.pages.put_nowait, raw)
             self.after_version = last_version
@@ -871,22 +927,59 @@ class SQLiteStore(EventStore):
     async def _stream_pages(
         self, stream_id: str, after_version: int, remaining: int | None
     ) -> AsyncGenerator[list[RecordedEvent], None]:
+        async with contextlib.aclosing(
+            self._produced_pages(stream_id, after_version, remaining, _fetch_joined_page)
+        ) as pages:
+            async for raw in pages:
+                page = _decode_joined_page(raw)
+                if page:
+                    yield page
+
+    _record_decoder = _record_decoder  # raw pages are lists of records: folds decode them one by one
+
+    async def _raw_stream_pages(
+        self, stream_id: str, after_version: int, remaining: int | None
+    ) -> AsyncGenerator[list[bytes], None]:
+        # A fold decodes each record just before its handler: no page of decoded events is alive at once, so the
+        # garbage collector stays idle (measured with 10k events: 0 collections per fold instead of 37, and no
+        # full collection, 7-9 ms, every third fold), at the cost of splitting the page (80 us per 500 events).
+        async with contextlib.aclosing(
+            self._produced_pages(stream_id, after_version, remaining, _fetch_page_records)
+        ) as pages:
+            async for records in pages:
+                if records:
+                    yield records
+
+    def _decode_stream_page(self, raw: list[bytes]) -> list[RecordedEvent]:
+        return _decode_records(raw)
+
+    async def _produced_pages(
+        self,
+        stream_id: str,
+        after_version: int,
+        remaining: int | None,
+        fetch: Callable[[sqlite3.Connection, str, int, int], tuple[Any, int, int]],
+    ) -> AsyncGenerator[Any, None]:
         # A reader thread fetches the pages one after another while this thread decodes and folds the ones it
         # already has: SQLite builds a page without holding the GIL, so the two overlap on two cores. A thread
         # that is asked for a page only runs once this one waits (the GIL again), which is why a single job
         # fetches several pages rather than one job per page.
         while remaining is None or remaining > 0:
             producer = _PageProducer(
-                self._loop, stream_id, after_version, remaining, self.page_size, PAGES_AHEAD if self.reads_ahead else 1
+                self._loop,
+                stream_id,
+                after_version,
+                remaining,
+                self.page_size,
+                PAGES_AHEAD if self.reads_ahead else 1,
+                fetch,
             )
             job = asyncio.ensure_future(self._read(producer.produce))
             job.add_done_callback(producer.finish)
             try:
                 while (raw := await producer.pages.get()) is not None:
                     producer.taken += 1
-                    page = _decode_joined_page(raw)
-                    if page:
-                        yield page
+                    yield raw
             finally:
                 producer.stopped = True
                 if not job.done():
