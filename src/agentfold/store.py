@@ -3,7 +3,7 @@
 The public methods here validate input and page through results; a backend supplies a few narrow hooks that do the
 I/O (`_append`, `_read_stream_page`, `_read_all_page`, `stream_version`, `head_position`, `_wait_for_append`,
 `_close`; a backend that reads ahead also splits a page read into `_fetch_stream_page` and `_decode_stream_page`, or
-pages a stream its own way in `_stream_pages`).
+pages a stream its own way in `_raw_stream_pages` and `_stream_pages`).
 The core never imports a backend.
 """
 
@@ -110,7 +110,8 @@ class EventStore(abc.ABC):
     async def _raw_stream_pages(
         self, stream_id: str, after_version: int, remaining: int | None
     ) -> AsyncGenerator[Any, None]:
-        """The pages of `_stream_pages` as `_fetch_stream_page` returned them, not yet decoded."""
+        """The pages of `_stream_pages` as `_fetch_stream_page` returned them, not yet decoded. A backend may
+        replace this with its own paging; pages still follow one another in version order."""
         after = after_version
         ahead: asyncio.Future[tuple[Any, int, int]] | None = None
         try:
@@ -143,10 +144,10 @@ class EventStore(abc.ABC):
                 ahead.add_done_callback(retrieve_outcome)  # a page nobody will take
 
     _record_decoder: msgspec.json.Decoder[RecordedEvent] | None = None
-    """Set by a backend whose raw pages (`_fetch_stream_page`) are lists of stored records, each decoded by this.
-    A fold then decodes each event just before its handler runs, so an event the handler does not keep is freed
-    at once instead of living as long as its page (with 1,000-event pages, those events were what made the
-    garbage collector run its full collections during folds)."""
+    """Set by a backend whose raw pages (`_raw_stream_pages`) are lists of stored records, each decoded by this;
+    the records of a page may come in any order. A fold then decodes each event just before its handler runs, so
+    an event the handler does not keep is freed at once instead of living as long as its page (whole pages of
+    decoded events alive were what made the garbage collector run its full collections during folds)."""
 
     async def read_all(
         self,
