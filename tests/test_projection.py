@@ -151,6 +151,24 @@ async def test_a_stream_longer_than_one_page_folds_completely(store: EventStore)
     assert state.total_cents == sum(range(50))
 
 
+@pytest.mark.parametrize("reads_ahead", [False, True])
+async def test_folds_page_alike_with_and_without_read_ahead(store: EventStore, reads_ahead: bool) -> None:
+    """A fold over many pages, a fold bounded inside a page, and folds stopped midway by a failing handler leave
+    the next fold of the same stream unaffected."""
+    store.reads_ahead = reads_ahead
+    store.page_size = 6
+    await store.append("long", [added(f"sku-{index % 4}", 1, index) for index in range(40)])
+    await store.append("long", [NewEvent("ItemAdded", {"sku": "broken"})])
+    await store.append("long", [added("last", 1, 1000)])
+    for _ in range(3):
+        with pytest.raises(HandlerFailed) as raised:
+            await project(store, "long", OrderProjection)
+        assert raised.value.version == 41
+    bounded = await fold(store, "long", OrderProjection, to_version=15)
+    assert (bounded.version, bounded.events_read, bounded.state.total_cents) == (15, 15, sum(range(15)))
+    assert (await fold(store, "long", OrderProjection, to_version=40)).state.total_cents == sum(range(40))
+
+
 async def test_unknown_event_types_are_skipped_unless_strict(store: EventStore) -> None:
     await store.append("order-1", order_events())
     assert await project(store, "order-1", OrderProjection) == expected_order(7)
