@@ -943,9 +943,6 @@ class SQLiteStore(EventStore):
         # full collection, 7-9 ms, every third fold), at the cost of splitting the page (80 us per 500 events).
         return self._produced_pages(stream_id, after_version, remaining, _fetch_page_records)
 
-    def _decode_stream_page(self, raw: list[bytes]) -> list[RecordedEvent]:
-        return _decode_records(raw)
-
     async def _produced_pages(
         self,
         stream_id: str,
