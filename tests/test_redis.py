@@ -173,9 +173,30 @@ async def test_foreign_entries_are_reported_as_corruption(prefix: str) -> None:
         await client.xadd(f"{prefix}:all", {"e": "not json"}, id="0-2")
         with pytest.raises(StoreCorrupted):
             [event async for event in store.read_all()]
+        # In a stream's own key, for a read and for a fold, which decodes entry by entry.
+        await client.xadd(f"{prefix}:s:a", {"e": "not json"}, id="0-2")
+        with pytest.raises(StoreCorrupted):
+            [event async for event in store.read_stream("a")]
+        with pytest.raises(StoreCorrupted):
+            await agentfold.project(store, "a", EventCount)
+        assert [event.version async for event in store.read_stream("a", limit=1)] == [1]
     finally:
         await client.aclose()
         await store.close()
+
+
+class EventCount(agentfold.Projection[int]):
+    """Counts every event of a stream, whatever its type."""
+
+    name = "event-count"
+    strict = False
+
+    def initial(self) -> int:
+        return 0
+
+    @agentfold.handles("Happened")
+    def count(self, state: int, event: agentfold.RecordedEvent) -> int:
+        return state + 1
 
 
 async def test_a_full_server_refuses_whole_appends(private_redis: Any) -> None:

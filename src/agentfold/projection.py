@@ -58,7 +58,7 @@ from agentfold.errors import (
     UnhandledEvent,
 )
 from agentfold.events import RecordedEvent
-from agentfold.store import EventStore
+from agentfold.store import EventStore, RecordDecoder
 from agentfold.upcasting import Upcasters
 
 S = TypeVar("S")
@@ -482,7 +482,7 @@ async def _closing(pages: AsyncIterator[list[RecordedEvent]]) -> AsyncIterator[A
 
 async def _fold_records(
     pages: AsyncIterator[list[Any]],
-    decoder: msgspec.json.Decoder[RecordedEvent],
+    decoder: RecordDecoder,
     state: S,
     get_handler: Callable[[str], Callable[[S, RecordedEvent], S] | None],
     projection: Projection[S],

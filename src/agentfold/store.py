@@ -15,9 +15,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncGenerator, Callable, Sequence
 from types import TracebackType
-from typing import Any, Final, Self
-
-import msgspec
+from typing import Any, Final, Protocol, Self
 
 from agentfold.encoding import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -37,6 +35,13 @@ from agentfold.subscription import Subscription, check_subscription_name
 from agentfold.wakeup import retrieve_outcome, wait_unless
 
 DEFAULT_PAGE_SIZE: Final = 1000
+
+
+class RecordDecoder(Protocol):
+    """Decodes one stored record into the event readers get (a `msgspec.json.Decoder(RecordedEvent)` is one);
+    raises `msgspec.DecodeError` for a record it cannot read."""
+
+    def decode(self, record: bytes | str, /) -> RecordedEvent: ...
 
 
 class EventStore(abc.ABC):
@@ -143,7 +148,7 @@ class EventStore(abc.ABC):
                 ahead.cancel()
                 ahead.add_done_callback(retrieve_outcome)  # a page nobody will take
 
-    _record_decoder: msgspec.json.Decoder[RecordedEvent] | None = None
+    _record_decoder: RecordDecoder | None = None
     """Set by a backend whose raw pages (`_raw_stream_pages`) are lists of stored records, each decoded by this;
     the records of a page may come in any order. A fold then decodes each event just before its handler runs, so
     an event the handler does not keep is freed at once instead of living as long as its page (whole pages of

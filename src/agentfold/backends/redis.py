@@ -226,6 +226,28 @@ class _Entry(msgspec.Struct, array_like=True, gc=False):
 
 
 _page_decoder = msgspec.json.Decoder(list[_Entry])
+_entry_decoder = msgspec.json.Decoder(_Entry)
+
+
+def _decode_entries(records: list[bytes], where: str) -> list[_Entry]:
+    """A page's records, joined and decoded in one call."""
+    if not records:
+        return []
+    try:
+        return _page_decoder.decode(b"[" + b",".join(records) + b"]")
+    except msgspec.DecodeError as error:
+        raise StoreCorrupted(f"an entry of {where} was not written by agentfold: {error}") from None
+
+
+class _RecordDecoder:
+    """Turns one stored entry into the event readers get: what a fold decodes record by record."""
+
+    __slots__ = ()
+
+    def decode(self, record: bytes | str) -> RecordedEvent:
+        return _event(_entry_decoder.decode(record))
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -496,7 +518,7 @@ class RedisStore(EventStore):
         self._waiter = make_client(settings, None)  # blocking XREAD, kept off the connections appends use
         self._append_script = self._client.register_script(APPEND_SCRIPT)
         self._trim_script = self._client.register_script(TRIM_SCRIPT)
-        # Pages are read with plain XRANGE, whose reply the store takes apart itself (see `_read_page`).
+        # Pages are read with plain XRANGE, whose reply the store takes apart itself (see `_read_records`).
         self._client.set_response_callback("XRANGE", _raw)
         self._snapshot_script = self._client.register_script(SNAPSHOT_SCRIPT)
         base = settings.prefix.encode()
@@ -677,8 +699,17 @@ class RedisStore(EventStore):
     # -- reading -------------------------------------------------------------------------------------------------
 
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
-        entries = await self._read_page(self.key("s", stream_id), after_version, limit)
-        return [_event(entry) for entry in entries]
+        raw, _, _ = await self._fetch_stream_page(stream_id, after_version, limit)
+        return self._decode_stream_page(raw)
+
+    async def _fetch_stream_page(self, stream_id: str, after_version: int, limit: int) -> tuple[Any, int, int]:
+        records, last_version = await self._read_records(self.key("s", stream_id), after_version, limit)
+        return records, len(records), last_version
+
+    def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
+        return [_event(entry) for entry in _decode_entries(raw, "a stream")]
+
+    _record_decoder = _RecordDecoder()  # raw pages are lists of records: folds decode them one by one
 
     async def _read_all_page(
         self,
@@ -699,16 +730,25 @@ class RedisStore(EventStore):
         return events, entries[-1].position
 
     async def _read_page(self, key: bytes, after: int, limit: int) -> list[_Entry]:
-        """One ``XRANGE``: entries come back as ``[id, [b"e", json]]``; their JSON arrays are joined and decoded at
-        once. (Measured on Redis 7.0 with hiredis: a 10,000-event stream in 37 ms, against 75 ms for a Lua script
-        that joined the page on the server, which spends its time turning entries into Lua tables.)"""
+        records, _ = await self._read_records(key, after, limit)
+        return _decode_entries(records, repr(key.decode()))
+
+    async def _read_records(self, key: bytes, after: int, limit: int) -> tuple[list[bytes], int]:
+        """One ``XRANGE`` after entry id ``0-<after>``: the entries' JSON records, and the sequence number of the last
+        entry's id (``0-<version>`` in a stream's key, ``0-<position>`` in the global one; `after` if none).
+
+        Entries come back as ``[id, [b"e", json]]``, parsed by hiredis. Only the records are kept: the reply's two
+        lists per entry, alive as long as a decoded page, made a 10k-event fold run 73 young garbage collections
+        and every second fold a full one. (Measured on Redis 7.0 with hiredis: reading a 10,000-event stream this
+        way took 37 ms, against 75 ms for a Lua script that joined the page on the server, which spends its time
+        turning entries into Lua tables.)"""
         with translate_errors(f"read {key.decode()!r} from Redis"):
             entries = await _execute(self._client, "XRANGE", key, b"0-%d" % (after + 1), b"+", b"COUNT", limit)
         if not entries:
-            return []
+            return [], after
         try:
-            return _page_decoder.decode(b"[" + b",".join([entry[1][1] for entry in entries]) + b"]")
-        except (msgspec.DecodeError, IndexError, TypeError) as error:
+            return [entry[1][1] for entry in entries], int(entries[-1][0].partition(b"-")[2])
+        except (IndexError, TypeError, ValueError) as error:
             raise StoreCorrupted(f"an entry of {key.decode()!r} was not written by agentfold: {error}") from None
 
     async def stream_version(self, stream_id: str) -> int:
