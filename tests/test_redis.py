@@ -31,6 +31,7 @@ from agentfold.errors import (
 )
 from tests.backends import BACKENDS, REDIS_URL
 from tests.servers import AOF_ALWAYS
+from tests.test_fuzz_decode import SeenEvents
 
 REDIS = next(backend for backend in BACKENDS if backend.name == "redis")
 
@@ -178,25 +179,11 @@ async def test_foreign_entries_are_reported_as_corruption(prefix: str) -> None:
         with pytest.raises(StoreCorrupted):
             [event async for event in store.read_stream("a")]
         with pytest.raises(StoreCorrupted):
-            await agentfold.project(store, "a", EventCount)
+            await agentfold.project(store, "a", SeenEvents)
         assert [event.version async for event in store.read_stream("a", limit=1)] == [1]
     finally:
         await client.aclose()
         await store.close()
-
-
-class EventCount(agentfold.Projection[int]):
-    """Counts every event of a stream, whatever its type."""
-
-    name = "event-count"
-    strict = False
-
-    def initial(self) -> int:
-        return 0
-
-    @agentfold.handles("Happened")
-    def count(self, state: int, event: agentfold.RecordedEvent) -> int:
-        return state + 1
 
 
 async def test_a_full_server_refuses_whole_appends(private_redis: Any) -> None:

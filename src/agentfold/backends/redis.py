@@ -718,7 +718,8 @@ class RedisStore(EventStore):
         types: tuple[str, ...] | None,
         stream_prefix: str | None,
     ) -> tuple[list[RecordedEvent], int]:
-        entries = await self._read_page(self._all_key, after_position, limit)
+        records, _ = await self._read_records(self._all_key, after_position, limit)
+        entries = _decode_entries(records, repr(self._all_key.decode()))
         if not entries:
             return [], after_position
         events = [
@@ -728,10 +729,6 @@ class RedisStore(EventStore):
             and (stream_prefix is None or entry.stream_id.startswith(stream_prefix))
         ]
         return events, entries[-1].position
-
-    async def _read_page(self, key: bytes, after: int, limit: int) -> list[_Entry]:
-        records, _ = await self._read_records(key, after, limit)
-        return _decode_entries(records, repr(key.decode()))
 
     async def _read_records(self, key: bytes, after: int, limit: int) -> tuple[list[bytes], int]:
         """One ``XRANGE`` after entry id ``0-<after>``: the entries' JSON records, and the sequence number of the last
