@@ -144,6 +144,43 @@ async def test_paged_reads_with_and_without_read_ahead(store: EventStore, reads_
     assert [event.version for event in await stream_list(store, "long", after_version=16)] == list(range(17, 24))
 
 
+async def test_read_stream_backwards_from_the_end(store: EventStore) -> None:
+    """A backward read yields the newest events first; `limit` counts from the stream's end and `after_version`
+    bounds it from below, across pages, with other streams interleaved."""
+    store.page_size = 4
+    await store.append("long", events(9))
+    await store.append("other", events(3))
+    await store.append("long", events(6))
+
+    async def versions(**arguments: Any) -> list[int]:
+        return [event.version async for event in store.read_stream("long", backwards=True, **arguments)]
+
+    assert await versions() == list(range(15, 0, -1))
+    assert await versions(limit=3) == [15, 14, 13]
+    assert await versions(limit=9) == list(range(15, 6, -1))
+    assert await versions(after_version=11) == [15, 14, 13, 12]
+    assert await versions(after_version=10, limit=2) == [15, 14]
+    assert await versions(after_version=15) == []
+    assert await versions(limit=0) == []
+    assert [len(page) async for page in store.read_stream_pages("long", backwards=True)] == [4, 4, 4, 3]
+    assert [len(page) async for page in store.read_stream_pages("long", limit=6, backwards=True)] == [4, 2]
+    newest = [event async for event in store.read_stream("long", limit=2, backwards=True)]
+    assert [event.data["n"] for event in newest] == [5, 4]
+    assert newest == (await stream_list(store, "long"))[-1:-3:-1]
+    assert [event async for event in store.read_stream("nobody", backwards=True)] == []
+    with pytest.raises(InvalidInput):
+        store.read_stream_pages("long", limit=-1, backwards=True)
+    with pytest.raises(InvalidInput):
+        store.read_stream_pages("long", backwards="yes")  # type: ignore[arg-type]
+
+
+async def test_read_stream_backwards_stops_at_a_trimmed_prefix(store: EventStore) -> None:
+    await store.append("s", events(10))
+    assert await store._trim_stream("s", 7) == 6  # trimming is not public; the backward read must respect it
+    assert [event.version async for event in store.read_stream("s", backwards=True)] == [10, 9, 8, 7]
+    assert [event.version async for event in store.read_stream("s", limit=2, backwards=True)] == [10, 9]
+
+
 async def test_read_all_in_global_order_with_filters(store: EventStore) -> None:
     await store.append("order-1", [NewEvent("OrderPlaced", {"n": 1})])
     await store.append("user-1", [NewEvent("UserJoined", {"n": 2})])

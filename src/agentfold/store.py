@@ -1,9 +1,10 @@
 """The one store interface every backend implements.
 
 The public methods here validate input and page through results; a backend supplies a few narrow hooks that do the
-I/O (`_append`, `_read_stream_page`, `_read_all_page`, `stream_version`, `head_position`, `_wait_for_append`,
-`_close`; a backend that reads ahead also splits a page read into `_fetch_stream_page` and `_decode_stream_page`, or
-pages a stream its own way in `_raw_stream_pages` and `_stream_pages`).
+I/O (`_append`, `_read_stream_page`, `_read_stream_page_backwards`, `_read_all_page`, `stream_version`,
+`head_position`, `_wait_for_append`, `_close`; a backend that reads ahead also splits a page read into
+`_fetch_stream_page` and `_decode_stream_page`, or pages a stream its own way in `_raw_stream_pages` and
+`_stream_pages`).
 The core never imports a backend.
 """
 
@@ -88,21 +89,47 @@ class EventStore(abc.ABC):
         return await self._append(stream_id, encoded, expected)
 
     async def read_stream(
-        self, stream_id: str, after_version: int = 0, limit: int | None = None
+        self, stream_id: str, after_version: int = 0, limit: int | None = None, *, backwards: bool = False
     ) -> AsyncGenerator[RecordedEvent, None]:
-        """Yield the events of one stream with a version above `after_version`, in version order."""
-        async for page in self.read_stream_pages(stream_id, after_version, limit):
+        """Yield the events of one stream with a version above `after_version`, in version order.
+
+        With `backwards=True` the newest come first, in descending version order, and `limit` counts from the
+        stream's end: reading the last N events costs O(N), whatever the stream's length."""
+        async for page in self.read_stream_pages(stream_id, after_version, limit, backwards=backwards):
             for event in page:
                 yield event
 
     def read_stream_pages(
-        self, stream_id: str, after_version: int = 0, limit: int | None = None
+        self, stream_id: str, after_version: int = 0, limit: int | None = None, *, backwards: bool = False
     ) -> AsyncGenerator[list[RecordedEvent], None]:
         """Like `read_stream`, one list per round trip: the fast path for folds. Bad arguments raise here, at the
         call."""
         self._check_open()
         check_stream_id(stream_id)
-        return self._stream_pages(stream_id, _check_counter(after_version, "after_version"), _check_limit(limit))
+        after = _check_counter(after_version, "after_version")
+        remaining = _check_limit(limit)
+        if not isinstance(backwards, bool):
+            raise InvalidInput(f"backwards must be a bool, got {type(backwards).__name__}")
+        if backwards:
+            return self._backward_stream_pages(stream_id, after, remaining)
+        return self._stream_pages(stream_id, after, remaining)
+
+    async def _backward_stream_pages(
+        self, stream_id: str, after_version: int, remaining: int | None
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """The pages of `read_stream_pages(backwards=True)`, arguments checked: newest first."""
+        before = MAX_VERSION + 1
+        while remaining is None or remaining > 0:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            page = await self._read_stream_page_backwards(stream_id, before, after_version, size)
+            if not page:
+                return
+            if remaining is not None:
+                remaining -= len(page)
+            yield page
+            if len(page) < size:
+                return
+            before = page[-1].version
 
     async def _stream_pages(
         self, stream_id: str, after_version: int, remaining: int | None
@@ -294,6 +321,13 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
         """At most `limit` events of the stream above `after_version`, in version order."""
+
+    @abc.abstractmethod
+    async def _read_stream_page_backwards(
+        self, stream_id: str, before_version: int, after_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        """At most `limit` events of the stream with a version below `before_version` and above `after_version`,
+        newest first."""
 
     async def _fetch_stream_page(self, stream_id: str, after_version: int, limit: int) -> tuple[Any, int, int]:
         """A page of `_read_stream_page` as (the page in the backend's own form, its event count, its last version),

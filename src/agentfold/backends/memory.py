@@ -71,6 +71,17 @@ class MemoryStore(EventStore):
         start = max(0, after_version - self._trimmed.get(stream_id, 0))
         return stream[start : start + limit]
 
+    async def _read_stream_page_backwards(
+        self, stream_id: str, before_version: int, after_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        stream = self._streams.get(stream_id)
+        if not stream:
+            return []
+        trimmed = self._trimmed.get(stream_id, 0)
+        stop = max(0, min(len(stream), before_version - 1 - trimmed))  # index past the newest event to return
+        start = max(0, after_version - trimmed, stop - limit)
+        return stream[start:stop][::-1]
+
     async def _read_all_page(
         self,
         after_position: int,

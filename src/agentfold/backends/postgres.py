@@ -473,6 +473,13 @@ _STATEMENTS: Final = {
                          + %(limit)s
         ORDER BY version
     """,
+    "read_stream_backwards": """
+        SELECT record::text
+        FROM {s}.events
+        WHERE stream_id = %(stream)s AND version < %(before)s AND version > %(after)s
+        ORDER BY version DESC
+        LIMIT %(limit)s
+    """,
     # Every scanned row comes back with its position, so the page reports how far it scanned; rows the filters
     # leave out carry no record.
     "read_all": """
@@ -760,6 +767,16 @@ class PostgresStore(EventStore):
 
     def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
         return _decode_page(raw)
+
+    async def _read_stream_page_backwards(
+        self, stream_id: str, before_version: int, after_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        records: list[str] = await self._fetch_all(
+            "read_stream_backwards",
+            {"stream": stream_id, "before": before_version, "after": after_version, "limit": limit},
+            scalar_row,
+        )
+        return _decode_page(records)
 
     _record_decoder = _record_decoder  # raw pages are lists of records: folds decode them one by one
 

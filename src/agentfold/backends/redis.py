@@ -520,6 +520,7 @@ class RedisStore(EventStore):
         self._trim_script = self._client.register_script(TRIM_SCRIPT)
         # Pages are read with plain XRANGE, whose reply the store takes apart itself (see `_read_records`).
         self._client.set_response_callback("XRANGE", _raw)
+        self._client.set_response_callback("XREVRANGE", _raw)
         self._snapshot_script = self._client.register_script(SNAPSHOT_SCRIPT)
         base = settings.prefix.encode()
         self._head_key = base + b":head"
@@ -708,6 +709,28 @@ class RedisStore(EventStore):
 
     def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
         return [_event(entry) for entry in _decode_entries(raw, "a stream")]
+
+    async def _read_stream_page_backwards(
+        self, stream_id: str, before_version: int, after_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        if before_version - 1 <= after_version:
+            return []
+        key = self.key("s", stream_id)
+        with translate_errors(f"read {key.decode()!r} from Redis"):
+            entries = await _execute(
+                self._client,
+                "XREVRANGE",
+                key,
+                b"0-%d" % (before_version - 1),
+                b"0-%d" % (after_version + 1),
+                b"COUNT",
+                limit,
+            )
+        try:
+            records = [entry[1][1] for entry in entries]
+        except (IndexError, TypeError) as error:
+            raise StoreCorrupted(f"an entry of {key.decode()!r} was not written by agentfold: {error}") from None
+        return self._decode_stream_page(records)
 
     _record_decoder = _RecordDecoder()  # raw pages are lists of records: folds decode them one by one
 

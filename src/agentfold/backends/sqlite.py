@@ -165,6 +165,10 @@ _SELECT_STREAM_PAGE: Final = (
 _STREAM_PAGE_ROWS: Final = (
     "(SELECT record, version FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?)"
 )
+_SELECT_STREAM_PAGE_BACKWARDS: Final = (
+    "SELECT CAST(record AS BLOB) FROM events WHERE stream_id = ? AND version < ? AND version > ? "
+    "ORDER BY version DESC LIMIT ?"
+)
 _SELECT_STREAM_PAGE_JOINED: Final = (
     f"SELECT CAST('[' || group_concat(record, ',') || ']' AS BLOB), count(*), max(version) FROM {_STREAM_PAGE_ROWS}"
 )
@@ -923,6 +927,21 @@ class SQLiteStore(EventStore):
             return _decode_joined_page(_fetch_joined_page(connection, stream_id, after_version, limit)[0])
 
         return await self._read(query)
+
+    async def _read_stream_page_backwards(
+        self, stream_id: str, before_version: int, after_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        def query(connection: sqlite3.Connection) -> list[bytes]:
+            rows = connection.execute(
+                _SELECT_STREAM_PAGE_BACKWARDS, (stream_id, before_version, after_version, limit)
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        records = await self._read(query)
+        try:
+            return list(map(_record_decoder.decode, records))
+        except msgspec.DecodeError as error:
+            raise StoreCorrupted(f"a stored event does not decode as an event record: {error}") from None
 
     async def _stream_pages(
         self, stream_id: str, after_version: int, remaining: int | None
