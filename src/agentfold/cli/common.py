@@ -66,6 +66,13 @@ def json_option(command: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(command)
 
 
+def wide_option(command: F) -> F:
+    """The `--wide` flag: every column at its full width, whatever the terminal's width."""
+    return click.option(
+        "--wide", is_flag=True, help="Show every column at its full width (lines may be wider than the terminal)."
+    )(command)
+
+
 def scrub(text: str, url: str) -> str:
     """`text` with the URL's password removed wherever it appears, redacted or not."""
     cleaned = text.replace(url, redact(url))

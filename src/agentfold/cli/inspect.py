@@ -17,7 +17,6 @@ from typing import Any, Final
 import click
 from rich.console import Group
 from rich.json import JSON
-from rich.table import Table
 from rich.text import Text
 
 from agentfold.cli import main
@@ -33,7 +32,9 @@ from agentfold.cli.common import (
     resolve_workflow,
     run_with_store,
     store_option,
+    wide_option,
 )
+from agentfold.cli.tables import Cell, Column, fit_table
 from agentfold.events import AGENT_ID, RecordedEvent
 from agentfold.runtime import history as h
 from agentfold.runtime.inspect import (
@@ -111,6 +112,8 @@ def _run_issues(run: RunSummary) -> Text:
         parts.append((f"↻ {run.retries} {'retry' if run.retries == 1 else 'retries'}", "yellow"))
     if run.in_doubt_steps:
         parts.append((f"? {run.in_doubt_steps} in doubt", "magenta"))
+    if run.reconciled_steps:
+        parts.append((f"≈ {run.reconciled_steps} reconciled", "cyan"))
     if run.problem:
         parts.append(("unreadable history", "bold red"))
     text = Text()
@@ -136,8 +139,9 @@ def _run_issues(run: RunSummary) -> Text:
     is_flag=True,
     help="Only unfinished runs no live worker holds (lease expired, worker stopped, never run).",
 )
+@wide_option
 @json_option
-def workflows(store_url: str, status: str | None, stalled: bool, as_json: bool) -> None:
+def workflows(store_url: str, status: str | None, stalled: bool, wide: bool, as_json: bool) -> None:
     """List workflow runs: state, agent, start, last event, duration, failures."""
     run_filter = RunFilter(status=status)
 
@@ -160,31 +164,37 @@ def workflows(store_url: str, status: str | None, stalled: bool, as_json: bool) 
             ("no stalled workflow runs" if stalled else "no workflow runs") + (f" in state {status}" if status else "")
         )
         return
-    table = Table(title=f"{len(runs)} workflow runs", title_justify="left")
-    table.add_column("workflow id", overflow="fold")
-    table.add_column("agent", overflow="fold")
-    table.add_column("state", no_wrap=True)
-    table.add_column("started (UTC)", no_wrap=True)
-    table.add_column("last event", overflow="fold")
-    table.add_column("quiet for", justify="right", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("events", justify="right")
-    table.add_column("issues")
+    columns = [
+        Column("workflow id"),
+        Column("agent", rank=3, fold=True),
+        Column("state"),
+        Column("started (UTC)", rank=5),
+        Column("last event", rank=7, fold=True),
+        Column("quiet for", rank=8, justify="right"),
+        Column("duration", rank=4, justify="right"),
+        Column("events", rank=6, justify="right"),
+        Column("issues", rank=2, fold=True, min_width=12),
+    ]
+    rows: list[list[Cell]] = []
     for run in runs:
         finished = run.finished_at_us is not None
-        table.add_row(
-            run.workflow_id,
-            run.agent,
-            _state(run.status),
-            format_time(run.started_at_us),
-            run.last_event_type,
-            "" if finished else format_duration(max(0, at - run.last_event_at_us)),
-            format_duration(run.duration_us(at)) + ("" if finished else " …"),
-            str(run.version),
-            _run_issues(run),
-            style="red" if run.state == "Failed" or run.failed_steps else None,
+        rows.append(
+            [
+                run.workflow_id,
+                run.agent,
+                _state(run.status),
+                format_time(run.started_at_us),
+                run.last_event_type,
+                "" if finished else format_duration(max(0, at - run.last_event_at_us)),
+                format_duration(run.duration_us(at)) + ("" if finished else " …"),
+                str(run.version),
+                _run_issues(run),
+            ]
         )
-    console.print(table)
+    styles = ["red" if run.state == "Failed" or run.failed_steps else None for run in runs]
+    fit_table(columns, rows, console.width, wide=wide, title=f"{len(runs)} workflow runs", row_styles=styles).print(
+        console
+    )
 
 
 async def _run_events_count(store: EventStore, workflow_id: str) -> int:
@@ -200,8 +210,9 @@ async def _run_events_count(store: EventStore, workflow_id: str) -> int:
 @main.command()
 @store_option
 @click.argument("workflow_id", metavar="WORKFLOW")
+@wide_option
 @json_option
-def show(store_url: str, workflow_id: str, as_json: bool) -> None:
+def show(store_url: str, workflow_id: str, wide: bool, as_json: bool) -> None:
     """The timeline of one run: every event with its step, attempt, agent, time and duration."""
 
     async def load(store: EventStore) -> Any:
@@ -229,36 +240,39 @@ def show(store_url: str, workflow_id: str, as_json: bool) -> None:
     several_agents = any(row.agent != run.agent for row in trace.rows)
     if not several_agents:
         heading.append(f"  agent {run.agent}")
-    table = Table(title=heading, title_justify="left")
-    table.add_column("v", justify="right", no_wrap=True)
-    table.add_column("time (UTC)", no_wrap=True)
-    table.add_column("+", justify="right", no_wrap=True)
-    table.add_column("event", no_wrap=True)
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("step", overflow="fold")
-    table.add_column("try", justify="right", no_wrap=True)
-    if several_agents:
-        table.add_column("agent", overflow="fold")
-    table.add_column("took", justify="right", no_wrap=True)
-    table.add_column("!", no_wrap=True)
-    table.add_column("detail", overflow="fold", ratio=1)
+    columns = [
+        Column("v", justify="right"),
+        Column("time (UTC)", rank=7),
+        Column("+", rank=9, justify="right"),
+        Column("event"),
+        Column("#", rank=8, justify="right"),
+        Column("step", rank=1, fold=True, min_width=10),
+        Column("try", rank=5, justify="right"),
+        *([Column("agent", rank=4, fold=True)] if several_agents else []),
+        Column("took", rank=6, justify="right"),
+        Column("!", rank=2),
+        Column("detail", rank=3, fold=True, min_width=16),
+    ]
+    rows: list[list[Cell]] = []
+    styles: list[str | None] = []
     for row in trace.rows:
-        style = MARKERS[row.flag][1] if row.flag else ("dim" if row.stream == INBOX else None)
-        cells: list[str | Text] = [
-            f"inbox {row.version}" if row.stream == INBOX else str(row.version),
-            format_time(row.recorded_at_us)[11:],
-            format_duration(row.since_previous_us),
-            row.event_type,
-            "" if row.seq is None else str(row.seq),
-            row.name,
-            "" if row.attempt is None else str(row.attempt),
-            *([row.agent] if several_agents else []),
-            format_duration(row.took_us),
-            _marker(row.flag),
-            row.detail,
-        ]
-        table.add_row(*cells, style=style)
-    console.print(table)
+        styles.append(MARKERS[row.flag][1] if row.flag else ("dim" if row.stream == INBOX else None))
+        rows.append(
+            [
+                f"inbox {row.version}" if row.stream == INBOX else str(row.version),
+                format_time(row.recorded_at_us)[11:],
+                format_duration(row.since_previous_us),
+                row.event_type,
+                "" if row.seq is None else str(row.seq),
+                row.name,
+                "" if row.attempt is None else str(row.attempt),
+                *([row.agent] if several_agents else []),
+                format_duration(row.took_us),
+                _marker(row.flag),
+                row.detail,
+            ]
+        )
+    fit_table(columns, rows, console.width, wide=wide, title=heading, row_styles=styles).print(console)
 
 
 # -- replay --------------------------------------------------------------------------------------------------------
@@ -282,8 +296,9 @@ def _describe_change(change: Change) -> Text:
 @store_option
 @click.argument("workflow_id", metavar="WORKFLOW")
 @click.option("--to", "to_version", type=click.IntRange(min=1), help="Stop after this version (default: the last).")
+@wide_option
 @json_option
-def replay_command(store_url: str, workflow_id: str, to_version: int | None, as_json: bool) -> None:
+def replay_command(store_url: str, workflow_id: str, to_version: int | None, wide: bool, as_json: bool) -> None:
     """Dry replay: fold the recorded events one by one and show the state and what changed after each.
 
     Nothing is executed: no workflow code, no step, no write. The fold is the one a worker uses to resume a run.
@@ -311,19 +326,20 @@ def replay_command(store_url: str, workflow_id: str, to_version: int | None, as_
         )
         return
     console = output_console()
-    table = Table(
-        title=f"dry replay of {chosen} to version {steps[-1].version} (nothing executed)", title_justify="left"
-    )
-    table.add_column("v", justify="right", no_wrap=True)
-    table.add_column("event", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("what changed", overflow="fold", ratio=1)
+    columns = [
+        Column("v", justify="right"),
+        Column("event"),
+        Column("state", rank=2),
+        Column("what changed", rank=1, fold=True, min_width=24),
+    ]
+    rows: list[list[Cell]] = []
     for step in steps:
         changes = Text("\n").join(_describe_change(change) for change in step.changes)
         if step.error is not None:
             changes = Text(f"not folded: {step.error}", style="bold red")
-        table.add_row(str(step.version), step.event_type, _state(step.state), changes)
-    console.print(table)
+        rows.append([str(step.version), step.event_type, _state(step.state), changes])
+    title = f"dry replay of {chosen} to version {steps[-1].version} (nothing executed)"
+    fit_table(columns, rows, console.width, wide=wide, title=title).print(console)
     console.print(Group(Text(f"projected state at version {steps[-1].version}", style="bold"), JSON.from_data(final)))
 
 
@@ -335,8 +351,9 @@ def replay_command(store_url: str, workflow_id: str, to_version: int | None, as_
 @click.argument("workflow_id", metavar="WORKFLOW")
 @click.argument("from_version", metavar="A", type=click.IntRange(min=0))
 @click.argument("to_version", metavar="B", type=click.IntRange(min=0))
+@wide_option
 @json_option
-def diff(store_url: str, workflow_id: str, from_version: int, to_version: int, as_json: bool) -> None:
+def diff(store_url: str, workflow_id: str, from_version: int, to_version: int, wide: bool, as_json: bool) -> None:
     """How the projected state of a run differs between versions A and B (0: before the first event)."""
 
     async def compare(store: EventStore) -> tuple[str, list[Change]]:
@@ -358,19 +375,21 @@ def diff(store_url: str, workflow_id: str, from_version: int, to_version: int, a
     if not changes:
         console.print(f"{chosen}: no difference between versions {from_version} and {to_version}")
         return
-    table = Table(
-        title=f"{chosen}: version {from_version} → {to_version}, {len(changes)} changes", title_justify="left"
-    )
-    table.add_column("path", overflow="fold")
-    table.add_column("", no_wrap=True)
-    table.add_column(f"at {from_version}", overflow="fold", ratio=1)
-    table.add_column(f"at {to_version}", overflow="fold", ratio=1)
+    columns = [
+        Column("path", fold=True, min_width=16),
+        Column(""),
+        Column(f"at {from_version}", rank=2, fold=True, min_width=16),
+        Column(f"at {to_version}", rank=1, fold=True, min_width=16),
+    ]
+    rows: list[list[Cell]] = []
+    styles: list[str | None] = []
     for change in changes:
-        style = {"added": "green", "removed": "red"}.get(change.kind)
+        styles.append({"added": "green", "removed": "red"}.get(change.kind))
         before = "" if change.kind == "added" else _short(change.before)
         after = "" if change.kind == "removed" else _short(change.after)
-        table.add_row(change.path, change.kind, before, after, style=style)
-    console.print(table)
+        rows.append([change.path, change.kind, before, after])
+    title = f"{chosen}: version {from_version} → {to_version}, {len(changes)} changes"
+    fit_table(columns, rows, console.width, wide=wide, title=title, row_styles=styles).print(console)
 
 
 # -- tail ----------------------------------------------------------------------------------------------------------
@@ -508,8 +527,9 @@ def export(store_url: str, workflow_id: str, output_format: str, output: Path | 
 
 @main.command()
 @store_option
+@wide_option
 @json_option
-def stats(store_url: str, as_json: bool) -> None:
+def stats(store_url: str, wide: bool, as_json: bool) -> None:
     """Streams, events, size, oldest and newest event, and counts per event type and per stream category."""
 
     async def count(store: EventStore) -> Any:
@@ -521,29 +541,26 @@ def stats(store_url: str, as_json: bool) -> None:
         print_json(figures.to_json())
         return
     console = output_console()
-    summary = Table(title="store", title_justify="left", show_header=False)
-    summary.add_column("figure")
-    summary.add_column("value", justify="right")
-    summary.add_row("streams", f"{figures.streams:,}")
-    summary.add_row("events", f"{figures.events:,}")
-    summary.add_row("size (encoded events)", format_size(figures.size_bytes))
-    summary.add_row("head position", f"{figures.head_position:,}")
-    summary.add_row("oldest event (UTC)", format_time(figures.oldest_us))
-    summary.add_row("newest event (UTC)", format_time(figures.newest_us))
-    summary.add_row("workflow runs", f"{figures.runs:,}")
-    console.print(summary)
+    summary: list[list[Cell]] = [
+        ["streams", f"{figures.streams:,}"],
+        ["events", f"{figures.events:,}"],
+        ["size (encoded events)", format_size(figures.size_bytes)],
+        ["head position", f"{figures.head_position:,}"],
+        ["oldest event (UTC)", format_time(figures.oldest_us)],
+        ["newest event (UTC)", format_time(figures.newest_us)],
+        ["workflow runs", f"{figures.runs:,}"],
+    ]
+    fit_table(
+        [Column("figure"), Column("value", justify="right")], summary, console.width, wide=wide, title="store"
+    ).print(console)
     if figures.types:
-        types = Table(title="events per type", title_justify="left")
-        types.add_column("type", overflow="fold")
-        types.add_column("events", justify="right")
-        types.add_column("share", justify="right")
-        for event_type, number in figures.types.items():
-            types.add_row(event_type, f"{number:,}", f"{number / figures.events:.1%}")
-        console.print(types)
+        types: list[list[Cell]] = [
+            [event_type, f"{number:,}", f"{number / figures.events:.1%}"]
+            for event_type, number in figures.types.items()
+        ]
+        type_columns = [Column("type"), Column("events", justify="right"), Column("share", rank=1, justify="right")]
+        fit_table(type_columns, types, console.width, wide=wide, title="events per type").print(console)
     if figures.categories:
-        categories = Table(title="streams per category", title_justify="left")
-        categories.add_column("category", overflow="fold")
-        categories.add_column("streams", justify="right")
-        for category, number in figures.categories.items():
-            categories.add_row(category, f"{number:,}")
-        console.print(categories)
+        categories: list[list[Cell]] = [[category, f"{number:,}"] for category, number in figures.categories.items()]
+        category_columns = [Column("category"), Column("streams", justify="right")]
+        fit_table(category_columns, categories, console.width, wide=wide, title="streams per category").print(console)

@@ -98,11 +98,14 @@ class RunSummary:
     last_event_type: str
     finished_at_us: int | None
     retries: int
-    """Step attempts that failed and were tried again."""
+    """Step attempts after the first: after an attempt failed, or after one was left in doubt by a stopped process
+    (counted once per attempt, whether it has started yet or waits for its backoff)."""
     failed_steps: int
     """Steps that failed for good."""
     in_doubt_steps: int
     """Steps whose last attempt started and has no recorded outcome."""
+    reconciled_steps: int = 0
+    """Steps whose in-doubt attempt was settled by asking the outside world (`reconcile`) instead of running again."""
     problem: str | None = None
     """The first recorded event the lifecycle refused to fold (a history the runtime did not write), if any."""
 
@@ -134,6 +137,7 @@ class RunSummary:
             "retries": self.retries,
             "failed_steps": self.failed_steps,
             "in_doubt_steps": self.in_doubt_steps,
+            "reconciled_steps": self.reconciled_steps,
             "problem": self.problem,
         }
 
@@ -148,7 +152,9 @@ class _RunFold:
         self.agent = agent if isinstance(agent, str) and agent else ""
         self.last: RecordedEvent = first
         self.finished_at_us: int | None = None
-        self.retries = 0
+        self.attempts: dict[int, int] = {}  # seq -> highest attempt started
+        self.failed_attempts: dict[int, int] = {}  # seq -> attempts that failed and are to be tried again
+        self.reconciled: set[int] = set()
         self.problem: str | None = None
 
     def apply(self, event: RecordedEvent) -> str | None:
@@ -160,11 +166,32 @@ class _RunFold:
             if self.problem is None:
                 self.problem = reason
             return reason
-        if event.type == h.STEP_FAILED and not event.data.get("final"):
-            self.retries += 1
+        self._count_attempts(event)
         if event.type in h.FINISHED_TYPES:
             self.finished_at_us = event.recorded_at_us
         return None
+
+    def _count_attempts(self, event: RecordedEvent) -> None:
+        seq = _int_or_none(event.data.get("seq"))
+        if seq is None:
+            return
+        data = event.data
+        if event.type == h.STEP_STARTED:
+            self.attempts[seq] = max(self.attempts.get(seq, 0), _int_or_none(data.get("attempt")) or 1)
+        elif event.type == h.STEP_FAILED and not data.get("final") and not data.get("reconcile"):
+            self.failed_attempts[seq] = self.failed_attempts.get(seq, 0) + 1
+        if (
+            event.type == h.STEP_RECONCILED
+            or (event.type == h.STEP_COMPLETED and data.get("reconciled"))
+            or (event.type == h.STEP_FAILED and data.get("reconcile"))
+        ):
+            self.reconciled.add(seq)
+
+    @property
+    def retries(self) -> int:
+        """Attempts after the first, started or waiting for their backoff (see `RunSummary.retries`)."""
+        seqs = self.attempts.keys() | self.failed_attempts.keys()
+        return sum(max(self.attempts.get(seq, 1) - 1, self.failed_attempts.get(seq, 0)) for seq in seqs)
 
     def summary(self) -> RunSummary:
         history = self.history
@@ -183,6 +210,7 @@ class _RunFold:
             retries=self.retries,
             failed_steps=sum(1 for record in commands if record.outcome_type == h.STEP_FAILED),
             in_doubt_steps=sum(1 for record in commands if record.in_doubt),
+            reconciled_steps=len(self.reconciled),
             problem=self.problem,
         )
 
