@@ -196,6 +196,46 @@ class WorkflowFailed(AgentfoldError):
         self.error_message = message
 
 
+class WorkflowCancelled(AgentfoldError):
+    """The run was cancelled (`client.cancel`).
+
+    Raised inside the workflow at its next await after the cancel arrived, so its code may catch it to clean up
+    (the run ends `Cancelled` however the code ends after that); raised by `client.result` for a cancelled run.
+    """
+
+    def __init__(self, workflow_id: str, reason: str = "") -> None:
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"workflow {workflow_id!r} was cancelled{detail}")
+        self.workflow_id = workflow_id
+        self.reason = reason
+
+
+class WorkflowTerminated(AgentfoldError):
+    """The run was terminated (`client.terminate`): it stopped at once, without running any more of its code."""
+
+    def __init__(self, workflow_id: str, reason: str = "") -> None:
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"workflow {workflow_id!r} was terminated{detail}")
+        self.workflow_id = workflow_id
+        self.reason = reason
+
+
+class RunControlRefused(IllegalTransition):
+    """A cancel, terminate, retry or restart asked of a run whose state forbids it; nothing was written.
+
+    `action` is what was asked, `state` the run's state (``Suspended`` for a suspended run).
+    """
+
+    def __init__(self, workflow_id: str, action: str, state: str, reason: str) -> None:
+        AgentfoldError.__init__(self, f"cannot {action} workflow {workflow_id!r}: it is {state}; {reason}")
+        self.agent = workflow_id
+        self.transition = action
+        self.reason = reason
+        self.workflow_id = workflow_id
+        self.action = action
+        self.state = state
+
+
 class WorkflowNotFound(AgentfoldError, LookupError):
     """No run with this workflow id was started in this store."""
 

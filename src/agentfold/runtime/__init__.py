@@ -15,11 +15,13 @@ from agentfold.runtime.runtime import Runtime, WorkflowDefinition
 from agentfold.runtime.serialization import DefaultSerializer, Serializer
 from agentfold.runtime.statemachine import (
     AWAITING_INPUT,
+    CANCELLED,
     COMPLETED,
     DEFAULT_LIFECYCLE,
     FAILED,
     IDLE,
     PROCESSING,
+    TERMINATED,
     Agent,
     StateMachine,
     Transition,
@@ -29,6 +31,7 @@ from agentfold.runtime.worker import Worker
 
 __all__ = [
     "AWAITING_INPUT",
+    "CANCELLED",
     "COMPLETED",
     "DEFAULT_LIFECYCLE",
     "FAILED",
@@ -36,6 +39,7 @@ __all__ = [
     "NOT_APPLIED",
     "NO_RETRY",
     "PROCESSING",
+    "TERMINATED",
     "Agent",
     "BreakerSettings",
     "CircuitBreaker",

@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Any, Final
 from agentfold.errors import (
     InvalidInput,
     NonDeterminism,
+    RunControlRefused,
+    WorkflowCancelled,
     WorkflowFailed,
     WorkflowIdConflict,
     WorkflowNotFound,
+    WorkflowTerminated,
     WrongExpectedVersion,
 )
 from agentfold.events import ANY, NO_STREAM, NewEvent
@@ -21,6 +24,7 @@ from agentfold.runtime import history as h
 from agentfold.runtime.context import load_history
 from agentfold.runtime.history import History
 from agentfold.runtime.retry import seconds
+from agentfold.runtime.statemachine import AWAITING_INPUT, FAILED, PROCESSING
 from agentfold.store import EventStore
 
 if TYPE_CHECKING:
@@ -29,6 +33,9 @@ if TYPE_CHECKING:
 _START_NAMESPACE: Final = uuid.UUID("5f0c1d2e-8a47-4b8e-9d1c-6a2f3e4b5c6d")
 WAKE_CHECK_SECONDS: Final = 5.0
 """`result` waits for a push from the store, and re-reads at least this often in case a push was missed."""
+CONTROL_RACES: Final = 20
+"""How often a control action folds the run again after a worker appended between its read and its write."""
+SUSPENDED: Final = "Suspended"
 
 
 class WorkflowHandle:
@@ -121,6 +128,106 @@ class WorkflowClient:
         """Everything the run has recorded, folded."""
         return await load_history(self.store, h.check_workflow_id(workflow_id))
 
+    # -- run control ----------------------------------------------------------------------------------------------
+
+    async def cancel(self, workflow_id: str, reason: str = "") -> bool:
+        """Ask a running run to stop: its code sees `WorkflowCancelled` at its next await and may clean up.
+
+        A step function already running when the cancel arrives runs to its end and its result is recorded; the
+        next command the code awaits raises `WorkflowCancelled` (a step a crashed worker left in doubt is
+        abandoned there, neither reconciled nor run again). Whatever the code does after catching it, the run
+        ends `Cancelled`. A worker serving the workflow delivers the cancel. Returns False, writing nothing, when
+        a cancel was already asked; `RunControlRefused` for a run that has ended.
+        """
+        data = {"reason": _check_reason(reason)}
+        return await self._control(workflow_id, "cancel", h.WORKFLOW_CANCEL_REQUESTED, data)
+
+    async def terminate(self, workflow_id: str, reason: str = "") -> None:
+        """End a running run now, `Terminated`: no more of its code runs, step functions in flight are cancelled.
+
+        Needs no worker. `RunControlRefused` for a run that has ended.
+        """
+        await self._control(workflow_id, "terminate", h.WORKFLOW_TERMINATED, {"reason": _check_reason(reason)})
+
+    async def retry(self, workflow_id: str) -> int:
+        """Run a failed run again: recorded results before its first failed command are kept, the rest runs again.
+
+        Returns the new attempt's number. `RunControlRefused` unless the run is `Failed`.
+        """
+        return await self._restart(workflow_id, "retry", None)
+
+    async def restart(self, workflow_id: str, *, from_step: str) -> int:
+        """Start a new attempt that keeps the recorded results before the first step named `from_step`.
+
+        Everything the run recorded from that step on is forgotten and runs again (signals its waits consumed are
+        delivered again). For a run that has ended, or one suspended because its code changed; a run still going
+        must be cancelled or terminated first (`RunControlRefused`). `InvalidInput` when no step has that name.
+        Returns the new attempt's number.
+        """
+        if not isinstance(from_step, str) or not from_step:
+            raise InvalidInput(f"from_step must be a non-empty step name, got {from_step!r}")
+        return await self._restart(workflow_id, "restart", from_step)
+
+    async def _restart(self, workflow_id: str, action: str, from_step: str | None) -> int:
+        for _ in range(CONTROL_RACES):
+            history = await self._existing_history(workflow_id)
+            status = _status(history)
+            if action == "retry" and history.state != FAILED:
+                raise RunControlRefused(workflow_id, action, status, "only a Failed run can be retried")
+            if history.finished is None and history.suspended is None:
+                raise RunControlRefused(
+                    workflow_id, action, status, "it is still running: cancel or terminate it first"
+                )
+            if from_step is None:
+                from_seq = history.first_failed_seq()
+            else:
+                found = history.step_seq(from_step)
+                if found is None:
+                    steps = sorted({r.name for r in history.commands.values() if r.kind == h.STEP})
+                    raise InvalidInput(
+                        f"workflow {workflow_id!r} has no recorded step {from_step!r} "
+                        f"(recorded steps: {', '.join(repr(step) for step in steps) or 'none'})"
+                    )
+                from_seq = found
+            data = {
+                "workflow": history.workflow,
+                "reason": action,
+                "from_seq": from_seq,
+                "from_step": from_step,
+                "attempt": history.attempt + 1,
+                "previous_state": status,
+            }
+            event = NewEvent(h.WORKFLOW_RESTARTED, data)
+            try:
+                await self.store.append(h.workflow_stream(workflow_id), [event], expected_version=history.version)
+            except WrongExpectedVersion:
+                continue
+            return history.attempt + 1
+        raise RunControlRefused(workflow_id, action, "busy", "it kept changing while this action was checked")
+
+    async def _control(self, workflow_id: str, action: str, event_type: str, data: dict[str, Any]) -> bool:
+        """Append a control event at the exact version its state was checked at, folding again after a race."""
+        for _ in range(CONTROL_RACES):
+            history = await self._existing_history(workflow_id)
+            status = _status(history)
+            if history.state not in (PROCESSING, AWAITING_INPUT):
+                raise RunControlRefused(workflow_id, action, status, "only a run still going can be stopped")
+            if event_type == h.WORKFLOW_CANCEL_REQUESTED and history.cancel_requested is not None:
+                return False
+            event = NewEvent(event_type, data)
+            try:
+                await self.store.append(h.workflow_stream(workflow_id), [event], expected_version=history.version)
+            except WrongExpectedVersion:
+                continue
+            return True
+        raise RunControlRefused(workflow_id, action, "busy", "it kept changing while this action was checked")
+
+    async def _existing_history(self, workflow_id: str) -> History:
+        history = await load_history(self.store, h.check_workflow_id(workflow_id))
+        if history.version == 0:
+            raise WorkflowNotFound(workflow_id)
+        return history
+
     async def result(self, workflow_id: str, *, timeout: Any = None) -> Any:
         """Wait for the run to finish and return its result, decoded as the workflow declares.
 
@@ -141,7 +248,7 @@ class WorkflowClient:
                 history.version = page[-1].version
             if history.finished is not None:
                 return self._outcome(history)
-            if history.suspended is not None:
+            if history.suspended is not None and history.cancel_requested is None:
                 data = history.suspended
                 raise NonDeterminism(workflow_id, int(data["seq"]), str(data["recorded"]), str(data["requested"]))
             if history.version == 0:
@@ -161,5 +268,20 @@ class WorkflowClient:
             if self.runtime.knows(history.workflow):
                 result_type = self.runtime.definition(history.workflow).result_type
             return self.runtime.serializer.from_json(history.finished["result"], result_type)
+        if history.finished_type == h.WORKFLOW_CANCELLED:
+            raise WorkflowCancelled(history.workflow_id, str(history.finished.get("reason", "")))
+        if history.finished_type == h.WORKFLOW_TERMINATED:
+            raise WorkflowTerminated(history.workflow_id, str(history.finished.get("reason", "")))
         error = history.finished.get("error", {})
         raise WorkflowFailed(history.workflow_id, str(error.get("type")), str(error.get("message")))
+
+
+def _status(history: History) -> str:
+    """The run's state as people see it: the lifecycle state, or Suspended."""
+    return SUSPENDED if history.suspended is not None and history.finished is None else history.state
+
+
+def _check_reason(reason: object) -> str:
+    if not isinstance(reason, str):
+        raise InvalidInput(f"a reason must be a str, got {type(reason).__name__}")
+    return reason

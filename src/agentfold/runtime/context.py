@@ -35,8 +35,10 @@ from agentfold.errors import (
     StepError,
     StepTimeout,
     WaitTimedOut,
+    WorkflowCancelled,
     WorkflowIdConflict,
     WorkflowNotFound,
+    WrongExpectedVersion,
 )
 from agentfold.events import AppendResult, NewEvent, RecordedEvent
 from agentfold.runtime import history as h
@@ -174,6 +176,11 @@ class WorkflowExecution:
         """Step attempts whose intent is recorded and whose function is running: a stopping worker lets them end."""
         self.breakers: BreakerBoard | None = None
         """The worker's `BreakerBoard`, shared by its executions (one is made on first use otherwise)."""
+        self._control_arrived = asyncio.Event()
+        """Set when another process may have appended run control (a cancel) to this run's stream."""
+        self._cancel_boundary: int | None = None
+        """Once the cancel is delivered: commands numbered below this raise `WorkflowCancelled` instead of running;
+        those the code issues afterwards (its clean-up) run as usual."""
         self.context = WorkflowContext(self)
 
     @classmethod
@@ -210,6 +217,64 @@ class WorkflowExecution:
         """A signal may have arrived in the inbox: waiting commands re-read it."""
         self._signal_arrived.set()
 
+    def notify_control(self) -> None:
+        """A cancel may have been appended to the run's stream: blocked commands read it and stop."""
+        self._control_arrived.set()
+        self._signal_arrived.set()
+
+    # -- cancellation -------------------------------------------------------------------------------------------
+
+    def _cancel_due(self, seq: int) -> bool:
+        """Whether command `seq`, which has no recorded outcome, raises `WorkflowCancelled` instead of running.
+
+        The first such command after the cancel is in the history gets it; so does every command issued before it
+        (steps passed to one `asyncio.gather`). Replay reaches the same command: every command before it has a
+        recorded outcome, and the first one without is where the cancel was delivered.
+        """
+        if self.history.cancel_requested is None:
+            return False
+        if self._cancel_boundary is None:
+            self._cancel_boundary = self._next_seq
+            return True
+        return seq < self._cancel_boundary
+
+    def _cancelled_command(self, events: Sequence[NewEvent]) -> int | None:
+        """The sequence number of the command whose intent is in `events`, if the cancel now stops it."""
+        for event in events:
+            if event.type in INTENT_TYPES and self._cancel_due(int(event.data["seq"])):
+                return int(event.data["seq"])
+        return None
+
+    def _cancelled(self) -> WorkflowCancelled:
+        requested = self.history.cancel_requested or {}
+        return WorkflowCancelled(self.workflow_id, str(requested.get("reason", "")))
+
+    async def _absorb_control_events(self) -> bool:
+        """Fold what others appended since this execution's last append, if it is all run control: True.
+
+        False, folding nothing, when anything else is there: another worker claimed the run, or it was terminated
+        or restarted; this execution is then stale and must stop.
+        """
+        events = [event async for event in self.store.read_stream(self.stream_id, self.history.version)]
+        if not events or any(event.type not in h.CONTROL_TYPES for event in events):
+            return False
+        for event in events:
+            self.history.apply_recorded(event)
+        self.history.version = events[-1].version
+        return True
+
+    async def _catch_up(self) -> None:
+        """Read run control appended by others (after `notify_control`); `WrongExpectedVersion` if we are stale."""
+        if not self._control_arrived.is_set():
+            return
+        self._control_arrived.clear()
+        async with self._lock:
+            if not await self._absorb_control_events():
+                actual = await self.store.stream_version(self.stream_id)
+                if actual != self.history.version:
+                    self._fatal = WrongExpectedVersion(self.stream_id, self.history.version, actual)
+                    raise self._fatal
+
     # -- the run ---------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -223,6 +288,12 @@ class WorkflowExecution:
         try:
             await self._run_to_end()
         except NonDeterminism as error:
+            if self.history.cancel_requested is not None:
+                # Code that no longer matches its history cannot clean up: the cancel ends the run as it stands.
+                self._fatal = None
+                self._pending.clear()
+                await self._finish_cancelled(error)
+                return
             await self.suspend(error)
             raise
 
@@ -237,9 +308,15 @@ class WorkflowExecution:
             # A store error or a determinism failure may have been caught and replaced by the workflow's own code;
             # it still ends this execution without recording a failure.
             self._raise_if_fatal()
-            await self._finish(h.WORKFLOW_FAILED, {"error": _error_data(error)})
+            if self._cancel_boundary is not None:
+                await self._finish_cancelled(None if isinstance(error, WorkflowCancelled) else error)
+            else:
+                await self._finish(h.WORKFLOW_FAILED, {"error": _error_data(error)})
             return
         self._raise_if_fatal()
+        if self._cancel_boundary is not None:
+            await self._finish_cancelled(None)
+            return
         leftover = self._first_unrequested()
         if leftover is not None:
             self._fail_nondeterministic(
@@ -252,6 +329,14 @@ class WorkflowExecution:
             await self._finish(h.WORKFLOW_FAILED, {"error": _error_data(error)})
             return
         await self._finish(h.WORKFLOW_COMPLETED, {"result": encoded})
+
+    async def _finish_cancelled(self, error: BaseException | None) -> None:
+        """Record that the cancel ended the run; `error` is how its clean-up failed, if it did."""
+        requested = self.history.cancel_requested or {}
+        data: dict[str, Any] = {"reason": requested.get("reason", "")}
+        if error is not None:
+            data["error"] = _error_data(error)
+        await self._record([NewEvent(h.WORKFLOW_CANCELLED, data)])
 
     async def _finish(self, event_type: str, data: dict[str, Any]) -> None:
         try:
@@ -321,6 +406,21 @@ class WorkflowExecution:
                 break
             except InvalidInput:
                 raise
+            except WrongExpectedVersion as error:
+                # A cancel appended by a client moves the stream on without taking the run: fold it and append
+                # again. Anything else (another worker's claim, a termination) means this execution is stale.
+                if retry < APPEND_RETRIES - 1 and await self._absorb_control_events():
+                    cancelled = self._cancelled_command(events)
+                    if cancelled is None:
+                        continue
+                    # The cancel came before this command's intent: the command is not started (as a replay,
+                    # which finds no record of it, will decide too); what else was pending is still recorded.
+                    remaining = [event for event in events if event.data.get("seq") != cancelled]
+                    if self._pending or remaining:
+                        await self._record_locked(remaining)
+                    raise self._cancelled() from None
+                self._fatal = error
+                raise
             except AgentfoldError as error:
                 # Retrying the same events is safe: their ids make a repeated append a no-op.
                 if error.retryable and retry < APPEND_RETRIES - 1:
@@ -378,6 +478,8 @@ class WorkflowExecution:
                 assert record.outcome is not None
                 raise _step_error(name, seq, record.outcome)
             attempt, failures = record.attempt, record.failures
+            if self._cancel_due(seq):
+                raise self._cancelled()
             if record.in_doubt and reconcile is not None:
                 outcome = await self._reconcile(seq, name, attempt, key, reconcile, args, kwargs, policy)
                 if not isinstance(outcome, _NotApplied):
@@ -392,6 +494,10 @@ class WorkflowExecution:
             call_kwargs["idempotency_key"] = key
         circuit = None if breaker is None else self._breaker_board().get(breaker)
         while True:
+            if self._cancel_due(seq):
+                if prefix:
+                    await self._record(prefix)
+                raise self._cancelled()
             attempt += 1
             started = NewEvent(h.STEP_STARTED, {"seq": seq, "name": name, "attempt": attempt, "idempotency_key": key})
             error: BaseException | None = None
@@ -506,6 +612,8 @@ class WorkflowExecution:
             if record.outcome_type == h.SIGNAL_RECEIVED:
                 return serializer.from_json(record.outcome["payload"], as_type)
             raise WaitTimedOut(self.workflow_id, name)
+        if self._cancel_due(seq):
+            raise self._cancelled()
         if record is None:
             deadline_us = None if timeout is None else _now_us() + int(timeout * 1e6)
             await self._record([NewEvent(h.WAIT_STARTED, {"seq": seq, "name": name, "deadline_us": deadline_us})])
@@ -513,6 +621,9 @@ class WorkflowExecution:
             deadline_us = record.deadline_us
         while True:
             self._signal_arrived.clear()
+            await self._catch_up()
+            if self._cancel_due(seq):
+                raise self._cancelled()
             async with self._lock:
                 signal = await self._take_signal(name, deadline_us)
                 if signal is not None:
@@ -556,20 +667,34 @@ class WorkflowExecution:
     async def sleep(self, seq: int, record: CommandRecord | None, duration: float) -> None:
         if record is not None and record.outcome is not None:
             return
+        if self._cancel_due(seq):
+            raise self._cancelled()
         if record is None:
             fire_at_us = _now_us() + int(duration * 1e6)
             await self._record([NewEvent(h.TIMER_STARTED, {"seq": seq, "deadline_us": fire_at_us})])
         else:
             fire_at_us = record.deadline_us or 0
         await self._block(max(0.0, (fire_at_us - _now_us()) / 1e6))
+        if self._cancel_due(seq):
+            raise self._cancelled()
         await self._record([NewEvent(h.TIMER_FIRED, {"seq": seq})])
 
     async def _block(self, duration: float) -> None:
-        """Sleep with nothing in flight; the claim is written first, so other workers see who holds the run."""
+        """Sleep with nothing in flight; the claim is written first, so other workers see who holds the run.
+
+        Returns early when a cancel arrives (the caller checks `_cancel_due`).
+        """
         if duration <= 0:
             return
         await self.flush()
-        await asyncio.sleep(duration)
+        deadline = time.monotonic() + duration
+        while self.history.cancel_requested is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._control_arrived.wait(), remaining)
+            await self._catch_up()
 
     # -- recorded values ------------------------------------------------------------------------------------------
 

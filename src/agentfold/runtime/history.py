@@ -43,13 +43,19 @@ PATCH_APPLIED: Final = "PatchApplied"
 SIGNAL_SENT: Final = "SignalSent"
 WORKFLOW_CLAIMED: Final = "WorkflowClaimed"
 WORKFLOW_RELEASED: Final = "WorkflowReleased"
+WORKFLOW_CANCEL_REQUESTED: Final = "WorkflowCancelRequested"
+WORKFLOW_CANCELLED: Final = "WorkflowCancelled"
+WORKFLOW_TERMINATED: Final = "WorkflowTerminated"
+WORKFLOW_RESTARTED: Final = "WorkflowRestarted"
 
 LEASE_TYPES: Final = (WORKFLOW_CLAIMED, WORKFLOW_RELEASED)
 """Ownership records (see `agentfold.runtime.leases`): they change who runs the run, never what it did."""
 OWNER_KEY: Final = "worker"
 """The metadata key naming the worker that made an append: the first append of every execution carries it."""
 
-FINISHED_TYPES: Final = (WORKFLOW_COMPLETED, WORKFLOW_FAILED)
+FINISHED_TYPES: Final = (WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, WORKFLOW_TERMINATED)
+CONTROL_TYPES: Final = (WORKFLOW_CANCEL_REQUESTED,)
+"""Run control records that anyone may append to a running run's stream: the run absorbs them and goes on."""
 
 STEP: Final = "step"
 WAIT: Final = "wait_for"
@@ -146,6 +152,11 @@ class History:
     suspended: dict[str, Any] | None = None
     owner: str | None = None
     """The worker holding the run: named by the last `WorkflowClaimed` or claim metadata; None once released."""
+    cancel_requested: dict[str, Any] | None = None
+    """The `WorkflowCancelRequested` data while a cancel waits to end the run (None otherwise)."""
+    attempt: int = 1
+    """1 for the first attempt, one more for each `WorkflowRestarted` (a retry or a restart from a step)."""
+    patch_seqs: dict[str, int] = field(default_factory=dict)
 
     def apply_recorded(self, event: RecordedEvent) -> None:
         """Fold a stored event, with the holder its metadata names (the first append of every execution does)."""
@@ -160,6 +171,12 @@ class History:
         if event_type in LEASE_TYPES:
             self.owner = data.get("worker") if event_type == WORKFLOW_CLAIMED else None
             return
+        if event_type == WORKFLOW_CANCEL_REQUESTED:
+            self.cancel_requested = data
+            return
+        if event_type == WORKFLOW_RESTARTED:
+            self._restart(int(data["from_seq"]))
+            return
         self.suspended = data if event_type == WORKFLOW_SUSPENDED else None
         if event_type == WORKFLOW_STARTED:
             self.workflow = data["workflow"]
@@ -172,6 +189,7 @@ class History:
             return
         if event_type == PATCH_APPLIED:
             self.patches.add(data["patch"])
+            self.patch_seqs[data["patch"]] = int(data.get("before_seq", 0))
             return
         kind = _KIND_OF.get(event_type)
         if kind is None:
@@ -201,3 +219,39 @@ class History:
         else:
             record.in_doubt = False
             record.outcome, record.outcome_type = data, event_type
+
+    def _restart(self, from_seq: int) -> None:
+        """A new attempt: commands from `from_seq` on are forgotten, so they run again; those before it are kept.
+
+        Signals consumed by forgotten waits go back to the inbox, to be delivered again in the order they were sent.
+        The run is unfinished, unsuspended and held by nobody: any worker serving its workflow may take it.
+        """
+        for seq in [seq for seq in self.commands if seq >= from_seq]:
+            record = self.commands.pop(seq)
+            if record.outcome_type == SIGNAL_RECEIVED and record.outcome is not None:
+                self.consumed_signals.discard(record.outcome["signal_version"])
+        for patch in [patch for patch, before in self.patch_seqs.items() if before >= from_seq]:
+            self.patches.discard(patch)
+            del self.patch_seqs[patch]
+        self.max_seq = max(self.commands, default=0)
+        self.finished = None
+        self.finished_type = ""
+        self.suspended = None
+        self.cancel_requested = None
+        self.owner = None
+        self.attempt += 1
+
+    def first_failed_seq(self) -> int:
+        """Where a retry starts: the first command that failed for good (a step or a timed-out wait), else the end."""
+        for seq in sorted(self.commands):
+            if self.commands[seq].outcome_type in (STEP_FAILED, WAIT_TIMED_OUT):
+                return seq
+        return self.max_seq + 1
+
+    def step_seq(self, name: str) -> int | None:
+        """The sequence number of the first recorded step called `name` (None when there is none)."""
+        for seq in sorted(self.commands):
+            record = self.commands[seq]
+            if record.kind == STEP and record.name == name:
+                return seq
+        return None

@@ -24,13 +24,13 @@ from agentfold.errors import AgentfoldError, InvalidInput, WorkflowNotFound
 from agentfold.events import AGENT_ID, RecordedEvent
 from agentfold.runtime import history as h
 from agentfold.runtime.history import History
-from agentfold.runtime.statemachine import AWAITING_INPUT, COMPLETED, FAILED, IDLE, PROCESSING
+from agentfold.runtime.statemachine import AWAITING_INPUT, CANCELLED, COMPLETED, FAILED, IDLE, PROCESSING, TERMINATED
 from agentfold.store import EventStore
 
 SUSPENDED: Final = "Suspended"
 """Not a lifecycle state: a run whose code no longer matches its history, stopped until matching code resumes it."""
 
-RUN_STATUSES: Final = (IDLE, PROCESSING, AWAITING_INPUT, COMPLETED, FAILED, SUSPENDED)
+RUN_STATUSES: Final = (IDLE, PROCESSING, AWAITING_INPUT, COMPLETED, FAILED, CANCELLED, TERMINATED, SUSPENDED)
 """What `RunFilter.status` accepts: the lifecycle states, and `Suspended`."""
 
 # Flags that make a timeline row stand out, most serious first.
@@ -90,7 +90,7 @@ class RunSummary:
     agent: str
     """The `agent_id` in the metadata of the run's first event, else the workflow's name."""
     state: str
-    """The lifecycle state (`Idle`, `Processing`, `AwaitingInput`, `Completed`, `Failed`)."""
+    """The lifecycle state (`Idle`, `Processing`, `AwaitingInput`, `Completed`, `Failed`, `Cancelled`, `Terminated`)."""
     suspended: bool
     version: int
     started_at_us: int
@@ -169,6 +169,8 @@ class _RunFold:
         self._count_attempts(event)
         if event.type in h.FINISHED_TYPES:
             self.finished_at_us = event.recorded_at_us
+        elif event.type == h.WORKFLOW_RESTARTED:
+            self.finished_at_us = None
         return None
 
     def _count_attempts(self, event: RecordedEvent) -> None:
@@ -434,6 +436,13 @@ def describe_event(event: RecordedEvent) -> str:
         text = _error_text(data)
     elif kind == h.WORKFLOW_SUSPENDED:
         text = f"recorded {data.get('recorded')}, code asks for {data.get('requested')}"
+    elif kind in (h.WORKFLOW_CANCEL_REQUESTED, h.WORKFLOW_CANCELLED, h.WORKFLOW_TERMINATED):
+        text = f"reason {data.get('reason')!r}" if data.get("reason") else ""
+        if "error" in data:
+            text = (text + ", " if text else "") + f"clean-up ended with {_error_text(data)}"
+    elif kind == h.WORKFLOW_RESTARTED:
+        start = f"step {data.get('from_step')!r}" if data.get("from_step") else f"command #{data.get('from_seq')}"
+        text = f"{data.get('reason')}: attempt {data.get('attempt')} from {start}"
     elif kind == h.PATCH_APPLIED:
         text = f"patch {data.get('patch')!r}"
     elif kind == h.TIME_RECORDED:

@@ -290,11 +290,11 @@ async def worker_liveness(store: EventStore) -> Liveness:
 async def run_leases(store: EventStore, at_us: int | None = None) -> list[RunLease]:
     """Every unfinished run (oldest first) with its holder and the holder's liveness."""
     unfinished: dict[str, None] = {}
-    types = [h.WORKFLOW_STARTED, *h.FINISHED_TYPES]
+    types = [h.WORKFLOW_STARTED, h.WORKFLOW_RESTARTED, *h.FINISHED_TYPES]
     async for page in store.read_all_pages(types=types, stream_prefix=h.WORKFLOW_STREAM_PREFIX):
         for event in page:
             workflow_id = event.stream_id[len(h.WORKFLOW_STREAM_PREFIX) :]
-            if event.type == h.WORKFLOW_STARTED:
+            if event.type in (h.WORKFLOW_STARTED, h.WORKFLOW_RESTARTED):
                 unfinished[workflow_id] = None
             else:
                 unfinished.pop(workflow_id, None)

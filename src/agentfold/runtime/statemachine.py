@@ -23,6 +23,8 @@ PROCESSING: Final = "Processing"
 AWAITING_INPUT: Final = "AwaitingInput"
 COMPLETED: Final = "Completed"
 FAILED: Final = "Failed"
+CANCELLED: Final = "Cancelled"
+TERMINATED: Final = "Terminated"
 
 Guard = Callable[[str, Mapping[str, Any]], bool]
 """`guard(current_state, event_data) -> bool`: may the transition be taken now? Checked when firing, not on replay."""
@@ -88,7 +90,7 @@ class StateMachine:
 
     @classmethod
     def lifecycle(cls) -> StateMachine:
-        """The default agent lifecycle: Idle → Processing ⇄ AwaitingInput → Completed | Failed."""
+        """The default lifecycle: Idle → Processing ⇄ AwaitingInput → Completed | Failed | Cancelled | Terminated."""
         return DEFAULT_LIFECYCLE
 
     def allowed_from(self, state: str) -> list[str]:
@@ -179,19 +181,30 @@ class Agent:
             return result
 
 
+_RUNNING: Final = (PROCESSING, AWAITING_INPUT)
+_FINISHED: Final = (COMPLETED, FAILED, CANCELLED, TERMINATED)
+
 DEFAULT_LIFECYCLE: Final = StateMachine(
     "lifecycle",
-    states=[IDLE, PROCESSING, AWAITING_INPUT, COMPLETED, FAILED],
+    states=[IDLE, PROCESSING, AWAITING_INPUT, COMPLETED, FAILED, CANCELLED, TERMINATED],
     initial=IDLE,
-    final=[COMPLETED, FAILED],
+    final=_FINISHED,
     transitions=[
         Transition.of("WorkflowStarted", IDLE, PROCESSING),
-        Transition.of("WaitStarted", [PROCESSING, AWAITING_INPUT], AWAITING_INPUT),
+        Transition.of("WaitStarted", _RUNNING, AWAITING_INPUT),
         # From Processing too: with several waits in flight (`asyncio.gather`), the first answer already moved on.
-        Transition.of("SignalReceived", [AWAITING_INPUT, PROCESSING], PROCESSING),
-        Transition.of("WaitTimedOut", [AWAITING_INPUT, PROCESSING], PROCESSING),
-        Transition.of("WorkflowCompleted", [PROCESSING, AWAITING_INPUT], COMPLETED),
-        Transition.of("WorkflowFailed", [PROCESSING, AWAITING_INPUT], FAILED),
+        Transition.of("SignalReceived", _RUNNING, PROCESSING),
+        Transition.of("WaitTimedOut", _RUNNING, PROCESSING),
+        Transition.of("WorkflowCompleted", _RUNNING, COMPLETED),
+        Transition.of("WorkflowFailed", _RUNNING, FAILED),
+        # Run control: a cancel is asked of a running run and ends it once its code has cleaned up; a termination
+        # ends it at once; a restart (a retry, or a restart from a step) opens a new attempt of a run that ended,
+        # or of a suspended one (the client checks that it is suspended).
+        Transition.of("WorkflowCancelRequested", PROCESSING, PROCESSING),
+        Transition.of("WorkflowCancelRequested", AWAITING_INPUT, AWAITING_INPUT),
+        Transition.of("WorkflowCancelled", _RUNNING, CANCELLED),
+        Transition.of("WorkflowTerminated", _RUNNING, TERMINATED),
+        Transition.of("WorkflowRestarted", (*_RUNNING, *_FINISHED), PROCESSING),
     ],
 )
 """Every workflow run follows this machine; its transitions are the runtime's own event types."""

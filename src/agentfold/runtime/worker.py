@@ -64,8 +64,9 @@ logger = logging.getLogger("agentfold.runtime")
 
 WATCHED_TYPES: Final = (
     h.WORKFLOW_STARTED,
-    h.WORKFLOW_COMPLETED,
-    h.WORKFLOW_FAILED,
+    *h.FINISHED_TYPES,
+    h.WORKFLOW_RESTARTED,
+    h.WORKFLOW_CANCEL_REQUESTED,
     h.SIGNAL_SENT,
     h.WORKFLOW_CLAIMED,
     h.WORKFLOW_RELEASED,
@@ -286,11 +287,21 @@ class Worker:
         if not stream.startswith(h.WORKFLOW_STREAM_PREFIX):
             return
         workflow_id = stream[len(h.WORKFLOW_STREAM_PREFIX) :]
-        if event.type == h.WORKFLOW_STARTED:
+        if event.type in (h.WORKFLOW_STARTED, h.WORKFLOW_RESTARTED):
             self._workflows[workflow_id] = str(event.data.get("workflow"))
+            if event.type == h.WORKFLOW_RESTARTED:
+                self._owners[workflow_id] = None  # a new attempt is held by nobody until a worker claims it
+                self._suspended.discard(workflow_id)
+                self._known_at[workflow_id] = time.monotonic()
             if self.runtime.knows(str(event.data.get("workflow"))):
                 self._unfinished[workflow_id] = None
                 self._known_at.setdefault(workflow_id, time.monotonic())
+        elif event.type == h.WORKFLOW_CANCEL_REQUESTED:
+            execution = self._executions.get(workflow_id)
+            if execution is not None and event.version > execution.history.version:
+                execution.notify_control()
+            # A suspended run is run again: code that no longer matches its history ends it as cancelled.
+            self._suspended.discard(workflow_id)
         elif event.type == h.WORKFLOW_CLAIMED:
             owner = event.data.get("worker")
             self._owners[workflow_id] = owner if isinstance(owner, str) else None
@@ -304,6 +315,10 @@ class Worker:
         elif event.type == h.WORKFLOW_RELEASED:
             self._owners[workflow_id] = None
         else:
+            task = self._running.get(workflow_id)
+            if event.type == h.WORKFLOW_TERMINATED and task is not None:
+                logger.info("worker %s: run %r was terminated; stopping it", self.worker_id, workflow_id)
+                task.cancel()
             self._unfinished.pop(workflow_id, None)
             self._workflows.pop(workflow_id, None)
             self._owners.pop(workflow_id, None)
