@@ -21,6 +21,7 @@ COMMANDS = (
     "agentfold.cli.demo",
     "agentfold.cli.inspect",
     "agentfold.cli.relay",
+    "agentfold.cli.serve",
     "agentfold.cli.soak",
     "agentfold.cli.worker",
 )
