@@ -83,7 +83,7 @@ async def redis_group_member(url: str, group: str, member: str, hold_after: int)
     With `hold_after` > 0, the handler never finishes the event after the first `hold_after`: it prints `HOLDING
     position stream version` and waits until the process is killed, so that entry stays unacknowledged.
     """
-    from agentfold.backends.redis_groups import redis_consumer_group
+    from agentfold.fanout.redis_groups import redis_consumer_group
 
     handled = 0
 

@@ -20,7 +20,6 @@ import agentfold
 from agentfold import ANY, NewEvent
 from agentfold.backends import redis as redis_backend
 from agentfold.backends.redis import RedisDurabilityWarning, RedisStore, server_version
-from agentfold.backends.redis_relay import relay
 from agentfold.errors import (
     InvalidURL,
     StoreCorrupted,
@@ -29,6 +28,7 @@ from agentfold.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
+from agentfold.fanout.redis_relay import relay
 from tests.backends import BACKENDS, REDIS_URL
 from tests.servers import AOF_ALWAYS
 from tests.test_fuzz_decode import SeenEvents

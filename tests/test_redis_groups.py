@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 
 import agentfold
 from agentfold import NewEvent, RecordedEvent
-from agentfold.backends.redis_groups import RedisConsumerGroupMember, dead_letters, redis_consumer_group
-from agentfold.backends.redis_relay import relay
 from agentfold.errors import InvalidInput, InvalidURL
+from agentfold.fanout.redis_groups import RedisConsumerGroupMember, dead_letters, redis_consumer_group
+from agentfold.fanout.redis_relay import relay
 from agentfold.groups import partition_of
 from agentfold.store import EventStore
 from tests.backends import REDIS_URL

@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 import agentfold
 from agentfold import NewEvent, RecordedEvent
 from agentfold.backends.redis import RedisDurabilityWarning
-from agentfold.backends.redis_relay import Relay, RelayConflict, category_of, decode_relayed, relay
 from agentfold.errors import InvalidInput, InvalidURL
+from agentfold.fanout.redis_relay import Relay, RelayConflict, category_of, decode_relayed, relay
 from agentfold.groups import partition_of
 from agentfold.store import EventStore
 from tests.backends import REDIS_URL
@@ -283,8 +283,8 @@ def test_relay_command_reports_bad_urls_without_the_password() -> None:
 
 
 def test_cli_limits_match_the_relay() -> None:
-    from agentfold.backends import redis_relay
     from agentfold.cli import relay as relay_command
+    from agentfold.fanout import redis_relay
 
     assert relay_command.DEFAULT_BATCH_SIZE == redis_relay.DEFAULT_BATCH_SIZE
     assert relay_command.MAX_BATCH_SIZE == redis_relay.MAX_BATCH_SIZE

@@ -31,7 +31,7 @@ from agentfold.runtime import (
     signal_stream,
     workflow_stream,
 )
-from agentfold.runtime.context import load_history
+from agentfold.runtime.history import load_history
 from agentfold.store import EventStore
 from tests.backends import run
 

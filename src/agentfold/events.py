@@ -12,6 +12,8 @@ from typing import Any, Final
 
 import msgspec
 
+from agentfold.errors import InvalidInput, StoreCorrupted
+
 # Metadata keys with a meaning of their own. Any other key is the caller's.
 AGENT_ID: Final = "agent_id"
 WORKFLOW_ID: Final = "workflow_id"
@@ -76,12 +78,8 @@ class NewEvent:
             try:
                 object.__setattr__(self, "id", uuid.UUID(self.id))
             except ValueError:
-                from agentfold.errors import InvalidInput
-
                 raise InvalidInput(f"event id {self.id!r} is not a UUID") from None
         elif not isinstance(self.id, uuid.UUID):
-            from agentfold.errors import InvalidInput
-
             raise InvalidInput(f"event id must be a UUID, got {type(self.id).__name__}")
 
 
@@ -107,9 +105,12 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
         try:
             return uuid.UUID(self._id)
         except ValueError:
-            from agentfold.errors import StoreCorrupted
-
             raise StoreCorrupted(f"the stored event at position {self.position} has an id that is not a UUID") from None
+
+    @property
+    def id_text(self) -> str:
+        """The event's id as it is stored: the text of `id`, read without parsing it as a UUID."""
+        return self._id
 
     @property
     def recorded_at(self) -> datetime:
@@ -117,8 +118,6 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
         try:
             return datetime.fromtimestamp(self._recorded_at_us / 1_000_000, UTC)
         except (OverflowError, ValueError, OSError):
-            from agentfold.errors import StoreCorrupted
-
             raise StoreCorrupted(
                 f"the stored event at position {self.position} has an impossible time {self._recorded_at_us}"
             ) from None

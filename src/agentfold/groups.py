@@ -36,7 +36,7 @@ from agentfold.errors import InvalidInput, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
 
 if TYPE_CHECKING:
-    from agentfold.store import EventStore
+    from agentfold.log import EventLog
 
 logger = logging.getLogger("agentfold.groups")
 
@@ -133,7 +133,7 @@ class ConsumerGroupMember:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventLog,
         settings: GroupSettings,
         handler: Handler,
         member_id: str | None = None,
@@ -299,7 +299,7 @@ class ConsumerGroupMember:
         """Handle one page of events for the owned partitions; True when there was something to read."""
         settings = self.settings
         after = min(lease.processed for lease in self._leases.values())
-        page, scanned_to = await self.store._read_all_page(after, settings.page_size, settings.types, None)
+        page, scanned_to = await self.store.read_all_page(after, settings.page_size, settings.types, None)
         for event in page:
             if self._stopping.is_set() or self._clock() >= self._next_heartbeat:
                 return True  # lease upkeep first; the page is read again from `processed`
@@ -378,6 +378,6 @@ class ConsumerGroupMember:
         await self.store.wait_for_append(after, wait, until=self._stopping)
 
 
-async def dead_letters(store: EventStore, group: str) -> list[RecordedEvent]:
+async def dead_letters(store: EventLog, group: str) -> list[RecordedEvent]:
     """The events a group gave up on, with the error of their last attempt."""
     return [event async for event in store.read_stream(GroupSettings(group).dead_letter_stream)]

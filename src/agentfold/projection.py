@@ -27,7 +27,7 @@ Guarantees:
 - The log can be trimmed only behind a snapshot of every projection named (`trim`), and a fold that would need
   trimmed events raises `HistoryTrimmed` instead of returning a wrong state.
 
-Only the public read API and the snapshot/trim hooks of `EventStore` are used, so all of this works on every
+Only the public read API and the snapshot/trim hooks of `EventLog` are used, so all of this works on every
 backend. The read path takes one round trip per page (`read_stream_pages`), and each event costs one dict lookup
 and one handler call.
 """
@@ -58,7 +58,7 @@ from agentfold.errors import (
     UnhandledEvent,
 )
 from agentfold.events import RecordedEvent
-from agentfold.store import EventStore, RecordDecoder
+from agentfold.log import EventLog, RecordDecoder
 from agentfold.upcasting import Upcasters
 
 S = TypeVar("S")
@@ -313,7 +313,7 @@ _ONE_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 async def project(
-    store: EventStore,
+    store: EventLog,
     stream_id: str,
     projection: Projection[S] | type[Projection[S]],
     *,
@@ -332,7 +332,7 @@ async def project(
 
 
 async def fold(
-    store: EventStore,
+    store: EventLog,
     stream_id: str,
     projection: Projection[S] | type[Projection[S]],
     *,
@@ -344,9 +344,7 @@ async def fold(
     return await _fold(store, stream_id, _checked(projection), _bound(to_version, at, at_position), force=False)
 
 
-async def save_snapshot(
-    store: EventStore, stream_id: str, projection: Projection[S] | type[Projection[S]]
-) -> Folded[S]:
+async def save_snapshot(store: EventLog, stream_id: str, projection: Projection[S] | type[Projection[S]]) -> Folded[S]:
     """Fold to the head and keep a snapshot there (unless the newest snapshot is already there).
 
     The event log is not touched. An empty stream has nothing to snapshot: `snapshot_saved` is then False.
@@ -354,11 +352,9 @@ async def save_snapshot(
     return await _fold(store, stream_id, _checked(projection), _Bound(), force=True)
 
 
-async def _fold(
-    store: EventStore, stream_id: str, projection: Projection[S], bound: _Bound, *, force: bool
-) -> Folded[S]:
+async def _fold(store: EventLog, stream_id: str, projection: Projection[S], bound: _Bound, *, force: bool) -> Folded[S]:
     check_stream_id(stream_id)
-    store._check_open()
+    store.check_open()
     plan = _plan_of(type(projection))
     name = f"{projection.name}:v{projection.version}"
     every = projection.snapshot_every
@@ -423,7 +419,7 @@ async def _fold(
                     page = page[: bisect.bisect_right(page, cut_position, key=_position_of)]
                     stop = True
                 elif cut_us is not None:
-                    cut = next((index for index, event in enumerate(page) if event._recorded_at_us > cut_us), None)
+                    cut = next((index for index, event in enumerate(page) if event.recorded_at_us > cut_us), None)
                     if cut is not None:
                         page = page[:cut]
                         stop = True
@@ -537,7 +533,7 @@ def _check_first_version(projection: str, stream_id: str, after: int, version: i
         raise StoreCorrupted(f"stream {stream_id!r} holds version {version} after version {after}")
 
 
-async def _check_not_trimmed(store: EventStore, stream_id: str, projection: str, after: int) -> None:
+async def _check_not_trimmed(store: EventLog, stream_id: str, projection: str, after: int) -> None:
     """Nothing was read after `after`: make sure that is because nothing is there, not because it was trimmed."""
     if await store.stream_version(stream_id) <= after:
         return
@@ -551,7 +547,7 @@ async def _check_not_trimmed(store: EventStore, stream_id: str, projection: str,
 
 
 async def _load_envelope(
-    store: EventStore, stream_id: str, name: str, projection_version: int
+    store: EventLog, stream_id: str, name: str, projection_version: int
 ) -> _SnapshotEnvelope | None:
     """The newest snapshot under `name`, if it decodes and belongs to `projection_version`."""
     kept = await store._load_snapshot(stream_id, name)
@@ -574,7 +570,7 @@ Archive = Callable[[list[RecordedEvent]], Awaitable[None]]
 
 
 async def trim(
-    store: EventStore,
+    store: EventLog,
     stream_id: str,
     projections: Projection[Any] | type[Projection[Any]] | Sequence[Projection[Any] | type[Projection[Any]]],
     *,
@@ -599,7 +595,7 @@ async def trim(
         isinstance(before_version, bool) or not isinstance(before_version, int) or before_version < 1
     ):
         raise InvalidInput(f"before_version must be None or an int >= 1, got {before_version!r}")
-    store._check_open()
+    store.check_open()
 
     covered: int | None = None
     for instance in instances:

@@ -23,7 +23,7 @@ from agentfold.events import RecordedEvent
 from agentfold.subscription import IDLE_WAIT_SECONDS
 
 if TYPE_CHECKING:
-    from agentfold.store import EventStore
+    from agentfold.log import EventLog
 
 ReadModelUpdate = Callable[[Any, list[RecordedEvent]], Any]
 
@@ -35,7 +35,7 @@ class Projector:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventLog,
         name: str,
         update: ReadModelUpdate,
         types: tuple[str, ...] | None = None,
@@ -58,15 +58,15 @@ class Projector:
         self.position = stored or 0
         applied = 0
         while True:
-            page, scanned_to = await self.store._read_all_page(
+            page, scanned_to = await self.store.read_all_page(
                 self.position, self.page_size, self.types, self.stream_prefix
             )
             if scanned_to <= self.position:
                 return applied
             if page:
-                await self.store._apply_with_checkpoint(self.name, scanned_to, self._bind(page))
+                await self.store.apply_with_checkpoint(self.name, scanned_to, self._bind(page))
             else:
-                await self.store._save_checkpoint(self.name, scanned_to)
+                await self.store.save_checkpoint(self.name, scanned_to)
             self.position = scanned_to
             applied += len(page)
             self.applied += len(page)

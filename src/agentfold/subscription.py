@@ -17,7 +17,7 @@ from agentfold.errors import InvalidInput, StoreClosed
 from agentfold.events import RecordedEvent
 
 if TYPE_CHECKING:
-    from agentfold.store import EventStore
+    from agentfold.log import EventLog
 
 IDLE_WAIT_SECONDS: Final = 5.0
 """Longest wait on the backend's hint before reading again anyway (a missed hint costs at most this)."""
@@ -33,7 +33,7 @@ class Subscription:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventLog,
         after_position: int,
         types: tuple[str, ...] | None,
         stream_prefix: str | None,
@@ -62,7 +62,7 @@ class Subscription:
         if not self._started:
             self._started = True
             if self.name is not None:
-                stored = await self._store._load_checkpoint(self.name)
+                stored = await self._store.load_checkpoint(self.name)
                 if stored is not None:
                     self._after = self._delivered = self._acknowledged = stored
         return self
@@ -85,7 +85,7 @@ class Subscription:
             if self._stopping.is_set():
                 raise StopAsyncIteration
             try:
-                page, scanned_to = await self._store._read_all_page(
+                page, scanned_to = await self._store.read_all_page(
                     self._after, self._page_size, self._types, self._prefix
                 )
             except StoreClosed:
@@ -117,7 +117,7 @@ class Subscription:
             return
         self._acknowledged = position
         if self.name is not None:
-            await self._store._save_checkpoint(self.name, position)
+            await self._store.save_checkpoint(self.name, position)
 
     async def close(self) -> None:
         """Stop iterating. An iteration waiting for new events ends at once."""

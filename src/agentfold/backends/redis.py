@@ -437,8 +437,9 @@ def _raw(response: Any, **options: Any) -> Any:
     return response
 
 
-def _bulk(value: bytes) -> bytes:
-    """One RESP bulk string."""
+def bulk_string(value: bytes) -> bytes:
+    """`value` as one RESP bulk string, for callers that pack their own commands (the relay and the Redis-native
+    consumer groups do)."""
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
@@ -482,10 +483,11 @@ async def read_persistence_config(client: aioredis.Redis) -> dict[str, str]:
         raw.update(await client.config_get("save"))
     except redis_errors.ResponseError:
         return {}
-    return {_text(key): _text(value) for key, value in raw.items()}
+    return {as_text(key): as_text(value) for key, value in raw.items()}
 
 
-def _text(value: bytes | str | None) -> str:
+def as_text(value: bytes | str | None) -> str:
+    """A reply value as text: bytes decoded as UTF-8, None as the empty string."""
     return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
@@ -530,11 +532,11 @@ class RedisStore(EventStore):
         self._prefix_bytes = base
         self._versions_key = base + b":versions"
         self._fixed_keys = b"".join(
-            _bulk(key) for key in (self._head_key, self._all_key, self._ids_key, self._versions_key)
+            bulk_string(key) for key in (self._head_key, self._all_key, self._ids_key, self._versions_key)
         )
-        self._evalsha_head = _bulk(b"EVALSHA") + _bulk(self._append_script.sha.encode())
+        self._evalsha_head = bulk_string(b"EVALSHA") + bulk_string(self._append_script.sha.encode())
         timeout_ms = b"%d" % int(settings.timeout * 1000)
-        self._waitaof_command = b"*4\r\n" + b"".join(_bulk(part) for part in (b"WAITAOF", b"1", b"0", timeout_ms))
+        self._waitaof_command = b"*4\r\n" + b"".join(bulk_string(part) for part in (b"WAITAOF", b"1", b"0", timeout_ms))
         self._pending: list[_PendingAppend] = []
         self._idle_connections: list[Connection] = [untimed_connection(self._client) for _ in range(_SENDERS)]
         self._all_connections = list(self._idle_connections)
@@ -562,10 +564,10 @@ class RedisStore(EventStore):
         if expected_version is ANY:
             expected = b"$3\r\nany\r\n"
         else:
-            expected = _bulk(
+            expected = bulk_string(
                 b"%d" % expected_version if isinstance(expected_version, int) else _EXPECTED_ARGUMENT[expected_version]
             )
-        parts = [packed_stream_id, expected, _bulk(b"%d" % len(events))]
+        parts = [packed_stream_id, expected, bulk_string(b"%d" % len(events))]
         for event in events:
             event_id = event.id.encode()
             tail = b'%s,%s,"%s",%s,%s]' % (
@@ -593,7 +595,11 @@ class RedisStore(EventStore):
     def _pack_stream(self, stream_id: str) -> tuple[bytes, bytes, bytes]:
         """A stream's key and id as RESP bulk strings, and its id as JSON; kept for the most recent streams."""
         stream_bytes = stream_id.encode()
-        packed = (_bulk(self._prefix_bytes + b":s:" + stream_bytes), _bulk(stream_bytes), _encoder.encode(stream_id))
+        packed = (
+            bulk_string(self._prefix_bytes + b":s:" + stream_bytes),
+            bulk_string(stream_bytes),
+            _encoder.encode(stream_id),
+        )
         if len(self._packed_streams) >= _PACKED_STREAMS:
             self._packed_streams.clear()
         self._packed_streams[stream_id] = packed
@@ -657,10 +663,10 @@ class RedisStore(EventStore):
         payload = [
             b"*%d\r\n" % (3 + key_count + argument_count),
             self._evalsha_head,
-            _bulk(b"%d" % key_count),
+            bulk_string(b"%d" % key_count),
             self._fixed_keys,
             *(pending.packed_key for pending in group),
-            _bulk(b"%d" % len(group)),
+            bulk_string(b"%d" % len(group)),
             *(pending.packed_arguments for pending in group),
         ]
         if self.settings.durability == "waitaof":

@@ -144,8 +144,8 @@ async def measure_redis_native_group(url: str, store: EventStore, events: int) -
     runs from the start of that relay to the last event handled. The relay's keys (``log``, ``partition:*``, ...)
     are apart from the store's, and the scratch prefix is dropped with everything under it.
     """
-    from agentfold.backends.redis_groups import redis_consumer_group
-    from agentfold.backends.redis_relay import relay
+    from agentfold.fanout.redis_groups import redis_consumer_group
+    from agentfold.fanout.redis_relay import relay
 
     async with agentfold.connect("memory://") as empty:
         await relay(empty, url, once=True, partitions=12, name="declare")

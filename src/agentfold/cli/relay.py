@@ -13,7 +13,7 @@ from agentfold.connect import redact
 from agentfold.errors import AgentfoldError
 
 # The relay's limits, repeated here so the CLI starts without importing the Redis driver (an optional extra);
-# tests/test_relay.py checks they match agentfold.backends.redis_relay.
+# tests/test_relay.py checks they match agentfold.fanout.redis_relay.
 DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 10_000
 MAX_PARTITIONS = 1024
@@ -55,7 +55,7 @@ async def _relay(
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stop.set)
     async with agentfold.connect(source_url) as source:
-        from agentfold.backends.redis_relay import Relay
+        from agentfold.fanout.redis_relay import Relay
 
         worker = Relay(source, target_url, name=name, batch_size=batch_size, partitions=partitions)
         try:

@@ -7,9 +7,10 @@ package.
 
 from agentfold.runtime.breaker import BreakerSettings, CircuitBreaker
 from agentfold.runtime.client import WorkflowClient, WorkflowHandle
-from agentfold.runtime.context import NOT_APPLIED, RecordHook, WorkflowContext, WorkflowExecution, idempotency_key
+from agentfold.runtime.context import NOT_APPLIED, WorkflowContext, WorkflowExecution, idempotency_key
 from agentfold.runtime.history import History, signal_stream, workflow_stream
 from agentfold.runtime.leases import LeaseSettings, RunLease, run_leases, stalled_runs
+from agentfold.runtime.registry import RecordHook, WorkflowRegistry
 from agentfold.runtime.retry import NO_RETRY, RetryPolicy
 from agentfold.runtime.runtime import Runtime, WorkflowDefinition
 from agentfold.runtime.serialization import DefaultSerializer, Serializer
@@ -60,6 +61,7 @@ __all__ = [
     "WorkflowDefinition",
     "WorkflowExecution",
     "WorkflowHandle",
+    "WorkflowRegistry",
     "idempotency_key",
     "run_leases",
     "signal_stream",

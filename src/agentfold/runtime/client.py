@@ -6,7 +6,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from agentfold.errors import (
     InvalidInput,
@@ -21,14 +21,11 @@ from agentfold.errors import (
 )
 from agentfold.events import ANY, NO_STREAM, NewEvent
 from agentfold.runtime import history as h
-from agentfold.runtime.context import load_history
-from agentfold.runtime.history import History
+from agentfold.runtime.history import History, load_history
+from agentfold.runtime.registry import WorkflowRegistry
 from agentfold.runtime.retry import seconds
 from agentfold.runtime.statemachine import AWAITING_INPUT, FAILED, PROCESSING
 from agentfold.store import EventStore
-
-if TYPE_CHECKING:
-    from agentfold.runtime.runtime import Runtime
 
 _START_NAMESPACE: Final = uuid.UUID("5f0c1d2e-8a47-4b8e-9d1c-6a2f3e4b5c6d")
 WAKE_CHECK_SECONDS: Final = 5.0
@@ -60,7 +57,7 @@ class WorkflowHandle:
 class WorkflowClient:
     """Talks to runs through the store only; works with or without a worker in the same process."""
 
-    def __init__(self, runtime: Runtime, store: EventStore) -> None:
+    def __init__(self, runtime: WorkflowRegistry, store: EventStore) -> None:
         self.runtime = runtime
         self.store = store
 

@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from agentfold.errors import (
     AgentfoldError,
@@ -40,17 +40,16 @@ from agentfold.errors import (
     WorkflowNotFound,
     WrongExpectedVersion,
 )
-from agentfold.events import AppendResult, NewEvent, RecordedEvent
+from agentfold.events import NewEvent, RecordedEvent
 from agentfold.runtime import history as h
 from agentfold.runtime.breaker import BreakerBoard, Permit, check_breaker_name
-from agentfold.runtime.history import CommandRecord, History
+from agentfold.runtime.client import WorkflowClient
+from agentfold.runtime.history import CommandRecord, History, load_history
+from agentfold.runtime.registry import WorkflowDefinition, WorkflowRegistry
 from agentfold.runtime.retry import RetryPolicy, seconds
 from agentfold.runtime.serialization import JsonValue, declared_types
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
-
-if TYPE_CHECKING:
-    from agentfold.runtime.runtime import Runtime, WorkflowDefinition
 
 logger = logging.getLogger("agentfold.runtime")
 
@@ -89,21 +88,6 @@ class Drained(BaseException):
 
 
 INTENT_TYPES: Final = frozenset({h.STEP_STARTED, h.WAIT_STARTED, h.TIMER_STARTED})
-
-
-class RecordHook:
-    """Called around every append the runtime makes to a workflow stream (tracing, metrics, fault injection).
-
-    Both methods run synchronously inside the execution; an exception they raise stops the run like a crash would.
-    """
-
-    def before_append(self, workflow_id: str, events: Sequence[NewEvent]) -> None:
-        """`events` are about to be appended to the run's stream."""
-        return None
-
-    def after_append(self, workflow_id: str, events: Sequence[NewEvent], result: AppendResult) -> None:
-        """`events` are durably appended."""
-        return None
 
 
 def idempotency_key(workflow_id: str, seq: int, name: str) -> str:
@@ -148,7 +132,7 @@ class WorkflowExecution:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: WorkflowRegistry,
         store: EventStore,
         definition: WorkflowDefinition,
         history: History,
@@ -184,7 +168,7 @@ class WorkflowExecution:
         self.context = WorkflowContext(self)
 
     @classmethod
-    async def load(cls, runtime: Runtime, store: EventStore, workflow_id: str) -> WorkflowExecution:
+    async def load(cls, runtime: WorkflowRegistry, store: EventStore, workflow_id: str) -> WorkflowExecution:
         """Fold the run's stream and prepare to resume it."""
         history = await load_history(store, workflow_id)
         definition = runtime.definition(history.workflow)
@@ -748,16 +732,6 @@ def _step_error(name: str, seq: int, data: dict[str, Any]) -> StepError:
     return StepError(name, seq, str(error.get("type", "Exception")), str(error.get("message", "")))
 
 
-async def load_history(store: EventStore, workflow_id: str) -> History:
-    """Fold the run's stream (`History.version` 0 when it was never started)."""
-    history = History(workflow_id)
-    async for page in store.read_stream_pages(h.workflow_stream(workflow_id)):
-        for event in page:
-            history.apply_recorded(event)
-        history.version = page[-1].version
-    return history
-
-
 class WorkflowContext:
     """What a workflow function receives as `ctx`: every way it may touch the world, each one recorded."""
 
@@ -845,7 +819,7 @@ class WorkflowContext:
         """
         execution = self._execution
         definition = execution.runtime.definition(workflow)
-        client = execution.runtime.client(execution.store)
+        client = WorkflowClient(execution.runtime, execution.store)
 
         async def start_child_run(*inputs: Any, idempotency_key: str) -> str:
             handle = await client.start(definition.function, *inputs, workflow_id=idempotency_key)
@@ -860,7 +834,7 @@ class WorkflowContext:
         with `StepTimeout` (default: the runtime's `step_timeout`). A parent resumed elsewhere while waiting waits
         again; the child runs on regardless.
         """
-        client = self._execution.runtime.client(self._execution.store)
+        client = WorkflowClient(self._execution.runtime, self._execution.store)
 
         async def await_child(child_id: str) -> Any:
             return await client.result(child_id)
@@ -881,7 +855,7 @@ class WorkflowContext:
         delivered once even if this run is resumed after sending it. `WorkflowNotFound` (as a failed step) if the
         receiving run was never started.
         """
-        client = self._execution.runtime.client(self._execution.store)
+        client = WorkflowClient(self._execution.runtime, self._execution.store)
 
         async def send_message(target: str, message: Any, *, idempotency_key: str) -> None:
             await client.signal(target, name, message, signal_id=idempotency_key)

@@ -20,6 +20,7 @@ from agentfold.encoding import check_stream_id
 from agentfold.errors import InvalidInput
 from agentfold.events import RecordedEvent
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
+from agentfold.store import EventStore
 
 WORKFLOW_STREAM_PREFIX: Final = "workflow-"
 SIGNAL_STREAM_PREFIX: Final = "signals-"
@@ -255,3 +256,13 @@ class History:
             if record.kind == STEP and record.name == name:
                 return seq
         return None
+
+
+async def load_history(store: EventStore, workflow_id: str) -> History:
+    """Fold the run's stream (`History.version` 0 when it was never started)."""
+    history = History(workflow_id)
+    async for page in store.read_stream_pages(workflow_stream(workflow_id)):
+        for event in page:
+            history.apply_recorded(event)
+        history.version = page[-1].version
+    return history

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from agentfold.encoding import check_event_type, check_stream_id
 from agentfold.errors import InvalidInput
 from agentfold.events import RecordedEvent
-
-if TYPE_CHECKING:
-    from agentfold.runtime.client import WorkflowClient
 
 TRIGGER_GROUP: Final = "agentfold-triggers"
 MAX_TRIGGER_NAME: Final = 100
@@ -76,10 +73,16 @@ def trigger_input(event: RecordedEvent) -> TriggerEvent:
     }
 
 
+class RunStarter(Protocol):
+    """Starts runs idempotently by workflow id (a `WorkflowClient` does)."""
+
+    async def start(self, workflow: str, /, *args: Any, workflow_id: str | None = None) -> Any: ...
+
+
 class TriggerDispatcher:
     """Turns delivered events into runs (the handler of the workers' trigger group)."""
 
-    def __init__(self, client: WorkflowClient, triggers: list[Trigger]) -> None:
+    def __init__(self, client: RunStarter, triggers: list[Trigger]) -> None:
         self.client = client
         self.triggers = list(triggers)
         self.started = 0

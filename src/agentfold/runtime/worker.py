@@ -25,7 +25,7 @@ import os
 import time
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import Any, Final, Self
 
 from agentfold.errors import (
     AgentfoldError,
@@ -39,7 +39,9 @@ from agentfold.events import NewEvent, RecordedEvent
 from agentfold.groups import ConsumerGroupMember, GroupSettings
 from agentfold.runtime import history as h
 from agentfold.runtime.breaker import BreakerBoard
-from agentfold.runtime.context import Drained, WorkflowExecution, load_history
+from agentfold.runtime.client import WorkflowClient
+from agentfold.runtime.context import Drained, WorkflowExecution
+from agentfold.runtime.history import load_history
 from agentfold.runtime.leases import (
     ALIVE,
     DEFAULT_LEASE_TTL,
@@ -53,12 +55,10 @@ from agentfold.runtime.leases import (
     now_us,
     preferred_worker,
 )
+from agentfold.runtime.registry import WorkflowRegistry
 from agentfold.runtime.retry import seconds
 from agentfold.runtime.triggers import TRIGGER_GROUP, TriggerDispatcher
 from agentfold.store import EventStore
-
-if TYPE_CHECKING:
-    from agentfold.runtime.runtime import Runtime
 
 logger = logging.getLogger("agentfold.runtime")
 
@@ -90,7 +90,7 @@ class Worker:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: WorkflowRegistry,
         store: EventStore,
         *,
         concurrency: int = 100,
@@ -162,7 +162,7 @@ class Worker:
         if self._serving.done():
             self._serving.result()
         if self.runtime.triggers:
-            dispatcher = TriggerDispatcher(self.runtime.client(self.store), self.runtime.triggers)
+            dispatcher = TriggerDispatcher(WorkflowClient(self.runtime, self.store), self.runtime.triggers)
             settings = GroupSettings(TRIGGER_GROUP, lease_seconds=self.lease.ttl, types=dispatcher.event_types)
             self._triggers = ConsumerGroupMember(self.store, settings, dispatcher, member_id=self.worker_id)
             await self._triggers.__aenter__()

@@ -87,9 +87,9 @@ class SharedState:
         if not is_shared_event_type(event.type):
             return None
         try:
-            operation = decode_operation(event._id, event.type, event.data, id_is_canonical=True)
+            operation = decode_operation(event.id_text, event.type, event.data, id_is_canonical=True)
         except InvalidSharedOperation as error:
-            self._rejected[event._id] = str(error)
+            self._rejected[event.id_text] = str(error)
             return None
         return operation if self.apply(operation) else None
 

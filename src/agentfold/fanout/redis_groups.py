@@ -1,6 +1,6 @@
 """Redis-native consumer groups on relayed streams: competing members, each stream's events in order to one member.
 
-The relay (`agentfold.backends.redis_relay`, with ``partitions=N``) writes every event a second time to one of N
+The relay (`agentfold.fanout.redis_relay`, with ``partitions=N``) writes every event a second time to one of N
 partition streams, ``{prefix}:partition:{k}`` with ``k = partition_of(stream_id, N)``, in the same script call that
 writes the log and moves its checkpoint. All events of one stream are therefore in one partition stream, in stream
 order, and a partition stream never has a gap. Members of a group then share the partitions:
@@ -61,10 +61,10 @@ from typing import Any, Final, Self, cast
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from agentfold.backends.redis import _bulk, _text, make_client, translate_errors, untimed_connection
-from agentfold.backends.redis_relay import decode_relayed, relay_settings
+from agentfold.backends.redis import as_text, bulk_string, make_client, translate_errors, untimed_connection
 from agentfold.errors import AgentfoldError, InvalidInput, StoreCorrupted
 from agentfold.events import RecordedEvent
+from agentfold.fanout.redis_relay import decode_relayed, relay_settings
 from agentfold.groups import Handler
 from agentfold.wakeup import Broadcast, wait_unless
 
@@ -228,16 +228,16 @@ class _Acknowledgements:
 
     def __init__(self, client: aioredis.Redis, key: bytes, group: str, timeout: float, shown_url: str) -> None:
         self._connection = untimed_connection(client)
-        self._head = b"*4\r\n$4\r\nXACK\r\n" + _bulk(key) + _bulk(group.encode())
+        self._head = b"*4\r\n$4\r\nXACK\r\n" + bulk_string(key) + bulk_string(group.encode())
         self._timeout = timeout
-        self._what = f"acknowledge entries of {_text(key)} in group {group!r} at {shown_url}"
+        self._what = f"acknowledge entries of {as_text(key)} in group {group!r} at {shown_url}"
         self._unanswered = 0
 
     async def send(self, entry_id: bytes) -> None:
         with translate_errors(self._what):
             try:
                 async with asyncio.timeout(self._timeout):
-                    await self._connection.send_packed_command(self._head + _bulk(entry_id), check_health=False)
+                    await self._connection.send_packed_command(self._head + bulk_string(entry_id), check_health=False)
             except BaseException:
                 await self._reset()
                 raise
@@ -466,8 +466,8 @@ class RedisConsumerGroupMember:
         live_raw, owners_raw = await self._call(
             "heartbeat", [self._members_key, *owner_keys], [self.member_id, self._lease_ms]
         )
-        live = sorted(_text(member) for member in live_raw)
-        owners = [_text(owner) for owner in owners_raw]
+        live = sorted(as_text(member) for member in live_raw)
+        owners = [as_text(owner) for owner in owners_raw]
         for number, owner in enumerate(owners):
             state = self._owned.get(number)
             if owner == self.member_id:
@@ -644,7 +644,7 @@ class RedisConsumerGroupMember:
                 logger.warning(
                     "group %r: handler failed on %s (attempt %d of %d): %r",
                     self.group,
-                    _text(entry_id),
+                    as_text(entry_id),
                     attempt,
                     self.max_attempts,
                     error,
@@ -672,7 +672,7 @@ class RedisConsumerGroupMember:
         logger.error(
             "group %r: entry %s of partition %d dead-lettered after %d attempts: %r",
             self.group,
-            _text(entry_id),
+            as_text(entry_id),
             state.number,
             attempts,
             error,
@@ -764,12 +764,12 @@ async def dead_letters(url: str, group: str) -> list[DeadLetter]:
             event = None
         letters.append(
             DeadLetter(
-                _text(entry_id),
+                as_text(entry_id),
                 event,
-                _text(fields[b"error"]),
-                _text(fields[b"traceback"]),
+                as_text(fields[b"error"]),
+                as_text(fields[b"traceback"]),
                 int(fields[b"attempts"]),
-                _text(fields[b"member"]),
+                as_text(fields[b"member"]),
                 int(fields[b"partition"]),
             )
         )

@@ -8,7 +8,7 @@ prefix (nothing else in the database is touched):
   whole id), entry id ``0-<global position>``, for consumer groups that care about one kind of stream;
 - ``{prefix}:partition:{k}``: only with ``partitions=N``: the events of every stream whose
   `agentfold.groups.partition_of` is ``k`` (0 <= k < N), entry id ``0-<global position>``, for Redis-native consumer
-  groups (`agentfold.backends.redis_groups`): every event of one stream is in one partition stream, in order;
+  groups (`agentfold.fanout.redis_groups`): every event of one stream is in one partition stream, in order;
 - ``{prefix}:partitions``: the N the partition streams were cut with (absent: none are written);
 - ``{prefix}:relay:{name}``: the relay's checkpoint, the last position it wrote.
 
@@ -36,8 +36,8 @@ from redis import exceptions as redis_errors
 
 from agentfold.backends.redis import (
     RedisSettings,
-    _bulk,
-    _text,
+    as_text,
+    bulk_string,
     check_server,
     exchange,
     make_client,
@@ -175,7 +175,7 @@ class Relay:
         # Batches go out on a connection of their own, packed here: the driver's generic packing of a batch's
         # ~10 arguments per event cost more CPU than everything else the relay does (it was 85% of `_write`).
         self._connection = untimed_connection(self._client)
-        self._evalsha_head = _bulk(b"EVALSHA") + _bulk(self._script.sha.encode())
+        self._evalsha_head = bulk_string(b"EVALSHA") + bulk_string(self._script.sha.encode())
         self._checked = False
 
     async def close(self) -> None:
@@ -259,23 +259,23 @@ class Relay:
                 keys.append(self._partition_prefix + str(partition_of(event.stream_id, self.partitions)).encode())
         encode = _encoder.encode
         parts = [
-            _bulk(b"%d" % len(keys)),
-            *map(_bulk, keys),
-            _bulk(b"%d" % len(events)),
-            _bulk(b"%d" % self.partitions),
+            bulk_string(b"%d" % len(keys)),
+            *map(bulk_string, keys),
+            bulk_string(b"%d" % len(events)),
+            bulk_string(b"%d" % self.partitions),
         ]
         for event in events:
-            position = _bulk(b"%d" % event.position)
+            position = bulk_string(b"%d" % event.position)
             parts += [
                 position,
-                _bulk(event.stream_id.encode()),
-                _bulk(b"%d" % event.version),
+                bulk_string(event.stream_id.encode()),
+                bulk_string(b"%d" % event.version),
                 position,
-                _bulk(event.type.encode()),
-                _bulk(event._id.encode()),
-                _bulk(encode(event.data)),
-                _bulk(encode(event.metadata)),
-                _bulk(b"%d" % event.recorded_at_us),
+                bulk_string(event.type.encode()),
+                bulk_string(event.id_text.encode()),
+                bulk_string(encode(event.data)),
+                bulk_string(encode(event.metadata)),
+                bulk_string(b"%d" % event.recorded_at_us),
             ]
         packed = b"*%d\r\n" % (2 + len(parts)) + self._evalsha_head + b"".join(parts)
         timeout = self.settings.timeout
@@ -297,7 +297,7 @@ class Relay:
         if int(reply[0]) < 0:
             raise RelayConflict(
                 f"relay {self.name!r}: the log at {self.settings.shown_url} (prefix {self.settings.prefix!r}) holds "
-                f"entry {_text(reply[2])} beyond this relay's checkpoint {int(reply[1])}: another relay writes to "
+                f"entry {as_text(reply[2])} beyond this relay's checkpoint {int(reply[1])}: another relay writes to "
                 "this prefix. Give each source its own prefix, and each prefix one relay name."
             )
         return int(reply[0])

@@ -1,0 +1,415 @@
+"""The event log: the interface every backend implements, and everything the features built on it may use.
+
+The public methods here validate input and page through results; a backend supplies a few narrow hooks that do the
+I/O (`_append`, `_read_stream_page`, `_read_stream_page_backwards`, `_read_all_page`, `stream_version`,
+`head_position`, `_wait_for_append`, `_close`; a backend that reads ahead also splits a page read into
+`_fetch_stream_page` and `_decode_stream_page`, or pages a stream its own way in `_raw_stream_pages` and
+`_stream_pages`).
+The core never imports a backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncGenerator, Callable, Sequence
+from types import TracebackType
+from typing import Any, Final, Protocol, Self
+
+from agentfold.encoding import (
+    DEFAULT_MAX_EVENT_SIZE,
+    MAX_VERSION,
+    EncodedEvent,
+    check_event_types,
+    check_expected_version,
+    check_name,
+    check_stream_id,
+    encode_events,
+)
+from agentfold.errors import InvalidInput, StoreClosed
+from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+from agentfold.wakeup import retrieve_outcome, wait_unless
+
+DEFAULT_PAGE_SIZE: Final = 1000
+
+
+class RecordDecoder(Protocol):
+    """Decodes one stored record into the event readers get (a `msgspec.json.Decoder(RecordedEvent)` is one);
+    raises `msgspec.DecodeError` for a record it cannot read."""
+
+    def decode(self, record: bytes | str, /) -> RecordedEvent: ...
+
+
+class EventLog(abc.ABC):
+    """An append-only log of events, grouped into streams, in one global order.
+
+    Guarantees, on every backend:
+
+    - `append` is atomic: all events of one call are written, or none.
+    - `expected_version` is checked in the same step as the write, so two writers expecting the same version never
+      both succeed.
+    - Appending events whose ids were all written by one earlier call, in the same order to the same stream, returns
+      that call's `AppendResult` and writes nothing (idempotent retry, also after a restart).
+    - The order `read_all` shows is final: a reader never sees a position and later finds a smaller one filled in.
+    """
+
+    scheme: str = ""
+    max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    page_size: int = DEFAULT_PAGE_SIZE
+    reads_ahead: bool = False
+    """`read_stream_pages` asks for the next page before it decodes the current one: for backends whose pages are
+    prepared by a server or another thread, which then works while this one decodes."""
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    # -- public API ----------------------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append `events` to `stream_id` atomically and return where the last one landed.
+
+        Raises `WrongExpectedVersion` (nothing written) when the stream is not at `expected_version`;
+        `DuplicateEventId` when an id was already used other than by an exact retry of its append; an
+        `InvalidInput` subclass for bad arguments, before any I/O.
+        """
+        self._check_open()
+        check_stream_id(stream_id)
+        expected = check_expected_version(expected_version)
+        encoded = encode_events(events, self.max_event_size)
+        return await self._append(stream_id, encoded, expected)
+
+    async def read_stream(
+        self, stream_id: str, after_version: int = 0, limit: int | None = None, *, backwards: bool = False
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """Yield the events of one stream with a version above `after_version`, in version order.
+
+        With `backwards=True` the newest come first, in descending version order, and `limit` counts from the
+        stream's end: reading the last N events costs O(N), whatever the stream's length."""
+        async for page in self.read_stream_pages(stream_id, after_version, limit, backwards=backwards):
+            for event in page:
+                yield event
+
+    def read_stream_pages(
+        self, stream_id: str, after_version: int = 0, limit: int | None = None, *, backwards: bool = False
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """Like `read_stream`, one list per round trip: the fast path for folds. Bad arguments raise here, at the
+        call."""
+        self._check_open()
+        check_stream_id(stream_id)
+        after = check_counter(after_version, "after_version")
+        remaining = check_limit(limit)
+        if not isinstance(backwards, bool):
+            raise InvalidInput(f"backwards must be a bool, got {type(backwards).__name__}")
+        if backwards:
+            return self._backward_stream_pages(stream_id, after, remaining)
+        return self._stream_pages(stream_id, after, remaining)
+
+    async def _backward_stream_pages(
+        self, stream_id: str, after_version: int, remaining: int | None
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """The pages of `read_stream_pages(backwards=True)`, arguments checked: newest first."""
+        before = MAX_VERSION + 1
+        while remaining is None or remaining > 0:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            page = await self._read_stream_page_backwards(stream_id, before, after_version, size)
+            if not page:
+                return
+            if remaining is not None:
+                remaining -= len(page)
+            yield page
+            if len(page) < size:
+                return
+            before = page[-1].version
+
+    async def _stream_pages(
+        self, stream_id: str, after_version: int, remaining: int | None
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """The pages of `read_stream_pages`, arguments checked. A backend may read its own way here."""
+        async with contextlib.aclosing(self._raw_stream_pages(stream_id, after_version, remaining)) as pages:
+            async for raw in pages:
+                yield self._decode_stream_page(raw)
+
+    async def _raw_stream_pages(
+        self, stream_id: str, after_version: int, remaining: int | None
+    ) -> AsyncGenerator[Any, None]:
+        """The pages of `_stream_pages` as `_fetch_stream_page` returned them, not yet decoded. A backend may
+        replace this with its own paging; pages still follow one another in version order."""
+        after = after_version
+        ahead: asyncio.Future[tuple[Any, int, int]] | None = None
+        try:
+            while remaining is None or remaining > 0:
+                size = self.page_size if remaining is None else min(self.page_size, remaining)
+                if ahead is not None:
+                    fetched, ahead = await ahead, None
+                else:
+                    fetched = await self._fetch_stream_page(stream_id, after, size)
+                raw, count, last_version = fetched
+                if not count:
+                    return
+                if remaining is not None:
+                    remaining -= count
+                full = count == size
+                if full and self.reads_ahead and (remaining is None or remaining > 0):
+                    # Ask for the next page before decoding this one, so the server prepares it meanwhile. It is
+                    # this read's own request, made after the read began: it returns what a read made at that
+                    # moment returns, and it is dropped with this read.
+                    next_size = self.page_size if remaining is None else min(self.page_size, remaining)
+                    ahead = asyncio.ensure_future(self._fetch_stream_page(stream_id, last_version, next_size))
+                    await asyncio.sleep(0)  # let it send its request before this page is decoded
+                yield raw
+                if not full:
+                    return
+                after = last_version
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                ahead.add_done_callback(retrieve_outcome)  # a page nobody will take
+
+    _record_decoder: RecordDecoder | None = None
+    """Set by a backend whose raw pages (`_raw_stream_pages`) are lists of stored records, each decoded by this;
+    the records of a page may come in any order. A fold then decodes each event just before its handler runs, so
+    an event the handler does not keep is freed at once instead of living as long as its page (whole pages of
+    decoded events alive were what made the garbage collector run its full collections during folds)."""
+
+    async def read_all(
+        self,
+        after_position: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """Yield every event with a global position above `after_position`, in position order.
+
+        `types` keeps only events of those types; `stream_prefix` only streams whose id starts with it.
+        """
+        async for page in self.read_all_pages(after_position, types, stream_prefix, limit):
+            for event in page:
+                yield event
+
+    async def read_all_pages(
+        self,
+        after_position: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """Like `read_all`, one list per round trip."""
+        self._check_open()
+        after = check_counter(after_position, "after_position")
+        type_filter = check_event_types(types)
+        prefix = check_prefix(stream_prefix)
+        remaining = check_limit(limit)
+        while remaining is None or remaining > 0:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            page, scanned_to = await self._read_all_page(after, size, type_filter, prefix)
+            if page:
+                yield page
+                if remaining is not None:
+                    remaining -= len(page)
+            if scanned_to <= after:
+                return
+            after = scanned_to
+
+    async def read_all_page(
+        self,
+        after_position: int,
+        limit: int,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+    ) -> tuple[list[RecordedEvent], int]:
+        """One page of `read_all`: the matching events among at most `limit` positions above `after_position`, and
+        the last position scanned (equal to `after_position` when nothing is there yet). Readers that filter resume
+        after the position scanned, not after the last event they got, so a long run of non-matching events is
+        passed over once. The positions are final: nothing later appears at or below the position scanned."""
+        self._check_open()
+        size = check_limit(limit)
+        if not size:
+            raise InvalidInput(f"limit must be an int >= 1, got {limit!r}")
+        return await self._read_all_page(
+            check_counter(after_position, "after_position"), size, check_event_types(types), check_prefix(stream_prefix)
+        )
+
+    async def apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
+        """Run `apply(handle)` and save the checkpoint `name` = `position`: in one transaction where the backend has
+        them (the handle is then its connection, so a read model written through it commits with the checkpoint:
+        exactly once), else `apply(None)` first and then the checkpoint (at least once)."""
+        self._check_open()
+        await self._apply_with_checkpoint(check_required_name(name), check_counter(position, "position"), apply)
+
+    def check_open(self) -> None:
+        """Raise `StoreClosed` once the store is closed."""
+        self._check_open()
+
+    async def load_checkpoint(self, name: str) -> int | None:
+        """The position last saved under the subscriber `name`, or None."""
+        self._check_open()
+        return await self._load_checkpoint(check_required_name(name))
+
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        """Remember `position` for the subscriber `name`."""
+        self._check_open()
+        await self._save_checkpoint(check_required_name(name), check_counter(position, "position"))
+
+    @abc.abstractmethod
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's current version: the version of its last event, 0 when it has none."""
+
+    @abc.abstractmethod
+    async def head_position(self) -> int:
+        """The global position of the last event in the store, 0 when it is empty."""
+
+    async def close(self) -> None:
+        """Release connections and threads. Calling it twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- backend hooks -------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _append(
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
+    ) -> AppendResult:
+        """Write validated events atomically, enforcing expected version and id idempotency in the same step."""
+
+    @abc.abstractmethod
+    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
+        """At most `limit` events of the stream above `after_version`, in version order."""
+
+    @abc.abstractmethod
+    async def _read_stream_page_backwards(
+        self, stream_id: str, before_version: int, after_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        """At most `limit` events of the stream with a version below `before_version` and above `after_version`,
+        newest first."""
+
+    async def _fetch_stream_page(self, stream_id: str, after_version: int, limit: int) -> tuple[Any, int, int]:
+        """A page of `_read_stream_page` as (the page in the backend's own form, its event count, its last version),
+        for `_decode_stream_page` to turn into events; a backend that reads ahead splits its read here so the next
+        request can go out before this page is decoded. The default reads and decodes at once."""
+        page = await self._read_stream_page(stream_id, after_version, limit)
+        return page, len(page), page[-1].version if page else after_version
+
+    def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
+        """The events of a page `_fetch_stream_page` returned."""
+        page: list[RecordedEvent] = raw
+        return page
+
+    @abc.abstractmethod
+    async def _read_all_page(
+        self,
+        after_position: int,
+        limit: int,
+        types: tuple[str, ...] | None,
+        stream_prefix: str | None,
+    ) -> tuple[list[RecordedEvent], int]:
+        """Scan at most `limit` positions above `after_position`; return the matching events and the last position
+        scanned (equal to `after_position` when nothing is there). Positions returned must be final: nothing may
+        later appear at or below the scanned position."""
+
+    async def wait_for_append(self, after_position: int, timeout: float, until: asyncio.Event | None = None) -> None:
+        """Return when an event above `after_position` may exist, after `timeout` seconds, or as soon as `until`
+        is set. A hint only: read again afterwards."""
+        self._check_open()
+        await wait_unless(self._wait_for_append(after_position, timeout), until)
+
+    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+        """Return when an event above `after_position` may exist, or after `timeout` seconds.
+
+        A hint only: callers re-read. The default polls; backends with push override it.
+        """
+        await asyncio.sleep(min(timeout, 0.05))
+
+    # Records kept beside the log. They never change the event log itself.
+
+    @abc.abstractmethod
+    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
+        """The latest snapshot saved under `name` for the stream: (version it covers, encoded state), or None."""
+
+    @abc.abstractmethod
+    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
+        """Keep `state` as the snapshot `name` of the stream at `version`, unless a newer one is already kept."""
+
+    @abc.abstractmethod
+    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+        """Delete the stream's events with a version below `before_version` and return how many went.
+
+        The stream's version, the other streams and every position stay as they were.
+        """
+
+    @abc.abstractmethod
+    async def _load_checkpoint(self, name: str) -> int | None:
+        """The position last saved under the subscriber `name`, or None."""
+
+    @abc.abstractmethod
+    async def _save_checkpoint(self, name: str, position: int) -> None:
+        """Remember `position` for the subscriber `name`."""
+
+    async def _apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
+        """Run `apply(handle)` for a read model and save the checkpoint `name` = `position`.
+
+        Backends with transactions override this to do both in one transaction (exactly once); this default runs
+        `apply(None)` first and then saves the checkpoint (at least once).
+        """
+        outcome = apply(None)
+        if inspect.isawaitable(outcome):
+            await outcome
+        await self._save_checkpoint(name, position)
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Release the backend's resources."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"the {self.scheme or 'event'} store is closed")
+
+
+def check_counter(value: object, name: str) -> int:
+    """`value` as a version or position argument: an int from 0 to `MAX_VERSION`, else `InvalidInput`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise InvalidInput(f"{name} must be >= 0, got {value}")
+    if value > MAX_VERSION:
+        raise InvalidInput(f"{name} {value} is beyond any position or version a store can hold ({MAX_VERSION})")
+    return value
+
+
+def check_required_name(name: object, what: str = "subscriber name") -> str:
+    """`name` as a required name (a subscriber, a member): present and following the stream-id rules."""
+    if name is None:
+        raise InvalidInput(f"a {what} is required")
+    return check_name(name, what)
+
+
+def check_limit(limit: object) -> int | None:
+    """`limit` as None (no limit) or an int >= 0, else `InvalidInput`."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInput(f"limit must be None or an int >= 0, got {limit!r}")
+    return limit
+
+
+def check_prefix(prefix: str | None) -> str | None:
+    """A stream-id prefix filter: None or empty means none; otherwise it follows the stream-id rules."""
+    if prefix is None or prefix == "":
+        return None
+    return check_stream_id(prefix)
