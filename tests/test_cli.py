@@ -357,7 +357,7 @@ def test_an_unreachable_postgres_is_named_without_its_password() -> None:
 def test_a_missing_sqlite_file_is_reported_not_created(tmp_path: Path) -> None:
     result = cli("workflows", cwd=tmp_path)
     assert result.returncode == 2
-    assert "no store at sqlite:///agentfold.db" in result.stderr and "does not exist" in result.stderr
+    assert "no agentfold store at sqlite:///agentfold.db" in result.stderr and "does not exist" in result.stderr
     assert "AGENTFOLD_STORE" in result.stderr
     assert list(tmp_path.iterdir()) == []
 

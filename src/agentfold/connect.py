@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 from agentfold.errors import InvalidURL
 from agentfold.store import EventStore
 
-# scheme -> "module:factory". The factory is `async def open(url: str, options: dict[str, str]) -> EventStore`.
+# scheme -> "module:factory". The factory is `async def open(url: str, *, create: bool, **options) -> EventStore`.
 BACKENDS: Final[dict[str, str]] = {
     "memory": "agentfold.backends.memory:open_store",
     "sqlite": "agentfold.backends.sqlite:open_store",
@@ -39,7 +39,7 @@ def split_options(url: str) -> dict[str, str]:
     return options
 
 
-async def _open(url: str, **options: Any) -> EventStore:
+async def _open(url: str, create: bool, **options: Any) -> EventStore:
     if not isinstance(url, str):
         raise InvalidURL(f"a store URL must be a str, got {type(url).__name__}")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -56,23 +56,24 @@ async def _open(url: str, **options: Any) -> EventStore:
             f"the {scheme}:// backend needs an extra: pip install 'agentfold[{extra}]' ({error})"
         ) from None
     factory = getattr(module, factory_name)
-    store: EventStore = await factory(url, **options)
+    store: EventStore = await factory(url, create=create, **options)
     return store
 
 
 class _Connecting:
     """What `connect` returns: await it for a store, or use it as `async with` to close the store afterwards."""
 
-    def __init__(self, url: str, options: dict[str, Any]) -> None:
+    def __init__(self, url: str, create: bool, options: dict[str, Any]) -> None:
         self._url = url
+        self._create = create
         self._options = options
         self._store: EventStore | None = None
 
     def __await__(self) -> Generator[Any, None, EventStore]:
-        return _open(self._url, **self._options).__await__()
+        return _open(self._url, self._create, **self._options).__await__()
 
     async def __aenter__(self) -> EventStore:
-        self._store = await _open(self._url, **self._options)
+        self._store = await _open(self._url, self._create, **self._options)
         return self._store
 
     async def __aexit__(
@@ -82,9 +83,13 @@ class _Connecting:
             await self._store.close()
 
 
-def connect(url: str, **options: Any) -> _Connecting:
+def connect(url: str, *, create: bool = True, **options: Any) -> _Connecting:
     """Open the store at `url`: ``memory://``, ``sqlite:///path``, ``postgresql://…``, ``redis://…``.
 
     Keyword options override URL query options (e.g. ``max_event_size=…``, ``synchronous="NORMAL"``).
+    By default a missing store is created (a SQLite file, a PostgreSQL schema and its tables) and an older one is
+    upgraded. With ``create=False`` nothing is created or upgraded: a missing SQLite file, a PostgreSQL schema
+    without a store, a Redis prefix no event was ever appended under, or a store that needs an upgrade raise
+    `StoreNotFound` naming what was looked for (``memory://`` is new and empty either way).
     """
-    return _Connecting(url, options)
+    return _Connecting(url, create, options)

@@ -109,6 +109,11 @@ class StoreReadOnly(AgentfoldError):
     """The backend refused a write because it is read-only; nothing was written."""
 
 
+class StoreNotFound(AgentfoldError):
+    """`connect(url, create=False)` found no agentfold store at the URL (no such file, schema or key prefix), or one
+    that needs an upgrade it was told not to make. Nothing was created or changed."""
+
+
 def _describe_expected(expected: Any) -> str:
     return expected.name if hasattr(expected, "name") else repr(expected)
 

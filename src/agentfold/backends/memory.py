@@ -147,8 +147,8 @@ class MemoryStore(EventStore):
         self._appended.wake()
 
 
-async def open_store(url: str, **options: Any) -> MemoryStore:
-    """Open a fresh, empty memory store (each call is independent)."""
+async def open_store(url: str, *, create: bool = True, **options: Any) -> MemoryStore:
+    """Open a fresh, empty memory store (each call is independent; `create` changes nothing)."""
     from agentfold.connect import split_options
 
     query = split_options(url)

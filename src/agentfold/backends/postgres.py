@@ -42,6 +42,7 @@ from agentfold.errors import (
     InvalidURL,
     StoreCorrupted,
     StoreFull,
+    StoreNotFound,
     StoreReadOnly,
     StoreTimeout,
     StoreUnavailable,
@@ -967,15 +968,50 @@ def _raise_open_error(url: str, error: BaseException) -> NoReturn:
     raise raised from None
 
 
-async def open_store(url: str, **options: Any) -> PostgresStore:
-    """Connect, create or upgrade the schema, and return a store. See `PostgresOptions` for the options."""
+async def _require_current_schema(connection: psycopg.AsyncConnection[Any], schema: str, shown_url: str) -> None:
+    """Raise `StoreNotFound` unless `schema` holds a store at the latest migration; reads only."""
+    cursor = await connection.execute(
+        "SELECT to_regclass(format('%%I.schema_migrations', %s::text)) IS NOT NULL, "
+        "to_regclass(format('%%I.events', %s::text)) IS NOT NULL",
+        (schema, schema),
+    )
+    row = await cursor.fetchone()
+    if row is None or not (row[0] and row[1]):
+        cursor = await connection.execute(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'schema_migrations' "
+            "AND table_schema IN (SELECT table_schema FROM information_schema.tables WHERE table_name = 'events') "
+            "ORDER BY 1"
+        )
+        others = [str(found[0]) for found in await cursor.fetchall()]
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        where = f"; schemas with one: {shown}" if others else "; there is none in this database"
+        raise StoreNotFound(f"no agentfold store in schema {schema!r} at {shown_url}{where}")
+    quoted = sql.Identifier(schema).as_string(connection)
+    cursor = await connection.execute(f"SELECT coalesce(max(version), 0) FROM {quoted}.schema_migrations".encode())
+    found = await cursor.fetchone()
+    current = int(found[0]) if found else 0
+    if current < MIGRATIONS[-1].version:
+        raise StoreNotFound(
+            f"the agentfold store in schema {schema!r} at {shown_url} is at migration {current} and this agentfold "
+            f"reads migration {MIGRATIONS[-1].version}; it was not upgraded because it was opened without create"
+        )
+
+
+async def open_store(url: str, *, create: bool = True, **options: Any) -> PostgresStore:
+    """Connect, create or upgrade the schema, and return a store. See `PostgresOptions` for the options.
+
+    With `create=False` nothing is created or upgraded: a schema without a current store raises `StoreNotFound`.
+    """
     if not isinstance(url, str):
         raise InvalidURL(f"a PostgreSQL URL must be a str, got {type(url).__name__}")
     parsed, libpq = _parse_options(url, options)
     conninfo = _conninfo(url, parsed, libpq)
     try:
         async with await psycopg.AsyncConnection.connect(conninfo) as connection:
-            await _migrate(connection, parsed.schema)
+            if create:
+                await _migrate(connection, parsed.schema)
+            else:
+                await _require_current_schema(connection, parsed.schema, redact(url))
             statements = _render_statements(connection, parsed.schema)
     except (psycopg.Error, PoolTimeout) as error:
         _raise_open_error(url, error)

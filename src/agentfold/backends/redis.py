@@ -23,7 +23,6 @@ script takes several independent appends per call and answers each on its own, s
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -47,6 +46,7 @@ from agentfold.errors import (
     InvalidURL,
     StoreCorrupted,
     StoreFull,
+    StoreNotFound,
     StoreReadOnly,
     StoreTimeout,
     StoreUnavailable,
@@ -56,7 +56,6 @@ from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, Expect
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Durability = Literal["server", "waitaof"]
@@ -384,7 +383,8 @@ def warn_once(settings: RedisSettings, persistence: Persistence) -> None:
         f"Redis at {settings.shown_url}: {persistence.description}. Use AOF with appendfsync always, "
         "or durability=waitaof on Redis >= 7.2, for appends that survive a crash."
     )
-    logger.warning(message)
+    # A warning, not also a log record: both would print the message twice where logging is not configured.
+    # Applications that want it in their logs call `logging.captureWarnings(True)` (`agentfold worker` does).
     warnings.warn(message, RedisDurabilityWarning, stacklevel=3)
 
 
@@ -945,9 +945,26 @@ async def check_server(settings: RedisSettings) -> tuple[tuple[int, ...], Persis
     return version, describe_persistence(config, settings.durability)
 
 
-async def open_store(url: str, **options: Any) -> RedisStore:
-    """Open the Redis store at `url` (options: prefix, durability, max_event_size, timeout)."""
+async def require_store(settings: RedisSettings) -> None:
+    """Raise `StoreNotFound` unless an event was ever appended under the prefix (its position counter exists)."""
+    async with connected(settings) as client:
+        with translate_errors(f"connect to Redis at {settings.shown_url}"):
+            found = await client.exists(f"{settings.prefix}:head")
+    if not found:
+        raise StoreNotFound(
+            f"no agentfold store under prefix {settings.prefix!r} at {settings.shown_url}: no event was ever "
+            f"appended there (no key {settings.prefix + ':head'!r})"
+        )
+
+
+async def open_store(url: str, *, create: bool = True, **options: Any) -> RedisStore:
+    """Open the Redis store at `url` (options: prefix, durability, max_event_size, timeout).
+
+    A store's keys appear with its first append. With `create=False` a prefix that has none raises `StoreNotFound`.
+    """
     settings = parse_url(url, options)
+    if not create:
+        await require_store(settings)
     version, persistence = await check_server(settings)
     warn_once(settings, persistence)
     return RedisStore(settings, persistence, version)

@@ -47,6 +47,7 @@ from agentfold.errors import (
     StoreClosed,
     StoreCorrupted,
     StoreFull,
+    StoreNotFound,
     StoreReadOnly,
     StoreTimeout,
     StoreUnavailable,
@@ -1138,8 +1139,10 @@ def _head(connection: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _open_writer_connection(settings: SQLiteSettings) -> sqlite3.Connection:
+def _open_writer_connection(settings: SQLiteSettings, shown_url: str, create: bool) -> sqlite3.Connection:
     directory = os.path.dirname(os.path.abspath(settings.path))
+    if not create and not os.path.isfile(settings.path):
+        raise StoreNotFound(f"no agentfold store at {shown_url}: the file {settings.path!r} does not exist")
     if not os.path.isdir(directory):
         raise StoreUnavailable(f"SQLite store {settings.path!r}: directory {directory!r} does not exist")
     try:
@@ -1147,6 +1150,8 @@ def _open_writer_connection(settings: SQLiteSettings) -> sqlite3.Connection:
     except sqlite3.Error as error:
         raise _open_error(error, settings.path, directory) from None
     try:
+        if not create:
+            _require_schema(connection, settings.path, shown_url)
         _create_schema(connection, settings.path)
     except BaseException as error:
         connection.close()
@@ -1154,6 +1159,12 @@ def _open_writer_connection(settings: SQLiteSettings) -> sqlite3.Connection:
             raise _open_error(error, settings.path, directory) from None
         raise
     return connection
+
+
+def _require_schema(connection: sqlite3.Connection, path: str, shown_url: str) -> None:
+    """Refuse a file that holds no agentfold store, before anything (even the switch to WAL) writes to it."""
+    if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
+        raise StoreNotFound(f"no agentfold store at {shown_url}: the file {path!r} holds no agentfold tables")
 
 
 def _open_error(error: sqlite3.Error, path: str, directory: str) -> AgentfoldError:
@@ -1170,14 +1181,15 @@ def _open_error(error: sqlite3.Error, path: str, directory: str) -> AgentfoldErr
     return translate_error(error, path)
 
 
-async def open_store(url: str, **options: Any) -> SQLiteStore:
-    """Open (creating if needed) the SQLite store at `url`.
+async def open_store(url: str, *, create: bool = True, **options: Any) -> SQLiteStore:
+    """Open (creating if needed, unless `create` is false) the SQLite store at `url`.
 
     Options, in the URL query or as keywords (keywords win): `synchronous` = `FULL` (default) or `NORMAL`,
     `busy_timeout` in milliseconds (default 5000), `max_event_size` in bytes. Bad options raise `InvalidURL`.
+    With `create=False` a missing file, or one without agentfold's tables, raises `StoreNotFound` untouched.
     """
     settings = parse_url(url, **options)
-    connection = await asyncio.to_thread(_open_writer_connection, settings)
+    connection = await asyncio.to_thread(_open_writer_connection, settings, redact(url), create)
     return SQLiteStore(settings, connection)
 
 

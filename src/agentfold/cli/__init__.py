@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
 
@@ -13,6 +14,14 @@ DEFAULT_STORE = "sqlite:///agentfold.db"
 @click.version_option(package_name="agentfold")
 def main() -> None:
     """Durable, event-sourced state for multi-agent systems."""
+    warnings.formatwarning = format_warning
+
+
+def format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning as the command prints it: one line saying what is wrong, without Python's file and source line."""
+    return f"warning: {message}\n"
 
 
 # Sub-command modules, imported for their registration on `main`.

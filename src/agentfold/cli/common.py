@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,7 +22,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import agentfold
 from agentfold.cli import DEFAULT_STORE
 from agentfold.connect import redact
-from agentfold.errors import AgentfoldError, InvalidInput, StoreClosed, StoreCorrupted, StoreTimeout, StoreUnavailable
+from agentfold.errors import (
+    AgentfoldError,
+    InvalidInput,
+    StoreClosed,
+    StoreCorrupted,
+    StoreNotFound,
+    StoreTimeout,
+    StoreUnavailable,
+)
 from agentfold.runtime import history as h
 from agentfold.runtime.inspect import close_matches, list_workflow_ids
 from agentfold.store import EventStore
@@ -85,31 +92,23 @@ def scrub(text: str, url: str) -> str:
     return redact(cleaned)
 
 
-def _missing_sqlite_file(url: str) -> str | None:
-    """The path of a SQLite store URL whose file does not exist (opening would create an empty store), else None."""
-    if not url.lower().startswith("sqlite://"):
-        return None
-    from agentfold.backends.sqlite import parse_url
-
-    path = parse_url(url).path
-    return None if os.path.exists(path) else path
+CREATE_HINT: Final = (
+    "; a store is created by the first program that opens it to write (a worker, or agentfold.connect(URL) in "
+    f"your app); to read another, pass --store URL or set {STORE_ENV}"
+)
 
 
 async def open_store(url: str) -> EventStore:
     """Open the store at `url` for reading, or raise `StoreError` saying which store and why.
 
-    A SQLite file that does not exist is refused rather than created: these commands only read.
+    Nothing is created or upgraded (`connect(url, create=False)`): a missing SQLite file, PostgreSQL schema or
+    Redis prefix is an error naming it, so a typo in the URL cannot leave an empty store behind.
     """
     shown = redact(url)
     try:
-        missing = _missing_sqlite_file(url)
-        if missing is not None:
-            raise StoreError(
-                f"no store at {shown}: the file {missing!r} does not exist (choose one with --store URL or {STORE_ENV})"
-            )
-        return await agentfold.connect(url)
-    except StoreError:
-        raise
+        return await agentfold.connect(url, create=False)
+    except StoreNotFound as error:
+        raise StoreError(scrub(str(error), url) + CREATE_HINT) from None
     except InvalidInput as error:
         raise StoreError(f"cannot use the store URL {shown}: {scrub(str(error), url)}") from None
     except (AgentfoldError, OSError) as error:

@@ -76,6 +76,7 @@ def worker(
     steps finish, and every run this worker held is handed to the others at once.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    logging.captureWarnings(True)  # the store's warnings (a Redis that may lose appends) go to the log, dated
     runtime = load_runtime(app)
     try:
         asyncio.run(_serve(runtime, store_url, concurrency, lease_ttl, heartbeat, stop_timeout, worker_id))
