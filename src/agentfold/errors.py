@@ -380,3 +380,54 @@ class LeaseLost(AgentfoldError):
         super().__init__(f"workflow {workflow_id!r} is held by worker {owner!r}; this worker stopped running it")
         self.workflow_id = workflow_id
         self.owner = owner
+
+
+# -- the HTTP API's credentials and limits ------------------------------------------------------------------------
+
+
+class StreamNotFound(AgentfoldError, LookupError):
+    """The stream has no events (it was never written to)."""
+
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(f"stream {stream_id!r} has no events")
+        self.stream_id = stream_id
+
+
+class InvalidToken(AgentfoldError):
+    """A request named no token, a malformed one, or one this store never issued."""
+
+
+class TokenExpired(InvalidToken):
+    """The token's expiry time has passed."""
+
+
+class TokenRevoked(InvalidToken):
+    """The token was revoked; it is refused on every process from the next request on."""
+
+
+class AccessDenied(AgentfoldError):
+    """The token is valid but its scope does not cover the stream or operation; nothing was read or written."""
+
+    def __init__(self, message: str, stream_id: str | None = None) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
+
+
+class RateLimited(AgentfoldError):
+    """The token made more requests than its rate allows. Retryable after `retry_after` seconds."""
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTooLarge(InvalidInput):
+    """A request body is larger than the API accepts; it was refused before it was parsed."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        shown = "larger than" if size is None else f"{size} bytes;"
+        super().__init__(f"the request body is {shown} the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit

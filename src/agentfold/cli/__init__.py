@@ -32,6 +32,7 @@ COMMANDS = (
     "agentfold.cli.relay",
     "agentfold.cli.serve",
     "agentfold.cli.soak",
+    "agentfold.cli.token",
     "agentfold.cli.worker",
 )
 for _module in COMMANDS:

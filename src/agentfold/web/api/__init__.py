@@ -1,0 +1,60 @@
+"""The HTTP API for agents in any language, mounted at `/api/v1` of `agentfold serve`.
+
+`api_app(store, settings)` is the API as an ASGI app of its own; `api_mount` mounts it where the web app wants it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from agentfold.errors import AgentfoldError
+from agentfold.store import EventStore
+from agentfold.tokens import TokenRegistry
+from agentfold.web.api.events import EventRoutes
+from agentfold.web.api.guard import ApiGuard
+from agentfold.web.api.openapi import openapi_document
+from agentfold.web.api.problems import agentfold_error_handler, http_error_handler
+from agentfold.web.api.ratelimit import RateLimiter
+from agentfold.web.api.settings import ApiSettings
+from agentfold.web.api.subscribe import SubscribeRoutes
+from agentfold.web.api.workflows import WorkflowRoutes
+
+API_PREFIX: Final = "/api/v1"
+
+__all__ = ["API_PREFIX", "ApiSettings", "api_app", "api_mount"]
+
+
+def api_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette:
+    """The API over `store` as one ASGI app (its paths relative to where it is mounted)."""
+    chosen = settings or ApiSettings()
+    tokens = TokenRegistry(store)
+    document = openapi_document(chosen.max_page_limit, chosen.max_result_wait_seconds)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    routes: list[BaseRoute] = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *EventRoutes(store, chosen).routes(),
+        *SubscribeRoutes(store, tokens, chosen).routes(),
+        *WorkflowRoutes(store, chosen).routes(),
+    ]
+    limiter = RateLimiter(chosen.rate_per_second, chosen.burst)
+    max_body = chosen.max_body_bytes if chosen.max_body_bytes is not None else store.max_event_size
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(ApiGuard, tokens=tokens, limiter=limiter, max_body_bytes=max_body)],
+        exception_handlers={AgentfoldError: agentfold_error_handler, HTTPException: http_error_handler},
+    )
+
+
+def api_mount(store: EventStore, settings: ApiSettings | None = None) -> Mount:
+    """The API mounted at `API_PREFIX`, for the web app's routes."""
+    return Mount(API_PREFIX, app=api_app(store, settings))

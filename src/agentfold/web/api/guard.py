@@ -1,0 +1,103 @@
+"""The API's gate: every request names a valid token (Bearer), stays within its rate, and a body within the limit.
+
+It runs before routing, so nothing is read from the store for a request it refuses, and a body over the limit is
+refused from its Content-Length (or, when chunked, as soon as it grows past the limit) before anything parses it.
+The scope check needs the stream a request touches; endpoints make it with `principal(request)` before any read or
+write.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentfold.errors import AgentfoldError, InvalidInput, RequestTooLarge
+from agentfold.tokens import TokenInfo, TokenRegistry
+from agentfold.web.api.problems import error_response
+from agentfold.web.api.ratelimit import RateLimiter
+
+PUBLIC_PATHS: Final = frozenset({"/openapi.json"})
+PRINCIPAL_KEY: Final = "agentfold_principal"
+
+
+class ApiGuard:
+    """ASGI middleware in front of the API's routes: authentication, rate limit, body size."""
+
+    def __init__(self, app: ASGIApp, tokens: TokenRegistry, limiter: RateLimiter, max_body_bytes: int) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.limiter = limiter
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _local_path(scope) in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            info = await self.tokens.authenticate(_bearer(scope))
+            self.limiter.take(info.token_id)
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                raise RequestTooLarge(declared, self.max_body_bytes)
+        except AgentfoldError as error:
+            await error_response(error)(scope, receive, send)
+            return
+        scope.setdefault("state", {})[PRINCIPAL_KEY] = info
+        await self.app(scope, _limited(receive, self.max_body_bytes), send)
+
+
+def principal(request: Request) -> TokenInfo:
+    """The token the guard accepted for this request."""
+    info: TokenInfo = request.scope["state"][PRINCIPAL_KEY]
+    return info
+
+
+def _local_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _bearer(scope: Scope) -> str | None:
+    raw = _header(scope, b"authorization")
+    if raw is None:
+        return None
+    scheme, _, credentials = raw.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return credentials.strip()
+
+
+def _content_length(scope: Scope) -> int | None:
+    raw = _header(scope, b"content-length")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput("the Content-Length header is not a number") from None
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """`receive` that raises `RequestTooLarge` as soon as the body read so far is over `limit`."""
+    received = 0
+
+    async def limited_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise RequestTooLarge(None, limit)
+        return message
+
+    return limited_receive

@@ -1,0 +1,50 @@
+"""A real uvicorn server for the HTTP API tests, on a free loopback port, in the test's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from agentfold.store import EventStore
+from agentfold.tokens import TokenRegistry
+from agentfold.web.api import ApiSettings, api_mount
+
+
+def api_only_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette:
+    """The API mounted at /api/v1 of an app of its own."""
+    routes: list[BaseRoute] = [api_mount(store, settings)]
+    return Starlette(routes=routes)
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any, **config: Any) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 and a free port; yield its base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", **config)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def token_for(store: EventStore, name: str, **scope: Any) -> str:
+    """A new token's secret string for the agent `name` with `scope` (write=, read=, workflows=, expires_at_us=)."""
+    return (await TokenRegistry(store).create(name, **scope)).token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
