@@ -48,3 +48,31 @@ async def token_for(store: EventStore, name: str, **scope: Any) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class SseReader:
+    """Reads server-sent events from a streaming httpx response: (event name, id, data) per event, comments apart."""
+
+    def __init__(self, response: Any) -> None:
+        self.lines = response.aiter_lines()
+        self.comments: list[str] = []
+
+    async def next_event(self) -> tuple[str, str | None, str]:
+        name, event_id, data = "message", None, []
+        async for line in self.lines:
+            if line == "":
+                if data:
+                    return name, event_id, "\n".join(data)
+                name, event_id = "message", None
+                continue
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "":
+                self.comments.append(value)
+            elif field == "event":
+                name = value
+            elif field == "id":
+                event_id = value
+            elif field == "data":
+                data.append(value)
+        raise EOFError("the event stream ended")

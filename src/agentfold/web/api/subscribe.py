@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from agentfold.encoding import MAX_VERSION, check_event_types
 from agentfold.errors import InvalidInput, InvalidToken, RateLimited
@@ -36,6 +39,17 @@ from agentfold.web.api.scopes import store_prefix
 from agentfold.web.api.settings import ApiSettings
 
 _encoder = msgspec.json.Encoder()
+_log = logging.getLogger(__name__)
+
+
+class _DropOnStall(EventSourceResponse):
+    """An event stream that ends quietly when its client stalls past the send timeout (the drop-and-resume rule)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* SendTimeoutError:
+            _log.info("a subscriber took nothing for the send timeout and was dropped; it resumes by Last-Event-ID")
 
 
 class SubscribeRoutes:
@@ -77,7 +91,7 @@ class SubscribeRoutes:
             )
         self.open[info.token_id] += 1
         stream = self._events(info, after, checked_types, prefix, possible)
-        return EventSourceResponse(
+        return _DropOnStall(
             stream,
             send_timeout=self.settings.send_timeout_seconds,
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -111,7 +125,11 @@ class SubscribeRoutes:
                     if not done:
                         yield ServerSentEvent(comment="heartbeat")
                         continue
-                    event, pending = pending.result(), None
+                    finished, pending = pending, None
+                    try:
+                        event = finished.result()
+                    except StopAsyncIteration:  # the store was closed: the server is shutting down
+                        return
                     if info.scope.can_read(event.stream_id):
                         yield ServerSentEvent(_encoder.encode(event_out(event)).decode(), id=str(event.position))
         finally:
