@@ -169,6 +169,21 @@ def openapi_document(max_page_limit: int, max_wait_seconds: float) -> dict[str, 
                     "responses": {"200": _json("Signalled", "Signal recorded"), **_problems(*_PROBLEM_CODES)},
                 },
             },
+            "/workflows/{workflow_id}/cancel": {
+                "post": {
+                    "operationId": "cancelRun",
+                    "summary": "Ask a run to stop at its next await (asking again changes nothing)",
+                    "parameters": [workflow_id],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CancelRequest"}}},
+                    },
+                    "responses": {
+                        "200": _json("CancelRequested", "The cancel is recorded"),
+                        **_problems(*_PROBLEM_CODES),
+                    },
+                },
+            },
             "/workflows/{workflow_id}/result": {
                 "get": {
                     "operationId": "runResult",
@@ -329,6 +344,16 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "signal_id": {"type": ["string", "null"]},
         },
     },
+    "CancelRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"reason": {"type": "string"}},
+    },
+    "CancelRequested": {
+        "type": "object",
+        "required": ["workflow_id", "cancel_requested"],
+        "properties": {"workflow_id": {"type": "string"}, "cancel_requested": {"type": "boolean"}},
+    },
     "RunSummary": {
         "type": "object",
         "required": ["workflow_id", "workflow", "state", "status", "version"],
@@ -350,7 +375,11 @@ _SCHEMAS: Final[dict[str, Any]] = {
         "required": ["workflow_id", "status"],
         "properties": {
             "workflow_id": {"type": "string"},
-            "status": {"type": "string", "description": "completed, failed, or the state of a run still going"},
+            "status": {
+                "type": "string",
+                "description": "completed, failed, cancelled, terminated, or the state of a run still going",
+            },
+            "reason": {"type": "string"},
             "result": {},
             "error": {"type": "object", "properties": {"type": {"type": "string"}, "message": {"type": "string"}}},
         },

@@ -31,6 +31,7 @@ _STATUS: Final[tuple[tuple[type[e.AgentfoldError], int], ...]] = (
     (e.DuplicateEventId, 409),
     (e.WorkflowIdConflict, 409),
     (e.NonDeterminism, 409),
+    (e.IllegalTransition, 409),
     (e.InvalidInput, 422),
     (e.StoreUnavailable, 503),
     (e.StoreTimeout, 503),

@@ -1,7 +1,7 @@
-"""Workflow runs over HTTP: start (idempotent by workflow id), signal, state, result (long-poll), list.
+"""Workflow runs over HTTP: start (idempotent by workflow id), signal, cancel, state, result (long-poll), list.
 
 A run's operations are checked twice: the token's ``--workflows`` must allow the operation, and the streams it
-touches must be in scope like any other stream (starting writes ``workflow-<id>``, signalling writes
+touches must be in scope like any other stream (starting and cancelling write ``workflow-<id>``, signalling writes
 ``signals-<id>``, reading a state or result reads ``workflow-<id>``).
 """
 
@@ -14,10 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentfold.errors import InvalidInput, WorkflowFailed
+from agentfold.errors import InvalidInput, RunControlRefused, WorkflowCancelled, WorkflowFailed, WorkflowTerminated
 from agentfold.runtime import history as h
 from agentfold.runtime.inspect import RunFilter, list_runs, run_summary
 from agentfold.runtime.runtime import Runtime
+from agentfold.runtime.statemachine import CANCELLED
 from agentfold.store import EventStore
 from agentfold.web.api.events import json_response
 from agentfold.web.api.guard import principal
@@ -32,6 +33,12 @@ class StartIn(msgspec.Struct, forbid_unknown_fields=True):
     workflow: str
     workflow_id: str
     args: list[Any] = msgspec.field(default_factory=list)
+
+
+class CancelIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Ask a running run to stop, saying why."""
+
+    reason: str = ""
 
 
 class SignalIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,6 +71,7 @@ class WorkflowRoutes:
             Route("/workflows", self.start, methods=["POST"]),
             Route("/workflows/{workflow_id:path}/signals", self.signal, methods=["POST"]),
             Route("/workflows/{workflow_id:path}/result", self.result, methods=["GET"]),
+            Route("/workflows/{workflow_id:path}/cancel", self.cancel, methods=["POST"]),
             Route("/workflows/{workflow_id:path}", self.state, methods=["GET"]),
         ]
 
@@ -118,6 +126,23 @@ class WorkflowRoutes:
             raise naming(error, "payload") from None
         return json_response({"workflow_id": workflow_id, "name": body.name, "signal_id": body.signal_id})
 
+    async def cancel(self, request: Request) -> Response:
+        """Ask a run to stop at its next await (asking again, even after it ended cancelled, changes nothing); 409 for
+        a run that ended otherwise."""
+        info = principal(request)
+        workflow_id = _workflow_id(request)
+        require_operation(info, "cancel")
+        require_write(info, h.workflow_stream(workflow_id))
+        body = await json_body(request, CancelIn) if await request.body() else CancelIn()
+        try:
+            await self.client.cancel(workflow_id, body.reason)
+        except InvalidInput as error:
+            raise naming(error, "reason") from None
+        except RunControlRefused as refused:
+            if refused.state != CANCELLED:  # a retry after the run ended cancelled gets the first answer again
+                raise
+        return json_response({"workflow_id": workflow_id, "cancel_requested": True})
+
     async def state(self, request: Request) -> Response:
         """The run's summary: lifecycle state, status, times and counts."""
         info = principal(request)
@@ -126,7 +151,7 @@ class WorkflowRoutes:
         return json_response((await run_summary(self.store, workflow_id)).to_json())
 
     async def result(self, request: Request) -> Response:
-        """Wait up to `timeout` seconds for the run to finish: 200 with its result or failure, 202 if still going."""
+        """Wait up to `timeout` seconds for the run to end: 200 with how it ended, 202 if it is still going."""
         info = principal(request)
         workflow_id = _workflow_id(request)
         require_read(info, h.workflow_stream(workflow_id))
@@ -136,6 +161,9 @@ class WorkflowRoutes:
         except WorkflowFailed as failure:
             error = {"type": failure.error_type, "message": failure.error_message}
             return json_response({"workflow_id": workflow_id, "status": "failed", "error": error})
+        except (WorkflowCancelled, WorkflowTerminated) as stopped:
+            status = "cancelled" if isinstance(stopped, WorkflowCancelled) else "terminated"
+            return json_response({"workflow_id": workflow_id, "status": status, "reason": stopped.reason})
         except TimeoutError:
             state = await self.client.state(workflow_id)
             return json_response({"workflow_id": workflow_id, "status": state}, status=202)
