@@ -1,8 +1,10 @@
-"""`agentfold serve`: the web inspector over a store (see `agentfold.web`)."""
+"""`agentfold serve`: the web inspector over a store (see `agentfold.web`) and the HTTP API for agents at `/api/v1`
+(see `agentfold.web.api`), in one process."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Final
 
 import click
@@ -11,29 +13,42 @@ from agentfold.cli import main
 from agentfold.cli.common import INTERRUPTED_EXIT_CODE, StoreError, open_store, scrub, store_option
 from agentfold.connect import redact
 from agentfold.errors import AgentfoldError, InvalidInput
+from agentfold.web.api.settings import ApiSettings
 from agentfold.web.settings import DEFAULT_HOST, DEFAULT_PORT, ServeSettings
 
 TOKEN_ENV: Final = "AGENTFOLD_SERVE_TOKEN"
 
 
-async def serve(settings: ServeSettings) -> None:
+async def serve(
+    settings: ServeSettings, api_settings: ApiSettings | None = None, max_connections: int | None = None
+) -> None:
     """Open the store and serve until interrupted; the store is closed on the way out."""
     import uvicorn
 
+    from agentfold.web.api import api_mount
     from agentfold.web.app import create_app
 
     store = await open_store(settings.store_url)
     try:
-        app = create_app(store, settings)
+        app = create_app(store, settings, routes=[api_mount(store, api_settings)])
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level="warning", access_log=False, lifespan="on"
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            limit_concurrency=max_connections,
         )
         server = uvicorn.Server(config)
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        listener = socket.create_server((settings.host.strip("[]"), settings.port), family=family)
+        port = listener.getsockname()[1]  # the port chosen, when --port 0 asked for any free one
         shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        click.echo(f"agentfold serve: http://{shown_host}:{settings.port}/ over {redact(settings.store_url)}")
+        click.echo(f"agentfold serve: http://{shown_host}:{port}/ over {redact(settings.store_url)}")
         if settings.actions_enabled:
             click.echo("actions are on: signed-in users can signal runs")
-        await server.serve()
+        await server.serve(sockets=[listener])
     finally:
         await store.close()
 
@@ -50,14 +65,58 @@ async def serve(settings: ServeSettings) -> None:
     help="Ask for this token (16+ characters) before showing anything; needed off loopback and for actions.",
 )
 @click.option("--allow-actions", is_flag=True, help="Let signed-in users signal runs (needs --token).")
-def serve_command(store_url: str, host: str, port: int, token: str | None, allow_actions: bool) -> None:
-    """Serve a web inspector of the runs and streams in the store."""
+@click.option(
+    "--runtime",
+    "runtime_target",
+    metavar="MODULE:ATTR",
+    default=None,
+    help="The Runtime whose workflows POST /api/v1/workflows may start (e.g. myapp.agents:runtime).",
+)
+@click.option(
+    "--rate-limit", default=ApiSettings.rate_per_second, show_default=True, help="API requests per second per token."
+)
+@click.option("--burst", default=ApiSettings.burst, show_default=True, help="API requests a token may make at once.")
+@click.option(
+    "--max-connections",
+    default=1000,
+    show_default=True,
+    help="Open connections at most; more are answered 503 at once.",
+)
+@click.option(
+    "--max-subscriptions",
+    default=ApiSettings.max_subscriptions_per_token,
+    show_default=True,
+    help="Open event subscriptions per API token at most.",
+)
+def serve_command(
+    store_url: str,
+    host: str,
+    port: int,
+    token: str | None,
+    allow_actions: bool,
+    runtime_target: str | None,
+    rate_limit: float,
+    burst: int,
+    max_connections: int,
+    max_subscriptions: int,
+) -> None:
+    """Serve a web inspector of the runs and streams in the store, and the HTTP API for agents at /api/v1."""
     try:
         settings = ServeSettings(host=host, port=port, token=token, allow_actions=allow_actions, store_url=store_url)
     except InvalidInput as error:
         raise click.UsageError(str(error)) from None
+    if rate_limit <= 0 or burst < 1 or max_connections < 1 or max_subscriptions < 1:
+        raise click.UsageError("--rate-limit must be > 0; --burst, --max-connections and --max-subscriptions >= 1")
+    runtime = None
+    if runtime_target is not None:
+        from agentfold.cli.worker import load_runtime
+
+        runtime = load_runtime(runtime_target)
+    api_settings = ApiSettings(
+        rate_per_second=rate_limit, burst=burst, max_subscriptions_per_token=max_subscriptions, runtime=runtime
+    )
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, api_settings, max_connections))
     except KeyboardInterrupt:
         raise click.exceptions.Exit(INTERRUPTED_EXIT_CODE) from None
     except StoreError:

@@ -33,8 +33,9 @@ SECURITY_HEADERS: Final = (
     (b"cross-origin-opener-policy", b"same-origin"),
 )
 
-PUBLIC_PATHS: Final = ("/login", "/static/")
-"""Paths served without a sign-in: the sign-in form and the style sheet and script it uses."""
+PUBLIC_PATHS: Final = ("/login", "/static/", "/api/v1/")
+"""Paths served without a sign-in: the sign-in form and the style sheet and script it uses, and the HTTP API, which
+checks every request against its own per-agent tokens (`agentfold token create`)."""
 
 
 def _sign(settings: ServeSettings, purpose: str) -> str:
