@@ -27,6 +27,7 @@ def format_warning(
 # Sub-command modules, imported for their registration on `main`.
 COMMANDS = (
     "agentfold.cli.bench",
+    "agentfold.cli.control",
     "agentfold.cli.demo",
     "agentfold.cli.inspect",
     "agentfold.cli.relay",

@@ -66,25 +66,32 @@ class WorkflowClient:
     ) -> WorkflowHandle:
         """Start a run of `workflow` with `args`, or return the run already started under `workflow_id`.
 
+        `workflow` is a decorated function or a name. A name this runtime does not register starts a run of a
+        workflow registered on another service's runtime, without its code: whichever worker serves that name runs
+        it (the run records no code version then).
         Idempotent on `workflow_id`: starting it again (even with other inputs, even concurrently) starts nothing
         and returns the existing run. `WorkflowIdConflict` if the id runs a different workflow. Inputs that are not
         JSON values (or typed models) raise `NotSerializable` before anything is written.
         """
-        definition = self.runtime.definition(workflow)
         chosen_id = h.check_workflow_id(uuid.uuid4().hex if workflow_id is None else workflow_id)
-        data: dict[str, Any] = {
-            "workflow": definition.name,
-            "input": definition.encode_input(args, self.runtime.serializer),
-            "version": definition.version,
-        }
+        serializer = self.runtime.serializer
+        if isinstance(workflow, str) and not self.runtime.knows(workflow):
+            # Registered on another service's runtime: its workers decode the inputs as their code declares.
+            name = h.check_workflow_name(workflow)
+            encoded = {"args": [serializer.to_json(arg, f"input.args[{index}]") for index, arg in enumerate(args)]}
+            data: dict[str, Any] = {"workflow": name, "input": encoded, "version": None}
+        else:
+            definition = self.runtime.definition(workflow)
+            name = definition.name
+            data = {"workflow": name, "input": definition.encode_input(args, serializer), "version": definition.version}
         event = NewEvent(h.WORKFLOW_STARTED, data, id=uuid.uuid5(_START_NAMESPACE, chosen_id))
         with contextlib.suppress(WrongExpectedVersion):  # started before: the run below is the one to use
             await self.store.append(h.workflow_stream(chosen_id), [event], expected_version=NO_STREAM)
         existing = await self._first_event(chosen_id)
         if existing is None or existing.type != h.WORKFLOW_STARTED:
             raise InvalidInput(f"stream {h.workflow_stream(chosen_id)!r} exists but does not record a workflow run")
-        if existing.data.get("workflow") != definition.name:
-            raise WorkflowIdConflict(chosen_id, str(existing.data.get("workflow")), definition.name)
+        if existing.data.get("workflow") != name:
+            raise WorkflowIdConflict(chosen_id, str(existing.data.get("workflow")), name)
         return WorkflowHandle(self, chosen_id)
 
     def handle(self, workflow_id: str) -> WorkflowHandle:

@@ -96,6 +96,13 @@ def check_workflow_id(workflow_id: object) -> str:
     return workflow_id
 
 
+def check_workflow_name(name: object) -> str:
+    """Return `name` if it can name a workflow (a non-empty str without control characters), else `InvalidInput`."""
+    if not isinstance(name, str) or not name or not name.isprintable():
+        raise InvalidInput(f"a workflow name must be a non-empty printable str, got {name!r}")
+    return name
+
+
 def workflow_stream(workflow_id: str) -> str:
     """The stream that records one run."""
     return f"{WORKFLOW_STREAM_PREFIX}{workflow_id}"
