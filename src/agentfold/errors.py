@@ -431,3 +431,18 @@ class RequestTooLarge(InvalidInput):
         super().__init__(f"the request body is {shown} the limit of {limit} bytes")
         self.size = size
         self.limit = limit
+
+
+class CheckpointConflict(AgentfoldError):
+    """A checkpoint did not extend the head of its thread: another writer extended it first; nothing was written."""
+
+    def __init__(self, thread_id: str, checkpoint_ns: str, parent_id: str | None, head_id: str | None) -> None:
+        where = f"thread {thread_id!r}" + (f" (namespace {checkpoint_ns!r})" if checkpoint_ns else "")
+        super().__init__(
+            f"{where}: the checkpoint extends {parent_id!r}, but the thread's head is now {head_id!r} "
+            "(another writer saved a checkpoint first); nothing was written"
+        )
+        self.thread_id = thread_id
+        self.checkpoint_ns = checkpoint_ns
+        self.parent_id = parent_id
+        self.head_id = head_id
