@@ -140,10 +140,24 @@ async def _optional(module: str, function: str, *args: Any) -> Figures:
     return await measure(*args)
 
 
+async def measure_agents(backend: str, base_url: str | None, quick: bool, progress: Progress) -> Figures:
+    """The time durability adds to a Pydantic AI agent run (needs the pydantic-ai extra; nothing without it)."""
+    progress(f"{backend}: a 10-request Pydantic AI agent run, durable and plain")
+    async with scratch_store(backend, base_url) as (url, _):
+        return await _optional("agentfold.bench.agent_bench", "measure_agent", url, quick)
+
+
 async def run_backend(
-    backend: str, base_url: str | None = None, quick: bool = False, progress: Progress = print, big: bool = False
+    backend: str,
+    base_url: str | None = None,
+    quick: bool = False,
+    progress: Progress = print,
+    big: bool = False,
+    agents_only: bool = False,
 ) -> Figures:
     """Every figure for one backend, the raw-driver baseline of the same run, and the ratios between them."""
+    if agents_only:
+        return await measure_agents(backend, base_url, quick, progress)
     seconds = 1.0 if quick else 3.0
     figures: Figures = {}
     progress(f"{backend}: appends, 1 writer")
@@ -168,6 +182,7 @@ async def run_backend(
         async with scratch_store(backend, base_url) as (url, _):
             runs = 200 if quick else 500
             figures.update(await _optional("agentfold.bench.workflow_bench", "measure_workflows", url, runs))
+        figures.update(await measure_agents(backend, base_url, quick, progress))
     if backend != "memory":
         progress(f"{backend}: bare driver baseline")
         async with scratch_store(backend, base_url) as (url, _):
@@ -203,7 +218,12 @@ def environment() -> dict[str, Any]:
 
 
 async def run(
-    backends: list[str], base_urls: dict[str, str], quick: bool, progress: Progress = print, big: bool = False
+    backends: list[str],
+    base_urls: dict[str, str],
+    quick: bool,
+    progress: Progress = print,
+    big: bool = False,
+    agents_only: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmarks for `backends`; the result is what `--json` writes."""
     results: dict[str, Any] = {"environment": environment(), "backends": {}}
@@ -211,6 +231,6 @@ async def run(
         url = base_urls.get(backend)
         results["backends"][backend] = {
             "url": redact(url) if url else None,
-            "figures": await run_backend(backend, url, quick, progress, big),
+            "figures": await run_backend(backend, url, quick, progress, big, agents_only),
         }
     return results

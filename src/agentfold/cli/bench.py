@@ -38,8 +38,17 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     help="Also load a 1,000,000-event stream's state from its snapshot (SQLite; building it takes about a minute).",
 )
 @click.option("--markdown", is_flag=True, help="Print the figures as a Markdown table (as in the README).")
+@click.option(
+    "--agents", "agents_only", is_flag=True, help="Only the Pydantic AI agent figures (durable vs plain run)."
+)
 def bench(
-    backends: tuple[str, ...], urls: tuple[str, ...], json_path: Path | None, quick: bool, big: bool, markdown: bool
+    backends: tuple[str, ...],
+    urls: tuple[str, ...],
+    json_path: Path | None,
+    quick: bool,
+    big: bool,
+    markdown: bool,
+    agents_only: bool,
 ) -> None:
     """Measure appends, reads and folds, beside the bare driver of the same backend."""
     console = Console(stderr=True)
@@ -50,7 +59,16 @@ def bench(
         base_urls["postgres" if scheme.startswith("postgres") else scheme] = url
     with console.status("measuring") as status:
         try:
-            results = asyncio.run(run(chosen, base_urls, quick, progress=lambda text: status.update(text), big=big))
+            results = asyncio.run(
+                run(
+                    chosen,
+                    base_urls,
+                    quick,
+                    progress=lambda text: status.update(text),
+                    big=big,
+                    agents_only=agents_only,
+                )
+            )
         except AgentfoldError as error:  # messages name URLs with the password hidden
             raise click.ClickException(str(error)) from None
     if markdown:
