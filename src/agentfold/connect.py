@@ -93,3 +93,15 @@ def connect(url: str, *, create: bool = True, **options: Any) -> _Connecting:
     `StoreNotFound` naming what was looked for (``memory://`` is new and empty either way).
     """
     return _Connecting(url, create, options)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with the URL's password removed wherever it appears, redacted or not."""
+    cleaned = text.replace(url, redact(url))
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        cleaned = cleaned.replace(password, "***")
+    return redact(cleaned)

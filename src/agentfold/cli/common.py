@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -21,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import agentfold
 from agentfold.cli import DEFAULT_STORE
-from agentfold.connect import redact
+from agentfold.connect import redact, scrub
 from agentfold.errors import (
     AgentfoldError,
     InvalidInput,
@@ -78,18 +77,6 @@ def wide_option(command: F) -> F:
     return click.option(
         "--wide", is_flag=True, help="Show every column at its full width (lines may be wider than the terminal)."
     )(command)
-
-
-def scrub(text: str, url: str) -> str:
-    """`text` with the URL's password removed wherever it appears, redacted or not."""
-    cleaned = text.replace(url, redact(url))
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        cleaned = cleaned.replace(password, "***")
-    return redact(cleaned)
 
 
 CREATE_HINT: Final = (
@@ -216,25 +203,6 @@ def format_time(timestamp_us: int | None) -> str:
         return ""
     moment = datetime.fromtimestamp(timestamp_us / 1_000_000, UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
-
-
-def format_duration(duration_us: int | None) -> str:
-    """A duration for a table, in the largest units that keep it short: 850 µs, 12 ms, 3.4 s, 2 m 05 s, 1 h 02 m."""
-    if duration_us is None:
-        return ""
-    if duration_us < 1000:
-        return f"{duration_us} µs"
-    if duration_us < 1_000_000:
-        return f"{duration_us / 1000:.0f} ms"
-    seconds = duration_us / 1_000_000
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60} m {whole % 60:02d} s"
-    if whole < 86400:
-        return f"{whole // 3600} h {whole % 3600 // 60:02d} m"
-    return f"{whole // 86400} d {whole % 86400 // 3600:02d} h"
 
 
 def format_size(size: int) -> str:

@@ -11,8 +11,8 @@ import click
 from rich.console import Console
 
 from agentfold.cli import main
-from agentfold.cli.common import INTERRUPTED_EXIT_CODE, scrub
-from agentfold.connect import redact
+from agentfold.cli.common import INTERRUPTED_EXIT_CODE
+from agentfold.connect import redact, scrub
 from agentfold.errors import AgentfoldError
 
 CHECK_FAILED_EXIT_CODE: Final = 1

@@ -21,7 +21,6 @@ from rich.text import Text
 
 from agentfold.cli import main
 from agentfold.cli.common import (
-    format_duration,
     format_size,
     format_time,
     json_option,
@@ -35,6 +34,7 @@ from agentfold.cli.common import (
     wide_option,
 )
 from agentfold.cli.tables import Cell, Column, fit_table
+from agentfold.display import format_duration
 from agentfold.events import AGENT_ID, RecordedEvent
 from agentfold.runtime import history as h
 from agentfold.runtime.inspect import (

@@ -10,8 +10,8 @@ from typing import Final
 import click
 
 from agentfold.cli import main
-from agentfold.cli.common import INTERRUPTED_EXIT_CODE, StoreError, open_store, scrub, store_option
-from agentfold.connect import redact
+from agentfold.cli.common import INTERRUPTED_EXIT_CODE, StoreError, open_store, store_option
+from agentfold.connect import redact, scrub
 from agentfold.errors import AgentfoldError, InvalidInput
 from agentfold.web.api.settings import ApiSettings
 from agentfold.web.settings import DEFAULT_HOST, DEFAULT_PORT, ServeSettings

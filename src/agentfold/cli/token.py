@@ -23,9 +23,9 @@ from agentfold.cli.common import (
     output_console,
     print_json,
     run_with_store,
-    scrub,
     store_option,
 )
+from agentfold.connect import scrub
 from agentfold.errors import AgentfoldError, InvalidInput
 from agentfold.store import EventStore
 from agentfold.tokens import WORKFLOW_OPERATIONS, IssuedToken, TokenInfo, TokenRegistry, now_us

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from agentfold.connect import scrub
 from agentfold.errors import (
     InvalidInput,
     StoreClosed,
@@ -26,8 +27,6 @@ STORE_ERRORS = (StoreUnavailable, StoreTimeout, StoreCorrupted, StoreClosed, OSE
 
 
 def _scrubbed(request: Request, text: str) -> str:
-    from agentfold.cli.common import scrub
-
     return scrub(text, request.app.state.settings.store_url)
 
 

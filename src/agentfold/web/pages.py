@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from agentfold import display
 from agentfold.errors import InvalidInput, WorkflowNotFound
 from agentfold.events import RecordedEvent
 from agentfold.runs_index import LISTED_STATUSES, RunRow, RunsIndex, RunsQuery
@@ -55,9 +56,7 @@ def format_time(timestamp_us: int | None) -> str:
 
 
 def format_duration(duration_us: int | None) -> str:
-    from agentfold.cli.common import format_duration as cli_format
-
-    return cli_format(duration_us)
+    return display.format_duration(duration_us)
 
 
 def quote_path(value: str) -> str:
