@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from agentfold.errors import (
 from agentfold.events import ANY, NO_STREAM, NewEvent
 from agentfold.runtime import history as h
 from agentfold.runtime.history import History, load_history
+from agentfold.runtime.leases import worker_liveness
 from agentfold.runtime.registry import WorkflowRegistry
 from agentfold.runtime.retry import seconds
 from agentfold.runtime.statemachine import AWAITING_INPUT, FAILED, PROCESSING
@@ -33,6 +35,10 @@ WAKE_CHECK_SECONDS: Final = 5.0
 CONTROL_RACES: Final = 20
 """How often a control action folds the run again after a worker appended between its read and its write."""
 SUSPENDED: Final = "Suspended"
+NO_WORKER_WARNING_SECONDS: Final = 3.0
+"""How long `result` waits before it checks that a live worker serves the run's workflow, and warns if none does."""
+
+logger = logging.getLogger("agentfold.runtime")
 
 
 class WorkflowHandle:
@@ -237,11 +243,14 @@ class WorkflowClient:
 
         Raises `WorkflowFailed` with the stored failure, `NonDeterminism` while the run is suspended because its code
         no longer matches its history, `WorkflowNotFound` if it was never started, `TimeoutError` after `timeout`
-        (seconds or timedelta). Waiting is pushed by the store (`_wait_for_append`), not a polling loop.
+        (seconds or timedelta), `WorkflowCancelled` or `WorkflowTerminated` for a run stopped that way. Waiting is
+        pushed by the store, not a polling loop. When the run is still going after a few seconds and no live worker
+        serves its workflow, a warning naming the workflow is logged (``agentfold.runtime``) once.
         """
         h.check_workflow_id(workflow_id)
         limit = None if timeout is None else seconds(timeout, "timeout")
         deadline = None if limit is None else time.monotonic() + limit
+        check_workers_at: float | None = time.monotonic() + NO_WORKER_WARNING_SECONDS
         history = History(workflow_id)
         stream = h.workflow_stream(workflow_id)
         while True:
@@ -258,12 +267,31 @@ class WorkflowClient:
             if history.version == 0:
                 raise WorkflowNotFound(workflow_id)
             pause = WAKE_CHECK_SECONDS
+            if check_workers_at is not None:
+                if time.monotonic() >= check_workers_at:
+                    check_workers_at = None
+                    await self._warn_if_unserved(workflow_id, history.workflow)
+                else:
+                    pause = min(pause, check_workers_at - time.monotonic())
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"workflow {workflow_id!r} did not finish within {limit} s")
                 pause = min(pause, remaining)
             await self.store._wait_for_append(head, pause)
+
+    async def workers_serving(self, workflow: str) -> list[str] | None:
+        """The live workers whose heartbeats say they run `workflow`, sorted (None: a live worker does not say)."""
+        return (await worker_liveness(self.store)).serving(workflow)
+
+    async def _warn_if_unserved(self, workflow_id: str, workflow: str) -> None:
+        if await self.workers_serving(workflow) == []:
+            logger.warning(
+                "run %r waits for a worker: no live worker serves workflow %r (start one with "
+                "`agentfold worker package.module:runtime`, whose runtime registers it)",
+                workflow_id,
+                workflow,
+            )
 
     def _outcome(self, history: History) -> Any:
         assert history.finished is not None

@@ -810,22 +810,34 @@ class WorkflowContext:
 
     # -- hand-offs --------------------------------------------------------------------------------------------------
 
-    def start_child(self, workflow: Callable[..., Any] | str, *args: Any) -> Awaitable[str]:
+    def start_child(
+        self, workflow: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None
+    ) -> Awaitable[str]:
         """Start a child run of `workflow` with `args`, once, and return its workflow id.
 
-        Recorded as the step ``child:<workflow name>``; the child's id is that step's idempotency key
-        (``<parent id>/<seq>/child:<name>``), so a resumed parent finds the same child instead of starting another.
-        Await its result with `child_result`.
+        `workflow` is a decorated function or a name; a name this runtime does not register starts a workflow
+        registered on another service's runtime, without its code (a worker there runs it; if none serves the
+        name, the child run fails with `UnknownWorkflow`, not this run). Recorded as the step ``child:<name>``.
+        The child's id is `workflow_id` when given (e.g. ``f"{ctx.workflow_id}/writer"``, an id people and other
+        agents can know in advance), else that step's idempotency key (``<parent id>/<seq>/child:<name>``); either
+        way a resumed parent finds the same child instead of starting another. Await its result with
+        `child_result`.
         """
         execution = self._execution
-        definition = execution.runtime.definition(workflow)
+        if isinstance(workflow, str) and not execution.runtime.knows(workflow):
+            target: Callable[..., Any] | str = h.check_workflow_name(workflow)
+            name = workflow
+        else:
+            definition = execution.runtime.definition(workflow)
+            target, name = definition.function, definition.name
+        chosen_id = None if workflow_id is None else h.check_workflow_id(workflow_id)
         client = WorkflowClient(execution.runtime, execution.store)
 
         async def start_child_run(*inputs: Any, idempotency_key: str) -> str:
-            handle = await client.start(definition.function, *inputs, workflow_id=idempotency_key)
+            handle = await client.start(target, *inputs, workflow_id=chosen_id or idempotency_key)
             return handle.workflow_id
 
-        return self.step(f"child:{definition.name}", start_child_run, *args, retry=_HAND_OFF_RETRY)
+        return self.step(f"child:{name}", start_child_run, *args, retry=_HAND_OFF_RETRY)
 
     def child_result(self, workflow_id: str, timeout: timedelta | float | None = None) -> Awaitable[Any]:
         """Wait for the run `workflow_id` to finish and return its result (JSON), recorded as a step.
@@ -842,18 +854,23 @@ class WorkflowContext:
         return self.step(f"result:{workflow_id}", await_child, workflow_id, retry=_CHILD_RESULT_RETRY, timeout=timeout)
 
     async def child(
-        self, workflow: Callable[..., Any] | str, *args: Any, timeout: timedelta | float | None = None
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: timedelta | float | None = None,
     ) -> Any:
         """Start a child run and wait for its result: `start_child` then `child_result`."""
-        child_id = await self.start_child(workflow, *args)
+        child_id = await self.start_child(workflow, *args, workflow_id=workflow_id)
         return await self.child_result(child_id, timeout)
 
     def send(self, workflow_id: str, name: str, payload: Any = None) -> Awaitable[None]:
         """Put a message in another run's mailbox: its ``ctx.wait_for(name)`` returns `payload`.
 
         Recorded as the step ``send:<name>``, with the step's idempotency key as the signal id, so the message is
-        delivered once even if this run is resumed after sending it. `WorkflowNotFound` (as a failed step) if the
-        receiving run was never started.
+        delivered once even if this run is resumed after sending it. The receiving run may be of a workflow
+        registered on another service's runtime: only its id is needed. `WorkflowNotFound` (as a failed step) if
+        the receiving run was never started.
         """
         client = WorkflowClient(self._execution.runtime, self._execution.store)
 

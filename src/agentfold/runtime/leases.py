@@ -114,6 +114,8 @@ class Liveness:
     def __init__(self) -> None:
         self._expires_us: dict[str, int] = {}
         self._stopped: set[str] = set()
+        self._serves: dict[str, frozenset[str] | None] = {}
+        """The workflows each worker's latest heartbeat says it runs (None: its heartbeat does not say)."""
 
     def observe(self, event: RecordedEvent) -> None:
         """Fold a `WorkerHeartbeat` or `WorkerStopped` event (others are ignored)."""
@@ -124,6 +126,8 @@ class Liveness:
             expires = event.recorded_at_us + int(event.data.get("ttl_us", 0))
             if expires > self._expires_us.get(worker, 0):
                 self._expires_us[worker] = expires
+                names = event.data.get("workflows")
+                self._serves[worker] = frozenset(map(str, names)) if isinstance(names, list) else None
             self._stopped.discard(worker)
         elif event.type == WORKER_STOPPED:
             self._stopped.add(worker)
@@ -141,19 +145,45 @@ class Liveness:
         """When the worker's leases run out unless it heartbeats again (None: no heartbeat seen)."""
         return self._expires_us.get(worker)
 
+    def serving(self, workflow: str, at_us: int | None = None) -> list[str] | None:
+        """The live workers that run `workflow`, sorted; None when a live worker does not say what it runs."""
+        found = []
+        for worker in self.alive(at_us):
+            serves = self._serves.get(worker)
+            if serves is None:
+                return None
+            if workflow in serves:
+                found.append(worker)
+        return found
+
+    def served(self, at_us: int | None = None) -> set[str] | None:
+        """Every workflow some live worker runs; None when a live worker does not say what it runs."""
+        names: set[str] = set()
+        for worker in self.alive(at_us):
+            serves = self._serves.get(worker)
+            if serves is None:
+                return None
+            names |= serves
+        return names
+
     def to_json(self) -> dict[str, list[Any]]:
         """What `from_json` needs to restore this view (kept in the workers' registry snapshot)."""
         workers = set(self._expires_us) | self._stopped
-        return {worker: [self._expires_us.get(worker), worker in self._stopped] for worker in sorted(workers)}
+        return {
+            worker: [self._expires_us.get(worker), worker in self._stopped, _sorted_or_none(self._serves.get(worker))]
+            for worker in sorted(workers)
+        }
 
     @classmethod
     def from_json(cls, saved: dict[str, list[Any]]) -> Liveness:
         liveness = cls()
-        for worker, (expires, stopped) in saved.items():
+        for worker, (expires, stopped, *serves) in saved.items():
             if expires is not None:
                 liveness._expires_us[worker] = int(expires)
             if stopped:
                 liveness._stopped.add(worker)
+            if serves and isinstance(serves[0], list):
+                liveness._serves[worker] = frozenset(serves[0])
         return liveness
 
     def alive(self, at_us: int | None = None) -> list[str]:
@@ -168,6 +198,10 @@ class Liveness:
         async for event in store.read_stream(stream, after_version=max(0, version - 1)):
             self.observe(event)
         return self.state(worker)
+
+
+def _sorted_or_none(names: frozenset[str] | None) -> list[str] | None:
+    return None if names is None else sorted(names)
 
 
 def preferred_worker(workflow_id: str, workers: Iterable[str]) -> str | None:

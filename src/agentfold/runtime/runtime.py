@@ -7,7 +7,7 @@ from datetime import timedelta
 from agentfold.runtime.client import WorkflowClient
 from agentfold.runtime.leases import DEFAULT_LEASE_TTL
 from agentfold.runtime.registry import DEFAULT_RETRY, WorkflowDefinition, WorkflowFunction, WorkflowRegistry
-from agentfold.runtime.worker import STOP_TIMEOUT_SECONDS, Worker
+from agentfold.runtime.worker import STOP_TIMEOUT_SECONDS, UNSERVED_GRACE_SECONDS, Worker
 from agentfold.store import EventStore
 
 __all__ = ["DEFAULT_RETRY", "Runtime", "WorkflowDefinition", "WorkflowFunction"]
@@ -28,12 +28,16 @@ class Runtime(WorkflowRegistry):
         heartbeat: timedelta | float | None = None,
         worker_id: str | None = None,
         stop_timeout: timedelta | float | None = None,
+        unserved_grace: timedelta | float | None = UNSERVED_GRACE_SECONDS,
     ) -> Worker:
         """A worker running this runtime's workflows from `store` in this process (use with ``async with``).
 
         Any number of workers, in any processes, may serve one store: each run is held by one worker at a time
         under a lease (`lease_ttl`, renewed by a heartbeat every `heartbeat` seconds, default a third of the TTL).
         Leaving the block lets running step functions finish for up to `stop_timeout` seconds (default 2).
+        A run of a workflow that no live worker serves for `unserved_grace` seconds (default 60; None: never) is
+        failed with an `UnknownWorkflow` error on the run, so a misspelt hand-off shows on the run that was asked
+        for, not on its caller; `retry` runs it again once a worker serves it.
         """
         return Worker(
             self,
@@ -43,6 +47,7 @@ class Runtime(WorkflowRegistry):
             heartbeat=heartbeat,
             worker_id=worker_id,
             stop_timeout=STOP_TIMEOUT_SECONDS if stop_timeout is None else stop_timeout,
+            unserved_grace=unserved_grace,
         )
 
     def client(self, store: EventStore) -> WorkflowClient:

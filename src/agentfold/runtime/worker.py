@@ -83,6 +83,8 @@ REGISTRY_SNAPSHOT: Final = "registry"
 REGISTRY_EVERY_EVENTS: Final = 2000
 """Watched events between saves of the registry snapshot (also saved at most every `REGISTRY_EVERY_SECONDS`)."""
 REGISTRY_EVERY_SECONDS: Final = 60.0
+UNSERVED_GRACE_SECONDS: Final = 60.0
+"""How long a run of a workflow that no live worker serves waits before a worker fails it with `UnknownWorkflow`."""
 
 
 class Worker:
@@ -98,6 +100,7 @@ class Worker:
         heartbeat: timedelta | float | None = None,
         worker_id: str | None = None,
         stop_timeout: timedelta | float = STOP_TIMEOUT_SECONDS,
+        unserved_grace: timedelta | float | None = UNSERVED_GRACE_SECONDS,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInput(f"concurrency must be an int >= 1, got {concurrency!r}")
@@ -107,6 +110,8 @@ class Worker:
         self.lease = LeaseSettings.of(lease_ttl, heartbeat)
         self.worker_id = new_worker_id() if worker_id is None else check_worker_id(worker_id)
         self.stop_timeout = seconds(stop_timeout, "stop_timeout")
+        self.unserved_grace = None if unserved_grace is None else seconds(unserved_grace, "unserved_grace")
+        """How long a run of a workflow no live worker serves waits before it is failed (None: it waits forever)."""
         self.claim_delay = min(MAX_CLAIM_DELAY_SECONDS, self.lease.heartbeat / 2)
         """How long a new run is left to the worker rendezvous hashing prefers before others race for it."""
         self.liveness = Liveness()
@@ -129,6 +134,8 @@ class Worker:
         self._stopping = False
         self._heartbeat = Heartbeat(store, self.worker_id, self.lease, self._describe, self._out_of_touch)
         self._triggers: ConsumerGroupMember | None = None
+        self._unserved_since: dict[str, float] = {}
+        self._watching_since = 0.0
 
     @property
     def running(self) -> list[str]:
@@ -207,7 +214,12 @@ class Worker:
             logger.warning("worker %s could not record its stop (its leases expire instead): %r", self.worker_id, error)
 
     def _describe(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "concurrency": self.concurrency, "running": len(self._running)}
+        return {
+            "pid": os.getpid(),
+            "concurrency": self.concurrency,
+            "running": len(self._running),
+            "workflows": self.runtime.names,
+        }
 
     def _out_of_touch(self) -> None:
         """No heartbeat for a whole TTL: others may hold our runs now, so stop them rather than be fenced mid-step."""
@@ -219,6 +231,7 @@ class Worker:
 
     async def _serve(self) -> None:
         position = await self._restore_registry()
+        self._watching_since = time.monotonic()
         saved, saved_at, observed = position, time.monotonic(), 0
         pause = min(WAKE_CHECK_SECONDS, self.lease.heartbeat, self.claim_delay)
         # Not `while True`: a driver that swallows a cancellation (redis-py can, mid-command) must not keep `stop`
@@ -238,6 +251,7 @@ class Worker:
                 saved, saved_at, observed = position, time.monotonic(), 0
             self._ready.set()
             self._launch()
+            await self._fail_unserved()
             self._slot_freed.clear()
             await self.store.wait_for_append(position, pause, until=self._slot_freed)
 
@@ -423,6 +437,52 @@ class Worker:
         await execution.run()
         if execution.history.finished is not None:
             self._unfinished.pop(workflow_id, None)
+
+    async def _fail_unserved(self) -> None:
+        """Fail the runs of workflows no live worker has served for `unserved_grace` seconds (a misspelt name, or a
+        service that is gone), with an `UnknownWorkflow` error on the run itself; `retry` runs them again later.
+
+        Only a worker that has watched the workers for a whole grace period judges, only while every live worker
+        says what it serves, and only the one rendezvous hashing prefers for the run appends the failure.
+        """
+        grace = self.unserved_grace
+        clock = time.monotonic()
+        if grace is None or self._stopping or clock < self._watching_since + grace:
+            return
+        moment = now_us()
+        served = self.liveness.served(moment)
+        if served is None:
+            return
+        served |= set(self.runtime.names)
+        live = sorted({*self.liveness.alive(moment), self.worker_id})
+        for workflow_id in [run for run in self._unserved_since if run not in self._workflows]:
+            del self._unserved_since[workflow_id]
+        for workflow_id, workflow in list(self._workflows.items()):
+            if workflow in served:
+                self._unserved_since.pop(workflow_id, None)
+                continue
+            since = self._unserved_since.setdefault(workflow_id, clock)
+            if clock < since + grace or preferred_worker(workflow_id, live) != self.worker_id:
+                continue
+            history = await load_history(self.store, workflow_id)
+            if history.finished is not None or history.version == 0:
+                continue
+            if history.owner is not None and self.liveness.state(history.owner, moment) == ALIVE:
+                continue
+            served_now = ", ".join(sorted(served)) or "none"
+            message = (
+                f"no live worker serves workflow {workflow!r} (served: {served_now}); "
+                f"once one does, `agentfold retry {workflow_id}` runs it"
+            )
+            failed = NewEvent(h.WORKFLOW_FAILED, {"error": {"type": "UnknownWorkflow", "message": message}})
+            try:
+                await self.store.append(h.workflow_stream(workflow_id), [failed], expected_version=history.version)
+            except WrongExpectedVersion:
+                continue
+            except AgentfoldError as error:
+                logger.warning("could not fail run %r of unserved workflow %r: %r", workflow_id, workflow, error)
+                continue
+            logger.error("workflow %r failed: %s", workflow_id, message)
 
     async def _release(self, workflow_id: str) -> None:
         """Give a run this worker cannot make progress on back to the others (`WorkflowReleased`)."""
