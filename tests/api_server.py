@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+import agentfold
 from agentfold.store import EventStore
 from agentfold.tokens import TokenRegistry
 from agentfold.web.api import ApiSettings, api_mount
@@ -29,7 +32,9 @@ async def running(app: Any, **config: Any) -> AsyncIterator[str]:
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", **config)
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    for _ in range(3000):
+        if server.started:
+            break
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
@@ -76,3 +81,51 @@ class SseReader:
             elif field == "data":
                 data.append(value)
         raise EOFError("the event stream ended")
+
+
+@contextlib.contextmanager
+def served_in_thread(store_url: str, settings: ApiSettings | None = None, **scope: Any) -> Iterator[tuple[str, str]]:
+    """The API over `store_url` on a real uvicorn server in a thread with its own event loop, for synchronous
+    clients; yields (base URL of /api/v1, a token with `scope`)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    started = threading.Event()
+    failure: list[BaseException] = []
+    holder: dict[str, Any] = {}
+
+    async def run() -> None:
+        async with await agentfold.connect(store_url) as store:
+            holder["token"] = await token_for(store, "schemathesis", **scope)
+            config = uvicorn.Config(api_only_app(store, settings), log_level="warning", lifespan="off")
+            server = holder["server"] = uvicorn.Server(config)
+            serving = asyncio.create_task(server.serve(sockets=[listener]))
+            for _ in range(1500):
+                if server.started or serving.done():
+                    break
+                await asyncio.sleep(0.02)
+            started.set()
+            await serving
+
+    def main() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=main, name="api-server", daemon=True)
+    thread.start()
+    started.wait(30)
+    if failure:
+        raise failure[0]
+    try:
+        yield f"http://127.0.0.1:{port}/api/v1", holder["token"]
+    finally:
+        if "server" in holder:
+            holder["server"].should_exit = True
+        thread.join(30)
+        listener.close()
+        if failure:
+            raise failure[0]

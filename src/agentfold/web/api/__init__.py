@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from typing import Final
+import re
+from typing import Final, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -46,6 +47,8 @@ def api_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette
         *SubscribeRoutes(store, tokens, chosen).routes(),
         *WorkflowRoutes(store, chosen).routes(),
     ]
+    for route in routes:
+        _match_any_character(route)
     limiter = RateLimiter(chosen.rate_per_second, chosen.burst)
     max_body = chosen.max_body_bytes if chosen.max_body_bytes is not None else store.max_event_size
     return Starlette(
@@ -57,4 +60,15 @@ def api_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette
 
 def api_mount(store: EventStore, settings: ApiSettings | None = None) -> Mount:
     """The API mounted at `API_PREFIX`, for the web app's routes."""
-    return Mount(API_PREFIX, app=api_app(store, settings))
+    return _match_any_character(Mount(API_PREFIX, app=api_app(store, settings)))
+
+
+R = TypeVar("R", Route, Mount, BaseRoute)
+
+
+def _match_any_character(route: R) -> R:
+    """Let path parameters hold any character, line breaks included: a stream id the store refuses then gets the
+    API's 422 naming it, instead of falling through to a 404 outside the API."""
+    if isinstance(route, Route | Mount):
+        route.path_regex = re.compile(route.path_regex.pattern, re.DOTALL)
+    return route

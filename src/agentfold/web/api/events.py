@@ -15,7 +15,15 @@ from agentfold.events import AGENT_ID, NewEvent, RecordedEvent
 from agentfold.runtime.inspect import event_json
 from agentfold.store import EventStore
 from agentfold.web.api.guard import principal
-from agentfold.web.api.inputs import expected_version, int_param, json_body, naming, text_param, types_param
+from agentfold.web.api.inputs import (
+    expected_version,
+    int_param,
+    json_body,
+    naming,
+    only_params,
+    text_param,
+    types_param,
+)
 from agentfold.web.api.scopes import require_read, require_write, store_prefix
 from agentfold.web.api.settings import ApiSettings
 
@@ -58,13 +66,17 @@ class EventRoutes:
     def routes(self) -> list[Route]:
         return [
             Route("/events", self.read_all, methods=["GET"]),
-            Route("/streams/{stream_id:path}", self.append, methods=["POST"]),
-            Route("/streams/{stream_id:path}", self.read_stream, methods=["GET"]),
+            Route("/streams/{stream_id:path}", self.stream, methods=["GET", "POST"]),
         ]
+
+    async def stream(self, request: Request) -> Response:
+        """One route per path, so a 405 names every method the path has in its Allow header."""
+        return await (self.append(request) if request.method == "POST" else self.read_stream(request))
 
     async def append(self, request: Request) -> Response:
         """Append events; the agent id in each event's metadata is the token's name, whatever the body says."""
         info = principal(request)
+        only_params(request)
         stream_id = request.path_params["stream_id"]
         require_write(info, stream_id)
         body = await json_body(request, AppendIn)
@@ -105,6 +117,7 @@ class EventRoutes:
     async def read_stream(self, request: Request) -> Response:
         """A page of one stream's events, oldest first, after `after_version`."""
         info = principal(request)
+        only_params(request, "after_version", "limit", "type")
         stream_id = request.path_params["stream_id"]
         require_read(info, stream_id)
         after = int_param(request, "after_version", 0, maximum=MAX_VERSION)
@@ -134,6 +147,7 @@ class EventRoutes:
     async def read_all(self, request: Request) -> Response:
         """A page of the global log after `after_position`: only events of streams the token may read."""
         info = principal(request)
+        only_params(request, "after_position", "limit", "type", "prefix")
         after = int_param(request, "after_position", 0, maximum=MAX_VERSION)
         limit = int_param(request, "limit", 100, minimum=1, maximum=self.settings.max_page_limit)
         types = types_param(request)

@@ -95,3 +95,11 @@ def types_param(request: Request) -> list[str] | None:
 def text_param(request: Request, name: str) -> str | None:
     """An optional text query parameter; empty counts as absent."""
     return request.query_params.get(name) or None
+
+
+def only_params(request: Request, *allowed: str) -> None:
+    """`InvalidInput` naming the first query parameter the endpoint does not know (a typo would be ignored)."""
+    for name in request.query_params:
+        if name not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise naming(InvalidInput(f"unknown query parameter {name!r} (this endpoint takes: {known})"), name)

@@ -237,7 +237,11 @@ _SCHEMAS: Final[dict[str, Any]] = {
         "required": ["type"],
         "additionalProperties": False,
         "properties": {
-            "id": {"type": "string", "format": "uuid", "description": "Choose it, and a retry writes nothing twice"},
+            "id": {
+                "type": ["string", "null"],
+                "format": "uuid",
+                "description": "Choose it, and a retry writes nothing twice (absent or null: the server chooses one)",
+            },
             "type": {"type": "string", "minLength": 1, "maxLength": 200},
             "data": _JSON_OBJECT,
             "metadata": {**_JSON_OBJECT, "description": "agent_id is always the token's name"},

@@ -33,7 +33,7 @@ from agentfold.store import EventStore
 from agentfold.tokens import TokenInfo, TokenRegistry
 from agentfold.web.api.events import event_out
 from agentfold.web.api.guard import principal
-from agentfold.web.api.inputs import int_param, naming, text_param, types_param
+from agentfold.web.api.inputs import int_param, naming, only_params, text_param, types_param
 from agentfold.web.api.problems import error_response
 from agentfold.web.api.scopes import store_prefix
 from agentfold.web.api.settings import ApiSettings
@@ -67,6 +67,7 @@ class SubscribeRoutes:
     async def subscribe(self, request: Request) -> Response:
         """Open an SSE stream of events after `after_position` (or the Last-Event-ID header)."""
         info = principal(request)
+        only_params(request, "after_position", "type", "prefix")
         after = int_param(request, "after_position", 0, maximum=MAX_VERSION)
         last_event_id = request.headers.get("last-event-id")
         if last_event_id:

@@ -22,7 +22,7 @@ from agentfold.runtime.statemachine import CANCELLED
 from agentfold.store import EventStore
 from agentfold.web.api.events import json_response
 from agentfold.web.api.guard import principal
-from agentfold.web.api.inputs import float_param, int_param, json_body, naming, text_param
+from agentfold.web.api.inputs import float_param, int_param, json_body, naming, only_params, text_param
 from agentfold.web.api.scopes import require_operation, require_read, require_write
 from agentfold.web.api.settings import ApiSettings
 
@@ -67,17 +67,21 @@ class WorkflowRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/workflows", self.runs, methods=["GET"]),
-            Route("/workflows", self.start, methods=["POST"]),
+            Route("/workflows", self.runs_or_start, methods=["GET", "POST"]),
             Route("/workflows/{workflow_id:path}/signals", self.signal, methods=["POST"]),
             Route("/workflows/{workflow_id:path}/result", self.result, methods=["GET"]),
             Route("/workflows/{workflow_id:path}/cancel", self.cancel, methods=["POST"]),
             Route("/workflows/{workflow_id:path}", self.state, methods=["GET"]),
         ]
 
+    async def runs_or_start(self, request: Request) -> Response:
+        """One route per path, so a 405 names every method the path has in its Allow header."""
+        return await (self.start(request) if request.method == "POST" else self.runs(request))
+
     async def runs(self, request: Request) -> Response:
         """The runs whose streams the token may read, oldest first, optionally of one status."""
         info = principal(request)
+        only_params(request, "status", "limit")
         limit = int_param(request, "limit", 100, minimum=1, maximum=self.settings.max_page_limit)
         try:
             run_filter = RunFilter(text_param(request, "status"))
@@ -93,6 +97,7 @@ class WorkflowRoutes:
     async def start(self, request: Request) -> Response:
         """Start a run, or find the one already started under this workflow id (same answer either way)."""
         info = principal(request)
+        only_params(request)
         require_operation(info, "start")
         body = await json_body(request, StartIn)
         try:
@@ -114,6 +119,7 @@ class WorkflowRoutes:
     async def signal(self, request: Request) -> Response:
         """Send a signal to a run (idempotent by `signal_id`)."""
         info = principal(request)
+        only_params(request)
         workflow_id = _workflow_id(request)
         require_operation(info, "signal")
         require_write(info, h.signal_stream(workflow_id))
@@ -130,6 +136,7 @@ class WorkflowRoutes:
         """Ask a run to stop at its next await (asking again, even after it ended cancelled, changes nothing); 409 for
         a run that ended otherwise."""
         info = principal(request)
+        only_params(request)
         workflow_id = _workflow_id(request)
         require_operation(info, "cancel")
         require_write(info, h.workflow_stream(workflow_id))
@@ -146,6 +153,7 @@ class WorkflowRoutes:
     async def state(self, request: Request) -> Response:
         """The run's summary: lifecycle state, status, times and counts."""
         info = principal(request)
+        only_params(request)
         workflow_id = _workflow_id(request)
         require_read(info, h.workflow_stream(workflow_id))
         return json_response((await run_summary(self.store, workflow_id)).to_json())
@@ -153,6 +161,7 @@ class WorkflowRoutes:
     async def result(self, request: Request) -> Response:
         """Wait up to `timeout` seconds for the run to end: 200 with how it ended, 202 if it is still going."""
         info = principal(request)
+        only_params(request, "timeout")
         workflow_id = _workflow_id(request)
         require_read(info, h.workflow_stream(workflow_id))
         timeout = float_param(request, "timeout", 30.0, self.settings.max_result_wait_seconds)
