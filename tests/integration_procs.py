@@ -39,9 +39,26 @@ async def racer(url: str, thread_id: str, go_file: str) -> None:
             print(f"SAVED {child['id']}", flush=True)
 
 
+async def agent_turn(url: str, session_id: str, text: str) -> None:
+    """One `Runner.run` turn of a scripted agent on an `AgentfoldSession`; prints `OUTPUT <final output>`."""
+    from agents import Agent, Runner, set_tracing_disabled
+
+    from agentfold.integrations.openai_agents import AgentfoldSession
+    from tests.scripted_model import RecallingModel
+
+    set_tracing_disabled(True)
+    async with agentfold.connect(url) as store:
+        session = AgentfoldSession(session_id, store)
+        agent = Agent(name="assistant", instructions="Remember what you are told.", model=RecallingModel())
+        result = await Runner.run(agent, text, session=session)
+        print(f"OUTPUT {result.final_output}", flush=True)
+
+
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
     if command == "racer":
         asyncio.run(racer(*arguments))
+    elif command == "agent-turn":
+        asyncio.run(agent_turn(*arguments))
     else:
         raise SystemExit(f"unknown command {command!r}")

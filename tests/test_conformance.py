@@ -168,6 +168,12 @@ async def test_read_stream_backwards_from_the_end(store: EventStore) -> None:
     assert [event.data["n"] for event in newest] == [5, 4]
     assert newest == (await stream_list(store, "long"))[-1:-3:-1]
     assert [event async for event in store.read_stream("nobody", backwards=True)] == []
+    below = [event.version async for event in store.read_stream("long", backwards=True, before_version=11)]
+    assert below == list(range(10, 0, -1))
+    assert [e.version async for e in store.read_stream("long", 2, 3, backwards=True, before_version=8)] == [7, 6, 5]
+    assert [e.version async for e in store.read_stream("long", backwards=True, before_version=1)] == []
+    with pytest.raises(InvalidInput):
+        store.read_stream_pages("long", before_version=3)
     with pytest.raises(InvalidInput):
         store.read_stream_pages("long", limit=-1, backwards=True)
     with pytest.raises(InvalidInput):

@@ -86,18 +86,34 @@ class EventLog(abc.ABC):
         return await self._append(stream_id, encoded, expected)
 
     async def read_stream(
-        self, stream_id: str, after_version: int = 0, limit: int | None = None, *, backwards: bool = False
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        limit: int | None = None,
+        *,
+        backwards: bool = False,
+        before_version: int | None = None,
     ) -> AsyncGenerator[RecordedEvent, None]:
         """Yield the events of one stream with a version above `after_version`, in version order.
 
         With `backwards=True` the newest come first, in descending version order, and `limit` counts from the
-        stream's end: reading the last N events costs O(N), whatever the stream's length."""
-        async for page in self.read_stream_pages(stream_id, after_version, limit, backwards=backwards):
+        stream's end (or from `before_version`, exclusive): reading the last N events costs O(N), whatever the
+        stream's length."""
+        pages = self.read_stream_pages(
+            stream_id, after_version, limit, backwards=backwards, before_version=before_version
+        )
+        async for page in pages:
             for event in page:
                 yield event
 
     def read_stream_pages(
-        self, stream_id: str, after_version: int = 0, limit: int | None = None, *, backwards: bool = False
+        self,
+        stream_id: str,
+        after_version: int = 0,
+        limit: int | None = None,
+        *,
+        backwards: bool = False,
+        before_version: int | None = None,
     ) -> AsyncGenerator[list[RecordedEvent], None]:
         """Like `read_stream`, one list per round trip: the fast path for folds. Bad arguments raise here, at the
         call."""
@@ -107,15 +123,17 @@ class EventLog(abc.ABC):
         remaining = check_limit(limit)
         if not isinstance(backwards, bool):
             raise InvalidInput(f"backwards must be a bool, got {type(backwards).__name__}")
+        if before_version is not None and not backwards:
+            raise InvalidInput("before_version bounds a backward read: pass backwards=True")
         if backwards:
-            return self._backward_stream_pages(stream_id, after, remaining)
+            before = MAX_VERSION + 1 if before_version is None else check_counter(before_version, "before_version")
+            return self._backward_stream_pages(stream_id, after, remaining, before)
         return self._stream_pages(stream_id, after, remaining)
 
     async def _backward_stream_pages(
-        self, stream_id: str, after_version: int, remaining: int | None
+        self, stream_id: str, after_version: int, remaining: int | None, before: int
     ) -> AsyncGenerator[list[RecordedEvent], None]:
         """The pages of `read_stream_pages(backwards=True)`, arguments checked: newest first."""
-        before = MAX_VERSION + 1
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
             page = await self._read_stream_page_backwards(stream_id, before, after_version, size)
