@@ -11,10 +11,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
 import agentfold
+from agentfold.runtime import Runtime
 from agentfold.web.app import create_app
 from agentfold.web.settings import ServeSettings
 
@@ -71,5 +73,41 @@ def served(store_url: str, token: str | None = None, allow_actions: bool = False
             holder["server"].should_exit = True
         thread.join(START_TIMEOUT_SECONDS)
         listener.close()
+        if failure:
+            raise failure[0]
+
+
+@contextmanager
+def worker_thread(store_url: str, runtime: Runtime) -> Iterator[None]:
+    """A worker serving `runtime`'s workflows from `store_url` in a thread of its own, until the block ends."""
+    started = threading.Event()
+    failure: list[BaseException] = []
+    holder: dict[str, Any] = {}
+
+    async def run() -> None:
+        stop = holder["stop"] = asyncio.Event()
+        holder["loop"] = asyncio.get_running_loop()
+        async with agentfold.connect(store_url) as store, runtime.worker(store, lease_ttl=5):
+            started.set()
+            await stop.wait()
+
+    def main() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=main, name="worker", daemon=True)
+    thread.start()
+    started.wait(START_TIMEOUT_SECONDS)
+    if failure:
+        raise failure[0]
+    try:
+        yield
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(START_TIMEOUT_SECONDS)
         if failure:
             raise failure[0]

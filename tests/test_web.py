@@ -9,45 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-import agentfold
-from agentfold.events import NO_STREAM, NewEvent
-from agentfold.runtime import Runtime, WorkflowContext
+from tests.inspector_runs import seed
 from tests.inspector_server import served
-
-XSS = "<script>alert('x')</script>"
-
-
-def make_runtime() -> Runtime:
-    runtime = Runtime()
-
-    @runtime.workflow(name="approval")
-    async def approval(ctx: WorkflowContext, title: str) -> str:
-        await ctx.step("draft", draft, title)
-        decision = await ctx.wait_for("approve")
-        return f"{title}: {decision}"
-
-    return runtime
-
-
-async def draft(title: str) -> str:
-    return f"draft of {title}"
-
-
-async def seed(url: str) -> None:
-    """Two runs: one that finished, one waiting for approval, and a stream that holds an XSS payload."""
-    runtime = make_runtime()
-    async with agentfold.connect(url) as store:
-        client = runtime.client(store)
-        async with runtime.worker(store):
-            done = await client.start("approval", "first", workflow_id="doc-1")
-            await client.start("approval", XSS, workflow_id="doc-2")
-            await client.signal("doc-1", "approve", "yes")
-            await done.result(timeout=20)
-            for _ in range(400):
-                if await client.state("doc-2") == "AwaitingInput":
-                    break
-                await asyncio.sleep(0.05)
-        await store.append("notes-1", [NewEvent("Noted", {"text": XSS})], expected_version=NO_STREAM)
 
 
 @pytest.fixture

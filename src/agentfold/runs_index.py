@@ -30,7 +30,16 @@ from agentfold.events import AGENT_ID, RecordedEvent
 from agentfold.runtime import history as h
 from agentfold.runtime.inspect import SUSPENDED, iso_time, now_us, run_id_of
 from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, WORKER_STREAM_PREFIX
-from agentfold.runtime.statemachine import AWAITING_INPUT, COMPLETED, DEFAULT_LIFECYCLE, FAILED, IDLE, PROCESSING
+from agentfold.runtime.statemachine import (
+    AWAITING_INPUT,
+    CANCELLED,
+    COMPLETED,
+    DEFAULT_LIFECYCLE,
+    FAILED,
+    IDLE,
+    PROCESSING,
+    TERMINATED,
+)
 from agentfold.store import EventStore
 
 PROJECTOR_NAME: Final = "agentfold-runs-index"
@@ -39,9 +48,17 @@ TABLE: Final = "agentfold_runs_index"
 WORKERS_TABLE: Final = "agentfold_runs_index_workers"
 
 STALLED: Final = "Stalled"
-CANCELLED: Final = "Cancelled"
-WORKFLOW_CANCELLED: Final = "WorkflowCancelled"
-LISTED_STATUSES: Final = (PROCESSING, AWAITING_INPUT, SUSPENDED, COMPLETED, FAILED, CANCELLED, STALLED, IDLE)
+LISTED_STATUSES: Final = (
+    PROCESSING,
+    AWAITING_INPUT,
+    SUSPENDED,
+    COMPLETED,
+    FAILED,
+    CANCELLED,
+    TERMINATED,
+    STALLED,
+    IDLE,
+)
 """Every status a listing can filter on, in the order the counts are shown."""
 UNFINISHED: Final = (IDLE, PROCESSING, AWAITING_INPUT)
 """Statuses a run can be stalled in (a suspended run waits for code, not for a worker)."""
@@ -56,7 +73,7 @@ class RunRow:
     workflow: str
     agent: str
     status: str
-    """The lifecycle state, `Suspended` or `Cancelled`; `Stalled` is decided at read time (see `stalled`)."""
+    """The lifecycle state or `Suspended`; `Stalled` is decided at read time (see `stalled`)."""
     started_at_us: int
     last_event_at_us: int
     last_event_type: str
@@ -102,12 +119,10 @@ COLUMNS: Final = tuple(f.name for f in fields(RunRow) if f.name != "stalled")
 
 
 def _status_after(row: RunRow, event: RecordedEvent) -> str:
-    if event.type == WORKFLOW_CANCELLED:
-        return CANCELLED
     if event.type == h.WORKFLOW_SUSPENDED:
         return SUSPENDED
-    if row.status in (CANCELLED,):
-        return row.status
+    if row.status == SUSPENDED and event.type in (*h.LEASE_TYPES, *h.CONTROL_TYPES):
+        return SUSPENDED  # a claim or a cancel request leaves the run suspended, as `History` folds it
     lifecycle = PROCESSING if row.status == SUSPENDED else row.status
     try:
         return DEFAULT_LIFECYCLE.next_state(lifecycle, event.type, event.data, row.workflow_id, check_guard=False)
@@ -140,8 +155,10 @@ def fold_run_event(row: RunRow | None, workflow_id: str, event: RecordedEvent) -
             row.failed_steps += 1
         else:
             row.retries += 1
-    elif event.type in (*h.FINISHED_TYPES, WORKFLOW_CANCELLED):
+    elif event.type in h.FINISHED_TYPES:
         row.finished_at_us = event.recorded_at_us
+    elif event.type == h.WORKFLOW_RESTARTED:
+        row.finished_at_us = None
     if event.type in h.LEASE_TYPES:
         row.owner = event.data.get("worker") if event.type == h.WORKFLOW_CLAIMED else None
     else:

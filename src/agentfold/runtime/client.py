@@ -110,12 +110,19 @@ class WorkflowClient:
         return None
 
     async def signal(
-        self, workflow_id: str, name: str, payload: Any = None, *, signal_id: str | uuid.UUID | None = None
+        self,
+        workflow_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        signal_id: str | uuid.UUID | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """Send the signal `name` to a run: its next (or current) ``ctx.wait_for(name)`` returns `payload`.
 
         Works from any process. `signal_id` makes the call idempotent: the same id is delivered once, however often
         it is sent. `WorkflowNotFound` if no such run was started; `NotSerializable` for a non-JSON payload.
+        `metadata` is recorded with the signal (who sent it, from where), as with every run control below.
         """
         h.check_workflow_id(workflow_id)
         if not isinstance(name, str) or not name:
@@ -125,9 +132,10 @@ class WorkflowClient:
             raise WorkflowNotFound(workflow_id)
         data = {"name": name, "payload": encoded}
         if signal_id is None:
-            event = NewEvent(h.SIGNAL_SENT, data)
+            event = NewEvent(h.SIGNAL_SENT, data, metadata)
         else:
-            event = NewEvent(h.SIGNAL_SENT, data, id=uuid.uuid5(_START_NAMESPACE, f"{workflow_id}/signal/{signal_id}"))
+            signal_event_id = uuid.uuid5(_START_NAMESPACE, f"{workflow_id}/signal/{signal_id}")
+            event = NewEvent(h.SIGNAL_SENT, data, metadata, id=signal_event_id)
         await self.store.append(h.signal_stream(workflow_id), [event], expected_version=ANY)
 
     async def state(self, workflow_id: str) -> str:
@@ -140,7 +148,7 @@ class WorkflowClient:
 
     # -- run control ----------------------------------------------------------------------------------------------
 
-    async def cancel(self, workflow_id: str, reason: str = "") -> bool:
+    async def cancel(self, workflow_id: str, reason: str = "", *, metadata: dict[str, Any] | None = None) -> bool:
         """Ask a running run to stop: its code sees `WorkflowCancelled` at its next await and may clean up.
 
         A step function already running when the cancel arrives runs to its end and its result is recorded; the
@@ -150,23 +158,24 @@ class WorkflowClient:
         a cancel was already asked; `RunControlRefused` for a run that has ended.
         """
         data = {"reason": _check_reason(reason)}
-        return await self._control(workflow_id, "cancel", h.WORKFLOW_CANCEL_REQUESTED, data)
+        return await self._control(workflow_id, "cancel", h.WORKFLOW_CANCEL_REQUESTED, data, metadata)
 
-    async def terminate(self, workflow_id: str, reason: str = "") -> None:
+    async def terminate(self, workflow_id: str, reason: str = "", *, metadata: dict[str, Any] | None = None) -> None:
         """End a running run now, `Terminated`: no more of its code runs, step functions in flight are cancelled.
 
         Needs no worker. `RunControlRefused` for a run that has ended.
         """
-        await self._control(workflow_id, "terminate", h.WORKFLOW_TERMINATED, {"reason": _check_reason(reason)})
+        data = {"reason": _check_reason(reason)}
+        await self._control(workflow_id, "terminate", h.WORKFLOW_TERMINATED, data, metadata)
 
-    async def retry(self, workflow_id: str) -> int:
+    async def retry(self, workflow_id: str, *, metadata: dict[str, Any] | None = None) -> int:
         """Run a failed run again: recorded results before its first failed command are kept, the rest runs again.
 
         Returns the new attempt's number. `RunControlRefused` unless the run is `Failed`.
         """
-        return await self._restart(workflow_id, "retry", None)
+        return await self._restart(workflow_id, "retry", None, metadata)
 
-    async def restart(self, workflow_id: str, *, from_step: str) -> int:
+    async def restart(self, workflow_id: str, *, from_step: str, metadata: dict[str, Any] | None = None) -> int:
         """Start a new attempt that keeps the recorded results before the first step named `from_step`.
 
         Everything the run recorded from that step on is forgotten and runs again (signals its waits consumed are
@@ -176,9 +185,11 @@ class WorkflowClient:
         """
         if not isinstance(from_step, str) or not from_step:
             raise InvalidInput(f"from_step must be a non-empty step name, got {from_step!r}")
-        return await self._restart(workflow_id, "restart", from_step)
+        return await self._restart(workflow_id, "restart", from_step, metadata)
 
-    async def _restart(self, workflow_id: str, action: str, from_step: str | None) -> int:
+    async def _restart(
+        self, workflow_id: str, action: str, from_step: str | None, metadata: dict[str, Any] | None
+    ) -> int:
         for _ in range(CONTROL_RACES):
             history = await self._existing_history(workflow_id)
             status = _status(history)
@@ -207,7 +218,7 @@ class WorkflowClient:
                 "attempt": history.attempt + 1,
                 "previous_state": status,
             }
-            event = NewEvent(h.WORKFLOW_RESTARTED, data)
+            event = NewEvent(h.WORKFLOW_RESTARTED, data, metadata)
             try:
                 await self.store.append(h.workflow_stream(workflow_id), [event], expected_version=history.version)
             except WrongExpectedVersion:
@@ -215,7 +226,9 @@ class WorkflowClient:
             return history.attempt + 1
         raise RunControlRefused(workflow_id, action, "busy", "it kept changing while this action was checked")
 
-    async def _control(self, workflow_id: str, action: str, event_type: str, data: dict[str, Any]) -> bool:
+    async def _control(
+        self, workflow_id: str, action: str, event_type: str, data: dict[str, Any], metadata: dict[str, Any] | None
+    ) -> bool:
         """Append a control event at the exact version its state was checked at, folding again after a race."""
         for _ in range(CONTROL_RACES):
             history = await self._existing_history(workflow_id)
@@ -224,7 +237,7 @@ class WorkflowClient:
                 raise RunControlRefused(workflow_id, action, status, "only a run still going can be stopped")
             if event_type == h.WORKFLOW_CANCEL_REQUESTED and history.cancel_requested is not None:
                 return False
-            event = NewEvent(event_type, data)
+            event = NewEvent(event_type, data, metadata)
             try:
                 await self.store.append(h.workflow_stream(workflow_id), [event], expected_version=history.version)
             except WrongExpectedVersion:

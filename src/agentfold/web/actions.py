@@ -1,15 +1,16 @@
-"""Actions a signed-in user may take on a run when the server allows them (``--allow-actions`` and a token).
+"""Actions a signed-in user may take on a run when the server allows them (``--allow-actions`` and a token):
+send a signal (the approval a run waiting in ``wait_for`` needs), cancel, terminate, retry, restart from a step.
 
-Each action is an ordinary event appended through the store's interface, naming who did it in its metadata
-(``{"actor": ..., "via": "agentfold serve"}``), so the run's history says who approved or stopped it. Every action
-checks, before writing anything: actions are enabled, the form's CSRF token, and that the browser's ``Origin`` is
-this server.
+Each action goes through the runtime's client, which checks the run's state and writes one event; the event's
+metadata names who did it (``{"actor": ..., "via": "agentfold serve", "remote_addr": ...}``), so the run's history
+says who approved or stopped it. Before anything is written, every action checks that actions are enabled, the
+form's CSRF token, and that the browser's ``Origin`` is this server. A refused action (`RunControlRefused`) writes
+nothing and shows why.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any, Final
 
 from starlette.exceptions import HTTPException
@@ -17,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from agentfold.errors import InvalidInput, WorkflowNotFound
-from agentfold.events import ANY, NewEvent
+from agentfold.errors import InvalidInput
+from agentfold.runtime import Runtime, WorkflowClient
 from agentfold.runtime import history as h
 from agentfold.store import EventStore
 from agentfold.web.security import CSRF_FIELD, csrf_matches, same_origin
@@ -27,7 +28,7 @@ from agentfold.web.settings import ServeSettings
 ACTOR_FIELD: Final = "actor"
 VIA: Final = "agentfold serve"
 MAX_ACTOR_LENGTH: Final = 100
-FORM_NAMESPACE: Final = uuid.UUID("5d1f3c2a-8b7e-4f0a-9c61-3e2b7a9d4c10")
+MAX_REASON_LENGTH: Final = 500
 
 
 async def checked_form(request: Request) -> dict[str, str]:
@@ -51,8 +52,20 @@ def actor_of(request: Request, fields: dict[str, str]) -> dict[str, Any]:
     return {"actor": name, "via": VIA, "remote_addr": client}
 
 
+def client_of(request: Request) -> WorkflowClient:
+    """A client without workflow code: enough to signal and control runs, which only append events."""
+    store: EventStore = request.app.state.store
+    return Runtime().client(store)
+
+
+def _back_to(workflow_id: str) -> Response:
+    from agentfold.web.pages import quote_path
+
+    return RedirectResponse(f"/runs/{quote_path(workflow_id)}", status_code=303)
+
+
 async def send_signal(request: Request) -> Response:
-    """Send a signal to a run (the approval a run waiting in `wait_for` needs); back to the run page."""
+    """Send a signal to a run; back to the run page."""
     fields = await checked_form(request)
     workflow_id = h.check_workflow_id(fields.get("id", ""))
     name = fields.get("name", "").strip()
@@ -63,16 +76,35 @@ async def send_signal(request: Request) -> Response:
         payload = json.loads(raw_payload)
     except ValueError as error:
         raise InvalidInput(f"the payload must be JSON: {error}") from None
-    store: EventStore = request.app.state.store
-    if await store.stream_version(h.workflow_stream(workflow_id)) == 0:
-        raise WorkflowNotFound(workflow_id)
     # The form's nonce makes a double submit (or a browser retry) one signal, not two.
-    nonce = fields.get("nonce", "").strip()
-    event_id = uuid.uuid5(FORM_NAMESPACE, f"{workflow_id}/{nonce}") if nonce else uuid.uuid4()
-    event = NewEvent(h.SIGNAL_SENT, {"name": name, "payload": payload}, metadata=actor_of(request, fields), id=event_id)
-    await store.append(h.signal_stream(workflow_id), [event], expected_version=ANY)
-    return RedirectResponse(f"/runs/{workflow_id}", status_code=303)
+    nonce = fields.get("nonce", "").strip() or None
+    await client_of(request).signal(workflow_id, name, payload, signal_id=nonce, metadata=actor_of(request, fields))
+    return _back_to(workflow_id)
+
+
+async def control(request: Request) -> Response:
+    """Cancel, terminate, retry or restart a run from a step; back to the run page."""
+    fields = await checked_form(request)
+    workflow_id = h.check_workflow_id(fields.get("id", ""))
+    action = fields.get("action", "")
+    reason = fields.get("reason", "").strip()[:MAX_REASON_LENGTH]
+    metadata = actor_of(request, fields)
+    client = client_of(request)
+    if action == "cancel":
+        await client.cancel(workflow_id, reason, metadata=metadata)
+    elif action == "terminate":
+        await client.terminate(workflow_id, reason, metadata=metadata)
+    elif action == "retry":
+        await client.retry(workflow_id, metadata=metadata)
+    elif action == "restart":
+        await client.restart(workflow_id, from_step=fields.get("from_step", "").strip(), metadata=metadata)
+    else:
+        raise InvalidInput(f"unknown action {action[:40]!r}; use cancel, terminate, retry or restart")
+    return _back_to(workflow_id)
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/actions/signal", send_signal, methods=["POST"])]
+    return [
+        Route("/actions/signal", send_signal, methods=["POST"]),
+        Route("/actions/control", control, methods=["POST"]),
+    ]

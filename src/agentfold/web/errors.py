@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from agentfold.connect import scrub
 from agentfold.errors import (
     InvalidInput,
+    RunControlRefused,
     StoreClosed,
     StoreCorrupted,
     StoreTimeout,
@@ -60,6 +61,10 @@ async def bad_input(request: Request, error: Exception) -> Response:
     return error_response(request, 400, "Bad request", _scrubbed(request, str(error)))
 
 
+async def refused(request: Request, error: Exception) -> Response:
+    return error_response(request, 409, "Not done", str(error))
+
+
 async def http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     return error_response(request, error.status_code, "Error", str(error.detail))
@@ -75,6 +80,7 @@ def error_handlers() -> Mapping[Any, Callable[[Request, Exception], Any]]:
     handlers: dict[Any, Callable[[Request, Exception], Any]] = {error: store_failed for error in STORE_ERRORS}
     handlers[WorkflowNotFound] = not_found
     handlers[InvalidInput] = bad_input
+    handlers[RunControlRefused] = refused
     handlers[HTTPException] = http_error
     handlers[Exception] = unexpected
     return handlers

@@ -35,6 +35,7 @@ from agentfold.runtime.inspect import (
     timeline,
 )
 from agentfold.runtime.leases import WORKER_HEARTBEAT, worker_stream
+from agentfold.runtime.statemachine import AWAITING_INPUT, FAILED, PROCESSING
 from agentfold.store import EventStore
 from agentfold.web import actions, live, signin
 from agentfold.web.security import csrf_token
@@ -196,6 +197,12 @@ async def _heartbeat(store: EventStore, worker: str | None) -> int | None:
     return last
 
 
+def _step_names(state: dict[str, Any]) -> list[str]:
+    """The run's recorded steps, in order, each once: what a restart can start from."""
+    names = [command["name"] for command in state["commands"].values() if command["kind"] == h.STEP]
+    return list(dict.fromkeys(names))
+
+
 def _open_waits(state: dict[str, Any]) -> list[str]:
     return [
         command["name"]
@@ -267,6 +274,9 @@ async def run_page(request: Request) -> Response:
         "chart": drawn,
         "rows": run_timeline.rows,
         "waiting_for": data["run"]["waiting_for"],
+        "failed": summary.state == FAILED,
+        "steps": _step_names(state),
+        "running": summary.state in (PROCESSING, AWAITING_INPUT),
         "position": data["position"],
         "last_version": run_stream[-1].version,
         "now_us": moment,
