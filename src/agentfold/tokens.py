@@ -2,8 +2,9 @@
 
 A token reads ``aft_<id>_<secret>``. The store keeps only the SHA-256 of its 256-bit secret, as events of one stream
 (`TOKENS_STREAM`), so every `agentfold serve` process on the same store knows the same tokens and revocations.
-Checking a token costs one `stream_version` read: the registry folds the stream once and reads again only the events
-after the version it folded, so a revocation is refused from the next request on, on every process.
+Checking a token costs one `stream_version` read, shared by the requests that arrive while it waits to begin: the
+registry folds the stream once and reads again only the events after the version it folded, so a revocation is
+refused from the next request on, on every process.
 
 A scope names streams by globs where ``*`` matches any run of characters and every other character only itself
 (case and code point exact: ``agent-a*`` never matches a look-alike spelled with a Cyrillic a, ``agent-a`` never matches
@@ -164,7 +165,9 @@ class TokenRegistry:
         self.store = store
         self._tokens: dict[str, TokenInfo] = {}
         self._version = 0
-        self._refreshing: asyncio.Lock | None = None
+        self._reading: asyncio.Lock | None = None
+        self._next_read: asyncio.Future[None] | None = None
+        self._reads: set[asyncio.Task[None]] = set()
 
     async def create(
         self,
@@ -254,16 +257,42 @@ class TokenRegistry:
         return info
 
     async def refresh(self) -> None:
-        """Fold the token events written since the last refresh (one `stream_version` read when there are none)."""
+        """Fold the token events written up to now (one `stream_version` read when there are none).
+
+        Concurrent callers share reads: a caller joins the next read not yet begun, or starts one, and never takes
+        the answer of a read that began before it called. So under load there is about one read per read's
+        duration, and every caller still sees every revocation written before it called.
+        """
+        if self._next_read is None:
+            self._next_read = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._read_when_free(self._next_read))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+        await asyncio.shield(self._next_read)
+
+    async def _read_when_free(self, waiting: asyncio.Future[None]) -> None:
+        if self._reading is None:
+            self._reading = asyncio.Lock()
+        async with self._reading:
+            self._next_read = None  # callers from now on need a read that begins after this one
+            try:
+                await self._read_new_events()
+            except asyncio.CancelledError:
+                waiting.cancel()
+                raise
+            except Exception as error:
+                waiting.set_exception(error)
+                waiting.exception()  # retrieved here too, in case every caller has gone
+            else:
+                waiting.set_result(None)
+
+    async def _read_new_events(self) -> None:
         version = await self.store.stream_version(TOKENS_STREAM)
         if version <= self._version:
             return
-        if self._refreshing is None:
-            self._refreshing = asyncio.Lock()
-        async with self._refreshing:
-            async for event in self.store.read_stream(TOKENS_STREAM, after_version=self._version):
-                self._apply(event)
-                self._version = event.version
+        async for event in self.store.read_stream(TOKENS_STREAM, after_version=self._version):
+            self._apply(event)
+            self._version = event.version
 
     def _apply(self, event: RecordedEvent) -> None:
         data = event.data

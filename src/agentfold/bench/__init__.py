@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import os
 import platform
 import statistics
@@ -147,6 +148,15 @@ async def measure_agents(backend: str, base_url: str | None, quick: bool, progre
         return await _optional("agentfold.bench.agent_bench", "measure_agent", url, quick)
 
 
+async def measure_http_api(backend: str, base_url: str | None, quick: bool, progress: Progress) -> Figures:
+    """Appends through `agentfold serve`'s HTTP API beside the same load in process (needs the web extra)."""
+    if importlib.util.find_spec("uvicorn") is None or backend not in ("sqlite", "postgres"):
+        return {}
+    seconds = 3.0 if quick else 20.0
+    progress(f"{backend}: 32 HTTP writers through agentfold serve for {seconds:g} s, then 32 in process")
+    return await _optional("agentfold.bench.http_bench", "measure_http", backend, base_url, seconds)
+
+
 async def run_backend(
     backend: str,
     base_url: str | None = None,
@@ -154,10 +164,13 @@ async def run_backend(
     progress: Progress = print,
     big: bool = False,
     agents_only: bool = False,
+    http_only: bool = False,
 ) -> Figures:
     """Every figure for one backend, the raw-driver baseline of the same run, and the ratios between them."""
     if agents_only:
         return await measure_agents(backend, base_url, quick, progress)
+    if http_only:
+        return await measure_http_api(backend, base_url, quick, progress)
     seconds = 1.0 if quick else 3.0
     figures: Figures = {}
     progress(f"{backend}: appends, 1 writer")
@@ -183,6 +196,7 @@ async def run_backend(
             runs = 200 if quick else 500
             figures.update(await _optional("agentfold.bench.workflow_bench", "measure_workflows", url, runs))
         figures.update(await measure_agents(backend, base_url, quick, progress))
+        figures.update(await measure_http_api(backend, base_url, quick, progress))
     if backend != "memory":
         progress(f"{backend}: bare driver baseline")
         async with scratch_store(backend, base_url) as (url, _):
@@ -224,6 +238,7 @@ async def run(
     progress: Progress = print,
     big: bool = False,
     agents_only: bool = False,
+    http_only: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmarks for `backends`; the result is what `--json` writes."""
     results: dict[str, Any] = {"environment": environment(), "backends": {}}
@@ -231,6 +246,6 @@ async def run(
         url = base_urls.get(backend)
         results["backends"][backend] = {
             "url": redact(url) if url else None,
-            "figures": await run_backend(backend, url, quick, progress, big, agents_only),
+            "figures": await run_backend(backend, url, quick, progress, big, agents_only, http_only),
         }
     return results

@@ -41,6 +41,12 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
 @click.option(
     "--agents", "agents_only", is_flag=True, help="Only the Pydantic AI agent figures (durable vs plain run)."
 )
+@click.option(
+    "--http",
+    "http_only",
+    is_flag=True,
+    help="Only the HTTP API figures: 32 writers through agentfold serve beside 32 in process (SQLite, PostgreSQL).",
+)
 def bench(
     backends: tuple[str, ...],
     urls: tuple[str, ...],
@@ -49,6 +55,7 @@ def bench(
     big: bool,
     markdown: bool,
     agents_only: bool,
+    http_only: bool,
 ) -> None:
     """Measure appends, reads and folds, beside the bare driver of the same backend."""
     console = Console(stderr=True)
@@ -67,6 +74,7 @@ def bench(
                     progress=lambda text: status.update(text),
                     big=big,
                     agents_only=agents_only,
+                    http_only=http_only,
                 )
             )
         except AgentfoldError as error:  # messages name URLs with the password hidden
