@@ -541,8 +541,11 @@ async def test_start_is_idempotent_on_workflow_id_and_failures_are_stored(memory
     assert await types_of(memory, "x") == ["WorkflowStarted"]
     with pytest.raises(WorkflowIdConflict):
         await client.start(other, workflow_id="x")
-    with pytest.raises(UnknownWorkflow):
-        await client.start("not-registered", workflow_id="y")
+    with pytest.raises(UnknownWorkflow):  # a function must be registered; a name may be registered elsewhere
+        await client.start(test_start_is_idempotent_on_workflow_id_and_failures_are_stored, workflow_id="y")
+    assert await types_of(memory, "y") == []
+    await client.start("registered-elsewhere", workflow_id="z")
+    assert (await client.history("z")).workflow == "registered-elsewhere"
     with pytest.raises(WorkflowNotFound):
         await client.result("never-started")
     async with runtime.worker(memory):

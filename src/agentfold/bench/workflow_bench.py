@@ -32,7 +32,7 @@ READY_TIMEOUT: Final = 60.0
 runtime = Runtime(default_retry=NO_RETRY)
 
 
-async def work(index: int, idempotency_key: str) -> dict[str, Any]:
+async def work(index: int, idempotency_key: str = "") -> dict[str, Any]:
     """A step with no effect of its own: the figure is the runtime's cost per step."""
     return {"step": index, "key": idempotency_key}
 

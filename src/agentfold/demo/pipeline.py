@@ -132,7 +132,7 @@ def validate_order(order: Order) -> Order:
 CARRIERS: Final = ("parcelpost", "swiftship", "northfreight")
 
 
-def create_shipment(order: Order, idempotency_key: str) -> Shipment:
+def create_shipment(order: Order, idempotency_key: str = "") -> Shipment:
     """A shipment whose tracking number derives from the step's key: the same on every attempt."""
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
     carrier = CARRIERS[sum(map(ord, order.destination)) % len(CARRIERS)]
@@ -223,7 +223,7 @@ class OrderPipeline:
             raise ProviderError(f"charge {charged.charge_id} changed amount at the provider")
         return Payment(confirmed["charge_id"], confirmed["amount_cents"], confirmed["status"])
 
-    async def _notify(self, shipped: ShippedOrder, idempotency_key: str) -> str:
+    async def _notify(self, shipped: ShippedOrder, idempotency_key: str = "") -> str:
         """Record the customer's message once: a repeated attempt finds it already written."""
         order, shipment = shipped.order, shipped.shipment
         message = (

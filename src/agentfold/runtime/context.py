@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, ParamSpec, TypeVar, overload
 
 from agentfold.errors import (
     AgentfoldError,
@@ -52,6 +52,9 @@ from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
 
 logger = logging.getLogger("agentfold.runtime")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 APPEND_RETRIES: Final = 5
 SIGNAL_RECHECK_SECONDS: Final = 30.0
@@ -748,10 +751,65 @@ class WorkflowContext:
         """The code version the run was started with (`@runtime.workflow(version=...)`), recorded at start."""
         return self._execution.history.code_version
 
+    @overload
+    def step(
+        self, name: str, function: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Awaitable[R]: ...
+
+    @overload
+    def step(self, name: str, function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]: ...
+
+    # With options, the arguments are not checked against `function` (they cannot share a ParamSpec) and the result
+    # is Any: each overload below needs one option named, so calls without options get the checked ones above.
+    @overload
     def step(
         self,
         name: str,
         function: Callable[..., Any],
+        /,
+        *args: Any,
+        reconcile: Callable[..., Any],
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | float | None = None,
+        breaker: str | None = None,
+        **kwargs: Any,
+    ) -> Awaitable[Any]: ...
+
+    @overload
+    def step(
+        self,
+        name: str,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        retry: RetryPolicy | None,
+        timeout: timedelta | float | None = None,
+        breaker: str | None = None,
+        **kwargs: Any,
+    ) -> Awaitable[Any]: ...
+
+    @overload
+    def step(
+        self,
+        name: str,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: timedelta | float | None,
+        breaker: str | None = None,
+        **kwargs: Any,
+    ) -> Awaitable[Any]: ...
+
+    @overload
+    def step(
+        self, name: str, function: Callable[..., Any], /, *args: Any, breaker: str | None, **kwargs: Any
+    ) -> Awaitable[Any]: ...
+
+    def step(  # type: ignore[misc]  # options are taken out of what P.kwargs would pass on
+        self,
+        name: str,
+        function: Callable[..., Any],
+        /,
         *args: Any,
         reconcile: Callable[..., Any] | None = None,
         retry: RetryPolicy | None = None,
@@ -770,6 +828,10 @@ class WorkflowContext:
         the runtime's `step_timeout` applies. `breaker` names the circuit breaker guarding the dependency
         (`agentfold.runtime.breaker`): while it is open an attempt fails fast with `CircuitOpen`, recorded like any
         failed attempt, and `retry` decides what follows. Raises `StepError` when the step fails for good.
+
+        Typed: without options, mypy checks `args` and `kwargs` against `function`'s parameters and the await
+        returns `function`'s return type. A function that takes the key declares it with a default
+        (``idempotency_key: str = ""``) so callers need not pass it; the runtime always does.
         """
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"a step name must be a non-empty str, got {name!r}")
