@@ -26,6 +26,7 @@ def test_the_docs_hold_the_examples() -> None:
     assert programs() == [
         (ROOT / "examples" / "langgraph_approval.py").read_text(),
         (ROOT / "examples" / "openai_agents_session.py").read_text(),
+        (ROOT / "examples" / "pydantic_ai_support.py").read_text(),
     ]
 
 

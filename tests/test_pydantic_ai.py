@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ from agentfold.runtime import Runtime, workflow_stream
 from agentfold.store import EventStore
 from tests.backends import BACKENDS, Backend, require_service
 
+ROOT = Path(__file__).resolve().parent.parent
 STORE_BACKENDS = [backend for backend in BACKENDS if backend.name in ("sqlite", "postgres") and backend.available()]
 
 
@@ -198,3 +204,54 @@ def test_bad_input_is_refused_with_clear_errors() -> None:
     named = Agent(bare.model, name="bare", capabilities=[AgentfoldDurability()])
     DurableAgent(runtime, named, name="support-v2")
     assert runtime.names == ["support-v2"]
+
+
+def docs_example(heading: str) -> str:
+    text = (ROOT / "docs" / "integrations.md").read_text().split(heading, 1)[1]
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL)
+    assert code is not None
+    return code.group(1)
+
+
+def agentfold_cli(*args: str, cwd: Path) -> Any:
+    """Run `agentfold ... --json` in a subprocess, as a user would, and decode what it prints."""
+    env = {key: value for key, value in os.environ.items() if key != "AGENTFOLD_STORE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "agentfold.cli", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "250", "NO_COLOR": "1"},
+        cwd=cwd,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_docs_example_runs_and_show_and_replay_read_its_run(tmp_path: Path) -> None:
+    script = tmp_path / "support.py"
+    script.write_text(docs_example("## Pydantic AI"))
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "approval needed for {'refund-1': {'order_id': 'A-17', 'amount': 59}}" in run.stdout
+    assert "Done: refunded 59 EUR on A-17" in run.stdout
+    assert '["request", "response", "request", "response", "request", "response"]' in run.stdout
+
+    store = "sqlite:///support.db"
+    shown = agentfold_cli("show", "ticket-42", "--store", store, cwd=tmp_path)
+    details = {row["version"]: row["detail"] for row in shown["timeline"] if row["event_type"] == "StepCompleted"}
+    model_rows = [detail for detail in details.values() if detail.startswith("model function:support_model")]
+    assert len(model_rows) == 3
+    assert all(" in, " in detail and " out tokens" in detail for detail in model_rows)
+    assert 'calls lookup_order({"order_id":"A-17"})' in model_rows[0]
+    assert "returned refunded 59 EUR on A-17" in details.values()
+
+    whole = agentfold_cli("replay", "ticket-42", "--conversation", "--store", store, cwd=tmp_path)["conversation"]
+    assert [line["who"] for line in whole] == ["user", "model", "tool", "model", "tool", "model"]
+    assert whole[-1]["text"] == "Done: refunded 59 EUR on A-17"
+    assert whole[1]["usage"].startswith("model function:support_model::")
+    first_exchange = whole[1]["version"]
+    early = agentfold_cli(
+        "replay", "ticket-42", "--conversation", "--to", str(first_exchange), "--store", store, cwd=tmp_path
+    )["conversation"]
+    assert early == whole[:2]

@@ -9,6 +9,7 @@ request, and each run's charge was applied exactly once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -162,8 +163,14 @@ async def test_approval_waits_across_a_worker_restart(approved: bool, url: str, 
             await kill(first)
         assert counts.ledger() == {}, "nothing is charged before the approval"
 
-        decision: object = True if approved else {"kind": "tool-denied", "message": "refund policy says no"}
-        await client.signal("o-2", "approval", {"approvals": {"charge-o-2": decision}})
+        if approved:  # from a shell, as a person approving it would
+            payload = json.dumps({"approvals": {"charge-o-2": True}})
+            command = ["agentfold.cli", "signal", "o-2", "approval", "--payload", payload, "--store", url]
+            sent = await asyncio.create_subprocess_exec(sys.executable, "-m", *command, cwd=ROOT)
+            assert await sent.wait() == 0
+        else:
+            denied = {"kind": "tool-denied", "message": "refund policy says no"}
+            await client.signal("o-2", "approval", {"approvals": {"charge-o-2": denied}})
         second = await spawn_worker(url, counts)
         try:
             await expect_line(second, "READY")

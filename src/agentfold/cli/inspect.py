@@ -37,6 +37,7 @@ from agentfold.cli.tables import Cell, Column, fit_table
 from agentfold.display import format_duration
 from agentfold.events import AGENT_ID, RecordedEvent
 from agentfold.runtime import history as h
+from agentfold.runtime.conversation import ConversationLine, conversation
 from agentfold.runtime.inspect import (
     FLAG_ATTEMPT_FAILED,
     FLAG_FAILED,
@@ -296,13 +297,20 @@ def _describe_change(change: Change) -> Text:
 @store_option
 @click.argument("workflow_id", metavar="WORKFLOW")
 @click.option("--to", "to_version", type=click.IntRange(min=1), help="Stop after this version (default: the last).")
+@click.option("--conversation", "as_conversation", is_flag=True, help="The model conversation recorded up to --to.")
 @wide_option
 @json_option
-def replay_command(store_url: str, workflow_id: str, to_version: int | None, wide: bool, as_json: bool) -> None:
+def replay_command(
+    store_url: str, workflow_id: str, to_version: int | None, as_conversation: bool, wide: bool, as_json: bool
+) -> None:
     """Dry replay: fold the recorded events one by one and show the state and what changed after each.
 
     Nothing is executed: no workflow code, no step, no write. The fold is the one a worker uses to resume a run.
+    With --conversation: the messages a durable agent run exchanged with its model, as recorded.
     """
+    if as_conversation:
+        _print_conversation(store_url, workflow_id, to_version, wide, as_json)
+        return
 
     async def fold(store: EventStore) -> tuple[str, list[ReplayStep], dict[str, Any]]:
         chosen = await resolve_workflow(store, workflow_id, store_url)
@@ -341,6 +349,32 @@ def replay_command(store_url: str, workflow_id: str, to_version: int | None, wid
     title = f"dry replay of {chosen} to version {steps[-1].version} (nothing executed)"
     fit_table(columns, rows, console.width, wide=wide, title=title).print(console)
     console.print(Group(Text(f"projected state at version {steps[-1].version}", style="bold"), JSON.from_data(final)))
+
+
+def _print_conversation(store_url: str, workflow_id: str, to_version: int | None, wide: bool, as_json: bool) -> None:
+    async def read(store: EventStore) -> tuple[str, list[ConversationLine]]:
+        chosen = await resolve_workflow(store, workflow_id, store_url)
+        return chosen, await conversation(store, chosen, to_version)
+
+    chosen, lines = run_with_store(store_url, read)
+    if as_json:
+        print_json({"workflow_id": chosen, "to_version": to_version, "conversation": [x.to_json() for x in lines]})
+        return
+    console = output_console()
+    columns = [
+        Column("v", justify="right"),
+        Column("#", rank=3, justify="right"),
+        Column("who"),
+        Column("what", rank=1, fold=True, min_width=24),
+        Column("tokens", rank=2, fold=True),
+    ]
+    rows: list[list[Cell]] = [
+        [str(line.version), "" if line.seq is None else str(line.seq), line.who, line.text, line.usage]
+        for line in lines
+    ]
+    upto = "" if to_version is None else f" to version {to_version}"
+    title = f"conversation of {chosen}{upto} (as recorded, nothing called)"
+    fit_table(columns, rows, console.width, wide=wide, title=title).print(console)
 
 
 # -- diff ----------------------------------------------------------------------------------------------------------

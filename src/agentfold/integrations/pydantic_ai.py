@@ -56,7 +56,7 @@ try:
     )
     from pydantic_ai.durable_exec._operation_backend import in_durable_unit  # not re-exported; the unit marker
     from pydantic_ai.durable_exec._toolset import wrap_tool_call_result  # the payload a tool call's unit returns
-    from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
+    from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse
     from pydantic_ai.models import Model
     from pydantic_core import to_jsonable_python
 except ImportError as missing:  # pragma: no cover - exercised only without the extra
@@ -149,7 +149,12 @@ class _StepBackend(CallableOperationBackend[dict[str, Any]]):
             request = ModelMessagesTypeAdapter.dump_python(messages[-1:], mode="json")[0]
 
         async def call_model() -> dict[str, Any]:
-            return {"request": request, "response": await body()}
+            response = await body()
+            exchange = {"request": request, "response": response}
+            cost = _cost(response)
+            if cost is not None:
+                exchange["cost"] = cost
+            return exchange
 
         step = MODEL_REQUEST_STEP if operation_id.model_id is None else f"{MODEL_REQUEST_STEP}:{operation_id.model_id}"
         recorded = await ctx.step(step, call_model, retry=self._durability.retry)
@@ -167,6 +172,24 @@ class _StepBackend(CallableOperationBackend[dict[str, Any]]):
         reconcile = effects[tool_name]
         adapter = None if reconcile is None else _reconciler(reconcile)
         return await ctx.step(step, _keyed_with_args(body), tool_args, reconcile=adapter, retry=self._durability.retry)
+
+
+def _cost(response: Any) -> dict[str, float] | None:
+    """The response's price in USD from Pydantic AI's price table, when its provider and model are in it."""
+    if not isinstance(response, dict) or not response.get("provider_name") or not response.get("model_name"):
+        return None
+    try:
+        message = ModelMessagesTypeAdapter.validate_python([response])[0]
+        if not isinstance(message, ModelResponse):
+            return None
+        price = message.cost()
+    except (LookupError, ValueError, AssertionError):
+        return None
+    return {
+        "input_usd": float(price.input_price),
+        "output_usd": float(price.output_price),
+        "total_usd": float(price.total_price),
+    }
 
 
 def _keyed(body: Callable[[], Awaitable[object]]) -> Callable[..., Awaitable[object]]:

@@ -23,6 +23,7 @@ from agentfold.encoding import encode_json
 from agentfold.errors import AgentfoldError, InvalidInput, WorkflowNotFound
 from agentfold.events import AGENT_ID, RecordedEvent
 from agentfold.runtime import history as h
+from agentfold.runtime.conversation import describe_exchange, describe_tool_result, model_exchange
 from agentfold.runtime.history import History
 from agentfold.runtime.statemachine import AWAITING_INPUT, CANCELLED, COMPLETED, FAILED, IDLE, PROCESSING, TERMINATED
 from agentfold.store import EventStore
@@ -411,7 +412,12 @@ def describe_event(event: RecordedEvent) -> str:
         if data.get("version") is not None:
             text += f", code version {compact_json(data['version'])}"
     elif kind == h.STEP_COMPLETED:
-        text = ("reconciled, " if data.get("reconciled") else "") + f"result {compact_json(data.get('result'))}"
+        result = data.get("result")
+        exchange = model_exchange(result)
+        said = describe_tool_result(result, DETAIL_LIMIT) if exchange is None else None
+        if exchange is not None:
+            said = describe_exchange(exchange, DETAIL_LIMIT)
+        text = ("reconciled, " if data.get("reconciled") else "") + (said or f"result {compact_json(result)}")
     elif kind == h.STEP_FAILED:
         text = _error_text(data)
         if data.get("reconcile"):
