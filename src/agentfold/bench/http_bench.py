@@ -27,8 +27,9 @@ _encoder = msgspec.json.Encoder()
 
 
 @contextlib.asynccontextmanager
-async def serve_process(store_url: str, *options: str) -> AsyncIterator[str]:
-    """Run ``agentfold serve`` over `store_url` on a free loopback port in a child process; yield its base URL."""
+async def serve_process(store_url: str, *options: str, cwd: str | None = None) -> AsyncIterator[str]:
+    """Run ``agentfold serve`` over `store_url` on a free loopback port in a child process (in the folder `cwd`);
+    yield its base URL."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -41,6 +42,7 @@ async def serve_process(store_url: str, *options: str) -> AsyncIterator[str]:
         *options,
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=cwd,
     )
     try:
         assert process.stdout is not None
