@@ -38,7 +38,7 @@ async def test_the_curl_examples_run_against_a_live_server(tmp_path: Path) -> No
         sys.executable, "-m", "agentfold", "worker", "http_review:runtime", "--store", store_url, cwd=examples_dir
     )
     try:
-        async with serve_process(store_url, "--runtime", "http_review:runtime", cwd=examples_dir) as base:
+        async with serve_process(store_url) as base:
             script = ["set -euo pipefail"]
             for number, (code, _) in enumerate(blocks):
                 script += [f"echo '@@example {number}@@'", code]

@@ -75,8 +75,10 @@ async def test_start_signal_result_state_list_and_cancel(store: EventStore) -> N
             completed = (await http.get("/workflows", params={"status": "Completed"})).json()["runs"]
             assert [run["workflow_id"] for run in completed] == ["review-1"]
 
-            unknown = await http.post("/workflows", json={"workflow": "nope", "workflow_id": "review-3"})
-            assert unknown.status_code == 422 and unknown.json()["field"] == "workflow"
+            by_name = await http.post("/workflows", json={"workflow": "elsewhere", "workflow_id": "review-3"})
+            assert by_name.status_code == 200  # registered on another service's runtime: started by name
+            unnamed = await http.post("/workflows", json={"workflow": "", "workflow_id": "review-4"})
+            assert unnamed.status_code == 422 and unnamed.json()["field"] == "workflow"
             missing = await http.get("/workflows/review-404")
             assert missing.status_code == 404 and missing.json()["type"] == "urn:agentfold:error:WorkflowNotFound"
             nobody = await http.post("/workflows/review-404/signals", json={"name": "verdict"})

@@ -70,7 +70,7 @@ async def serve(
     "runtime_target",
     metavar="MODULE:ATTR",
     default=None,
-    help="The Runtime whose workflows POST /api/v1/workflows may start (e.g. myapp.agents:runtime).",
+    help="A Runtime whose workflows POST /api/v1/workflows starts with typed inputs (others start by name).",
 )
 @click.option(
     "--rate-limit", default=ApiSettings.rate_per_second, show_default=True, help="API requests per second per token."

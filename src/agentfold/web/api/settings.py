@@ -33,4 +33,5 @@ class ApiSettings:
     max_page_limit: int = 1000
     """The largest `limit` a read accepts."""
     runtime: Runtime | None = None
-    """The workflows `POST /workflows` may start; without it, starting answers 422 (unknown workflow)."""
+    """Workflows whose inputs `POST /workflows` checks and encodes as their code declares; a name it does not register
+    starts a run by name (JSON inputs), run by whichever worker serves that name."""

@@ -105,11 +105,10 @@ class WorkflowRoutes:
         except InvalidInput as error:
             raise naming(error, "workflow_id") from None
         require_write(info, h.workflow_stream(workflow_id))
-        if not self.client.runtime.knows(body.workflow):
-            known = ", ".join(self.client.runtime.names) or "none"
-            raise naming(
-                InvalidInput(f"no workflow {body.workflow!r} is registered here (registered: {known})"), "workflow"
-            )
+        try:
+            h.check_workflow_name(body.workflow)
+        except InvalidInput as error:
+            raise naming(error, "workflow") from None
         try:
             await self.client.start(body.workflow, *body.args, workflow_id=workflow_id)
         except InvalidInput as error:
