@@ -33,6 +33,7 @@ from agentfold.cli.common import (
     store_option,
     wide_option,
 )
+from agentfold.cli.langgraph_threads import is_thread, replay_thread, show_thread
 from agentfold.cli.tables import Cell, Column, fit_table
 from agentfold.display import format_duration
 from agentfold.events import AGENT_ID, RecordedEvent
@@ -214,7 +215,12 @@ async def _run_events_count(store: EventStore, workflow_id: str) -> int:
 @wide_option
 @json_option
 def show(store_url: str, workflow_id: str, wide: bool, as_json: bool) -> None:
-    """The timeline of one run: every event with its step, attempt, agent, time and duration."""
+    """The timeline of one run: every event with its step, attempt, agent, time and duration.
+
+    For ``langgraph:<thread>``: the thread's checkpoints, with the nodes that made each."""
+    if is_thread(workflow_id):
+        show_thread(store_url, workflow_id, wide, as_json)
+        return
 
     async def load(store: EventStore) -> Any:
         chosen = await resolve_workflow(store, workflow_id, store_url)
@@ -307,7 +313,11 @@ def replay_command(
 
     Nothing is executed: no workflow code, no step, no write. The fold is the one a worker uses to resume a run.
     With --conversation: the messages a durable agent run exchanged with its model, as recorded.
+    For ``langgraph:<thread>``: the checkpoints to ``--to`` (a checkpoint's #) and the channel values there.
     """
+    if is_thread(workflow_id):
+        replay_thread(store_url, workflow_id, to_version, wide, as_json)
+        return
     if as_conversation:
         _print_conversation(store_url, workflow_id, to_version, wide, as_json)
         return

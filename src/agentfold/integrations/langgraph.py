@@ -507,6 +507,7 @@ class AgentfoldSaver(BaseCheckpointSaver[str]):
             "source": metadata.get("source"),
             "run_id": metadata.get("run_id"),
             "channel_versions": dict(checkpoint["channel_versions"]),
+            "updated": sorted(new_versions),
             "anchors": {channel: state.anchor_seq for channel, state in channels.items()},
             "checkpoint": self._dump(stored),
             "metadata": self._dump(metadata),
@@ -666,6 +667,103 @@ class AgentfoldSaver(BaseCheckpointSaver[str]):
         """Versions as zero-padded strings: they sort as they grow, also as text."""
         number = 0 if current is None else int(str(current).split(".")[0])
         return f"{number + 1:032}"
+
+
+# -- inspection: what `agentfold show` and `agentfold replay` display -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One checkpoint of a thread, as a timeline shows it."""
+
+    seq: int
+    step: int | None
+    source: str | None
+    checkpoint_id: str
+    parent_id: str | None
+    recorded_at_us: int
+    nodes: list[str]
+    """The nodes whose writes made this checkpoint (the tasks that ran from its parent)."""
+    updated: list[str]
+    """The channels this checkpoint changed."""
+    interrupted: bool
+    """A task stopped at an `interrupt()` on this checkpoint: the thread waits for input here."""
+    visible: bool
+    """False once deleted or pruned (the events stay in the log)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "step": self.step,
+            "source": self.source,
+            "checkpoint_id": self.checkpoint_id,
+            "parent_id": self.parent_id,
+            "recorded_at_us": self.recorded_at_us,
+            "nodes": self.nodes,
+            "updated": self.updated,
+            "interrupted": self.interrupted,
+            "visible": self.visible,
+        }
+
+
+def parse_thread(target: str) -> tuple[str, str]:
+    """(thread id, namespace) of ``langgraph:<thread id>[/<namespace>]``."""
+    rest = target.removeprefix(STREAM_PREFIX)
+    thread_id, _, ns = rest.partition("/")
+    if not thread_id:
+        raise InvalidInput(f"{target!r} names no LangGraph thread: use langgraph:<thread id>")
+    return thread_id, ns
+
+
+async def thread_timeline(store: EventStore, thread_id: str, checkpoint_ns: str = "") -> list[TimelineEntry]:
+    """Every checkpoint of a thread's namespace, oldest first, with the nodes that made it."""
+    stream = stream_for(thread_id, checkpoint_ns)
+    events = [event async for event in store.read_stream(stream)]
+    if not events:
+        raise InvalidInput(f"no LangGraph thread {thread_id!r} in this store (stream {stream!r} is empty)")
+    scan = _Scan()
+    for event in reversed(events):
+        if not scan.take(event):
+            break
+    visible = {event.data["checkpoint_id"] for event in scan.folded.checkpoints}
+    nodes: dict[str, list[str]] = {}
+    interrupted: set[str] = set()
+    for event in events:
+        if event.type == WRITES_SAVED:
+            checkpoint_id = event.data["checkpoint_id"]
+            node = event.data["node"]
+            if node and node not in nodes.setdefault(checkpoint_id, []):
+                nodes[checkpoint_id].append(node)
+            if any(channel == "__interrupt__" for _, channel, _ in event.data["writes"]):
+                interrupted.add(checkpoint_id)
+    return [
+        TimelineEntry(
+            seq=event.data["seq"],
+            step=event.data.get("step"),
+            source=event.data.get("source"),
+            checkpoint_id=event.data["checkpoint_id"],
+            parent_id=event.data.get("parent_id"),
+            recorded_at_us=event.recorded_at_us,
+            nodes=nodes.get(event.data.get("parent_id") or "", []),
+            updated=event.data.get("updated", []),
+            interrupted=event.data["checkpoint_id"] in interrupted,
+            visible=event.data["checkpoint_id"] in visible,
+        )
+        for event in events
+        if event.type == CHECKPOINT_SAVED
+    ]
+
+
+async def channel_values_at(
+    store: EventStore, thread_id: str, checkpoint_ns: str = "", checkpoint_id: str | None = None
+) -> CheckpointTuple | None:
+    """The checkpoint (the newest when `checkpoint_id` is None) with its channel values, read without running a
+    node."""
+    saver = AgentfoldSaver(store)
+    configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns}
+    if checkpoint_id is not None:
+        configurable["checkpoint_id"] = checkpoint_id
+    return await saver.aget_tuple({"configurable": configurable})
 
 
 class _Absent:
