@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Final
@@ -68,9 +71,30 @@ def demo(store_url: str | None, orders: int) -> None:
         raise click.exceptions.Exit(DEMO_ERROR_EXIT_CODE) from None
     console.print(f"finished in {result.elapsed_seconds:.1f} s")
     if kept_store:
-        console.print(
-            f"look inside: [bold]agentfold show {result.chosen_order} --store {store_url}[/bold] "
-            f"(or `agentfold workflows --store {store_url}`)"
-        )
+        command = agentfold_command()
+        store = shlex.quote(store_url)
+        console.print("look inside (the store is kept):")
+        # One command per line, never wrapped, so it can be copied as it is.
+        for line in (
+            f"{command} show {shlex.quote(result.chosen_order)} --store {store}",
+            f"{command} workflows --store {store}",
+        ):
+            console.print(f"  {line}", soft_wrap=True, markup=False)
     if not result.check.ok:
         raise click.exceptions.Exit(CHECK_FAILED_EXIT_CODE)
+
+
+def agentfold_command() -> str:
+    """How to run the `agentfold` command of this installation from the current shell: its name when PATH finds
+    this installation, else its path (relative when under the current folder, as `.venv/bin/agentfold` is after
+    `make demo`), else this Python with ``-m agentfold.cli``."""
+    script = Path(sys.executable).parent / "agentfold"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m agentfold.cli"
+    on_path = shutil.which("agentfold")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "agentfold"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
