@@ -16,11 +16,13 @@ Conventions for a block:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,9 @@ def _backend(name: str) -> Backend:
 
 @pytest.mark.parametrize("block", [block for block in ALL_BLOCKS if not block.fragment], ids=lambda block: block.name)
 def test_every_python_block_runs_as_written(block: CodeBlock, tmp_path: Path) -> None:
+    if re.search(r"^(async )?def main\(", block.code, re.MULTILINE):
+        called = re.search(r"^\s*(asyncio\.run\()?main\(\)", block.code, re.MULTILINE)
+        assert called, f"{block.name}: main() is never run"
     env: dict[str, str] = {}
     cleanups: list[tuple[Backend, str]] = []
     if "DATABASE_URL" in block.code:
@@ -157,3 +162,68 @@ def test_the_demo_ends_with_a_command_that_runs(tmp_path: Path) -> None:
         shown = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert shown.returncode == 0, shown.stderr
         assert "Completed" in shown.stdout
+
+
+def agentfold_argv(line: str) -> list[str]:
+    """A README shell line as argv, with `agentfold` being this environment's command."""
+    argv = shlex.split(line, comments=True)
+    if argv and argv[0] == "agentfold":
+        argv[0] = str(Path(sys.executable).parent / "agentfold")
+    return argv
+
+
+def test_the_command_line_walk_through_starts_approves_cancels_and_inspects(tmp_path: Path) -> None:
+    """The README's "From the command line" commands, run in order as written, beside its quick start."""
+    (tmp_path / "quickstart.py").write_text(section_code("## Quick start"), encoding="utf-8")
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", readme.split("## From the command line", 1)[1], re.DOTALL)
+    assert block is not None
+    env = {key: value for key, value in os.environ.items() if key != "AGENTFOLD_STORE"}
+    env.update({"COLUMNS": "120", "NO_COLOR": "1"})
+    background: list[subprocess.Popen[str]] = []
+    outputs: dict[str, str] = {}
+    try:
+        for line in filter(None, (line.strip() for line in block.group(1).splitlines())):
+            argv = agentfold_argv(line)
+            if argv[-1] == "&":
+                worker = subprocess.Popen(
+                    argv[:-1], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+                background.append(worker)
+                assert worker.stdout is not None
+                assert "ready" in worker.stdout.readline()  # a person types the next line after this one
+                continue
+            if argv[:2] == ["kill", "%1"]:
+                background[0].terminate()
+                assert background[0].wait(timeout=30) == 0
+                continue
+            if argv[1] == "workflows" and "--status" in argv:
+                wait_for_state(argv[0], tmp_path, env, "order-9", "Cancelled")
+            if argv[1] == "show":
+                wait_for_state(argv[0], tmp_path, env, "order-8", "Completed")
+            run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+            assert run.returncode == 0, f"{line}: {run.stderr}"
+            outputs[" ".join(argv[1:3])] = run.stdout
+    finally:
+        for process in background:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert "order-8" in outputs["show order-8"] and "SignalReceived" in outputs["show order-8"]
+    assert "'bob'" in outputs["show order-8"] or '"bob"' in outputs["show order-8"]
+    cancelled = outputs["workflows --status"]
+    assert "order-9" in cancelled and "Cancelled" in cancelled and "order-8" not in cancelled
+
+
+def wait_for_state(command: str, folder: Path, env: dict[str, str], workflow_id: str, state: str) -> None:
+    """What a person does by looking again: the worker applies a signal or a cancel a moment after it is sent."""
+    for _ in range(300):
+        listing = subprocess.run(
+            [command, "workflows", "--json"], cwd=folder, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert listing.returncode == 0, listing.stderr
+        states = {run["workflow_id"]: run["status"] for run in json.loads(listing.stdout)}
+        if states.get(workflow_id) == state:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{workflow_id} never reached {state}: {states}")

@@ -168,10 +168,10 @@ def workflows(store_url: str, status: str | None, stalled: bool, wide: bool, as_
         return
     columns = [
         Column("workflow id"),
-        Column("agent", rank=3, fold=True),
+        Column("agent", rank=3, fold=True, min_width=16),
         Column("state"),
         Column("started (UTC)", rank=5),
-        Column("last event", rank=7, fold=True),
+        Column("last event", rank=7, fold=True, min_width=18),
         Column("quiet for", rank=8, justify="right"),
         Column("duration", rank=4, justify="right"),
         Column("events", rank=6, justify="right"),
