@@ -155,6 +155,9 @@ async def test_a_person_starts_approves_cancels_and_terminates_runs_from_the_cli
             "order-9/1/reserve reserve": 1,
         }
     )
+    # A misspelt workflow is started all the same (it may be registered elsewhere), with a warning.
+    unserved = agentfold_cli(effects, "start", "aproval", "--id", "typo-1", "--store", url)
+    assert unserved.returncode == 0 and "no live worker serves workflow 'aproval'" in unserved.stderr
     versions = {run: await store.stream_version(workflow_stream(run)) for run in ("order-7", "order-8", "order-9")}
     head = await store.head_position()
     refusals = [("cancel", "order-7"), ("terminate", "order-8"), ("retry", "order-9")]

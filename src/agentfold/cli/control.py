@@ -86,6 +86,12 @@ def start(workflow: str, input_json: str | None, workflow_id: str | None, store_
         if workflow_id is not None:
             before = await store.stream_version(h.workflow_stream(h.check_workflow_id(workflow_id)))
         handle = await client.start(workflow, *args, workflow_id=workflow_id)
+        if await client.workers_serving(workflow) == []:
+            click.echo(
+                f"warning: no live worker serves workflow {workflow!r}; the run waits until one does "
+                "(agentfold worker package.module:runtime)",
+                err=True,
+            )
         summary = await run_summary(store, handle.workflow_id)
         return {
             "workflow_id": handle.workflow_id,
