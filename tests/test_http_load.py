@@ -83,3 +83,22 @@ async def test_32_writers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
             assert stored[stream] == ids  # a writer's own stream holds exactly its acknowledged events, in order
     assert set(all_stored) <= sent
     assert retries > 0 and sum(len(ids) for ids in acknowledged.values()) > WRITERS
+
+
+async def test_connections_over_the_limit_are_refused_at_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'limit.db'}"
+    async with await agentfold.connect(url) as store:
+        token = (await TokenRegistry(store).create("watcher", read=["x-*"])).token
+    async with serve_process(url, "--max-connections", "2") as base:
+        held = [await Connection.open(base) for _ in range(2)]
+        for connection in held:  # two subscriptions that stay open
+            connection.writer.write(
+                f"GET /api/v1/subscribe HTTP/1.1\r\nHost: {connection.host}\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n".encode()
+            )
+            assert (await connection.reader.readline()).startswith(b"HTTP/1.1 200")
+        extra = await Connection.open(base)
+        status, _ = await extra.request("GET", "/api/v1/events", token)
+        assert status == 503
+        for connection in [*held, extra]:
+            await connection.close()

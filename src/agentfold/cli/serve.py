@@ -38,7 +38,8 @@ async def serve(
             log_level="warning",
             access_log=False,
             lifespan="on",
-            limit_concurrency=max_connections,
+            # uvicorn answers 503 once the connections open, the new one included, reach its limit
+            limit_concurrency=None if max_connections is None else max_connections + 1,
         )
         server = uvicorn.Server(config)
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET

@@ -128,17 +128,19 @@ def list_tokens(store_url: str, as_json: bool) -> None:
         print_json([info.to_json() for info in tokens])
         return
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("id", "name", "write", "read", "workflows", "expires", "status"):
-        table.add_column(column)
+    for column in ("id", "name"):
+        table.add_column(column, no_wrap=True)
+    for column in ("write", "read", "workflows", "expires", "status"):
+        table.add_column(column, overflow="fold")
     for info in tokens:
         scope = info.scope.to_json()
         table.add_row(
             info.token_id,
             info.name,
-            " ".join(scope["write"]),
-            " ".join(scope["read"]),
+            "\n".join(scope["write"]),
+            "\n".join(scope["read"]),
             ",".join(scope["workflows"]),
-            "never" if info.expires_at_us is None else format_time(info.expires_at_us),
+            "never" if info.expires_at_us is None else format_time(info.expires_at_us)[:16],
             info.status(),
         )
     output_console().print(table)
