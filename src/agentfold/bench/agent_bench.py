@@ -47,27 +47,29 @@ async def measure_agent(url: str, quick: bool = False) -> Figures:
     runtime = Runtime()
     durable = DurableAgent(runtime, durable_agent)
     repeats = 20 if quick else 60
-    plain_ms: list[float] = []
-    durable_ms: list[float] = []
+    wall: dict[str, list[float]] = {"plain": [], "durable": []}
+    cpu: dict[str, list[float]] = {"plain": [], "durable": []}
     async with agentfold.connect(url) as store, runtime.worker(store):
         for turn in range(repeats + 3):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             result = await plain.run("look up nine items")
-            plain_time = (time.perf_counter() - started) * 1000
+            plain_times = (time.perf_counter() - started, time.process_time() - started_cpu)
             assert result.output == "done"
             run_id = f"bench-agent-{uuid.uuid4().hex[:12]}"
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             await durable.start(store, "look up nine items", run_id=run_id)
             output = await durable.result(store, run_id, timeout=60)
-            durable_time = (time.perf_counter() - started) * 1000
+            durable_times = (time.perf_counter() - started, time.process_time() - started_cpu)
             assert output == "done"
             if turn >= 3:  # the first runs warm up imports, caches and connections
-                plain_ms.append(plain_time)
-                durable_ms.append(durable_time)
-    plain_median = statistics.median(plain_ms)
-    durable_median = statistics.median(durable_ms)
+                for kind, (elapsed, used) in (("plain", plain_times), ("durable", durable_times)):
+                    wall[kind].append(elapsed * 1000)
+                    cpu[kind].append(used * 1000)
+    plain_ms, durable_ms = statistics.median(wall["plain"]), statistics.median(wall["durable"])
+    plain_cpu, durable_cpu = statistics.median(cpu["plain"]), statistics.median(cpu["durable"])
     return {
-        "agent_10_requests_plain_ms": plain_median,
-        "agent_10_requests_durable_ms": durable_median,
-        "agent_added_per_model_request_ms": (durable_median - plain_median) / REQUESTS,
+        "agent_10_requests_plain_ms": plain_ms,
+        "agent_10_requests_durable_ms": durable_ms,
+        "agent_added_per_model_request_ms": (durable_ms - plain_ms) / REQUESTS,
+        "agent_added_cpu_per_model_request_ms": (durable_cpu - plain_cpu) / REQUESTS,
     }

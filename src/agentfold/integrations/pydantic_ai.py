@@ -134,7 +134,7 @@ class _StepBackend(CallableOperationBackend[dict[str, Any]]):
             return await self._model_request(ctx, operation_id, body, cache_key)
         if isinstance(operation_id, ToolsetCallToolId) and operation_id.toolset_kind != "mcp":
             return await self._tool_call(ctx, body, cache_key)
-        return await ctx.step(f"pydantic_ai:{name}", _keyed(body), retry=self._durability.retry)
+        return await ctx.step(f"pydantic_ai:{name}", _Unit(body), retry=self._durability.retry)
 
     async def _model_request(
         self,
@@ -157,7 +157,7 @@ class _StepBackend(CallableOperationBackend[dict[str, Any]]):
             return exchange
 
         step = MODEL_REQUEST_STEP if operation_id.model_id is None else f"{MODEL_REQUEST_STEP}:{operation_id.model_id}"
-        recorded = await ctx.step(step, call_model, retry=self._durability.retry)
+        recorded = await ctx.step(step, _Unit(call_model), retry=self._durability.retry)
         return recorded["response"]
 
     async def _tool_call(
@@ -168,10 +168,10 @@ class _StepBackend(CallableOperationBackend[dict[str, Any]]):
         step = f"{TOOL_STEP_PREFIX}{tool_name}:{call_id}"
         effects = self._durability.effects
         if tool_name not in effects:
-            return await ctx.step(step, _keyed(body), retry=self._durability.retry)
+            return await ctx.step(step, _Unit(body), retry=self._durability.retry)
         reconcile = effects[tool_name]
         adapter = None if reconcile is None else _reconciler(reconcile)
-        return await ctx.step(step, _keyed_with_args(body), tool_args, reconcile=adapter, retry=self._durability.retry)
+        return await ctx.step(step, _Unit(body), tool_args, reconcile=adapter, retry=self._durability.retry)
 
 
 def _cost(response: Any) -> dict[str, float] | None:
@@ -192,24 +192,24 @@ def _cost(response: Any) -> dict[str, float] | None:
     }
 
 
-def _keyed(body: Callable[[], Awaitable[object]]) -> Callable[..., Awaitable[object]]:
-    async def unit(*, idempotency_key: str) -> object:
+class _Unit:
+    """A durable unit as a step function: it sets the step's idempotency key for the tool (or model) it runs.
+
+    An instance, not a closure: the runtime reads a step function's annotations on every call, and an object
+    without any costs nothing to read. The step's arguments (a tool call's arguments) are there for `reconcile`.
+    """
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: Callable[[], Awaitable[object]]) -> None:
+        self._body = body
+
+    async def __call__(self, *args: Any, idempotency_key: str = "") -> object:
         token = _current_key.set(idempotency_key)
         try:
-            return await body()
+            return await self._body()
         finally:
             _current_key.reset(token)
-
-    return unit
-
-
-def _keyed_with_args(body: Callable[[], Awaitable[object]]) -> Callable[..., Awaitable[object]]:
-    keyed = _keyed(body)
-
-    async def unit(tool_args: dict[str, Any], *, idempotency_key: str) -> object:
-        return await keyed(idempotency_key=idempotency_key)
-
-    return unit
 
 
 def _reconciler(reconcile: Reconcile) -> Callable[..., Awaitable[object]]:
@@ -238,7 +238,7 @@ class _SignalWaiter(ExternalEventWaiter):
         async def hand_over() -> Any:
             return await ask(token)
 
-        answer = await self._ctx.step(f"{ASK_STEP_PREFIX}{name}", hand_over)
+        answer = await self._ctx.step(f"{ASK_STEP_PREFIX}{name}", _Unit(hand_over))
         if answer is not None:
             return answer
         try:
