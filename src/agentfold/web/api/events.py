@@ -10,7 +10,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agentfold.encoding import MAX_VERSION, check_event_type, encode_events
-from agentfold.errors import InvalidEventData, InvalidInput, StreamNotFound
+from agentfold.errors import (
+    InvalidEventData,
+    InvalidEventType,
+    InvalidExpectedVersion,
+    InvalidInput,
+    InvalidStreamId,
+    StreamNotFound,
+)
 from agentfold.events import AGENT_ID, NewEvent, RecordedEvent
 from agentfold.runtime.inspect import event_json
 from agentfold.store import EventStore
@@ -83,8 +90,6 @@ class EventRoutes:
         expected = expected_version(body.expected_version)
         events: list[NewEvent] = []
         for index, item in enumerate(body.events):
-            if not isinstance(item.metadata, dict):
-                raise naming(InvalidInput("metadata must be an object"), f"events[{index}].metadata")
             metadata = {**item.metadata, AGENT_ID: info.name}
             try:
                 events.append(NewEvent(item.type, item.data, metadata, item.id))  # type: ignore[arg-type]
@@ -100,18 +105,19 @@ class EventRoutes:
 
     def _field_of(self, error: InvalidInput, events: list[NewEvent]) -> str:
         """Which field of the request an append's `InvalidInput` is about, found again event by event."""
+        if isinstance(error, InvalidStreamId):
+            return "stream_id"
+        if isinstance(error, InvalidExpectedVersion):
+            return "expected_version"
         for index, event in enumerate(events):
             try:
-                check_event_type(event.type)
                 encode_events([event], self.store.max_event_size)
-            except InvalidEventData as bad:
+            except InvalidEventType:
+                return f"events[{index}].type"
+            except InvalidEventData as bad:  # its path starts at the one event encoded here, events[0]
                 return bad.path.replace("events[0]", f"events[{index}]", 1) if bad.path else f"events[{index}]"
             except InvalidInput:
-                return f"events[{index}].type" if "event type" in str(error) else f"events[{index}]"
-        if "stream id" in str(error):
-            return "stream_id"
-        if "expected_version" in str(error):
-            return "expected_version"
+                return f"events[{index}]"
         return "events"
 
     async def read_stream(self, request: Request) -> Response:
@@ -164,5 +170,5 @@ class EventRoutes:
                     events.extend(event_out(event) for event in page if info.scope.can_read(event.stream_id))
                     scanned = page[-1].position if seen >= limit else max(scanned, page[-1].position)
             except InvalidInput as error:
-                raise naming(error, "prefix" if "stream id" in str(error) else "type") from None
+                raise naming(error, "prefix" if isinstance(error, InvalidStreamId) else "type") from None
         return json_response({"events": events, "next_after_position": scanned})

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from agentfold.encoding import MAX_VERSION, check_event_types
+from agentfold.encoding import MAX_VERSION, check_event_types, check_stream_id
 from agentfold.errors import InvalidInput, InvalidToken, RateLimited
 from agentfold.events import RecordedEvent
 from agentfold.store import EventStore
@@ -82,7 +82,7 @@ class SubscribeRoutes:
         possible, prefix = store_prefix(info, text_param(request, "prefix"))
         if prefix is not None:
             try:
-                self.store.subscribe(0, None, prefix)
+                check_stream_id(prefix)
             except InvalidInput as error:
                 raise naming(error, "prefix") from None
         if self.open[info.token_id] >= self.settings.max_subscriptions_per_token:
@@ -90,7 +90,6 @@ class SubscribeRoutes:
                 f"token {info.token_id} has {self.open[info.token_id]} subscriptions open on this server already",
                 self.settings.heartbeat_seconds,
             )
-        self.open[info.token_id] += 1
         stream = self._events(info, after, checked_types, prefix, possible)
         return _DropOnStall(
             stream,
@@ -105,6 +104,7 @@ class SubscribeRoutes:
         subscription = self.store.subscribe(after, types, prefix, page_size=self.settings.subscription_page_size)
         pending: asyncio.Future[RecordedEvent] | None = None
         checked_at = time.monotonic()
+        self.open[info.token_id] += 1  # counted once streaming begins, so a response never sent leaks no count
         try:
             async with subscription:
                 yield ServerSentEvent(comment="subscribed", retry=1000)
