@@ -122,3 +122,14 @@ async def test_result_warns_when_no_live_worker_serves_the_workflow(
         "`agentfold worker package.module:runtime`, whose runtime registers it)"
     ]
     assert await client.state("review-1") == "Processing"
+
+
+def test_what_workers_serve_survives_the_registry_snapshot() -> None:
+    from agentfold.runtime.leases import Liveness
+
+    liveness = Liveness.from_json({"w1": [2**62, False], "w2": [2**62, False]}, {"w1": ["planner"], "w2": None})
+    assert liveness.serving("planner") is None  # w2 does not say what it serves: nobody judges
+    restored = Liveness.from_json(liveness.to_json(), liveness.serves_to_json())
+    assert restored.serves_to_json() == {"w1": ["planner"], "w2": None}
+    assert Liveness.from_json({"w1": [2**62, False]}, {"w1": ["planner"]}).serving("planner") == ["w1"]
+    assert all(len(entry) == 2 for entry in liveness.to_json().values())  # earlier releases read it as before

@@ -58,6 +58,13 @@ def load_runtime(target: str) -> Runtime:
     show_default=True,
     help="On SIGTERM, seconds to let running steps finish before cancelling them.",
 )
+@click.option(
+    "--unserved-grace",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a run of a workflow no live worker serves waits before it is failed with UnknownWorkflow.",
+)
 @click.option("--worker-id", help="This worker's name in the store [host-pid-random].")
 @click.option("--verbose", "-v", is_flag=True, help="Log takeovers and run interruptions.")
 def worker(
@@ -67,6 +74,7 @@ def worker(
     lease_ttl: float,
     heartbeat: float | None,
     stop_timeout: float,
+    unserved_grace: float,
     worker_id: str | None,
     verbose: bool,
 ) -> None:
@@ -79,7 +87,9 @@ def worker(
     logging.captureWarnings(True)  # the store's warnings (a Redis that may lose appends) go to the log, dated
     runtime = load_runtime(app)
     try:
-        asyncio.run(_serve(runtime, store_url, concurrency, lease_ttl, heartbeat, stop_timeout, worker_id))
+        asyncio.run(
+            _serve(runtime, store_url, concurrency, lease_ttl, heartbeat, stop_timeout, unserved_grace, worker_id)
+        )
     except AgentfoldError as error:
         raise click.ClickException(str(error)) from None
 
@@ -91,6 +101,7 @@ async def _serve(
     lease_ttl: float,
     heartbeat: float | None,
     stop_timeout: float,
+    unserved_grace: float,
     worker_id: str | None,
 ) -> None:
     stop = asyncio.Event()
@@ -108,6 +119,7 @@ async def _serve(
             heartbeat=heartbeat,
             worker_id=worker_id,
             stop_timeout=stop_timeout,
+            unserved_grace=unserved_grace,
         )
         async with running:
             click.echo(

@@ -166,24 +166,28 @@ class Liveness:
             names |= serves
         return names
 
-    def to_json(self) -> dict[str, list[Any]]:
-        """What `from_json` needs to restore this view (kept in the workers' registry snapshot)."""
+    def to_json(self) -> dict[str, Any]:
+        """What `from_json` needs to restore this view (kept in the workers' registry snapshot).
+
+        What workers serve is kept under its own key, so a worker of an earlier release still reads the rest.
+        """
         workers = set(self._expires_us) | self._stopped
-        return {
-            worker: [self._expires_us.get(worker), worker in self._stopped, _sorted_or_none(self._serves.get(worker))]
-            for worker in sorted(workers)
-        }
+        return {worker: [self._expires_us.get(worker), worker in self._stopped] for worker in sorted(workers)}
+
+    def serves_to_json(self) -> dict[str, list[str] | None]:
+        """What each worker said it serves, for `from_json`."""
+        return {worker: None if names is None else sorted(names) for worker, names in sorted(self._serves.items())}
 
     @classmethod
-    def from_json(cls, saved: dict[str, list[Any]]) -> Liveness:
+    def from_json(cls, saved: dict[str, list[Any]], serves: dict[str, list[str] | None] | None = None) -> Liveness:
         liveness = cls()
-        for worker, (expires, stopped, *serves) in saved.items():
+        for worker, (expires, stopped) in saved.items():
             if expires is not None:
                 liveness._expires_us[worker] = int(expires)
             if stopped:
                 liveness._stopped.add(worker)
-            if serves and isinstance(serves[0], list):
-                liveness._serves[worker] = frozenset(serves[0])
+        for worker, names in (serves or {}).items():
+            liveness._serves[worker] = None if names is None else frozenset(names)
         return liveness
 
     def alive(self, at_us: int | None = None) -> list[str]:
@@ -198,10 +202,6 @@ class Liveness:
         async for event in store.read_stream(stream, after_version=max(0, version - 1)):
             self.observe(event)
         return self.state(worker)
-
-
-def _sorted_or_none(names: frozenset[str] | None) -> list[str] | None:
-    return None if names is None else sorted(names)
 
 
 def preferred_worker(workflow_id: str, workers: Iterable[str]) -> str | None:

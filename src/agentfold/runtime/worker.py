@@ -275,13 +275,13 @@ class Worker:
             if self.runtime.knows(workflow):
                 self._unfinished[workflow_id] = None
                 self._known_at.setdefault(workflow_id, now)
-        self.liveness = Liveness.from_json(registry["workers"])
+        self.liveness = Liveness.from_json(registry["workers"], registry.get("serves"))
         return int(position)
 
     async def _save_registry(self, position: int) -> None:
         """Save what the follower knows at `position` for workers that start later (kept unless a newer one is)."""
         runs = {run: [workflow, self._owners.get(run)] for run, workflow in self._workflows.items()}
-        registry = {"runs": runs, "workers": self.liveness.to_json()}
+        registry = {"runs": runs, "workers": self.liveness.to_json(), "serves": self.liveness.serves_to_json()}
         try:
             await self.store._save_snapshot(REGISTRY_STREAM, REGISTRY_SNAPSHOT, position, json.dumps(registry).encode())
         except AgentfoldError as error:
