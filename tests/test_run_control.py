@@ -239,15 +239,18 @@ async def test_terminate_needs_no_worker_and_a_suspended_run_can_be_cancelled(st
         return "new"
 
     async with old.worker(store):
-        for workflow_id in ("x", "y"):
+        for workflow_id in ("x", "y", "z"):
             await old.client(store).start("changing", workflow_id=workflow_id)
             await until_state(old.client(store), workflow_id, "AwaitingInput")
     client = new.client(store)
     async with new.worker(store) as worker:
-        await until(lambda: len(worker.suspended) == 2, TIMEOUT)
+        await until(lambda: len(worker.suspended) == 3, TIMEOUT)
         await client.cancel("x")
         with pytest.raises(WorkflowCancelled):
             await client.result("x", timeout=TIMEOUT)
+        # A suspended run restarted from before the change runs the new code from there.
+        assert await client.restart("z", from_step="a") == 2
+        assert await client.result("z", timeout=TIMEOUT) == "new"
     await client.terminate("y")
     assert await client.state("y") == "Terminated"
     assert (await types_of(store, "x"))[-3:] == ["WorkflowSuspended", "WorkflowCancelRequested", "WorkflowCancelled"]
