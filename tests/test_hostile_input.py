@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.store import EventStore
-from tests.backends import AVAILABLE, Backend, run
+from tests.backends import AVAILABLE, PG_URL, REDIS_URL, Backend, run
 from tests.servers import digest
 from tests.test_conformance import _cyclic, _deep
 
@@ -327,6 +328,49 @@ async def test_urls_with_injected_options_are_refused_without_the_password(
 async def test_urls_of_the_wrong_kind_are_refused(url: Any) -> None:
     with pytest.raises(InvalidURL):
         await agentfold.connect(url)
+
+
+# Each (url, keyword options, the option or part the error must name) was once accepted, silently changed, or raised
+# a driver's own exception.
+REFUSED_URLS: list[tuple[str, dict[str, Any], str]] = [
+    ("memory://?max_event_sise=10", {}, "max_event_sise"),
+    ("memory://?max_event_size=-1", {}, "max_event_size"),
+    ("memory://?max_event_size=abc", {}, "max_event_size"),
+    ("memory://?max_event_size=1.5", {}, "max_event_size"),
+    ("memory://", {"max_event_size": 1.5}, "max_event_size"),
+    ("memory://", {"max_event_size": None}, "max_event_size"),
+    ("memory://", {"max_event_size": True}, "max_event_size"),
+    ("memory://", {"max_event_size": 10**30}, "max_event_size"),
+    ("memory://somewhere", {}, "memory://"),
+    (f"{REDIS_URL.split('?')[0].rsplit('/', 1)[0]}/99", {}, "database"),
+    (f"{REDIS_URL.split('?')[0].rsplit('/', 1)[0]}/12345678901234567890", {}, "database"),
+    ("redis://[::1/0", {}, "malformed"),
+    ("redis://127.0.0.1:6379/0", {"prefix": None}, "prefix"),
+    ("redis://127.0.0.1:6379/0", {"max_event_size": 1.5}, "max_event_size"),
+    ("redis://127.0.0.1:6379/0", {"max_event_size": -1}, "max_event_size"),
+    ("redis://127.0.0.1:6379/0", {"timeout": "soon"}, "timeout"),
+    ("postgresql://postgres@[::1/postgres", {}, "malformed"),
+    (f"{PG_URL.split('?')[0].rsplit('/', 1)[0]}/te%00st", {}, "NUL"),
+    (PG_URL, {"max_event_size": 1.5}, "max_event_size"),
+    (PG_URL, {"max_event_size": "abc"}, "max_event_size"),
+    (PG_URL, {"schema": None}, "schema"),
+    (PG_URL, {"pool_max": 10**6}, "pool_max"),
+    (PG_URL, {"sslmode": None}, "sslmode"),
+    ("sqlite:///x.db", {"max_event_size": "1.5"}, "max_event_size"),
+    ("sqlite:///x.db", {"busy_timeout": 2**40}, "busy_timeout"),
+    ("sqlite:///x.db", {"synchronous": None}, "synchronous"),
+    ("sqlite:///x%00.db", {}, "NUL"),
+]
+
+
+@pytest.mark.parametrize(("url", "options", "named"), REFUSED_URLS, ids=[f"{u} {o}" for u, o, _ in REFUSED_URLS])
+async def test_bad_urls_and_options_are_refused_naming_what_is_wrong(
+    url: str, options: dict[str, Any], named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a sqlite:/// URL that were accepted would create its file here
+    with pytest.raises(InvalidURL, match=re.escape(named)):
+        await agentfold.connect(url, **options)
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
 
 
 @pytest.mark.parametrize("server_backend", SERVER_BACKENDS, ids=lambda backend: backend.name)

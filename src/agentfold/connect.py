@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Generator
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from agentfold.errors import InvalidURL
+from agentfold.options import redact
 from agentfold.store import EventStore
 
 # scheme -> "module:factory". The factory is `async def open(url: str, *, create: bool, **options) -> EventStore`.
@@ -21,26 +21,9 @@ BACKENDS: Final[dict[str, str]] = {
     "redis": "agentfold.backends.redis:open_store",
 }
 
-_SECRET = re.compile(r"(://[^:/@]*:)[^@/]*@")
-
-
-def redact(url: str) -> str:
-    """`url` with any password replaced by `***`, safe to print or log."""
-    return _SECRET.sub(r"\1***@", url)
-
-
-def split_options(url: str) -> dict[str, str]:
-    """The query options of a store URL; a repeated option is an error."""
-    options: dict[str, str] = {}
-    for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True, strict_parsing=False):
-        if key in options:
-            raise InvalidURL(f"option {key!r} is given twice in {redact(url)}")
-        options[key] = value
-    return options
-
 
 async def _open(url: str, create: bool, **options: Any) -> EventStore:
-    if not isinstance(url, str):
+    if type(url) is not str:
         raise InvalidURL(f"a store URL must be a str, got {type(url).__name__}")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     target = BACKENDS.get(scheme)
@@ -105,3 +88,6 @@ def scrub(text: str, url: str) -> str:
     if password:
         cleaned = cleaned.replace(password, "***")
     return redact(cleaned)
+
+
+__all__ = ["BACKENDS", "connect", "redact", "scrub"]

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from agentfold.encoding import check_event_types, check_stream_id
 from agentfold.errors import InvalidInput, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
+from agentfold.validation import check_event_types, check_stream_id
 
 if TYPE_CHECKING:
     from agentfold.log import EventLog

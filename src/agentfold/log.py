@@ -1,7 +1,7 @@
 """The event log: the interface every backend implements, and everything the features built on it may use.
 
 The public methods here validate input and page through results; a backend supplies a few narrow hooks that do the
-I/O (`_append`, `_read_stream_page`, `_read_stream_page_backwards`, `_read_all_page`, `stream_version`,
+I/O (`_append`, `_read_stream_page`, `_read_stream_page_backwards`, `_read_all_page`, `_stream_version`,
 `head_position`, `_wait_for_append`, `_close`; a backend that reads ahead also splits a page read into
 `_fetch_stream_page` and `_decode_stream_page`, or pages a stream its own way in `_raw_stream_pages` and
 `_stream_pages`).
@@ -18,18 +18,20 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
-from agentfold.encoding import (
-    DEFAULT_MAX_EVENT_SIZE,
-    MAX_VERSION,
-    EncodedEvent,
-    check_event_types,
-    check_expected_version,
-    check_name,
-    check_stream_id,
-    encode_events,
-)
+from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent, encode_events
 from agentfold.errors import InvalidInput, StoreClosed
 from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+from agentfold.validation import (
+    MAX_VERSION,
+    check_counter,
+    check_event_types,
+    check_expected_version,
+    check_limit,
+    check_required_name,
+    check_seconds,
+    check_stream_id,
+)
+from agentfold.validation import check_stream_prefix as check_prefix
 from agentfold.wakeup import retrieve_outcome, wait_unless
 
 DEFAULT_PAGE_SIZE: Final = 1000
@@ -275,9 +277,10 @@ class EventLog(abc.ABC):
         self._check_open()
         await self._save_checkpoint(check_required_name(name), check_counter(position, "position"))
 
-    @abc.abstractmethod
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version: the version of its last event, 0 when it has none."""
+        self._check_open()
+        return await self._stream_version(check_stream_id(stream_id))
 
     @abc.abstractmethod
     async def head_position(self) -> int:
@@ -305,6 +308,10 @@ class EventLog(abc.ABC):
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
         """Write validated events atomically, enforcing expected version and id idempotency in the same step."""
+
+    @abc.abstractmethod
+    async def _stream_version(self, stream_id: str) -> int:
+        """The version of the stream's last event, 0 when it has none; `stream_id` is checked."""
 
     @abc.abstractmethod
     async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
@@ -345,7 +352,11 @@ class EventLog(abc.ABC):
         """Return when an event above `after_position` may exist, after `timeout` seconds, or as soon as `until`
         is set. A hint only: read again afterwards."""
         self._check_open()
-        await wait_unless(self._wait_for_append(after_position, timeout), until)
+        after = check_counter(after_position, "after_position")
+        seconds = check_seconds(timeout, "timeout")
+        if until is not None and not isinstance(until, asyncio.Event):
+            raise InvalidInput(f"until must be an asyncio.Event, got {type(until).__name__}")
+        await wait_unless(self._wait_for_append(after, seconds), until)
 
     async def _wait_for_append(self, after_position: int, timeout: float) -> None:
         """Return when an event above `after_position` may exist, or after `timeout` seconds.
@@ -399,35 +410,12 @@ class EventLog(abc.ABC):
             raise StoreClosed(f"the {self.scheme or 'event'} store is closed")
 
 
-def check_counter(value: object, name: str) -> int:
-    """`value` as a version or position argument: an int from 0 to `MAX_VERSION`, else `InvalidInput`."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise InvalidInput(f"{name} must be >= 0, got {value}")
-    if value > MAX_VERSION:
-        raise InvalidInput(f"{name} {value} is beyond any position or version a store can hold ({MAX_VERSION})")
-    return value
-
-
-def check_required_name(name: object, what: str = "subscriber name") -> str:
-    """`name` as a required name (a subscriber, a member): present and following the stream-id rules."""
-    if name is None:
-        raise InvalidInput(f"a {what} is required")
-    return check_name(name, what)
-
-
-def check_limit(limit: object) -> int | None:
-    """`limit` as None (no limit) or an int >= 0, else `InvalidInput`."""
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise InvalidInput(f"limit must be None or an int >= 0, got {limit!r}")
-    return limit
-
-
-def check_prefix(prefix: str | None) -> str | None:
-    """A stream-id prefix filter: None or empty means none; otherwise it follows the stream-id rules."""
-    if prefix is None or prefix == "":
-        return None
-    return check_stream_id(prefix)
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "EventLog",
+    "RecordDecoder",
+    "check_counter",
+    "check_limit",
+    "check_prefix",
+    "check_required_name",
+]

@@ -47,7 +47,6 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import msgspec
 
-from agentfold.encoding import check_stream_id
 from agentfold.errors import (
     HandlerFailed,
     HistoryTrimmed,
@@ -60,6 +59,7 @@ from agentfold.errors import (
 from agentfold.events import RecordedEvent
 from agentfold.log import EventLog, RecordDecoder
 from agentfold.upcasting import Upcasters
+from agentfold.validation import check_stream_id
 
 S = TypeVar("S")
 _F = TypeVar("_F", bound=Callable[..., Any])

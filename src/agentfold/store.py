@@ -10,20 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agentfold.encoding import check_event_types
 from agentfold.errors import InvalidInput
 from agentfold.groups import ConsumerGroupMember, GroupSettings, Handler
-from agentfold.log import (
-    DEFAULT_PAGE_SIZE,
-    EventLog,
-    RecordDecoder,
-    check_counter,
-    check_limit,
-    check_prefix,
-    check_required_name,
-)
+from agentfold.log import DEFAULT_PAGE_SIZE, EventLog, RecordDecoder
 from agentfold.readmodel import Projector, ReadModelUpdate
-from agentfold.subscription import Subscription, check_subscription_name
+from agentfold.subscription import Subscription
+from agentfold.validation import (
+    check_callable,
+    check_counter,
+    check_event_types,
+    check_integer,
+    check_limit,
+    check_optional_name,
+    check_required_name,
+    check_stream_prefix,
+    describe,
+)
 
 __all__ = ["DEFAULT_PAGE_SIZE", "EventLog", "EventStore", "RecordDecoder"]
 
@@ -50,9 +52,9 @@ class EventStore(EventLog):
             self,
             check_counter(after_position, "after_position"),
             check_event_types(types),
-            check_prefix(stream_prefix),
-            check_subscription_name(name),
-            check_limit(page_size) or self.page_size,
+            check_stream_prefix(stream_prefix),
+            check_optional_name(name, "subscription name"),
+            check_limit(page_size, "page_size") or self.page_size,
         )
 
     def consumer_group(
@@ -62,14 +64,12 @@ class EventStore(EventLog):
         each stream's events in order. Use as ``async with store.consumer_group("mailer", handle): ...``.
         `settings` are those of `GroupSettings` (partitions, lease_seconds, max_attempts, types, ...)."""
         self._check_open()
-        if not callable(handler):
-            raise InvalidInput(f"a consumer group handler must be an async function, got {type(handler).__name__}")
-        if member_id is not None:
-            check_required_name(member_id, "member id")
+        check_callable(handler, "a consumer group handler")
+        check_optional_name(member_id, "member id")
         try:
             group_settings = GroupSettings(name, **settings)
         except TypeError as error:  # an unknown setting
-            raise InvalidInput(f"consumer group {name!r}: {error}") from None
+            raise InvalidInput(f"consumer group {describe(name)}: {error}") from None
         return ConsumerGroupMember(self, group_settings, handler, member_id)
 
     def projector(
@@ -82,9 +82,9 @@ class EventStore(EventLog):
     ) -> Projector:
         """Keep a read model up to date from the named subscription `name` (see `agentfold.readmodel`)."""
         self._check_open()
-        if not callable(update):
-            raise InvalidInput(f"a projector's update must be a function, got {type(update).__name__}")
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-            raise InvalidInput(f"page_size must be an int >= 1, got {page_size!r}")
+        check_callable(update, "a projector's update")
+        check_integer(page_size, "page_size", minimum=1)
         checked_types = check_event_types(types)
-        return Projector(self, check_required_name(name), update, checked_types, check_prefix(stream_prefix), page_size)
+        return Projector(
+            self, check_required_name(name), update, checked_types, check_stream_prefix(stream_prefix), page_size
+        )

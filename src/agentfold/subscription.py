@@ -122,12 +122,3 @@ class Subscription:
     async def close(self) -> None:
         """Stop iterating. An iteration waiting for new events ends at once."""
         self._stopping.set()
-
-
-def check_subscription_name(name: str | None) -> str | None:
-    """A subscriber name follows the stream-id rules (1 to 200 printable characters)."""
-    if name is None:
-        return None
-    from agentfold.encoding import check_name
-
-    return check_name(name, "subscription name")

@@ -24,10 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from agentfold.encoding import check_name
 from agentfold.errors import InvalidInput, InvalidToken, TokenExpired, TokenRevoked
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.store import EventStore
+from agentfold.validation import check_name
 
 RESERVED_PREFIX: Final = "$agentfold-"
 TOKENS_STREAM: Final = f"{RESERVED_PREFIX}tokens"

@@ -13,9 +13,9 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from agentfold.encoding import check_event_type
 from agentfold.errors import InvalidInput, UpcastFailed
 from agentfold.events import RecordedEvent
+from agentfold.validation import check_event_type
 
 SCHEMA_VERSION: Final = "schema_version"
 """The metadata key holding an event's schema version (an int >= 1; absent means 1)."""

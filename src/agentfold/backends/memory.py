@@ -7,11 +7,13 @@ everything when the process ends.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Final, cast
 
 from agentfold.appending import IdRecord, check_expected, find_retry
 from agentfold.encoding import EncodedEvent, decode_object
+from agentfold.errors import InvalidURL
 from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.options import MAX_EVENT_SIZE, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
 
@@ -101,8 +103,7 @@ class MemoryStore(EventStore):
         ]
         return matching, after_position + len(scanned)
 
-    async def stream_version(self, stream_id: str) -> int:
-        self._check_open()
+    async def _stream_version(self, stream_id: str) -> int:
         return self._version(stream_id)
 
     def _version(self, stream_id: str) -> int:
@@ -147,10 +148,15 @@ class MemoryStore(EventStore):
         self._appended.wake()
 
 
-async def open_store(url: str, *, create: bool = True, **options: Any) -> MemoryStore:
-    """Open a fresh, empty memory store (each call is independent; `create` changes nothing)."""
-    from agentfold.connect import split_options
+OPTIONS: Final = (MAX_EVENT_SIZE,)
+"""What `memory://` accepts, in its query or as keywords: `max_event_size` in bytes."""
 
-    query = split_options(url)
-    size = options.get("max_event_size", query.get("max_event_size"))
-    return MemoryStore(max_event_size=int(size) if size is not None else None)
+
+async def open_store(url: str, *, create: bool = True, **options: Any) -> MemoryStore:
+    """Open a fresh, empty memory store (each call is independent; `create` changes nothing). Bad options raise
+    `InvalidURL`."""
+    parts = split_url(url, ("memory",))
+    if parts.netloc or parts.path not in ("", "/") or parts.fragment:
+        raise InvalidURL(f"{redact(url)!r}: a memory:// URL takes options only (memory://?max_event_size=...)")
+    values = parse_options(url, OPTIONS, options)
+    return MemoryStore(max_event_size=cast(int, values["max_event_size"]))

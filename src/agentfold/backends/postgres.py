@@ -34,7 +34,6 @@ from psycopg.rows import RowFactory, scalar_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agentfold.appending import IdRecord, find_retry
-from agentfold.connect import redact, split_options
 from agentfold.encoding import EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
@@ -49,6 +48,7 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.options import MAX_EVENT_SIZE, Option, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
 
@@ -79,7 +79,7 @@ _LISTENER_HEALTH_CHECK: Final = 30.0
 _POLL_SECONDS: Final = 0.05  # how often waiters re-read while no LISTEN connection is up
 _RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
-_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_SCHEMA_NAME = re.compile(r"(?![pP][gG]_)[A-Za-z_][A-Za-z0-9_]{0,62}")
 _MIGRATION_LOCK_CLASS: Final = 0x61660001  # first key of the advisory lock that serialises migrations
 
 # libpq connection parameters a URL may carry besides agentfold's own options.
@@ -182,53 +182,47 @@ class PostgresOptions:
     max_event_size: int | None = None
 
 
+_MAX_TIMEOUT_SECONDS: Final = 2_000_000.0  # in milliseconds, it must fit the server's int
+
+OPTIONS: Final = (
+    Option(
+        "schema",
+        str,
+        DEFAULT_SCHEMA,
+        pattern=_SCHEMA_NAME,
+        meaning="1-63 letters, digits or underscores, not starting with a digit or 'pg_'",
+    ),
+    Option("pool_min", int, DEFAULT_POOL_MIN, minimum=0, maximum=1000),
+    Option("pool_max", int, DEFAULT_POOL_MAX, minimum=1, maximum=1000),
+    Option("lock_timeout", float, DEFAULT_LOCK_TIMEOUT, minimum=0.001, maximum=_MAX_TIMEOUT_SECONDS),
+    Option("statement_timeout", float, DEFAULT_STATEMENT_TIMEOUT, minimum=0.001, maximum=_MAX_TIMEOUT_SECONDS),
+    Option(
+        "idle_in_transaction_session_timeout",
+        float,
+        DEFAULT_IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+        minimum=0.001,
+        maximum=_MAX_TIMEOUT_SECONDS,
+    ),
+    Option("pool_timeout", float, DEFAULT_POOL_TIMEOUT, minimum=0.001, maximum=_MAX_TIMEOUT_SECONDS),
+    Option("connect_timeout", int, DEFAULT_CONNECT_TIMEOUT, minimum=1, maximum=2_000_000),
+    MAX_EVENT_SIZE,
+    *(Option(name, str, None) for name in sorted(_LIBPQ_PARAMETERS - {"connect_timeout"})),
+)
+"""What `postgresql://` accepts, in its query or as keywords (keywords win): agentfold's options (`PostgresOptions`)
+and the libpq connection parameters passed through to the driver."""
+
+
 def _parse_options(url: str, keyword_options: dict[str, Any]) -> tuple[PostgresOptions, dict[str, str]]:
     """Split URL query and keywords into agentfold options and libpq parameters; refuse anything unknown."""
-    known = set(PostgresOptions.__dataclass_fields__)
-    merged: dict[str, Any] = dict(split_options(url))
-    merged.update(keyword_options)
-    libpq: dict[str, str] = {}
-    values: dict[str, Any] = {}
-    for key, raw in merged.items():
-        if key in _LIBPQ_PARAMETERS:
-            libpq[key] = str(raw)
-        elif key not in known:
-            allowed = ", ".join(sorted(known | _LIBPQ_PARAMETERS))
-            raise InvalidURL(f"unknown option {key!r} for {redact(url)}; known options are {allowed}")
-        elif key == "schema":
-            values[key] = _check_schema(raw, url)
-        elif key in ("pool_min", "pool_max", "connect_timeout", "max_event_size"):
-            values[key] = _positive_number(key, raw, url, int, allow_zero=key == "pool_min")
-        else:
-            values[key] = _positive_number(key, raw, url, float, allow_zero=False)
-    options = PostgresOptions(**values)
+    values = parse_options(url, OPTIONS, keyword_options)
+    own = {name: values.pop(name) for name in PostgresOptions.__dataclass_fields__}
+    options = PostgresOptions(**own)  # type: ignore[arg-type]
     if options.pool_max < max(options.pool_min, 1):
         raise InvalidURL(f"pool_max ({options.pool_max}) must be >= pool_min ({options.pool_min}) and >= 1")
-    if "connect_timeout" not in libpq:
-        libpq["connect_timeout"] = str(options.connect_timeout)
+    libpq = {name: str(value) for name, value in values.items() if value is not None}
+    libpq["connect_timeout"] = str(options.connect_timeout)
     libpq.setdefault("application_name", "agentfold")
     return options, libpq
-
-
-def _check_schema(raw: Any, url: str) -> str:
-    if not isinstance(raw, str) or not _SCHEMA_NAME.fullmatch(raw) or raw.lower().startswith("pg_"):
-        raise InvalidURL(
-            f"schema {raw!r} in {redact(url)} must be 1-63 letters, digits or underscores, not start with a digit "
-            "or 'pg_'"
-        )
-    return raw
-
-
-def _positive_number(key: str, raw: Any, url: str, kind: type[int] | type[float], *, allow_zero: bool) -> Any:
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = kind(raw)
-    except (TypeError, ValueError):
-        raise InvalidURL(f"option {key}={raw!r} in {redact(url)} must be a {kind.__name__}") from None
-    if value < 0 or (value == 0 and not allow_zero) or value != value or value == float("inf"):
-        raise InvalidURL(f"option {key}={raw!r} in {redact(url)} must be a finite number > 0")
-    return value
 
 
 def _conninfo(url: str, options: PostgresOptions, libpq: dict[str, str]) -> str:
@@ -796,8 +790,7 @@ class PostgresStore(EventStore):
             return [], after_position
         return _decode_page([row[0] for row in rows if row[0] is not None]), int(rows[-1][1])
 
-    async def stream_version(self, stream_id: str) -> int:
-        self._check_open()
+    async def _stream_version(self, stream_id: str) -> int:
         row = await self._fetch_one("stream_version", {"stream": stream_id})
         return int(row[0]) if row else 0
 
@@ -1002,8 +995,7 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> Postgr
 
     With `create=False` nothing is created or upgraded: a schema without a current store raises `StoreNotFound`.
     """
-    if not isinstance(url, str):
-        raise InvalidURL(f"a PostgreSQL URL must be a str, got {type(url).__name__}")
+    split_url(url, ("postgresql", "postgres"))
     parsed, libpq = _parse_options(url, options)
     conninfo = _conninfo(url, parsed, libpq)
     try:

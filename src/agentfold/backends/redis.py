@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
@@ -39,8 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from agentfold.appending import IdRecord, find_retry
-from agentfold.connect import redact, split_options
-from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
+from agentfold.encoding import EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
     InvalidURL,
@@ -53,6 +52,7 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.options import MAX_EVENT_SIZE, Option, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
 
@@ -65,7 +65,19 @@ DEFAULT_TIMEOUT: Final = 10.0
 WAITAOF_MIN_VERSION: Final = (7, 2)
 MIN_VERSION: Final = (7, 0)
 _PREFIX_PATTERN: Final = re.compile(r"[A-Za-z0-9_.{}\-]{1,100}")
-_OPTIONS: Final = ("prefix", "durability", "max_event_size", "timeout")
+OPTIONS: Final = (
+    Option(
+        "prefix",
+        str,
+        DEFAULT_PREFIX,
+        pattern=_PREFIX_PATTERN,
+        meaning="1 to 100 characters of letters, digits, '_', '.', '-', '{' or '}'",
+    ),
+    Option("durability", str, "server", choices=DURABILITIES),
+    MAX_EVENT_SIZE,
+    Option("timeout", float, DEFAULT_TIMEOUT, minimum=0.001, maximum=86400.0),
+)
+"""What `redis://` accepts, in its query or as keywords (see `open_store`)."""
 
 # How many appends, and how many events, one script call may carry: bounds the time the server spends in one call.
 _MAX_APPENDS_PER_CALL: Final = 256
@@ -269,45 +281,22 @@ class RedisSettings:
 
 def parse_url(url: str, options: dict[str, Any]) -> RedisSettings:
     """Check a ``redis://`` URL and its options; raise `InvalidURL` naming what is wrong (password never shown)."""
+    parts = split_url(url, ("redis",))
     shown = redact(url)
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise InvalidURL(f"{shown!r} is not a redis:// URL")
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError:
-        raise InvalidURL(f"the port in {shown!r} is not a number in 0..65535") from None
     if not parts.hostname:
         raise InvalidURL(f"{shown!r} names no host")
     database = parts.path.lstrip("/") or "0"
-    if not database.isdigit():
-        raise InvalidURL(f"the database in {shown!r} must be a number, got {database!r}")
-    merged: dict[str, Any] = {**split_options(url), **options}
-    unknown = sorted(set(merged) - set(_OPTIONS))
-    if unknown:
-        raise InvalidURL(f"unknown option(s) {', '.join(unknown)} for {shown!r}; known: {', '.join(_OPTIONS)}")
-    prefix = str(merged.get("prefix", DEFAULT_PREFIX))
-    if not _PREFIX_PATTERN.fullmatch(prefix):
-        raise InvalidURL(
-            f"prefix {prefix!r} must be 1 to 100 characters of letters, digits, '_', '.', '-', '{{' or '}}'"
-        )
-    durability = str(merged.get("durability", "server"))
-    if durability not in DURABILITIES:
-        raise InvalidURL(f"durability must be 'server' or 'waitaof', got {durability!r}")
-    max_event_size = _positive(merged.get("max_event_size", DEFAULT_MAX_EVENT_SIZE), "max_event_size", int)
-    timeout = _positive(merged.get("timeout", DEFAULT_TIMEOUT), "timeout", float)
-    client_url = urlunsplit(("redis", parts.netloc, f"/{database}", "", ""))
-    return RedisSettings(client_url, prefix, cast(Durability, durability), int(max_event_size), float(timeout))
-
-
-def _positive(value: Any, name: str, kind: type[int] | type[float]) -> float:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise InvalidURL(f"{name} must be a positive number, got {value!r}") from None
-    if isinstance(value, bool) or not 0 < number < float("inf"):  # also refuses NaN
-        raise InvalidURL(f"{name} must be a positive finite number, got {value!r}")
-    return number
+    if not (database.isascii() and database.isdigit()) or len(database) > 10 or int(database) > 2**31 - 1:
+        raise InvalidURL(f"the database in {shown!r} must be a number from 0 to {2**31 - 1}, got {database[:40]!r}")
+    values = parse_options(url, OPTIONS, options)
+    client_url = urlunsplit(("redis", parts.netloc, f"/{int(database)}", "", ""))
+    return RedisSettings(
+        client_url,
+        cast(str, values["prefix"]),
+        cast(Durability, values["durability"]),
+        cast(int, values["max_event_size"]),
+        cast(float, values["timeout"]),
+    )
 
 
 @contextmanager
@@ -331,7 +320,22 @@ def translate_errors(what: str) -> Iterator[None]:
         message = str(error)
         if message.startswith(("MISCONF", "LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY ")):
             raise StoreUnavailable(f"{what}: Redis cannot serve writes now ({message})") from error
-        raise
+        if "DB index is out of range" in message or "invalid DB index" in message:
+            raise InvalidURL(f"{what}: this Redis has no such database ({message})") from None
+        if message.startswith("WRONGTYPE"):
+            raise StoreCorrupted(
+                f"{what}: a key under the store's prefix is not what agentfold wrote ({message})"
+            ) from error
+        raise _refused(f"{what}: Redis refused the command ({message})") from error
+    except redis_errors.RedisError as error:
+        raise _refused(f"{what}: the Redis client failed ({type(error).__name__}: {error})") from error
+
+
+def _refused(message: str) -> StoreUnavailable:
+    """A refusal by the server or its client that repeating the same call will meet again: not retryable."""
+    refused = StoreUnavailable(message)
+    refused.retryable = False
+    return refused
 
 
 @dataclass(frozen=True)
@@ -777,8 +781,7 @@ class RedisStore(EventStore):
         except (IndexError, TypeError, ValueError) as error:
             raise StoreCorrupted(f"an entry of {key.decode()!r} was not written by agentfold: {error}") from None
 
-    async def stream_version(self, stream_id: str) -> int:
-        self._check_open()
+    async def _stream_version(self, stream_id: str) -> int:
         with translate_errors(f"read the version of stream {stream_id!r} from Redis"):
             value = await self._client.hget(self._versions_key, stream_id)
         return int(value) if value is not None else 0

@@ -32,13 +32,12 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import unquote
 
 import msgspec
 
 from agentfold.appending import IdRecord, check_expected, find_retry
-from agentfold.connect import redact, split_options
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
@@ -54,6 +53,7 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.events import ANY, AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.options import MAX_EVENT_SIZE, Option, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast, retrieve_outcome
 
@@ -206,15 +206,23 @@ class SQLiteSettings:
     read_cache_mb: int = DEFAULT_READ_CACHE_MB
 
 
+OPTIONS: Final = (
+    Option("synchronous", str, "FULL", choices=SYNCHRONOUS_MODES),
+    Option("busy_timeout", int, DEFAULT_BUSY_TIMEOUT_MS, minimum=0, maximum=2**31 - 1),
+    MAX_EVENT_SIZE,
+    Option("read_cache_mb", int, DEFAULT_READ_CACHE_MB, minimum=0, maximum=2**20),
+)
+"""What `sqlite://` accepts, in its query or as keywords (see `open_store`)."""
+
+
 def parse_url(url: str, **options: Any) -> SQLiteSettings:
     """Read `sqlite:///relative.db` or `sqlite:////absolute/path.db` and its options; raise `InvalidURL` if bad.
 
     Keyword options override query options.
     """
+    split_url(url, ("sqlite",))
     shown = redact(url)
-    scheme, separator, rest = url.partition("://")
-    if scheme.lower() != "sqlite" or not separator:
-        raise InvalidURL(f"{shown!r} is not a sqlite:// URL")
+    rest = url.partition("://")[2]
     location = rest.split("?", 1)[0]
     if not location.startswith("/"):
         raise InvalidURL(
@@ -225,38 +233,14 @@ def parse_url(url: str, **options: Any) -> SQLiteSettings:
         raise InvalidURL(f"{shown!r} has no file path: use sqlite:///relative/path.db or sqlite:////absolute/path.db")
     if path == ":memory:" or path.startswith("file:"):
         raise InvalidURL(f"{shown!r}: the sqlite backend needs a file path; use memory:// for a store in memory")
-    merged: dict[str, Any] = {**split_options(url), **options}
-    unknown = sorted(set(merged) - {"synchronous", "busy_timeout", "max_event_size", "read_cache_mb"})
-    if unknown:
-        raise InvalidURL(
-            f"unknown sqlite option(s) {', '.join(unknown)} in {shown!r}; "
-            "supported: synchronous, busy_timeout, max_event_size, read_cache_mb"
-        )
-    synchronous = str(merged.get("synchronous", "FULL")).upper()
-    if synchronous not in SYNCHRONOUS_MODES:
-        raise InvalidURL(
-            f"option synchronous={merged['synchronous']!r} is not supported: use FULL (durable, the default) "
-            "or NORMAL (survives a process crash, may lose the last commits on power loss)"
-        )
-    busy_timeout = _int_option(merged, "busy_timeout", DEFAULT_BUSY_TIMEOUT_MS, minimum=0)
-    max_event_size = _int_option(merged, "max_event_size", DEFAULT_MAX_EVENT_SIZE, minimum=1)
-    read_cache_mb = _int_option(merged, "read_cache_mb", DEFAULT_READ_CACHE_MB, minimum=0)
-    return SQLiteSettings(path, synchronous, busy_timeout, max_event_size, read_cache_mb)
-
-
-def _int_option(options: dict[str, Any], name: str, default: int, minimum: int) -> int:
-    if name not in options:
-        return default
-    raw = options[name]
-    if isinstance(raw, bool):
-        raise InvalidURL(f"option {name}={raw!r} must be an integer >= {minimum}")
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise InvalidURL(f"option {name}={raw!r} must be an integer >= {minimum}") from None
-    if value < minimum or (isinstance(raw, float) and raw != value):
-        raise InvalidURL(f"option {name}={raw!r} must be an integer >= {minimum}")
-    return value
+    values = parse_options(url, OPTIONS, options)
+    return SQLiteSettings(
+        path,
+        cast(str, values["synchronous"]),
+        cast(int, values["busy_timeout"]),
+        cast(int, values["max_event_size"]),
+        cast(int, values["read_cache_mb"]),
+    )
 
 
 def translate_error(error: sqlite3.Error, path: str) -> AgentfoldError:
@@ -1028,9 +1012,7 @@ class SQLiteStore(EventStore):
 
         return await self._read(query)
 
-    async def stream_version(self, stream_id: str) -> int:
-        self._check_open()
-
+    async def _stream_version(self, stream_id: str) -> int:
         def query(connection: sqlite3.Connection) -> int:
             row = connection.execute(_SELECT_VERSION, (stream_id,)).fetchone()
             return int(row[0]) if row else 0

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
 
-from agentfold.encoding import check_stream_id
 from agentfold.errors import CircuitOpen, InvalidInput, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.runtime.retry import seconds
 from agentfold.store import EventStore
+from agentfold.validation import check_stream_id
 
 BREAKER_STREAM_PREFIX: Final = "$breaker-"
 BREAKER_FAILURE_RECORDED: Final = "BreakerFailureRecorded"

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from agentfold.encoding import check_stream_id
 from agentfold.errors import InvalidInput
 from agentfold.events import RecordedEvent
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
+from agentfold.validation import check_stream_id
 
 WORKFLOW_STREAM_PREFIX: Final = "workflow-"
 SIGNAL_STREAM_PREFIX: Final = "signals-"

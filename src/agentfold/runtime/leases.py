@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
-from agentfold.encoding import check_stream_id
 from agentfold.errors import InvalidInput
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.runtime import history as h
 from agentfold.runtime.retry import seconds
 from agentfold.store import EventStore
+from agentfold.validation import check_stream_id
 
 logger = logging.getLogger("agentfold.runtime")
 

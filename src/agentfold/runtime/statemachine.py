@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from agentfold.encoding import check_event_type, check_stream_id
 from agentfold.errors import IllegalTransition, InvalidInput, WrongExpectedVersion
 from agentfold.events import AppendResult, NewEvent, RecordedEvent
 from agentfold.store import EventStore
+from agentfold.validation import check_event_type, check_stream_id
 
 IDLE: Final = "Idle"
 PROCESSING: Final = "Processing"

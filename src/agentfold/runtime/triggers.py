@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from agentfold.encoding import check_event_type, check_stream_id
 from agentfold.errors import InvalidInput
 from agentfold.events import RecordedEvent
+from agentfold.validation import check_event_type, check_stream_id
 
 TRIGGER_GROUP: Final = "agentfold-triggers"
 MAX_TRIGGER_NAME: Final = 100

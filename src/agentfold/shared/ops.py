@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from agentfold.encoding import check_json_object
 from agentfold.errors import InvalidEventData, InvalidInput, InvalidSharedOperation
 from agentfold.events import AGENT_ID, NewEvent
 from agentfold.shared.hlc import Timestamp
 from agentfold.shared.types import LWWMap, LWWRegister, MVRegister, ORSet, PNCounter, Replicated
+from agentfold.validation import check_json_object
 
 MAX_KEY_LENGTH: Final = 200
 MAX_AMOUNT: Final = 2**62

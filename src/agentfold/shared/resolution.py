@@ -16,9 +16,9 @@ from typing import Any, Final
 
 import msgspec
 
-from agentfold.encoding import check_json_object
 from agentfold.errors import InvalidEventData, NondeterministicResolver
 from agentfold.shared.types import Sibling, canonical_json
+from agentfold.validation import check_json_object
 
 Resolver = Callable[[Sequence[Sibling]], Any]
 """Turns two or more concurrent siblings into one JSON value. Must be pure and ignore the siblings' order."""

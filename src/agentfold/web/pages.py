@@ -374,7 +374,7 @@ async def streams_page(request: Request) -> Response:
 
 async def stream_page(request: Request) -> Response:
     """One stream's events, oldest first, a page at a time."""
-    from agentfold.encoding import check_stream_id
+    from agentfold.validation import check_stream_id
 
     stream_id = check_stream_id(request.query_params.get("id", ""))
     after = _int_param(request, "after", 0) or 0

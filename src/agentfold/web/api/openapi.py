@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from agentfold.encoding import MAX_VERSION
+from agentfold.validation import MAX_VERSION
 
 _PROBLEM_CODES: Final = ("401", "403", "404", "409", "413", "422", "429", "503")
 _DESCRIPTIONS: Final = {
