@@ -362,6 +362,63 @@ async def test_single_event_retry_in_the_middle_of_a_stream(store: EventStore) -
     assert await store.stream_version("s") == 5
 
 
+RETRY_CHANGES: dict[str, tuple[NewEvent, NewEvent]] = {
+    "other data": (NewEvent("A", {"v": 1}), NewEvent("A", {"v": 2})),
+    "other type": (NewEvent("A", {"v": 1}), NewEvent("B", {"v": 1})),
+    "other metadata": (NewEvent("A", {}, {"m": 1}), NewEvent("A", {}, {"m": 2})),
+    "metadata added": (NewEvent("A", {}), NewEvent("A", {}, {"m": 1})),
+    "an int became a float": (NewEvent("A", {"v": 1}), NewEvent("A", {"v": 1.0})),
+    "a bool became an int": (NewEvent("A", {"v": True}), NewEvent("A", {"v": 1})),
+    "keys in another order": (NewEvent("A", {"a": 1, "b": 2}), NewEvent("A", {"b": 2, "a": 1})),
+}
+
+
+@pytest.mark.parametrize("change", list(RETRY_CHANGES))
+async def test_a_retry_with_other_content_is_refused_naming_the_id(store: EventStore, change: str) -> None:
+    original, changed = RETRY_CHANGES[change]
+    event_id = uuid.uuid4()
+    first = await store.append("s", [NewEvent(original.type, original.data, original.metadata, id=event_id)])
+    with pytest.raises(DuplicateEventId) as caught:
+        await store.append("s", [NewEvent(changed.type, changed.data, changed.metadata, id=event_id)])
+    assert str(event_id) in str(caught.value)
+    [kept] = await stream_list(store, "s")
+    assert (kept.type, kept.data, kept.metadata, kept.version, kept.position) == (
+        original.type,
+        original.data,
+        original.metadata or {},
+        first.version,
+        first.position,
+    )
+
+
+async def test_a_batch_retry_with_one_event_changed_is_refused(store: EventStore) -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+    first = await store.append("s", [NewEvent("A", {"n": n}, id=ids[n]) for n in range(3)])
+    changed = [NewEvent("A", {"n": n if n != 2 else 9}, id=ids[n]) for n in range(3)]
+    with pytest.raises(DuplicateEventId) as caught:
+        await store.append("s", changed)
+    assert str(ids[2]) in str(caught.value)
+    assert await store.append("s", [NewEvent("A", {"n": n}, id=ids[n]) for n in range(3)]) == first
+    assert await store.stream_version("s") == 3
+
+
+async def test_an_exact_retry_with_empty_metadata_given_as_none_or_empty_is_the_same(store: EventStore) -> None:
+    event_id = uuid.uuid4()
+    first = await store.append("s", [NewEvent("A", {"x": [1, 2.5, "z", None]}, None, id=event_id)])
+    assert await store.append("s", [NewEvent("A", {"x": [1, 2.5, "z", None]}, {}, id=event_id)]) == first
+    assert await store.stream_version("s") == 1
+
+
+async def test_a_retry_of_trimmed_events_cannot_be_checked_and_is_refused(store: EventStore) -> None:
+    batch = events(2)
+    await store.append("s", batch)
+    await store.append("s", events(2))
+    await store._trim_stream("s", 3)  # no public trim on the store itself; projections trim through this hook
+    with pytest.raises(DuplicateEventId, match="trimmed"):
+        await store.append("s", batch)
+    assert await store.stream_version("s") == 4
+
+
 async def test_id_reused_on_another_stream_is_refused(store: EventStore) -> None:
     batch = events(1)
     await store.append("s", batch)

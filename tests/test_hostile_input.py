@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import traceback
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,18 @@ async def handler(event: RecordedEvent) -> None:
     return None
 
 
+class _Dict(dict[str, Any]):
+    """A dict subclass: JSON is checked by exact type, so this is refused rather than stored as something else."""
+
+
+class _Str(str):
+    __slots__ = ()
+
+
+class _Int(int):
+    __slots__ = ()
+
+
 Case = tuple[str, Callable[[EventStore], Awaitable[Any]], type[Exception]]
 
 ok = [NewEvent("Fine", {})]
@@ -137,6 +150,55 @@ CASES: list[Case] = [
         lambda s: s.append("victim", ok, expected_version=NO_STREAM),
         WrongExpectedVersion,
     ),
+    # append: subclasses of JSON types, once stored changed or raised a raw TypeError
+    (
+        "append OrderedDict with NaN",
+        lambda s: s.append("s", [NewEvent("A", OrderedDict(x=math.nan))]),
+        InvalidEventData,
+    ),
+    ("append OrderedDict int key", lambda s: s.append("s", [NewEvent("A", OrderedDict({1: 2}))]), InvalidEventData),
+    ("append OrderedDict set", lambda s: s.append("s", [NewEvent("A", OrderedDict(x={1, 2}))]), InvalidEventData),
+    ("append OrderedDict object", lambda s: s.append("s", [NewEvent("A", OrderedDict(o=object()))]), InvalidEventData),
+    ("append plain dict subclass", lambda s: s.append("s", [NewEvent("A", _Dict(x=1))]), InvalidEventData),
+    ("append nested dict subclass", lambda s: s.append("s", [NewEvent("A", {"x": _Dict(y=1)})]), InvalidEventData),
+    ("append str subclass value", lambda s: s.append("s", [NewEvent("A", {"x": _Str("v")})]), InvalidEventData),
+    ("append int subclass value", lambda s: s.append("s", [NewEvent("A", {"x": _Int(1)})]), InvalidEventData),
+    ("append tuple value", lambda s: s.append("s", [NewEvent("A", {"x": (1, 2)})]), InvalidEventData),
+    ("append set value", lambda s: s.append("s", [NewEvent("A", {"x": {1}})]), InvalidEventData),
+    ("append 5000-digit int", lambda s: s.append("s", [NewEvent("A", {"x": 10**5000})]), InvalidEventData),
+    (
+        "append OrderedDict metadata with NaN",
+        lambda s: s.append("s", [NewEvent("A", {}, OrderedDict(x=math.nan))]),
+        InvalidEventData,
+    ),
+    (
+        "append OrderedDict metadata int key",
+        lambda s: s.append("s", [NewEvent("A", {}, OrderedDict({1: 2}))]),
+        InvalidEventData,
+    ),
+    (
+        "append OrderedDict metadata set",
+        lambda s: s.append("s", [NewEvent("A", {}, OrderedDict(x={1}))]),
+        InvalidEventData,
+    ),
+    (
+        "append OrderedDict metadata object",
+        lambda s: s.append("s", [NewEvent("A", {}, OrderedDict(o=object()))]),
+        InvalidEventData,
+    ),
+    ("append str subclass stream id", lambda s: s.append(_Str("s"), ok), InvalidStreamId),
+    ("append int subclass expected", lambda s: s.append("s", ok, expected_version=_Int(0)), InvalidExpectedVersion),
+    # stream_version: checked like read_stream
+    ("stream_version surrogate", lambda s: s.stream_version("x\ud800"), InvalidStreamId),
+    ("stream_version None", lambda s: s.stream_version(None), InvalidStreamId),  # type: ignore[arg-type]
+    ("stream_version int", lambda s: s.stream_version(42), InvalidStreamId),  # type: ignore[arg-type]
+    ("stream_version NUL", lambda s: s.stream_version("a\x00b"), InvalidStreamId),
+    ("stream_version empty", lambda s: s.stream_version(""), InvalidStreamId),
+    ("stream_version long", lambda s: s.stream_version("v" * 201), InvalidStreamId),
+    # wait_for_append
+    ("wait_for_append after -1", lambda s: s.wait_for_append(-1, 0.01), InvalidInput),
+    ("wait_for_append timeout NaN", lambda s: s.wait_for_append(0, math.nan), InvalidInput),
+    ("wait_for_append timeout str", lambda s: s.wait_for_append(0, "1"), InvalidInput),  # type: ignore[arg-type]
     # read_stream
     ("read_stream NUL id", lambda s: drain(s.read_stream("a\x00")), InvalidStreamId),
     ("read_stream long id", lambda s: drain(s.read_stream("y" * 10_000)), InvalidStreamId),

@@ -1,6 +1,9 @@
 """The rules every backend applies to an append, written once: expected versions and exact retries.
 
 Backends differ in how they look things up (a dict, an SQL query, a Lua script), not in what they decide.
+A retry is exact or refused: `find_retry` decides by ids, order and stream (in the backend's own step), and returns
+a `RetriedAppend`; the store then reads the original events back and `check_retry_content` compares their types,
+data and metadata with the retry's. Only a retry pays for that read; an ordinary append pays nothing.
 """
 
 from __future__ import annotations
@@ -8,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from agentfold.encoding import EncodedEvent
+from agentfold.encoding import EncodedEvent, encode_json
 from agentfold.errors import DuplicateEventId, WrongExpectedVersion
-from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion
+from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
 
 
 def check_expected(stream_id: str, expected: ExpectedVersion, current: int) -> None:
@@ -39,13 +42,21 @@ class IdRecord(NamedTuple):
     position: int
 
 
+class RetriedAppend(AppendResult, frozen=True):
+    """What a backend's `_append` returns for a retry: the original append's result, and the version of its first
+    event, so the store can compare the retry's content with what was written (`check_retry_content`)."""
+
+    first_version: int
+
+
 def find_retry(
     stream_id: str, events: Sequence[EncodedEvent], records: Sequence[IdRecord | None]
-) -> AppendResult | None:
-    """The original append's result when `events` repeat it exactly; None when no id is known; else raise.
+) -> RetriedAppend | None:
+    """The original append's result when `events` repeat its ids; None when no id is known; else raise.
 
-    `records[i]` is what the store knows of `events[i].id`. An exact retry has every id known, on this stream, as one
-    whole earlier append in the same order; any other reuse of an id raises `DuplicateEventId`.
+    `records[i]` is what the store knows of `events[i].id`. A retry has every id known, on this stream, as one
+    whole earlier append in the same order; any other reuse of an id raises `DuplicateEventId`. Whether the content
+    is the same too is decided afterwards, by `check_retry_content`.
     """
     if all(record is None for record in records):
         return None
@@ -70,4 +81,33 @@ def find_retry(
             events[0].id, stream_id, "already appended in a different batch or order; not an exact retry"
         )
     # The events of one append have consecutive versions and consecutive positions, on every backend.
-    return AppendResult(first.batch_last, first.position + (first.batch_last - first.version))
+    return RetriedAppend(first.batch_last, first.position + (first.batch_last - first.version), first.version)
+
+
+def check_retry_content(
+    stream_id: str, events: Sequence[EncodedEvent], first_version: int, stored: Sequence[RecordedEvent]
+) -> None:
+    """Raise `DuplicateEventId` unless `stored`, the events of the stream from `first_version` on, are the ones a
+    retry's ids were first written with, carrying the same ids, types, data and metadata as `events`, in order.
+
+    Stored JSON is compared in its canonical encoding, so `1` and `1.0`, or `{"a": 1, "b": 2}` and
+    `{"b": 2, "a": 1}`, are different content.
+    """
+    if [event.version for event in stored] != list(range(first_version, first_version + len(events))):
+        raise DuplicateEventId(
+            events[0].id,
+            stream_id,
+            "already appended, and the original events were trimmed since: the retry cannot be checked against "
+            "them, so it is refused",
+        )
+    for event, original in zip(events, stored, strict=True):
+        if str(original.id) != event.id:
+            raise DuplicateEventId(event.id, stream_id, "already appended, in a different order")
+        if original.type != event.type:
+            raise DuplicateEventId(
+                event.id, stream_id, f"already appended with type {original.type!r}, not {event.type!r}"
+            )
+        if encode_json(original.data) != event.data:
+            raise DuplicateEventId(event.id, stream_id, "already appended with other data; not an exact retry")
+        if encode_json(original.metadata) != event.metadata:
+            raise DuplicateEventId(event.id, stream_id, "already appended with other metadata; not an exact retry")

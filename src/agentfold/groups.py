@@ -20,8 +20,8 @@ error, and the partition moves on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
 import time
 import traceback
 import uuid
@@ -31,9 +31,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from agentfold.errors import InvalidInput, WrongExpectedVersion
+from agentfold.errors import DuplicateEventId, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
-from agentfold.validation import check_event_types, check_stream_id
+from agentfold.validation import (
+    check_event_types,
+    check_integer,
+    check_seconds,
+    check_stream_id,
+    check_stream_prefix,
+)
 
 if TYPE_CHECKING:
     from agentfold.log import EventLog
@@ -71,28 +77,14 @@ class GroupSettings:
 
     def __post_init__(self) -> None:
         check_stream_id(self.name)
-        for whole in ("partitions", "max_attempts", "checkpoint_every", "page_size"):
-            value = getattr(self, whole)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidInput(f"{whole} must be an int, got {type(value).__name__}")
-        for seconds in ("lease_seconds", "retry_delay_seconds"):
-            value = getattr(self, seconds)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-                raise InvalidInput(f"{seconds} must be a finite number of seconds >= 0, got {value!r}")
-        if self.types is not None:
-            object.__setattr__(self, "types", check_event_types(self.types))
-        if self.stream_prefix is not None:
-            check_stream_id(self.stream_prefix)
-        if self.page_size < 1:
-            raise InvalidInput(f"page_size must be at least 1, got {self.page_size}")
-        if not 1 <= self.partitions <= 1024:
-            raise InvalidInput(f"partitions must be between 1 and 1024, got {self.partitions}")
-        if not self.lease_seconds > 0:
-            raise InvalidInput(f"lease_seconds must be positive, got {self.lease_seconds}")
-        if self.max_attempts < 1:
-            raise InvalidInput(f"max_attempts must be at least 1, got {self.max_attempts}")
-        if self.checkpoint_every < 1:
-            raise InvalidInput(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
+        check_integer(self.partitions, "partitions", 1, 1024)
+        check_integer(self.max_attempts, "max_attempts", 1, 1_000_000)
+        check_integer(self.checkpoint_every, "checkpoint_every", 1, 1_000_000)
+        check_integer(self.page_size, "page_size", 1, 1_000_000)
+        check_seconds(self.lease_seconds, "lease_seconds", minimum=0.001)
+        check_seconds(self.retry_delay_seconds, "retry_delay_seconds")
+        object.__setattr__(self, "types", check_event_types(self.types))
+        check_stream_prefix(self.stream_prefix)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -344,6 +336,11 @@ class ConsumerGroupMember:
     async def _dead_letter(self, event: RecordedEvent, error: Exception, attempts: int) -> None:
         self.dead_lettered += 1
         logger.error("%s: event %s dead-lettered after %d attempts: %r", self.settings.name, event.id, attempts, error)
+        # Another member may have dead-lettered this event first, with its own error text: the first one stays.
+        with contextlib.suppress(DuplicateEventId):
+            await self._append_dead_letter(event, error, attempts)
+
+    async def _append_dead_letter(self, event: RecordedEvent, error: Exception, attempts: int) -> None:
         await self.store.append(
             self.settings.dead_letter_stream,
             [

@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
+from agentfold.appending import RetriedAppend, check_retry_content
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent, encode_events
 from agentfold.errors import InvalidInput, StoreClosed
 from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
@@ -52,8 +53,9 @@ class EventLog(abc.ABC):
     - `append` is atomic: all events of one call are written, or none.
     - `expected_version` is checked in the same step as the write, so two writers expecting the same version never
       both succeed.
-    - Appending events whose ids were all written by one earlier call, in the same order to the same stream, returns
-      that call's `AppendResult` and writes nothing (idempotent retry, also after a restart).
+    - A retry is exact or refused: appending events whose ids were all written by one earlier call, in the same
+      order to the same stream, with the same types, data and metadata, returns that call's `AppendResult` and
+      writes nothing (also after a restart); any other reuse of an id raises `DuplicateEventId` naming it.
     - The order `read_all` shows is final: a reader never sees a position and later finds a smaller one filled in.
     """
 
@@ -85,7 +87,18 @@ class EventLog(abc.ABC):
         check_stream_id(stream_id)
         expected = check_expected_version(expected_version)
         encoded = encode_events(events, self.max_event_size)
-        return await self._append(stream_id, encoded, expected)
+        result = await self._append(stream_id, encoded, expected)
+        if type(result) is RetriedAppend:  # the ids were written before: exact retry, or DuplicateEventId
+            return await self._check_retry(stream_id, encoded, result)
+        return result
+
+    async def _check_retry(self, stream_id: str, events: list[EncodedEvent], retried: RetriedAppend) -> AppendResult:
+        stored = [
+            event
+            async for event in self.read_stream(stream_id, after_version=retried.first_version - 1, limit=len(events))
+        ]
+        check_retry_content(stream_id, events, retried.first_version, stored)
+        return AppendResult(retried.version, retried.position)
 
     async def read_stream(
         self,

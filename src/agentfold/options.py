@@ -18,6 +18,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE
 from agentfold.errors import InvalidURL
+from agentfold.validation import describe
 
 MAX_INTEGER: Final = 2**62
 """The largest integer option any backend takes (sizes, times, counts), unless an option says less."""
@@ -105,8 +106,7 @@ class Option:
         return raw
 
     def _refuse(self, raw: object, shown_url: str, rule: str) -> InvalidURL:
-        shown = repr(raw) if len(repr(raw)) <= 80 else repr(raw)[:77] + "..."
-        return InvalidURL(f"option {self.name}={shown} for {shown_url} {rule}")
+        return InvalidURL(f"option {self.name}={describe(raw)} for {shown_url} {rule}")
 
 
 MAX_EVENT_SIZE: Final = Option("max_event_size", int, DEFAULT_MAX_EVENT_SIZE, minimum=1, maximum=2**31 - 1)

@@ -105,7 +105,7 @@ def check_integer(
     if type(value) is not int:
         raise error(f"{what} must be an int, got {type(value).__name__} {_short(value)}")
     if value < minimum:
-        raise error(f"{what} must be >= {minimum}, got {value}")
+        raise error(f"{what} must be >= {minimum}, got {_short(value)}")
     if value > maximum:
         raise error(f"{what} {_short(value)} is above {maximum}, the largest it may be")
     return value
@@ -128,7 +128,7 @@ def check_seconds(value: object, what: str, minimum: float = 0.0, maximum: float
     if type(value) is not int and type(value) is not float:
         raise InvalidInput(f"{what} must be a number of seconds, got {type(value).__name__} {_short(value)}")
     if not minimum <= value <= maximum:  # also refuses NaN
-        raise InvalidInput(f"{what} must be a finite number of seconds in [{minimum}, {maximum}], got {value}")
+        raise InvalidInput(f"{what} must be a finite number of seconds in [{minimum}, {maximum}], got {_short(value)}")
     return float(value)
 
 
@@ -148,7 +148,7 @@ def check_expected_version(expected_version: object) -> ExpectedVersion:
             f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int, got {type(expected_version).__name__}"
         )
     if not 0 <= expected_version <= MAX_VERSION:
-        raise InvalidExpectedVersion(f"expected_version {expected_version} is out of range [0, {MAX_VERSION}]")
+        raise InvalidExpectedVersion(f"expected_version {_short(expected_version)} is out of range [0, {MAX_VERSION}]")
     return expected_version
 
 
@@ -264,8 +264,13 @@ def _check_json(value: object, path: str, depth: int, on_path: set[int]) -> None
     raise InvalidEventData(f"{path} is a {kind.__name__}, which is not JSON", path)
 
 
+def describe(value: object) -> str:
+    """`repr(value)` cut to 60 characters for an error message; never fails, whatever the value (an int too long
+    to turn into text, an object whose repr raises)."""
+    return _short(value)
+
+
 def _short(value: object) -> str:
-    """`repr(value)` cut to 60 characters, and never a repr that could fail or run long (huge ints)."""
     if type(value) is int:
         text = str(value) if value.bit_length() < 200 else f"an int of {value.bit_length()} bits"
         return text
@@ -298,4 +303,5 @@ __all__ = [
     "check_stream_id",
     "check_stream_prefix",
     "check_text",
+    "describe",
 ]

@@ -140,8 +140,8 @@ def translate_error(error: BaseException) -> AgentfoldError:
         return StoreFull(f"PostgreSQL is out of disk space: {message}")
     if sqlstate == "25006":
         return StoreReadOnly(f"PostgreSQL refused a write in a read-only transaction: {message}")
-    if sqlstate.startswith("22"):
-        return InvalidEventData(f"PostgreSQL refused a value: {message}")
+    if sqlstate.startswith("22") or (not sqlstate and isinstance(error, psycopg.DataError)):
+        return InvalidEventData(f"PostgreSQL refused a value (nothing was written): {message}")
     if sqlstate.startswith(("08", "57P")) or isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
         return StoreUnavailable(f"PostgreSQL connection failed or was closed: {message}")
     unexpected = StoreUnavailable(f"PostgreSQL error {sqlstate or type(error).__name__}: {message}")

@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 from agentfold.demo.provider import ProviderClient, ProviderError
-from agentfold.errors import WrongExpectedVersion
+from agentfold.errors import DuplicateEventId, WrongExpectedVersion
 from agentfold.events import NO_STREAM, NewEvent
 from agentfold.runtime import NOT_APPLIED, RecordHook, RetryPolicy, Runtime, WorkflowContext
 from agentfold.store import EventStore
@@ -236,7 +236,8 @@ class OrderPipeline:
             {"agent_id": NOTIFICATION},
             id=uuid.uuid5(_NOTIFICATION_NAMESPACE, idempotency_key),
         )
-        with contextlib.suppress(WrongExpectedVersion):  # written by an earlier attempt whose outcome was lost
+        # Written by an earlier attempt whose outcome was lost.
+        with contextlib.suppress(WrongExpectedVersion, DuplicateEventId):
             await self.store.append(NOTIFICATION_STREAM_PREFIX + order.order_id, [event], expected_version=NO_STREAM)
         return message
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from agentfold.errors import (
+    DuplicateEventId,
     InvalidInput,
     NonDeterminism,
     RunControlRefused,
@@ -91,7 +92,8 @@ class WorkflowClient:
             name = definition.name
             data = {"workflow": name, "input": definition.encode_input(args, serializer), "version": definition.version}
         event = NewEvent(h.WORKFLOW_STARTED, data, id=uuid.uuid5(_START_NAMESPACE, chosen_id))
-        with contextlib.suppress(WrongExpectedVersion):  # started before: the run below is the one to use
+        # Started before (with these inputs or others): the run below is the one to use.
+        with contextlib.suppress(WrongExpectedVersion, DuplicateEventId):
             await self.store.append(h.workflow_stream(chosen_id), [event], expected_version=NO_STREAM)
         existing = await self._first_event(chosen_id)
         if existing is None or existing.type != h.WORKFLOW_STARTED:
@@ -136,7 +138,8 @@ class WorkflowClient:
         else:
             signal_event_id = uuid.uuid5(_START_NAMESPACE, f"{workflow_id}/signal/{signal_id}")
             event = NewEvent(h.SIGNAL_SENT, data, metadata, id=signal_event_id)
-        await self.store.append(h.signal_stream(workflow_id), [event], expected_version=ANY)
+        with contextlib.suppress(DuplicateEventId):  # this signal id was sent before: the first signal stays
+            await self.store.append(h.signal_stream(workflow_id), [event], expected_version=ANY)
 
     async def state(self, workflow_id: str) -> str:
         """The run's lifecycle state (Idle when never started): a fold of its events."""
