@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from agentfold.errors import SharedTypeConflict, SharedTypeMismatch
+from agentfold.errors import DuplicateEventId, SharedTypeConflict, SharedTypeMismatch
 from agentfold.events import ANY
 from agentfold.shared.hlc import HybridLogicalClock, Timestamp, WallClock, system_wall_clock_ms
 from agentfold.shared.ops import (
@@ -42,6 +42,7 @@ from agentfold.shared.ops import (
     check_key,
     check_op_id,
     check_value,
+    decode_operation,
     new_op_id,
     sorted_op_ids,
 )
@@ -187,5 +188,26 @@ class SharedStream:
         if known is not None and known is not kind:
             raise SharedTypeMismatch(f"shared key {key!r} holds a {known}; cannot write a {kind}")
         operation = build(self._clock.now(), operation_id)
-        result = await self._store.append(self._stream_id, [operation.to_event()], ANY)
+        try:
+            result = await self._store.append(self._stream_id, [operation.to_event()], ANY)
+        except DuplicateEventId:
+            # The op id was written before. This attempt's timestamp differs, so the store cannot call it an exact
+            # retry; it is one when the earlier operation is the same write (kind, key, arguments).
+            earlier = await self._earlier_write(operation)
+            if earlier is None:
+                raise
+            return earlier
         return WriteReceipt(operation.op_id, operation.timestamp, result.version, result.position)
+
+    async def _earlier_write(self, operation: Operation) -> WriteReceipt | None:
+        """The receipt of the earlier write of `operation`'s op id on this stream, if it wrote the same operation."""
+        async for event in self._store.read_stream(self._stream_id):
+            if str(event.id) != operation.op_id:
+                continue
+            earlier = decode_operation(operation.op_id, event.type, event.data, id_is_canonical=True)
+            if type(earlier) is not type(operation) or earlier.key != operation.key:
+                return None
+            if earlier.arguments() != operation.arguments():
+                return None
+            return WriteReceipt(earlier.op_id, earlier.timestamp, event.version, event.position)
+        return None
