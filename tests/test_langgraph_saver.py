@@ -76,18 +76,28 @@ async def test_a_chat_stores_appended_messages_and_reads_back_exactly_what_was_p
     assert kinds["suffix"] > kinds["full"] > 0
 
 
-async def test_a_long_thread_reads_its_head_from_a_bounded_tail(store: EventStore) -> None:
-    """Each channel is stored whole again once its stored form lies `snapshot_every` checkpoints back."""
+async def test_a_long_thread_stores_whole_values_again_as_they_outgrow_their_suffixes(store: EventStore) -> None:
+    """A list channel is stored whole again once its suffixes outgrow its last whole value; any other channel once
+    its stored form lies `snapshot_every` checkpoints back. A fresh saver still reads back exactly what was put."""
     saver = AgentfoldSaver(store, snapshot_every=3)
     graph = chat_graph(saver)
+    long_text = "x" * 3000  # suffixes outgrow the minimum chain size within a few steps
     for turn in range(1, 9):
-        await graph.ainvoke({"messages": [HumanMessage(f"q{turn}", id=f"q{turn}")]}, config("long"))
-    checkpoints = [e async for e in store.read_stream(stream_for("long")) if e.type == CHECKPOINT_SAVED]
-    newest = checkpoints[-1].data
-    assert all(newest["seq"] - anchor < 3 for anchor in newest["anchors"].values())
+        await graph.ainvoke({"messages": [HumanMessage(f"q{turn} {long_text}", id=f"q{turn}")]}, config("long"))
+    checkpoints = [e.data async for e in store.read_stream(stream_for("long")) if e.type == CHECKPOINT_SAVED]
+    wholes = [c["seq"] for c in checkpoints for r in c["values"] if r["channel"] == "messages" and "full" in r]
+    suffixes = [c["seq"] for c in checkpoints for r in c["values"] if r["channel"] == "messages" and "base" in r]
+    assert len(wholes) >= 3 and suffixes
+    for data in [c for c in checkpoints if "turns" in c["anchors"]]:
+        anchor_seq, anchor_bytes, chain_bytes = data["anchors"]["turns"]
+        assert data["seq"] - anchor_seq < 3 and chain_bytes == 0
+        anchor_seq, anchor_bytes, chain_bytes = data["anchors"]["messages"]
+        assert chain_bytes <= max(anchor_bytes, 4096)
     fresh = AgentfoldSaver(store, snapshot_every=3)
     head = await fresh.aget_tuple(config("long"))
+    state = await graph.aget_state(config("long"))
     assert head is not None
+    assert head.checkpoint["channel_values"]["messages"] == state.values["messages"]
     assert len(head.checkpoint["channel_values"]["messages"]) == 16
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import click
@@ -47,6 +48,11 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     is_flag=True,
     help="Only the HTTP API figures: 32 writers through agentfold serve beside 32 in process (SQLite, PostgreSQL).",
 )
+@click.option(
+    "--integrations",
+    is_flag=True,
+    help="Only the LangGraph checkpoint storage figures: AgentfoldSaver beside langgraph-checkpoint-sqlite/-postgres.",
+)
 def bench(
     backends: tuple[str, ...],
     urls: tuple[str, ...],
@@ -56,9 +62,13 @@ def bench(
     markdown: bool,
     agents_only: bool,
     http_only: bool,
+    integrations: bool,
 ) -> None:
     """Measure appends, reads and folds, beside the bare driver of the same backend."""
     console = Console(stderr=True)
+    if integrations:
+        _integrations(urls, json_path, quick, console)
+        return
     chosen = list(BACKEND_NAMES) if "all" in backends else list(dict.fromkeys(backends))
     base_urls: dict[str, str] = {}
     for url in urls:
@@ -118,3 +128,35 @@ def _format(name: str, value: float) -> str:
     if name.endswith("_ms") or "_ms_" in name:
         return f"{value:,.1f}"
     return f"{value:.2f}"
+
+
+def _integrations(urls: tuple[str, ...], json_path: Path | None, quick: bool, console: Console) -> None:
+    from agentfold.bench.langgraph_storage import DEFAULT_STEPS, QUICK_STEPS, default_pg_url, run_langgraph_storage
+
+    pg_url = next((url for url in urls if url.startswith("postgres")), default_pg_url())
+    steps = QUICK_STEPS if quick else DEFAULT_STEPS
+    with console.status("measuring") as status, TemporaryDirectory() as workdir:
+        try:
+            results = asyncio.run(
+                run_langgraph_storage(Path(workdir), pg_url, steps, progress=lambda text: status.update(text))
+            )
+        except AgentfoldError as error:
+            raise click.ClickException(str(error)) from None
+    early, late = f"step_{results['early_step']}", f"step_{steps}"
+    table = Table(title=f"LangGraph checkpoints: {steps} steps of a chat graph, 2 messages per step")
+    for column in ("saver", "bytes", f"aput ms {early}", f"aput ms {late}", f"aget_tuple ms {early}"):
+        table.add_column(column, justify="left" if column == "saver" else "right")
+    table.add_column(f"aget_tuple ms {late}", justify="right")
+    for saver in results["savers"]:
+        table.add_row(
+            saver["saver"],
+            f"{saver['bytes']:,}",
+            *(f"{saver[f'{figure}_ms_{step}']:.2f}" for figure in ("aput", "aget_tuple") for step in (early, late)),
+        )
+    Console().print(table)
+    for name, ratio in results["ratios"].items():
+        click.echo(f"{name}: {ratio:.3f}x")
+    click.echo("versions: " + ", ".join(f"{name} {version}" for name, version in results["versions"].items()))
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"figures written to {json_path}")

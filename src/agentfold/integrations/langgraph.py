@@ -64,6 +64,8 @@ THREAD_DELETED: Final = "ThreadDeleted"
 _IDS: Final = uuid.UUID("6f1d1b8e-5b4a-4c1e-9a51-2f3a0c7d9e42")
 _MAX_STREAM_ID: Final = 200
 _APPEND_ATTEMPTS: Final = 20
+_MIN_CHAIN_BYTES: Final = 4096
+"""Suffixes of a list channel may add up to this much before the whole value is stored again, however small it is."""
 
 
 def stream_for(thread_id: str, checkpoint_ns: str = "") -> str:
@@ -103,6 +105,11 @@ class _Channel:
     version: Any
     value: Any
     anchor_seq: int
+    """The checkpoint (`seq`) whose event holds the whole value that the stored suffixes extend."""
+    anchor_bytes: int = 0
+    """The size of that whole value as stored."""
+    chain_bytes: int = 0
+    """The size of the suffixes stored since."""
 
 
 @dataclass
@@ -180,7 +187,7 @@ def _version_key(version: Any) -> Any:
 # -- the saver --------------------------------------------------------------------------------------------------------
 
 
-class AgentfoldSaver(BaseCheckpointSaver[str]):
+class AgentfoldSaver(BaseCheckpointSaver[int]):
     """LangGraph's `BaseCheckpointSaver` over an agentfold `EventStore` (any backend).
 
     Create it inside the event loop that opened `store`; the sync methods may then be called from other threads.
@@ -316,10 +323,10 @@ class AgentfoldSaver(BaseCheckpointSaver[str]):
         """Keep the head just read, so the next `aput` on the stream can store only what changed."""
         if event.data["checkpoint_id"] != folded.checkpoints[0].data["checkpoint_id"]:
             return
-        anchors: dict[str, int] = event.data.get("anchors", {})
+        anchors: dict[str, list[int]] = event.data.get("anchors", {})
         channels = {
             channel: _Channel(
-                version, found.checkpoint["channel_values"].get(channel, _ABSENT), anchors.get(channel, 0)
+                version, found.checkpoint["channel_values"].get(channel, _ABSENT), *anchors.get(channel, [0, 0, 0])
             )
             for channel, version in found.checkpoint["channel_versions"].items()
         }
@@ -409,6 +416,16 @@ class AgentfoldSaver(BaseCheckpointSaver[str]):
         self._remember(stream, folded, folded.checkpoints[0], found)
         return self._heads[stream]
 
+    async def _catch_up(self, stream: str, head: _Head) -> None:
+        """Take in what others appended after `head`: pending writes only move its version; anything else (a
+        checkpoint, a deletion) makes the next look read the head again."""
+        newer = [event async for event in self.store.read_stream(stream, after_version=head.stream_version)]
+        if all(event.type == WRITES_SAVED for event in newer):
+            if newer:
+                head.stream_version = newer[-1].version
+        else:
+            self._heads.pop(stream, None)
+
     async def aput(
         self,
         config: RunnableConfig,
@@ -441,7 +458,7 @@ class AgentfoldSaver(BaseCheckpointSaver[str]):
             try:
                 result = await self.store.append(stream, [event], expected_version=expected)
             except WrongExpectedVersion:
-                self._heads.pop(stream, None)  # someone appended meanwhile: look again
+                await self._catch_up(stream, head)  # someone appended meanwhile: look again
                 continue
             self._heads[stream] = _Head(checkpoint_id, head.seq + 1, result.version, channels)
             return _config(thread_id, ns, checkpoint_id)
@@ -463,38 +480,43 @@ class AgentfoldSaver(BaseCheckpointSaver[str]):
         records: list[dict[str, Any]] = []
         channels: dict[str, _Channel] = {}
         old_enough = seq - self.snapshot_every
+
+        def whole(channel: str, version: Any, value: Any) -> None:
+            if value is _ABSENT:
+                records.append({"channel": channel, "version": version, "empty": True})
+                channels[channel] = _Channel(version, _ABSENT, seq)
+                return
+            dumped = self._dump(value)
+            records.append({"channel": channel, "version": version, "full": dumped})
+            channels[channel] = _Channel(
+                version, list(value) if isinstance(value, list) else value, seq, len(dumped[1])
+            )
+
         for channel, version in checkpoint["channel_versions"].items():
             before = base.channels.get(channel) if base is not None else None
             if channel in new_versions:
                 value = values.get(channel, _ABSENT)
-                if value is _ABSENT:
-                    records.append({"channel": channel, "version": version, "empty": True})
-                    channels[channel] = _Channel(version, _ABSENT, seq)
-                    continue
-                kept = list(value) if isinstance(value, list) else value
                 if (
                     before is not None
-                    and before.anchor_seq > old_enough
                     and isinstance(value, list)
                     and isinstance(before.value, list)
                     and len(value) >= len(before.value)
                     and value[: len(before.value)] == before.value
                 ):
-                    suffix = value[len(before.value) :]
-                    records.append(
-                        {"channel": channel, "version": version, "base": before.version, "suffix": self._dump(suffix)}
-                    )
-                    channels[channel] = _Channel(version, kept, before.anchor_seq)
-                else:
-                    records.append({"channel": channel, "version": version, "full": self._dump(value)})
-                    channels[channel] = _Channel(version, kept, seq)
+                    suffix = self._dump(value[len(before.value) :])
+                    chain = before.chain_bytes + len(suffix[1])
+                    if chain <= max(before.anchor_bytes, _MIN_CHAIN_BYTES):
+                        records.append(
+                            {"channel": channel, "version": version, "base": before.version, "suffix": suffix}
+                        )
+                        channels[channel] = _Channel(
+                            version, list(value), before.anchor_seq, before.anchor_bytes, chain
+                        )
+                        continue
+                whole(channel, version, value)
             elif before is not None and _version_key(before.version) == _version_key(version):
-                if before.anchor_seq <= old_enough:  # stored too far back: store it whole again
-                    if before.value is _ABSENT:
-                        records.append({"channel": channel, "version": version, "empty": True})
-                    else:
-                        records.append({"channel": channel, "version": version, "full": self._dump(before.value)})
-                    channels[channel] = _Channel(version, before.value, seq)
+                if before.anchor_seq <= old_enough and before.chain_bytes == 0:
+                    whole(channel, version, before.value)  # stored too far back: store it whole again
                 else:
                     channels[channel] = before
         data = {
@@ -508,7 +530,10 @@ class AgentfoldSaver(BaseCheckpointSaver[str]):
             "run_id": metadata.get("run_id"),
             "channel_versions": dict(checkpoint["channel_versions"]),
             "updated": sorted(new_versions),
-            "anchors": {channel: state.anchor_seq for channel, state in channels.items()},
+            "anchors": {
+                channel: [state.anchor_seq, state.anchor_bytes, state.chain_bytes]
+                for channel, state in channels.items()
+            },
             "checkpoint": self._dump(stored),
             "metadata": self._dump(metadata),
             "values": records,
@@ -546,11 +571,8 @@ class AgentfoldSaver(BaseCheckpointSaver[str]):
         event = NewEvent(WRITES_SAVED, data, id=_event_id(stream, checkpoint_id, task_id, key))
         result = await self.store.append(stream, [event], expected_version=ANY)
         head = self._heads.get(stream)
-        if head is not None:
-            if result.version == head.stream_version + 1:
-                head.stream_version = result.version
-            elif result.version != head.stream_version:
-                self._heads.pop(stream, None)
+        if head is not None and result.version == head.stream_version + 1:
+            head.stream_version = result.version  # otherwise the next `aput` catches up
 
     # -- deleting, copying, pruning ------------------------------------------------------------------------------
 
@@ -663,10 +685,9 @@ class AgentfoldSaver(BaseCheckpointSaver[str]):
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._run(self.aprune(thread_ids, strategy=strategy))
 
-    def get_next_version(self, current: str | None, channel: None) -> str:
-        """Versions as zero-padded strings: they sort as they grow, also as text."""
-        number = 0 if current is None else int(str(current).split(".")[0])
-        return f"{number + 1:032}"
+    def get_next_version(self, current: int | None, channel: None) -> int:
+        """Versions are small ints: they cost a few bytes in every checkpoint."""
+        return 1 if current is None else int(str(current).split(".")[0]) + 1
 
 
 # -- inspection: what `agentfold show` and `agentfold replay` display -------------------------------------------------

@@ -1,0 +1,314 @@
+"""LangGraph checkpoint storage, `AgentfoldSaver` beside LangGraph's own savers, in one run.
+
+A chat graph adds two messages per step (a question and an answer of about 200 characters each) for `steps` steps.
+For each saver: the bytes its storage holds afterwards (SQLite: the database file and its write-ahead log after a
+checkpoint of the log; PostgreSQL: the total size of its tables and indexes), and the median time of `aput` and of
+`aget_tuple` (the thread's head, read by a fresh saver) at step 10 and at the last step.
+"""
+
+import importlib.metadata
+import os
+import random
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+from agentfold.errors import InvalidInput
+
+PACKAGES = ("langgraph", "langgraph-checkpoint", "langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres")
+EARLY_STEP = 10
+DEFAULT_STEPS = 200
+QUICK_STEPS = 60
+READS = 9
+ROUNDS = 3
+WORDS = (
+    "the order refund shipping address customer agent tool weather report summary invoice delivery warehouse "
+    "payment card account password reset schedule meeting calendar flight hotel booking cancel confirm change "
+    "price discount coupon product review rating question answer policy return exchange damaged missing late "
+    "tracking number email phone support ticket escalate manager approve reject pending status update"
+).split()
+
+
+def _text(seed: int) -> str:
+    """About 200 characters of chat-like text, different for every message (so storage cannot just compress
+    repetition away)."""
+    chooser = random.Random(seed)
+    return " ".join(chooser.choice(WORDS) for _ in range(32))[:200]
+
+
+def default_pg_url() -> str:
+    """The PostgreSQL server measured unless told otherwise (the same as the other benchmarks)."""
+    return os.environ.get("AGENTFOLD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _require() -> None:
+    try:
+        import langgraph.checkpoint.postgres.aio
+        import langgraph.checkpoint.sqlite.aio
+        import langgraph.graph  # noqa: F401
+    except ImportError as error:
+        raise InvalidInput(
+            "the LangGraph storage benchmark needs langgraph, langgraph-checkpoint-sqlite and "
+            f"langgraph-checkpoint-postgres: pip install 'agentfold[dev]' ({error})"
+        ) from None
+
+
+def _chat_graph(saver: Any) -> Any:
+    from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.graph.message import add_messages
+
+    class Chat(TypedDict):  # annotations evaluated here (no postponed evaluation in this module)
+        messages: Annotated[list[AnyMessage], add_messages]
+        steps: int
+        until: int
+
+    def talk(state: Any) -> dict[str, Any]:
+        step = state.get("steps", 0) + 1
+        return {
+            "messages": [
+                HumanMessage(_text(2 * step), id=f"q{step}"),
+                AIMessage(_text(2 * step + 1), id=f"a{step}"),
+            ],
+            "steps": step,
+        }
+
+    def more(state: Any) -> str:
+        return "talk" if state["steps"] < state["until"] else END
+
+    builder = StateGraph(Chat)
+    builder.add_node("talk", talk)
+    builder.add_edge(START, "talk")
+    builder.add_conditional_edges("talk", more, ["talk", END])
+    return builder.compile(checkpointer=saver)
+
+
+async def _median_put_ms(saver: Any, thread: dict[str, Any]) -> float:
+    """The median time of `aput` for a checkpoint that adds 2 messages to the thread's current ones.
+
+    The puts go to a thread of their own that starts from a copy of the thread's head, so the graph's thread is
+    left as it was, and only the saver's work is timed (not the graph's)."""
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langgraph.checkpoint.base.id import uuid6
+
+    head = await saver.aget_tuple(thread)
+    values = dict(head.checkpoint["channel_values"])
+    versions = dict(head.checkpoint["channel_versions"])
+
+    def checkpoint() -> dict[str, Any]:
+        return {
+            **head.checkpoint,
+            "id": str(uuid6(clock_seq=-1)),
+            "channel_values": dict(values),
+            "channel_versions": dict(versions),
+        }
+
+    config: dict[str, Any] = {"configurable": {"thread_id": f"put-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
+    config = await saver.aput(config, checkpoint(), {"source": "fork", "step": 0}, dict(versions))
+    times = []
+    for index in range(READS):
+        values["messages"] = [
+            *values["messages"],
+            HumanMessage(_text(-2 * index), id=f"pq{index}"),
+            AIMessage(_text(-2 * index - 1), id=f"pa{index}"),
+        ]
+        versions["messages"] = saver.get_next_version(versions["messages"], None)
+        started = time.perf_counter()
+        config = await saver.aput(
+            config, checkpoint(), {"source": "loop", "step": index + 1}, {"messages": versions["messages"]}
+        )
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+async def _median_read_ms(make_saver: Callable[[], AbstractAsyncContextManager[Any]], thread: dict[str, Any]) -> float:
+    times = []
+    async with make_saver() as saver:
+        for _ in range(READS):
+            started = time.perf_counter()
+            found = await saver.aget_tuple(thread)
+            times.append((time.perf_counter() - started) * 1000)
+            assert found is not None
+    return statistics.median(times)
+
+
+async def _measure(
+    name: str, make_saver: Callable[[], AbstractAsyncContextManager[Any]], size: Callable[[], Any], steps: int
+) -> dict[str, Any]:
+    """Bytes after one thread of `steps` steps; then `aput` and `aget_tuple` on it and on a thread of
+    `EARLY_STEP` steps, measured in turns so that the machine's drift falls on both alike."""
+    tag = uuid.uuid4().hex[:8]
+    long_thread = {"configurable": {"thread_id": f"chat-{tag}"}, "recursion_limit": steps * 2 + 10}
+    short_thread = {"configurable": {"thread_id": f"short-{tag}"}, "recursion_limit": EARLY_STEP * 2 + 10}
+    async with make_saver() as saver:
+        graph = _chat_graph(saver)
+        await graph.ainvoke({"until": steps}, long_thread, durability="sync")
+        state = await graph.aget_state(long_thread)
+        assert len(state.values["messages"]) == 2 * steps, "the saver did not return what was put"
+    bytes_after = int(await size())  # one thread of `steps` steps, before anything else is added
+    async with make_saver() as saver:
+        await _chat_graph(saver).ainvoke({"until": EARLY_STEP}, short_thread, durability="sync")
+    figures: dict[str, list[float]] = {"put_short": [], "put_long": [], "read_short": [], "read_long": []}
+    for _ in range(ROUNDS):
+        async with make_saver() as saver:
+            figures["put_short"].append(await _median_put_ms(saver, short_thread))
+            figures["put_long"].append(await _median_put_ms(saver, long_thread))
+        figures["read_short"].append(await _median_read_ms(make_saver, short_thread))
+        figures["read_long"].append(await _median_read_ms(make_saver, long_thread))
+    median = {key: statistics.median(values) for key, values in figures.items()}
+    return {
+        "saver": name,
+        "bytes": bytes_after,
+        f"aput_ms_step_{EARLY_STEP}": median["put_short"],
+        f"aput_ms_step_{steps}": median["put_long"],
+        f"aget_tuple_ms_step_{EARLY_STEP}": median["read_short"],
+        f"aget_tuple_ms_step_{steps}": median["read_long"],
+    }
+
+
+def _sqlite_bytes(path: Path) -> int:
+    import sqlite3
+
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        connection.close()
+    return sum(candidate.stat().st_size for candidate in (path, Path(f"{path}-wal")) if candidate.exists())
+
+
+async def _pg_bytes(url: str, schema: str) -> int:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+        cursor = await connection.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(format('%%I.%%I', schemaname, tablename))), 0) "
+            "FROM pg_tables WHERE schemaname = %s",
+            (schema,),
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def run_langgraph_storage(
+    workdir: Path, pg_url: str, steps: int = DEFAULT_STEPS, progress: Callable[[str], None] = lambda text: None
+) -> dict[str, Any]:
+    """Measure every saver in turn; return the figures and the versions of the packages measured."""
+    _require()
+    import psycopg
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    import agentfold
+    from agentfold.integrations.langgraph import AgentfoldSaver
+
+    if steps <= EARLY_STEP:
+        raise InvalidInput(f"steps must be above {EARLY_STEP}, got {steps}")
+    _prepare(workdir)
+    tag = uuid.uuid4().hex[:8]
+    results: list[dict[str, Any]] = []
+
+    def agentfold_saver(url: str) -> Callable[[], AbstractAsyncContextManager[Any]]:
+        @asynccontextmanager
+        async def opened() -> AsyncIterator[Any]:
+            async with agentfold.connect(url) as store:
+                yield AgentfoldSaver(store)
+
+        return opened
+
+    af_sqlite = workdir / f"agentfold-{tag}.db"
+    progress("AgentfoldSaver on SQLite")
+    results.append(
+        await _measure(
+            "agentfold sqlite",
+            agentfold_saver(f"sqlite:///{af_sqlite}"),
+            _async(lambda: _sqlite_bytes(af_sqlite)),
+            steps,
+        )
+    )
+
+    lg_sqlite = workdir / f"langgraph-{tag}.db"
+
+    @asynccontextmanager
+    async def sqlite_saver() -> AsyncIterator[Any]:
+        async with AsyncSqliteSaver.from_conn_string(str(lg_sqlite)) as saver:
+            yield saver
+
+    progress("AsyncSqliteSaver")
+    results.append(await _measure("langgraph sqlite", sqlite_saver, _async(lambda: _sqlite_bytes(lg_sqlite)), steps))
+
+    af_schema, lg_schema = f"bench_af_{tag}", f"bench_lg_{tag}"
+    separator = "&" if "?" in pg_url else "?"
+    try:
+        progress("AgentfoldSaver on PostgreSQL")
+        results.append(
+            await _measure(
+                "agentfold postgres",
+                agentfold_saver(f"{pg_url}{separator}schema={af_schema}"),
+                lambda: _pg_bytes(pg_url, af_schema),
+                steps,
+            )
+        )
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as connection:
+            await connection.execute(f'CREATE SCHEMA "{lg_schema}"')
+        lg_pg_url = f"{pg_url}{separator}options=-csearch_path%3D{lg_schema}"
+
+        @asynccontextmanager
+        async def pg_saver() -> AsyncIterator[Any]:
+            async with AsyncPostgresSaver.from_conn_string(lg_pg_url) as saver:
+                await saver.setup()
+                yield saver
+
+        progress("AsyncPostgresSaver")
+        results.append(await _measure("langgraph postgres", pg_saver, lambda: _pg_bytes(pg_url, lg_schema), steps))
+    finally:
+        await _drop_schema(pg_url, af_schema)
+        await _drop_schema(pg_url, lg_schema)
+        _remove(workdir, tag)
+    by_name = {result["saver"]: result for result in results}
+    ratios = {
+        "sqlite_bytes_vs_langgraph": by_name["agentfold sqlite"]["bytes"] / by_name["langgraph sqlite"]["bytes"],
+        "postgres_bytes_vs_langgraph": by_name["agentfold postgres"]["bytes"] / by_name["langgraph postgres"]["bytes"],
+    }
+    return {
+        "steps": steps,
+        "early_step": EARLY_STEP,
+        "messages_per_step": 2,
+        "savers": results,
+        "ratios": ratios,
+        "versions": {"agentfold": _version("agentfold"), **{name: _version(name) for name in PACKAGES}},
+    }
+
+
+def _prepare(workdir: Path) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+
+
+def _remove(workdir: Path, tag: str) -> None:
+    for path in workdir.glob(f"*-{tag}.db*"):
+        os.unlink(path)
+
+
+def _async(function: Callable[[], int]) -> Callable[[], Any]:
+    async def call() -> int:
+        return function()
+
+    return call
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
