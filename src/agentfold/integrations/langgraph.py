@@ -64,6 +64,8 @@ THREAD_DELETED: Final = "ThreadDeleted"
 _IDS: Final = uuid.UUID("6f1d1b8e-5b4a-4c1e-9a51-2f3a0c7d9e42")
 _MAX_STREAM_ID: Final = 200
 _APPEND_ATTEMPTS: Final = 20
+_FIRST_PAGE: Final = 32
+_LAST_PAGE: Final = 1024
 _MIN_CHAIN_BYTES: Final = 4096
 """Suffixes of a list channel may add up to this much before the whole value is stored again, however small it is."""
 
@@ -223,7 +225,7 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         scan = _Scan()
         target: RecordedEvent | None = None
         missing: set[tuple[str, Any]] = set()
-        async for page in self.store.read_stream_pages(stream, backwards=True):
+        async for page in self._pages_backwards(stream, everything):
             for event in page:
                 if not scan.take(event):
                     return scan.folded
@@ -240,6 +242,25 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
                         return scan.folded
         scan.folded.complete = True
         return scan.folded
+
+    async def _pages_backwards(self, stream: str, everything: bool) -> AsyncIterator[list[RecordedEvent]]:
+        """The stream newest first, in pages that start small and double: a read that needs only the tail reads
+        little more than the tail."""
+        if everything:
+            async for page in self.store.read_stream_pages(stream, backwards=True):
+                yield page
+            return
+        size, before = _FIRST_PAGE, None
+        while True:
+            page = [
+                event
+                async for event in self.store.read_stream(stream, limit=size, backwards=True, before_version=before)
+            ]
+            if page:
+                yield page
+            if len(page) < size or page[-1].version <= 1:
+                return
+            size, before = min(size * 2, _LAST_PAGE), page[-1].version
 
     def _needed(self, data: dict[str, Any]) -> set[tuple[str, Any]]:
         versions: dict[str, Any] = data["channel_versions"]
