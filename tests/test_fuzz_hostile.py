@@ -29,6 +29,8 @@ import agentfold
 from agentfold import NewEvent
 from agentfold.errors import AgentfoldError
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS
+from agentfold.runtime import Runtime, WorkflowContext
+from agentfold.shared import SharedStream
 from agentfold.store import EventStore
 from tests.servers import digest
 
@@ -263,6 +265,47 @@ async def call_wait_for_append(store: EventStore, data: st.DataObject) -> Any:
     return await store.wait_for_append(data.draw(hostile_counts), timeout)
 
 
+async def call_shared_stream(store: EventStore, data: st.DataObject) -> Any:
+    shared = SharedStream(
+        store, data.draw(st.one_of(st.just("shared"), hostile_ids)), data.draw(st.one_of(st.just("a"), hostile_ids))
+    )
+    key = data.draw(st.one_of(st.just("k"), hostile_ids))
+    op_id = data.draw(st.one_of(st.none(), st.uuids(), hostile_scalars))
+    method = data.draw(st.sampled_from(["increment", "decrement", "assign", "put", "delete", "add", "write"]))
+    if method in ("increment", "decrement"):
+        return await getattr(shared, method)(key, data.draw(hostile_counts), op_id)
+    if method in ("put", "delete"):
+        field = data.draw(st.one_of(st.just("f"), hostile_ids))
+        if method == "delete":
+            return await shared.delete(key, field, op_id)
+        return await shared.put(key, field, data.draw(hostile_json), op_id)
+    return await getattr(shared, method)(key, data.draw(hostile_json), op_id)
+
+
+_RUNTIME = Runtime()
+
+
+@_RUNTIME.workflow
+async def fuzzed_workflow(ctx: WorkflowContext, value: Any = None) -> Any:
+    return value
+
+
+async def call_runtime_client(store: EventStore, data: st.DataObject) -> Any:
+    client = _RUNTIME.client(store)
+    workflow_id = data.draw(st.one_of(st.just("run-1"), hostile_ids))
+    action = data.draw(st.sampled_from(["start", "signal", "state", "cancel", "history"]))
+    if action == "start":
+        workflow = data.draw(st.one_of(st.just(fuzzed_workflow), st.just("fuzzed_workflow"), hostile_ids))
+        arguments = data.draw(st.lists(hostile_json, max_size=2))
+        return await client.start(workflow, *arguments, workflow_id=workflow_id)
+    if action == "signal":
+        signal_id = data.draw(st.one_of(st.none(), hostile_scalars))
+        return await client.signal(workflow_id, data.draw(hostile_ids), data.draw(hostile_json), signal_id=signal_id)
+    if action == "cancel":
+        return await client.cancel(workflow_id, data.draw(hostile_text))
+    return await getattr(client, action)(workflow_id)
+
+
 ENTRY_POINTS: dict[str, EntryPoint] = {
     "append": call_append,
     "read_stream": call_read_stream,
@@ -274,6 +317,8 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
     "projector": call_projector,
     "checkpoints": call_checkpoints,
     "wait_for_append": call_wait_for_append,
+    "shared_stream": call_shared_stream,
+    "runtime_client": call_runtime_client,
 }
 
 

@@ -29,6 +29,7 @@ from agentfold.runtime.registry import WorkflowRegistry
 from agentfold.runtime.retry import seconds
 from agentfold.runtime.statemachine import AWAITING_INPUT, FAILED, PROCESSING
 from agentfold.store import EventStore
+from agentfold.validation import describe
 
 _START_NAMESPACE: Final = uuid.UUID("5f0c1d2e-8a47-4b8e-9d1c-6a2f3e4b5c6d")
 WAKE_CHECK_SECONDS: Final = 5.0
@@ -128,7 +129,7 @@ class WorkflowClient:
         """
         h.check_workflow_id(workflow_id)
         if not isinstance(name, str) or not name:
-            raise InvalidInput(f"a signal name must be a non-empty str, got {name!r}")
+            raise InvalidInput(f"a signal name must be a non-empty str, got {describe(name)}")
         encoded = self.runtime.serializer.to_json(payload, "payload")
         if await self.store.stream_version(h.workflow_stream(workflow_id)) == 0:
             raise WorkflowNotFound(workflow_id)
@@ -187,7 +188,7 @@ class WorkflowClient:
         Returns the new attempt's number.
         """
         if not isinstance(from_step, str) or not from_step:
-            raise InvalidInput(f"from_step must be a non-empty step name, got {from_step!r}")
+            raise InvalidInput(f"from_step must be a non-empty step name, got {describe(from_step)}")
         return await self._restart(workflow_id, "restart", from_step, metadata)
 
     async def _restart(

@@ -21,6 +21,7 @@ from agentfold.events import RecordedEvent
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
 from agentfold.validation import check_stream_id
+from agentfold.validation import describe as describe_value
 
 WORKFLOW_STREAM_PREFIX: Final = "workflow-"
 SIGNAL_STREAM_PREFIX: Final = "signals-"
@@ -99,7 +100,7 @@ def check_workflow_id(workflow_id: object) -> str:
 def check_workflow_name(name: object) -> str:
     """Return `name` if it can name a workflow (a non-empty str without control characters), else `InvalidInput`."""
     if not isinstance(name, str) or not name or not name.isprintable():
-        raise InvalidInput(f"a workflow name must be a non-empty printable str, got {name!r}")
+        raise InvalidInput(f"a workflow name must be a non-empty printable str, got {describe_value(name)}")
     return name
 
 

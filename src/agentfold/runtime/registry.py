@@ -15,6 +15,7 @@ from agentfold.runtime.breaker import BreakerSettings, check_breaker_name
 from agentfold.runtime.retry import RetryPolicy, seconds
 from agentfold.runtime.serialization import DefaultSerializer, JsonValue, Serializer, declared_types
 from agentfold.runtime.triggers import Trigger
+from agentfold.validation import describe
 
 
 class RecordHook:
@@ -120,7 +121,7 @@ class WorkflowRegistry:
                 raise InvalidInput(f"workflow {chosen!r} must be an async function taking ctx first")
             workflow_name = name or chosen.__qualname__
             if not isinstance(workflow_name, str) or not workflow_name:
-                raise InvalidInput(f"a workflow name must be a non-empty str, got {workflow_name!r}")
+                raise InvalidInput(f"a workflow name must be a non-empty str, got {describe(workflow_name)}")
             existing = self._by_name.get(workflow_name)
             if existing is not None and existing.function is not chosen:
                 raise InvalidInput(f"a different function is already registered as workflow {workflow_name!r}")
@@ -186,7 +187,9 @@ class WorkflowRegistry:
                 found = None
         if found is None:
             known = ", ".join(self.names) or "none"
-            raise UnknownWorkflow(f"workflow {workflow!r} is not registered with this runtime (registered: {known})")
+            raise UnknownWorkflow(
+                f"workflow {describe(workflow)} is not registered with this runtime (registered: {known})"
+            )
         return found
 
     def knows(self, name: str) -> bool:

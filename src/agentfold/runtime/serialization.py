@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import msgspec
 
 from agentfold.errors import NotSerializable
+from agentfold.validation import describe
 
 JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 
@@ -63,7 +64,7 @@ class DefaultSerializer:
             converted: dict[str, JsonValue] = {}
             for key, item in value.items():
                 if type(key) is not str:
-                    raise NotSerializable(f"{path} has a key {key!r} that is not a str", path)
+                    raise NotSerializable(f"{path} has a key {describe(key)} that is not a str", path)
                 converted[key] = self._convert(item, f"{path}.{key}", depth + 1)
             return converted
         if isinstance(value, msgspec.Struct) or (dataclasses.is_dataclass(value) and not isinstance(value, type)):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agentfold.errors import InvalidInput
+from agentfold.validation import describe
 
 WallClock = Callable[[], int]
 """Returns the current wall time in milliseconds since the Unix epoch."""
@@ -45,7 +46,7 @@ class Timestamp:
     def from_json(cls, value: object) -> Timestamp:
         """Parse the JSON form; raise `InvalidInput` naming what is wrong."""
         if not isinstance(value, list) or len(value) != 3:
-            raise InvalidInput(f"a timestamp must be [wall_ms, logical, agent_id], got {value!r}")
+            raise InvalidInput(f"a timestamp must be [wall_ms, logical, agent_id], got {describe(value)}")
         wall_ms, logical, agent_id = value
         return cls(_check_count(wall_ms, "wall_ms"), _check_count(logical, "logical"), check_agent_id(agent_id))
 
@@ -107,5 +108,5 @@ def check_agent_id(agent_id: object) -> str:
 
 def _check_count(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"{name} must be an int >= 0, got {value!r}")
+        raise InvalidInput(f"{name} must be an int >= 0, got {describe(value)}")
     return value

@@ -19,7 +19,7 @@ from agentfold.errors import InvalidEventData, InvalidInput, InvalidSharedOperat
 from agentfold.events import AGENT_ID, NewEvent
 from agentfold.shared.hlc import Timestamp
 from agentfold.shared.types import LWWMap, LWWRegister, MVRegister, ORSet, PNCounter, Replicated
-from agentfold.validation import check_json_object
+from agentfold.validation import check_json_object, describe
 
 MAX_KEY_LENGTH: Final = 200
 MAX_AMOUNT: Final = 2**62
@@ -256,10 +256,10 @@ def check_amount(amount: object, allow_negative: bool = False) -> int:
 
     Amounts are integers so that a sum is exact in every order; count cents or tokens, not fractional dollars.
     """
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise InvalidSharedOperation(f"a counter amount must be an int, got {type(amount).__name__} {amount!r}")
+    if type(amount) is not int:
+        raise InvalidSharedOperation(f"a counter amount must be an int, got {type(amount).__name__} {describe(amount)}")
     if abs(amount) > MAX_AMOUNT:
-        raise InvalidSharedOperation(f"a counter amount must be within ±2**62, got {amount}")
+        raise InvalidSharedOperation(f"a counter amount must be within ±2**62, got {describe(amount)}")
     if not allow_negative and amount <= 0:
         raise InvalidSharedOperation(f"a counter amount must be > 0, got {amount}")
     return amount
