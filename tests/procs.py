@@ -61,7 +61,7 @@ async def reader(url: str, expected: int, deadline_seconds: float) -> None:
                     after = event.position
                     got = True
             if not got:
-                await store._wait_for_append(after, 0.2)
+                await store.wait_for_append(after, 0.2)
     say(f"POSITIONS {json.dumps(positions)}")
 
 

@@ -68,7 +68,7 @@ async def until(client: WorkflowClient, workflow_id: str, check: Any) -> None:
             head = await client.store.head_position()
             if check(await client.history(workflow_id)):
                 return
-            await client.store._wait_for_append(head, 1.0)
+            await client.store.wait_for_append(head, 1.0)
 
 
 async def make_runs(url: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import agentfold
-from agentfold import ANY, NO_STREAM, STREAM_EXISTS, NewEvent
+from agentfold import ANY, NO_STREAM, STREAM_EXISTS, LogSnapshot, NewEvent, StreamSnapshot
 from agentfold.errors import (
     DuplicateEventId,
     EventTooLarge,
@@ -661,15 +661,52 @@ async def test_closed_store_refuses_work(store_url: str) -> None:
 
 
 async def test_snapshots_keep_the_newest(store: EventStore) -> None:
-    assert await store._load_snapshot("s", "totals") is None
-    await store._save_snapshot("s", "totals", 10, b'{"n":10}')
-    await store._save_snapshot("s", "totals", 5, b'{"n":5}')
-    assert await store._load_snapshot("s", "totals") == (10, b'{"n":10}')
-    await store._save_snapshot("s", "totals", 20, b'{"n":20}')
-    assert await store._load_snapshot("s", "totals") == (20, b'{"n":20}')
-    assert await store._load_snapshot("s", "other") is None
-    assert await store._load_snapshot("t", "totals") is None
+    assert await store.load_snapshot("s", "totals") is None
+    await store.keep_snapshot(StreamSnapshot("s", "totals", 10, b'{"n":10}'))
+    await store.keep_snapshot(StreamSnapshot("s", "totals", 5, b'{"n":5}'))
+    assert await store.load_snapshot("s", "totals") == StreamSnapshot("s", "totals", 10, b'{"n":10}')
+    await store.keep_snapshot(StreamSnapshot("s", "totals", 20, b'{"n":20}'))
+    assert await store.load_snapshot("s", "totals") == StreamSnapshot("s", "totals", 20, b'{"n":20}')
+    assert await store.load_snapshot("s", "other") is None
+    assert await store.load_snapshot("t", "totals") is None
     assert await store.head_position() == 0
+
+
+async def test_log_snapshots_keep_the_newest_position_apart_from_stream_snapshots(store: EventStore) -> None:
+    assert await store.load_log_snapshot("registry") is None
+    await store.keep_log_snapshot(LogSnapshot("registry", 40, b"at-40"))
+    await store.keep_log_snapshot(LogSnapshot("registry", 7, b"at-7"))
+    assert await store.load_log_snapshot("registry") == LogSnapshot("registry", 40, b"at-40")
+    await store.keep_snapshot(StreamSnapshot("registry", "registry", 99, b"a stream's"))
+    assert await store.load_log_snapshot("registry") == LogSnapshot("registry", 40, b"at-40")
+    assert await store.load_log_snapshot("other") is None
+    assert await store.head_position() == 0
+
+
+async def test_bad_side_records_are_refused_before_any_write(store: EventStore) -> None:
+    with pytest.raises(InvalidInput):
+        await store.keep_snapshot(StreamSnapshot("s", "totals", -1, b"x"))
+    with pytest.raises(InvalidInput):
+        await store.keep_snapshot(StreamSnapshot("s", "", 1, b"x"))
+    with pytest.raises(InvalidInput):
+        await store.keep_log_snapshot(LogSnapshot("registry", 1, "not bytes"))  # type: ignore[arg-type]
+    assert await store.load_snapshot("s", "totals") is None
+    assert await store.load_log_snapshot("registry") is None
+
+
+async def test_a_capped_stream_keeps_its_last_events_and_its_version(store: EventStore) -> None:
+    for number in range(1, 11):
+        result = await store.append_capped("beats", [NewEvent("Beat", {"n": number})], keep=3, trim_every=4)
+        assert result.version == number
+    kept = [event.data["n"] async for event in store.read_stream("beats")]
+    assert kept == [6, 7, 8, 9, 10]  # trimmed at versions 4 and 8 to the last 3, then 9 and 10 added
+    assert await store.stream_version("beats") == 10
+    assert await store.head_position() == 10
+    await store.append_capped("beats", events(2), keep=3, trim_every=4, keep_from=7)
+    assert [event.version async for event in store.read_stream("beats")] == [7, 8, 9, 10, 11, 12]
+    with pytest.raises(InvalidInput):
+        await store.append_capped("beats", events(1), keep=0)
+    assert await store.stream_version("beats") == 12
 
 
 async def test_trimming_keeps_versions_and_positions(store: EventStore) -> None:
@@ -699,9 +736,9 @@ async def test_checkpoints(store: EventStore) -> None:
 
 
 async def test_wait_for_append_returns_once_an_event_exists(store: EventStore) -> None:
-    await store._wait_for_append(0, 0.01)
+    await store.wait_for_append(0, 0.01)
     head = await store.head_position()
-    waiter = asyncio.create_task(store._wait_for_append(head, 30))
+    waiter = asyncio.create_task(store.wait_for_append(head, 30))
     await asyncio.sleep(0.05)
     await store.append("s", events(1))
     await asyncio.wait_for(waiter, 30)

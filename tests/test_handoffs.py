@@ -140,7 +140,7 @@ async def test_a_trigger_starts_one_run_per_event_with_several_workers(durable_u
             client = runtime.client(store)
             async with asyncio.timeout(TIMEOUT):
                 while sum(handled.values()) < 13:
-                    await store._wait_for_append(await store.head_position(), 0.5)
+                    await store.wait_for_append(await store.head_position(), 0.5)
             paid = [event async for event in store.read_all(types=["OrderPaid"], stream_prefix="order-")]
             for event in paid:
                 assert await client.result(f"fulfil_order-on-OrderPaid-{event.id}", timeout=TIMEOUT) == (

@@ -46,7 +46,7 @@ async def until(store: EventStore, check: Any) -> None:
             head = await store.head_position()
             if await check():
                 return
-            await store._wait_for_append(head, 0.2)
+            await store.wait_for_append(head, 0.2)
 
 
 async def all_waiting(client: WorkflowClient, ids: list[str]) -> bool:

@@ -129,7 +129,7 @@ async def test_readers_do_not_pass_an_open_append_transaction_and_see_it_once_it
             assert await read_all_list(store, head) == []
             assert await store.head_position() == head
             # A tailing reader that waits for news and re-reads, and a live subscription, find nothing to pass.
-            await store._wait_for_append(head, 0.2)
+            await store.wait_for_append(head, 0.2)
             assert await read_all_list(store, head) == []
             assert live == []
 
@@ -177,7 +177,7 @@ async def test_sixteen_writers_and_two_tailing_readers_see_every_event_once_in_o
             if not page_found:
                 if not writing and len(seen) >= len(written):
                     return seen
-                await reader_store._wait_for_append(position, 0.5)
+                await reader_store.wait_for_append(position, 0.5)
 
     try:
         readers = [asyncio.create_task(tail()) for _ in range(2)]
@@ -207,9 +207,9 @@ async def test_a_notify_from_another_store_wakes_a_waiter(pg_url: str) -> None:
     assert isinstance(waiter, PostgresStore)
     try:
         head = await waiter.head_position()
-        await waiter._wait_for_append(head, 0.01)  # starts the listener
+        await waiter.wait_for_append(head, 0.01)  # starts the listener
         await asyncio.wait_for(waiter._listening.wait(), CONDITION_BOUND)
-        waiting = asyncio.create_task(waiter._wait_for_append(head, 3600))
+        waiting = asyncio.create_task(waiter.wait_for_append(head, 3600))
         await asyncio.sleep(0)
         await writer.append("pushed", [NewEvent("Pushed", {})])
         await asyncio.wait_for(waiting, CONDITION_BOUND)
@@ -225,7 +225,7 @@ async def test_the_listener_reconnects_and_re_listens_after_its_connection_is_ki
     writer = await agentfold.connect(pg_url)
     assert isinstance(waiter, PostgresStore)
     try:
-        await waiter._wait_for_append(0, 0.01)
+        await waiter.wait_for_append(0, 0.01)
         await asyncio.wait_for(waiter._listening.wait(), CONDITION_BOUND)
         first_pid = waiter._listener_backend_pid
         connects = waiter._listener_connects
@@ -233,7 +233,7 @@ async def test_the_listener_reconnects_and_re_listens_after_its_connection_is_ki
 
         # An append committed while the listener is down sends its NOTIFY to nobody; the waiter must still learn of
         # it, because the listener wakes waiters after it listens again and they re-read.
-        waiting = asyncio.create_task(waiter._wait_for_append(0, 3600))
+        waiting = asyncio.create_task(waiter.wait_for_append(0, 3600))
         async with await admin() as killer:
             await killer.execute("SELECT pg_terminate_backend(%s)", (first_pid,))
         await writer.append("while-down", [NewEvent("Missed", {})])
@@ -249,7 +249,7 @@ async def test_the_listener_reconnects_and_re_listens_after_its_connection_is_ki
         # And pushes arrive on the new connection.
         head = await waiter.head_position()
         notifications = waiter._notifications
-        waiting = asyncio.create_task(waiter._wait_for_append(head, 3600))
+        waiting = asyncio.create_task(waiter.wait_for_append(head, 3600))
         await asyncio.sleep(0)
         await writer.append("after-reconnect", [NewEvent("Pushed", {})])
         await asyncio.wait_for(waiting, CONDITION_BOUND)

@@ -79,7 +79,7 @@ async def test_every_key_stays_under_the_prefix(private_redis: Any) -> None:
             await store._trim_stream("order-1", 3)
             await store._save_snapshot("order-1", "totals", 5, b"{}")
             await store._save_checkpoint("emailer", 7)
-            await store._wait_for_append(0, 0.01)
+            await store.wait_for_append(0, 0.01)
             [event async for event in store.read_all(types=["Happened"], stream_prefix="order")]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RedisDurabilityWarning)

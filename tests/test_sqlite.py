@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import agentfold
-from agentfold import ANY, NO_STREAM, AppendResult, NewEvent
+from agentfold import ANY, NO_STREAM, AppendResult, NewEvent, StreamSnapshot
 from agentfold.backends.sqlite import (
     MAX_GROUP_APPENDS,
     SCHEMA_VERSION,
@@ -203,8 +203,8 @@ async def test_data_and_idempotency_survive_close_and_reopen(db_path: Path) -> N
     store = await open_sqlite(db_path)
     first = await store.append("order-42", batch, NO_STREAM)
     await store.append("order-42", events(3), expected_version=2)
-    await store._save_checkpoint("projector", 4)
-    await store._save_snapshot("order-42", "totals", 2, b"state-at-2")
+    await store.save_checkpoint("projector", 4)
+    await store.keep_snapshot(StreamSnapshot("order-42", "totals", 2, b"state-at-2"))
     await store._trim_stream("order-42", before_version=3)
     await store.close()
 
@@ -223,8 +223,8 @@ async def test_data_and_idempotency_survive_close_and_reopen(db_path: Path) -> N
         assert await store.head_position() == 5
         remaining = [event async for event in store.read_stream("order-42")]
         assert [event.version for event in remaining] == [3, 4, 5]
-        assert await store._load_checkpoint("projector") == 4
-        assert await store._load_snapshot("order-42", "totals") == (2, b"state-at-2")
+        assert await store.load_checkpoint("projector") == 4
+        assert await store.load_snapshot("order-42", "totals") == StreamSnapshot("order-42", "totals", 2, b"state-at-2")
     finally:
         await store.close()
 
@@ -263,7 +263,7 @@ async def test_two_stores_on_one_file_see_each_other(db_path: Path) -> None:
 
         # A waiter on one store is woken by an append through the other (found by polling the file).
         head = await first.head_position()
-        waiter = asyncio.ensure_future(first._wait_for_append(head, timeout=60))
+        waiter = asyncio.ensure_future(first.wait_for_append(head, timeout=60))
         await asyncio.sleep(0)
         await second.append("shared", events(1), expected_version=2)
         await waiter

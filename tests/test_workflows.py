@@ -63,7 +63,7 @@ async def until_state(client: WorkflowClient, workflow_id: str, state: str) -> N
             head = await client.store.head_position()
             if await client.state(workflow_id) == state:
                 return
-            await client.store._wait_for_append(head, 1.0)
+            await client.store.wait_for_append(head, 1.0)
 
 
 class Provider:

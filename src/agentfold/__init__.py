@@ -22,6 +22,7 @@ from agentfold.events import (
     RecordedEvent,
     StreamState,
 )
+from agentfold.log import LogSnapshot, StreamSnapshot
 from agentfold.projection import (
     Folded,
     Projection,
@@ -52,6 +53,7 @@ __all__ = [
     "HistoryTrimmed",
     "InvalidProjection",
     "LeaseLost",
+    "LogSnapshot",
     "NewEvent",
     "Projection",
     "ProjectionError",
@@ -62,6 +64,7 @@ __all__ = [
     "SharedState",
     "SharedStream",
     "StateMachine",
+    "StreamSnapshot",
     "StreamState",
     "Transition",
     "TrimRefused",

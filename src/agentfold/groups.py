@@ -181,9 +181,11 @@ class ConsumerGroupMember:
         settings = self.settings
         now = self._clock()
         self._next_heartbeat = now + settings.heartbeat_seconds
-        await self.store.append(
+        await self.store.append_capped(
             settings.members_stream,
             [NewEvent("MemberAlive", {"member": self.member_id, "until": now + settings.lease_seconds})],
+            keep=KEEP_MEMBER_EVENTS,
+            trim_every=KEEP_MEMBER_EVENTS,
         )
         live = await self._live_members(now)
         share = -(-settings.partitions // max(1, len(live)))
@@ -215,8 +217,6 @@ class ConsumerGroupMember:
         ]
         alive = {event.data["member"] for event in recent if event.data["until"] > now}
         alive.add(self.member_id)
-        if version > 2 * KEEP_MEMBER_EVENTS:
-            await self.store._trim_stream(stream, version - KEEP_MEMBER_EVENTS)
         return sorted(alive)
 
     async def _latest(self, partition: int) -> tuple[int, RecordedEvent | None]:
@@ -251,10 +251,13 @@ class ConsumerGroupMember:
         """Append a lease event with our expected version; False (and the lease dropped) when we were fenced out."""
         stream = self.settings.partition_stream(partition)
         try:
-            result = await self.store.append(
+            # Only the last lease event counts: the partition's owner and position are read from it.
+            result = await self.store.append_capped(
                 stream,
                 [NewEvent(event_type, {"member": self.member_id, "until": until, "position": lease.processed})],
                 expected_version=lease.version,
+                keep=1,
+                trim_every=TRIM_EVERY,
             )
         except WrongExpectedVersion:
             logger.warning("%s lost partition %d of %s", self.member_id, partition, self.settings.name)
@@ -264,8 +267,6 @@ class ConsumerGroupMember:
         lease.expires_at = until
         lease.checkpointed = lease.processed
         lease.unacknowledged = 0
-        if result.version % TRIM_EVERY == 0:
-            await self.store._trim_stream(stream, result.version)
         return True
 
     async def _renew(self, partition: int) -> None:

@@ -18,6 +18,8 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
+import msgspec
+
 from agentfold.appending import RetriedAppend, check_retry_content
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent, encode_events
 from agentfold.errors import InvalidInput, StoreClosed
@@ -43,6 +45,31 @@ class RecordDecoder(Protocol):
     raises `msgspec.DecodeError` for a record it cannot read."""
 
     def decode(self, record: bytes | str, /) -> RecordedEvent: ...
+
+
+class StreamSnapshot(msgspec.Struct, frozen=True):
+    """A record kept beside the log: a state folded from one stream's events up to `version` (a snapshot)."""
+
+    stream_id: str
+    name: str
+    version: int
+    """The stream version the state covers: the events after it are folded on top."""
+    state: bytes
+
+
+class LogSnapshot(msgspec.Struct, frozen=True):
+    """A record kept beside the log: a state folded from the whole log up to global `position` (what a follower of
+    `read_all` knew there), so a process joining later reads on from `position` instead of from the start."""
+
+    name: str
+    position: int
+    """The global position the state covers: the events after it are read on top."""
+    state: bytes
+
+
+LOG_SNAPSHOT_STREAM: Final = "$log"
+"""The stream id under which a backend keeps log snapshots beside the stream snapshots: no stream of events has
+this id (`$` streams are agentfold's own), so the two kinds never meet."""
 
 
 class EventLog(abc.ABC):
@@ -99,6 +126,37 @@ class EventLog(abc.ABC):
         ]
         check_retry_content(stream_id, events, retried.first_version, stored)
         return AppendResult(retried.version, retried.position)
+
+    async def append_capped(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+        *,
+        keep: int,
+        trim_every: int = 64,
+        keep_from: int | None = None,
+    ) -> AppendResult:
+        """Append `events` as `append` does, keeping only the stream's last `keep` events: for streams of which only
+        the tail matters (heartbeats, leases, a breaker's recent failures).
+
+        Each time the stream's version passes a multiple of `trim_every`, the events before the last `keep` are
+        deleted, never those from version `keep_from` on. The trim follows the append (it is not part of it): after
+        a crash between the two the stream holds more events, and the next trim removes them. The stream's version,
+        the other streams and every position stay as they were.
+        """
+        for value, name in ((keep, "keep"), (trim_every, "trim_every")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"{name} must be an int >= 1, got {value!r}")
+        floor = None if keep_from is None else check_counter(keep_from, "keep_from")
+        result = await self.append(stream_id, events, expected_version)
+        if result.version // trim_every > (result.version - len(events)) // trim_every:
+            before = result.version - keep + 1
+            if floor is not None:
+                before = min(before, floor)
+            if before > 1:
+                await self._trim_stream(stream_id, before)
+        return result
 
     async def read_stream(
         self,
@@ -378,7 +436,38 @@ class EventLog(abc.ABC):
         """
         await asyncio.sleep(min(timeout, 0.05))
 
-    # Records kept beside the log. They never change the event log itself.
+    # Records kept beside the log (snapshots, checkpoints). They never change the event log itself.
+
+    async def load_snapshot(self, stream_id: str, name: str) -> StreamSnapshot | None:
+        """The newest snapshot kept under `name` for the stream, or None."""
+        self._check_open()
+        check_stream_id(stream_id)
+        kept = await self._load_snapshot(stream_id, check_required_name(name, "snapshot name"))
+        return None if kept is None else StreamSnapshot(stream_id, name, kept[0], kept[1])
+
+    async def keep_snapshot(self, snapshot: StreamSnapshot) -> None:
+        """Keep `snapshot`, unless one covering a newer version is kept under its name already."""
+        self._check_open()
+        check_stream_id(snapshot.stream_id)
+        name = check_required_name(snapshot.name, "snapshot name")
+        version = check_counter(snapshot.version, "version")
+        await self._save_snapshot(snapshot.stream_id, name, version, _check_state(snapshot.state))
+
+    async def load_log_snapshot(self, name: str) -> LogSnapshot | None:
+        """The newest log snapshot kept under `name`, or None."""
+        self._check_open()
+        kept = await self._load_snapshot(LOG_SNAPSHOT_STREAM, check_required_name(name, "snapshot name"))
+        return None if kept is None else LogSnapshot(name, kept[0], kept[1])
+
+    async def keep_log_snapshot(self, snapshot: LogSnapshot) -> None:
+        """Keep `snapshot`, unless one covering a later position is kept under its name already."""
+        self._check_open()
+        name = check_required_name(snapshot.name, "snapshot name")
+        position = check_counter(snapshot.position, "position")
+        await self._save_snapshot(LOG_SNAPSHOT_STREAM, name, position, _check_state(snapshot.state))
+
+    # The hooks behind them, one pair per kind of record; a log snapshot is kept as the snapshot of
+    # `LOG_SNAPSHOT_STREAM`, the number beside it being a position.
 
     @abc.abstractmethod
     async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
@@ -432,3 +521,9 @@ __all__ = [
     "check_prefix",
     "check_required_name",
 ]
+
+
+def _check_state(state: object) -> bytes:
+    if not isinstance(state, bytes):
+        raise InvalidInput(f"a snapshot's state must be bytes, got {type(state).__name__}")
+    return state

@@ -57,7 +57,7 @@ from agentfold.errors import (
     UnhandledEvent,
 )
 from agentfold.events import RecordedEvent
-from agentfold.log import EventLog, RecordDecoder
+from agentfold.log import EventLog, RecordDecoder, StreamSnapshot
 from agentfold.upcasting import Upcasters
 from agentfold.validation import check_stream_id
 
@@ -460,7 +460,7 @@ async def _fold(store: EventLog, stream_id: str, projection: Projection[S], boun
                 f"be encoded for a snapshot ({type(error).__name__}: {error}); override encode_state and decode_state"
             ) from error
         encoded = _SnapshotEnvelope(projection.version, version, position, recorded_until, msgspec.Raw(encoded_state))
-        await store._save_snapshot(stream_id, name, version, _state_encoder.encode(encoded))
+        await store.keep_snapshot(StreamSnapshot(stream_id, name, version, _state_encoder.encode(encoded)))
         saved = True
     return Folded(state, version, position, snapshot_version, events_read, saved)
 
@@ -550,12 +550,12 @@ async def _load_envelope(
     store: EventLog, stream_id: str, name: str, projection_version: int
 ) -> _SnapshotEnvelope | None:
     """The newest snapshot under `name`, if it decodes and belongs to `projection_version`."""
-    kept = await store._load_snapshot(stream_id, name)
+    kept = await store.load_snapshot(stream_id, name)
     if kept is None:
         return None
-    version, payload = kept
+    version = kept.version
     try:
-        envelope = _envelope_decoder.decode(payload)
+        envelope = _envelope_decoder.decode(kept.state)
     except msgspec.MsgspecError:
         return None
     if envelope.projection_version != projection_version or envelope.version != version or version < 1:

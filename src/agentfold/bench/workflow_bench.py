@@ -99,7 +99,7 @@ async def _until(store: EventStore, event_type: str, after: int, count: int) -> 
             after = max(after, head)
             if seen >= count:
                 return
-            await store._wait_for_append(head, 0.5)
+            await store.wait_for_append(head, 0.5)
 
 
 async def _throughput(url: str, workers: int, runs: int, tag: str) -> tuple[float, float]:
@@ -133,7 +133,7 @@ async def _first_takeover(store: EventStore, after: int, victim: str) -> int:
                     if event.data.get("previous") == victim:
                         return event.recorded_at_us
             after = max(after, head)
-            await store._wait_for_append(head, 0.5)
+            await store.wait_for_append(head, 0.5)
 
 
 async def _takeover(url: str) -> Figures:

@@ -223,14 +223,17 @@ class CircuitBreaker:
     async def _write(self, events: list[NewEvent]) -> bool:
         """Append at the folded version; False when another writer got there first (fold again and decide)."""
         try:
-            result = await self.store.append(self.stream_id, events, expected_version=self.folded.version)
+            # The trim never reaches the last change of state: the breaker's state is folded from it on.
+            await self.store.append_capped(
+                self.stream_id,
+                events,
+                expected_version=self.folded.version,
+                keep=KEEP_EVENTS + 1,
+                trim_every=TRIM_EVERY,
+                keep_from=self.folded.last_change_version or None,
+            )
         except WrongExpectedVersion:
             return False
-        if result.version // TRIM_EVERY > self.folded.version // TRIM_EVERY:
-            await self.refresh()
-            keep_from = min(result.version - KEEP_EVENTS, self.folded.last_change_version or result.version)
-            if keep_from > 1:
-                await self.store._trim_stream(self.stream_id, keep_from)
         return True
 
 

@@ -295,7 +295,7 @@ class WorkflowClient:
                 if remaining <= 0:
                     raise TimeoutError(f"workflow {workflow_id!r} did not finish within {limit} s")
                 pause = min(pause, remaining)
-            await self.store._wait_for_append(head, pause)
+            await self.store.wait_for_append(head, pause)
 
     async def workers_serving(self, workflow: str) -> list[str] | None:
         """The live workers whose heartbeats say they run `workflow`, sorted (None: a live worker does not say)."""

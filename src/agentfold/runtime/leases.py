@@ -52,7 +52,8 @@ WORKER_STOPPED: Final = "WorkerStopped"
 LIVENESS_TYPES: Final = (WORKER_HEARTBEAT, WORKER_STOPPED)
 TRIM_EVERY: Final = 64
 """Heartbeats between trims of a worker's stream."""
-KEEP_HEARTBEATS: Final = 4
+KEEP_HEARTBEATS: Final = 5
+"""Heartbeats a trim leaves in a worker's stream: its liveness is read from the last one."""
 
 ALIVE: Final = "alive"
 EXPIRED: Final = "expired"
@@ -243,11 +244,11 @@ class Heartbeat:
 
     async def beat(self) -> None:
         data = {"worker": self.worker_id, "ttl_us": self.settings.ttl_us, **self._describe()}
-        result = await self.store.append(self.stream_id, [NewEvent(WORKER_HEARTBEAT, data)])
+        await self.store.append_capped(
+            self.stream_id, [NewEvent(WORKER_HEARTBEAT, data)], keep=KEEP_HEARTBEATS, trim_every=TRIM_EVERY
+        )
         self.last_success = time.monotonic()
         self.beats += 1
-        if self.beats % TRIM_EVERY == 0:
-            await self.store._trim_stream(self.stream_id, result.version - KEEP_HEARTBEATS)
 
     async def _loop(self) -> None:
         while not self._stopping:  # not only cancellation: a driver may swallow one (redis-py can, mid-command)

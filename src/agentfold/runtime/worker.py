@@ -37,6 +37,7 @@ from agentfold.errors import (
 )
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.groups import ConsumerGroupMember, GroupSettings
+from agentfold.log import LogSnapshot
 from agentfold.runtime import history as h
 from agentfold.runtime.breaker import BreakerBoard
 from agentfold.runtime.client import WorkflowClient
@@ -78,8 +79,8 @@ STOP_TIMEOUT_SECONDS: Final = 2.0
 """How long `stop` lets running step functions finish before cancelling them (`agentfold worker`: 10 s)."""
 DRAIN_POLL_SECONDS: Final = 0.02
 MAX_CLAIM_DELAY_SECONDS: Final = 0.25
-REGISTRY_STREAM: Final = "$workers"
-REGISTRY_SNAPSHOT: Final = "registry"
+REGISTRY_SNAPSHOT: Final = "workers-registry"
+"""The log snapshot (`agentfold.log.LogSnapshot`) of what the workers' follower knew at a position."""
 REGISTRY_EVERY_EVENTS: Final = 2000
 """Watched events between saves of the registry snapshot (also saved at most every `REGISTRY_EVERY_SECONDS`)."""
 REGISTRY_EVERY_SECONDS: Final = 60.0
@@ -262,11 +263,10 @@ class Worker:
         from the watched events up to that position. Positions are final, so reading on from there misses nothing,
         and a worker joining a store with a long history does not scan it from the beginning.
         """
-        loaded = await self.store._load_snapshot(REGISTRY_STREAM, REGISTRY_SNAPSHOT)
+        loaded = await self.store.load_log_snapshot(REGISTRY_SNAPSHOT)
         if loaded is None:
             return 0
-        position, encoded = loaded
-        registry = json.loads(encoded)
+        registry = json.loads(loaded.state)
         now = time.monotonic()
         for workflow_id, (workflow, owner) in registry["runs"].items():
             self._workflows[workflow_id] = workflow
@@ -276,14 +276,14 @@ class Worker:
                 self._unfinished[workflow_id] = None
                 self._known_at.setdefault(workflow_id, now)
         self.liveness = Liveness.from_json(registry["workers"], registry.get("serves"))
-        return int(position)
+        return loaded.position
 
     async def _save_registry(self, position: int) -> None:
         """Save what the follower knows at `position` for workers that start later (kept unless a newer one is)."""
         runs = {run: [workflow, self._owners.get(run)] for run, workflow in self._workflows.items()}
         registry = {"runs": runs, "workers": self.liveness.to_json(), "serves": self.liveness.serves_to_json()}
         try:
-            await self.store._save_snapshot(REGISTRY_STREAM, REGISTRY_SNAPSHOT, position, json.dumps(registry).encode())
+            await self.store.keep_log_snapshot(LogSnapshot(REGISTRY_SNAPSHOT, position, json.dumps(registry).encode()))
         except AgentfoldError as error:
             logger.warning("could not save the workers' registry snapshot: %r", error)
 
