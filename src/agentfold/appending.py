@@ -8,12 +8,32 @@ data and metadata with the retry's. Only a retry pays for that read; an ordinary
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from agentfold.encoding import EncodedEvent, encode_json
 from agentfold.errors import DuplicateEventId, WrongExpectedVersion
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
+
+
+class Outcome(enum.IntEnum):
+    """How one append of a group was decided: the wire codes the PostgreSQL function and the Redis script answer
+    with, both rendered from this one table (`render_outcome_codes`)."""
+
+    WRITTEN = 0
+    """Written: the reply carries the stream's new version and the global position of its last event."""
+    WRONG_EXPECTED_VERSION = 1
+    """Nothing written, the stream is not at the expected version: the reply carries its actual version."""
+    IDS_KNOWN = 2
+    """Nothing written, some of its event ids are known: whether it is an exact retry is decided from their records."""
+
+
+def render_outcome_codes(source: str) -> str:
+    """`source` (SQL or Lua) with each ``{outcome.NAME}`` replaced by that outcome's wire code."""
+    for outcome in Outcome:
+        source = source.replace(f"{{outcome.{outcome.name}}}", str(outcome.value))
+    return source
 
 
 def check_expected(stream_id: str, expected: ExpectedVersion, current: int) -> None:

@@ -33,7 +33,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import RowFactory, scalar_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from agentfold.appending import IdRecord, find_retry
+from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
 from agentfold.encoding import EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
@@ -256,7 +256,9 @@ class _Migration(NamedTuple):
 # An event row keeps its columns for lookups (stream and version, position, id, type) and `record`: the whole event
 # exactly as readers receive it, as JSON. A page of reads is then one index range scan returning stored text, which
 # the client joins and decodes with msgspec in one call, instead of per-column conversions on both sides.
-_APPEND_GROUP = r"""
+# The outcome codes are rendered from `agentfold.appending.Outcome`, the table the Redis script uses too; the
+# rendered text is the released migration, unchanged.
+_APPEND_GROUP = render_outcome_codes(r"""
 CREATE FUNCTION {s}.append_group(
     append_streams text[], append_stream_json text[], append_expected bigint[], append_sizes integer[],
     event_ids uuid[], event_tails text[], event_types text[], channel text
@@ -307,7 +309,7 @@ BEGIN
         result_version := NULL;
         result_position := NULL;
         IF event_ids[first_event : first_event + size - 1] && known THEN
-            outcome := 2;
+            outcome := {outcome.IDS_KNOWN};
         ELSE
             slot := array_position(stream_names, append_streams[a]);
             current_version := stream_versions[slot];
@@ -320,11 +322,11 @@ BEGIN
                 known := known || event_ids[first_event : first_event + size - 1];
                 head := head + size;
                 stream_versions[slot] := current_version + size;
-                outcome := 0;
+                outcome := {outcome.WRITTEN};
                 result_version := current_version + size;
                 result_position := head;
             ELSE
-                outcome := 1;
+                outcome := {outcome.WRONG_EXPECTED_VERSION};
                 result_version := current_version;
             END IF;
         END IF;
@@ -346,7 +348,7 @@ BEGIN
     END IF;
 END
 $body$
-"""
+""")
 
 MIGRATIONS: Final[tuple[_Migration, ...]] = (
     _Migration(
@@ -708,10 +710,10 @@ class PostgresStore(EventStore):
         reused: list[str] = []
         written = False
         for pending, (outcome, version, position) in zip(group, rows, strict=True):
-            if outcome == 0:
+            if outcome == Outcome.WRITTEN:
                 outcomes.append(AppendResult(version, position))
                 written = True
-            elif outcome == 1:
+            elif outcome == Outcome.WRONG_EXPECTED_VERSION:
                 outcomes.append(WrongExpectedVersion(pending.stream_id, pending.expected, version))
             else:
                 outcomes.append(None)

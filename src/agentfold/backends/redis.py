@@ -38,7 +38,7 @@ from redis.asyncio.connection import AbstractConnection as Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from agentfold.appending import IdRecord, find_retry
+from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
 from agentfold.encoding import EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
@@ -91,15 +91,16 @@ _WATCH_RETRY_SECONDS: Final = 0.1
 # KEYS: head, all, ids, versions, then each append's stream key.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
 # number), event count, then per event: id and the JSON tail of its entry (`stream_id,type,id,data,metadata]`).
-# Reply, one line per append: "0 version position" written; "2 current_version" wrong expected version (nothing
-# written); "1" some id already recorded (nothing written), followed by one line per event: its record or "-"
-# (the caller tells a retry from a duplicate). Record lines cannot hold a newline: stream ids are printable.
+# Reply, one line per append, led by its `Outcome` code: "0 version position" written; "1 current_version" wrong
+# expected version (nothing written); "2" some id already recorded (nothing written), followed by one line per
+# event: its record or "-" (the caller tells a retry from a duplicate). Record lines cannot hold a newline: stream
+# ids are printable.
 #
 # The appends of one call are applied one after the other, each checked against the state the previous ones left
 # (ids written earlier in the call are in `fresh`, versions in `versions`). Counters, versions and id records are
 # read once and written once per call; only the two XADDs are per event. Nothing is written before every check of
 # an append passed, and no command after the checks can fail on data agentfold wrote.
-APPEND_SCRIPT: Final = """#!lua
+APPEND_SCRIPT: Final = render_outcome_codes("""#!lua
 local head_key, all_key, ids_key, versions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local fmt, unpack = string.format, unpack
 local appends = tonumber(ARGV[1])
@@ -154,7 +155,7 @@ for append = 1, appends do
   end
   id_at = id_at + count
   if seen then
-    replies[#replies + 1] = '1'
+    replies[#replies + 1] = '{outcome.IDS_KNOWN}'
     for i = 1, count do replies[#replies + 1] = records[i] end
   else
     local current = versions[stream_id]
@@ -164,7 +165,7 @@ for append = 1, appends do
     elseif expected == 'exists' then ok = current > 0
     else ok = current == tonumber(expected) end
     if not ok then
-      replies[#replies + 1] = '2 ' .. fmt('%d', current)
+      replies[#replies + 1] = '{outcome.WRONG_EXPECTED_VERSION} ' .. fmt('%d', current)
     else
       local stream_key = KEYS[4 + append]
       local batch = ' ' .. fmt('%d', current + 1) .. ' ' .. fmt('%d', current + count) .. ' '
@@ -183,7 +184,7 @@ for append = 1, appends do
       versions[stream_id] = current + count
       changed[stream_id] = true
       head = head + count
-      replies[#replies + 1] = '0 ' .. fmt('%d', current + count) .. ' ' .. fmt('%d', head)
+      replies[#replies + 1] = '{outcome.WRITTEN} ' .. fmt('%d', current + count) .. ' ' .. fmt('%d', head)
     end
   end
 end
@@ -198,7 +199,7 @@ if head ~= start_head then
   hset(ids_key, new_records)
 end
 return table.concat(replies, '\\n')
-"""
+""")
 
 # KEYS: stream key, all. ARGV: last version to delete ("0-<version>"), at most how many. Reply: how many went.
 TRIM_SCRIPT: Final = """#!lua
@@ -222,6 +223,9 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
+_WRITTEN: Final = b"%d" % Outcome.WRITTEN
+_WRONG_EXPECTED_VERSION: Final = b"%d" % Outcome.WRONG_EXPECTED_VERSION
+_IDS_KNOWN: Final = b"%d" % Outcome.IDS_KNOWN
 _EXPECTED_ARGUMENT: Final = {ANY: b"any", NO_STREAM: b"no_stream", STREAM_EXISTS: b"exists"}
 
 
@@ -453,7 +457,7 @@ def _split_replies(reply: bytes, group: list[_PendingAppend]) -> list[list[bytes
     replies: list[list[bytes]] = []
     at = 0
     for pending in group:
-        if lines[at] == b"1":
+        if lines[at] == _IDS_KNOWN:
             size = 1 + len(pending.events)
             replies.append(lines[at : at + size])
             at += size
@@ -465,9 +469,9 @@ def _split_replies(reply: bytes, group: list[_PendingAppend]) -> list[list[bytes
 
 def _answer(pending: _PendingAppend, reply: list[bytes]) -> AppendResult:
     outcome, *numbers = reply[0].split(b" ")
-    if outcome == b"0":
+    if outcome == _WRITTEN:
         return AppendResult(int(numbers[0]), int(numbers[1]))
-    if outcome == b"2":
+    if outcome == _WRONG_EXPECTED_VERSION:
         raise WrongExpectedVersion(pending.stream_id, pending.expected, int(numbers[0]))
     retry = find_retry(pending.stream_id, pending.events, [_parse_id_record(raw) for raw in reply[1:]])
     assert retry is not None, "the script answers with id records only when an id is known"
