@@ -219,11 +219,11 @@ async def test_a_starting_worker_reads_on_from_the_registry_snapshot(
         await until(store, lambda: all_waiting(client, ["before"]))
         await client.start("waiting", 2, workflow_id="also-before")
         await until(store, lambda: all_waiting(client, ["also-before"]))
-    saved = await store._load_snapshot(worker_module.REGISTRY_STREAM, worker_module.REGISTRY_SNAPSHOT)
+    saved = await store.load_log_snapshot(worker_module.REGISTRY_SNAPSHOT)
     assert saved is not None
-    registry = json.loads(saved[1])
+    registry = json.loads(saved.state)
     assert registry["runs"]["before"] == ["waiting", "first"]
-    assert registry["workers"]["first"][1] is True or saved[0] < await store.head_position()
+    assert registry["workers"]["first"][1] is True or saved.position < await store.head_position()
     await client.start("waiting", 3, workflow_id="after")
     for workflow_id in ("before", "also-before", "after"):
         await client.signal(workflow_id, "go", {"by": "ops"})

@@ -18,6 +18,7 @@ from agentfold import (
     NewEvent,
     Projection,
     RecordedEvent,
+    StreamSnapshot,
     TrimRefused,
     UnhandledEvent,
     Upcasters,
@@ -235,7 +236,7 @@ async def test_time_travel_never_saves_a_snapshot(store: EventStore) -> None:
     for bounds in ({"to_version": 6}, {"at_position": 10**9}, {"at": datetime.now(UTC) + timedelta(days=1)}):
         folded = await fold(store, "order-1", SnapshottingOrders, **bounds)
         assert not folded.snapshot_saved
-    assert await store._load_snapshot("order-1", snapshot_name(SnapshottingOrders)) is None
+    assert await store.load_snapshot("order-1", snapshot_name(SnapshottingOrders)) is None
 
 
 async def test_time_travel_uses_a_snapshot_only_inside_its_bound(store: EventStore) -> None:
@@ -275,7 +276,7 @@ async def test_a_snapshot_is_saved_every_n_events(store: EventStore) -> None:
     await store.append("order-1", order_events()[2:5])
     second = await fold(store, "order-1", SnapshottingOrders)
     assert second.snapshot_saved and second.version == 5
-    assert await store._load_snapshot("order-1", "order:v1") is not None
+    assert await store.load_snapshot("order-1", "order:v1") is not None
     await store.append("order-1", order_events()[5:6])
     third = await fold(store, "order-1", SnapshottingOrders)
     assert (third.state, third.snapshot_version, third.events_read, third.snapshot_saved) == (
@@ -335,7 +336,7 @@ async def test_an_undecodable_snapshot_is_ignored(store: EventStore) -> None:
     await store.append("order-1", order_events())
     name = snapshot_name(OrderProjection)
     for garbage in (b"not json", b'[1,7,7,0,{"items":"wrong type"}]', b"[2,7,7,0,{}]"):
-        await store._save_snapshot("order-1", name, 7, garbage)
+        await store.keep_snapshot(StreamSnapshot("order-1", name, 7, garbage))
         folded = await fold(store, "order-1", OrderProjection)
         assert (folded.state, folded.snapshot_version) == (expected_order(7), 0)
 
@@ -655,8 +656,8 @@ async def test_an_instance_may_configure_its_projection(store: EventStore) -> No
     await store.append("order-1", order_events())
     assert not (await fold(store, "order-1", Configurable("order-a", None))).snapshot_saved
     assert (await fold(store, "order-1", Configurable("order-b", 2))).snapshot_saved
-    assert await store._load_snapshot("order-1", "order-a:v1") is None
-    assert await store._load_snapshot("order-1", "order-b:v1") is not None
+    assert await store.load_snapshot("order-1", "order-a:v1") is None
+    assert await store.load_snapshot("order-1", "order-b:v1") is not None
     with pytest.raises(InvalidProjection, match="snapshot_every"):
         await fold(store, "order-1", Configurable("order-c", -1))
 
@@ -673,7 +674,7 @@ async def test_a_state_that_cannot_be_encoded_is_refused_for_snapshots(store: Ev
     assert "handle" in await project(store, "order-1", Opaque)
     with pytest.raises(InvalidProjection, match="cannot be encoded"):
         await save_snapshot(store, "order-1", Opaque)
-    assert await store._load_snapshot("order-1", snapshot_name(Opaque)) is None
+    assert await store.load_snapshot("order-1", snapshot_name(Opaque)) is None
 
 
 # -- folding stored records -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import agentfold
-from agentfold import ANY, NewEvent
+from agentfold import ANY, NewEvent, StreamSnapshot
 from agentfold.backends import redis as redis_backend
 from agentfold.backends.redis import RedisDurabilityWarning, RedisStore, server_version
 from agentfold.errors import (
@@ -77,7 +77,7 @@ async def test_every_key_stays_under_the_prefix(private_redis: Any) -> None:
             await store.append("order-1", events(5), expected_version=0)
             await store.append("order-2", events(2))
             await store._trim_stream("order-1", 3)
-            await store._save_snapshot("order-1", "totals", 5, b"{}")
+            await store.keep_snapshot(StreamSnapshot("order-1", "totals", 5, b"{}"))
             await store._save_checkpoint("emailer", 7)
             await store.wait_for_append(0, 0.01)
             [event async for event in store.read_all(types=["Happened"], stream_prefix="order")]
