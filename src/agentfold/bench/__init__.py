@@ -157,6 +157,14 @@ async def measure_http_api(backend: str, base_url: str | None, quick: bool, prog
     return await _optional("agentfold.bench.http_bench", "measure_http", backend, base_url, seconds)
 
 
+async def measure_runs_page(backend: str, base_url: str | None, quick: bool, progress: Progress) -> Figures:
+    """The inspector's runs page over 100k runs (10k with `quick`); needs the web extra (nothing without it)."""
+    runs = 10_000 if quick else 100_000
+    progress(f"{backend}: the inspector's runs page over {runs:,} runs (writing them and their index first)")
+    async with scratch_store(backend, base_url) as (url, store):
+        return await _optional("agentfold.bench.runs_page", "measure_runs_page", url, store, runs)
+
+
 async def run_backend(
     backend: str,
     base_url: str | None = None,
@@ -165,12 +173,15 @@ async def run_backend(
     big: bool = False,
     agents_only: bool = False,
     http_only: bool = False,
+    runs_page_only: bool = False,
 ) -> Figures:
     """Every figure for one backend, the raw-driver baseline of the same run, and the ratios between them."""
     if agents_only:
         return await measure_agents(backend, base_url, quick, progress)
     if http_only:
         return await measure_http_api(backend, base_url, quick, progress)
+    if runs_page_only:
+        return await measure_runs_page(backend, base_url, quick, progress)
     seconds = 1.0 if quick else 3.0
     figures: Figures = {}
     progress(f"{backend}: appends, 1 writer")
@@ -239,6 +250,7 @@ async def run(
     big: bool = False,
     agents_only: bool = False,
     http_only: bool = False,
+    runs_page_only: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmarks for `backends`; the result is what `--json` writes."""
     results: dict[str, Any] = {"environment": environment(), "backends": {}}
@@ -246,6 +258,6 @@ async def run(
         url = base_urls.get(backend)
         results["backends"][backend] = {
             "url": redact(url) if url else None,
-            "figures": await run_backend(backend, url, quick, progress, big, agents_only, http_only),
+            "figures": await run_backend(backend, url, quick, progress, big, agents_only, http_only, runs_page_only),
         }
     return results

@@ -53,6 +53,12 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     is_flag=True,
     help="Only the LangGraph checkpoint storage figures: AgentfoldSaver beside langgraph-checkpoint-sqlite/-postgres.",
 )
+@click.option(
+    "--runs-page",
+    "runs_page_only",
+    is_flag=True,
+    help="Only the inspector's runs page over 100,000 runs (10,000 with --quick); writing them takes minutes.",
+)
 def bench(
     backends: tuple[str, ...],
     urls: tuple[str, ...],
@@ -63,6 +69,7 @@ def bench(
     agents_only: bool,
     http_only: bool,
     integrations: bool,
+    runs_page_only: bool,
 ) -> None:
     """Measure appends, reads and folds, beside the bare driver of the same backend."""
     console = Console(stderr=True)
@@ -85,6 +92,7 @@ def bench(
                     big=big,
                     agents_only=agents_only,
                     http_only=http_only,
+                    runs_page_only=runs_page_only,
                 )
             )
         except AgentfoldError as error:  # messages name URLs with the password hidden
