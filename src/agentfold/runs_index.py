@@ -466,15 +466,49 @@ class SqlRunsTable(RunsTable):
         columns = ", ".join(f"r.{column}" for column in COLUMNS)
         return f"SELECT {columns}, {self._stalled_sql()} AS stalled FROM {self.table} r"
 
-    def page_sql(self, query: RunsQuery, at_us: int) -> tuple[str, list[Any], str, list[Any]]:
+    def page_sql(self, query: RunsQuery, at_us: int) -> tuple[str, list[Any]]:
         where, params = self._where(query, at_us, paging=True)
         page = f"{self._select()}{where} ORDER BY r.started_at_us DESC, r.workflow_id DESC LIMIT {query.limit + 1}"
-        count_where, count_params = self._where(query.counting(), at_us, paging=False)
-        counts = (
-            f"SELECT CASE WHEN {self._stalled_sql()} THEN '{STALLED}' ELSE r.status END AS shown, count(*) "
-            f"FROM {self.table} r{count_where} GROUP BY shown"
+        return page, [at_us, *params]
+
+    def counts_sql(self, query: RunsQuery, at_us: int) -> tuple[str, list[Any], str, list[Any]]:
+        """Runs per stored status, and stalled runs per stored status: two queries, the second over unfinished
+        runs only (the status index finds them), instead of deciding `Stalled` for every row."""
+        where, params = self._where(query.counting(), at_us, paging=False)
+        totals = f"SELECT r.status, count(*) FROM {self.table} r{where} GROUP BY r.status"
+        unfinished = ", ".join(f"'{status}'" for status in UNFINISHED)
+        stalled_where = f"{where} AND" if where else " WHERE"
+        stalled = (
+            f"SELECT r.status, count(*) FROM {self.table} r{stalled_where} r.status IN ({unfinished}) "
+            f"AND {self._stalled_sql()} GROUP BY r.status"
         )
-        return page, [at_us, *params], counts, [at_us, *count_params]
+        return totals, params, stalled, [*params, at_us]
+
+    async def _query(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        raise InvalidInput("this runs table cannot be read")  # each table overrides it
+
+    async def page(self, query: RunsQuery, at_us: int) -> tuple[list[RunRow], Counter[str]]:
+        page_sql, params = self.page_sql(query, at_us)
+        totals_sql, totals_params, stalled_sql, stalled_params = self.counts_sql(query, at_us)
+        records, totals, stalled = await asyncio.gather(
+            self._query(page_sql, params),
+            self._query(totals_sql, totals_params),
+            self._query(stalled_sql, stalled_params),
+        )
+        counts: Counter[str] = Counter({str(status): int(count) for status, count in totals})
+        for status, count in stalled:
+            counts[str(status)] -= int(count)
+            counts[STALLED] += int(count)
+        return [self.row_of(record) for record in records], counts
+
+    async def workflows(self) -> list[str]:
+        """Distinct names by skipping through the workflow index (one probe per name, not a scan of every row)."""
+        statement = (
+            f"WITH RECURSIVE names(workflow) AS (SELECT min(workflow) FROM {self.table} "
+            f"UNION ALL SELECT (SELECT min(t.workflow) FROM {self.table} t WHERE t.workflow > names.workflow) "
+            "FROM names WHERE names.workflow IS NOT NULL) SELECT workflow FROM names WHERE workflow IS NOT NULL"
+        )
+        return [str(record[0]) for record in await self._query(statement, [])]
 
     @staticmethod
     def row_of(record: Sequence[Any]) -> RunRow:
@@ -575,12 +609,6 @@ class SQLiteRunsTable(SqlRunsTable):
         async with self._lock:
             await asyncio.to_thread(run)
 
-    async def page(self, query: RunsQuery, at_us: int) -> tuple[list[RunRow], Counter[str]]:
-        page_sql, params, counts_sql, count_params = self.page_sql(query, at_us)
-        rows = [self.row_of(record) for record in await self._query(page_sql, params)]
-        counts = Counter({str(status): int(count) for status, count in await self._query(counts_sql, count_params)})
-        return rows, counts
-
     async def get(self, workflow_ids: Sequence[str], at_us: int) -> dict[str, RunRow]:
         if not workflow_ids:
             return {}
@@ -591,10 +619,6 @@ class SQLiteRunsTable(SqlRunsTable):
     async def children(self, parent_id: str, at_us: int) -> list[RunRow]:
         statement = f"{self._select()} WHERE r.parent_id = ? ORDER BY r.started_at_us, r.workflow_id LIMIT 1000"
         return [self.row_of(record) for record in await self._query(statement, [at_us, parent_id])]
-
-    async def workflows(self) -> list[str]:
-        records = await self._query(f"SELECT DISTINCT workflow FROM {self.table} ORDER BY workflow", [])
-        return [str(record[0]) for record in records]
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -676,12 +700,6 @@ class PostgresRunsTable(SqlRunsTable):
             await connection.execute(self._pg(f"DELETE FROM {self.table}"))
             await connection.execute(self._pg(f"DELETE FROM {self.workers_table}"))
 
-    async def page(self, query: RunsQuery, at_us: int) -> tuple[list[RunRow], Counter[str]]:
-        page_sql, params, counts_sql, count_params = self.page_sql(query, at_us)
-        rows = [self.row_of(record) for record in await self._query(page_sql, params)]
-        counts = Counter({str(status): int(count) for status, count in await self._query(counts_sql, count_params)})
-        return rows, counts
-
     async def get(self, workflow_ids: Sequence[str], at_us: int) -> dict[str, RunRow]:
         if not workflow_ids:
             return {}
@@ -691,10 +709,6 @@ class PostgresRunsTable(SqlRunsTable):
     async def children(self, parent_id: str, at_us: int) -> list[RunRow]:
         statement = f"{self._select()} WHERE r.parent_id = ? ORDER BY r.started_at_us, r.workflow_id LIMIT 1000"
         return [self.row_of(record) for record in await self._query(statement, [at_us, parent_id])]
-
-    async def workflows(self) -> list[str]:
-        records = await self._query(f"SELECT DISTINCT workflow FROM {self.table} ORDER BY workflow", [])
-        return [str(record[0]) for record in records]
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -17,6 +17,7 @@ from agentfold.cli import main
 from agentfold.cli.common import INTERRUPTED_EXIT_CODE
 from agentfold.connect import redact, scrub
 from agentfold.errors import AgentfoldError
+from agentfold.web.settings import DEFAULT_HOST, DEFAULT_PORT
 
 CHECK_FAILED_EXIT_CODE: Final = 1
 DEMO_ERROR_EXIT_CODE: Final = 2
@@ -70,9 +71,9 @@ def demo(store_url: str | None, orders: int) -> None:
         console.print(f"[red]the store at {redact(store_url)} failed:[/red] {scrub(str(error), store_url)}")
         raise click.exceptions.Exit(DEMO_ERROR_EXIT_CODE) from None
     console.print(f"finished in {result.elapsed_seconds:.1f} s")
+    command = agentfold_command()
+    store = shlex.quote(store_url if kept_store else redact(store_url))
     if kept_store:
-        command = agentfold_command()
-        store = shlex.quote(store_url)
         console.print("look inside (the store is kept):")
         # One command per line, never wrapped, so it can be copied as it is.
         for line in (
@@ -80,6 +81,8 @@ def demo(store_url: str | None, orders: int) -> None:
             f"{command} workflows --store {store}",
         ):
             console.print(f"  {line}", soft_wrap=True, markup=False)
+    console.print(f"watch the same runs in a browser (then open http://{DEFAULT_HOST}:{DEFAULT_PORT}/runs):")
+    console.print(f"  {command} serve --store {store}", soft_wrap=True, markup=False)
     if not result.check.ok:
         raise click.exceptions.Exit(CHECK_FAILED_EXIT_CODE)
 
