@@ -36,6 +36,9 @@ POINT_TYPES: Final = {
     h.TIMER_STARTED: "timer",
     h.TIMER_FIRED: "timer",
     h.SIGNAL_SENT: "signal",
+    h.WORKFLOW_CLAIMED: "takeover",
+    h.WORKFLOW_CANCEL_REQUESTED: "control",
+    h.WORKFLOW_RESTARTED: "control",
 }
 MIN_BAR: Final = 0.004
 """Narrowest bar, as a fraction of the axis, so an instant step still shows."""
@@ -83,7 +86,7 @@ class Bar:
 
 @dataclass(frozen=True)
 class Point:
-    """A signal, timer or wait at one moment."""
+    """A signal, timer, wait, takeover by another worker or run control (cancel, restart) at one moment."""
 
     kind: str
     event_type: str
