@@ -44,7 +44,11 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 TOKEN = "browser-test-token-0123456789"
 DEMO_TIMEOUT_SECONDS = 180
-LIVE_TIMEOUT_MS = 20_000
+LIVE_TIMEOUT_MS = 30_000
+PAGE_TIMEOUT_MS = 30_000
+"""Generous waits: the whole suite runs two workers on two shared cores, and a page may wait its turn."""
+
+expect.set_options(timeout=PAGE_TIMEOUT_MS)
 
 
 def off_loop(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -94,6 +98,7 @@ def demo_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def new_page(browser: Browser, viewport: dict[str, int], dialogs: list[str]) -> Page:
     """A page whose JavaScript dialogs (an ``alert`` an XSS payload would open) are recorded in `dialogs`."""
     page = browser.new_page(viewport=viewport)  # type: ignore[arg-type]
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     return page
 
