@@ -235,3 +235,46 @@ def test_a_store_error_shows_a_clear_page(sqlite_store: str) -> None:
         assert http.get("/runs/doc-1.json").json()["title"] == "The store is not answering"
         missing = http.get("/runs/no-such-run")
         assert missing.status_code in (404, 503)
+
+
+async def crafted_run(url: str) -> None:
+    """A run with a retried step, two steps in parallel, and a step left in doubt, written event by event."""
+
+    def step(kind: str, seq: int, attempt: int, **data: object) -> NewEvent:
+        return NewEvent(kind, {"seq": seq, "name": f"step-{seq}", "attempt": attempt, **data})
+
+    error = {"type": "TimeoutError", "message": "slow"}
+    events = [
+        NewEvent(h.WORKFLOW_STARTED, {"workflow": "crafted", "input": {"args": []}}),
+        step(h.STEP_STARTED, 1, 1),
+        step(h.STEP_FAILED, 1, 1, error=error, final=False),
+        step(h.STEP_STARTED, 1, 2),
+        step(h.STEP_COMPLETED, 1, 2, result=1),
+        step(h.STEP_STARTED, 2, 1),
+        step(h.STEP_STARTED, 3, 1),
+        step(h.STEP_COMPLETED, 2, 1, result=2),
+        step(h.STEP_COMPLETED, 3, 1, result=3),
+        step(h.STEP_STARTED, 4, 1),
+    ]
+    async with agentfold.connect(url) as store:
+        for event in events:
+            await store.append("workflow-crafted", [event])
+
+
+def test_timeline_bars_mark_retries_parallel_steps_and_doubt(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'crafted.db'}"
+    asyncio.run(crafted_run(url))
+    with served(url) as inspector, httpx.Client(base_url=inspector.base_url) as http:
+        bars = http.get("/runs/crafted.json").json()["chart"]["bars"]
+        page = http.get("/runs/crafted").text
+    outcomes = [(bar["name"], bar["attempt"], bar["outcome"], bar["marks"]) for bar in bars]
+    assert outcomes == [
+        ("step-1", 1, "attempt-failed", []),
+        ("step-1", 2, "completed", ["retry"]),
+        ("step-2", 1, "completed", []),
+        ("step-3", 1, "completed", []),
+        ("step-4", 1, "in-doubt", ["in doubt"]),
+    ]
+    second, third = bars[2], bars[3]
+    assert third["start"] < second["start"] + second["width"]  # started before the other ended: they overlap
+    assert 'data-outcome="in-doubt"' in page and 'data-mark="retry"' in page

@@ -187,6 +187,15 @@ def test_inspector_end_to_end(browser: Browser, demo_store: str, tmp_path: Path)
         signals = page.request.get(f"{base}/stream.json?id=signals-doc-wait").json()
         assert signals["events"][0]["metadata"]["actor"] == "alice"
 
+        # The runs page's counts follow new runs live, without a reload.
+        page.goto(f"{base}/runs")
+        completed = int(page.locator(".count[data-status=Completed]").inner_text())
+        page.evaluate("window.stayedOnPage = true")
+        off_loop(append_finished_run(demo_store, "doc-live"))
+        expect(page.locator(".count[data-status=Completed]")).to_have_text(str(completed + 1), timeout=LIVE_TIMEOUT_MS)
+        expect(page.locator("table.runs a", has_text="doc-live")).to_have_count(1)
+        assert page.evaluate("window.stayedOnPage") is True
+
         # The tail follows new events live.
         page.goto(f"{base}/tail?prefix=notes-")
         off_loop(append_note(demo_store, "notes-live", "hello"))
@@ -226,3 +235,10 @@ def test_inspector_end_to_end(browser: Browser, demo_store: str, tmp_path: Path)
 async def append_note(store_url: str, stream_id: str, text: str) -> None:
     async with agentfold.connect(store_url) as store:
         await store.append(stream_id, [NewEvent("Noted", {"text": text})])
+
+
+async def append_finished_run(store_url: str, workflow_id: str) -> None:
+    async with agentfold.connect(store_url) as store:
+        started = NewEvent("WorkflowStarted", {"workflow": "approval", "input": {"args": ["live"]}})
+        finished = NewEvent("WorkflowCompleted", {"result": "done"})
+        await store.append(f"workflow-{workflow_id}", [started, finished])
