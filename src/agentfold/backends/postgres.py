@@ -390,9 +390,9 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
     ),
     # PL/pgSQL caches a plan per statement and session, but under the default plan_cache_mode a statement that
     # reads the function's arguments is planned again at every call whenever the planner guesses a custom plan
-    # cheaper than the generic one, which it does for these (arrays of unknown length). Measured on PostgreSQL 15,
-    # one call of a 1-append group took 1.13 ms with that replanning and 0.72 ms without. The generic plans are the
-    # index scans the statements are written for, so plan them once per session.
+    # cheaper than the generic one, which it does for these (arrays of unknown length), at a cost measured in
+    # docs/measurements.md. The generic plans are the index scans the statements are written for, so plan them once
+    # per session.
     _Migration(
         2,
         "append_group() plans its statements once per session",
@@ -441,8 +441,8 @@ async def _migrate(connection: psycopg.AsyncConnection[Any], schema: str) -> Non
 
 _STATEMENTS: Final = {
     # Each array comes as one string of its elements joined by a separator, split here by string_to_array: one
-    # parameter per array for the driver instead of one per element (psycopg's binary array dumping took 108 us of
-    # Python for a 16-append group; joined strings take 23 us). The separator cannot occur in an element: stream ids
+    # parameter per array for the driver instead of one per element (psycopg's binary array dumping was the larger
+    # cost: docs/measurements.md). The separator cannot occur in an element: stream ids
     # and types are printable, JSON escapes control characters inside strings, uuids and numbers hold no comma.
     "append_group": """
         SELECT outcome, result_version, result_position
@@ -460,7 +460,7 @@ _STATEMENTS: Final = {
     """,
     # A stream's stored versions are contiguous (trimming removes a prefix), so a page is a version range: the plan
     # stays a short range scan even before the table has statistics. Rows come back as the stored JSON text, each
-    # decoded on its own (measured faster than joining a page, here or with `string_agg` on the server).
+    # decoded on its own (faster than joining a page, here or with `string_agg` on the server: docs/measurements.md).
     "read_stream": """
         SELECT record::text
         FROM {s}.events
@@ -938,9 +938,9 @@ def _resolve(future: asyncio.Future[AppendResult], outcome: AppendResult | BaseE
 def _decode_page(records: list[str]) -> list[RecordedEvent]:
     """The events of stored records.
 
-    Each record is decoded on its own. Joining a page into one JSON array and decoding that at once was measured
-    slower: the joined text of a 1,000-event page (~360 KB) is a fresh allocation each time, above glibc's mmap
-    threshold, and its page faults made a 10k-event fold take 20.3 ms instead of 16.7-17.2 ms.
+    Each record is decoded on its own. Joining a page into one JSON array and decoding that at once was slower:
+    the joined text of a page is a fresh allocation each time, above glibc's mmap threshold, and its page faults
+    cost more than the joining saved (docs/measurements.md).
     """
     decode = _record_decoder.decode
     try:

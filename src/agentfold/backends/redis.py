@@ -773,9 +773,8 @@ class RedisStore(EventStore):
 
         Entries come back as ``[id, [b"e", json]]``, parsed by hiredis. Only the records are kept: the reply's two
         lists per entry, alive as long as a decoded page, made a 10k-event fold run 73 young garbage collections
-        and every second fold a full one. (Measured on Redis 7.0 with hiredis: reading a 10,000-event stream this
-        way took 37 ms, against 75 ms for a Lua script that joined the page on the server, which spends its time
-        turning entries into Lua tables.)"""
+        and every second fold a full one. A Lua script joining the page on the server was slower: it spends its
+        time turning entries into Lua tables (docs/measurements.md)."""
         with translate_errors(f"read {key.decode()!r} from Redis"):
             entries = await _execute(self._client, "XRANGE", key, b"0-%d" % (after + 1), b"+", b"COUNT", limit)
         if not entries:

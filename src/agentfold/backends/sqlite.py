@@ -65,8 +65,8 @@ SCHEMA_VERSION: Final = 1
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
 DEFAULT_READ_CACHE_MB: Final = 32
 """The page cache of each read connection, at most. SQLite's own default (2 MB) holds about 4,000 ~200-byte events,
-so a fold of a longer stream read every page from the file again; with 32 MB the queries of a 10k-event fold took
-2.5 ms instead of 4.7 ms. Memory is taken only as pages are read."""
+so a fold of a longer stream read every page from the file again (docs/measurements.md). Memory is taken only as
+pages are read."""
 SYNCHRONOUS_MODES: Final = ("FULL", "NORMAL")
 POLL_INTERVAL: Final = 0.025
 """How often `_wait_for_append` looks for appends made by other processes (seconds)."""
@@ -522,7 +522,7 @@ def _decode_records(records: list[bytes]) -> list[RecordedEvent]:
 
 
 def _in_version_order(page: list[RecordedEvent]) -> list[RecordedEvent]:
-    """`page`, sorted by version if it is not already (checking costs 20 us per 1,000 events)."""
+    """`page`, sorted by version if it is not already (checking is cheap: docs/measurements.md)."""
     versions = list(map(_version_of, page))
     if versions != sorted(versions):
         page.sort(key=_version_of)
@@ -792,9 +792,8 @@ class SQLiteStore(EventStore):
     reads_ahead = True  # a reader thread fetches the next pages while this one decodes and folds
     page_size = 500
     """Smaller than the default 1,000: a page's joined text and its events then fit memory this process already
-    holds. With 1,000, each page took fresh memory from the OS, 200-400 page faults per 10k events; measured in
-    turns, a 10k-event fold's median went from 13.7-15.9 to 12.1-12.4 ms, and `read_all` of 10k from 14.8-19.0 to
-    13.0-14.5 ms."""
+    holds. With 1,000, each page took fresh memory from the OS, and folds and `read_all` were slower
+    (docs/measurements.md)."""
 
     def __init__(self, settings: SQLiteSettings, writer_connection: sqlite3.Connection) -> None:
         super().__init__()
@@ -943,8 +942,8 @@ class SQLiteStore(EventStore):
         self, stream_id: str, after_version: int, remaining: int | None
     ) -> AsyncGenerator[list[bytes], None]:
         # A fold decodes each record just before its handler: no page of decoded events is alive at once, so the
-        # garbage collector stays idle (measured with 10k events: 0 collections per fold instead of 37, and no
-        # full collection, 7-9 ms, every third fold), at the cost of splitting the page (80 us per 500 events).
+        # garbage collector stays idle during a fold, at the small cost of splitting the page
+        # (docs/measurements.md).
         return self._produced_pages(stream_id, after_version, remaining, _fetch_page_records)
 
     async def _produced_pages(
