@@ -480,12 +480,12 @@ async def test_idempotency_and_data_survive_reopen(durable_url: str) -> None:
     batch = events(3)
     async with agentfold.connect(durable_url) as store:
         first = await store.append("s", batch, expected_version=NO_STREAM)
-        await store._save_checkpoint("reader", 2)
+        await store.save_checkpoint("reader", 2)
     async with agentfold.connect(durable_url) as store:
         assert await store.append("s", batch, expected_version=NO_STREAM) == first
         assert await store.stream_version("s") == 3
         assert [event.data["n"] for event in await stream_list(store, "s")] == [0, 1, 2]
-        assert await store._load_checkpoint("reader") == 2
+        assert await store.load_checkpoint("reader") == 2
         with pytest.raises(DuplicateEventId):
             await store.append("t", batch[:1])
 
@@ -713,8 +713,8 @@ async def test_trimming_keeps_versions_and_positions(store: EventStore) -> None:
     await store.append("s", events(10))
     await store.append("t", events(3))
     head = await store.head_position()
-    assert await store._trim_stream("s", 4) == 3
-    assert await store._trim_stream("s", 4) == 0
+    assert await store._trim_stream("s", 4) == 3  # no public raw trim
+    assert await store._trim_stream("s", 4) == 0  # no public raw trim
     assert await store.stream_version("s") == 10
     assert [event.version for event in await stream_list(store, "s")] == list(range(4, 11))
     assert [event.version for event in await stream_list(store, "s", after_version=5)] == list(range(6, 11))
@@ -723,16 +723,16 @@ async def test_trimming_keeps_versions_and_positions(store: EventStore) -> None:
     result = await store.append("s", events(1), expected_version=10)
     assert result.version == 11
     assert result.position > head
-    assert await store._trim_stream("nobody", 5) == 0
+    assert await store._trim_stream("nobody", 5) == 0  # no public raw trim
 
 
 async def test_checkpoints(store: EventStore) -> None:
-    assert await store._load_checkpoint("emailer") is None
-    await store._save_checkpoint("emailer", 5)
-    await store._save_checkpoint("emailer", 9)
-    await store._save_checkpoint("other", 1)
-    assert await store._load_checkpoint("emailer") == 9
-    assert await store._load_checkpoint("other") == 1
+    assert await store.load_checkpoint("emailer") is None
+    await store.save_checkpoint("emailer", 5)
+    await store.save_checkpoint("emailer", 9)
+    await store.save_checkpoint("other", 1)
+    assert await store.load_checkpoint("emailer") == 9
+    assert await store.load_checkpoint("other") == 1
 
 
 async def test_wait_for_append_returns_once_an_event_exists(store: EventStore) -> None:

@@ -443,7 +443,7 @@ async def test_trimming_a_whole_stream_keeps_its_version_head_and_retries(pg_sto
     store = pg_store
     batch = events(3)
     original = await store.append("trimmed", batch)
-    assert await store._trim_stream("trimmed", 100) == 3
+    assert await store._trim_stream("trimmed", 100) == 3  # no public raw trim
     assert await store.stream_version("trimmed") == 3
     assert await store.head_position() == original.position
     with pytest.raises(DuplicateEventId, match="trimmed"):  # the ids are known, their content is gone: refused
@@ -473,9 +473,9 @@ async def test_a_failing_read_model_update_leaves_neither_its_rows_nor_the_check
             raise RuntimeError("the read model refused the page")
 
     with pytest.raises(RuntimeError, match="refused"):
-        await pg_store._apply_with_checkpoint("seen", 1, lambda connection: update(connection, 1, True))
+        await pg_store.apply_with_checkpoint("seen", 1, lambda connection: update(connection, 1, True))
     assert await pg_store.load_checkpoint("seen") is None
-    await pg_store._apply_with_checkpoint("seen", 2, lambda connection: update(connection, 2, False))
+    await pg_store.apply_with_checkpoint("seen", 2, lambda connection: update(connection, 2, False))
     assert await pg_store.load_checkpoint("seen") == 2
     async with pg_store._pool.connection() as connection:
         rows = await (await connection.execute(f"SELECT position FROM {table}")).fetchall()
