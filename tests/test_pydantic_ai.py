@@ -100,6 +100,15 @@ async def test_model_requests_and_tool_calls_are_recorded_steps(store: EventStor
     await quoter.start(store, "quote o-9", run_id="quote-1")
     assert calls == [1, 3]
 
+    # A next turn of the conversation is a run that starts from the messages the first one recorded.
+    async with runtime.worker(store):
+        await quoter.start(store, "and again?", run_id="quote-2", message_history=whole)
+        assert await quoter.result(store, "quote-2", timeout=30) == "quoted and again?"
+    assert calls == [1, 3, 5], "the model saw the first turn's four messages, then the new prompt"
+    second = await quoter.conversation(store, "quote-2")
+    assert second[:4] == whole
+    assert len(second) == 6
+
 
 async def test_outside_a_durable_run_the_agent_runs_as_usual() -> None:
     calls: list[int] = []

@@ -33,7 +33,6 @@ from agentfold.runtime.retry import RetryPolicy
 from agentfold.store import EventStore
 
 try:
-    from pydantic import TypeAdapter
     from pydantic_ai import Agent
     from pydantic_ai.agent import EventStreamHandler
     from pydantic_ai.durable_exec import (
@@ -74,7 +73,6 @@ ASK_STEP_PREFIX: Final = "ask:"
 Reconcile = Callable[..., Any]
 """``reconcile(idempotency_key, **tool_args)``: the tool's result if its effect was applied, else `NOT_APPLIED`."""
 
-_CALL_TOOL_RESULT = TypeAdapter(CallToolResult)
 _current_run: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar(
     "agentfold_pydantic_ai_run", default=None
 )
@@ -401,9 +399,13 @@ class DurableAgent:
         return recorded["output"]
 
     async def conversation(self, store: EventStore, run_id: str, *, upto: int | None = None) -> list[ModelMessage]:
-        """The run's messages as recorded, up to the step `upto` (a sequence number) if given; calls nothing."""
+        """The run's messages as recorded (from the history it started with), up to the step `upto` if given.
+
+        Nothing is called: the messages are those the run's steps recorded.
+        """
         history = await self.runtime.client(store).history(run_id)
-        recorded: list[Any] = []
+        args = history.input.get("args", [])
+        recorded: list[Any] = list(args[1]) if len(args) > 1 and isinstance(args[1], list) else []
         for seq in sorted(history.commands):
             if upto is not None and seq > upto:
                 break
