@@ -247,8 +247,7 @@ class Relay:
         self._checked = True
 
     async def _read(self, after: int) -> tuple[list[RecordedEvent], int]:
-        self.source._check_open()
-        return await self.source._read_all_page(after, self.batch_size, None, None)
+        return await self.source.read_all_page(after, self.batch_size)
 
     async def _write(self, events: Sequence[RecordedEvent]) -> int:
         keys: list[bytes] = [self.checkpoint_key, self.log_key, self.partitions_key]
