@@ -227,3 +227,15 @@ def wait_for_state(command: str, folder: Path, env: dict[str, str], workflow_id:
             return
         time.sleep(0.1)
     raise AssertionError(f"{workflow_id} never reached {state}: {states}")
+
+
+def test_the_rules_of_workflow_code_come_first_and_the_quick_start_links_them() -> None:
+    workflows = (ROOT / "docs" / "workflows.md").read_text()
+    assert re.findall(r"^## (.+)$", workflows, re.MULTILINE)[0] == "Rules of workflow code"
+    rules = workflows.split("## Rules of workflow code", 1)[1].split("\n## ", 1)[0]
+    for rule in ("deterministic", "I/O only in steps", "`print` in workflow code repeats on replay"):
+        assert rule in rules
+    for name in ("ctx.now()", "ctx.random()", "ctx.patched("):
+        assert name in rules
+    quick_start = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "(docs/workflows.md#rules-of-workflow-code)" in quick_start

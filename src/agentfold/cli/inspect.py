@@ -89,6 +89,8 @@ STATE_STYLES: Final = {
     "AwaitingInput": "cyan",
     "Processing": "yellow",
     "Idle": "dim",
+    "Cancelled": "dim yellow",
+    "Terminated": "red",
     SUSPENDED: "bold magenta",
 }
 
