@@ -154,7 +154,8 @@ def test_the_demo_ends_with_a_command_that_runs(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    printed = [line.strip() for line in lines[lines.index("look inside (the store is kept):") + 1 :]]
+    after = lines[lines.index("look inside (the store is kept):") + 1 :]
+    printed = [line.strip() for line in after[: next(i for i, line in enumerate(after) if not line.startswith("  "))]]
     assert len(printed) == 2 and " show " in printed[0] and " workflows " in printed[1]
     for command in printed:
         argv = shlex.split(command)
