@@ -17,6 +17,8 @@ import agentfold
 from agentfold.store import EventStore
 from agentfold.tokens import TokenRegistry
 from agentfold.web.api import ApiSettings, api_mount
+from agentfold.web.app import create_app
+from agentfold.web.settings import ServeSettings
 
 
 def api_only_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette:
@@ -85,8 +87,8 @@ class SseReader:
 
 @contextlib.contextmanager
 def served_in_thread(store_url: str, settings: ApiSettings | None = None, **scope: Any) -> Iterator[tuple[str, str]]:
-    """The API over `store_url` on a real uvicorn server in a thread with its own event loop, for synchronous
-    clients; yields (base URL of /api/v1, a token with `scope`)."""
+    """`agentfold serve`'s app (inspector and API) over `store_url` on a real uvicorn server in a thread with its own
+    event loop, for synchronous clients; yields (base URL of /api/v1, a token with `scope`)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -97,7 +99,8 @@ def served_in_thread(store_url: str, settings: ApiSettings | None = None, **scop
     async def run() -> None:
         async with await agentfold.connect(store_url) as store:
             holder["token"] = await token_for(store, "schemathesis", **scope)
-            config = uvicorn.Config(api_only_app(store, settings), log_level="warning", lifespan="off")
+            app = create_app(store, ServeSettings(port=port, store_url=store_url), routes=[api_mount(store, settings)])
+            config = uvicorn.Config(app, log_level="warning", lifespan="on")
             server = holder["server"] = uvicorn.Server(config)
             serving = asyncio.create_task(server.serve(sockets=[listener]))
             for _ in range(1500):
