@@ -278,3 +278,16 @@ def test_timeline_bars_mark_retries_parallel_steps_and_doubt(tmp_path: Path) -> 
     second, third = bars[2], bars[3]
     assert third["start"] < second["start"] + second["width"]  # started before the other ended: they overlap
     assert 'data-outcome="in-doubt"' in page and 'data-mark="retry"' in page
+
+
+async def two_indexes_at_once(url: str) -> list[tuple[int, int, str]]:
+    async with agentfold.connect(url) as store, RunsIndex(store, url) as first, RunsIndex(store, url) as second:
+        await asyncio.gather(first.catch_up(), second.catch_up(), first.catch_up())
+        rows = await first.runs(["crafted"])
+    return [(row.retries, row.version, row.status) for row in rows.values()]
+
+
+def test_pages_applied_twice_change_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'twice.db'}"
+    asyncio.run(crafted_run(url))
+    assert asyncio.run(two_indexes_at_once(url)) == [(1, 10, "Processing")]

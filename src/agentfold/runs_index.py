@@ -213,6 +213,8 @@ def plan_page(events: Sequence[RecordedEvent], loaded: dict[str, RunRow]) -> Pag
         if workflow_id is None:
             continue
         before = touched.get(workflow_id) or loaded.get(workflow_id)
+        if before is not None and event.version <= before.version:
+            continue  # already folded: a page applied twice (two servers on one store) changes nothing
         row = fold_run_event(before, workflow_id, event)
         if row is None:
             continue
@@ -747,7 +749,7 @@ class RunsIndex:
         self.page_size = page_size
         self.position = 0
         self._stopping = asyncio.Event()
-        self._advanced = asyncio.Condition()
+        self._catching_up = asyncio.Lock()
 
     async def __aenter__(self) -> RunsIndex:
         await self.table.open()
@@ -758,7 +760,12 @@ class RunsIndex:
         await self.table.close()
 
     async def catch_up(self) -> int:
-        """Apply every event appended so far; return how many were applied."""
+        """Apply every event appended so far; return how many were applied. Callers may overlap (a page view and
+        the follower): one catches up at a time."""
+        async with self._catching_up:
+            return await self._catch_up()
+
+    async def _catch_up(self) -> int:
         if self.table.durable:
             projector = self.store.projector(PROJECTOR_NAME, self.table.update, page_size=self.page_size)
             applied = await projector.catch_up()
@@ -769,8 +776,6 @@ class RunsIndex:
                 self.table.update(None, page)
                 self.position = page[-1].position
                 applied += len(page)
-        async with self._advanced:
-            self._advanced.notify_all()
         return applied
 
     async def run(self) -> None:
