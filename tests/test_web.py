@@ -208,6 +208,16 @@ def test_actions_need_the_flag_a_csrf_token_and_our_origin(sqlite_store: str) ->
                 "/actions/control", data={"id": "doc-1", "action": "cancel", "csrf_token": good["csrf_token"]}
             )
             assert refused.status_code == 409 and "Completed" in refused.text
+            stop = {"id": "doc-2", "action": "terminate", "reason": "no longer needed", "actor": "carol"}
+            stopped = http.post("/actions/control", data={**stop, "csrf_token": good["csrf_token"]})
+            assert stopped.status_code == 303
+            assert http.get("/runs/doc-2.json").json()["run"]["status"] == "Terminated"
+            last = http.get("/stream.json", params={"id": "workflow-doc-2"}).json()["events"][-1]
+            assert (last["type"], last["data"]["reason"], last["metadata"]["actor"]) == (
+                "WorkflowTerminated",
+                "no longer needed",
+                "carol",
+            )
             events = http.get("/stream.json", params={"id": "signals-doc-2"}).json()["events"]
     assert [(event["data"], event["metadata"]["actor"]) for event in events] == [
         ({"name": "approve", "payload": "ok"}, "bob")
