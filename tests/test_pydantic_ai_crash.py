@@ -141,9 +141,11 @@ async def test_sigkill_then_a_new_worker_finishes_without_repeating(
         assert len(model_steps) == 3, "a recorded model response is never requested again"
 
 
-async def wait_for_state(store: EventStore, run_ids: list[str], states: tuple[str, ...]) -> None:
+async def wait_for_state(
+    store: EventStore, run_ids: list[str], states: tuple[str, ...], limit: float = LINE_TIMEOUT
+) -> None:
     client = agents.runtime.client(store)
-    for _ in range(int(LINE_TIMEOUT / 0.05)):
+    for _ in range(int(limit / 0.05)):
         if all([await client.state(run_id) in states for run_id in run_ids]):
             return
         await asyncio.sleep(0.05)
@@ -193,12 +195,12 @@ async def test_fifty_runs_on_two_workers_one_killed(url: str, counts: agents.Cou
             await agents.approved_shop.start(store, f"order {order}", run_id=order)
         # A lease long enough that a busy worker's late heartbeat never hands a running step to the other worker
         # (a takeover on an expired lease is at-least-once by design); the killed worker's runs move after it.
-        doomed = await spawn_worker(url, counts, lease_ttl=5.0)
-        survivor = await spawn_worker(url, counts, lease_ttl=5.0)
+        doomed = await spawn_worker(url, counts, lease_ttl=10.0)
+        survivor = await spawn_worker(url, counts, lease_ttl=10.0)
         try:
             await expect_line(doomed, "READY")
             await expect_line(survivor, "READY")
-            await wait_for_state(store, orders, ("AwaitingInput",))
+            await wait_for_state(store, orders, ("AwaitingInput",), limit=4 * LINE_TIMEOUT)
             holders = {(await client.history(order)).owner for order in orders}
             assert len(holders) == 2, "both workers hold runs when one of them is killed"
             await kill(doomed)
