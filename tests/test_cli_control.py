@@ -136,6 +136,8 @@ async def test_a_person_starts_approves_cancels_and_terminates_runs_from_the_cli
         assert "cancel requested for order-8" in cancelled.stdout
         with pytest.raises(WorkflowCancelled, match="out of stock"):
             await client.result("order-8", timeout=TIMEOUT)
+        requested = [event async for event in store.read_all(types=["WorkflowCancelRequested"])]
+        assert requested[0].metadata["via"] == "cli" and "@" in requested[0].metadata["actor"]
 
         ok_json(effects, "start", "approval", "--input", '{"id": 9}', "--id", "order-9", "--store", url)
         await until_state(client, "order-9", "AwaitingInput")

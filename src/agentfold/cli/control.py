@@ -7,7 +7,9 @@ exit code 2 and writes nothing.
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -61,6 +63,15 @@ def control(
         return {"workflow_id": resolved, **outcome, "state": summary.status, "version": summary.version}
 
     return run_with_store(url, act)
+
+
+def actor() -> dict[str, Any]:
+    """Who acted, recorded with the event: the user and host the command ran as, and that it came from the CLI."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return {"actor": f"{user}@{socket.gethostname()}", "via": "cli"}
 
 
 def report(result: dict[str, Any], as_json: bool, text: str) -> None:
@@ -120,7 +131,7 @@ def signal(
     value = parse_json(payload, "--payload")
 
     async def act(client: WorkflowClient, resolved: str) -> dict[str, Any]:
-        await client.signal(resolved, name, value, signal_id=signal_id)
+        await client.signal(resolved, name, value, signal_id=signal_id, metadata=actor())
         return {"action": "signal", "signal": name, "written": True}
 
     report(control(store_url, workflow_id, act), as_json, f"sent {name!r} to {workflow_id}")
@@ -138,7 +149,7 @@ def cancel(workflow_id: str, reason: str, store_url: str, as_json: bool) -> None
     """
 
     async def act(client: WorkflowClient, resolved: str) -> dict[str, Any]:
-        return {"action": "cancel", "written": await client.cancel(resolved, reason)}
+        return {"action": "cancel", "written": await client.cancel(resolved, reason, metadata=actor())}
 
     result = control(store_url, workflow_id, act)
     report(result, as_json, f"cancel {'requested' if result['written'] else 'already requested'} for {workflow_id}")
@@ -153,7 +164,7 @@ def terminate(workflow_id: str, reason: str, store_url: str, as_json: bool) -> N
     """Terminate run ID now: no clean-up, running step functions are cancelled. Needs no worker."""
 
     async def act(client: WorkflowClient, resolved: str) -> dict[str, Any]:
-        await client.terminate(resolved, reason)
+        await client.terminate(resolved, reason, metadata=actor())
         return {"action": "terminate", "written": True}
 
     report(control(store_url, workflow_id, act), as_json, f"terminated {workflow_id}")
@@ -167,7 +178,7 @@ def retry(workflow_id: str, store_url: str, as_json: bool) -> None:
     """Run the failed run ID again from its failed step, keeping the results recorded before it."""
 
     async def act(client: WorkflowClient, resolved: str) -> dict[str, Any]:
-        return {"action": "retry", "written": True, "attempt": await client.retry(resolved)}
+        return {"action": "retry", "written": True, "attempt": await client.retry(resolved, metadata=actor())}
 
     result = control(store_url, workflow_id, act)
     report(result, as_json, f"retrying {workflow_id}: attempt {result['attempt']}")
@@ -185,7 +196,7 @@ def restart(workflow_id: str, from_step: str, store_url: str, as_json: bool) -> 
     """
 
     async def act(client: WorkflowClient, resolved: str) -> dict[str, Any]:
-        attempt = await client.restart(resolved, from_step=from_step)
+        attempt = await client.restart(resolved, from_step=from_step, metadata=actor())
         return {"action": "restart", "from_step": from_step, "written": True, "attempt": attempt}
 
     result = control(store_url, workflow_id, act)
