@@ -24,7 +24,7 @@ def say(line: str) -> None:
 async def writer(url: str, name: str, appends: int, batch_size: int, tasks: int) -> None:
     """`tasks` concurrent appenders, `appends` appends each (0: until killed), to streams `{name}-{task}`.
 
-    Before each append: `SEND stream [ids]`; after its acknowledgement: `ACK stream version position`.
+    Before each append: `SEND stream [[id, data], ...]`; after its acknowledgement: `ACK stream version position`.
     """
     async with agentfold.connect(url) as store:
 
@@ -35,7 +35,7 @@ async def writer(url: str, name: str, appends: int, batch_size: int, tasks: int)
                 batch = [
                     NewEvent("Wrote", {"writer": name, "task": task, "n": count, "k": k}) for k in range(batch_size)
                 ]
-                say(f"SEND {stream_id} {json.dumps([str(event.id) for event in batch])}")
+                say(f"SEND {stream_id} {json.dumps([[str(event.id), event.data] for event in batch])}")
                 result = await store.append(stream_id, batch, expected_version=ANY)
                 say(f"ACK {stream_id} {result.version} {result.position}")
                 count += 1

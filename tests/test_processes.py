@@ -94,15 +94,15 @@ async def test_sigkilled_writer_loses_no_acknowledged_append(durable_url: str) -
         assert versions == list(range(1, len(versions) + 1))
         assert len(versions) % batch_size == 0, f"a partial batch is stored on {stream}"
 
-    # Every append that was sent (acknowledged or in flight at the kill) can be retried: each lands exactly once.
+    # Every append that was sent (acknowledged or in flight at the kill) can be retried exactly: each lands once.
     async with agentfold.connect(durable_url) as store:
-        for stream, ids in sent:
-            batch = [NewEvent("Wrote", {"retry": True}, id=uuid.UUID(event_id)) for event_id in ids]
+        for stream, sent_events in sent:
+            batch = [NewEvent("Wrote", data, id=uuid.UUID(event_id)) for event_id, data in sent_events]
             await store.append(stream, batch)
         after = [event async for event in store.read_all()]
     seen_ids = [str(event.id) for event in after]
     assert len(seen_ids) == len(set(seen_ids))
-    assert set(seen_ids) == {event_id for _, ids in sent for event_id in ids}
+    assert set(seen_ids) == {event_id for _, sent_events in sent for event_id, _ in sent_events}
 
 
 async def test_reader_in_another_process_never_sees_a_late_filler(durable_url: str) -> None:
