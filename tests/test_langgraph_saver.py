@@ -126,6 +126,12 @@ async def test_retried_put_writes_write_nothing_twice(store: EventStore) -> None
     found = await saver.aget_tuple(saved)
     assert found is not None
     assert found.pending_writes == [("task-1", "messages", ["hi"]), ("task-1", "turns", 1)]
+    # The same task failing twice writes its error twice with other values: stored, the newer one kept.
+    await saver.aput_writes(saved, [("__error__", "first failure")], "task-2")
+    await saver.aput_writes(saved, [("__error__", "second failure")], "task-2")
+    found = await saver.aget_tuple(saved)
+    assert found is not None
+    assert ("task-2", "__error__", "second failure") in found.pending_writes
 
 
 async def test_the_sync_methods_run_the_same_core_from_another_thread(store: EventStore) -> None:

@@ -588,8 +588,10 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
             "node": node_of(task_path),
             "writes": indexed,
         }
-        key = [(index, channel) for index, channel, _ in indexed]
-        event = NewEvent(WRITES_SAVED, data, id=_event_id(stream, checkpoint_id, task_id, key))
+        # The id covers the writes' content: a retried call is an exact retry (stored once), and a task that writes
+        # again with other values (an error on a second attempt) is a new event, not a refused retry.
+        content = hashlib.sha256(repr(indexed).encode()).hexdigest()
+        event = NewEvent(WRITES_SAVED, data, id=_event_id(stream, checkpoint_id, task_id, content))
         result = await self.store.append(stream, [event], expected_version=ANY)
         head = self._heads.get(stream)
         if head is not None and result.version == head.stream_version + 1:
