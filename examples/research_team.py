@@ -166,11 +166,13 @@ async def run(store_url: str, topic: str) -> int:
         client = runtime.client(store)
         await client.start(planner, topic, workflow_id=run_id)  # idempotent: a second run finds the first
         while True:
-            state = await client.state(run_id)
+            # Signals sent are counted first, then the run is read once: its state and the signals it consumed
+            # come from the same fold, so a signal sent before this look is either consumed or still on its way.
+            sent = await store.stream_version(signal_stream(run_id))
+            history = await client.history(run_id)
+            state, delivered = history.state, len(history.consumed_signals)
             if state in ("Completed", "Failed", "Cancelled", "Terminated"):
                 break
-            sent = await store.stream_version(signal_stream(run_id))
-            delivered = len((await client.history(run_id)).consumed_signals)
             if state == "AwaitingInput" and sent == delivered:  # waiting, and no approval on its way
                 store_option = f" --store {shlex.quote(store_url)}"
                 print(f"{run_id} waits for approval; read the draft, then approve it:")

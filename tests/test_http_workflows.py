@@ -85,3 +85,23 @@ async def test_start_signal_result_state_list_and_cancel(store: EventStore) -> N
             assert nobody.status_code == 404
             out_of_scope = await http.post("/workflows", json={**start, "workflow_id": "other-1"})
             assert out_of_scope.status_code == 403
+
+
+async def test_a_result_poll_without_timeout_waits_no_longer_than_the_servers_maximum(store: EventStore) -> None:
+    """The default wait (30 s) is capped by `max_result_wait_seconds`: a client that names no timeout gets its 202
+    within the server's own limit, never a wait longer than the server promised in its document."""
+    token = await token_for(store, "editor", write=["workflow-review-*"], workflows=["start"])
+    settings = ApiSettings(max_result_wait_seconds=0.2)  # no worker: the run never ends
+    async with running(api_only_app(store, settings)) as url:
+        async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=bearer(token), timeout=25) as http:
+            started = await http.post("/workflows", json={"workflow": "review", "workflow_id": "review-9"})
+            assert started.status_code == 200, started.text
+            waiting = await http.get("/workflows/review-9/result")
+            assert waiting.status_code == 202 and waiting.json() == {"workflow_id": "review-9", "status": "Processing"}
+            document = (await http.get("/openapi.json")).json()
+            [timeout] = [
+                parameter
+                for parameter in document["paths"]["/workflows/{workflow_id}/result"]["get"]["parameters"]
+                if parameter["name"] == "timeout"
+            ]
+            assert timeout["schema"]["default"] == 0.2

@@ -140,22 +140,31 @@ async def test_a_cancel_lets_the_step_in_flight_finish_and_stops_at_the_next_awa
 
 async def test_cancels_racing_the_workers_appends_never_fork_a_run(store: EventStore) -> None:
     """Cancels land at every point of runs made of quick steps: each run ends once, and after the cancel only the
-    step already in flight and the clean-up step may start."""
+    step already in flight and the clean-up step may start.
+
+    Even runs race their cancel against the worker (where it lands depends on the machine); odd runs hold step
+    `tick-<number>` until the cancel is written, so a cancel lands mid-run however fast or slow the machine is.
+    """
     runtime = Runtime()
     effects: Counter[str] = Counter()
+    reached = {number: asyncio.Event() for number in range(6)}
+    released = {number: asyncio.Event() for number in range(6)}
 
-    async def tick(name: str, idempotency_key: str) -> str:
+    async def tick(run_number: int, number: int, idempotency_key: str) -> str:
         effects[idempotency_key] += 1
+        if run_number % 2 == 1 and number == run_number:
+            reached[run_number].set()
+            await released[run_number].wait()
         await asyncio.sleep(0)
-        return name
+        return str(number)
 
     @runtime.workflow(name="ticker")
-    async def ticker(ctx: WorkflowContext) -> int:
+    async def ticker(ctx: WorkflowContext, run_number: int) -> int:
         try:
             for number in range(8):
-                await ctx.step(f"tick-{number}", tick, str(number))
+                await ctx.step(f"tick-{number}", tick, run_number, number)
         except WorkflowCancelled:
-            await ctx.step("cleanup", tick, "cleanup")
+            await ctx.step("cleanup", tick, run_number, -1)
             raise
         return 8
 
@@ -163,7 +172,12 @@ async def test_cancels_racing_the_workers_appends_never_fork_a_run(store: EventS
     runs = [f"race-{number}" for number in range(6)]
     async with runtime.worker(store):
         for number, workflow_id in enumerate(runs):
-            await client.start("ticker", workflow_id=workflow_id)
+            await client.start("ticker", number, workflow_id=workflow_id)
+            if number % 2 == 1:
+                await asyncio.wait_for(reached[number].wait(), TIMEOUT)
+                assert await client.cancel(workflow_id) is True
+                released[number].set()
+                continue
             await asyncio.sleep(0.004 * number)
             try:
                 await client.cancel(workflow_id)
@@ -175,7 +189,7 @@ async def test_cancels_racing_the_workers_appends_never_fork_a_run(store: EventS
                 outcomes.append(await client.result(workflow_id, timeout=TIMEOUT))
             except WorkflowCancelled:
                 outcomes.append("cancelled")
-    assert "cancelled" in outcomes
+    assert outcomes[1::2] == ["cancelled"] * 3
     assert set(effects.values()) == {1}
     for workflow_id, outcome in zip(runs, outcomes, strict=True):
         events = [event async for event in store.read_stream(workflow_stream(workflow_id))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from agentfold.validation import MAX_VERSION
+from agentfold.web.api.settings import DEFAULT_RESULT_WAIT_SECONDS
 
 _PROBLEM_CODES: Final = ("401", "403", "404", "409", "413", "422", "429", "503")
 _DESCRIPTIONS: Final = {
@@ -192,8 +193,13 @@ def openapi_document(max_page_limit: int, max_wait_seconds: float) -> dict[str, 
                         workflow_id,
                         _query(
                             "timeout",
-                            {"type": "number", "minimum": 0, "maximum": max_wait_seconds},
-                            "Seconds to wait at most",
+                            {
+                                "type": "number",
+                                "minimum": 0,
+                                "maximum": max_wait_seconds,
+                                "default": min(DEFAULT_RESULT_WAIT_SECONDS, max_wait_seconds),
+                            },
+                            "Seconds to wait at most (the default is 30, or the server's maximum when lower)",
                         ),
                     ],
                     "responses": {

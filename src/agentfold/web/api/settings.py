@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from agentfold.runtime.runtime import Runtime
+
+DEFAULT_RESULT_WAIT_SECONDS: Final = 30.0
+"""How long a result long-poll waits when the request names no timeout (never more than the server's maximum)."""
 
 
 @dataclass(frozen=True)

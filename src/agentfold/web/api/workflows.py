@@ -24,7 +24,7 @@ from agentfold.web.api.events import json_response
 from agentfold.web.api.guard import principal
 from agentfold.web.api.inputs import float_param, int_param, json_body, naming, only_params, text_param
 from agentfold.web.api.scopes import require_operation, require_read, require_write
-from agentfold.web.api.settings import ApiSettings
+from agentfold.web.api.settings import DEFAULT_RESULT_WAIT_SECONDS, ApiSettings
 
 
 class StartIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -163,7 +163,12 @@ class WorkflowRoutes:
         only_params(request, "timeout")
         workflow_id = _workflow_id(request)
         require_read(info, h.workflow_stream(workflow_id))
-        timeout = float_param(request, "timeout", 30.0, self.settings.max_result_wait_seconds)
+        timeout = float_param(
+            request,
+            "timeout",
+            min(DEFAULT_RESULT_WAIT_SECONDS, self.settings.max_result_wait_seconds),
+            self.settings.max_result_wait_seconds,
+        )
         try:
             result = await self.client.result(workflow_id, timeout=timeout)
         except WorkflowFailed as failure:
