@@ -29,7 +29,7 @@ LEASE_TTL = 2.0
 HEARTBEAT = 0.5
 RUNS = 200
 LINE_TIMEOUT = 30.0
-RESULT_TIMEOUT = 60.0
+RESULT_TIMEOUT = 180.0  # a guard against a hang, generous for a loaded 2-core machine
 
 PROCESS_BACKENDS = [backend for backend in BACKENDS if backend.durable and backend.available()]
 

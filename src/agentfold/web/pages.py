@@ -257,7 +257,9 @@ async def run_page(request: Request) -> Response:
         "chart": drawn.to_json(),
         "timeline": [line.to_json() for line in run_timeline.rows],
         "tree": [{"workflow_id": node.run.workflow_id, "depth": node.depth} for node in tree],
-        "position": max(event.position for _, event in events),
+        # The live feed resumes after the oldest position the page reflects: the runs index (status, owner, tree)
+        # was caught up before the events were read, so an event the index had not applied still refreshes the page.
+        "position": min(index.position, max(event.position for _, event in events)),
     }
     if request.scope.get("agentfold.json"):
         return JSONResponse(data)
