@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,14 +196,16 @@ async def test_fifty_runs_on_two_workers_one_killed(url: str, counts: agents.Cou
             await agents.approved_shop.start(store, f"order {order}", run_id=order)
         # A lease long enough that a busy worker's late heartbeat never hands a running step to the other worker
         # (a takeover on an expired lease is at-least-once by design); the killed worker's runs move after it.
-        doomed = await spawn_worker(url, counts, lease_ttl=10.0)
-        survivor = await spawn_worker(url, counts, lease_ttl=10.0)
+        workers = [await spawn_worker(url, counts, lease_ttl=10.0) for _ in range(2)]
+        doomed = survivor = workers[0]
         try:
-            await expect_line(doomed, "READY")
-            await expect_line(survivor, "READY")
+            ids = {(await expect_line(worker, "READY")).split()[1]: worker for worker in workers}
             await wait_for_state(store, orders, ("AwaitingInput",), limit=4 * LINE_TIMEOUT)
-            holders = {(await client.history(order)).owner for order in orders}
-            assert len(holders) == 2, "both workers hold runs when one of them is killed"
+            # The worker holding the most runs is killed (how the two shared them depends on the machine's load):
+            # each of its runs must be taken over by the other and finished once.
+            holders = Counter([(await client.history(order)).owner for order in orders])
+            doomed = ids[holders.most_common(1)[0][0]]
+            [survivor] = [worker for worker in workers if worker is not doomed]
             await kill(doomed)
             for order in orders:
                 await client.signal(order, "approval", {"approvals": {f"charge-{order}": True}})

@@ -575,3 +575,74 @@ async def test_two_executions_of_one_run_cannot_fork_its_history(memory: EventSt
         await second.run()
     assert calls == ["f/1/effect"]
     assert await types_of(memory, "f") == ["WorkflowStarted", "StepStarted", "StepCompleted", "WorkflowCompleted"]
+
+
+async def test_a_repeatable_step_records_its_start_and_outcome_in_one_append(store: EventStore) -> None:
+    """`repeatable=True`: nothing is written before the call; the start and the outcome land in one append (the
+    claim, the run's fence against a racing worker, is written before the first call). A failed attempt is recorded
+    the same way, and the retry runs under the same key."""
+    runtime = Runtime(default_retry=QUICK)
+    calls: list[str] = []
+
+    async def look_up(item: int, idempotency_key: str = "") -> dict[str, int]:
+        calls.append(idempotency_key)
+        if len(calls) == 2:
+            raise ConnectionError("the catalogue blinked")
+        return {"item": item, "stock": item * 3}
+
+    @runtime.workflow
+    async def stock(ctx: WorkflowContext, count: int) -> list[dict[str, int]]:
+        return [await ctx.step(f"look_up-{item}", look_up, item, repeatable=True) for item in range(count)]
+
+    client = runtime.client(store)
+    async with runtime.worker(store):
+        await client.start(stock, 2, workflow_id="stock-1")
+        assert await client.result("stock-1", timeout=TIMEOUT) == [{"item": 0, "stock": 0}, {"item": 1, "stock": 3}]
+    events = await events_of(store, "stock-1")
+    assert [event.type for event in events] == [
+        "WorkflowStarted",
+        "WorkflowClaimed",
+        "StepStarted",
+        "StepCompleted",
+        "StepStarted",
+        "StepFailed",
+        "StepStarted",
+        "StepCompleted",
+        "WorkflowCompleted",
+    ]
+    assert calls == [idempotency_key("stock-1", 1, "look_up-0")] + [idempotency_key("stock-1", 2, "look_up-1")] * 2
+    # Each start was appended with its outcome: one append, so one commit position (SQL) or adjacent ones.
+    positions = [event.position for event in events]
+    for start in (2, 4, 6):
+        assert positions[start + 1] == positions[start] + 1
+        assert events[start].recorded_at_us == events[start + 1].recorded_at_us
+
+
+async def test_a_repeatable_step_refuses_reconcile_and_non_bool(memory: EventStore) -> None:
+    runtime = Runtime()
+
+    async def read() -> int:
+        return 1
+
+    async def reconcile(key: str) -> Any:
+        return NOT_APPLIED
+
+    @runtime.workflow
+    async def both(ctx: WorkflowContext) -> int:
+        value: int = await ctx.step("read", read, reconcile=reconcile, repeatable=True)
+        return value
+
+    @runtime.workflow
+    async def odd(ctx: WorkflowContext) -> int:
+        value: int = await ctx.step("read", read, repeatable="yes")  # type: ignore[call-overload]
+        return value
+
+    client = runtime.client(memory)
+    async with runtime.worker(memory):
+        for workflow, run in ((both, "both-1"), (odd, "odd-1")):
+            await client.start(workflow, workflow_id=run)
+            with pytest.raises(WorkflowFailed) as failed:
+                await client.result(run, timeout=TIMEOUT)
+            assert failed.value.error_type == "InvalidInput"
+            assert "repeatable" in failed.value.error_message
+    assert "StepStarted" not in await types_of(memory, "both-1")

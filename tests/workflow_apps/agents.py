@@ -184,8 +184,8 @@ class KillPoint(RecordHook):
 
 
 async def serve(url: str, lease_ttl: float) -> None:
-    async with agentfold.connect(url) as store, runtime.worker(store, lease_ttl=lease_ttl):
-        print("READY", flush=True)
+    async with agentfold.connect(url) as store, runtime.worker(store, lease_ttl=lease_ttl) as worker:
+        print("READY", worker.worker_id, flush=True)
         await asyncio.Event().wait()
 
 

@@ -155,7 +155,9 @@ class _StepBackend(CallableOperationBackend[dict[str, Any]]):
             return exchange
 
         step = MODEL_REQUEST_STEP if operation_id.model_id is None else f"{MODEL_REQUEST_STEP}:{operation_id.model_id}"
-        recorded = await ctx.step(step, _Unit(call_model), retry=self._durability.retry)
+        # Repeatable: a request cut short by a crash has no answer to keep and is asked again (as it would be
+        # with its intent recorded), so its start and its response are recorded in one append.
+        recorded = await ctx.step(step, _Unit(call_model), retry=self._durability.retry, repeatable=True)
         return recorded["response"]
 
     async def _tool_call(
@@ -165,8 +167,8 @@ class _StepBackend(CallableOperationBackend[dict[str, Any]]):
         call_id = getattr(run_context, "tool_call_id", None)
         step = f"{TOOL_STEP_PREFIX}{tool_name}:{call_id}"
         effects = self._durability.effects
-        if tool_name not in effects:
-            return await ctx.step(step, _Unit(body), retry=self._durability.retry)
+        if tool_name not in effects:  # a tool without an effect runs again after a crash: one append
+            return await ctx.step(step, _Unit(body), retry=self._durability.retry, repeatable=True)
         reconcile = effects[tool_name]
         adapter = None if reconcile is None else _reconciler(reconcile)
         return await ctx.step(step, _Unit(body), tool_args, reconcile=adapter, retry=self._durability.retry)

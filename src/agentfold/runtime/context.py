@@ -23,6 +23,7 @@ import inspect
 import logging
 import random
 import time
+import types
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, ParamSpec, TypeVar, overload
@@ -113,6 +114,24 @@ def _error_data(error: BaseException) -> dict[str, Any]:
 
 
 def _accepts_keyword(function: Callable[..., Any], keyword: str) -> bool:
+    """Whether `function` takes `keyword`; asked for every step, so a plain function's answer is kept per code
+    object (closures made anew for each call share it)."""
+    plain = function.__func__ if isinstance(function, types.MethodType) else function
+    if not isinstance(plain, types.FunctionType):  # a callable object: its class's __call__ decides
+        plain = type(function).__call__
+    if isinstance(plain, types.FunctionType) and not hasattr(plain, "__wrapped__"):
+        return _code_accepts_keyword(plain.__code__, keyword)
+    return _signature_accepts_keyword(function, keyword)
+
+
+@functools.lru_cache(maxsize=1024)
+def _code_accepts_keyword(code: types.CodeType, keyword: str) -> bool:
+    keyword_only = code.co_kwonlyargcount
+    names = code.co_varnames[code.co_posonlyargcount : code.co_argcount + keyword_only]
+    return keyword in names or bool(code.co_flags & inspect.CO_VARKEYWORDS)
+
+
+def _signature_accepts_keyword(function: Callable[..., Any], keyword: str) -> bool:
     try:
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
@@ -450,6 +469,7 @@ class WorkflowExecution:
         policy: RetryPolicy,
         timeout: float | None,
         breaker: str | None = None,
+        repeatable: bool = False,
     ) -> Any:
         serializer = self.runtime.serializer
         result_type = declared_types(function).get("return")
@@ -496,8 +516,15 @@ class WorkflowExecution:
                     error = refused
                     prefix.append(started)  # recorded with its failure: the attempt made no call
             if error is None:
-                await self._record([*prefix, started])
-                prefix = []
+                if repeatable:
+                    # The run's claim is its fence: recorded before the call, so a worker racing for a new run
+                    # loses before calling anything rather than after.
+                    if self._pending or not self._claim_recorded:
+                        await self.flush()
+                    prefix.append(started)  # recorded with the outcome, in one append
+                else:
+                    await self._record([*prefix, started])
+                    prefix = []
                 self.steps_in_flight += 1
                 try:
                     try:
@@ -518,8 +545,10 @@ class WorkflowExecution:
                         try:
                             encoded = serializer.to_json(value, f"step {name!r} result")
                             completed = {"seq": seq, "name": name, "attempt": attempt, "result": encoded}
-                            await self._record([NewEvent(h.STEP_COMPLETED, completed)])
+                            await self._record([*prefix, NewEvent(h.STEP_COMPLETED, completed)])
                         except InvalidInput as refused:
+                            if prefix:  # a repeatable step's start, still unrecorded
+                                await self._record(prefix)
                             raise await self._fail_step(seq, name, attempt, refused) from refused
                         return serializer.from_json(encoded, result_type)
                 finally:
@@ -785,6 +814,7 @@ class WorkflowContext:
         retry: RetryPolicy | None,
         timeout: timedelta | float | None = None,
         breaker: str | None = None,
+        repeatable: bool = False,
         **kwargs: Any,
     ) -> Awaitable[Any]: ...
 
@@ -797,12 +827,25 @@ class WorkflowContext:
         *args: Any,
         timeout: timedelta | float | None,
         breaker: str | None = None,
+        repeatable: bool = False,
         **kwargs: Any,
     ) -> Awaitable[Any]: ...
 
     @overload
     def step(
-        self, name: str, function: Callable[..., Any], /, *args: Any, breaker: str | None, **kwargs: Any
+        self,
+        name: str,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        breaker: str | None,
+        repeatable: bool = False,
+        **kwargs: Any,
+    ) -> Awaitable[Any]: ...
+
+    @overload
+    def step(
+        self, name: str, function: Callable[..., Any], /, *args: Any, repeatable: bool, **kwargs: Any
     ) -> Awaitable[Any]: ...
 
     def step(  # type: ignore[misc]  # options are taken out of what P.kwargs would pass on
@@ -815,6 +858,7 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         timeout: timedelta | float | None = None,
         breaker: str | None = None,
+        repeatable: bool = False,
         **kwargs: Any,
     ) -> Awaitable[Any]:
         """Run `function(*args, **kwargs)` once for this run, recording intent before and the outcome after.
@@ -829,6 +873,11 @@ class WorkflowContext:
         (`agentfold.runtime.breaker`): while it is open an attempt fails fast with `CircuitOpen`, recorded like any
         failed attempt, and `retry` decides what follows. Raises `StepError` when the step fails for good.
 
+        `repeatable=True` is for a function that may run again after a crash without harm (a read, a computation, a
+        model call whose only cost is its price): its start and its outcome are recorded together when it ends, one
+        append instead of two, and a crash while it runs leaves nothing, so a resumed run calls it again. A step with
+        an effect keeps the default, and `reconcile` (which answers for an intent left in doubt) refuses it.
+
         Typed: without options, mypy checks `args` and `kwargs` against `function`'s parameters and the await
         returns `function`'s return type. A function that takes the key declares it with a default
         (``idempotency_key: str = ""``) so callers need not pass it; the runtime always does.
@@ -841,6 +890,12 @@ class WorkflowContext:
             raise InvalidInput(f"step {name!r}: reconcile {reconcile!r} is not callable")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidInput(f"step {name!r}: retry must be a RetryPolicy, got {type(retry).__name__}")
+        if not isinstance(repeatable, bool):
+            raise InvalidInput(f"step {name!r}: repeatable must be a bool, got {type(repeatable).__name__}")
+        if repeatable and reconcile is not None:
+            raise InvalidInput(
+                f"step {name!r}: a repeatable step records no intent, so there is nothing for reconcile to answer"
+            )
         runtime = self._execution.runtime
         chosen = runtime.step_timeout if timeout is None else timeout
         limit = None if chosen is None else seconds(chosen, f"step {name!r} timeout")
@@ -848,7 +903,9 @@ class WorkflowContext:
             check_breaker_name(breaker)
         policy = retry or runtime.default_retry
         seq, record = self._execution._take_seq(h.STEP, name)
-        return self._execution.run_step(seq, record, name, function, args, kwargs, reconcile, policy, limit, breaker)
+        return self._execution.run_step(
+            seq, record, name, function, args, kwargs, reconcile, policy, limit, breaker, repeatable
+        )
 
     def wait_for(self, name: str, timeout: timedelta | float | None = None, *, as_type: Any = None) -> Awaitable[Any]:
         """Wait, durably, for the signal `name` (sent with `client.signal`); return its payload.
