@@ -391,6 +391,21 @@ async def test_a_retry_with_other_content_is_refused_naming_the_id(store: EventS
     )
 
 
+async def test_a_retry_from_another_trace_is_exact_and_other_metadata_beside_it_is_refused(store: EventStore) -> None:
+    """Trace context (`traceparent`, `tracestate`) says where an append was made from, not what it wrote."""
+    event_id = uuid.uuid4()
+    trace_a = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    trace_b = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    first = await store.append("s", [NewEvent("A", {"n": 1}, {"by": "ann", "traceparent": trace_a}, id=event_id)])
+    again = NewEvent("A", {"n": 1}, {"by": "ann", "traceparent": trace_b, "tracestate": "k=v"}, id=event_id)
+    assert await store.append("s", [again]) == first
+    assert await store.append("s", [NewEvent("A", {"n": 1}, {"by": "ann"}, id=event_id)]) == first
+    with pytest.raises(DuplicateEventId):
+        await store.append("s", [NewEvent("A", {"n": 1}, {"by": "bob", "traceparent": trace_a}, id=event_id)])
+    [kept] = await stream_list(store, "s")
+    assert kept.metadata == {"by": "ann", "traceparent": trace_a}
+
+
 async def test_a_batch_retry_with_one_event_changed_is_refused(store: EventStore) -> None:
     ids = [uuid.uuid4() for _ in range(3)]
     first = await store.append("s", [NewEvent("A", {"n": n}, id=ids[n]) for n in range(3)])

@@ -3,18 +3,27 @@
 Backends differ in how they look things up (a dict, an SQL query, a Lua script), not in what they decide.
 A retry is exact or refused: `find_retry` decides by ids, order and stream (in the backend's own step), and returns
 a `RetriedAppend`; the store then reads the original events back and `check_retry_content` compares their types,
-data and metadata with the retry's. Only a retry pays for that read; an ordinary append pays nothing.
+data and metadata with the retry's (all but the metadata's trace context, `TRACE_KEYS`, which says where the
+retry was made from). Only a retry pays for that read; an ordinary append pays nothing.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from agentfold.encoding import EncodedEvent, encode_json
+from agentfold.encoding import EncodedEvent, decode_object, encode_json
 from agentfold.errors import DuplicateEventId, WrongExpectedVersion
-from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.events import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    TRACE_KEYS,
+    AppendResult,
+    ExpectedVersion,
+    RecordedEvent,
+)
 
 
 class Outcome(enum.IntEnum):
@@ -109,6 +118,7 @@ def check_retry_content(
 ) -> None:
     """Raise `DuplicateEventId` unless `stored`, the events of the stream from `first_version` on, are the ones a
     retry's ids were first written with, carrying the same ids, types, data and metadata as `events`, in order.
+    The metadata's trace context (`TRACE_KEYS`) is not compared: it says where an append was made from.
 
     Stored JSON is compared in its canonical encoding, so `1` and `1.0`, or `{"a": 1, "b": 2}` and
     `{"b": 2, "a": 1}`, are different content.
@@ -129,5 +139,15 @@ def check_retry_content(
             )
         if encode_json(original.data) != event.data:
             raise DuplicateEventId(event.id, stream_id, "already appended with other data; not an exact retry")
-        if encode_json(original.metadata) != event.metadata:
+        if encode_json(original.metadata) != event.metadata and not _same_but_trace(original.metadata, event.metadata):
             raise DuplicateEventId(event.id, stream_id, "already appended with other metadata; not an exact retry")
+
+
+def _same_but_trace(stored: dict[str, Any], retried: bytes) -> bool:
+    """Whether two events' metadata differ only in their trace context (`TRACE_KEYS`): a retry made from another
+    span (a resumed run repeating a hand-off, a request retried by another process) is still the same append."""
+    again = decode_object(retried)
+    if not (TRACE_KEYS & stored.keys() or TRACE_KEYS & again.keys()):
+        return False
+    kept = {key: value for key, value in stored.items() if key not in TRACE_KEYS}
+    return encode_json(kept) == encode_json({key: value for key, value in again.items() if key not in TRACE_KEYS})

@@ -19,6 +19,11 @@ AGENT_ID: Final = "agent_id"
 WORKFLOW_ID: Final = "workflow_id"
 CORRELATION_ID: Final = "correlation_id"
 CAUSATION_ID: Final = "causation_id"
+TRACEPARENT: Final = "traceparent"
+"""The W3C trace context of the append that wrote the event, when an observer records it (`agentfold.otel`)."""
+TRACESTATE: Final = "tracestate"
+TRACE_KEYS: Final = frozenset({TRACEPARENT, TRACESTATE})
+"""Metadata keys that say where an append was made from, not what it wrote: an exact retry may differ in them."""
 
 
 class StreamState(enum.Enum):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
+from agentfold import instrumentation
 from agentfold.errors import DuplicateEventId, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.validation import (
@@ -293,6 +294,9 @@ class ConsumerGroupMember:
         settings = self.settings
         after = min(lease.processed for lease in self._leases.values())
         page, scanned_to = await self.store.read_all_page(after, settings.page_size, settings.types, None)
+        observer = instrumentation.observer
+        if observer is not None:
+            observer.lag(settings.name, "group", max(0, await self.store.head_position() - after))
         for event in page:
             if self._stopping.is_set() or self._clock() >= self._next_heartbeat:
                 return True  # lease upkeep first; the page is read again from `processed`
@@ -322,7 +326,12 @@ class ConsumerGroupMember:
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                await self.handler(event)
+                observer = instrumentation.observer
+                if observer is None:
+                    await self.handler(event)
+                else:
+                    with observer.deliver(self.settings.name, "group", event):
+                        await self.handler(event)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import inspect
 from collections.abc import AsyncGenerator, Callable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
 import msgspec
 
+from agentfold import instrumentation
 from agentfold.appending import RetriedAppend, check_retry_content
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent, encode_events
 from agentfold.errors import InvalidInput, StoreClosed
@@ -81,8 +83,9 @@ class EventLog(abc.ABC):
     - `expected_version` is checked in the same step as the write, so two writers expecting the same version never
       both succeed.
     - A retry is exact or refused: appending events whose ids were all written by one earlier call, in the same
-      order to the same stream, with the same types, data and metadata, returns that call's `AppendResult` and
-      writes nothing (also after a restart); any other reuse of an id raises `DuplicateEventId` naming it.
+      order to the same stream, with the same types, data and metadata (its trace context aside), returns that
+      call's `AppendResult` and writes nothing (also after a restart); any other reuse of an id raises
+      `DuplicateEventId` naming it.
     - The order `read_all` shows is final: a reader never sees a position and later finds a smaller one filled in.
     """
 
@@ -110,6 +113,15 @@ class EventLog(abc.ABC):
         `DuplicateEventId` when an id was already used other than by an exact retry of its append; an
         `InvalidInput` subclass for bad arguments, before any I/O.
         """
+        observer = instrumentation.observer
+        if observer is not None:
+            write = partial(self._append_checked, stream_id, expected_version)
+            return await observer.append(self.scheme, stream_id, events, expected_version, write)
+        return await self._append_checked(stream_id, expected_version, events)
+
+    async def _append_checked(
+        self, stream_id: str, expected_version: ExpectedVersion, events: Sequence[NewEvent]
+    ) -> AppendResult:
         self._check_open()
         check_stream_id(stream_id)
         expected = check_expected_version(expected_version)
@@ -200,8 +212,14 @@ class EventLog(abc.ABC):
             raise InvalidInput("before_version bounds a backward read: pass backwards=True")
         if backwards:
             before = MAX_VERSION + 1 if before_version is None else check_counter(before_version, "before_version")
-            return self._backward_stream_pages(stream_id, after, remaining, before)
-        return self._stream_pages(stream_id, after, remaining)
+            pages = self._backward_stream_pages(stream_id, after, remaining, before)
+        else:
+            pages = self._stream_pages(stream_id, after, remaining)
+        observer = instrumentation.observer
+        if observer is None:
+            return pages
+        attributes = {"stream_id": stream_id, "after_version": after, "backwards": backwards}
+        return observer.read(self.scheme, "read_stream", attributes, pages)
 
     async def _backward_stream_pages(
         self, stream_id: str, after_version: int, remaining: int | None, before: int
@@ -297,6 +315,22 @@ class EventLog(abc.ABC):
         type_filter = check_event_types(types)
         prefix = check_prefix(stream_prefix)
         remaining = check_limit(limit)
+        observer = instrumentation.observer
+        if observer is None:
+            pages = self._all_pages(after, type_filter, prefix, remaining)
+        else:
+            attributes = {"after_position": after, "stream_prefix": prefix}
+            pages = observer.read(
+                self.scheme, "read_all", attributes, self._all_pages(after, type_filter, prefix, remaining)
+            )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                yield page
+
+    async def _all_pages(
+        self, after: int, type_filter: tuple[str, ...] | None, prefix: str | None, remaining: int | None
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """The pages of `read_all_pages`, arguments checked."""
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
             page, scanned_to = await self._read_all_page(after, size, type_filter, prefix)

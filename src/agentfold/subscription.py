@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
+from agentfold import instrumentation
 from agentfold.errors import InvalidInput, StoreClosed
 from agentfold.events import RecordedEvent
 
 if TYPE_CHECKING:
     from agentfold.log import EventLog
 
+UNNAMED: Final = "(unnamed)"
+"""How an observer names a subscription that has no name."""
 IDLE_WAIT_SECONDS: Final = 5.0
 """Longest wait on the backend's hint before reading again anyway (a missed hint costs at most this)."""
 
@@ -51,6 +55,8 @@ class Subscription:
         self._acknowledged = after_position
         self._stopping = asyncio.Event()
         self._started = False
+        self._handling: contextlib.AbstractContextManager[None] | None = None
+        """The observer's record of the event handed out last, while the caller handles it."""
 
     @property
     def position(self) -> int:
@@ -79,6 +85,8 @@ class Subscription:
         return self
 
     async def __anext__(self) -> RecordedEvent:
+        if self._handling is not None:
+            self._end_handling()
         if not self._started:
             await self.start()
         while not self._buffer:
@@ -88,6 +96,10 @@ class Subscription:
                 page, scanned_to = await self._store.read_all_page(
                     self._after, self._page_size, self._types, self._prefix
                 )
+                observer = instrumentation.observer
+                if observer is not None:
+                    behind = await self._store.head_position() - self._after
+                    observer.lag(self.name or UNNAMED, "subscription", max(0, behind))
             except StoreClosed:
                 raise StopAsyncIteration from None
             self._buffer.extend(page)
@@ -97,7 +109,17 @@ class Subscription:
                 await self._wait()
         event = self._buffer.popleft()
         self._delivered = event.position
+        observer = instrumentation.observer
+        if observer is not None:
+            # The caller handles the event in its own task until it asks for the next one: that is the span.
+            self._handling = observer.deliver(self.name or UNNAMED, "subscription", event)
+            self._handling.__enter__()
         return event
+
+    def _end_handling(self) -> None:
+        handling, self._handling = self._handling, None
+        if handling is not None:
+            handling.__exit__(None, None, None)
 
     async def _wait(self) -> None:
         await self._store.wait_for_append(self._after, IDLE_WAIT_SECONDS, until=self._stopping)
@@ -122,3 +144,4 @@ class Subscription:
     async def close(self) -> None:
         """Stop iterating. An iteration waiting for new events ends at once."""
         self._stopping.set()
+        self._end_handling()

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from agentfold import instrumentation
 from agentfold.errors import InvalidInput, WaitTimedOut
 from agentfold.runtime import NOT_APPLIED, Runtime, WorkflowContext, WorkflowHandle
 from agentfold.runtime.retry import RetryPolicy
@@ -148,6 +149,11 @@ class _StepBackend(CallableOperationBackend[dict[str, Any]]):
 
         async def call_model() -> dict[str, Any]:
             response = await body()
+            observer = instrumentation.observer
+            if observer is not None and isinstance(response, dict):
+                usage = response.get("usage") or {}
+                model = response.get("model_name")
+                observer.usage(usage.get("input_tokens"), usage.get("output_tokens"), model if model else None)
             exchange = {"request": request, "response": response}
             cost = _cost(response)
             if cost is not None:
@@ -364,12 +370,17 @@ class DurableAgent:
     async def _run(self, ctx: WorkflowContext, prompt: str | None, history: list[Any] | None = None) -> Any:
         messages = None if history is None else ModelMessagesTypeAdapter.validate_python(history)
         token = _current_run.set(ctx)
+        observer = instrumentation.observer
+        if observer is not None:
+            observer.agent(self.agent.name or self.workflow_name, ctx.workflow_id)
         try:
             with external_event_scope(_SignalWaiter(ctx)):
                 result = await self.agent.run(prompt, message_history=messages, deps=self.deps)
         finally:
             _current_run.reset(token)
         usage = result.usage
+        if observer is not None:
+            observer.usage(usage.input_tokens, usage.output_tokens)
         return {
             "output": to_jsonable_python(result.output),
             "usage": {

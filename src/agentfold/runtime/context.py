@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
+from agentfold import instrumentation
 from agentfold.errors import (
     AgentfoldError,
     CircuitOpen,
@@ -42,6 +43,7 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.events import NewEvent, RecordedEvent
+from agentfold.instrumentation import RunStart
 from agentfold.runtime import history as h
 from agentfold.runtime.breaker import BreakerBoard, Permit, check_breaker_name
 from agentfold.runtime.client import WorkflowClient
@@ -291,6 +293,29 @@ class WorkflowExecution:
         """
         if self.history.finished is not None:
             return
+        observer = instrumentation.observer
+        if observer is None:
+            await self._run_unobserved()
+            return
+        history = self.history
+        start = RunStart(
+            history.workflow,
+            self.workflow_id,
+            history.attempt,
+            self.worker_id,
+            history.start_trace,
+            history.written_trace,
+            history.executed,
+        )
+        with observer.run(start):
+            try:
+                await self._run_unobserved()
+            finally:
+                if history.finished is not None:
+                    error = history.finished.get("error") if history.finished_type == h.WORKFLOW_FAILED else None
+                    observer.run_finished(history.finished_type, str(error["type"]) if error else None)
+
+    async def _run_unobserved(self) -> None:
         try:
             await self._run_to_end()
         except NonDeterminism as error:
@@ -527,9 +552,16 @@ class WorkflowExecution:
                     prefix = []
                 self.steps_in_flight += 1
                 try:
+                    observer = instrumentation.observer
+                    attempt_observed = (
+                        contextlib.nullcontext()
+                        if observer is None
+                        else observer.step(self.definition.name, self.workflow_id, name, seq, attempt, key)
+                    )
                     try:
-                        async with asyncio.timeout(timeout) as deadline:
-                            value = await _call(function, args, call_kwargs)
+                        with attempt_observed:
+                            async with asyncio.timeout(timeout) as deadline:
+                                value = await _call(function, args, call_kwargs)
                     except asyncio.CancelledError:
                         raise
                     except Exception as raised:
@@ -608,6 +640,10 @@ class WorkflowExecution:
                     await asyncio.sleep(policy.backoff(calls))
                     continue
                 raise await self._fail_step(seq, name, attempt, error, reconcile=True) from error
+        observer = instrumentation.observer
+        if observer is not None:
+            applied = not isinstance(outcome, _NotApplied)
+            observer.happened("reconcile", {"gen_ai.workflow.name": self.definition.name, "agentfold.applied": applied})
         if isinstance(outcome, _NotApplied):
             return outcome
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from agentfold.errors import InvalidInput
-from agentfold.events import RecordedEvent
+from agentfold.events import TRACE_KEYS, TRACEPARENT, RecordedEvent
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
 from agentfold.validation import check_stream_id
@@ -166,13 +166,27 @@ class History:
     attempt: int = 1
     """1 for the first attempt, one more for each `WorkflowRestarted` (a retry or a restart from a step)."""
     patch_seqs: dict[str, int] = field(default_factory=dict)
+    executed: bool = False
+    """An execution of the current attempt has written to the stream (its first append names its worker)."""
+    start_trace: dict[str, Any] | None = None
+    """The trace context recorded with the start (or latest restart) of the run, when an observer recorded one."""
+    written_trace: dict[str, Any] | None = None
+    """The trace context of the newest event written since then, when an observer recorded one."""
 
     def apply_recorded(self, event: RecordedEvent) -> None:
         """Fold a stored event, with the holder its metadata names (the first append of every execution does)."""
         self.apply(event.type, event.data)
-        owner = event.metadata.get(OWNER_KEY)
+        metadata = event.metadata
+        owner = metadata.get(OWNER_KEY)
         if owner is not None and event.type != WORKFLOW_RELEASED:
             self.owner = owner
+            self.executed = True
+        if TRACEPARENT in metadata:
+            carrier = {key: metadata[key] for key in TRACE_KEYS if key in metadata}
+            if event.type in (WORKFLOW_STARTED, WORKFLOW_RESTARTED):
+                self.start_trace = carrier
+            else:
+                self.written_trace = carrier
 
     def apply(self, event_type: str, data: dict[str, Any]) -> None:
         """Fold one event (recorded, or just appended by this process) into the history."""
@@ -249,6 +263,8 @@ class History:
         self.cancel_requested = None
         self.owner = None
         self.attempt += 1
+        self.executed = False
+        self.start_trace = self.written_trace = None
 
     def first_failed_seq(self) -> int:
         """Where a retry starts: the first command that failed for good (a step or a timed-out wait), else the end."""

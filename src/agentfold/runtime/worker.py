@@ -27,6 +27,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Final, Self
 
+from agentfold import instrumentation
 from agentfold.errors import (
     AgentfoldError,
     InvalidInput,
@@ -427,6 +428,11 @@ class Worker:
                 # The holder may only be paused: fence it out now, before anything else runs.
                 await execution.flush()
                 self.taken_over += 1
+                observer = instrumentation.observer
+                if observer is not None:
+                    observer.happened(
+                        "takeover", {"gen_ai.workflow.name": history.workflow, "agentfold.previous_state": state}
+                    )
                 logger.info("worker %s took over run %r from %s (%s)", self.worker_id, workflow_id, owner, state)
         else:
             execution.claim(self.worker_id)

@@ -1,0 +1,383 @@
+"""`agentfold[otel]`: spans in the GenAI and database conventions, trace context carried by the log, metrics.
+
+Real stores (SQLite files, the PostgreSQL server), real worker processes exporting their spans to files, a real
+SIGKILL; spans and metrics are read back through the SDK's own in-memory exporter and reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+import agentfold
+import agentfold.otel
+from agentfold import instrumentation
+from agentfold.demo.pipeline import AGENTS, INTAKE, LineItem, Order, OrderPipeline, run_id
+from agentfold.demo.provider import PaymentProvider, ProviderClient
+from agentfold.errors import DuplicateEventId
+from agentfold.events import NewEvent
+from agentfold.runtime import workflow_stream
+from tests.backends import BACKENDS, Backend, require_service
+
+ROOT = Path(__file__).resolve().parent.parent
+GUARD = 120.0
+SERVER_BACKENDS = [backend for backend in BACKENDS if backend.name in ("sqlite", "postgres")]
+
+
+@pytest.fixture(params=SERVER_BACKENDS, ids=lambda backend: backend.name)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    chosen: Backend = request.param
+    require_service(chosen)
+    url = chosen.make_url(tmp_path)
+    yield url
+    chosen.cleanup(url)
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    agentfold.otel.instrument(tracer_provider=provider)
+    yield spans
+    agentfold.otel.uninstrument()
+
+
+@pytest.fixture
+def metric_reader() -> Iterator[InMemoryMetricReader]:
+    reader = InMemoryMetricReader()
+    agentfold.otel.instrument(tracer_provider=TracerProvider(), meter_provider=MeterProvider(metric_readers=[reader]))
+    yield reader
+    agentfold.otel.uninstrument()
+
+
+def named(spans: Sequence[ReadableSpan], name: str) -> ReadableSpan:
+    found = [span for span in spans if span.name == name]
+    assert len(found) == 1, f"{len(found)} spans named {name!r}: {sorted({span.name for span in spans})}"
+    return found[0]
+
+
+def parent_of(spans: Sequence[ReadableSpan], span: ReadableSpan) -> ReadableSpan:
+    assert span.parent is not None, f"{span.name} has no parent"
+    parents = [other for other in spans if other.context.span_id == span.parent.span_id]
+    assert len(parents) == 1, f"the parent of {span.name} was not exported"
+    return parents[0]
+
+
+# -- the demo pipeline's span tree ----------------------------------------------------------------------------------
+
+
+async def test_the_demo_pipeline_is_one_trace_of_runs_steps_and_appends(
+    db_url: str, exporter: InMemorySpanExporter
+) -> None:
+    with PaymentProvider() as provider:
+        async with agentfold.connect(db_url) as store:
+            pipeline = OrderPipeline(store, ProviderClient(provider.url))
+            async with pipeline.runtime.worker(store):
+                await pipeline.place(Order("o-1", "ann", [LineItem("tea", 2, 450)], "Lyon"))
+                result = await pipeline.client.result(run_id("o-1", INTAKE), timeout=GUARD)
+    assert result["status"] == "delivered"
+    spans = exporter.get_finished_spans()
+    system = "sqlite" if db_url.startswith("sqlite") else "postgresql"
+
+    runs = {agent: named(spans, f"invoke_workflow {agent}") for agent in AGENTS}
+    trace_ids = {span.context.trace_id for span in runs.values()}
+    assert len(trace_ids) == 1, "the four agents' runs are one trace"
+    for agent, span in runs.items():
+        assert span.kind is SpanKind.INTERNAL
+        assert span.attributes is not None
+        assert span.attributes["gen_ai.operation.name"] == "invoke_workflow"
+        assert span.attributes["gen_ai.workflow.name"] == agent
+        assert span.attributes["gen_ai.conversation.id"] == run_id("o-1", agent)
+        assert span.attributes["agentfold.run.outcome"] == "WorkflowCompleted"
+        assert span.attributes["agentfold.run.resumed"] is False
+        assert "error.type" not in span.attributes
+
+    # The order was placed by an append (the client's), which the intake run continues.
+    placed = parent_of(spans, runs[INTAKE])
+    assert (placed.name, placed.kind, placed.parent) == ("append", SpanKind.CLIENT, None)
+    assert placed.attributes is not None
+    assert placed.attributes["agentfold.stream.id"] == workflow_stream(run_id("o-1", INTAKE))
+    assert placed.attributes["db.system.name"] == system
+    assert placed.attributes["agentfold.result.version"] == 1
+
+    # Each hand-off: a step of one agent, whose append starts the next agent's run.
+    for before, after, step, seq in (
+        (INTAKE, "payment", "hand_off_to_payment", 2),
+        ("payment", "fulfilment", "hand_off_to_fulfilment", 3),
+        ("fulfilment", "notification", "hand_off_to_notification", 2),
+    ):
+        append = parent_of(spans, runs[after])
+        assert append.name == "append" and append.kind is SpanKind.CLIENT
+        assert append.attributes is not None
+        assert append.attributes["db.operation.name"] == "append"
+        assert append.attributes["agentfold.stream.id"] == workflow_stream(run_id("o-1", after))
+        assert append.attributes["agentfold.expected_version"] == "no_stream"
+        assert append.attributes["agentfold.result.version"] == 1
+        assert isinstance(append.attributes["agentfold.result.position"], int)
+        hand_off = parent_of(spans, append)
+        assert hand_off.name == f"execute_tool {step}"
+        assert hand_off.attributes is not None
+        assert hand_off.attributes["gen_ai.operation.name"] == "execute_tool"
+        assert hand_off.attributes["gen_ai.tool.name"] == step
+        assert hand_off.attributes["gen_ai.tool.call.id"] == f"{run_id('o-1', before)}/{seq}/{step}"
+        assert parent_of(spans, hand_off) is runs[before]
+
+    charge = named(spans, "execute_tool initiate_payment")
+    assert parent_of(spans, charge) is runs["payment"]
+    assert charge.attributes is not None
+    assert charge.attributes["gen_ai.tool.call.id"] == "o-1-payment/1/initiate_payment"
+    # The run's own records (step started, completed) are appends inside the run.
+    recorded = [span for span in spans if span.name == "append" and span.parent == runs["payment"].context]
+    assert len(recorded) >= 4
+    assert {span.context.trace_id for span in spans if span.name.startswith(("invoke_", "execute_"))} == trace_ids
+
+    # The report back to intake is a signal appended inside notification's step, in the same trace.
+    report = named(spans, "execute_tool report_to_intake")
+    assert report.context.trace_id in trace_ids
+
+
+async def test_an_append_records_its_span_in_the_events_metadata(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    async with agentfold.connect(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        await store.append("orders-1", [NewEvent("Placed", {"n": 1}, {"by": "ann"})])
+        [event] = [event async for event in store.read_stream("orders-1")]
+    [append] = [span for span in exporter.get_finished_spans() if span.name == "append"]
+    context = append.context
+    traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    assert event.metadata == {"by": "ann", "traceparent": traceparent}
+
+
+async def test_a_retry_from_another_trace_is_still_exact_and_other_content_is_still_refused(
+    db_url: str, exporter: InMemorySpanExporter
+) -> None:
+    first = NewEvent("Placed", {"n": 1}, {"by": "ann"})
+    async with agentfold.connect(db_url) as store:
+        written = await store.append("orders-1", [first])
+        assert await store.append("orders-1", [first]) == written  # another append span: another traceparent
+        instrumentation.uninstall()
+        assert await store.append("orders-1", [first]) == written  # no trace context at all
+        with pytest.raises(DuplicateEventId):
+            await store.append("orders-1", [NewEvent("Placed", {"n": 1}, {"by": "bob"}, id=first.id)])
+        assert await store.stream_version("orders-1") == 1
+
+
+# -- reads and deliveries -------------------------------------------------------------------------------------------
+
+
+async def test_a_subscriber_and_a_group_member_continue_the_trace_of_the_append(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    async with agentfold.connect(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        await store.append("orders-1", [NewEvent("Placed", {"n": 1})])
+        handled = asyncio.Event()
+
+        async def handle(event: Any) -> None:
+            await store.append("mail-1", [NewEvent("Mailed", {"for": event.position})])
+            handled.set()
+
+        async with store.consumer_group("mailer", handle, types=["Placed"]):
+            await asyncio.wait_for(handled.wait(), GUARD)
+        async with store.subscribe(name="auditor", types=["Placed"]) as subscription:
+            async for _event in subscription:
+                await store.append("audit-1", [NewEvent("Audited")])
+                break
+    spans = exporter.get_finished_spans()
+    placed = next(span for span in spans if span.name == "append" and span.parent is None)
+    for consumer, kind, written in (("mailer", "group", "mail-1"), ("auditor", "subscription", "audit-1")):
+        process = named(spans, f"process {consumer}")
+        assert process.kind is SpanKind.CONSUMER
+        assert process.parent is not None and process.parent.span_id == placed.context.span_id
+        assert process.attributes is not None
+        assert process.attributes["agentfold.consumer.kind"] == kind
+        assert process.attributes["agentfold.stream.id"] == "orders-1"
+        assert process.attributes["agentfold.event.position"] == 1
+        [append] = [
+            span for span in spans if span.name == "append" and span.attributes["agentfold.stream.id"] == written
+        ]
+        assert append.parent is not None and append.parent.span_id == process.context.span_id
+
+
+async def test_subscription_lag_goes_up_with_appends_and_down_as_the_subscriber_reads(
+    db_url: str, metric_reader: InMemoryMetricReader
+) -> None:
+    def lag() -> int:
+        data = metric_reader.get_metrics_data()
+        assert data is not None
+        points = [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "agentfold.consumer.lag"
+            for point in metric.data.data_points
+            if point.attributes is not None and point.attributes["agentfold.consumer.name"] == "reporter"
+        ]
+        assert len(points) == 1
+        return int(points[0].value)
+
+    async with agentfold.connect(db_url) as store:
+        await store.append("orders-1", [NewEvent("Placed")])
+        async with store.subscribe(name="reporter", page_size=5) as subscription:
+            events = aiter(subscription)
+            await anext(events)
+            assert lag() == 1  # it read the first page from position 0, one event behind the head
+            await store.append("orders-2", [NewEvent("Placed") for _ in range(20)])
+            seen = []
+            for _ in range(5):
+                seen.append(await anext(events))
+            assert lag() == 20  # up: the next page was read from position 1, with the head at 21
+            for _ in range(15):
+                seen.append(await anext(events))
+            assert lag() == 5  # down: the last page was read from position 16
+            assert [event.position for event in seen] == list(range(2, 22))
+
+    data = metric_reader.get_metrics_data()
+    assert data is not None
+    names = {
+        metric.name
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    assert {"agentfold.appends", "agentfold.appended_events", "db.client.operation.duration"} <= names
+
+
+# -- across processes -----------------------------------------------------------------------------------------------
+
+
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.workflow_apps.traced",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def expect_line(process: asyncio.subprocess.Process, prefix: str) -> str:
+    assert process.stdout is not None
+    while True:
+        raw = await asyncio.wait_for(process.stdout.readline(), GUARD)
+        if not raw:
+            assert process.stderr is not None
+            errors = (await process.stderr.read()).decode(errors="replace")
+            raise AssertionError(f"process exited before printing {prefix!r}:\n{errors}")
+        line = raw.decode().strip()
+        if line.startswith(prefix):
+            return line
+
+
+def exported(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(process.wait(), GUARD)
+
+
+async def test_a_hand_off_between_agents_in_two_processes_is_one_trace(
+    db_url: str, tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    writer_spans, reviewer_spans = tmp_path / "writer.jsonl", tmp_path / "reviewer.jsonl"
+    writer = await spawn("serve", db_url, "writer", str(writer_spans))
+    reviewer = await spawn("serve", db_url, "reviewer", str(reviewer_spans))
+    try:
+        await expect_line(writer, "READY")
+        await expect_line(reviewer, "READY")
+        async with agentfold.connect(db_url) as store:
+            from tests.workflow_apps import traced
+
+            client = traced.runtime.client(store)
+            await client.start("writer", "otters", workflow_id="essay-1")
+            assert await client.result("essay-1", timeout=GUARD) == "reviewed: a draft about otters"
+    finally:
+        await stop(writer)
+        await stop(reviewer)
+    first, second = exported(writer_spans), exported(reviewer_spans)
+    by_id = {span["context"]["span_id"]: span for span in [*first, *second]}
+    writer_run = next(span for span in first if span["name"] == "invoke_workflow writer")
+    reviewer_run = next(span for span in second if span["name"] == "invoke_workflow reviewer")
+    assert reviewer_run["context"]["trace_id"] == writer_run["context"]["trace_id"]
+    # The reviewer's run (process 2) is a child of the append that started it, made by the writer's hand-off step
+    # (process 1).
+    append = by_id[reviewer_run["parent_id"]]
+    assert append in first and append["name"] == "append" and append["kind"] == "SpanKind.CLIENT"
+    assert append["attributes"]["agentfold.stream.id"] == workflow_stream("essay-1/review")
+    hand_off = by_id[append["parent_id"]]
+    assert hand_off["name"] == "execute_tool child:reviewer"
+    assert hand_off["parent_id"] == writer_run["context"]["span_id"]
+    review_step = next(span for span in second if span["name"] == "execute_tool review")
+    assert review_step["parent_id"] == reviewer_run["context"]["span_id"]
+    assert review_step["attributes"]["gen_ai.tool.call.id"] == "essay-1/review/1/review"
+
+
+async def test_a_run_resumed_after_a_sigkill_links_to_its_original_trace(
+    db_url: str, tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    killed_spans = tmp_path / "killed.jsonl"
+    victim = await spawn("serve", db_url, "writer", str(killed_spans), "hang")
+    try:
+        await expect_line(victim, "READY")
+        async with agentfold.connect(db_url) as store:
+            from tests.workflow_apps import traced
+
+            await traced.runtime.client(store).start("writer", "owls", workflow_id="essay-2")
+            await expect_line(victim, "HANGING")
+            started = [event async for event in store.read_stream(workflow_stream("essay-2"))]
+    finally:
+        if victim.returncode is None:
+            victim.send_signal(signal.SIGKILL)
+        await victim.wait()
+    original_trace = started[0].metadata["traceparent"].split("-")[1]
+    step_started = started[-1]
+    assert step_started.type == "StepStarted"
+
+    resumed_spans = tmp_path / "resumed.jsonl"
+    resumer = await spawn("serve", db_url, "writer,reviewer", str(resumed_spans))
+    try:
+        await expect_line(resumer, "READY")
+        async with agentfold.connect(db_url) as store:
+            from tests.workflow_apps import traced
+
+            assert await traced.runtime.client(store).result("essay-2", timeout=GUARD) == (
+                "reviewed: a draft about owls"
+            )
+    finally:
+        await stop(resumer)
+    spans = exported(resumed_spans)
+    run = next(span for span in spans if span["name"] == "invoke_workflow writer")
+    assert run["attributes"]["agentfold.run.resumed"] is True
+    assert run["parent_id"] is None
+    assert run["context"]["trace_id"] != f"0x{original_trace}", "the resume is a trace of its own"
+    links = {link["attributes"]["agentfold.link.reason"]: link["context"] for link in run["links"]}
+    assert links["run started"]["trace_id"] == f"0x{original_trace}"
+    stopped_at = step_started.metadata["traceparent"].split("-")
+    assert (links["resumed after"]["trace_id"], links["resumed after"]["span_id"]) == (
+        f"0x{stopped_at[1]}",
+        f"0x{stopped_at[2]}",
+    )
+    # The child it hands off to continues the resume's trace.
+    reviewer = next(span for span in spans if span["name"] == "invoke_workflow reviewer")
+    assert reviewer["context"]["trace_id"] == run["context"]["trace_id"]
