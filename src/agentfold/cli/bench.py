@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentfold.bench import BACKEND_NAMES, run
+from agentfold.bench.peers import PEER_NAMES
 from agentfold.cli import main
 from agentfold.errors import AgentfoldError
 
@@ -25,9 +26,7 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     "backends",
     multiple=True,
     type=click.Choice([*BACKEND_NAMES, "all"]),
-    default=["sqlite"],
-    show_default=True,
-    help="Backend to measure; repeat it, or say 'all'.",
+    help="Backend to measure; repeat it, or say 'all'.  [default: sqlite; with --peers: sqlite and postgres]",
 )
 @click.option("--url", "urls", multiple=True, help="Server URL for a backend, e.g. postgresql://user@host/db.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
@@ -59,6 +58,19 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     is_flag=True,
     help="Only the inspector's runs page over 100,000 runs (10,000 with --quick); writing them takes minutes.",
 )
+@click.option(
+    "--peers",
+    is_flag=True,
+    help="Only agentfold beside its peers (eventsourcing, LangGraph's savers; the bench-peers extra), "
+    "measured in the same run, with ratios.",
+)
+@click.option(
+    "--peer",
+    "peer_names",
+    multiple=True,
+    type=click.Choice(PEER_NAMES),
+    help="With --peers: only this peer; repeat it.  [default: all]",
+)
 def bench(
     backends: tuple[str, ...],
     urls: tuple[str, ...],
@@ -70,13 +82,18 @@ def bench(
     http_only: bool,
     integrations: bool,
     runs_page_only: bool,
+    peers: bool,
+    peer_names: tuple[str, ...],
 ) -> None:
     """Measure appends, reads and folds, beside the bare driver of the same backend."""
     console = Console(stderr=True)
     if integrations:
         _integrations(urls, json_path, quick, console)
         return
-    chosen = list(BACKEND_NAMES) if "all" in backends else list(dict.fromkeys(backends))
+    if peers:
+        _peers(backends, urls, peer_names, json_path, quick, markdown, console)
+        return
+    chosen = list(BACKEND_NAMES) if "all" in backends else list(dict.fromkeys(backends or ("sqlite",)))
     base_urls: dict[str, str] = {}
     for url in urls:
         scheme = url.split("://", 1)[0]
@@ -168,3 +185,88 @@ def _integrations(urls: tuple[str, ...], json_path: Path | None, quick: bool, co
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
         console.print(f"figures written to {json_path}")
+
+
+def _peers(
+    backends: tuple[str, ...],
+    urls: tuple[str, ...],
+    peer_names: tuple[str, ...],
+    json_path: Path | None,
+    quick: bool,
+    markdown: bool,
+    console: Console,
+) -> None:
+    from agentfold.bench.peers import PeerSizes, default_pg_url, run_peers
+
+    chosen = [backend for backend in ("sqlite", "postgres") if not backends or backend in backends or "all" in backends]
+    if not chosen:
+        raise click.UsageError("--peers measures the sqlite and postgres backends; name one of them with --backend")
+    pg_url = next((url for url in urls if url.startswith("postgres")), default_pg_url())
+    sizes = PeerSizes.quick() if quick else PeerSizes()
+    with console.status("measuring") as status, TemporaryDirectory(prefix="agentfold-peers-") as workdir:
+        try:
+            results = asyncio.run(
+                run_peers(
+                    list(peer_names or PEER_NAMES),
+                    chosen,
+                    pg_url,
+                    Path(workdir),
+                    sizes,
+                    progress=lambda text: status.update(text),
+                )
+            )
+        except AgentfoldError as error:
+            raise click.ClickException(str(error)) from None
+    if markdown:
+        click.echo(peers_markdown(results))
+    else:
+        Console().print(_peers_table(results))
+    for peer, packages in results["not_installed"].items():
+        console.print(
+            f"{peer}: not measured, {', '.join(packages)} not installed (pip install 'agentfold[bench-peers]')"
+        )
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"figures written to {json_path}")
+
+
+PEER_COLUMNS = ("peer", "backend", "figure", "agentfold", "peer's", "agentfold ahead", "note")
+
+
+def _peer_cells(comparison: dict[str, Any]) -> list[str]:
+    unit = comparison["unit"]
+    return [
+        f"{comparison['peer']} {comparison['peer_version']}",
+        comparison["backend"],
+        comparison["figure"],
+        _format_unit(unit, comparison["agentfold"]),
+        _format_unit(unit, comparison["peer_value"]),
+        f"{comparison['ratio']:.2f}x",
+        comparison["note"],
+    ]
+
+
+def _peers_table(results: dict[str, Any]) -> Table:
+    load = results["environment"].get("load_average")
+    table = Table(
+        title=f"agentfold beside its peers ({results['environment']['cpus']} CPUs, load {load}); "
+        "agentfold ahead: above 1, agentfold is faster or smaller"
+    )
+    for column in PEER_COLUMNS:
+        table.add_column(column, justify="right" if column in ("agentfold", "peer's", "agentfold ahead") else "left")
+    for comparison in results["comparisons"]:
+        table.add_row(*_peer_cells(comparison))
+    return table
+
+
+def peers_markdown(results: dict[str, Any]) -> str:
+    """One row per comparison: both figures, and the ratio (above 1, agentfold is ahead)."""
+    lines = ["| " + " | ".join(PEER_COLUMNS) + " |", "|---|---|---|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(_peer_cells(comparison)) + " |" for comparison in results["comparisons"]]
+    return "\n".join(lines)
+
+
+def _format_unit(unit: str, value: float) -> str:
+    if unit == "ms":
+        return f"{value:,.2f}" if value < 10 else f"{value:,.1f}"
+    return f"{value:,.0f}"
