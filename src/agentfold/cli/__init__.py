@@ -36,5 +36,34 @@ COMMANDS = (
     "agentfold.cli.token",
     "agentfold.cli.worker",
 )
+# Commands that need an extra: without it, the command is still listed and says what to install.
+EXTRAS: dict[str, tuple[str, str, frozenset[str]]] = {
+    "agentfold.cli.serve": (
+        "serve",
+        "web",
+        frozenset({"starlette", "uvicorn", "jinja2", "sse_starlette", "multipart"}),
+    ),
+}
+
+
+def _needs_extra(command: str, extra: str, missing: str) -> None:
+    @main.command(
+        name=command,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+        help=f"(needs the {extra} extra: pip install 'agentfold[{extra}]')",
+    )
+    def needs_extra() -> None:
+        raise click.ClickException(
+            f"agentfold {command} needs the {extra} extra ({missing} is not installed): pip install 'agentfold[{extra}]'"
+        )
+
+
 for _module in COMMANDS:
-    importlib.import_module(_module)
+    try:
+        importlib.import_module(_module)
+    except ModuleNotFoundError as missing:
+        command, extra, packages = EXTRAS.get(_module, ("", "", frozenset()))
+        if (missing.name or "").split(".")[0] not in packages:
+            raise
+        _needs_extra(command, extra, missing.name or extra)
