@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections import Counter
@@ -23,6 +22,7 @@ import agentfold
 from agentfold.runtime import workflow_stream
 from agentfold.store import EventStore
 from tests.backends import BACKENDS, Backend, require_service
+from tests.worker_process import expect_line, kill, spawn_app
 from tests.workflow_apps import agents
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,36 +48,12 @@ def counts(tmp_path: Path) -> agents.Counts:
 async def spawn_worker(
     url: str, counts: agents.Counts, kill_at: str | None = None, lease_ttl: float = 1.0
 ) -> asyncio.subprocess.Process:
-    args = [sys.executable, "-m", "tests.workflow_apps.agents", url, str(counts.path)]
-    if kill_at is not None:
-        args.append(kill_at)
-    return await asyncio.create_subprocess_exec(
-        *args,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "AGENTS_LEASE_TTL": str(lease_ttl)},
-    )
+    args = [url, str(counts.path), *([kill_at] if kill_at else [])]
+    return await spawn_app("tests.workflow_apps.agents", *args, env={"AGENTS_LEASE_TTL": str(lease_ttl)})
 
 
-async def expect_line(process: asyncio.subprocess.Process, prefix: str) -> str:
-    assert process.stdout is not None
-    while True:
-        raw = await asyncio.wait_for(process.stdout.readline(), LINE_TIMEOUT)
-        if not raw:
-            assert process.stderr is not None
-            errors = (await process.stderr.read()).decode(errors="replace")
-            raise AssertionError(f"worker exited before printing {prefix!r}:\n{errors}")
-        line = raw.decode().strip()
-        if line.startswith(prefix):
-            return line
-
-
-async def kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGKILL)
-    await process.wait()
+async def expect_line_in(process: asyncio.subprocess.Process, prefix: str) -> str:
+    return await expect_line(process, prefix, LINE_TIMEOUT)
 
 
 def assert_exactly_once(counts: agents.Counts, orders: list[str], *, charged: bool = True) -> None:
@@ -110,7 +86,7 @@ async def test_sigkill_then_a_new_worker_finishes_without_repeating(
         await agents.shop.start(store, "order o-1", run_id="o-1")
         doomed = await spawn_worker(url, counts, kill_at)
         try:
-            paused = await expect_line(doomed, f"PAUSED {kill_at}")
+            paused = await expect_line_in(doomed, f"PAUSED {kill_at}")
         finally:
             await kill(doomed)
         assert doomed.returncode == -signal.SIGKILL
@@ -118,7 +94,7 @@ async def test_sigkill_then_a_new_worker_finishes_without_repeating(
 
         survivor = await spawn_worker(url, counts)
         try:
-            await expect_line(survivor, "READY")
+            await expect_line_in(survivor, "READY")
             output = await agents.shop.result(store, "o-1", timeout=LINE_TIMEOUT)
         finally:
             await kill(survivor)
@@ -160,7 +136,7 @@ async def test_approval_waits_across_a_worker_restart(approved: bool, url: str, 
         await agents.approved_shop.start(store, "order o-2", run_id="o-2")
         first = await spawn_worker(url, counts)
         try:
-            await expect_line(first, "READY")
+            await expect_line_in(first, "READY")
             await wait_for_state(store, ["o-2"], ("AwaitingInput",))
         finally:
             await kill(first)
@@ -176,7 +152,7 @@ async def test_approval_waits_across_a_worker_restart(approved: bool, url: str, 
             await client.signal("o-2", "approval", {"approvals": {"charge-o-2": denied}})
         second = await spawn_worker(url, counts)
         try:
-            await expect_line(second, "READY")
+            await expect_line_in(second, "READY")
             output = await agents.approved_shop.result(store, "o-2", timeout=LINE_TIMEOUT)
         finally:
             await kill(second)
@@ -199,7 +175,7 @@ async def test_fifty_runs_on_two_workers_one_killed(url: str, counts: agents.Cou
         workers = [await spawn_worker(url, counts, lease_ttl=10.0) for _ in range(2)]
         doomed = survivor = workers[0]
         try:
-            ids = {(await expect_line(worker, "READY")).split()[1]: worker for worker in workers}
+            ids = {(await expect_line_in(worker, "READY")).split()[1]: worker for worker in workers}
             await wait_for_state(store, orders, ("AwaitingInput",), limit=4 * LINE_TIMEOUT)
             # The worker holding the most runs is killed (how the two shared them depends on the machine's load):
             # each of its runs must be taken over by the other and finished once.

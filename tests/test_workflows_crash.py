@@ -9,53 +9,26 @@ without `reconcile`, killed after its effect and before `StepCompleted`, runs ag
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
 import agentfold
 from agentfold.runtime import idempotency_key, workflow_stream
+from tests.worker_process import expect_line, kill, spawn_app
 from tests.workflow_apps import payments
 
 INVOICES = ("inv-1", "inv-2", "inv-3")
-ROOT = Path(__file__).resolve().parent.parent
 LINE_TIMEOUT = 30.0
 
 
 async def spawn_worker(url: str, provider: Path, kill_at: str | None) -> asyncio.subprocess.Process:
-    args = [sys.executable, "-m", "tests.workflow_apps.payments", url, str(provider)]
-    if kill_at is not None:
-        args.append(kill_at)
-    return await asyncio.create_subprocess_exec(
-        *args,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    return await spawn_app("tests.workflow_apps.payments", url, str(provider), *([kill_at] if kill_at else []))
 
 
-async def expect_line(process: asyncio.subprocess.Process, prefix: str) -> str:
-    assert process.stdout is not None
-    while True:
-        raw = await asyncio.wait_for(process.stdout.readline(), LINE_TIMEOUT)
-        if not raw:
-            assert process.stderr is not None
-            errors = (await process.stderr.read()).decode(errors="replace")
-            raise AssertionError(f"worker exited before printing {prefix!r}:\n{errors}")
-        line = raw.decode().strip()
-        if line.startswith(prefix):
-            return line
-
-
-async def kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGKILL)
-    await process.wait()
+async def expect_line_in(process: asyncio.subprocess.Process, prefix: str) -> str:
+    return await expect_line(process, prefix, LINE_TIMEOUT)
 
 
 KILL_POINTS = [
@@ -84,7 +57,7 @@ async def test_sigkill_at_each_point_then_resume(kill_at: str, approve_first: bo
 
         doomed = await spawn_worker(url, provider_path, kill_at)
         try:
-            paused = await expect_line(doomed, f"PAUSED {kill_at}")
+            paused = await expect_line_in(doomed, f"PAUSED {kill_at}")
         finally:
             await kill(doomed)
         assert doomed.returncode == -signal.SIGKILL
@@ -95,7 +68,7 @@ async def test_sigkill_at_each_point_then_resume(kill_at: str, approve_first: bo
                 await client.signal(number, "approval", {"by": "bob"})
         survivor = await spawn_worker(url, provider_path, None)
         try:
-            await expect_line(survivor, "READY")
+            await expect_line_in(survivor, "READY")
             results = {number: await client.result(number, timeout=LINE_TIMEOUT) for number in INVOICES}
         finally:
             await kill(survivor)
