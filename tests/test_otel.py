@@ -30,7 +30,9 @@ from agentfold.demo.pipeline import AGENTS, INTAKE, LineItem, Order, OrderPipeli
 from agentfold.demo.provider import PaymentProvider, ProviderClient
 from agentfold.errors import DuplicateEventId
 from agentfold.events import NewEvent
+from agentfold.otel import StoreGauges
 from agentfold.runtime import workflow_stream
+from agentfold.runtime.breaker import CircuitBreaker
 from tests.backends import BACKENDS, Backend, require_service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -381,3 +383,73 @@ async def test_a_run_resumed_after_a_sigkill_links_to_its_original_trace(
     # The child it hands off to continues the resume's trace.
     reviewer = next(span for span in spans if span["name"] == "invoke_workflow reviewer")
     assert reviewer["context"]["trace_id"] == run["context"]["trace_id"]
+    # The resumer took the run over from the killed worker's expired lease, and counted it.
+    [exported_metrics] = exported(Path(f"{resumed_spans}.metrics"))
+    takeovers = [
+        point
+        for resource in exported_metrics["resource_metrics"]
+        for scope in resource["scope_metrics"]
+        for metric in scope["metrics"]
+        if metric["name"] == "agentfold.lease.takeovers"
+        for point in metric["data"]["data_points"]
+    ]
+    assert [(point["attributes"]["gen_ai.workflow.name"], point["value"]) for point in takeovers] == [("writer", 1)]
+
+
+# -- what the store holds -------------------------------------------------------------------------------------------
+
+
+async def test_store_gauges_report_runs_by_state_stalled_runs_and_breakers(db_url: str) -> None:
+    reader = InMemoryMetricReader()
+    runtime = agentfold.Runtime()
+    runtime.breaker("mail", failure_threshold=1)
+
+    async def done(ctx: agentfold.WorkflowContext) -> str:
+        return "done"
+
+    async def waits(ctx: agentfold.WorkflowContext) -> Any:
+        return await ctx.wait_for("go")
+
+    runtime.workflow(name="done")(done)
+    runtime.workflow(name="waits")(waits)
+    async with agentfold.connect(db_url) as store:
+        client = runtime.client(store)
+        async with runtime.worker(store):
+            await client.start("done", workflow_id="run-done")
+            await client.result("run-done", timeout=GUARD)
+            await client.start("waits", workflow_id="run-waits")
+            async with asyncio.timeout(GUARD):
+                async with store.subscribe(types=["WaitStarted"]) as subscription:
+                    await anext(aiter(subscription))  # the run waits for its signal
+        await client.start("nobody-serves-this", workflow_id="run-stalled")
+        breaker = CircuitBreaker(store, "mail", runtime.breakers["mail"])
+        await breaker.failed(await breaker.acquire("k"), RuntimeError("the mail server is down"), "k")
+
+        def observed(name: str) -> dict[str, float]:
+            data = reader.get_metrics_data()
+            assert data is not None
+            return {
+                next(iter(point.attributes.values()), "") if point.attributes else "": point.value
+                for resource in data.resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+                if metric.name == name
+                for point in metric.data.data_points
+            }
+
+        async with StoreGauges(
+            store, db_url, runtime=runtime, meter_provider=MeterProvider(metric_readers=[reader])
+        ) as gauges:
+            runs = observed("agentfold.runs")
+            assert {state: count for state, count in runs.items() if count} == {
+                "Completed": 1,
+                "Stalled": 2,  # the waiting run's worker stopped, and nobody serves the third
+            }
+            assert observed("agentfold.runs.stalled") == {"": 2}
+            assert observed("agentfold.breaker.state") == {"mail": 2}
+            async with runtime.worker(store):
+                await client.signal("run-waits", "go", {"n": 1})
+                await client.result("run-waits", timeout=GUARD)
+            await gauges.refresh()
+            runs = observed("agentfold.runs")
+            assert {state: count for state, count in runs.items() if count} == {"Completed": 2, "Stalled": 1}

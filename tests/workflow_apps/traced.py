@@ -2,7 +2,8 @@
 
 ``python -m tests.workflow_apps.traced serve URL WORKFLOWS SPANS [hang]`` runs a worker serving the comma-separated
 WORKFLOWS, instrumented with OpenTelemetry, exporting each span as one JSON line to the file SPANS as soon as it
-ends. With ``hang``, the writer's draft step prints ``HANGING`` and never returns (the test SIGKILLs it there).
+ends, and its metrics to SPANS.metrics when it stops (SIGTERM). With ``hang``, the writer's draft step prints
+``HANGING`` and never returns (the test SIGKILLs it there).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import signal
 import sys
 
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
@@ -64,12 +67,17 @@ async def serve(url: str, names: list[str], spans: str) -> None:
     provider.add_span_processor(
         SimpleSpanProcessor(ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n"))
     )
-    agentfold.otel.instrument(tracer_provider=provider)
+    metrics_out = open(f"{spans}.metrics", "w")
+    exporter = ConsoleMetricExporter(out=metrics_out, formatter=lambda data: data.to_json(indent=None) + "\n")
+    meters = MeterProvider(metric_readers=[PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)])
+    agentfold.otel.instrument(tracer_provider=provider, meter_provider=meters)
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     async with agentfold.connect(url) as store, make_runtime(names).worker(store):
         os.write(1, b"READY\n")
         await stopping.wait()
+    meters.shutdown()
+    metrics_out.close()
 
 
 if __name__ == "__main__":

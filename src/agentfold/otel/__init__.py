@@ -12,9 +12,10 @@ from __future__ import annotations
 from opentelemetry import metrics, trace
 
 from agentfold import instrumentation
+from agentfold.otel.store_gauges import StoreGauges
 from agentfold.otel.tracing import OpenTelemetryObserver
 
-__all__ = ["OpenTelemetryObserver", "instrument", "uninstrument"]
+__all__ = ["OpenTelemetryObserver", "StoreGauges", "instrument", "uninstrument"]
 
 
 def instrument(
