@@ -704,7 +704,7 @@ async def _fold_stored(pages: list[list[int]], after: int = 0) -> tuple[list[int
             yield [_stored_record(version) for version in page]
 
     projection = SeenVersions()
-    state, last, read = await _fold_records(
+    state, last, read, _ = await _fold_records(
         record_pages(), msgspec.json.Decoder(RecordedEvent), [], {"T": projection.seen}.get, projection, "s", after
     )
     return state, None if last is None else last.version, read

@@ -170,6 +170,18 @@ class EventLog(abc.ABC):
                 await self._trim_stream(stream_id, before)
         return result
 
+    async def trim_stream(self, stream_id: str, before_version: int) -> int:
+        """Delete the stream's events with a version below `before_version`; return how many went.
+
+        The primitive under `agentfold.trim` and `append_capped`, which decide what may go: this checks no snapshot,
+        so a projection folding the stream from the beginning afterwards raises `HistoryTrimmed`. The stream's
+        version, the other streams and every global position stay as they were; the ids of trimmed events stay
+        known (a retry of them is refused)."""
+        self._check_open()
+        check_stream_id(stream_id)
+        before = check_counter(before_version, "before_version")
+        return await self._trim_stream(stream_id, before) if before > 1 else 0
+
     async def read_stream(
         self,
         stream_id: str,
@@ -281,11 +293,23 @@ class EventLog(abc.ABC):
                 ahead.cancel()
                 ahead.add_done_callback(retrieve_outcome)  # a page nobody will take
 
-    _record_decoder: RecordDecoder | None = None
-    """Set by a backend whose raw pages (`_raw_stream_pages`) are lists of stored records, each decoded by this;
-    the records of a page may come in any order. A fold then decodes each event just before its handler runs, so
-    an event the handler does not keep is freed at once instead of living as long as its page (whole pages of
-    decoded events alive were what made the garbage collector run its full collections during folds)."""
+    def read_stream_records(
+        self, stream_id: str, after_version: int = 0, limit: int | None = None
+    ) -> AsyncGenerator[Sequence[Any], None]:
+        """The pages of `read_stream_pages`, their events not yet decoded: lists of stored records, each turned into
+        its event by `record_decoder` (the records are the events themselves when it is None). The records of one
+        page may come in any order; pages follow one another in version order. For readers that keep little of
+        each event (folds): decoding one record at a time frees each event as soon as it is handled, where a page of
+        decoded events would stay alive, and be scanned by the garbage collector, until the page is done. Bad
+        arguments raise here, at the call."""
+        self._check_open()
+        check_stream_id(stream_id)
+        return self._raw_stream_pages(stream_id, check_counter(after_version, "after_version"), check_limit(limit))
+
+    @property
+    def record_decoder(self) -> RecordDecoder | None:
+        """Decodes one record of `read_stream_records` into its event; None when the records are events already."""
+        return self._record_decoder
 
     async def read_all(
         self,
@@ -440,6 +464,12 @@ class EventLog(abc.ABC):
         """The events of a page `_fetch_stream_page` returned."""
         page: list[RecordedEvent] = raw
         return page
+
+    _record_decoder: RecordDecoder | None = None
+    """Set by a backend whose raw pages (`_raw_stream_pages`) are lists of stored records, each decoded by this;
+    the records of a page may come in any order. A fold then decodes each event just before its handler runs, so
+    an event the handler does not keep is freed at once instead of living as long as its page (whole pages of
+    decoded events alive were what made the garbage collector run its full collections during folds)."""
 
     @abc.abstractmethod
     async def _read_all_page(

@@ -27,9 +27,9 @@ Guarantees:
 - The log can be trimmed only behind a snapshot of every projection named (`trim`), and a fold that would need
   trimmed events raises `HistoryTrimmed` instead of returning a wrong state.
 
-Only the public read API and the snapshot/trim hooks of `EventLog` are used, so all of this works on every
-backend. The read path takes one round trip per page (`read_stream_pages`), and each event costs one dict lookup
-and one handler call.
+Only the public API of `EventLog` is used (`read_stream_records`, snapshots, `trim_stream`), so all of this works
+on every backend. Every fold, whatever its options, goes through one loop: one round trip per page of stored
+records, each decoded just before its handler runs, then one dict lookup and one handler call per event.
 """
 
 from __future__ import annotations
@@ -63,12 +63,11 @@ from agentfold.validation import check_stream_id
 
 S = TypeVar("S")
 _F = TypeVar("_F", bound=Callable[..., Any])
+_P = TypeVar("_P")
 
 MAX_PROJECTION_NAME_LENGTH: Final = 150
 _HANDLES_ATTRIBUTE: Final = "__agentfold_handles__"
-_position_of = operator.attrgetter("position")
 _version_of = operator.attrgetter("version")
-_recorded_at_of = operator.attrgetter("_recorded_at_us")
 
 
 # -- declaring projections -----------------------------------------------------------------------------------------
@@ -272,6 +271,18 @@ class _Bound:
     def unbounded(self) -> bool:
         return self.to_version is None and self.at_us is None and self.at_position is None
 
+    @property
+    def inside(self) -> Callable[[RecordedEvent], bool] | None:
+        """Whether an event is inside the bound, for a fold reading in version order (None: every event is). A bound
+        on the version needs none: the read stops there."""
+        if self.at_position is not None:
+            cut_position = self.at_position
+            return lambda event: event.position <= cut_position
+        if self.at_us is not None:
+            cut_us = self.at_us
+            return lambda event: event._recorded_at_us <= cut_us
+        return None
+
     def admits(self, envelope: _SnapshotEnvelope) -> bool:
         """Whether every event the snapshot covers is inside the bound."""
         if self.to_version is not None:
@@ -366,7 +377,8 @@ async def _fold(store: EventLog, stream_id: str, projection: Projection[S], boun
             "read back (subclass Projection[YourState], set state_type, or override decode_state)"
         )
     state: S
-    after = version = position = recorded_until = snapshot_version = 0
+    after = version = position = snapshot_version = 0
+    recorded_until: int | None = 0
     envelope = await _load_envelope(store, stream_id, name, projection.version)
     start_state: S | None = None
     if envelope is not None and bound.admits(envelope):
@@ -386,66 +398,27 @@ async def _fold(store: EventLog, stream_id: str, projection: Projection[S], boun
 
     handler_of = {event_type: getattr(projection, method) for event_type, method in plan.handler_names.items()}
     get_handler = handler_of.get
-    strict = projection.strict
     upcasters = projection.upcasters
-    upcast = upcasters.upcast if upcasters else None
-    upcast_types = upcasters.event_types if upcasters else frozenset()
     limit = None if bound.to_version is None else max(0, bound.to_version - after)
-    cut_position = bound.at_position
-    cut_us = bound.at_us
 
-    events_read = 0
-    saw_page = False
-    record_decoder = store._record_decoder
-    if record_decoder is not None and cut_position is None and cut_us is None and upcast is None and not may_save:
-        record_pages = store._raw_stream_pages(stream_id, after, limit)
-        async with _closing(record_pages):
-            state, last, events_read = await _fold_records(
-                record_pages, record_decoder, state, get_handler, projection, stream_id, after
-            )
-        if last is not None:
-            saw_page = True
-            version = last.version
-            position = last.position
-    else:
-        pages = store.read_stream_pages(stream_id, after, limit)
-        async with _closing(pages):
-            async for page in pages:
-                if not saw_page:
-                    saw_page = True
-                    _check_first_version(projection.name, stream_id, after, page[0].version)
-                stop = False
-                if cut_position is not None and page[-1].position > cut_position:
-                    page = page[: bisect.bisect_right(page, cut_position, key=_position_of)]
-                    stop = True
-                elif cut_us is not None:
-                    cut = next((index for index, event in enumerate(page) if event.recorded_at_us > cut_us), None)
-                    if cut is not None:
-                        page = page[:cut]
-                        stop = True
-                if page:
-                    if may_save:
-                        recorded_until = max(recorded_until, max(map(_recorded_at_of, page)))
-                    if upcast is not None:
-                        page = [upcast(event) if event.type in upcast_types else event for event in page]
-                    event = page[0]
-                    try:
-                        for event in page:
-                            handler = get_handler(event.type)
-                            if handler is not None:
-                                state = handler(state, event)
-                            elif strict:
-                                raise UnhandledEvent(projection.name, event)
-                    except UnhandledEvent:
-                        raise
-                    except Exception as error:
-                        raise HandlerFailed(projection.name, event, error) from error
-                    last = page[-1]
-                    version = last.version
-                    position = last.position
-                    events_read += len(page)
-                if stop:
-                    break
+    records = store.read_stream_records(stream_id, after, limit)
+    async with _closing(records):
+        state, last, events_read, recorded_until = await _fold_records(
+            records,
+            store.record_decoder,
+            state,
+            get_handler,
+            projection,
+            stream_id,
+            after,
+            inside=bound.inside,
+            upcast=upcasters.upcast if upcasters else None,
+            recorded_until=recorded_until if may_save else None,
+        )
+    saw_page = last is not None
+    if last is not None:
+        version = last.version
+        position = last.position
 
     if not saw_page and (bound.to_version is None or bound.to_version > after):
         await _check_not_trimmed(store, stream_id, projection.name, after)
@@ -459,14 +432,16 @@ async def _fold(store: EventLog, stream_id: str, projection: Projection[S], boun
                 f"projection {projection.name!r}: the state after version {version} of stream {stream_id!r} cannot "
                 f"be encoded for a snapshot ({type(error).__name__}: {error}); override encode_state and decode_state"
             ) from error
-        encoded = _SnapshotEnvelope(projection.version, version, position, recorded_until, msgspec.Raw(encoded_state))
+        encoded = _SnapshotEnvelope(
+            projection.version, version, position, recorded_until or 0, msgspec.Raw(encoded_state)
+        )
         await store.keep_snapshot(StreamSnapshot(stream_id, name, version, _state_encoder.encode(encoded)))
         saved = True
     return Folded(state, version, position, snapshot_version, events_read, saved)
 
 
 @asynccontextmanager
-async def _closing(pages: AsyncIterator[list[RecordedEvent]]) -> AsyncIterator[AsyncIterator[list[RecordedEvent]]]:
+async def _closing(pages: AsyncIterator[_P]) -> AsyncIterator[AsyncIterator[_P]]:
     """Close the page reader when the fold stops early, so a backend cursor is not left open until collected."""
     try:
         yield pages
@@ -477,26 +452,38 @@ async def _closing(pages: AsyncIterator[list[RecordedEvent]]) -> AsyncIterator[A
 
 
 async def _fold_records(
-    pages: AsyncIterator[list[Any]],
-    decoder: RecordDecoder,
+    pages: AsyncIterator[Sequence[Any]],
+    decoder: RecordDecoder | None,
     state: S,
     get_handler: Callable[[str], Callable[[S, RecordedEvent], S] | None],
     projection: Projection[S],
     stream_id: str,
     after: int,
-) -> tuple[S, RecordedEvent | None, int]:
-    """`_fold`'s loop over stored records: each event is decoded just before its handler runs. Returns the state,
-    the last event read (None if none) and how many events were read.
+    *,
+    inside: Callable[[RecordedEvent], bool] | None = None,
+    upcast: Callable[[RecordedEvent], RecordedEvent] | None = None,
+    recorded_until: int | None = None,
+) -> tuple[S, RecordedEvent | None, int, int | None]:
+    """The fold loop, the one every option goes through: each stored record is decoded just before its handler
+    runs (`decoder`; None when the records are events already), and upcast (`upcast`, a map over the events).
+    The fold stops at the first event for which `inside` (the time bound, as a predicate) is false. Returns the
+    state, the last event folded (None if none), how many events were folded, and, when `recorded_until` was given
+    (the fold may keep a snapshot), the latest `recorded_at_us` among them and it.
 
     A page's records may come in any order (SQLite does not promise the order in which it joins them): as long as
     each event is the one after the last, it is folded at once; otherwise the rest of the page is decoded and
     folded in version order, the first event read still checked against `after`."""
     strict = projection.strict
+    track = recorded_until is not None
+    until = recorded_until or 0
     last: RecordedEvent | None = None
     next_version = after + 1
     events_read = 0
+    stopped = False
     async for records in pages:
-        events: Iterator[RecordedEvent] = map(decoder.decode, records)
+        events: Iterator[RecordedEvent] = iter(records) if decoder is None else map(decoder.decode, records)
+        if upcast is not None:
+            events = map(upcast, events)
         try:
             while True:  # once, or again from the sorted rest of an out-of-order page
                 for event in events:
@@ -507,10 +494,17 @@ async def _fold_records(
                         next_version = rest[0].version
                         events = iter(rest)
                         break
+                    if inside is not None and not inside(event):
+                        stopped = True
+                        break
+                    if track and event._recorded_at_us > until:
+                        until = event._recorded_at_us
                     handler = get_handler(event.type)
                     if handler is not None:
                         try:
                             state = handler(state, event)
+                        except UnhandledEvent:
+                            raise
                         except Exception as error:
                             raise HandlerFailed(projection.name, event, error) from error
                     elif strict:
@@ -519,10 +513,16 @@ async def _fold_records(
                     next_version += 1
                 else:
                     break
+                if stopped:
+                    break
+            # Every record of the page was folded, except, when the bound stopped the fold, the event that
+            # crossed it and those left in `events`.
+            events_read += len(records) - (1 + sum(1 for _ in events) if stopped else 0)
         except msgspec.DecodeError as error:
             raise StoreCorrupted(f"a stored event of stream {stream_id!r} does not decode: {error}") from None
-        events_read += len(records)
-    return state, last, events_read
+        if stopped:
+            break
+    return state, last, events_read, until if track else None
 
 
 def _check_first_version(projection: str, stream_id: str, after: int, version: int) -> None:
@@ -624,7 +624,7 @@ async def trim(
                     await archive(below)
                 if len(below) < len(page):
                     break
-    count = await store._trim_stream(stream_id, before_version)
+    count = await store.trim_stream(stream_id, before_version)
     if count == 0:
         return TrimReport(stream_id, 0, None, None, covered)
     return TrimReport(stream_id, count, before_version - count, before_version - 1, covered)
