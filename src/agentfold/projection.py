@@ -475,6 +475,7 @@ async def _fold_records(
     folded in version order, the first event read still checked against `after`."""
     strict = projection.strict
     track = recorded_until is not None
+    watch = track or inside is not None
     until = recorded_until or 0
     last: RecordedEvent | None = None
     next_version = after + 1
@@ -494,11 +495,12 @@ async def _fold_records(
                         next_version = rest[0].version
                         events = iter(rest)
                         break
-                    if inside is not None and not inside(event):
-                        stopped = True
-                        break
-                    if track and event._recorded_at_us > until:
-                        until = event._recorded_at_us
+                    if watch:  # one test per event when the fold has neither a time bound nor a snapshot to keep
+                        if inside is not None and not inside(event):
+                            stopped = True
+                            break
+                        if track and event._recorded_at_us > until:
+                            until = event._recorded_at_us
                     handler = get_handler(event.type)
                     if handler is not None:
                         try:
