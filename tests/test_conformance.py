@@ -182,9 +182,27 @@ async def test_read_stream_backwards_from_the_end(store: EventStore) -> None:
 
 async def test_read_stream_backwards_stops_at_a_trimmed_prefix(store: EventStore) -> None:
     await store.append("s", events(10))
-    assert await store._trim_stream("s", 7) == 6  # trimming is not public; the backward read must respect it
+    assert await store.trim_stream("s", 7) == 6
     assert [event.version async for event in store.read_stream("s", backwards=True)] == [10, 9, 8, 7]
     assert [event.version async for event in store.read_stream("s", limit=2, backwards=True)] == [10, 9]
+
+
+async def test_stream_records_decode_to_the_events_of_read_stream(store: EventStore) -> None:
+    await store.append("s", events(5))
+    await store.append("s", events(3))
+    decoder = store.record_decoder
+    decoded = [
+        record if decoder is None else decoder.decode(record)
+        async for page in store.read_stream_records("s", 2)
+        for record in page
+    ]
+    # A page's records may come in any order; pages follow one another in version order.
+    assert sorted(decoded, key=lambda event: event.version) == await stream_list(store, "s", after_version=2)
+    with pytest.raises(InvalidInput):
+        store.read_stream_records("s", -1)
+    with pytest.raises(InvalidInput):
+        await store.trim_stream("s", -1)
+    assert await stream_list(store, "s") != []
 
 
 async def test_read_all_in_global_order_with_filters(store: EventStore) -> None:
@@ -428,7 +446,7 @@ async def test_a_retry_of_trimmed_events_cannot_be_checked_and_is_refused(store:
     batch = events(2)
     await store.append("s", batch)
     await store.append("s", events(2))
-    await store._trim_stream("s", 3)  # no public trim on the store itself; projections trim through this hook
+    await store.trim_stream("s", 3)
     with pytest.raises(DuplicateEventId, match="trimmed"):
         await store.append("s", batch)
     assert await store.stream_version("s") == 4
@@ -728,8 +746,8 @@ async def test_trimming_keeps_versions_and_positions(store: EventStore) -> None:
     await store.append("s", events(10))
     await store.append("t", events(3))
     head = await store.head_position()
-    assert await store._trim_stream("s", 4) == 3  # no public raw trim
-    assert await store._trim_stream("s", 4) == 0  # no public raw trim
+    assert await store.trim_stream("s", 4) == 3
+    assert await store.trim_stream("s", 4) == 0
     assert await store.stream_version("s") == 10
     assert [event.version for event in await stream_list(store, "s")] == list(range(4, 11))
     assert [event.version for event in await stream_list(store, "s", after_version=5)] == list(range(6, 11))
@@ -738,7 +756,7 @@ async def test_trimming_keeps_versions_and_positions(store: EventStore) -> None:
     result = await store.append("s", events(1), expected_version=10)
     assert result.version == 11
     assert result.position > head
-    assert await store._trim_stream("nobody", 5) == 0  # no public raw trim
+    assert await store.trim_stream("nobody", 5) == 0
 
 
 async def test_checkpoints(store: EventStore) -> None:

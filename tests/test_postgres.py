@@ -443,7 +443,7 @@ async def test_trimming_a_whole_stream_keeps_its_version_head_and_retries(pg_sto
     store = pg_store
     batch = events(3)
     original = await store.append("trimmed", batch)
-    assert await store._trim_stream("trimmed", 100) == 3  # no public raw trim
+    assert await store.trim_stream("trimmed", 100) == 3
     assert await store.stream_version("trimmed") == 3
     assert await store.head_position() == original.position
     with pytest.raises(DuplicateEventId, match="trimmed"):  # the ids are known, their content is gone: refused

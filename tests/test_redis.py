@@ -76,7 +76,7 @@ async def test_every_key_stays_under_the_prefix(private_redis: Any) -> None:
         async with await open_redis(f"{server.url}?prefix=app") as store:
             await store.append("order-1", events(5), expected_version=0)
             await store.append("order-2", events(2))
-            await store._trim_stream("order-1", 3)  # no public raw trim
+            await store.trim_stream("order-1", 3)
             await store.keep_snapshot(StreamSnapshot("order-1", "totals", 5, b"{}"))
             await store.save_checkpoint("emailer", 7)
             await store.wait_for_append(0, 0.01)
@@ -109,7 +109,7 @@ async def test_entry_ids_are_versions_and_positions(prefix: str) -> None:
         ]
         assert await client.hget(f"{prefix}:versions", "a") == b"4"
         assert await client.get(f"{prefix}:head") == b"6"
-        await store._trim_stream("a", 4)  # no public raw trim
+        await store.trim_stream("a", 4)
         assert await client.xlen(f"{prefix}:s:a") == 1
         assert await client.xlen(f"{prefix}:all") == 3
         assert await store.stream_version("a") == 4

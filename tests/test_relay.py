@@ -135,7 +135,7 @@ async def test_trimmed_events_are_skipped(redis_target: str) -> None:
     async with agentfold.connect("memory://") as source:
         await source.append("order-1", [NewEvent("A", {"n": n}) for n in range(5)])
         await source.append("order-2", [NewEvent("B", {})])
-        await source._trim_stream("order-1", 6)  # no public raw trim
+        await source.trim_stream("order-1", 6)
         assert await relay(source, redis_target, once=True) == 1
         assert [event.stream_id for event in await relayed(redis_target)] == ["order-2"]
 

@@ -205,7 +205,7 @@ async def test_data_and_idempotency_survive_close_and_reopen(db_path: Path) -> N
     await store.append("order-42", events(3), expected_version=2)
     await store.save_checkpoint("projector", 4)
     await store.keep_snapshot(StreamSnapshot("order-42", "totals", 2, b"state-at-2"))
-    await store._trim_stream("order-42", before_version=3)  # no public raw trim
+    await store.trim_stream("order-42", before_version=3)
     await store.close()
 
     store = await open_sqlite(db_path)
