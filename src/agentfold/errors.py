@@ -382,6 +382,39 @@ class LeaseLost(AgentfoldError):
         self.owner = owner
 
 
+class WorkerIdInUse(AgentfoldError):
+    """A worker was started under an id whose earlier start still heartbeats; nothing was written.
+
+    Stop the other worker, start this one under another id, or take the id over (`take_over=True`,
+    ``agentfold worker --take-over``): the running one is then fenced out and stops.
+    """
+
+    def __init__(self, worker_id: str, incarnation: int, holder: str, heartbeat_age: float) -> None:
+        super().__init__(
+            f"worker id {worker_id!r} is in use: its incarnation {incarnation} ({holder}) heartbeated "
+            f"{heartbeat_age:.1f} s ago; stop that worker, choose another worker id, or take the id over "
+            "(--take-over, take_over=True), which fences that worker out"
+        )
+        self.worker_id = worker_id
+        self.incarnation = incarnation
+        self.holder = holder
+        self.heartbeat_age = heartbeat_age
+
+
+class WorkerSuperseded(AgentfoldError):
+    """A newer start of this worker's id took its runs over: this worker was fenced out and stopped serving."""
+
+    def __init__(self, worker_id: str, incarnation: int, newer: int | None) -> None:
+        by = "a newer incarnation" if newer is None else f"incarnation {newer}"
+        super().__init__(
+            f"worker {worker_id!r} incarnation {incarnation} was superseded by {by} of the same id; "
+            "it stopped serving, and its appends to the runs it held are refused"
+        )
+        self.worker_id = worker_id
+        self.incarnation = incarnation
+        self.newer = newer
+
+
 # -- the HTTP API's credentials and limits ------------------------------------------------------------------------
 
 

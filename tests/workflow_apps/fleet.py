@@ -95,3 +95,20 @@ async def patient(ctx: Any, number: int) -> dict[str, Any]:
     first = await ctx.step("effect-0", effect, 0, reconcile=effect_status)
     approval = await ctx.wait_for("go")
     return {"number": number, "first": first["step"], "by": approval["by"]}
+
+
+async def gated_effect(index: int, idempotency_key: str) -> dict[str, Any]:
+    """The effect, then a hold until the file `FLEET_GATE` names exists: a step a paused worker is caught in."""
+    await asyncio.to_thread(provider().apply, f"step-{index}", idempotency_key)
+    gate = Path(os.environ["FLEET_GATE"])
+    while not await asyncio.to_thread(gate.exists):  # noqa: ASYNC110  # another process creates it: nothing to await
+        await asyncio.sleep(0.05)
+    return {"step": index}
+
+
+@runtime.workflow(name="gated")
+async def gated(ctx: Any, number: int) -> dict[str, Any]:
+    """A held step (applied, not yet recorded as done) then a plain one, both reconciled against the provider."""
+    first = await ctx.step("effect-0", gated_effect, 0, reconcile=effect_status)
+    second = await ctx.step("effect-1", effect, 1, reconcile=effect_status)
+    return {"number": number, "steps": [first["step"], second["step"]]}

@@ -15,9 +15,13 @@ import click
 import agentfold
 from agentfold.cli import DEFAULT_STORE, main
 from agentfold.connect import redact
-from agentfold.errors import AgentfoldError
+from agentfold.errors import AgentfoldError, WorkerSuperseded
 from agentfold.runtime import Runtime
+from agentfold.runtime.identity import WORKER_ID_VARIABLE, default_worker_id
 from agentfold.runtime.leases import DEFAULT_LEASE_TTL
+
+SUPERSEDED_EXIT = 3
+"""The exit status of a worker fenced out by a newer start of its id (a supervisor should not restart it)."""
 
 
 def load_runtime(target: str) -> Runtime:
@@ -65,7 +69,25 @@ def load_runtime(target: str) -> Runtime:
     show_default=True,
     help="Seconds a run of a workflow no live worker serves waits before it is failed with UnknownWorkflow.",
 )
-@click.option("--worker-id", help="This worker's name in the store [host-pid-random].")
+@click.option(
+    "--worker-id",
+    envvar=WORKER_ID_VARIABLE,
+    help=(
+        f"This worker's name in the store, kept across restarts [${WORKER_ID_VARIABLE}, else the Kubernetes pod "
+        "name, else <host>-<unit> under a systemd service, else host-pid-random]. A relaunch under the same id "
+        "resumes its runs at once; under a new id they wait out the lease TTL. Set one per worker when several "
+        "workers share a pod or service unit, or when a supervisor relaunches workers with nothing stable to "
+        "derive one from."
+    ),
+)
+@click.option(
+    "--take-over",
+    is_flag=True,
+    help=(
+        "Start even while a worker with this id still heartbeats: it is fenced out (its appends are refused) and "
+        "stops. Without it such a start is refused."
+    ),
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log takeovers and run interruptions.")
 def worker(
     app: str,
@@ -76,20 +98,36 @@ def worker(
     stop_timeout: float,
     unserved_grace: float,
     worker_id: str | None,
+    take_over: bool,
     verbose: bool,
 ) -> None:
     """Run the workflows of APP (``package.module:runtime``) from the store, sharing them with other workers.
 
     Any number of workers may serve one store. SIGTERM or Ctrl-C stops gracefully: nothing new is started, running
-    steps finish, and every run this worker held is handed to the others at once.
+    steps finish, and every run this worker held is handed to the others at once. A worker whose id a newer
+    start took over (--take-over) stops serving and exits with status 3.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
     logging.captureWarnings(True)  # the store's warnings (a Redis that may lose appends) go to the log, dated
     runtime = load_runtime(app)
+    chosen_id = worker_id or default_worker_id()
     try:
         asyncio.run(
-            _serve(runtime, store_url, concurrency, lease_ttl, heartbeat, stop_timeout, unserved_grace, worker_id)
+            _serve(
+                runtime,
+                store_url,
+                concurrency,
+                lease_ttl,
+                heartbeat,
+                stop_timeout,
+                unserved_grace,
+                chosen_id,
+                take_over,
+            )
         )
+    except WorkerSuperseded as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(SUPERSEDED_EXIT)
     except AgentfoldError as error:
         raise click.ClickException(str(error)) from None
 
@@ -102,7 +140,8 @@ async def _serve(
     heartbeat: float | None,
     stop_timeout: float,
     unserved_grace: float,
-    worker_id: str | None,
+    worker_id: str,
+    take_over: bool,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -120,13 +159,22 @@ async def _serve(
             worker_id=worker_id,
             stop_timeout=stop_timeout,
             unserved_grace=unserved_grace,
+            take_over=take_over,
         )
         async with running:
             click.echo(
                 f"worker {running.worker_id} ready: {', '.join(runtime.names) or 'no workflows'} from "
-                f"{redact(store_url)}, concurrency {concurrency}, lease TTL {running.lease.ttl} s",
+                f"{redact(store_url)}, concurrency {concurrency}, lease TTL {running.lease.ttl} s, "
+                f"incarnation {running.incarnation}",
                 err=True,
             )
-            await stop.wait()
-            click.echo(f"worker {running.worker_id} stopping", err=True)
+            stopping = asyncio.create_task(stop.wait())
+            fenced = asyncio.create_task(running.wait_superseded())
+            await asyncio.wait({stopping, fenced}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            fenced.cancel()
+            if running.superseded is None:
+                click.echo(f"worker {running.worker_id} stopping", err=True)
+    if running.superseded is not None:
+        raise running.superseded
     click.echo("worker stopped", err=True)

@@ -9,6 +9,7 @@ from agentfold.runtime.breaker import BreakerSettings, CircuitBreaker
 from agentfold.runtime.client import WorkflowClient, WorkflowHandle
 from agentfold.runtime.context import NOT_APPLIED, WorkflowContext, WorkflowExecution, idempotency_key
 from agentfold.runtime.history import History, signal_stream, workflow_stream
+from agentfold.runtime.identity import default_worker_id
 from agentfold.runtime.leases import LeaseSettings, RunLease, run_leases, stalled_runs
 from agentfold.runtime.registry import RecordHook, WorkflowRegistry
 from agentfold.runtime.retry import NO_RETRY, RetryPolicy
@@ -62,6 +63,7 @@ __all__ = [
     "WorkflowExecution",
     "WorkflowHandle",
     "WorkflowRegistry",
+    "default_worker_id",
     "idempotency_key",
     "run_leases",
     "signal_stream",

@@ -177,6 +177,8 @@ class WorkflowExecution:
         self._inbox_version = 0
         self.worker_id: str | None = None
         """The worker running this execution; its first append names it in the metadata (the claim)."""
+        self.incarnation: int | None = None
+        """Which start of that worker's id runs it; named beside the worker."""
         self._claim_recorded = True
         self.draining = False
         """Set when the worker stops: no new intent is recorded; commands already started finish."""
@@ -198,16 +200,27 @@ class WorkflowExecution:
         definition = runtime.definition(history.workflow)
         return cls(runtime, store, definition, history)
 
-    def claim(self, worker_id: str, previous: str | None = None, previous_state: str = "") -> None:
-        """Run as `worker_id`: the first append names it; taking over from `previous` also records `WorkflowClaimed`.
+    def claim(
+        self,
+        worker_id: str,
+        previous: str | None = None,
+        previous_state: str = "",
+        incarnation: int | None = None,
+        previous_incarnation: int | None = None,
+    ) -> None:
+        """Run as `worker_id` (its start `incarnation`): the first append names it; taking over from `previous` (or
+        from an earlier incarnation of the same id) also records `WorkflowClaimed`.
 
         The claim is written with the execution's next append (or by `flush`), at the exact expected version, so a
         previous owner still running is fenced out: its next append fails with `WrongExpectedVersion`.
         """
         self.worker_id = worker_id
-        self._claim_recorded = self.history.owner == worker_id
-        if previous is not None and previous != worker_id:
-            data = {"worker": worker_id, "previous": previous, "previous_state": previous_state}
+        self.incarnation = incarnation
+        self._claim_recorded = (self.history.owner, self.history.owner_incarnation) == (worker_id, incarnation)
+        if previous is not None and (previous != worker_id or previous_incarnation != incarnation):
+            data: dict[str, Any] = {"worker": worker_id, "previous": previous, "previous_state": previous_state}
+            if incarnation is not None:
+                data.update(incarnation=incarnation, previous_incarnation=previous_incarnation)
             self._pending.insert(0, NewEvent(h.WORKFLOW_CLAIMED, data))
 
     async def flush(self) -> None:
@@ -422,9 +435,14 @@ class WorkflowExecution:
             raise Drained(f"workflow {self.workflow_id!r}: the worker is stopping; no new command is started")
         if not self._claim_recorded and self.worker_id is not None:
             if not batch:
-                batch = [NewEvent(h.WORKFLOW_CLAIMED, {"worker": self.worker_id, "previous": None})]
+                claimed: dict[str, Any] = {"worker": self.worker_id, "previous": None}
+                if self.incarnation is not None:
+                    claimed["incarnation"] = self.incarnation
+                batch = [NewEvent(h.WORKFLOW_CLAIMED, claimed)]
             first = batch[0]
             metadata = {**(first.metadata or {}), h.OWNER_KEY: self.worker_id}
+            if self.incarnation is not None:
+                metadata[h.INCARNATION_KEY] = self.incarnation
             batch[0] = NewEvent(first.type, first.data, metadata, first.id)
         state = self.history.state
         for event in batch:
@@ -466,6 +484,7 @@ class WorkflowExecution:
         if not self._claim_recorded:
             self._claim_recorded = True
             self.history.owner = self.worker_id
+            self.history.owner_incarnation = self.incarnation
         for hook in self.runtime.hooks:
             hook.after_append(self.workflow_id, batch, result)
 

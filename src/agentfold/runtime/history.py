@@ -54,6 +54,8 @@ LEASE_TYPES: Final = (WORKFLOW_CLAIMED, WORKFLOW_RELEASED)
 """Ownership records (see `agentfold.runtime.leases`): they change who runs the run, never what it did."""
 OWNER_KEY: Final = "worker"
 """The metadata key naming the worker that made an append: the first append of every execution carries it."""
+INCARNATION_KEY: Final = "incarnation"
+"""The metadata key naming which start of that worker's id made the append (see `agentfold.runtime.leases`)."""
 
 FINISHED_TYPES: Final = (WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, WORKFLOW_TERMINATED)
 CONTROL_TYPES: Final = (WORKFLOW_CANCEL_REQUESTED,)
@@ -161,6 +163,8 @@ class History:
     suspended: dict[str, Any] | None = None
     owner: str | None = None
     """The worker holding the run: named by the last `WorkflowClaimed` or claim metadata; None once released."""
+    owner_incarnation: int | None = None
+    """Which start of the holder's id holds it (None when released, or for records that did not say)."""
     cancel_requested: dict[str, Any] | None = None
     """The `WorkflowCancelRequested` data while a cancel waits to end the run (None otherwise)."""
     attempt: int = 1
@@ -180,6 +184,7 @@ class History:
         owner = metadata.get(OWNER_KEY)
         if owner is not None and event.type != WORKFLOW_RELEASED:
             self.owner = owner
+            self.owner_incarnation = _incarnation(metadata.get(INCARNATION_KEY))
             self.executed = True
         if TRACEPARENT in metadata:
             carrier = {key: metadata[key] for key in TRACE_KEYS if key in metadata}
@@ -192,7 +197,9 @@ class History:
         """Fold one event (recorded, or just appended by this process) into the history."""
         self.state = DEFAULT_LIFECYCLE.next_state(self.state, event_type, data, self.workflow_id, check_guard=False)
         if event_type in LEASE_TYPES:
-            self.owner = data.get("worker") if event_type == WORKFLOW_CLAIMED else None
+            claimed = event_type == WORKFLOW_CLAIMED
+            self.owner = data.get("worker") if claimed else None
+            self.owner_incarnation = _incarnation(data.get(INCARNATION_KEY)) if claimed else None
             return
         if event_type == WORKFLOW_CANCEL_REQUESTED:
             self.cancel_requested = data
@@ -262,6 +269,7 @@ class History:
         self.suspended = None
         self.cancel_requested = None
         self.owner = None
+        self.owner_incarnation = None
         self.attempt += 1
         self.executed = False
         self.start_trace = self.written_trace = None
@@ -280,6 +288,10 @@ class History:
             if record.kind == STEP and record.name == name:
                 return seq
         return None
+
+
+def _incarnation(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 async def load_history(store: EventStore, workflow_id: str) -> History:

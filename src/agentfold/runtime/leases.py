@@ -16,6 +16,14 @@ the run (`LeaseLost`). Every effect is preceded by an intent append at an exact 
 start another one. A run whose holder stopped cleanly (`WorkerStopped`) or gave it back (`WorkflowReleased`) is
 taken with the next append of the new holder: nothing else can still be running it.
 
+Each start of a worker id is a new incarnation, numbered by the version of the id's stream its first heartbeat
+(``started: true``) lands at; every heartbeat names its incarnation and is appended at the exact version the
+incarnation last wrote, so one incarnation writes to the id's stream at a time. A start is refused
+(`WorkerIdInUse`) while the id's last heartbeat is fresh and its process still runs, unless it takes the id over;
+the newest incarnation then claims each run the id held (a `WorkflowClaimed` at the run's exact version), which
+fences the older one out of those runs, and the older one stops serving when its next heartbeat is refused or its
+follower sees the newer start, whichever comes first (`WorkerSuperseded`).
+
 Workers find runs to take over in memory: they follow the global log for heartbeats, claims and run starts and
 ends, and look at least once per heartbeat for runs whose holder expired, so a run is taken over within the TTL
 plus one heartbeat of its holder's last sign of life. Clocks of workers (and of the PostgreSQL server, which stamps
@@ -26,8 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 import uuid
 import zlib
@@ -36,9 +42,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
-from agentfold.errors import InvalidInput
+from agentfold.errors import InvalidInput, WorkerIdInUse, WorkerSuperseded, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.runtime import history as h
+from agentfold.runtime.identity import DEAD, RUNNING, ProcessIdentity, process_state, running_here, this_process
+from agentfold.runtime.identity import new_worker_id as new_worker_id
 from agentfold.runtime.retry import seconds
 from agentfold.store import EventStore
 from agentfold.validation import check_stream_id
@@ -54,22 +62,24 @@ TRIM_EVERY: Final = 64
 """Heartbeats between trims of a worker's stream."""
 KEEP_HEARTBEATS: Final = 5
 """Heartbeats a trim leaves in a worker's stream: its liveness is read from the last one."""
+START_ATTEMPTS: Final = 20
+"""Reads of the id's stream a starting worker makes at most while others append to it (a start racing its own)."""
+WATCH_POLL_SECONDS: Final = 0.05
+"""How often a starting worker looks for another heartbeat from the id's earlier incarnation it cannot see."""
+OVERDUE_HEARTBEATS: Final = 2
+"""Heartbeat intervals after which an incarnation that has not heartbeated again is taken as no longer heartbeating."""
 
 ALIVE: Final = "alive"
 EXPIRED: Final = "expired"
 STOPPED: Final = "stopped"
 UNKNOWN: Final = "unknown"
+SUPERSEDED: Final = "superseded"
+"""How a run's claim names its previous holder when that was an earlier incarnation of the claiming worker's id."""
 
 
 def worker_stream(worker_id: str) -> str:
     """The stream a worker heartbeats to."""
     return f"{WORKER_STREAM_PREFIX}{worker_id}"
-
-
-def new_worker_id() -> str:
-    """A worker id unique across machines and restarts: host, process id and a random suffix."""
-    host = "".join(char if char.isalnum() or char in "-." else "-" for char in socket.gethostname())[:60] or "host"
-    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def check_worker_id(worker_id: object) -> str:
@@ -210,9 +220,18 @@ def preferred_worker(workflow_id: str, workers: Iterable[str]) -> str | None:
     return max(workers, key=lambda worker: zlib.crc32(f"{workflow_id}\0{worker}".encode()), default=None)
 
 
-class Heartbeat:
-    """Keeps one worker's leases alive: a `WorkerHeartbeat` every `settings.heartbeat` seconds.
+def heartbeat_incarnation(event: RecordedEvent) -> int | None:
+    """The incarnation a worker's record names (None for records of workers that did not number them)."""
+    number = event.data.get("incarnation")
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
 
+
+class Heartbeat:
+    """Keeps one incarnation of a worker id alive: a `WorkerHeartbeat` every `settings.heartbeat` seconds.
+
+    `start` opens the incarnation (or raises `WorkerIdInUse`, writing nothing). Every later record is appended at
+    the exact version this incarnation last wrote, so once a newer incarnation of the id has started, the next one
+    is refused: `on_superseded` is called (with the newer incarnation's number, when known) and the beating stops.
     `on_out_of_touch` is called when no heartbeat could be written for a whole TTL: other workers may have taken
     the runs over, so the worker should stop them.
     """
@@ -224,29 +243,139 @@ class Heartbeat:
         settings: LeaseSettings,
         describe: Callable[[], dict[str, Any]],
         on_out_of_touch: Callable[[], None],
+        on_superseded: Callable[[int | None], None] | None = None,
+        take_over: bool = False,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.stream_id = worker_stream(worker_id)
         self.settings = settings
+        self.take_over = take_over
         self._describe = describe
         self._on_out_of_touch = on_out_of_touch
+        self._on_superseded = on_superseded
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.last_success = 0.0
         self.beats = 0
+        self.incarnation: int | None = None
+        """This start's number: the version of the id's stream its first heartbeat landed at."""
+        self.previous: dict[str, Any] = {}
+        """The incarnation this one followed, and how it was found (stopped, expired, dead, silent, taken over)."""
+        self.superseded = False
+        self._version = 0
+        self._identity: ProcessIdentity | None = None
 
     async def start(self) -> None:
-        """Write the first heartbeat (before the worker claims anything), then keep beating in a task."""
+        """Open a new incarnation (before the worker claims anything), then keep beating in a task."""
         self._stopping = False
-        await self.beat()
+        nonce = uuid.uuid4().hex[:12]
+        self._identity = this_process(nonce)
+        await self._open()
+        running_here(nonce, True)
         self._task = asyncio.create_task(self._loop(), name=f"agentfold-heartbeat-{self.worker_id}")
 
-    async def beat(self) -> None:
-        data = {"worker": self.worker_id, "ttl_us": self.settings.ttl_us, **self._describe()}
-        await self.store.append_capped(
-            self.stream_id, [NewEvent(WORKER_HEARTBEAT, data)], keep=KEEP_HEARTBEATS, trim_every=TRIM_EVERY
+    def _data(self, **extra: Any) -> dict[str, Any]:
+        assert self._identity is not None
+        return {
+            "worker": self.worker_id,
+            "incarnation": self.incarnation,
+            "ttl_us": self.settings.ttl_us,
+            "heartbeat_us": int(self.settings.heartbeat * 1e6),
+            **self._describe(),
+            "process": self._identity.to_json(),
+            **extra,
+        }
+
+    async def _open(self) -> None:
+        """Append this incarnation's first heartbeat once the id is free (or taken over), at the exact version read."""
+        seen: dict[int, int] = {}
+        for _ in range(START_ATTEMPTS):
+            version = await self.store.stream_version(self.stream_id)
+            last = None
+            if version > 0:
+                last = [event async for event in self.store.read_stream(self.stream_id, after_version=version - 1)][-1]
+            previous_state = "none" if last is None else await self._previous_state(last, version, seen)
+            if previous_state is None:
+                continue  # the id's stream moved on while we watched it: read it again
+            self.incarnation = version + 1
+            self.previous = {
+                "incarnation": None if last is None else heartbeat_incarnation(last),
+                "state": previous_state,
+            }
+            started = NewEvent(WORKER_HEARTBEAT, self._data(started=True, previous=self.previous))
+            try:
+                await self._append(started, version)
+            except WrongExpectedVersion:
+                continue
+            return
+        raise WorkerIdInUse(self.worker_id, version, "another worker keeps starting under it", 0.0)
+
+    async def _previous_state(self, last: RecordedEvent, version: int, seen: dict[int, int]) -> str | None:
+        """How the id's latest incarnation left it (`stopped`, `expired`, `dead`, `silent`, `taken_over`); None
+        when its stream moved on while this start watched it. Raises `WorkerIdInUse` while it still heartbeats."""
+        if last.type != WORKER_HEARTBEAT:
+            return STOPPED
+        ttl_us = int(last.data.get("ttl_us", 0))
+        expires = last.recorded_at_us + ttl_us
+        if expires <= now_us():
+            return EXPIRED
+        if self.take_over:
+            return "taken_over"
+        incarnation = heartbeat_incarnation(last) or 0
+        identity = ProcessIdentity.from_json(last.data.get("process"))
+        holder = "an unknown process" if identity is None else f"pid {identity.pid} on {identity.host}"
+        if seen.get(incarnation, last.version) < last.version:
+            raise WorkerIdInUse(self.worker_id, incarnation, holder, (now_us() - last.recorded_at_us) / 1e6)
+        seen[incarnation] = last.version
+        state = process_state(identity)
+        if state == DEAD:
+            return DEAD
+        if state == RUNNING:
+            raise WorkerIdInUse(self.worker_id, incarnation, holder, (now_us() - last.recorded_at_us) / 1e6)
+        # Another machine or namespace, or a paused process: wait for its next heartbeat, until it is overdue.
+        interval_us = int(last.data.get("heartbeat_us", ttl_us // 3))
+        deadline = min(expires, last.recorded_at_us + OVERDUE_HEARTBEATS * interval_us)
+        while (left := deadline - now_us()) > 0:
+            await asyncio.sleep(min(WATCH_POLL_SECONDS, left / 1e6))
+            if await self.store.stream_version(self.stream_id) != version:
+                return None
+        return "silent"
+
+    async def _append(self, event: NewEvent, expected: int) -> None:
+        result = await self.store.append_capped(
+            self.stream_id, [event], expected_version=expected, keep=KEEP_HEARTBEATS, trim_every=TRIM_EVERY
         )
+        self._version = result.version
+
+    async def _append_own(self, event: NewEvent) -> None:
+        """Append at the version this incarnation last wrote; `WorkerSuperseded` if a newer one wrote since."""
+        if self.superseded:
+            raise WorkerSuperseded(self.worker_id, self.incarnation or 0, None)
+        try:
+            await self._append(event, self._version)
+        except WrongExpectedVersion as error:
+            since = [event async for event in self.store.read_stream(self.stream_id, after_version=self._version)]
+            others = [event for event in since if heartbeat_incarnation(event) != self.incarnation]
+            if others or not since:
+                newer = heartbeat_incarnation(others[0]) if others else None
+                self._supersede(newer)
+                raise WorkerSuperseded(self.worker_id, self.incarnation or 0, newer) from error
+            # Our own earlier append landed although its answer was lost: carry on after it.
+            await self._append(event, since[-1].version)
+
+    def _supersede(self, newer: int | None) -> None:
+        if self.superseded:
+            return
+        self.superseded = True
+        self._stopping = True
+        if self._identity is not None:
+            running_here(self._identity.nonce, False)
+        if self._on_superseded is not None:
+            self._on_superseded(newer)
+
+    async def beat(self) -> None:
+        await self._append_own(NewEvent(WORKER_HEARTBEAT, self._data()))
         self.last_success = time.monotonic()
         self.beats += 1
 
@@ -257,21 +386,38 @@ class Heartbeat:
                 await self.beat()
             except asyncio.CancelledError:
                 raise
+            except WorkerSuperseded:
+                return
             except Exception as error:
                 logger.warning("worker %s could not heartbeat: %r", self.worker_id, error)
                 if time.monotonic() - self.last_success >= self.settings.ttl:
                     self._on_out_of_touch()
 
+    def superseded_by(self, newer: int | None) -> None:
+        """A newer incarnation of the id was seen elsewhere (the worker's follower): stop beating, write nothing."""
+        self._supersede(newer)
+        if self._task is not None:
+            self._task.cancel()
+
     async def stop(self, reason: str = "shutdown") -> None:
-        """Stop beating and record `WorkerStopped`: every run this worker held is free at once."""
+        """Stop beating and record `WorkerStopped`: every run this incarnation held is free at once.
+
+        A superseded incarnation records nothing: the id and its runs belong to the newer one.
+        """
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=self.settings.ttl)
             self._task = None
-        await self.store.append(
-            self.stream_id, [NewEvent(WORKER_STOPPED, {"worker": self.worker_id, "reason": reason})]
-        )
+        if self._identity is not None:
+            running_here(self._identity.nonce, False)
+        if self.superseded:
+            return
+        stopped = {"worker": self.worker_id, "incarnation": self.incarnation, "reason": reason}
+        try:
+            await self._append_own(NewEvent(WORKER_STOPPED, stopped))
+        except WorkerSuperseded:
+            return
 
 
 # -- inspection ----------------------------------------------------------------------------------------------------

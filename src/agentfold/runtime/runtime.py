@@ -29,6 +29,7 @@ class Runtime(WorkflowRegistry):
         worker_id: str | None = None,
         stop_timeout: timedelta | float | None = None,
         unserved_grace: timedelta | float | None = UNSERVED_GRACE_SECONDS,
+        take_over: bool = False,
     ) -> Worker:
         """A worker running this runtime's workflows from `store` in this process (use with ``async with``).
 
@@ -38,6 +39,11 @@ class Runtime(WorkflowRegistry):
         A run of a workflow that no live worker serves for `unserved_grace` seconds (default 60; None: never) is
         failed with an `UnknownWorkflow` error on the run, so a misspelt hand-off shows on the run that was asked
         for, not on its caller; `retry` runs it again once a worker serves it.
+
+        `worker_id` names the worker across restarts (default: a fresh ``host-pid-random`` id; pass
+        `agentfold.runtime.default_worker_id()` in a process that runs one worker). A relaunch under the same id
+        resumes the id's runs at once; starting while an earlier start of the id still heartbeats raises
+        `WorkerIdInUse` unless `take_over` is set, which fences the earlier one out.
         """
         return Worker(
             self,
@@ -48,6 +54,7 @@ class Runtime(WorkflowRegistry):
             worker_id=worker_id,
             stop_timeout=STOP_TIMEOUT_SECONDS if stop_timeout is None else stop_timeout,
             unserved_grace=unserved_grace,
+            take_over=take_over,
         )
 
     def client(self, store: EventStore) -> WorkflowClient:

@@ -11,6 +11,12 @@ latest claim while that worker's heartbeat is fresh. A new run goes first to the
 at the exact expected version wins. Runs whose holder's heartbeat expired are taken over within the TTL plus one
 heartbeat; a worker fenced out of a run (its append fails because another worker claimed it) stops that run.
 
+A worker id may outlive its process: each start of an id is a new incarnation (see `agentfold.runtime.leases`). A
+relaunch under the same id resumes the id's runs at once, claiming each one before running anything; a start while
+an earlier incarnation still heartbeats is refused with `WorkerIdInUse` unless `take_over` is set. An incarnation
+superseded by a newer one stops serving (`wait_superseded` returns), and its appends to the runs the newer one
+claimed are refused.
+
 `stop` (SIGTERM in `agentfold worker`) is graceful: no new run is claimed and no new command is started, step
 functions already running finish (up to `stop_timeout`), and a `WorkerStopped` record frees every run the worker
 held, so others take them over at once.
@@ -34,6 +40,7 @@ from agentfold.errors import (
     LeaseLost,
     NonDeterminism,
     UnknownWorkflow,
+    WorkerSuperseded,
     WrongExpectedVersion,
 )
 from agentfold.events import NewEvent, RecordedEvent
@@ -49,10 +56,13 @@ from agentfold.runtime.leases import (
     DEFAULT_LEASE_TTL,
     LIVENESS_TYPES,
     STOPPED,
+    SUPERSEDED,
+    WORKER_HEARTBEAT,
     Heartbeat,
     LeaseSettings,
     Liveness,
     check_worker_id,
+    heartbeat_incarnation,
     new_worker_id,
     now_us,
     preferred_worker,
@@ -103,6 +113,7 @@ class Worker:
         worker_id: str | None = None,
         stop_timeout: timedelta | float = STOP_TIMEOUT_SECONDS,
         unserved_grace: timedelta | float | None = UNSERVED_GRACE_SECONDS,
+        take_over: bool = False,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInput(f"concurrency must be an int >= 1, got {concurrency!r}")
@@ -122,6 +133,11 @@ class Worker:
         """Runs this worker took over from a worker whose lease expired."""
         self.lost = 0
         """Runs this worker was fenced out of."""
+        self.take_over = bool(take_over)
+        """Start even while an earlier incarnation of the id heartbeats, fencing it out (else `WorkerIdInUse`)."""
+        self.superseded: WorkerSuperseded | None = None
+        """Set when a newer incarnation of this worker's id took its runs over: it serves nothing more."""
+        self._superseded_event = asyncio.Event()
         self._unfinished: dict[str, None] = {}  # insertion-ordered set: runs are resumed oldest first
         self._workflows: dict[str, str] = {}
         """Every unfinished run in the store (of any workflow) and its workflow's name: the registry's content."""
@@ -134,7 +150,15 @@ class Worker:
         self._serving: asyncio.Task[None] | None = None
         self._slot_freed = asyncio.Event()
         self._stopping = False
-        self._heartbeat = Heartbeat(store, self.worker_id, self.lease, self._describe, self._out_of_touch)
+        self._heartbeat = Heartbeat(
+            store,
+            self.worker_id,
+            self.lease,
+            self._describe,
+            self._out_of_touch,
+            on_superseded=self._on_superseded,
+            take_over=self.take_over,
+        )
         self._triggers: ConsumerGroupMember | None = None
         self._unserved_since: dict[str, float] = {}
         self._watching_since = 0.0
@@ -149,6 +173,17 @@ class Worker:
         """Ids of runs stopped because their code no longer matches their history (resumed by a restart)."""
         return sorted(self._suspended)
 
+    @property
+    def incarnation(self) -> int | None:
+        """This start's number among the starts of the worker id (None before `start`)."""
+        return self._heartbeat.incarnation
+
+    async def wait_superseded(self) -> WorkerSuperseded:
+        """Return once a newer incarnation of this worker's id has fenced this one out (never, otherwise)."""
+        await self._superseded_event.wait()
+        assert self.superseded is not None
+        return self.superseded
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
@@ -159,9 +194,15 @@ class Worker:
         await self.stop()
 
     async def start(self) -> None:
-        """Heartbeat, learn the unfinished runs and live workers, start running. Returns once caught up."""
+        """Open a new incarnation of the worker id, learn the unfinished runs and live workers, start running.
+
+        Returns once caught up. Raises `WorkerIdInUse` (having written nothing) while an earlier incarnation of
+        the id still heartbeats, unless `take_over` is set.
+        """
         if self._serving is not None:
             return
+        if self.superseded is not None:
+            raise self.superseded
         self._stopping = False
         await self._heartbeat.start()
         self._serving = asyncio.create_task(self._serve(), name=f"agentfold-worker-{self.worker_id}")
@@ -222,6 +263,30 @@ class Worker:
             "running": len(self._running),
             "workflows": self.runtime.names,
         }
+
+    def _on_superseded(self, newer: int | None) -> None:
+        """A newer incarnation of this id started: serve nothing more, stop every run, record nothing on leaving."""
+        if self.superseded is not None:
+            return
+        self.superseded = WorkerSuperseded(self.worker_id, self.incarnation or 0, newer)
+        logger.error("%s", self.superseded)
+        self._stopping = True
+        self._heartbeat.superseded_by(newer)
+        for workflow_id, task in list(self._running.items()):
+            logger.warning("worker %s: stopping run %r, now held by the newer incarnation", self.worker_id, workflow_id)
+            task.cancel()
+        if self._serving is not None and asyncio.current_task() is not self._serving:
+            self._serving.cancel()
+        self._superseded_event.set()
+
+    def _holds(self, owner: object, incarnation: object) -> bool:
+        """Whether a claim naming `owner` and `incarnation` is this incarnation's own."""
+        return owner == self.worker_id and incarnation == self.incarnation
+
+    def _newer_self(self, owner: object, incarnation: object) -> bool:
+        """Whether a claim or heartbeat comes from a newer incarnation of this worker's id."""
+        mine = self.incarnation
+        return owner == self.worker_id and isinstance(incarnation, int) and mine is not None and incarnation > mine
 
     def _out_of_touch(self) -> None:
         """No heartbeat for a whole TTL: others may hold our runs now, so stop them rather than be fenced mid-step."""
@@ -292,6 +357,10 @@ class Worker:
         stream = event.stream_id
         if event.type in LIVENESS_TYPES:
             self.liveness.observe(event)
+            if event.type == WORKER_HEARTBEAT and self._newer_self(
+                event.data.get("worker"), heartbeat_incarnation(event)
+            ):
+                self._on_superseded(heartbeat_incarnation(event))
             return
         if event.type == h.SIGNAL_SENT:
             if stream.startswith(h.SIGNAL_STREAM_PREFIX):
@@ -319,11 +388,14 @@ class Worker:
             self._suspended.discard(workflow_id)
         elif event.type == h.WORKFLOW_CLAIMED:
             owner = event.data.get("worker")
+            incarnation = event.data.get("incarnation")
             self._owners[workflow_id] = owner if isinstance(owner, str) else None
+            if self._newer_self(owner, incarnation):
+                self._on_superseded(incarnation if isinstance(incarnation, int) else None)
             task = self._running.get(workflow_id)
             execution = self._executions.get(workflow_id)
             newer = execution is None or event.version > execution.history.version
-            if owner != self.worker_id and task is not None and newer:
+            if not self._holds(owner, incarnation) and task is not None and newer:
                 logger.warning("worker %s: run %r was taken over by %s", self.worker_id, workflow_id, owner)
                 self.lost += 1
                 task.cancel()
@@ -376,6 +448,8 @@ class Worker:
                     return
                 except Drained:
                     return
+                except WorkerSuperseded:
+                    return
                 except NonDeterminism as error:
                     logger.error("workflow %r suspended: %s", workflow_id, error)
                     self._suspended.add(workflow_id)
@@ -385,6 +459,8 @@ class Worker:
                     self._suspended.add(workflow_id)
                     return
                 except WrongExpectedVersion:
+                    if self._stopping and self.superseded is not None:
+                        return
                     # Another worker appended first (a race for a new run, or a takeover): load again and see who
                     # holds it now.
                     continue
@@ -416,14 +492,24 @@ class Worker:
             self._unfinished.pop(workflow_id, None)
             return
         owner = history.owner
-        if owner is not None and owner != self.worker_id:
+        incarnation = self.incarnation
+        if owner == self.worker_id and history.owner_incarnation != incarnation:
+            if self._newer_self(owner, history.owner_incarnation):
+                self._on_superseded(history.owner_incarnation)
+                raise LeaseLost(workflow_id, owner)
+            # An earlier incarnation of this id held the run; it may only be paused: fence it out before anything
+            # else runs. This is what makes a relaunch under the same id resume at once.
+            execution.claim(self.worker_id, owner, SUPERSEDED, incarnation, history.owner_incarnation)
+            await execution.flush()
+            logger.info("worker %s resumed run %r from an earlier incarnation", self.worker_id, workflow_id)
+        elif owner is not None and owner != self.worker_id:
             self._owners[workflow_id] = owner
             state = self.liveness.state(owner)
             if state != STOPPED:
                 state = await self.liveness.refresh(self.store, owner)  # the owner's own stream decides
             if state == ALIVE:
                 raise LeaseLost(workflow_id, owner)
-            execution.claim(self.worker_id, owner, state)
+            execution.claim(self.worker_id, owner, state, incarnation, history.owner_incarnation)
             if state != STOPPED:
                 # The holder may only be paused: fence it out now, before anything else runs.
                 await execution.flush()
@@ -435,7 +521,7 @@ class Worker:
                     )
                 logger.info("worker %s took over run %r from %s (%s)", self.worker_id, workflow_id, owner, state)
         else:
-            execution.claim(self.worker_id)
+            execution.claim(self.worker_id, incarnation=incarnation)
         execution.breakers = self.breakers
         execution.draining = self._stopping
         self._owners[workflow_id] = self.worker_id
@@ -494,7 +580,7 @@ class Worker:
         """Give a run this worker cannot make progress on back to the others (`WorkflowReleased`)."""
         try:
             history = await load_history(self.store, workflow_id)
-            if history.finished is None and history.owner == self.worker_id:
+            if history.finished is None and self._holds(history.owner, history.owner_incarnation):
                 released = NewEvent(h.WORKFLOW_RELEASED, {"worker": self.worker_id})
                 await self.store.append(h.workflow_stream(workflow_id), [released], expected_version=history.version)
                 self._owners[workflow_id] = None
