@@ -55,7 +55,8 @@ def _needs_extra(command: str, extra: str, missing: str) -> None:
     )
     def needs_extra() -> None:
         raise click.ClickException(
-            f"agentfold {command} needs the {extra} extra ({missing} is not installed): pip install 'agentfold[{extra}]'"
+            f"agentfold {command} needs the {extra} extra ({missing} is not installed): "
+            f"pip install 'agentfold[{extra}]'"
         )
 
 
