@@ -72,3 +72,32 @@ async def test_langgraph_savers_beside_agentfolds(tmp_path: Path) -> None:
     for row in figures.values():
         _check(row)
     assert [name for _, _, names in os.walk(tmp_path) for name in names] == []
+
+
+async def test_dbos_workflows_and_crash_to_finished_beside_agentfolds(tmp_path: Path) -> None:
+    before = _dbos_schemas()
+    results = await run_peers(["dbos"], ["sqlite", "postgres"], ROOT_PG, tmp_path, SIZES, lambda _: None)
+    figures = _figures(results, "dbos")
+    expected = [
+        "workflows_1_worker_per_s",
+        "workflow_steps_1_worker_per_s",
+        "workflows_3_workers_per_s",
+        "workflow_steps_3_workers_per_s",
+        "crash_to_finished_ms",
+    ]
+    assert set(figures) == {(backend, figure) for backend in ("sqlite", "postgres") for figure in expected}
+    for row in figures.values():
+        _check(row)
+    assert os.listdir(tmp_path) == []
+    assert _dbos_schemas() <= before
+
+
+def _dbos_schemas() -> set[str]:
+    """The per-run schemas in DBOS's system database (created by the first run)."""
+    database = ROOT_PG.rsplit("/", 1)[0] + "/agentfold_bench_dbos"
+    try:
+        with psycopg.connect(database) as connection:
+            rows = connection.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench_dbos_%'").fetchall()
+    except psycopg.OperationalError:  # not created yet
+        return set()
+    return {row[0] for row in rows}

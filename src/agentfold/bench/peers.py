@@ -18,9 +18,10 @@ from typing import Any
 from agentfold.bench import DEFAULT_PG, Progress, environment
 from agentfold.errors import InvalidInput
 
-PEER_NAMES = ("eventsourcing", "langgraph")
+PEER_NAMES = ("eventsourcing", "dbos", "langgraph")
 PEER_PACKAGES = {
     "eventsourcing": ("eventsourcing",),
+    "dbos": ("dbos",),
     "langgraph": ("langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres"),
 }
 
@@ -120,6 +121,10 @@ async def run_peers(
             from agentfold.bench.peer_eventsourcing import measure_eventsourcing
 
             comparisons += await measure_eventsourcing(backends, pg_url, workdir, sizes, progress)
+        elif peer == "dbos":
+            from agentfold.bench.peer_dbos import measure_dbos
+
+            comparisons += await measure_dbos(backends, pg_url, workdir, sizes, progress)
         else:
             from agentfold.bench.peer_langgraph import measure_langgraph
 

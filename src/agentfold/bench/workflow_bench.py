@@ -51,13 +51,15 @@ async def waiting(ctx: WorkflowContext, number: int) -> int:
     return number
 
 
-async def _spawn(url: str, name: str) -> asyncio.subprocess.Process:
+async def _spawn(
+    url: str, name: str, app: str = "agentfold.bench.workflow_bench:runtime"
+) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "agentfold.cli",
         "worker",
-        "agentfold.bench.workflow_bench:runtime",
+        app,
         "--store",
         url,
         "--concurrency",

@@ -61,7 +61,7 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
 @click.option(
     "--peers",
     is_flag=True,
-    help="Only agentfold beside its peers (eventsourcing, LangGraph's savers; the bench-peers extra), "
+    help="Only agentfold beside its peers (eventsourcing, DBOS Transact, LangGraph's savers; the bench-peers extra), "
     "measured in the same run, with ratios.",
 )
 @click.option(
