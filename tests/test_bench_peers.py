@@ -101,3 +101,12 @@ def _dbos_schemas() -> set[str]:
     except psycopg.OperationalError:  # not created yet
         return set()
     return {row[0] for row in rows}
+
+
+async def test_the_raw_limit_beside_agentfolds(tmp_path: Path) -> None:
+    results = await run_peers(["raw"], ["sqlite", "postgres"], ROOT_PG, tmp_path, SIZES, lambda _: None)
+    figures = _figures(results, "raw driver")
+    expected = ["append_16_writers_events_per_s", "replay_10k_events_ms"]
+    assert set(figures) == {(backend, figure) for backend in ("sqlite", "postgres") for figure in expected}
+    for row in figures.values():
+        _check(row)

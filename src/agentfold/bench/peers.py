@@ -18,11 +18,12 @@ from typing import Any
 from agentfold.bench import DEFAULT_PG, Progress, environment
 from agentfold.errors import InvalidInput
 
-PEER_NAMES = ("eventsourcing", "dbos", "langgraph")
+PEER_NAMES = ("eventsourcing", "dbos", "langgraph", "raw")
 PEER_PACKAGES = {
     "eventsourcing": ("eventsourcing",),
     "dbos": ("dbos",),
     "langgraph": ("langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres"),
+    "raw": (),
 }
 
 
@@ -125,10 +126,14 @@ async def run_peers(
             from agentfold.bench.peer_dbos import measure_dbos
 
             comparisons += await measure_dbos(backends, pg_url, workdir, sizes, progress)
-        else:
+        elif peer == "langgraph":
             from agentfold.bench.peer_langgraph import measure_langgraph
 
             comparisons += await measure_langgraph(backends, pg_url, workdir, sizes, progress)
+        else:
+            from agentfold.bench.peer_raw import measure_raw_limit
+
+            comparisons += await measure_raw_limit(backends, pg_url, workdir, sizes, progress)
     return {
         "environment": {**environment(), "load_average": _load_average()},
         "comparisons": [comparison.as_json() for comparison in comparisons],

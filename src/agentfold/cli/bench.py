@@ -61,8 +61,8 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
 @click.option(
     "--peers",
     is_flag=True,
-    help="Only agentfold beside its peers (eventsourcing, DBOS Transact, LangGraph's savers; the bench-peers extra), "
-    "measured in the same run, with ratios.",
+    help="Only agentfold beside its peers (eventsourcing, DBOS Transact, LangGraph's savers; the bench-peers "
+    "extra) and the bare driver, measured in the same run, with ratios.",
 )
 @click.option(
     "--peer",
