@@ -375,3 +375,19 @@ async def test_a_paused_worker_taken_over_is_fenced_out_and_stops_when_resumed(s
         if taker is not None:
             await kill(taker)
         provider.close()
+
+
+async def test_the_bench_measures_a_relaunch_under_the_same_id(shared_url: str) -> None:
+    """The relaunch figure of `agentfold bench` runs (its values are measurements, not asserted)."""
+    from agentfold.bench.workflow_bench import RELAUNCH_RUNS, _relaunch
+
+    figures = await asyncio.wait_for(_relaunch(shared_url), TIMEOUT)
+    assert set(figures) == {
+        "relaunch_to_first_step_ms",
+        "relaunch_incarnation_to_first_step_ms",
+        f"relaunch_to_{RELAUNCH_RUNS}_runs_done_ms",
+    }
+    assert figures["relaunch_to_first_step_ms"] <= figures[f"relaunch_to_{RELAUNCH_RUNS}_runs_done_ms"]
+    async with agentfold.connect(shared_url) as store:
+        claims = [event async for event in store.read_all(types=["WorkflowClaimed"])]
+        assert {(c.data["previous"], c.data["previous_state"]) for c in claims} == {("relaunch", "superseded")}

@@ -202,7 +202,7 @@ async def run_backend(
     async with scratch_store(backend, base_url) as (url, store):
         figures.update(await _optional("agentfold.bench.delivery", "measure_group", url, store))
     if backend in ("sqlite", "postgres"):
-        progress(f"{backend}: 10-step workflows with 1 and 3 worker processes; takeover after SIGKILL")
+        progress(f"{backend}: 10-step workflows, 1 and 3 workers; takeover after SIGKILL; relaunch under the same id")
         async with scratch_store(backend, base_url) as (url, _):
             runs = 200 if quick else 500
             figures.update(await _optional("agentfold.bench.workflow_bench", "measure_workflows", url, runs))

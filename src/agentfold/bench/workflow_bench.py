@@ -4,7 +4,9 @@ The workers are real `agentfold worker` processes (``agentfold.bench.workflow_be
 the runs with a client and counts `WorkflowCompleted` events, so the figures include starting, claiming, every
 step's intent and outcome appends, and completion. The takeover figure SIGKILLs a worker holding runs and measures,
 on the store's own event times, how long after the kill the first of its runs was claimed by the survivor, and
-after its last heartbeat.
+after its last heartbeat. The relaunch figure SIGKILLs a worker in the middle of six runs' steps and starts it again
+under the same worker id: how long from the relaunch (the new process's spawn, and its incarnation's first
+heartbeat) to the first resumed step, and to the sixth run's result.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ LEASE_TTL: Final = 2.0
 HEARTBEAT: Final = 0.5
 CONCURRENCY: Final = 64
 READY_TIMEOUT: Final = 60.0
+RELAUNCH_RUNS: Final = 6
+HOLD_VARIABLE: Final = "AGENTFOLD_BENCH_HOLD"
+"""Set in the worker the relaunch figure kills: its held steps never return, so it dies in the middle of them."""
 
 runtime = Runtime(default_retry=NO_RETRY)
 
@@ -51,8 +56,22 @@ async def waiting(ctx: WorkflowContext, number: int) -> int:
     return number
 
 
+async def hold(index: int, idempotency_key: str = "") -> dict[str, Any]:
+    """A step that never returns in the worker about to be killed, and returns at once elsewhere."""
+    if os.environ.get(HOLD_VARIABLE):
+        await asyncio.Event().wait()
+    return {"step": index, "key": idempotency_key}
+
+
+@runtime.workflow(name="bench_relaunch")
+async def relaunched(ctx: WorkflowContext, number: int) -> int:
+    await ctx.step("held", hold, 0)
+    await ctx.step("after", work, 1)
+    return number
+
+
 async def _spawn(
-    url: str, name: str, app: str = "agentfold.bench.workflow_bench:runtime"
+    url: str, name: str, app: str = "agentfold.bench.workflow_bench:runtime", **env: str
 ) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -72,7 +91,7 @@ async def _spawn(
         name,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ},
+        env={**os.environ, **env},
     )
     assert process.stderr is not None
     while True:
@@ -161,14 +180,59 @@ async def _takeover(url: str) -> Figures:
         await _stop([victim, survivor])
 
 
+async def _first_after(store: EventStore, after: int, event_type: str, count: int = 1) -> int:
+    """When (µs, store time) the `count`-th event of `event_type` after position `after` was recorded."""
+    seen: list[int] = []
+    async with asyncio.timeout(600):
+        while True:
+            head = await store.head_position()
+            async for page in store.read_all_pages(after, types=[event_type]):
+                seen.extend(event.recorded_at_us for event in page)
+            after = max(after, head)
+            if len(seen) >= count:
+                return sorted(seen)[count - 1]
+            await store.wait_for_append(head, 0.5)
+
+
+async def _relaunch(url: str) -> Figures:
+    """SIGKILL a worker holding six runs mid-step, start it again under its id: time to the first resumed step."""
+    victim = await _spawn(url, "relaunch", **{HOLD_VARIABLE: "1"})
+    relaunched_process: asyncio.subprocess.Process | None = None
+    try:
+        async with agentfold.connect(url) as store:
+            client = runtime.client(store)
+            head = await store.head_position()
+            for number in range(RELAUNCH_RUNS):
+                await client.start(relaunched, number, workflow_id=f"relaunch-{number}")
+            await _until(store, "StepStarted", head, RELAUNCH_RUNS)
+            victim.send_signal(signal.SIGKILL)
+            await victim.wait()
+            killed = await store.head_position()
+            spawned_at_us = time.time_ns() // 1000
+            relaunched_process = await _spawn(url, "relaunch")
+            first_step = await _first_after(store, killed, "StepStarted")
+            all_done = await _first_after(store, killed, "WorkflowCompleted", RELAUNCH_RUNS)
+            records = [event async for event in store.read_stream(worker_stream("relaunch"))]
+            started = next(event for event in reversed(records) if event.data.get("started"))
+            return {
+                "relaunch_to_first_step_ms": (first_step - spawned_at_us) / 1000,
+                "relaunch_incarnation_to_first_step_ms": (first_step - started.recorded_at_us) / 1000,
+                f"relaunch_to_{RELAUNCH_RUNS}_runs_done_ms": (all_done - spawned_at_us) / 1000,
+            }
+    finally:
+        await _stop([victim] if relaunched_process is None else [victim, relaunched_process])
+
+
 async def measure_workflows(url: str, runs: int = 500) -> Figures:
-    """Runs/s and steps/s with 1 and 3 worker processes, and the takeover time after a SIGKILL."""
+    """Runs/s and steps/s with 1 and 3 worker processes, the takeover time after a SIGKILL, and the time a worker
+    relaunched under its id after a SIGKILL takes to resume its runs."""
     figures: Figures = {}
     for workers in (1, 3):
         per_s, steps_per_s = await _throughput(url, workers, runs, f"bench{workers}")
         figures[f"workflows_{workers}_worker_per_s"] = per_s
         figures[f"workflow_steps_{workers}_worker_per_s"] = steps_per_s
     figures.update(await _takeover(url))
+    figures.update(await _relaunch(url))
     return figures
 
 
