@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -19,6 +17,7 @@ from agentfold.tokens import TokenRegistry
 from agentfold.web.api import ApiSettings, api_mount
 from agentfold.web.app import create_app
 from agentfold.web.settings import ServeSettings
+from tests.loop_thread import loop_thread, loopback_listener, serve_until
 
 
 def api_only_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette:
@@ -89,46 +88,17 @@ class SseReader:
 def served_in_thread(store_url: str, settings: ApiSettings | None = None, **scope: Any) -> Iterator[tuple[str, str]]:
     """`agentfold serve`'s app (inspector and API) over `store_url` on a real uvicorn server in a thread with its own
     event loop, for synchronous clients; yields (base URL of /api/v1, a token with `scope`)."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    started = threading.Event()
-    failure: list[BaseException] = []
-    holder: dict[str, Any] = {}
+    listener, port = loopback_listener()
+    token: list[str] = []
 
-    async def run() -> None:
+    async def serve(ready: Callable[[], None], stop: asyncio.Event) -> None:
         async with await agentfold.connect(store_url) as store:
-            holder["token"] = await token_for(store, "schemathesis", **scope)
+            token.append(await token_for(store, "schemathesis", **scope))
             app = create_app(store, ServeSettings(port=port, store_url=store_url), routes=[api_mount(store, settings)])
-            config = uvicorn.Config(app, log_level="warning", lifespan="on")
-            server = holder["server"] = uvicorn.Server(config)
-            serving = asyncio.create_task(server.serve(sockets=[listener]))
-            for _ in range(1500):
-                if server.started or serving.done():
-                    break
-                await asyncio.sleep(0.02)
-            started.set()
-            await serving
+            await serve_until(app, listener, ready, stop)
 
-    def main() -> None:
-        try:
-            asyncio.run(run())
-        except BaseException as error:
-            failure.append(error)
-        finally:
-            started.set()
-
-    thread = threading.Thread(target=main, name="api-server", daemon=True)
-    thread.start()
-    started.wait(30)
-    if failure:
-        raise failure[0]
     try:
-        yield f"http://127.0.0.1:{port}/api/v1", holder["token"]
+        with loop_thread("api-server", serve):
+            yield f"http://127.0.0.1:{port}/api/v1", token[0]
     finally:
-        if "server" in holder:
-            holder["server"].should_exit = True
-        thread.join(30)
         listener.close()
-        if failure:
-            raise failure[0]
