@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,6 +191,46 @@ async def test_a_run_held_by_a_newer_incarnation_is_left_alone(durable_url: str)
             with pytest.raises(LeaseLost):
                 await older._execute("r2")
             assert older.superseded is not None
+        await older.stop()
+
+
+async def test_an_incarnation_with_an_overdue_heartbeat_checks_its_id_before_starting_a_step(durable_url: str) -> None:
+    runtime = waiting_app(Counter())
+    async with agentfold.connect(durable_url) as store, agentfold.connect(durable_url) as other_store:
+        client = runtime.client(store)
+        older = runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="overdue")
+        await older.start()
+        ids = ["o1", "o2"]
+        for number, workflow_id in enumerate(ids):
+            await client.start("waiting", number, workflow_id=workflow_id)
+
+        async def both_waiting() -> bool:
+            return all([await _state_is(client, workflow_id, "AwaitingInput") for workflow_id in ids])
+
+        await until(store, both_waiting)
+        # As if paused: it neither heartbeats nor follows the log, and its executions are still there.
+        older._heartbeat._task.cancel()  # type: ignore[union-attr]
+        older._serving.cancel()  # type: ignore[union-attr]
+        held = dict(older._executions)
+        newer = runtime.worker(
+            other_store, concurrency=1, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="overdue", take_over=True
+        )
+        async with newer:
+
+            async def one_resumed() -> bool:
+                histories = [await load_history(store, workflow_id) for workflow_id in ids]
+                return any(history.owner_incarnation == newer.incarnation for history in histories)
+
+            await until(store, one_resumed)
+            # With one slot, the newer incarnation has not claimed the other run: only the check fences it.
+            unclaimed = [w for w in ids if (await load_history(store, w)).owner_incarnation == older.incarnation]
+            assert len(unclaimed) == 1
+            await asyncio.sleep(max(0.0, older._heartbeat.last_success + 2 * HEARTBEAT - time.monotonic()) + 0.05)
+            version = await store.stream_version(workflow_stream(unclaimed[0]))
+            with pytest.raises(WorkerSuperseded):
+                await held[unclaimed[0]]._record([NewEvent("StepStarted", {"seq": 9, "name": "late", "attempt": 1})])
+            assert await store.stream_version(workflow_stream(unclaimed[0])) == version, "no intent recorded"
+            assert older.superseded is not None and older.superseded.newer == newer.incarnation
         await older.stop()
 
 

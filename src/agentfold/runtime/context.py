@@ -186,6 +186,9 @@ class WorkflowExecution:
         """Step attempts whose intent is recorded and whose function is running: a stopping worker lets them end."""
         self.breakers: BreakerBoard | None = None
         """The worker's `BreakerBoard`, shared by its executions (one is made on first use otherwise)."""
+        self.before_intent: Callable[[], Awaitable[None]] | None = None
+        """Awaited before an intent is recorded: the worker checks there that it still holds its id (after a pause,
+        say), and raises if a newer start of the id took its runs over."""
         self._control_arrived = asyncio.Event()
         """Set when another process may have appended run control (a cancel) to this run's stream."""
         self._cancel_boundary: int | None = None
@@ -431,8 +434,11 @@ class WorkflowExecution:
         batch = [*self._pending, *events]
         if not batch and self._claim_recorded:
             return
-        if self.draining and any(event.type in INTENT_TYPES for event in batch):
+        intent = any(event.type in INTENT_TYPES for event in batch)
+        if self.draining and intent:
             raise Drained(f"workflow {self.workflow_id!r}: the worker is stopping; no new command is started")
+        if intent and self.before_intent is not None:
+            await self.before_intent()
         if not self._claim_recorded and self.worker_id is not None:
             if not batch:
                 claimed: dict[str, Any] = {"worker": self.worker_id, "previous": None}

@@ -265,6 +265,7 @@ class Heartbeat:
         self.superseded = False
         self._version = 0
         self._identity: ProcessIdentity | None = None
+        self._confirming = asyncio.Lock()
 
     async def start(self) -> None:
         """Open a new incarnation (before the worker claims anything), then keep beating in a task."""
@@ -308,6 +309,8 @@ class Heartbeat:
                 await self._append(started, version)
             except WrongExpectedVersion:
                 continue
+            self.last_success = time.monotonic()
+            self.beats += 1
             return
         raise WorkerIdInUse(self.worker_id, version, "another worker keeps starting under it", 0.0)
 
@@ -392,6 +395,15 @@ class Heartbeat:
                 logger.warning("worker %s could not heartbeat: %r", self.worker_id, error)
                 if time.monotonic() - self.last_success >= self.settings.ttl:
                     self._on_out_of_touch()
+
+    async def confirm(self) -> None:
+        """Heartbeat now if the last heartbeat is overdue (this process was paused, or the store slow), so an
+        incarnation that a newer one superseded meanwhile learns it (`WorkerSuperseded`) before it starts more."""
+        if time.monotonic() - self.last_success < self.settings.heartbeat * OVERDUE_HEARTBEATS:
+            return
+        async with self._confirming:
+            if time.monotonic() - self.last_success >= self.settings.heartbeat * OVERDUE_HEARTBEATS:
+                await self.beat()
 
     def superseded_by(self, newer: int | None) -> None:
         """A newer incarnation of the id was seen elsewhere (the worker's follower): stop beating, write nothing."""

@@ -138,6 +138,7 @@ class Worker:
         self.superseded: WorkerSuperseded | None = None
         """Set when a newer incarnation of this worker's id took its runs over: it serves nothing more."""
         self._superseded_event = asyncio.Event()
+        self._leaving: asyncio.Task[None] | None = None
         self._unfinished: dict[str, None] = {}  # insertion-ordered set: runs are resumed oldest first
         self._workflows: dict[str, str] = {}
         """Every unfinished run in the store (of any workflow) and its workflow's name: the registry's content."""
@@ -230,6 +231,9 @@ class Worker:
         if self._triggers is not None:
             await self._triggers.stop()
             self._triggers = None
+        if self._leaving is not None:
+            await asyncio.wait({self._leaving}, timeout=self.stop_timeout)
+            self._leaving = None
         self._serving.cancel()
         # Bounded: a store call that ignores cancellation must not hold the shutdown up.
         await asyncio.wait({self._serving}, timeout=self.stop_timeout)
@@ -277,6 +281,9 @@ class Worker:
             task.cancel()
         if self._serving is not None and asyncio.current_task() is not self._serving:
             self._serving.cancel()
+        if self._triggers is not None:  # the newer incarnation joins the trigger group under the same member id
+            self._leaving = asyncio.get_running_loop().create_task(self._triggers.stop())
+            self._triggers = None
         self._superseded_event.set()
 
     def _holds(self, owner: object, incarnation: object) -> bool:
@@ -523,6 +530,7 @@ class Worker:
         else:
             execution.claim(self.worker_id, incarnation=incarnation)
         execution.breakers = self.breakers
+        execution.before_intent = self._heartbeat.confirm
         execution.draining = self._stopping
         self._owners[workflow_id] = self.worker_id
         self._executions[workflow_id] = execution
