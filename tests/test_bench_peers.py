@@ -11,7 +11,7 @@ import pytest
 
 from agentfold.bench.langgraph_storage import EARLY_STEP
 from agentfold.bench.peers import PeerSizes, run_peers
-from agentfold.cli.bench import peers_markdown
+from agentfold.cli.bench import peers_markdown, peers_summary_markdown
 from tests.backends import BACKENDS, PG_URL, require_service
 
 ROOT_PG = PG_URL.split("?")[0]
@@ -59,6 +59,8 @@ async def test_eventsourcing_appends_and_replay_beside_agentfold(tmp_path: Path)
     assert not {schema for schema in _schemas() - before if schema.startswith("bench_es_")}
     table = peers_markdown(results)
     assert table.count("| eventsourcing ") == len(figures)
+    summary = peers_summary_markdown(results)
+    assert summary.count(" vs eventsourcing |") == len(expected)
 
 
 async def test_langgraph_savers_beside_agentfolds(tmp_path: Path) -> None:

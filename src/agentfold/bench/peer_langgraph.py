@@ -11,6 +11,7 @@ from agentfold.bench.langgraph_storage import EARLY_STEP, run_langgraph_storage
 from agentfold.bench.peers import Comparison, PeerSizes, version
 
 PACKAGE: Final = {"sqlite": "langgraph-checkpoint-sqlite", "postgres": "langgraph-checkpoint-postgres"}
+SAVER: Final = {"sqlite": "AsyncSqliteSaver", "postgres": "AsyncPostgresSaver"}
 
 
 async def measure_langgraph(
@@ -33,14 +34,14 @@ async def measure_langgraph(
             comparisons.append(
                 Comparison(
                     "langgraph",
-                    version(PACKAGE[backend]),
+                    f"{PACKAGE[backend].removeprefix('langgraph-')} {version(PACKAGE[backend])}",
                     backend,
                     figure,
                     unit,
                     float(ours[key]),
                     float(theirs[key]),
                     higher_is_better=False,
-                    note=f"AgentfoldSaver vs {PACKAGE[backend]}",
+                    note=f"AgentfoldSaver vs {SAVER[backend]}",
                 )
             )
     return comparisons

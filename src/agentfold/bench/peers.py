@@ -18,7 +18,7 @@ from typing import Any
 from agentfold.bench import DEFAULT_PG, Progress, environment
 from agentfold.errors import InvalidInput
 
-PEER_NAMES = ("eventsourcing", "dbos", "langgraph", "raw")
+PEER_NAMES = ("eventsourcing", "raw", "dbos", "langgraph")
 PEER_PACKAGES = {
     "eventsourcing": ("eventsourcing",),
     "dbos": ("dbos",),
@@ -113,6 +113,7 @@ async def run_peers(
         raise InvalidInput(f"unknown peer or backend {', '.join(unknown)}; peers: {', '.join(PEER_NAMES)}")
     comparisons: list[Comparison] = []
     not_installed: dict[str, list[str]] = {}
+    measured_on = {**environment(), "load_average_at_start": _load_average()}
     for peer in peers:
         absent = missing(peer)
         if absent:
@@ -135,7 +136,7 @@ async def run_peers(
 
             comparisons += await measure_raw_limit(backends, pg_url, workdir, sizes, progress)
     return {
-        "environment": {**environment(), "load_average": _load_average()},
+        "environment": {**measured_on, "load_average_at_end": _load_average()},
         "comparisons": [comparison.as_json() for comparison in comparisons],
         "not_installed": not_installed,
     }

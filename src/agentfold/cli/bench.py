@@ -218,7 +218,7 @@ def _peers(
         except AgentfoldError as error:
             raise click.ClickException(str(error)) from None
     if markdown:
-        click.echo(peers_markdown(results))
+        click.echo(peers_summary_markdown(results) + "\n\n" + peers_markdown(results))
     else:
         Console().print(_peers_table(results))
     for peer, packages in results["not_installed"].items():
@@ -247,11 +247,7 @@ def _peer_cells(comparison: dict[str, Any]) -> list[str]:
 
 
 def _peers_table(results: dict[str, Any]) -> Table:
-    load = results["environment"].get("load_average")
-    table = Table(
-        title=f"agentfold beside its peers ({results['environment']['cpus']} CPUs, load {load}); "
-        "agentfold ahead: above 1, agentfold is faster or smaller"
-    )
+    table = Table(title=f"agentfold beside its peers ({_peers_machine(results)})")
     for column in PEER_COLUMNS:
         table.add_column(column, justify="right" if column in ("agentfold", "peer's", "agentfold ahead") else "left")
     for comparison in results["comparisons"]:
@@ -261,9 +257,35 @@ def _peers_table(results: dict[str, Any]) -> Table:
 
 def peers_markdown(results: dict[str, Any]) -> str:
     """One row per comparison: both figures, and the ratio (above 1, agentfold is ahead)."""
-    lines = ["| " + " | ".join(PEER_COLUMNS) + " |", "|---|---|---|---:|---:|---:|---|"]
+    lines = [
+        f"{_peers_machine(results)}",
+        "",
+        "| " + " | ".join(PEER_COLUMNS) + " |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
     lines += ["| " + " | ".join(_peer_cells(comparison)) + " |" for comparison in results["comparisons"]]
     return "\n".join(lines)
+
+
+def peers_summary_markdown(results: dict[str, Any]) -> str:
+    """The ratios alone, one row per figure and peer, one column per backend (the README's table)."""
+    backends = list(dict.fromkeys(comparison["backend"] for comparison in results["comparisons"]))
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for comparison in results["comparisons"]:
+        rows.setdefault((comparison["figure"], comparison["peer"]), {})[comparison["backend"]] = comparison["ratio"]
+    lines = ["| agentfold ahead (ratio) | " + " | ".join(backends) + " |", "|---|" + "---:|" * len(backends)]
+    for (figure, peer), ratios in rows.items():
+        cells = [f"{ratios[backend]:.2f}x" if backend in ratios else "" for backend in backends]
+        lines.append(f"| `{figure}` vs {peer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _peers_machine(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    return (
+        f"{env['measured_at']}, {env['cpus']} CPUs, load average {env.get('load_average_at_start')} at the start and "
+        f"{env.get('load_average_at_end')} at the end; agentfold ahead: above 1, agentfold is faster or smaller"
+    )
 
 
 def _format_unit(unit: str, value: float) -> str:
