@@ -88,7 +88,6 @@ async def test_readers_do_not_pass_an_open_append_transaction_and_see_it_once_it
     seed = await store.append("seed", events(1))
     head = seed.position
     held_events = encode_events([NewEvent("Held", {"holds": "the lower position"})])
-    loop = asyncio.get_running_loop()
     live: list[RecordedEvent] = []
     subscription = store.subscribe(after_position=head)
 
@@ -103,7 +102,7 @@ async def test_readers_do_not_pass_an_open_append_transaction_and_see_it_once_it
         await holder.execute("BEGIN")
         cursor = await holder.execute(
             store._sql["append_group"],
-            _group_arguments([_PendingAppend("held", held_events, ANY, loop.create_future())], store._channel),
+            _group_arguments([_PendingAppend("held", held_events, ANY)], store._channel),
         )
         assert await cursor.fetchall() == [(0, 1, head + 1)]
 

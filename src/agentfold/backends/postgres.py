@@ -5,8 +5,8 @@ Guarantees beyond the `EventStore` contract:
 - The database itself enforces one event per (stream, version) and one row per event id (unique constraints).
 - Global positions are handed out in commit order and never have an uncommitted hole below a visible event, so a
   reader tailing `read_all` never skips one (see `PostgresStore._commit`).
-- Appends from many tasks of one process share transactions (group commit); each keeps its own expected-version
-  check and its own outcome.
+- Appends from many tasks of one process share transactions (group commit, through
+  `agentfold.committer.GroupCommitter`); each keeps its own expected-version check and its own outcome.
 - Nothing waits forever: lock, statement, idle-in-transaction, pool and connect timeouts are always set, and a
   timeout or a dropped connection surfaces as a retryable `StoreTimeout` / `StoreUnavailable`.
 - `LISTEN/NOTIFY` only wakes waiters early; they always re-read the table.
@@ -15,7 +15,6 @@ Guarantees beyond the `EventStore` contract:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import inspect
 import logging
@@ -34,6 +33,7 @@ from psycopg.rows import RowFactory, scalar_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
+from agentfold.committer import GroupCommitter
 from agentfold.encoding import EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
@@ -542,20 +542,19 @@ _encode_json = msgspec.json.Encoder().encode
 
 
 class _PendingAppend:
-    __slots__ = ("events", "expected", "future", "size", "stream_id")
+    """An append waiting for its group; `size` (its JSON bytes) counts against `MAX_GROUP_BYTES`."""
 
-    def __init__(
-        self,
-        stream_id: str,
-        events: list[EncodedEvent],
-        expected: ExpectedVersion,
-        future: asyncio.Future[AppendResult],
-    ) -> None:
+    __slots__ = ("events", "expected", "size", "stream_id")
+
+    def __init__(self, stream_id: str, events: list[EncodedEvent], expected: ExpectedVersion) -> None:
         self.stream_id = stream_id
         self.events = events
         self.expected = expected
-        self.future = future
         self.size = sum(len(event.data) + len(event.metadata) for event in events)
+
+
+def _size_of(pending: _PendingAppend) -> int:
+    return pending.size
 
 
 _SEPARATOR: Final = "\x1e"  # ASCII record separator: not printable, and escaped inside JSON strings
@@ -615,14 +614,14 @@ class PostgresStore(EventStore):
         # One NOTIFY channel per schema. Kept under PostgreSQL's 63-byte identifier limit so LISTEN (which would
         # truncate) and pg_notify (which would refuse) name the same channel; a shared prefix only adds wake-ups.
         self._channel = f"agentfold.{options.schema}"[:63]
-        self._pending: collections.deque[_PendingAppend] = collections.deque()
-        self._pending_added = asyncio.Event()
-        self._closing = False
-        loop = asyncio.get_running_loop()
-        self._writers = [
-            loop.create_task(self._write_loop(), name=f"agentfold-pg-writer-{number}")
-            for number in range(GROUPS_IN_FLIGHT)
-        ]
+        self._committer: GroupCommitter[_PendingAppend, AppendResult] = GroupCommitter(
+            self._commit_group,
+            max_group=MAX_GROUP_APPENDS,
+            max_weight=MAX_GROUP_BYTES,
+            weight=_size_of,
+            in_flight=GROUPS_IN_FLIGHT,
+            name="postgresql store",
+        )
         self._appended = Broadcast()
         self._listening = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -638,51 +637,21 @@ class PostgresStore(EventStore):
     async def _append(
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingAppend(stream_id, events, expected_version, future))
-        self._pending_added.set()
-        return await future
+        return await self._committer.submit(_PendingAppend(stream_id, events, expected_version))
 
-    async def _write_loop(self) -> None:
-        """Take everything pending and commit it as one group, until the store closes and the queue is empty."""
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._pending_added.clear()
-                await self._pending_added.wait()
-                continue
-            group: list[_PendingAppend] = []
-            size = 0
-            while self._pending and len(group) < MAX_GROUP_APPENDS and (not group or size < MAX_GROUP_BYTES):
-                pending = self._pending.popleft()
-                if pending.future.done():  # the caller was cancelled before anything was written
-                    continue
-                group.append(pending)
-                size += pending.size
-            if group:
-                await self._commit_group(group)
-
-    async def _commit_group(self, group: list[_PendingAppend]) -> None:
-        """Commit the group and resolve each append's future; never raises."""
+    async def _commit_group(self, group: list[_PendingAppend]) -> list[AppendResult | BaseException]:
+        """Commit the group: one outcome per append (`GroupCommitter` does the queueing, grouping and resolving)."""
         try:
-            outcomes = await self._commit(group)
+            return list(await self._commit(group))
         except (psycopg.Error, PoolTimeout) as error:
             if len(group) > 1 and _is_database_refusal(error):
                 # The server refused something in the group: give every append its own transaction, so one bad
                 # append cannot fail the others.
+                outcomes: list[AppendResult | BaseException] = []
                 for pending in group:
-                    await self._commit_group([pending])
-                return
-            for pending in group:
-                _resolve(pending.future, translate_error(error))
-            return
-        except Exception as error:  # a bug must not leave callers waiting forever
-            for pending in group:
-                _resolve(pending.future, error)
-            return
-        for pending, outcome in zip(group, outcomes, strict=True):
-            _resolve(pending.future, outcome)
+                    outcomes += await self._commit_group([pending])
+                return outcomes
+            return [translate_error(error) for _ in group]
 
     async def _commit(self, group: list[_PendingAppend]) -> list[AppendResult | AgentfoldError]:
         """Write one group in one transaction (one round trip), then decide the appends that reused known ids.
@@ -915,24 +884,13 @@ class PostgresStore(EventStore):
                 return count
 
     async def _close(self) -> None:
-        self._closing = True
-        self._pending_added.set()
-        await asyncio.gather(*self._writers, return_exceptions=True)
+        await self._committer.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
         self._wake_waiters()
         await self._pool.close()
-
-
-def _resolve(future: asyncio.Future[AppendResult], outcome: AppendResult | BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
 
 
 def _decode_page(records: list[str]) -> list[RecordedEvent]:

@@ -39,6 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
+from agentfold.committer import GroupCommitter
 from agentfold.encoding import EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
@@ -509,7 +510,10 @@ class _PendingAppend:
     packed_key: bytes
     packed_arguments: bytes
     argument_count: int
-    reply: asyncio.Future[list[bytes]]
+
+
+def _event_count(pending: _PendingAppend) -> int:
+    return len(pending.events)
 
 
 class RedisStore(EventStore):
@@ -545,11 +549,19 @@ class RedisStore(EventStore):
         self._evalsha_head = bulk_string(b"EVALSHA") + bulk_string(self._append_script.sha.encode())
         timeout_ms = b"%d" % int(settings.timeout * 1000)
         self._waitaof_command = b"*4\r\n" + b"".join(bulk_string(part) for part in (b"WAITAOF", b"1", b"0", timeout_ms))
-        self._pending: list[_PendingAppend] = []
         self._idle_connections: list[Connection] = [untimed_connection(self._client) for _ in range(_SENDERS)]
         self._all_connections = list(self._idle_connections)
-        self._senders: set[asyncio.Task[None]] = set()  # keeps the tasks referenced while they run
-        self._sending = 0
+        # Up to `_SENDERS` script calls in flight, each on its own connection: while the server runs one, this
+        # process prepares the next; a group formed while a connection is idle leaves it half of the waiting appends.
+        self._committer: GroupCommitter[_PendingAppend, list[bytes]] = GroupCommitter(
+            self._commit_group,
+            max_group=_MAX_APPENDS_PER_CALL,
+            max_weight=_MAX_EVENTS_PER_CALL,
+            weight=_event_count,
+            in_flight=_SENDERS,
+            spread=True,
+            name="redis store",
+        )
         self._packed_streams: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._seen_head = 0
@@ -593,12 +605,8 @@ class RedisStore(EventStore):
             packed_key,
             b"".join(parts),
             3 + 2 * len(events),
-            asyncio.get_running_loop().create_future(),
         )
-        self._pending.append(pending)
-        if self._sending == 0:
-            self._start_sender()
-        return _answer(pending, await pending.reply)
+        return _answer(pending, await self._committer.submit(pending))
 
     def _pack_stream(self, stream_id: str) -> tuple[bytes, bytes, bytes]:
         """A stream's key and id as RESP bulk strings, and its id as JSON; kept for the most recent streams."""
@@ -613,56 +621,14 @@ class RedisStore(EventStore):
         self._packed_streams[stream_id] = packed
         return packed
 
-    def _start_sender(self) -> None:
+    async def _commit_group(self, group: list[_PendingAppend]) -> list[list[bytes]]:
+        """One script call for the group, on a connection no other call uses meanwhile (the committer keeps at
+        most `_SENDERS` groups in flight); one reply per append."""
         connection = self._idle_connections.pop()
-        self._sending += 1
-        task = asyncio.get_running_loop().create_task(self._send_pending(connection))
-        self._senders.add(task)
-        task.add_done_callback(self._senders.discard)
-
-    async def _send_pending(self, connection: Connection) -> None:
-        """Send waiting appends, many per script call, until none wait.
-
-        Up to `_SENDERS` calls are in flight, each on its own connection: while the server runs one, this process
-        prepares the next. A sender that finds another connection idle leaves it half of the waiting appends.
-        """
         try:
-            while self._pending:
-                group = self._take_group()
-                if self._pending and self._idle_connections:
-                    self._start_sender()
-                try:
-                    replies = await self._run_append_script(connection, group)
-                except Exception as error:
-                    for pending in group:
-                        if not pending.reply.done():
-                            pending.reply.set_exception(error)
-                    continue
-                except BaseException:
-                    for pending in [*group, *self._pending]:
-                        pending.reply.cancel()
-                    self._pending.clear()
-                    raise
-                for pending, reply in zip(group, replies, strict=True):
-                    if not pending.reply.done():
-                        pending.reply.set_result(reply)
+            return await self._run_append_script(connection, group)
         finally:
-            # No await since the loop last found nothing waiting: an append arriving from now on starts a sender.
-            self._sending -= 1
             self._idle_connections.append(connection)
-
-    def _take_group(self) -> list[_PendingAppend]:
-        waiting = len(self._pending)
-        limit = min(_MAX_APPENDS_PER_CALL, (waiting + 1) // 2 if self._idle_connections else waiting)
-        group: list[_PendingAppend] = []
-        events = 0
-        for pending in self._pending:
-            if group and (len(group) >= limit or events + len(pending.events) > _MAX_EVENTS_PER_CALL):
-                break
-            group.append(pending)
-            events += len(pending.events)
-        del self._pending[: len(group)]
-        return group
 
     async def _run_append_script(self, connection: Connection, group: list[_PendingAppend]) -> list[list[bytes]]:
         """One ``EVALSHA`` for the group, packed here (the driver's generic packing costs more than the script)."""
@@ -884,6 +850,7 @@ class RedisStore(EventStore):
             await self._client.hset(self._checkpoints_key, name, position)
 
     async def _close(self) -> None:
+        await self._committer.close()
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.wait([self._watcher], timeout=2)

@@ -2,15 +2,16 @@
 
 - Durable by default: `synchronous=FULL` fsyncs the write-ahead log at every commit. `synchronous=NORMAL` skips that
   fsync: the store still survives a crash of the process, but a power loss may take away the last commits.
-- The event loop never blocks on disk. One writer thread owns the only write connection and group-commits: it takes
-  every append waiting in its queue, checks and writes them all in one `BEGIN IMMEDIATE` transaction and commits once
-  (one fsync for the whole group). Each append keeps its own atomicity and its own expected-version check: an append
-  that fails (wrong version, duplicate id) writes nothing and gets its own error while the others commit. An append
-  is acknowledged only after the commit that holds it has returned (with `FULL`: after its fsync).
+- The event loop never blocks on disk. One writer thread owns the only write connection and group-commits (the
+  queueing and grouping are `agentfold.committer.GroupCommitter`'s): every append waiting when a group forms is
+  checked and written in one `BEGIN IMMEDIATE` transaction that commits once (one fsync for the whole group). Each
+  append keeps its own atomicity and its own expected-version check: an append that fails (wrong version, duplicate
+  id) writes nothing and gets its own error while the others commit. An append is acknowledged only after the commit
+  that holds it has returned (with `FULL`: after its fsync).
 - A group costs a fixed handful of statements however many appends it holds (one read of everything the checks need,
-  one multi-row INSERT per table, the commit), and one wake-up each way between the event loop and the writer: the
-  loop hands over everything submitted during one of its iterations as one batch, and the writer hands back every
-  outcome of a group in one callback. Appends that arrive while a group commits form the next group.
+  one multi-row INSERT per table, the commit), and one wake-up each way between the event loop and the writer
+  thread. Appends that arrive while a group commits form the next group, which waits in the writer thread's queue
+  behind it, so the disk does not wait for the event loop between groups.
 - Reads run in worker threads, each with its own read connection; WAL lets them proceed beside the writer.
 - Several processes may share one file: `BEGIN IMMEDIATE` plus the busy timeout make their writers queue. Positions
   are assigned inside the write transaction from the file's `AUTOINCREMENT` counter, so they follow commit order and
@@ -38,6 +39,7 @@ from urllib.parse import unquote
 import msgspec
 
 from agentfold.appending import IdRecord, check_expected, find_retry
+from agentfold.committer import GroupCommitter
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
@@ -260,32 +262,24 @@ def translate_error(error: sqlite3.Error, path: str) -> AgentfoldError:
 
 
 class _AppendRequest:
-    """One append waiting for the writer thread; `outcome` is set there and delivered on the event loop."""
+    """One append waiting for its group; `outcome` is set in the writer thread."""
 
-    __slots__ = ("events", "expected", "future", "outcome", "stream_id")
+    __slots__ = ("events", "expected", "outcome", "stream_id")
 
-    def __init__(
-        self,
-        stream_id: str,
-        events: list[EncodedEvent],
-        expected: ExpectedVersion,
-        future: asyncio.Future[Any],
-    ) -> None:
+    def __init__(self, stream_id: str, events: list[EncodedEvent], expected: ExpectedVersion) -> None:
         self.stream_id = stream_id
         self.events = events
         self.expected = expected
-        self.future = future
         self.outcome: AppendResult | BaseException | None = None
 
 
 class _WriteJob:
     """Any other write (snapshot, trim, checkpoint), run in its own savepoint inside a group."""
 
-    __slots__ = ("future", "outcome", "work")
+    __slots__ = ("outcome", "work")
 
-    def __init__(self, work: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]) -> None:
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
         self.work = work
-        self.future = future
         self.outcome: Any = None
 
 
@@ -294,17 +288,6 @@ _Request = _AppendRequest | _WriteJob
 
 def _size(request: _Request) -> int:
     return len(request.events) if isinstance(request, _AppendRequest) else 1
-
-
-def _split_group(requests: list[_Request]) -> tuple[list[_Request], list[_Request]]:
-    """The longest head of `requests` within the group limits (at least one request), and the rest."""
-    taken = events = 0
-    for request in requests:
-        events += _size(request)
-        if taken and (taken >= MAX_GROUP_APPENDS or events > MAX_GROUP_EVENTS):
-            break
-        taken += 1
-    return requests[:taken], requests[taken:]
 
 
 def _connect(settings: SQLiteSettings, *, writer: bool) -> sqlite3.Connection:
@@ -579,75 +562,56 @@ class _PageProducer:
         self.pages.put_nowait(None)
 
 
-class _Writer:
-    """The writer thread: takes every request queued and commits them as one transaction (one fsync)."""
+def _settle(future: asyncio.Future[list[Any]], outcome: list[Any] | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
-    def __init__(
-        self,
-        connection: sqlite3.Connection,
-        path: str,
-        loop: asyncio.AbstractEventLoop,
-        deliver: Callable[[list[_Request]], None],
-    ) -> None:
+
+class _Writer:
+    """The writer thread: commits the groups handed to it, in order, on the writer connection, each in one
+    transaction (one fsync), and hands each group's outcomes back to the event loop in one callback. The queueing
+    and grouping are `GroupCommitter`'s."""
+
+    def __init__(self, connection: sqlite3.Connection, path: str, loop: asyncio.AbstractEventLoop) -> None:
         self._connection = connection
         self._path = path
         self._loop = loop
-        self._deliver = deliver
-        self.queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
-        """Batches of requests for the writer thread (the event loop hands over everything submitted in one of its
-        iterations at once, so one wake-up carries many appends); None asks it to stop after what is queued
-        before."""
-        self._backlog: list[_Request] = []
-        """Requests taken from the queue that did not fit into the last group."""
+        self._groups: queue.SimpleQueue[tuple[list[_Request], asyncio.Future[list[Any]]] | None] = queue.SimpleQueue()
         self.commits = 0
         self.thread = threading.Thread(target=self._run, name=f"agentfold-sqlite-writer:{path}", daemon=True)
+        self.thread.start()
+
+    def commit(self, group: list[_Request]) -> asyncio.Future[list[Any]]:
+        """Queue `group` behind the groups queued before it; the future gets its outcomes."""
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        self._groups.put((group, future))
+        return future
+
+    def stop(self) -> None:
+        """Stop the thread after the groups queued before, and close the connection."""
+        self._groups.put(None)
 
     def _run(self) -> None:
         try:
-            while True:
-                group, stopping = self._next_group()
-                if group:
-                    self._commit_group(group)
-                    try:
-                        self._loop.call_soon_threadsafe(self._deliver, group)
-                    except RuntimeError:
-                        return  # the event loop is gone; nobody is waiting for these outcomes
-                if stopping:
-                    return
+            while (queued := self._groups.get()) is not None:
+                group, future = queued
+                try:
+                    outcome: list[Any] | BaseException = self.commit_group(group)
+                except BaseException as error:  # a bug: the group's callers get it rather than waiting forever
+                    outcome = error
+                try:
+                    self._loop.call_soon_threadsafe(_settle, future, outcome)
+                except RuntimeError:
+                    return  # the event loop is gone; nobody is waiting for these outcomes
         finally:
             self._connection.close()
 
-    def _next_group(self) -> tuple[list[_Request], bool]:
-        """Collect the next group: block for a first batch, then take every batch queued, up to the group limits.
-
-        Nothing waits for more: appends that arrive while this group commits form the next group, so the event
-        loop prepares the next group while the disk syncs this one.
-        """
-        group = self._backlog
-        self._backlog = []
-        stopping = False
-        if not group:
-            batch = self.queue.get()
-            if batch is None:
-                return group, True
-            group = batch
-        while True:
-            try:
-                batch = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if batch is None:
-                stopping = True  # close: commit what was queued before it, then stop
-                break
-            group += batch
-        if len(group) > MAX_GROUP_APPENDS or sum(map(_size, group)) > MAX_GROUP_EVENTS:
-            group, self._backlog = _split_group(group)
-            if stopping:
-                self.queue.put(None)  # stop only once the backlog is committed too
-                stopping = False
-        return group, stopping
-
-    def _commit_group(self, group: list[_Request]) -> None:
+    def commit_group(self, group: list[_Request]) -> list[Any]:
+        """Commit `group` in one transaction; one outcome per request (a result, or the error that is its outcome)."""
         connection = self._connection
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -660,12 +624,8 @@ class _Writer:
                 raise
             self.commits += 1
         except sqlite3.Error as error:
-            failure: BaseException = translate_error(error, self._path)
-            for request in group:
-                request.outcome = failure
-        except BaseException as error:
-            for request in group:
-                request.outcome = error
+            return [translate_error(error, self._path) for _ in group]
+        return [request.outcome for request in group]
 
     def _apply_group(self, group: list[_Request]) -> None:
         appends = [request for request in group if type(request) is _AppendRequest]
@@ -800,11 +760,17 @@ class SQLiteStore(EventStore):
         self.settings = settings
         self.max_event_size = settings.max_event_size
         self._loop = asyncio.get_running_loop()
-        self._writer = _Writer(writer_connection, settings.path, self._loop, self._deliver)
-        self._writer.thread.start()
-        self._writer_stopped = False
-        self._submitted: list[_Request] = []
-        """Requests of this iteration of the event loop, not yet handed to the writer."""
+        self._writer = _Writer(writer_connection, settings.path, self._loop)
+        # Two groups in flight: while the writer thread commits one (and waits for its fsync), the next is formed
+        # on the event loop and queued behind it in the thread, so the disk never waits for the event loop.
+        self._committer: GroupCommitter[_Request, Any] = GroupCommitter(
+            self._commit_group,
+            max_group=MAX_GROUP_APPENDS,
+            max_weight=MAX_GROUP_EVENTS,
+            weight=_size,
+            in_flight=2,
+            name="sqlite store",
+        )
         self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="agentfold-sqlite-read")
         self._reader_local = threading.local()
         self._read_connections: list[sqlite3.Connection] = []
@@ -832,49 +798,27 @@ class SQLiteStore(EventStore):
     async def _append(
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
-        future: asyncio.Future[AppendResult] = self._loop.create_future()
-        self._submit(_AppendRequest(stream_id, events, expected_version, future))
-        return await future
+        result: AppendResult = await self._committer.submit(_AppendRequest(stream_id, events, expected_version))
+        return result
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on the writer connection inside a write transaction, in its own savepoint."""
         self._check_open()
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._submit(_WriteJob(work, future))
-        return await future
+        outcome: T = await self._committer.submit(_WriteJob(work))
+        return outcome
 
-    def _submit(self, request: _Request) -> None:
-        """Queue `request` for the writer. Requests submitted during one iteration of the event loop reach the
-        writer together, as one batch (one wake-up of the writer thread for all of them)."""
-        if self._writer_stopped:
-            raise StoreClosed("the sqlite store is closed")
-        if not self._submitted:
-            self._loop.call_soon(self._hand_over)
-        self._submitted.append(request)
-
-    def _hand_over(self) -> None:
-        if self._submitted:
-            batch, self._submitted = self._submitted, []
-            self._writer.queue.put(batch)
-
-    def _deliver(self, group: list[_Request]) -> None:
-        """On the event loop: hand each request its outcome, then wake the waiting readers."""
+    async def _commit_group(self, group: list[_Request]) -> list[Any]:
+        """Commit a group in the writer thread, then wake the waiting readers when it appended."""
+        outcomes = await self._writer.commit(group)
         appended = False
-        for request in group:
-            outcome = request.outcome
-            future = request.future
+        for outcome in outcomes:
             if type(outcome) is AppendResult:
                 appended = True
                 if outcome.position > self._committed_position:
                     self._committed_position = outcome.position
-            if future.done():
-                continue  # the caller was cancelled; the write stands (a retry finds it by event id)
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
         if appended:
             self._appended.wake()
+        return outcomes
 
     # -- reads -----------------------------------------------------------------------------------------------------
 
@@ -1102,9 +1046,8 @@ class SQLiteStore(EventStore):
 
     async def _close(self) -> None:
         """Let the writer commit everything queued before the close, then stop the threads and close connections."""
-        self._writer_stopped = True
-        self._hand_over()
-        self._writer.queue.put(None)
+        await self._committer.close()
+        self._writer.stop()
         await asyncio.to_thread(self._writer.thread.join)
         await asyncio.to_thread(self._readers.shutdown, True)
         with self._read_connections_lock:
