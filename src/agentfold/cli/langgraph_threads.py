@@ -24,22 +24,6 @@ def is_thread(target: str) -> bool:
     return target.startswith(THREAD_PREFIX)
 
 
-def plain(value: Any) -> Any:
-    """A channel value as JSON: LangChain messages as their type, content and tool calls; other objects as text."""
-    if isinstance(value, dict):
-        return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if hasattr(value, "type") and hasattr(value, "content"):
-        shown: dict[str, Any] = {"type": value.type, "content": plain(value.content)}
-        if getattr(value, "tool_calls", None):
-            shown["tool_calls"] = plain(value.tool_calls)
-        return shown
-    return repr(value)
-
-
 def _timeline_table(entries: list[Any], title: str, wide: bool) -> None:
     console = output_console()
     columns = [
@@ -91,7 +75,7 @@ def show_thread(store_url: str, target: str, wide: bool, as_json: bool) -> None:
 def replay_thread(store_url: str, target: str, to_seq: int | None, wide: bool, as_json: bool) -> None:
     """The thread's checkpoints up to `to_seq` (default: the last) and the channel values there; no node runs."""
     from agentfold.errors import InvalidInput
-    from agentfold.integrations.langgraph import channel_values_at, parse_thread, thread_timeline
+    from agentfold.integrations.langgraph import channel_values_at, parse_thread, plain, thread_timeline
 
     thread_id, ns = parse_thread(target)
 

@@ -798,6 +798,22 @@ async def thread_timeline(store: EventStore, thread_id: str, checkpoint_ns: str 
     ]
 
 
+def plain(value: Any) -> Any:
+    """A channel value as JSON: LangChain messages as their type, content and tool calls; other objects as text."""
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if hasattr(value, "type") and hasattr(value, "content"):
+        shown: dict[str, Any] = {"type": value.type, "content": plain(value.content)}
+        if getattr(value, "tool_calls", None):
+            shown["tool_calls"] = plain(value.tool_calls)
+        return shown
+    return repr(value)
+
+
 async def channel_values_at(
     store: EventStore, thread_id: str, checkpoint_ns: str = "", checkpoint_id: str | None = None
 ) -> CheckpointTuple | None:

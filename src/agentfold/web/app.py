@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentfold.runs_index import RunsIndex
 from agentfold.store import EventStore
-from agentfold.web import pages
+from agentfold.web import langgraph, pages
 from agentfold.web.errors import error_handlers
 from agentfold.web.security import PUBLIC_PATHS, SecurityHeaders, is_signed_in
 from agentfold.web.settings import ServeSettings
@@ -77,7 +77,7 @@ class SignInRequired:
 
 def default_routes() -> list[BaseRoute]:
     """The inspector's own pages; `create_app` adds the static files and any routes it is given."""
-    return pages.routes()
+    return [*pages.routes(), *langgraph.routes()]
 
 
 def create_app(store: EventStore, settings: ServeSettings, routes: Sequence[BaseRoute] = ()) -> Starlette:

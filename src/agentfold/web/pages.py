@@ -69,7 +69,7 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
 
 
-def _store(request: Request) -> EventStore:
+def store_of(request: Request) -> EventStore:
     store: EventStore = request.app.state.store
     return store
 
@@ -116,7 +116,7 @@ def _time_param(request: Request, name: str) -> int | None:
     return int(moment.timestamp() * 1_000_000)
 
 
-def _int_param(request: Request, name: str, default: int | None = None) -> int | None:
+def int_param(request: Request, name: str, default: int | None = None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -139,7 +139,7 @@ async def runs_page(request: Request) -> Response:
         started_from_us=_time_param(request, "from"),
         started_until_us=_time_param(request, "until"),
         after=params.get("after") or None,
-        limit=_int_param(request, "limit", _settings(request).page_size) or _settings(request).page_size,
+        limit=int_param(request, "limit", _settings(request).page_size) or _settings(request).page_size,
     )
     index = _index(request)
     await index.catch_up()
@@ -214,7 +214,7 @@ def _open_waits(state: dict[str, Any]) -> list[str]:
 async def _run_id(request: Request) -> str:
     """The run named in the path, or (for the JSON twin) the path without its ``.json``."""
     raw: str = request.path_params["workflow_id"]
-    store = _store(request)
+    store = store_of(request)
     if raw.endswith(".json") and await store.stream_version(h.workflow_stream(h.check_workflow_id(raw))) == 0:
         raw = raw[: -len(".json")]
         request.scope["agentfold.json"] = True
@@ -224,7 +224,7 @@ async def _run_id(request: Request) -> str:
 async def run_page(request: Request) -> Response:
     """A run: header, timeline chart, the tree of runs it started, every event (each links to its state)."""
     workflow_id = await _run_id(request)
-    store = _store(request)
+    store = store_of(request)
     index = _index(request)
     await index.catch_up()
     run_timeline = await timeline(store, workflow_id)
@@ -289,10 +289,10 @@ async def run_page(request: Request) -> Response:
 async def event_page(request: Request) -> Response:
     """One event of a run: the projected state before and after it and what changed (a dry replay)."""
     workflow_id = h.check_workflow_id(request.query_params.get("id", ""))
-    version = _int_param(request, "version")
+    version = int_param(request, "version")
     if version is None or version < 1:
         raise InvalidInput("version must be a whole number of at least 1")
-    store = _store(request)
+    store = store_of(request)
     before = await state_at(store, workflow_id, version - 1)
     after = await state_at(store, workflow_id, version)
     event: RecordedEvent | None = None
@@ -315,9 +315,9 @@ async def event_page(request: Request) -> Response:
 async def diff_page(request: Request) -> Response:
     """What changed in a run's projected state between two of its versions."""
     workflow_id = h.check_workflow_id(request.query_params.get("id", ""))
-    from_version = _int_param(request, "from", 0) or 0
-    to_version = _int_param(request, "to")
-    store = _store(request)
+    from_version = int_param(request, "from", 0) or 0
+    to_version = int_param(request, "to")
+    store = store_of(request)
     last = await store.stream_version(h.workflow_stream(workflow_id))
     if last == 0:
         raise WorkflowNotFound(workflow_id)
@@ -347,8 +347,8 @@ async def diff_page(request: Request) -> Response:
 async def streams_page(request: Request) -> Response:
     """Streams whose id starts with a prefix, in the order their first event (after `after`) was appended."""
     prefix = request.query_params.get("prefix") or None
-    after = _int_param(request, "after", 0) or 0
-    store = _store(request)
+    after = int_param(request, "after", 0) or 0
+    store = store_of(request)
     seen: dict[str, int] = {}
     scanned_to = after
     async for page in store.read_all_pages(after_position=after, stream_prefix=prefix):
@@ -374,13 +374,22 @@ async def streams_page(request: Request) -> Response:
     return render(request, "streams.html", data, {"prefix": prefix or "", "versions": versions, "next_url": next_url})
 
 
+def thread_of_stream(stream_id: str) -> tuple[str, str] | None:
+    """(thread id, namespace) of a LangGraph thread's stream when its id is readable (long or odd ids are hashed)."""
+    prefix = "langgraph:"  # as `agentfold.integrations.langgraph` names a thread's stream
+    if not stream_id.startswith(prefix) or stream_id.startswith(prefix + "#"):
+        return None
+    thread_id, _, ns = stream_id[len(prefix) :].partition("/")
+    return (thread_id, ns) if thread_id else None
+
+
 async def stream_page(request: Request) -> Response:
     """One stream's events, oldest first, a page at a time."""
     from agentfold.validation import check_stream_id
 
     stream_id = check_stream_id(request.query_params.get("id", ""))
-    after = _int_param(request, "after", 0) or 0
-    store = _store(request)
+    after = int_param(request, "after", 0) or 0
+    store = store_of(request)
     version = await store.stream_version(stream_id)
     events = [event async for event in store.read_stream(stream_id, after_version=after, limit=STREAM_PAGE)]
     next_url = None
@@ -399,6 +408,7 @@ async def stream_page(request: Request) -> Response:
         "events": events,
         "next_url": next_url,
         "workflow_id": workflow_id,
+        "thread": thread_of_stream(stream_id),
     }
     return render(request, "stream.html", data, context)
 
@@ -406,7 +416,7 @@ async def stream_page(request: Request) -> Response:
 async def tail_page(request: Request) -> Response:
     """The last events of streams under a prefix, then every new one as it is appended (like `agentfold tail`)."""
     prefix = request.query_params.get("prefix", "")
-    store = _store(request)
+    store = store_of(request)
     start = max(0, await store.head_position() - TAIL_BACKLOG)
     return render(request, "tail.html", {"prefix": prefix, "after": start}, {"prefix": prefix, "head_position": start})
 
