@@ -257,7 +257,7 @@ async def test_subscription_lag_goes_up_with_appends_and_down_as_the_subscriber_
         for scope in resource.scope_metrics
         for metric in scope.metrics
     }
-    assert {"agentfold.appends", "agentfold.appended_events", "db.client.operation.duration"} <= names
+    assert {"agentfold.appended_events", "db.client.operation.duration"} <= names
 
 
 # -- across processes -----------------------------------------------------------------------------------------------
@@ -453,3 +453,57 @@ async def test_store_gauges_report_runs_by_state_stalled_runs_and_breakers(db_ur
             await gauges.refresh()
             runs = observed("agentfold.runs")
             assert {state: count for state, count in runs.items() if count} == {"Completed": 2, "Stalled": 1}
+
+
+# -- an integration's agent and token usage -------------------------------------------------------------------------
+
+
+async def test_a_pydantic_ai_agent_run_is_invoke_agent_with_its_token_usage(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    from pydantic_ai import Agent
+    from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+    from agentfold.integrations.pydantic_ai import AgentfoldDurability, DurableAgent
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart("quote", {"order": "o-9"}, tool_call_id="q-1")])
+        return ModelResponse(parts=[TextPart("quoted 17")])
+
+    agent = Agent(FunctionModel(respond), name="quoter", capabilities=[AgentfoldDurability()])
+
+    @agent.tool_plain
+    def quote(order: str) -> int:
+        return 17
+
+    runtime = agentfold.Runtime()
+    quoter = DurableAgent(runtime, agent)
+    async with agentfold.connect(f"sqlite:///{tmp_path / 'store.db'}") as store, runtime.worker(store):
+        await quoter.start(store, "quote o-9", run_id="quote-1")
+        assert await quoter.result(store, "quote-1", timeout=GUARD) == "quoted 17"
+        recorded = await runtime.client(store).result("quote-1")
+    spans = exporter.get_finished_spans()
+    run = named(spans, "invoke_agent quoter")
+    assert run.attributes is not None
+    assert run.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert run.attributes["gen_ai.agent.name"] == "quoter"
+    assert run.attributes["gen_ai.agent.id"] == "quote-1"
+    assert run.attributes["gen_ai.workflow.name"] == "pydantic_ai:quoter"
+    usage = recorded["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert (run.attributes["gen_ai.usage.input_tokens"], run.attributes["gen_ai.usage.output_tokens"]) == (
+        usage["input_tokens"],
+        usage["output_tokens"],
+    )
+    requests = [span for span in spans if span.attributes and "gen_ai.usage.input_tokens" in span.attributes]
+    requests = [span for span in requests if span.name.startswith("execute_tool")]
+    assert len(requests) == 2, [span.name for span in spans]
+    assert all(parent_of(spans, span) is run for span in requests)
+    assert (
+        sum(int(span.attributes["gen_ai.usage.input_tokens"]) for span in requests if span.attributes)
+        == (usage["input_tokens"])
+    )
+    tool = [span for span in spans if span.attributes and span.attributes.get("gen_ai.tool.name", "").endswith(":q-1")]
+    assert len(tool) == 1 and parent_of(spans, tool[0]) is run
