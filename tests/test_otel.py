@@ -507,3 +507,37 @@ async def test_a_pydantic_ai_agent_run_is_invoke_agent_with_its_token_usage(
     )
     tool = [span for span in spans if span.attributes and span.attributes.get("gen_ai.tool.name", "").endswith(":q-1")]
     assert len(tool) == 1 and parent_of(spans, tool[0]) is run
+
+
+# -- the HTTP API ---------------------------------------------------------------------------------------------------
+
+
+async def test_an_append_through_the_http_api_continues_the_callers_trace(
+    tmp_path: Path, exporter: InMemorySpanExporter
+) -> None:
+    import httpx
+
+    from tests.api_server import api_only_app, bearer, running, token_for
+
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with agentfold.connect(f"sqlite:///{tmp_path / 'api.db'}") as store:
+        token = await token_for(store, "researcher", write=["notes-*"], read=["notes-*"])
+        async with running(api_only_app(store)) as base, httpx.AsyncClient(base_url=f"{base}/api/v1") as http:
+            headers = {**bearer(token), "traceparent": f"00-{caller_trace}-{caller_span}-01"}
+            body = {"events": [{"type": "Noted", "data": {"n": 1}}]}
+            answered = await http.post("/streams/notes-1", json=body, headers=headers)
+            assert answered.status_code == 200, answered.text
+            untraced = await http.post("/streams/notes-2", json=body, headers=bearer(token))
+            assert untraced.status_code == 200, untraced.text
+        [noted] = [event async for event in store.read_stream("notes-1")]
+        [other] = [event async for event in store.read_stream("notes-2")]
+    appends = {
+        span.attributes["agentfold.stream.id"]: span
+        for span in exporter.get_finished_spans()
+        if span.name == "append" and span.attributes
+    }
+    append = appends["notes-1"]
+    assert append.parent is not None and append.parent.is_remote
+    assert (append.context.trace_id, append.parent.span_id) == (int(caller_trace, 16), int(caller_span, 16))
+    assert noted.metadata["traceparent"].split("-")[1:3] == [caller_trace, f"{append.context.span_id:016x}"]
+    assert appends["notes-2"].parent is None and other.metadata["traceparent"].split("-")[1] != caller_trace

@@ -97,6 +97,11 @@ class Observer:
         `consumer`: for a subscriber, from when it gets the event until it asks for the next one."""
         return contextlib.nullcontext()
 
+    def remote(self, carrier: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
+        """Work done for a caller in another process (an HTTP request) that named its trace context in `carrier`
+        (W3C `traceparent` and `tracestate`)."""
+        return contextlib.nullcontext()
+
     def lag(self, consumer: str, kind: str, behind: int) -> None:
         """The subscriber or group `consumer` was `behind` positions behind the head when it last read a page."""
 

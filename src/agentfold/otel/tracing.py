@@ -280,6 +280,18 @@ class OpenTelemetryObserver(Observer):
                 span.set_attribute("error.type", _error_type(error))
                 raise
 
+    @contextlib.contextmanager
+    def remote(self, carrier: Mapping[str, str]) -> Iterator[None]:
+        if "traceparent" not in carrier or trace.get_current_span().get_span_context().is_valid:
+            # Nothing named, or a server span already continues it (the ASGI instrumentation of OpenTelemetry).
+            yield
+            return
+        token = otel_context.attach(_propagator.extract(carrier))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
     def lag(self, consumer: str, kind: str, behind: int) -> None:
         self.meters.lag(consumer, kind, behind)
 

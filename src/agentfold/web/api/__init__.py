@@ -25,6 +25,7 @@ from agentfold.web.api.problems import agentfold_error_handler, http_error_handl
 from agentfold.web.api.ratelimit import RateLimiter
 from agentfold.web.api.settings import ApiSettings
 from agentfold.web.api.subscribe import SubscribeRoutes
+from agentfold.web.api.tracing import ContinuesTrace
 from agentfold.web.api.workflows import WorkflowRoutes
 
 API_PREFIX: Final = "/api/v1"
@@ -53,7 +54,10 @@ def api_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette
     max_body = chosen.max_body_bytes if chosen.max_body_bytes is not None else store.max_event_size
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ApiGuard, tokens=tokens, limiter=limiter, max_body_bytes=max_body)],
+        middleware=[
+            Middleware(ContinuesTrace),
+            Middleware(ApiGuard, tokens=tokens, limiter=limiter, max_body_bytes=max_body),
+        ],
         exception_handlers={AgentfoldError: agentfold_error_handler, HTTPException: http_error_handler},
     )
 
