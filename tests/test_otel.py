@@ -28,7 +28,7 @@ import agentfold.otel
 from agentfold import instrumentation
 from agentfold.demo.pipeline import AGENTS, INTAKE, LineItem, Order, OrderPipeline, run_id
 from agentfold.demo.provider import PaymentProvider, ProviderClient
-from agentfold.errors import DuplicateEventId
+from agentfold.errors import DuplicateEventId, InvalidInput
 from agentfold.events import NewEvent
 from agentfold.otel import StoreGauges
 from agentfold.runtime import workflow_stream
@@ -177,6 +177,33 @@ async def test_a_retry_from_another_trace_is_still_exact_and_other_content_is_st
         with pytest.raises(DuplicateEventId):
             await store.append("orders-1", [NewEvent("Placed", {"n": 1}, {"by": "bob"}, id=first.id)])
         assert await store.stream_version("orders-1") == 1
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        None,
+        [],
+        [1],
+        (event for event in [NewEvent("Placed")]),
+        [NewEvent("Placed", metadata=["not", "an", "object"])],  # type: ignore[arg-type]
+        [NewEvent("Placed", {"n": float("nan")})],
+        [NewEvent("")],
+    ],
+)
+async def test_bad_input_gets_the_same_typed_error_while_traced(
+    tmp_path: Path, exporter: InMemorySpanExporter, events: Any
+) -> None:
+    async with agentfold.connect(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        with pytest.raises(InvalidInput) as traced:
+            await store.append("orders-1", events)
+        instrumentation.uninstall()
+        with pytest.raises(InvalidInput) as untraced:
+            await store.append("orders-1", events)
+        assert type(traced.value) is type(untraced.value)
+        assert await store.head_position() == 0
+    [append] = [span for span in exporter.get_finished_spans() if span.name == "append"]
+    assert append.attributes is not None and append.attributes["error.type"] == type(traced.value).__qualname__
 
 
 # -- reads and deliveries -------------------------------------------------------------------------------------------
