@@ -234,6 +234,20 @@ async def test_an_incarnation_with_an_overdue_heartbeat_checks_its_id_before_sta
         await older.stop()
 
 
+async def test_heartbeats_of_one_incarnation_at_once_never_look_like_a_newer_one(durable_url: str) -> None:
+    """The heartbeat task and the check before an intent may beat together: both land, neither fences the other."""
+    runtime = waiting_app(Counter())
+    async with agentfold.connect(durable_url) as store:
+        async with runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="busy") as worker:
+            beating = worker._heartbeat
+            before = await store.stream_version(worker_stream("busy"))
+            beating.last_success = 0.0  # overdue, as after a pause: `confirm` beats too
+            await asyncio.gather(*(beating.beat() for _ in range(4)), *(beating.confirm() for _ in range(4)))
+            assert worker.superseded is None and not beating.superseded
+            records = [event async for event in store.read_stream(worker_stream("busy"), after_version=before)]
+            assert len(records) >= 5 and {event.data["incarnation"] for event in records} == {worker.incarnation}
+
+
 # -- real processes -------------------------------------------------------------------------------------------
 
 

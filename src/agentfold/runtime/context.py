@@ -438,7 +438,11 @@ class WorkflowExecution:
         if self.draining and intent:
             raise Drained(f"workflow {self.workflow_id!r}: the worker is stopping; no new command is started")
         if intent and self.before_intent is not None:
-            await self.before_intent()
+            try:
+                await self.before_intent()
+            except Exception as error:
+                self._fatal = error  # not the workflow's failure: this execution stops, the run stays unfinished
+                raise
         if not self._claim_recorded and self.worker_id is not None:
             if not batch:
                 claimed: dict[str, Any] = {"worker": self.worker_id, "previous": None}

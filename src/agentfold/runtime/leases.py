@@ -266,6 +266,7 @@ class Heartbeat:
         self._version = 0
         self._identity: ProcessIdentity | None = None
         self._confirming = asyncio.Lock()
+        self._appending = asyncio.Lock()
 
     async def start(self) -> None:
         """Open a new incarnation (before the worker claims anything), then keep beating in a task."""
@@ -353,19 +354,21 @@ class Heartbeat:
 
     async def _append_own(self, event: NewEvent) -> None:
         """Append at the version this incarnation last wrote; `WorkerSuperseded` if a newer one wrote since."""
-        if self.superseded:
-            raise WorkerSuperseded(self.worker_id, self.incarnation or 0, None)
-        try:
-            await self._append(event, self._version)
-        except WrongExpectedVersion as error:
-            since = [event async for event in self.store.read_stream(self.stream_id, after_version=self._version)]
-            others = [event for event in since if heartbeat_incarnation(event) != self.incarnation]
-            if others or not since:
-                newer = heartbeat_incarnation(others[0]) if others else None
-                self._supersede(newer)
-                raise WorkerSuperseded(self.worker_id, self.incarnation or 0, newer) from error
-            # Our own earlier append landed although its answer was lost: carry on after it.
-            await self._append(event, since[-1].version)
+        async with self._appending:  # the heartbeat task and `confirm` never race each other for a version
+            if self.superseded:
+                raise WorkerSuperseded(self.worker_id, self.incarnation or 0, None)
+            expected = self._version
+            try:
+                await self._append(event, expected)
+            except WrongExpectedVersion as error:
+                since = [event async for event in self.store.read_stream(self.stream_id, after_version=expected)]
+                others = [event for event in since if heartbeat_incarnation(event) != self.incarnation]
+                if others or not since:
+                    newer = heartbeat_incarnation(others[0]) if others else None
+                    self._supersede(newer)
+                    raise WorkerSuperseded(self.worker_id, self.incarnation or 0, newer) from error
+                # Our own earlier append landed although its answer was lost: carry on after it.
+                await self._append(event, since[-1].version)
 
     def _supersede(self, newer: int | None) -> None:
         if self.superseded:
