@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import time
@@ -265,10 +266,17 @@ SAID: dict[int, str] = {}
 
 
 async def spawn(
-    url: str, tmp_path: Path, worker_id: str, *extra: str, lease_ttl: float = TTL
+    url: str,
+    tmp_path: Path,
+    worker_id: str,
+    *extra: str,
+    lease_ttl: float = TTL,
+    heartbeat: float = HEARTBEAT,
+    wrapper: tuple[str, ...] = (),
 ) -> asyncio.subprocess.Process:
     """An `agentfold worker` process serving the fleet app, once it says it is ready (or has exited)."""
     process = await asyncio.create_subprocess_exec(
+        *wrapper,
         sys.executable,
         "-m",
         "agentfold.cli",
@@ -279,7 +287,7 @@ async def spawn(
         "--lease-ttl",
         str(lease_ttl),
         "--heartbeat",
-        str(HEARTBEAT),
+        str(heartbeat),
         "--worker-id",
         worker_id,
         "--verbose",
@@ -446,3 +454,33 @@ async def test_the_bench_measures_a_relaunch_under_the_same_id(shared_url: str) 
     async with agentfold.connect(shared_url) as store:
         claims = [event async for event in store.read_all(types=["WorkflowClaimed"])]
         assert {(c.data["previous"], c.data["previous_state"]) for c in claims} == {("relaunch", "superseded")}
+
+
+OTHER_NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL")
+"""Runs a worker in a process namespace of its own, as a container does: its pid means nothing outside."""
+SLOW_HEARTBEAT = 2.0  # a start watches for two intervals: a busy machine delays a heartbeat by less than that
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare and root")
+async def test_a_start_beside_a_worker_it_cannot_see_watches_its_heartbeats(shared_url: str, tmp_path: Path) -> None:
+    """A worker in another container still heartbeating keeps its id; once it is gone, the id is taken at once."""
+    hidden = await spawn(shared_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT, wrapper=OTHER_NAMESPACE)
+    later: asyncio.subprocess.Process | None = None
+    try:
+        assert hidden.returncode is None, SAID[hidden.pid]
+        refused = await spawn(shared_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT)
+        assert await asyncio.wait_for(refused.wait(), LINE_TIMEOUT) == 1
+        assert refused.stderr is not None
+        assert "worker id 'boxed' is in use" in SAID[refused.pid] + (await refused.stderr.read()).decode()
+        await kill(hidden)  # a crash: its last heartbeat is fresh, and its process cannot be looked up from here
+        later = await spawn(shared_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT)
+        assert later.returncode is None, SAID[later.pid]
+        async with agentfold.connect(shared_url) as store:
+            records = [event async for event in store.read_stream(worker_stream("boxed"))]
+            starts = [event for event in records if event.data.get("started")]
+            assert len(starts) == 2, "the refused start wrote nothing"
+            assert starts[-1].data["previous"] == {"incarnation": starts[0].data["incarnation"], "state": "silent"}
+    finally:
+        await kill(hidden)
+        if later is not None:
+            await kill(later)
