@@ -148,6 +148,13 @@ async def measure_agents(backend: str, base_url: str | None, quick: bool, progre
         return await _optional("agentfold.bench.agent_bench", "measure_agent", url, quick)
 
 
+async def measure_otel(backend: str, base_url: str | None, quick: bool, progress: Progress) -> Figures:
+    """Appends with OpenTelemetry off and on, in turns (needs the otel extra; nothing without it)."""
+    progress(f"{backend}: appends with OpenTelemetry off and on, in turns")
+    async with scratch_store(backend, base_url) as (_, store):
+        return await _optional("agentfold.bench.otel_bench", "measure_tracing", store, 2.0 if quick else 8.0)
+
+
 async def measure_http_api(backend: str, base_url: str | None, quick: bool, progress: Progress) -> Figures:
     """Appends through `agentfold serve`'s HTTP API beside the same load in process (needs the web extra)."""
     if importlib.util.find_spec("uvicorn") is None or backend not in ("sqlite", "postgres"):
@@ -174,8 +181,11 @@ async def run_backend(
     agents_only: bool = False,
     http_only: bool = False,
     runs_page_only: bool = False,
+    otel_only: bool = False,
 ) -> Figures:
     """Every figure for one backend, the raw-driver baseline of the same run, and the ratios between them."""
+    if otel_only:
+        return await measure_otel(backend, base_url, quick, progress)
     if agents_only:
         return await measure_agents(backend, base_url, quick, progress)
     if http_only:
@@ -190,6 +200,7 @@ async def run_backend(
     progress(f"{backend}: appends, 16 writers")
     async with scratch_store(backend, base_url) as (_, store):
         figures["append_16_writers_events_per_s"] = await measure_appends(store, 16, seconds)
+    figures.update(await measure_otel(backend, base_url, quick, progress))
     progress(f"{backend}: read a 10k-event stream")
     async with scratch_store(backend, base_url) as (url, store):
         figures.update(await measure_read(store))
@@ -251,6 +262,7 @@ async def run(
     agents_only: bool = False,
     http_only: bool = False,
     runs_page_only: bool = False,
+    otel_only: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmarks for `backends`; the result is what `--json` writes."""
     results: dict[str, Any] = {"environment": environment(), "backends": {}}
@@ -258,6 +270,8 @@ async def run(
         url = base_urls.get(backend)
         results["backends"][backend] = {
             "url": redact(url) if url else None,
-            "figures": await run_backend(backend, url, quick, progress, big, agents_only, http_only, runs_page_only),
+            "figures": await run_backend(
+                backend, url, quick, progress, big, agents_only, http_only, runs_page_only, otel_only
+            ),
         }
     return results

@@ -59,6 +59,12 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     help="Only the inspector's runs page over 100,000 runs (10,000 with --quick); writing them takes minutes.",
 )
 @click.option(
+    "--otel",
+    "otel_only",
+    is_flag=True,
+    help="Only appends with OpenTelemetry off and on (every span sampled and exported in memory), in turns.",
+)
+@click.option(
     "--peers",
     is_flag=True,
     help="Only agentfold beside its peers (eventsourcing, DBOS Transact, LangGraph's savers; the bench-peers "
@@ -82,6 +88,7 @@ def bench(
     http_only: bool,
     integrations: bool,
     runs_page_only: bool,
+    otel_only: bool,
     peers: bool,
     peer_names: tuple[str, ...],
 ) -> None:
@@ -110,6 +117,7 @@ def bench(
                     agents_only=agents_only,
                     http_only=http_only,
                     runs_page_only=runs_page_only,
+                    otel_only=otel_only,
                 )
             )
         except AgentfoldError as error:  # messages name URLs with the password hidden
