@@ -646,3 +646,71 @@ async def test_a_repeatable_step_refuses_reconcile_and_non_bool(memory: EventSto
             assert failed.value.error_type == "InvalidInput"
             assert "repeatable" in failed.value.error_message
     assert "StepStarted" not in await types_of(memory, "both-1")
+
+
+async def test_batched_repeatable_steps_are_written_with_the_runs_next_append(store: EventStore) -> None:
+    """`batched=True`: pure steps in a row take no append of their own; their records go with the next one (here a
+    recorded step, then the run's end), in order, and replay reads them like any other."""
+    runtime = Runtime()
+    calls: Counter[str] = Counter()
+
+    async def look_up(item: int) -> int:
+        calls[f"look_up-{item}"] += 1
+        return item * 3
+
+    async def charge(total: int, idempotency_key: str = "") -> str:
+        calls["charge"] += 1
+        return f"charged {total}"
+
+    @runtime.workflow
+    async def order(ctx: WorkflowContext) -> list[Any]:
+        stock = [await ctx.step(f"look_up-{item}", look_up, item, repeatable=True, batched=True) for item in (1, 2)]
+        charged = await ctx.step("charge", charge, sum(stock))
+        last = await ctx.step("look_up-3", look_up, 3, repeatable=True, batched=True)
+        return [*stock, charged, last]
+
+    client = runtime.client(store)
+    async with runtime.worker(store):
+        await client.start(order, workflow_id="order-1")
+        assert await client.result("order-1", timeout=TIMEOUT) == [3, 6, "charged 9", 9]
+    events = await events_of(store, "order-1")
+    names = [(event.type, event.data.get("name")) for event in events]
+    assert names == [
+        ("WorkflowStarted", None),
+        ("WorkflowClaimed", None),
+        ("StepStarted", "look_up-1"),
+        ("StepCompleted", "look_up-1"),
+        ("StepStarted", "look_up-2"),
+        ("StepCompleted", "look_up-2"),
+        ("StepStarted", "charge"),  # the effect's intent carries the two look-ups with it
+        ("StepCompleted", "charge"),
+        ("StepStarted", "look_up-3"),
+        ("StepCompleted", "look_up-3"),
+        ("WorkflowCompleted", None),
+    ]
+    appended_together = [events[2:7], events[8:11]]
+    for batch in appended_together:
+        assert len({event.recorded_at_us for event in batch}) == 1
+    assert events[7].recorded_at_us != events[6].recorded_at_us or events[7].position != events[6].position
+    assert calls == {"look_up-1": 1, "look_up-2": 1, "look_up-3": 1, "charge": 1}
+
+
+async def test_batched_needs_repeatable(memory: EventStore) -> None:
+    runtime = Runtime()
+
+    async def read() -> int:
+        return 1
+
+    @runtime.workflow
+    async def alone(ctx: WorkflowContext) -> int:
+        value: int = await ctx.step("read", read, batched=True)  # type: ignore[call-overload]
+        return value
+
+    client = runtime.client(memory)
+    async with runtime.worker(memory):
+        await client.start(alone, workflow_id="alone-1")
+        with pytest.raises(WorkflowFailed) as failed:
+            await client.result("alone-1", timeout=TIMEOUT)
+    assert (
+        failed.value.error_type == "InvalidInput" and "batched=True needs repeatable=True" in failed.value.error_message
+    )

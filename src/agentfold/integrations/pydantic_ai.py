@@ -173,8 +173,10 @@ class _StepBackend(CallableOperationBackend[dict[str, Any]]):
         call_id = getattr(run_context, "tool_call_id", None)
         step = f"{TOOL_STEP_PREFIX}{tool_name}:{call_id}"
         effects = self._durability.effects
-        if tool_name not in effects:  # a tool without an effect runs again after a crash: one append
-            return await ctx.step(step, _Unit(body), retry=self._durability.retry, repeatable=True)
+        if tool_name not in effects:
+            # A tool without an effect runs again after a crash: its result is written with the run's next append
+            # (the next model request's), so a tool call costs no append of its own.
+            return await ctx.step(step, _Unit(body), retry=self._durability.retry, repeatable=True, batched=True)
         reconcile = effects[tool_name]
         adapter = None if reconcile is None else _reconciler(reconcile)
         return await ctx.step(step, _Unit(body), tool_args, reconcile=adapter, retry=self._durability.retry)

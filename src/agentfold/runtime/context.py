@@ -115,6 +115,14 @@ def _error_data(error: BaseException) -> dict[str, Any]:
     return {"type": name, "message": str(error)}
 
 
+def _opens_a_command(batch: Sequence[NewEvent]) -> bool:
+    """Whether `batch` records an intent without its outcome: a command that would start now (a repeatable step's
+    start written with its result is a command already done)."""
+    started = {event.data["seq"] for event in batch if event.type in INTENT_TYPES}
+    ended = {event.data["seq"] for event in batch if event.type in (h.STEP_COMPLETED, h.STEP_FAILED)}
+    return bool(started - ended)
+
+
 def _accepts_keyword(function: Callable[..., Any], keyword: str) -> bool:
     """Whether `function` takes `keyword`; asked for every step, so a plain function's answer is kept per code
     object (closures made anew for each call share it)."""
@@ -435,7 +443,7 @@ class WorkflowExecution:
         if not batch and self._claim_recorded:
             return
         intent = any(event.type in INTENT_TYPES for event in batch)
-        if self.draining and intent:
+        if self.draining and _opens_a_command(batch):
             raise Drained(f"workflow {self.workflow_id!r}: the worker is stopping; no new command is started")
         if intent and self.before_intent is not None:
             try:
@@ -524,6 +532,7 @@ class WorkflowExecution:
         timeout: float | None,
         breaker: str | None = None,
         repeatable: bool = False,
+        batched: bool = False,
     ) -> Any:
         serializer = self.runtime.serializer
         result_type = declared_types(function).get("return")
@@ -573,7 +582,7 @@ class WorkflowExecution:
                 if repeatable:
                     # The run's claim is its fence: recorded before the call, so a worker racing for a new run
                     # loses before calling anything rather than after.
-                    if self._pending or not self._claim_recorded:
+                    if not self._claim_recorded:
                         await self.flush()
                     prefix.append(started)  # recorded with the outcome, in one append
                 else:
@@ -606,7 +615,10 @@ class WorkflowExecution:
                         try:
                             encoded = serializer.to_json(value, f"step {name!r} result")
                             completed = {"seq": seq, "name": name, "attempt": attempt, "result": encoded}
-                            await self._record([*prefix, NewEvent(h.STEP_COMPLETED, completed)])
+                            if batched:  # written with the run's next append
+                                self._pending.extend([*prefix, NewEvent(h.STEP_COMPLETED, completed)])
+                            else:
+                                await self._record([*prefix, NewEvent(h.STEP_COMPLETED, completed)])
                         except InvalidInput as refused:
                             if prefix:  # a repeatable step's start, still unrecorded
                                 await self._record(prefix)
@@ -880,6 +892,7 @@ class WorkflowContext:
         timeout: timedelta | float | None = None,
         breaker: str | None = None,
         repeatable: bool = False,
+        batched: bool = False,
         **kwargs: Any,
     ) -> Awaitable[Any]: ...
 
@@ -893,6 +906,7 @@ class WorkflowContext:
         timeout: timedelta | float | None,
         breaker: str | None = None,
         repeatable: bool = False,
+        batched: bool = False,
         **kwargs: Any,
     ) -> Awaitable[Any]: ...
 
@@ -905,12 +919,20 @@ class WorkflowContext:
         *args: Any,
         breaker: str | None,
         repeatable: bool = False,
+        batched: bool = False,
         **kwargs: Any,
     ) -> Awaitable[Any]: ...
 
     @overload
     def step(
-        self, name: str, function: Callable[..., Any], /, *args: Any, repeatable: bool, **kwargs: Any
+        self,
+        name: str,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        repeatable: bool,
+        batched: bool = False,
+        **kwargs: Any,
     ) -> Awaitable[Any]: ...
 
     def step(  # type: ignore[misc]  # options are taken out of what P.kwargs would pass on
@@ -924,6 +946,7 @@ class WorkflowContext:
         timeout: timedelta | float | None = None,
         breaker: str | None = None,
         repeatable: bool = False,
+        batched: bool = False,
         **kwargs: Any,
     ) -> Awaitable[Any]:
         """Run `function(*args, **kwargs)` once for this run, recording intent before and the outcome after.
@@ -941,7 +964,10 @@ class WorkflowContext:
         `repeatable=True` is for a function that may run again after a crash without harm (a read, a computation, a
         model call whose only cost is its price): its start and its outcome are recorded together when it ends, one
         append instead of two, and a crash while it runs leaves nothing, so a resumed run calls it again. A step with
-        an effect keeps the default, and `reconcile` (which answers for an intent left in doubt) refuses it.
+        an effect keeps the default, and `reconcile` (which answers for an intent left in doubt) refuses it. With
+        `batched=True` as well, a repeatable step's record joins the run's next append (at the latest when the run
+        waits, sleeps or ends) instead of taking one of its own: quick pure steps in a row cost no append each, and a
+        crash before that append runs them again.
 
         Typed: without options, mypy checks `args` and `kwargs` against `function`'s parameters and the await
         returns `function`'s return type. A function that takes the key declares it with a default
@@ -957,6 +983,12 @@ class WorkflowContext:
             raise InvalidInput(f"step {name!r}: retry must be a RetryPolicy, got {type(retry).__name__}")
         if not isinstance(repeatable, bool):
             raise InvalidInput(f"step {name!r}: repeatable must be a bool, got {type(repeatable).__name__}")
+        if not isinstance(batched, bool):
+            raise InvalidInput(f"step {name!r}: batched must be a bool, got {type(batched).__name__}")
+        if batched and not repeatable:
+            raise InvalidInput(
+                f"step {name!r}: batched=True needs repeatable=True (a step with an effect is recorded first)"
+            )
         if repeatable and reconcile is not None:
             raise InvalidInput(
                 f"step {name!r}: a repeatable step records no intent, so there is nothing for reconcile to answer"
@@ -969,7 +1001,7 @@ class WorkflowContext:
         policy = retry or runtime.default_retry
         seq, record = self._execution._take_seq(h.STEP, name)
         return self._execution.run_step(
-            seq, record, name, function, args, kwargs, reconcile, policy, limit, breaker, repeatable
+            seq, record, name, function, args, kwargs, reconcile, policy, limit, breaker, repeatable, batched
         )
 
     def wait_for(self, name: str, timeout: timedelta | float | None = None, *, as_type: Any = None) -> Awaitable[Any]:
