@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+from agentfold.cli.serve import tcp_listener
+
 START_TIMEOUT_SECONDS = 30
 
 Body = Callable[[Callable[[], None], asyncio.Event], Awaitable[None]]
@@ -55,10 +57,8 @@ def loop_thread(name: str, body: Body) -> Iterator[None]:
 
 
 def loopback_listener() -> tuple[socket.socket, int]:
-    """A socket bound to a free loopback port (uvicorn serves on it), and the port."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
+    """A socket bound to a free loopback port (uvicorn serves on it, as `agentfold serve` does), and the port."""
+    listener = tcp_listener("127.0.0.1", 0)
     return listener, listener.getsockname()[1]
 
 

@@ -4,6 +4,7 @@ dropping connections before the answer and retrying; afterwards no acknowledged 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections import Counter
@@ -13,6 +14,7 @@ import msgspec
 
 import agentfold
 from agentfold.bench.http_bench import Connection, serve_process
+from agentfold.cli.serve import tcp_listener
 from agentfold.tokens import TokenRegistry
 
 WRITERS = 32
@@ -102,3 +104,24 @@ async def test_connections_over_the_limit_are_refused_at_once(tmp_path: Path) ->
         assert status == 503
         for connection in [*held, extra]:
             await connection.close()
+
+
+async def test_served_connections_send_at_once_without_nagle() -> None:
+    """`agentfold serve`'s listener makes asyncio turn Nagle's algorithm off on every connection it accepts, so a
+    keep-alive client never waits for a delayed acknowledgement between a response's headers and its body."""
+    seen: list[int] = []
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    listener = tcp_listener("127.0.0.1", 0)
+    server = await asyncio.start_server(accepted, sock=listener)
+    async with server:
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        for _ in range(500):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+    assert seen and seen[0] != 0

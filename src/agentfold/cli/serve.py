@@ -42,8 +42,7 @@ async def serve(
             limit_concurrency=None if max_connections is None else max_connections + 1,
         )
         server = uvicorn.Server(config)
-        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-        listener = socket.create_server((settings.host.strip("[]"), settings.port), family=family)
+        listener = tcp_listener(settings.host.strip("[]"), settings.port)
         port = listener.getsockname()[1]  # the port chosen, when --port 0 asked for any free one
         shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
         click.echo(f"agentfold serve: http://{shown_host}:{port}/ over {redact(settings.store_url)}")
@@ -52,6 +51,25 @@ async def serve(
         await server.serve(sockets=[listener])
     finally:
         await store.close()
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket whose accepted connections send at once (TCP_NODELAY).
+
+    asyncio turns Nagle's algorithm off only for sockets that name their protocol (``IPPROTO_TCP``); accepted
+    sockets inherit the listener's, and `socket.create_server` names none. Without it a keep-alive client waits for
+    its delayed acknowledgement (tens of milliseconds) whenever a response leaves in two writes (headers, body).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(socket.SOMAXCONN)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 @main.command("serve")
