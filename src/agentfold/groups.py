@@ -41,6 +41,7 @@ from agentfold.validation import (
     check_stream_id,
     check_stream_prefix,
 )
+from agentfold.wakeup import wait_event
 
 if TYPE_CHECKING:
     from agentfold.log import EventLog
@@ -376,10 +377,7 @@ class ConsumerGroupMember:
     async def _idle(self) -> None:
         wait = max(0.0, min(self._next_heartbeat - self._clock(), self.settings.heartbeat_seconds))
         if not self._leases:
-            try:
-                await asyncio.wait_for(self._stopping.wait(), wait)
-            except TimeoutError:
-                return
+            await wait_event(self._stopping, wait)
             return
         after = min(lease.processed for lease in self._leases.values())
         await self.store.wait_for_append(after, wait, until=self._stopping)

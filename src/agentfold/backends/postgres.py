@@ -20,7 +20,7 @@ import inspect
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -50,7 +50,7 @@ from agentfold.errors import (
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.options import MAX_EVENT_SIZE, Option, parse_options, redact, split_url
 from agentfold.store import EventStore
-from agentfold.wakeup import Broadcast
+from agentfold.wakeup import Broadcast, wait_event
 
 DEFAULT_SCHEMA: Final = "agentfold"
 DEFAULT_POOL_MIN: Final = 2
@@ -672,7 +672,7 @@ class PostgresStore(EventStore):
         See https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-TABLES and
         https://www.postgresql.org/docs/current/xfunc-volatility.html
         """
-        async with self._pool.connection() as connection:
+        async with self._connection() as connection:
             cursor = await connection.execute(self._sql["append_group"], _group_arguments(group, self._channel))
             rows = await cursor.fetchall()
         outcomes: list[AppendResult | AgentfoldError | None] = []
@@ -710,6 +710,21 @@ class PostgresStore(EventStore):
             assert retry is not None, "append_group() reported known ids that are gone"
             decided.append(retry)
         return decided
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; a cancellation that arrives while waiting for one is raised, never lost.
+
+        The pool waits with `asyncio.wait_for`, which on Python 3.11 returns the connection when the cancellation
+        lands as the connection is handed over, and the cancellation is gone: a loop around a read (a client
+        awaiting a result) would then run on after its cancellation, holding event-loop shutdown open.
+        """
+        task = asyncio.current_task()
+        cancelling = 0 if task is None else task.cancelling()
+        async with self._pool.connection() as connection:
+            if task is not None and task.cancelling() > cancelling:
+                raise asyncio.CancelledError
+            yield connection
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
@@ -772,7 +787,7 @@ class PostgresStore(EventStore):
 
     async def _fetch_all(self, statement: str, params: Any, row_factory: RowFactory[Any] = tuple_row) -> list[Any]:
         with _translated():
-            async with self._pool.connection() as connection:
+            async with self._connection() as connection:
                 cursor = connection.cursor(row_factory=row_factory)
                 await cursor.execute(self._sql[statement], params)
                 rows: list[Any] = await cursor.fetchall()
@@ -780,7 +795,7 @@ class PostgresStore(EventStore):
 
     async def _fetch_one(self, statement: str, params: Any) -> tuple[Any, ...] | None:
         with _translated():
-            async with self._pool.connection() as connection:
+            async with self._connection() as connection:
                 cursor = await connection.execute(self._sql[statement], params)
                 row: tuple[Any, ...] | None = await cursor.fetchone()
                 return row
@@ -794,8 +809,7 @@ class PostgresStore(EventStore):
         if self._listener is None:
             self._listener = loop.create_task(self._listen_loop(), name="agentfold-pg-listener")
         if not self._listening.is_set():  # (re)connecting: give it a moment, then poll rather than trust a hint
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listening.wait(), max(0.0, min(deadline - loop.time(), _POLL_SECONDS)))
+            await wait_event(self._listening, max(0.0, min(deadline - loop.time(), _POLL_SECONDS)))
         # Taken before the re-check: a NOTIFY or reconnect after the check sets exactly this event.
         woken = self._appended.ticket()
         if await self.head_position() > after_position:
@@ -870,7 +884,7 @@ class PostgresStore(EventStore):
         database commits together with the position it covers, or not at all.
         """
         with _translated():
-            async with self._pool.connection() as connection, connection.transaction():
+            async with self._connection() as connection, connection.transaction():
                 outcome = apply(connection)
                 if inspect.isawaitable(outcome):
                     await outcome
@@ -878,7 +892,7 @@ class PostgresStore(EventStore):
 
     async def _execute(self, statement: str, params: Any) -> int:
         with _translated():
-            async with self._pool.connection() as connection:
+            async with self._connection() as connection:
                 cursor = await connection.execute(self._sql[statement], params)
                 count: int = max(cursor.rowcount, 0)
                 return count

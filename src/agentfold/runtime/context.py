@@ -53,6 +53,7 @@ from agentfold.runtime.retry import RetryPolicy, seconds
 from agentfold.runtime.serialization import JsonValue, declared_types
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
+from agentfold.wakeup import wait_event
 
 logger = logging.getLogger("agentfold.runtime")
 
@@ -735,8 +736,7 @@ class WorkflowExecution:
             if deadline_us is not None:
                 pause = min(pause, max(0.0, (deadline_us - _now_us()) / 1e6))
             await self.flush()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._signal_arrived.wait(), pause)
+            await wait_event(self._signal_arrived, pause)
 
     async def _take_signal(self, name: str, deadline_us: int | None) -> RecordedEvent | None:
         """The oldest unconsumed signal `name` in the inbox that arrived before the deadline."""
@@ -785,8 +785,7 @@ class WorkflowExecution:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._control_arrived.wait(), remaining)
+            await wait_event(self._control_arrived, remaining)
             await self._catch_up()
 
     # -- recorded values ------------------------------------------------------------------------------------------
