@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import time
 import traceback
@@ -66,6 +65,7 @@ from agentfold.errors import AgentfoldError, InvalidInput, StoreCorrupted
 from agentfold.events import RecordedEvent
 from agentfold.fanout.redis_relay import decode_relayed, relay_settings
 from agentfold.groups import Handler
+from agentfold.validation import check_integer, check_seconds, check_text
 from agentfold.wakeup import Broadcast, wait_unless
 
 logger = logging.getLogger(__name__)
@@ -283,21 +283,19 @@ class DeadLetter:
 
 
 def _check_name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise InvalidInput(f"{what} must be 1 to 100 letters, digits, '_', '.' or '-', got {value!r}")
-    return value
+    """A name that becomes part of Redis keys: the general text rules, then the narrower key alphabet."""
+    name = check_text(value, what)
+    if not _NAME.fullmatch(name):
+        raise InvalidInput(f"{what} must be 1 to 100 letters, digits, '_', '.' or '-', got {name!r}")
+    return name
 
 
 def _check_seconds(value: object, what: str, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not minimum <= value < math.inf:
-        raise InvalidInput(f"{what} must be a finite number of seconds >= {minimum}, got {value!r}")
-    return float(value)
+    return check_seconds(value, what, minimum)
 
 
 def _check_count(value: object, what: str, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidInput(f"{what} must be an int in 1..{maximum}, got {value!r}")
-    return value
+    return check_integer(value, what, 1, maximum)
 
 
 def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:

@@ -25,7 +25,7 @@ from agentfold.errors import CircuitOpen, InvalidInput, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.runtime.retry import seconds
 from agentfold.store import EventStore
-from agentfold.validation import check_stream_id
+from agentfold.validation import check_stream_id, check_text
 
 BREAKER_STREAM_PREFIX: Final = "$breaker-"
 BREAKER_FAILURE_RECORDED: Final = "BreakerFailureRecorded"
@@ -95,10 +95,8 @@ class BreakerSettings:
 
 def check_breaker_name(name: object) -> str:
     """`name` if it makes a valid breaker stream id, else `InvalidInput` naming it."""
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"a breaker name must be a non-empty str, got {name!r}")
-    check_stream_id(breaker_stream(name))
-    return name
+    check_stream_id(breaker_stream(check_text(name, "breaker name")))
+    return str(name)
 
 
 @dataclass

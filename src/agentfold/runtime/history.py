@@ -16,12 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from agentfold.errors import InvalidInput
 from agentfold.events import TRACE_KEYS, TRACEPARENT, RecordedEvent
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
-from agentfold.validation import check_stream_id
-from agentfold.validation import describe as describe_value
+from agentfold.validation import check_stream_id, check_text
 
 WORKFLOW_STREAM_PREFIX: Final = "workflow-"
 SIGNAL_STREAM_PREFIX: Final = "signals-"
@@ -86,24 +84,14 @@ MAX_WORKFLOW_ID_LENGTH: Final = 190
 
 def check_workflow_id(workflow_id: object) -> str:
     """Return `workflow_id` if both of its stream ids are valid, else raise `InvalidInput` naming it."""
-    if not isinstance(workflow_id, str):
-        raise InvalidInput(f"workflow_id must be a str, got {type(workflow_id).__name__}")
-    if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
-        raise InvalidInput(
-            f"workflow_id {workflow_id[:40]!r}... is {len(workflow_id)} characters; "
-            f"the limit is {MAX_WORKFLOW_ID_LENGTH}"
-        )
-    if not workflow_id:
-        raise InvalidInput("workflow_id is empty")
-    check_stream_id(workflow_stream(workflow_id))
-    return workflow_id
+    checked = check_text(workflow_id, "workflow_id", max_length=MAX_WORKFLOW_ID_LENGTH)
+    check_stream_id(workflow_stream(checked))
+    return checked
 
 
 def check_workflow_name(name: object) -> str:
     """Return `name` if it can name a workflow (a non-empty str without control characters), else `InvalidInput`."""
-    if not isinstance(name, str) or not name or not name.isprintable():
-        raise InvalidInput(f"a workflow name must be a non-empty printable str, got {describe_value(name)}")
-    return name
+    return check_text(name, "workflow name")
 
 
 def workflow_stream(workflow_id: str) -> str:

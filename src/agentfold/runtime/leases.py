@@ -49,7 +49,7 @@ from agentfold.runtime.identity import DEAD, RUNNING, ProcessIdentity, process_s
 from agentfold.runtime.identity import new_worker_id as new_worker_id
 from agentfold.runtime.retry import seconds
 from agentfold.store import EventStore
-from agentfold.validation import check_stream_id
+from agentfold.validation import check_stream_id, check_text
 
 logger = logging.getLogger("agentfold.runtime")
 
@@ -84,10 +84,8 @@ def worker_stream(worker_id: str) -> str:
 
 def check_worker_id(worker_id: object) -> str:
     """`worker_id` if it makes a valid stream id, else `InvalidInput` naming it."""
-    if not isinstance(worker_id, str) or not worker_id:
-        raise InvalidInput(f"a worker id must be a non-empty str, got {worker_id!r}")
-    check_stream_id(worker_stream(worker_id))
-    return worker_id
+    check_stream_id(worker_stream(check_text(worker_id, "worker id")))
+    return str(worker_id)
 
 
 def now_us() -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agentfold.errors import InvalidInput
-from agentfold.validation import describe
+from agentfold.validation import check_integer, check_text, describe
 
 WallClock = Callable[[], int]
 """Returns the current wall time in milliseconds since the Unix epoch."""
@@ -99,14 +99,8 @@ class HybridLogicalClock:
 
 def check_agent_id(agent_id: object) -> str:
     """Return `agent_id` if it is 1 to 200 printable characters, else raise `InvalidInput`."""
-    if not isinstance(agent_id, str):
-        raise InvalidInput(f"agent id must be a str, got {type(agent_id).__name__}")
-    if not agent_id or len(agent_id) > MAX_AGENT_ID_LENGTH or not agent_id.isprintable():
-        raise InvalidInput(f"agent id {agent_id[:40]!r} must be 1 to {MAX_AGENT_ID_LENGTH} printable characters")
-    return agent_id
+    return check_text(agent_id, "agent id", max_length=MAX_AGENT_ID_LENGTH)
 
 
 def _check_count(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"{name} must be an int >= 0, got {describe(value)}")
-    return value
+    return check_integer(value, name)

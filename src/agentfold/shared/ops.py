@@ -19,7 +19,7 @@ from agentfold.errors import InvalidEventData, InvalidInput, InvalidSharedOperat
 from agentfold.events import AGENT_ID, NewEvent
 from agentfold.shared.hlc import Timestamp
 from agentfold.shared.types import LWWMap, LWWRegister, MVRegister, ORSet, PNCounter, Replicated
-from agentfold.validation import check_json_object, describe
+from agentfold.validation import check_json_object, check_text, describe
 
 MAX_KEY_LENGTH: Final = 200
 MAX_AMOUNT: Final = 2**62
@@ -244,11 +244,7 @@ _ARGUMENTS: Final[dict[type[Operation], tuple[str, ...]]] = {
 
 def check_key(key: object, what: str = "shared key") -> str:
     """Return `key` if it is 1 to 200 printable characters, else raise `InvalidSharedOperation`."""
-    if not isinstance(key, str):
-        raise InvalidSharedOperation(f"{what} must be a str, got {type(key).__name__}")
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise InvalidSharedOperation(f"{what} {key[:40]!r} must be 1 to {MAX_KEY_LENGTH} printable characters")
-    return key
+    return check_text(key, what, InvalidSharedOperation, MAX_KEY_LENGTH)
 
 
 def check_amount(amount: object, allow_negative: bool = False) -> int:
