@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentfold.encoding import MAX_VERSION, check_event_type, encode_events
+from agentfold.encoding import encode_events
 from agentfold.errors import (
     InvalidEventData,
     InvalidEventType,
@@ -21,6 +21,7 @@ from agentfold.errors import (
 from agentfold.events import AGENT_ID, NewEvent, RecordedEvent
 from agentfold.runtime.inspect import event_json
 from agentfold.store import EventStore
+from agentfold.validation import MAX_VERSION, check_event_type
 from agentfold.web.api.guard import principal
 from agentfold.web.api.inputs import (
     expected_version,

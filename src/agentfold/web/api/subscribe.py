@@ -26,11 +26,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from agentfold.encoding import MAX_VERSION, check_event_types, check_stream_id
 from agentfold.errors import InvalidInput, InvalidToken, RateLimited
 from agentfold.events import RecordedEvent
 from agentfold.store import EventStore
 from agentfold.tokens import TokenInfo, TokenRegistry
+from agentfold.validation import MAX_VERSION, check_event_types, check_stream_id
 from agentfold.web.api.events import event_out
 from agentfold.web.api.guard import principal
 from agentfold.web.api.inputs import int_param, naming, only_params, text_param, types_param
