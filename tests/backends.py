@@ -1,12 +1,14 @@
 """The backends the conformance suite runs on, and how each test gets an isolated store of its own.
 
 A backend whose module does not exist yet is left out. A backend whose server cannot be reached skips its tests,
-except under CI=true, where a missing service is a failure.
+except under CI=true, where a missing service is a failure. Backends written outside agentfold join through
+``AGENTFOLD_TEST_BACKENDS`` (docs/backends.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.util
 import os
 import uuid
@@ -79,6 +81,25 @@ BACKENDS: list[Backend] = [
     Backend("postgres", "agentfold.backends.postgres", _pg_url, _pg_cleanup, durable=True),
     Backend("redis", "agentfold.backends.redis", _redis_url, _redis_cleanup, durable=True),
 ]
+
+
+def _third_party(module_name: str) -> Backend:
+    """A backend written outside agentfold, named in ``AGENTFOLD_TEST_BACKENDS`` (module names, comma-separated).
+
+    Importing the module registers its scheme with `agentfold.connect`; the module gives a fresh, isolated store URL
+    per test (``conformance_url(tmp_path)``), may clean up after one (``conformance_cleanup(url)``), and says
+    whether its data survives closing the store (``CONFORMANCE_DURABLE``, default False)."""
+    module = importlib.import_module(module_name)
+    return Backend(
+        module_name.rsplit(".", 1)[-1],
+        module_name,
+        module.conformance_url,
+        getattr(module, "conformance_cleanup", _no_cleanup),
+        durable=bool(getattr(module, "CONFORMANCE_DURABLE", False)),
+    )
+
+
+BACKENDS += [_third_party(name.strip()) for name in os.environ.get("AGENTFOLD_TEST_BACKENDS", "").split(",") if name]
 
 AVAILABLE = [backend for backend in BACKENDS if backend.available()]
 DURABLE = [backend for backend in AVAILABLE if backend.durable]

@@ -111,7 +111,8 @@ async def projector(url: str) -> None:
             def create(connection: Any) -> None:
                 connection.execute("CREATE TABLE IF NOT EXISTS totals (stream TEXT PRIMARY KEY, n INTEGER NOT NULL)")
 
-            await store._write(create)  # type: ignore[attr-defined]
+            # private: DDL for the test's read model on the store's writer connection (no public API runs SQL)
+            await store.backend._write(create)  # type: ignore[attr-defined]
 
             def update(connection: Any, events: list[agentfold.RecordedEvent]) -> None:
                 connection.executemany(
@@ -122,11 +123,14 @@ async def projector(url: str) -> None:
 
             projector = store.projector("totals", update, page_size=20)
             await projector.catch_up()
-            rows = await store._read(lambda connection: connection.execute("SELECT stream, n FROM totals").fetchall())  # type: ignore[attr-defined]
+            # private: reads the read model back on a store reader connection (no public API runs SQL)
+            backend: Any = store.backend
+            rows = await backend._read(lambda connection: connection.execute("SELECT stream, n FROM totals").fetchall())
         else:
             schema = url.rsplit("schema=", 1)[1].split("&")[0]
             table = f'"{schema}".totals'
-            async with store._pool.connection() as connection:  # type: ignore[attr-defined]
+            # private: the read model's table lives in the store's database, reached through its pool
+            async with store.backend._pool.connection() as connection:  # type: ignore[attr-defined]
                 await connection.execute(
                     f"CREATE TABLE IF NOT EXISTS {table} (stream TEXT PRIMARY KEY, n INT NOT NULL)"
                 )
@@ -142,7 +146,7 @@ async def projector(url: str) -> None:
 
             projector = store.projector("totals", update_pg, page_size=20)
             await projector.catch_up()
-            async with store._pool.connection() as connection:  # type: ignore[attr-defined]
+            async with store.backend._pool.connection() as connection:  # type: ignore[attr-defined]
                 rows = await (await connection.execute(f"SELECT stream, n FROM {table}")).fetchall()
         for stream, count in rows:
             say(f"TOTAL {stream} {count}")

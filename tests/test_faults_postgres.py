@@ -45,14 +45,18 @@ async def test_a_terminated_listen_connection_under_load_loses_no_wake_up(privat
         async with FaultWorkload(store) as workload:
             await workload.until_acknowledged(100)
             for _ in range(3):
-                await eventually(lambda: store._listener_backend_pid is not None)
-                connects = store._listener_connects
-                victim = store._listener_backend_pid
+                # private: the LISTEN connection's state has no public view
+                await eventually(lambda: store.backend._listener_backend_pid is not None)
+                # private: the LISTEN connection's state has no public view
+                connects = store.backend._listener_connects
+                # private: the LISTEN connection's state has no public view
+                victim = store.backend._listener_backend_pid
                 async with await psycopg.AsyncConnection.connect(private_postgres.url, autocommit=True) as admin:
                     cursor = await admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
                     assert (await cursor.fetchone()) == (True,)
-                await eventually(lambda: store._listener_connects > connects)  # noqa: B023 - read at once
+                await eventually(lambda: store.backend._listener_connects > connects)  # noqa: B023 - read at once
                 await workload.until_acknowledged(100)
             log = await workload.finish()
         workload.check(log)
-        assert store._listener_backend_pid != victim
+        # private: the LISTEN connection's state has no public view
+        assert store.backend._listener_backend_pid != victim

@@ -63,13 +63,15 @@ class SmallDisk:
 
     async def limit(self, store: SQLiteStore) -> None:
         if not self.mounted:
-            await store._write(lambda connection: connection.execute("PRAGMA max_page_count = 300"))
+            # private: runs SQL on the store's writer connection (no public API runs arbitrary SQL)
+            await store.backend._write(lambda connection: connection.execute("PRAGMA max_page_count = 300"))
 
     async def grow(self, store: SQLiteStore) -> None:
         if self.mounted:
             assert run("mount", "-o", "remount,size=64m", str(self.folder))
         else:
-            await store._write(lambda connection: connection.execute("PRAGMA max_page_count = 1073741823"))
+            # private: runs SQL on the store's writer connection (no public API runs arbitrary SQL)
+            await store.backend._write(lambda connection: connection.execute("PRAGMA max_page_count = 1073741823"))
 
     def remove(self) -> None:
         if self.mounted:

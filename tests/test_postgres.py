@@ -16,6 +16,8 @@ import psycopg
 import pytest
 
 import agentfold
+
+# private: _group_arguments/_PendingAppend build the store's own append call, run by hand to hold it open
 from agentfold.backends.postgres import MIGRATIONS, PostgresStore, _group_arguments, _PendingAppend
 from agentfold.encoding import EncodedEvent, encode_events
 from agentfold.errors import (
@@ -101,8 +103,10 @@ async def test_readers_do_not_pass_an_open_append_transaction_and_see_it_once_it
         # An append transaction exactly as the store runs it, held open before COMMIT: it owns position head + 1.
         await holder.execute("BEGIN")
         cursor = await holder.execute(
-            store._sql["append_group"],
-            _group_arguments([_PendingAppend("held", held_events, ANY)], store._channel),
+            # private: the store's own append statement, run by hand to hold its transaction open
+            store.backend._sql["append_group"],
+            # private: the store's own append statement, run by hand to hold its transaction open
+            _group_arguments([_PendingAppend("held", held_events, ANY)], store.backend._channel),
         )
         assert await cursor.fetchall() == [(0, 1, head + 1)]
 
@@ -207,12 +211,14 @@ async def test_a_notify_from_another_store_wakes_a_waiter(pg_url: str) -> None:
     try:
         head = await waiter.head_position()
         await waiter.wait_for_append(head, 0.01)  # starts the listener
-        await asyncio.wait_for(waiter._listening.wait(), CONDITION_BOUND)
+        # private: the LISTEN connection's state has no public view
+        await asyncio.wait_for(waiter.backend._listening.wait(), CONDITION_BOUND)
         waiting = asyncio.create_task(waiter.wait_for_append(head, 3600))
         await asyncio.sleep(0)
         await writer.append("pushed", [NewEvent("Pushed", {})])
         await asyncio.wait_for(waiting, CONDITION_BOUND)
-        assert waiter._notifications >= 1
+        # private: the LISTEN connection's state has no public view
+        assert waiter.backend._notifications >= 1
         assert [event.stream_id for event in await read_all_list(waiter, head)] == ["pushed"]
     finally:
         await waiter.close()
@@ -225,9 +231,12 @@ async def test_the_listener_reconnects_and_re_listens_after_its_connection_is_ki
     assert isinstance(waiter, PostgresStore)
     try:
         await waiter.wait_for_append(0, 0.01)
-        await asyncio.wait_for(waiter._listening.wait(), CONDITION_BOUND)
-        first_pid = waiter._listener_backend_pid
-        connects = waiter._listener_connects
+        # private: the LISTEN connection's state has no public view
+        await asyncio.wait_for(waiter.backend._listening.wait(), CONDITION_BOUND)
+        # private: the LISTEN connection's state has no public view
+        first_pid = waiter.backend._listener_backend_pid
+        # private: the LISTEN connection's state has no public view
+        connects = waiter.backend._listener_connects
         assert first_pid is not None
 
         # An append committed while the listener is down sends its NOTIFY to nobody; the waiter must still learn of
@@ -240,20 +249,25 @@ async def test_the_listener_reconnects_and_re_listens_after_its_connection_is_ki
         assert [event.stream_id for event in await read_all_list(waiter)] == ["while-down"]
 
         async def listening_again() -> bool:
-            return waiter._listener_connects > connects and waiter._listening.is_set()
+            # private: the LISTEN connection's state has no public view
+            return waiter.backend._listener_connects > connects and waiter.backend._listening.is_set()
 
         await eventually(listening_again, "the listener connects and LISTENs again")
-        assert waiter._listener_backend_pid not in (None, first_pid)
+        # private: the LISTEN connection's state has no public view
+        assert waiter.backend._listener_backend_pid not in (None, first_pid)
 
         # And pushes arrive on the new connection.
         head = await waiter.head_position()
-        notifications = waiter._notifications
+        # private: the LISTEN connection's state has no public view
+        notifications = waiter.backend._notifications
         waiting = asyncio.create_task(waiter.wait_for_append(head, 3600))
         await asyncio.sleep(0)
         await writer.append("after-reconnect", [NewEvent("Pushed", {})])
         await asyncio.wait_for(waiting, CONDITION_BOUND)
         await eventually(
-            lambda: _async_true(waiter._notifications > notifications), "a NOTIFY arrives on the new connection"
+            # private: the LISTEN connection's state has no public view
+            lambda: _async_true(waiter.backend._notifications > notifications),
+            "a NOTIFY arrives on the new connection",
         )
         assert [event.stream_id for event in await read_all_list(waiter, head)] == ["after-reconnect"]
     finally:
@@ -405,9 +419,9 @@ async def test_one_append_the_server_refuses_does_not_fail_the_others_in_its_gro
     refused = [EncodedEvent(str(uuid.uuid4()), "Broken", b'{"not": json', b"{}")]
     good = [encode_events(events(1)) for _ in range(5)]
     outcomes = await asyncio.gather(
-        *(store._append(f"good-{index}", batch, ANY) for index, batch in enumerate(good[:2])),
-        store._append("refused", refused, ANY),
-        *(store._append(f"good-{index}", batch, ANY) for index, batch in enumerate(good[2:], start=2)),
+        *(store.backend.append(f"good-{index}", batch, ANY) for index, batch in enumerate(good[:2])),
+        store.backend.append("refused", refused, ANY),
+        *(store.backend.append(f"good-{index}", batch, ANY) for index, batch in enumerate(good[2:], start=2)),
         return_exceptions=True,
     )
     assert isinstance(outcomes[2], InvalidEventData)
@@ -463,7 +477,8 @@ async def test_a_failing_read_model_update_leaves_neither_its_rows_nor_the_check
     pg_url: str, pg_store: PostgresStore
 ) -> None:
     table = f'"{schema_of(pg_url)}".seen'
-    async with pg_store._pool.connection() as connection:
+    # private: the read model's table lives in the store's database, reached through its pool
+    async with pg_store.backend._pool.connection() as connection:
         await connection.execute(f"CREATE TABLE {table} (position bigint PRIMARY KEY)")
 
     async def update(connection: psycopg.AsyncConnection[Any], position: int, fail: bool) -> None:
@@ -476,6 +491,7 @@ async def test_a_failing_read_model_update_leaves_neither_its_rows_nor_the_check
     assert await pg_store.load_checkpoint("seen") is None
     await pg_store.apply_with_checkpoint("seen", 2, lambda connection: update(connection, 2, False))
     assert await pg_store.load_checkpoint("seen") == 2
-    async with pg_store._pool.connection() as connection:
+    # private: the read model's table lives in the store's database, reached through its pool
+    async with pg_store.backend._pool.connection() as connection:
         rows = await (await connection.execute(f"SELECT position FROM {table}")).fetchall()
     assert rows == [(2,)]

@@ -30,6 +30,8 @@ from agentfold import (
     trim,
 )
 from agentfold.errors import InvalidInput, StoreCorrupted
+
+# private: _fold_records is the one fold loop, driven here with pages no backend would hand out
 from agentfold.projection import _fold_records, snapshot_name
 from agentfold.store import EventStore
 

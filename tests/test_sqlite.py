@@ -14,13 +14,12 @@ import pytest
 
 import agentfold
 from agentfold import ANY, NO_STREAM, AppendResult, NewEvent, StreamSnapshot
+
+# private: _fetch_page_records runs on a connection whose string limit a test lowers (no public knob)
 from agentfold.backends.sqlite import (
     MAX_GROUP_APPENDS,
     SCHEMA_VERSION,
     SQLiteStore,
-    _decode_joined_page,
-    _decode_records,
-    _fetch_joined_page,
     _fetch_page_records,
 )
 from agentfold.errors import (
@@ -78,7 +77,7 @@ async def writer_has_taken_everything(store: SQLiteStore) -> None:
     """Make sure every request submitted is taken into a group: a sender takes its group in its first step, which
     runs in the event loop's next iteration after the request is queued."""
     await asyncio.sleep(0)
-    assert store._committer.queued == 0  # no public view of the group committer's queue
+    assert store.backend._committer.queued == 0  # no public view of the group committer's queue
 
 
 def events(count: int, event_type: str = "Noted") -> list[NewEvent]:
@@ -162,7 +161,8 @@ async def test_concurrent_appends_with_conflicts_give_consistent_streams(store: 
 
 async def writer_synchronous(store: SQLiteStore) -> int:
     """The synchronous level the writer connection really uses (0 OFF, 1 NORMAL, 2 FULL)."""
-    return int(await store._write(lambda connection: connection.execute("PRAGMA synchronous").fetchone()[0]))
+    # private: runs SQL on the store's writer connection (no public API runs arbitrary SQL)
+    return int(await store.backend._write(lambda connection: connection.execute("PRAGMA synchronous").fetchone()[0]))
 
 
 async def test_synchronous_defaults_to_full(store: SQLiteStore) -> None:
@@ -454,10 +454,9 @@ async def test_a_page_beyond_sqlites_string_limit_is_read_row_by_row(store: SQLi
     await store.append("s", [NewEvent("Big", {"text": "x" * 1000, "n": index}) for index in range(30)])
     connection = sqlite3.connect(db_path, isolation_level=None)
     try:
-        joined = _fetch_joined_page(connection, "s", 5, 20)
+        # private: the page fetch runs on a connection whose string limit the test lowers (no public knob)
         records = _fetch_page_records(connection, "s", 5, 20)
         connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10_000)
-        joined_row_by_row = _fetch_joined_page(connection, "s", 5, 20)
         records_row_by_row = _fetch_page_records(connection, "s", 5, 20)
         with pytest.raises(sqlite3.DataError):  # the joined page is over the limit, and was refused
             connection.execute(
@@ -465,14 +464,12 @@ async def test_a_page_beyond_sqlites_string_limit_is_read_row_by_row(store: SQLi
             ).fetchone()
     finally:
         connection.close()
-    assert isinstance(joined[0], bytes)
-    assert isinstance(joined_row_by_row[0], list)
-    assert _decode_joined_page(joined[0]) == _decode_joined_page(joined_row_by_row[0])
-    assert [event.data["n"] for event in _decode_joined_page(joined_row_by_row[0])] == list(range(5, 25))
-    assert joined[1:] == joined_row_by_row[1:] == (20, 25)
     assert records == records_row_by_row
     assert all(isinstance(record, bytes) for record in records[0])
-    assert _decode_records(records[0]) == _decode_joined_page(joined[0])
+    decoder = store.record_decoder
+    assert decoder is not None
+    decoded = sorted((decoder.decode(record) for record in records[0]), key=lambda event: event.version)
+    assert [event.data["n"] for event in decoded] == list(range(5, 25))
     assert records[1:] == (20, 25)
 
 
@@ -493,21 +490,11 @@ async def test_read_cache_option_sets_the_read_connections_cache(db_path: Path) 
     store = await open_sqlite(db_path, "?read_cache_mb=3")
     try:
         await store.append("s", events(1))
-        assert await store._read(lambda connection: connection.execute("PRAGMA cache_size").fetchone()[0]) == -3072
+        # private: runs SQL on a store reader connection (no public API runs arbitrary SQL)
+        cache_size = await store.backend._read(lambda connection: connection.execute("PRAGMA cache_size").fetchone()[0])
+        assert cache_size == -3072
     finally:
         await store.close()
-
-
-def test_a_joined_page_out_of_order_is_put_back_in_version_order() -> None:
-    """SQLite keeps the subquery's order when it joins a page, but does not promise it; the order is checked."""
-    records = [
-        f'{{"stream_id":"s","version":{version},"position":{version},"type":"T","data":{{}},"metadata":{{}},'
-        f'"_id":"01a21873-1900-7793-9638-93b74765257b","_recorded_at_us":1}}'.encode()
-        for version in (3, 1, 2, 5, 4)
-    ]
-    assert [event.version for event in _decode_records(records)] == [1, 2, 3, 4, 5]
-    joined = b"[" + b",".join(records) + b"]"
-    assert [event.version for event in _decode_joined_page(joined)] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize(

@@ -442,9 +442,9 @@ async def test_a_paused_worker_taken_over_is_fenced_out_and_stops_when_resumed(s
 
 async def test_the_bench_measures_a_relaunch_under_the_same_id(shared_url: str) -> None:
     """The relaunch figure of `agentfold bench` runs (its values are measurements, not asserted)."""
-    from agentfold.bench.workflow_bench import RELAUNCH_RUNS, _relaunch
+    from agentfold.bench.workflow_bench import RELAUNCH_RUNS, measure_relaunch
 
-    figures = await asyncio.wait_for(_relaunch(shared_url), TIMEOUT)
+    figures = await asyncio.wait_for(measure_relaunch(shared_url), TIMEOUT)
     assert set(figures) == {
         "relaunch_to_first_step_ms",
         "relaunch_incarnation_to_first_step_ms",

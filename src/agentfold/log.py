@@ -1,30 +1,27 @@
-"""The event log: the interface every backend implements, and everything the features built on it may use.
+"""The event log: everything the features built on it may use, over one `agentfold.backend.Backend`.
 
-The public methods here validate input and page through results; a backend supplies a few narrow hooks that do the
-I/O (`_append`, `_read_stream_page`, `_read_stream_page_backwards`, `_read_all_page`, `_stream_version`,
-`head_position`, `_wait_for_append`, `_close`; a backend that reads ahead also splits a page read into
-`_fetch_stream_page` and `_decode_stream_page`, or pages a stream its own way in `_raw_stream_pages` and
-`_stream_pages`).
+The public methods here validate input, encode events, decide exact retries, page backward and global reads, decode
+stream records and keep snapshots as side records; the backend it composes does only the I/O of its database.
 The core never imports a backend.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
-import inspect
+import operator
 from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Self
 
 import msgspec
 
 from agentfold import instrumentation
 from agentfold.appending import RetriedAppend, check_retry_content
-from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent, encode_events
-from agentfold.errors import InvalidInput, StoreClosed
+from agentfold.backend import DEFAULT_PAGE_SIZE, Backend, RecordDecoder
+from agentfold.encoding import EncodedEvent, encode_events
+from agentfold.errors import InvalidInput, StoreClosed, StoreCorrupted
 from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 from agentfold.validation import (
     MAX_VERSION,
@@ -37,16 +34,7 @@ from agentfold.validation import (
     check_stream_id,
 )
 from agentfold.validation import check_stream_prefix as check_prefix
-from agentfold.wakeup import retrieve_outcome, wait_unless
-
-DEFAULT_PAGE_SIZE: Final = 1000
-
-
-class RecordDecoder(Protocol):
-    """Decodes one stored record into the event readers get (a `msgspec.json.Decoder(RecordedEvent)` is one);
-    raises `msgspec.DecodeError` for a record it cannot read."""
-
-    def decode(self, record: bytes | str, /) -> RecordedEvent: ...
+from agentfold.wakeup import wait_unless
 
 
 class StreamSnapshot(msgspec.Struct, frozen=True):
@@ -74,7 +62,7 @@ LOG_SNAPSHOT_STREAM: Final = "$log"
 this id (`$` streams are agentfold's own), so the two kinds never meet."""
 
 
-class EventLog(abc.ABC):
+class EventLog:
     """An append-only log of events, grouped into streams, in one global order.
 
     Guarantees, on every backend:
@@ -87,17 +75,45 @@ class EventLog(abc.ABC):
       call's `AppendResult` and writes nothing (also after a restart); any other reuse of an id raises
       `DuplicateEventId` naming it.
     - The order `read_all` shows is final: a reader never sees a position and later finds a smaller one filled in.
+
+    The log composes a `Backend` (``EventLog(backend)``), which does the I/O; `agentfold.connect` builds both.
     """
 
-    scheme: str = ""
-    max_event_size: int = DEFAULT_MAX_EVENT_SIZE
-    page_size: int = DEFAULT_PAGE_SIZE
-    reads_ahead: bool = False
-    """`read_stream_pages` asks for the next page before it decodes the current one: for backends whose pages are
-    prepared by a server or another thread, which then works while this one decodes."""
-
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        """The backend this log writes through; backend-specific settings are its attributes."""
         self._closed = False
+
+    @property
+    def scheme(self) -> str:
+        """The URL scheme of the backend (``"memory"``, ``"sqlite"``, ``"postgresql"``, ``"redis"``)."""
+        return self.backend.scheme
+
+    @property
+    def max_event_size(self) -> int:
+        """The largest encoded event `append` accepts, in bytes."""
+        return self.backend.max_event_size
+
+    @property
+    def page_size(self) -> int:
+        """Events per page read (a backend's own choice; lower it to read in smaller steps)."""
+        return self.backend.page_size
+
+    @page_size.setter
+    def page_size(self, value: int) -> None:
+        self.backend.page_size = check_limit(value, "page_size") or self.backend.page_size
+
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether a stream read asks for the next page before the current one is taken: for backends whose pages
+        are prepared by a server or another thread, which then works while this one decodes."""
+        return self.backend.reads_ahead
+
+    @reads_ahead.setter
+    def reads_ahead(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise InvalidInput(f"reads_ahead must be a bool, got {type(value).__name__}")
+        self.backend.reads_ahead = value
 
     # -- public API ----------------------------------------------------------------------------------------------
 
@@ -122,7 +138,7 @@ class EventLog(abc.ABC):
         check_stream_id(stream_id)
         expected = check_expected_version(expected_version)
         encoded = encode_events(events, self.max_event_size)
-        result = await self._append(stream_id, encoded, expected)
+        result = await self.backend.append(stream_id, encoded, expected)
         if type(result) is RetriedAppend:  # the ids were written before: exact retry, or DuplicateEventId
             return await self._check_retry(stream_id, encoded, result)
         return result
@@ -135,7 +151,7 @@ class EventLog(abc.ABC):
         check_stream_id(stream_id)
         expected = check_expected_version(expected_version)
         encoded = encode_events(events, self.max_event_size)
-        result = await self._append(stream_id, encoded, expected)
+        result = await self.backend.append(stream_id, encoded, expected)
         if type(result) is RetriedAppend:  # the ids were written before: exact retry, or DuplicateEventId
             return await self._check_retry(stream_id, encoded, result)
         return result
@@ -176,7 +192,7 @@ class EventLog(abc.ABC):
             if floor is not None:
                 before = min(before, floor)
             if before > 1:
-                await self._trim_stream(stream_id, before)
+                await self.backend.trim_stream(stream_id, before)
         return result
 
     async def trim_stream(self, stream_id: str, before_version: int) -> int:
@@ -189,7 +205,7 @@ class EventLog(abc.ABC):
         self._check_open()
         check_stream_id(stream_id)
         before = check_counter(before_version, "before_version")
-        return await self._trim_stream(stream_id, before) if before > 1 else 0
+        return await self.backend.trim_stream(stream_id, before) if before > 1 else 0
 
     async def read_stream(
         self,
@@ -248,7 +264,7 @@ class EventLog(abc.ABC):
         """The pages of `read_stream_pages(backwards=True)`, arguments checked: newest first."""
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            page = await self._read_stream_page_backwards(stream_id, before, after_version, size)
+            page = await self.backend.read_stream_backwards(stream_id, before, after_version, size)
             if not page:
                 return
             if remaining is not None:
@@ -261,46 +277,23 @@ class EventLog(abc.ABC):
     async def _stream_pages(
         self, stream_id: str, after_version: int, remaining: int | None
     ) -> AsyncGenerator[list[RecordedEvent], None]:
-        """The pages of `read_stream_pages`, arguments checked. A backend may read its own way here."""
-        async with contextlib.aclosing(self._raw_stream_pages(stream_id, after_version, remaining)) as pages:
-            async for raw in pages:
-                yield self._decode_stream_page(raw)
-
-    async def _raw_stream_pages(
-        self, stream_id: str, after_version: int, remaining: int | None
-    ) -> AsyncGenerator[Any, None]:
-        """The pages of `_stream_pages` as `_fetch_stream_page` returned them, not yet decoded. A backend may
-        replace this with its own paging; pages still follow one another in version order."""
-        after = after_version
-        ahead: asyncio.Future[tuple[Any, int, int]] | None = None
-        try:
-            while remaining is None or remaining > 0:
-                size = self.page_size if remaining is None else min(self.page_size, remaining)
-                if ahead is not None:
-                    fetched, ahead = await ahead, None
+        """The pages of `read_stream_pages`, arguments checked: the backend's records decoded, in version order."""
+        decoder = self.backend.record_decoder
+        pages = self.backend.read_stream_records(stream_id, after_version, remaining)
+        async with contextlib.aclosing(pages):
+            async for records in pages:
+                if decoder is None:
+                    page: list[RecordedEvent] = list(records)
                 else:
-                    fetched = await self._fetch_stream_page(stream_id, after, size)
-                raw, count, last_version = fetched
-                if not count:
-                    return
-                if remaining is not None:
-                    remaining -= count
-                full = count == size
-                if full and self.reads_ahead and (remaining is None or remaining > 0):
-                    # Ask for the next page before decoding this one, so the server prepares it meanwhile. It is
-                    # this read's own request, made after the read began: it returns what a read made at that
-                    # moment returns, and it is dropped with this read.
-                    next_size = self.page_size if remaining is None else min(self.page_size, remaining)
-                    ahead = asyncio.ensure_future(self._fetch_stream_page(stream_id, last_version, next_size))
-                    await asyncio.sleep(0)  # let it send its request before this page is decoded
-                yield raw
-                if not full:
-                    return
-                after = last_version
-        finally:
-            if ahead is not None:
-                ahead.cancel()
-                ahead.add_done_callback(retrieve_outcome)  # a page nobody will take
+                    try:
+                        page = list(map(decoder.decode, records))
+                    except msgspec.DecodeError as error:
+                        message = f"a stored event of stream {stream_id!r} does not decode: {error}"
+                        raise StoreCorrupted(message) from None
+                versions = [event.version for event in page]
+                if versions != sorted(versions):  # the records of a page may come in any order
+                    page.sort(key=_version_of)
+                yield page
 
     def read_stream_records(
         self, stream_id: str, after_version: int = 0, limit: int | None = None
@@ -313,12 +306,14 @@ class EventLog(abc.ABC):
         arguments raise here, at the call."""
         self._check_open()
         check_stream_id(stream_id)
-        return self._raw_stream_pages(stream_id, check_counter(after_version, "after_version"), check_limit(limit))
+        return self.backend.read_stream_records(
+            stream_id, check_counter(after_version, "after_version"), check_limit(limit)
+        )
 
     @property
     def record_decoder(self) -> RecordDecoder | None:
         """Decodes one record of `read_stream_records` into its event; None when the records are events already."""
-        return self._record_decoder
+        return self.backend.record_decoder
 
     async def read_all(
         self,
@@ -366,7 +361,7 @@ class EventLog(abc.ABC):
         """The pages of `read_all_pages`, arguments checked."""
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            page, scanned_to = await self._read_all_page(after, size, type_filter, prefix)
+            page, scanned_to = await self.backend.read_all_page(after, size, type_filter, prefix)
             if page:
                 yield page
                 if remaining is not None:
@@ -390,7 +385,7 @@ class EventLog(abc.ABC):
         size = check_limit(limit)
         if not size:
             raise InvalidInput(f"limit must be an int >= 1, got {limit!r}")
-        return await self._read_all_page(
+        return await self.backend.read_all_page(
             check_counter(after_position, "after_position"), size, check_event_types(types), check_prefix(stream_prefix)
         )
 
@@ -399,7 +394,7 @@ class EventLog(abc.ABC):
         them (the handle is then its connection, so a read model written through it commits with the checkpoint:
         exactly once), else `apply(None)` first and then the checkpoint (at least once)."""
         self._check_open()
-        await self._apply_with_checkpoint(check_required_name(name), check_counter(position, "position"), apply)
+        await self.backend.save_checkpoint(check_required_name(name), check_counter(position, "position"), apply)
 
     def check_open(self) -> None:
         """Raise `StoreClosed` once the store is closed."""
@@ -408,28 +403,29 @@ class EventLog(abc.ABC):
     async def load_checkpoint(self, name: str) -> int | None:
         """The position last saved under the subscriber `name`, or None."""
         self._check_open()
-        return await self._load_checkpoint(check_required_name(name))
+        return await self.backend.load_checkpoint(check_required_name(name))
 
     async def save_checkpoint(self, name: str, position: int) -> None:
         """Remember `position` for the subscriber `name`."""
         self._check_open()
-        await self._save_checkpoint(check_required_name(name), check_counter(position, "position"))
+        await self.backend.save_checkpoint(check_required_name(name), check_counter(position, "position"))
 
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version: the version of its last event, 0 when it has none."""
         self._check_open()
-        return await self._stream_version(check_stream_id(stream_id))
+        return await self.backend.stream_version(check_stream_id(stream_id))
 
-    @abc.abstractmethod
     async def head_position(self) -> int:
         """The global position of the last event in the store, 0 when it is empty."""
+        self._check_open()
+        return await self.backend.head_position()
 
     async def close(self) -> None:
         """Release connections and threads. Calling it twice is harmless."""
         if self._closed:
             return
         self._closed = True
-        await self._close()
+        await self.backend.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -439,59 +435,6 @@ class EventLog(abc.ABC):
     ) -> None:
         await self.close()
 
-    # -- backend hooks -------------------------------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def _append(
-        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
-    ) -> AppendResult:
-        """Write validated events atomically, enforcing expected version and id idempotency in the same step."""
-
-    @abc.abstractmethod
-    async def _stream_version(self, stream_id: str) -> int:
-        """The version of the stream's last event, 0 when it has none; `stream_id` is checked."""
-
-    @abc.abstractmethod
-    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
-        """At most `limit` events of the stream above `after_version`, in version order."""
-
-    @abc.abstractmethod
-    async def _read_stream_page_backwards(
-        self, stream_id: str, before_version: int, after_version: int, limit: int
-    ) -> list[RecordedEvent]:
-        """At most `limit` events of the stream with a version below `before_version` and above `after_version`,
-        newest first."""
-
-    async def _fetch_stream_page(self, stream_id: str, after_version: int, limit: int) -> tuple[Any, int, int]:
-        """A page of `_read_stream_page` as (the page in the backend's own form, its event count, its last version),
-        for `_decode_stream_page` to turn into events; a backend that reads ahead splits its read here so the next
-        request can go out before this page is decoded. The default reads and decodes at once."""
-        page = await self._read_stream_page(stream_id, after_version, limit)
-        return page, len(page), page[-1].version if page else after_version
-
-    def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
-        """The events of a page `_fetch_stream_page` returned."""
-        page: list[RecordedEvent] = raw
-        return page
-
-    _record_decoder: RecordDecoder | None = None
-    """Set by a backend whose raw pages (`_raw_stream_pages`) are lists of stored records, each decoded by this;
-    the records of a page may come in any order. A fold then decodes each event just before its handler runs, so
-    an event the handler does not keep is freed at once instead of living as long as its page (whole pages of
-    decoded events alive were what made the garbage collector run its full collections during folds)."""
-
-    @abc.abstractmethod
-    async def _read_all_page(
-        self,
-        after_position: int,
-        limit: int,
-        types: tuple[str, ...] | None,
-        stream_prefix: str | None,
-    ) -> tuple[list[RecordedEvent], int]:
-        """Scan at most `limit` positions above `after_position`; return the matching events and the last position
-        scanned (equal to `after_position` when nothing is there). Positions returned must be final: nothing may
-        later appear at or below the scanned position."""
-
     async def wait_for_append(self, after_position: int, timeout: float, until: asyncio.Event | None = None) -> None:
         """Return when an event above `after_position` may exist, after `timeout` seconds, or as soon as `until`
         is set. A hint only: read again afterwards."""
@@ -500,14 +443,7 @@ class EventLog(abc.ABC):
         seconds = check_seconds(timeout, "timeout")
         if until is not None and not isinstance(until, asyncio.Event):
             raise InvalidInput(f"until must be an asyncio.Event, got {type(until).__name__}")
-        await wait_unless(self._wait_for_append(after, seconds), until)
-
-    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
-        """Return when an event above `after_position` may exist, or after `timeout` seconds.
-
-        A hint only: callers re-read. The default polls; backends with push override it.
-        """
-        await asyncio.sleep(min(timeout, 0.05))
+        await wait_unless(self.backend.wait_for_append(after, seconds), until)
 
     # Records kept beside the log (snapshots, checkpoints). They never change the event log itself.
 
@@ -515,7 +451,7 @@ class EventLog(abc.ABC):
         """The newest snapshot kept under `name` for the stream, or None."""
         self._check_open()
         check_stream_id(stream_id)
-        kept = await self._load_snapshot(stream_id, check_required_name(name, "snapshot name"))
+        kept = await self.backend.load_snapshot(stream_id, check_required_name(name, "snapshot name"))
         return None if kept is None else StreamSnapshot(stream_id, name, kept[0], kept[1])
 
     async def keep_snapshot(self, snapshot: StreamSnapshot) -> None:
@@ -524,12 +460,12 @@ class EventLog(abc.ABC):
         check_stream_id(snapshot.stream_id)
         name = check_required_name(snapshot.name, "snapshot name")
         version = check_counter(snapshot.version, "version")
-        await self._save_snapshot(snapshot.stream_id, name, version, _check_state(snapshot.state))
+        await self.backend.save_snapshot(snapshot.stream_id, name, version, _check_state(snapshot.state))
 
     async def load_log_snapshot(self, name: str) -> LogSnapshot | None:
         """The newest log snapshot kept under `name`, or None."""
         self._check_open()
-        kept = await self._load_snapshot(LOG_SNAPSHOT_STREAM, check_required_name(name, "snapshot name"))
+        kept = await self.backend.load_snapshot(LOG_SNAPSHOT_STREAM, check_required_name(name, "snapshot name"))
         return None if kept is None else LogSnapshot(name, kept[0], kept[1])
 
     async def keep_log_snapshot(self, snapshot: LogSnapshot) -> None:
@@ -537,56 +473,20 @@ class EventLog(abc.ABC):
         self._check_open()
         name = check_required_name(snapshot.name, "snapshot name")
         position = check_counter(snapshot.position, "position")
-        await self._save_snapshot(LOG_SNAPSHOT_STREAM, name, position, _check_state(snapshot.state))
+        await self.backend.save_snapshot(LOG_SNAPSHOT_STREAM, name, position, _check_state(snapshot.state))
 
-    # The hooks behind them, one pair per kind of record; a log snapshot is kept as the snapshot of
-    # `LOG_SNAPSHOT_STREAM`, the number beside it being a position.
-
-    @abc.abstractmethod
-    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
-        """The latest snapshot saved under `name` for the stream: (version it covers, encoded state), or None."""
-
-    @abc.abstractmethod
-    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
-        """Keep `state` as the snapshot `name` of the stream at `version`, unless a newer one is already kept."""
-
-    @abc.abstractmethod
-    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
-        """Delete the stream's events with a version below `before_version` and return how many went.
-
-        The stream's version, the other streams and every position stay as they were.
-        """
-
-    @abc.abstractmethod
-    async def _load_checkpoint(self, name: str) -> int | None:
-        """The position last saved under the subscriber `name`, or None."""
-
-    @abc.abstractmethod
-    async def _save_checkpoint(self, name: str, position: int) -> None:
-        """Remember `position` for the subscriber `name`."""
-
-    async def _apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
-        """Run `apply(handle)` for a read model and save the checkpoint `name` = `position`.
-
-        Backends with transactions override this to do both in one transaction (exactly once); this default runs
-        `apply(None)` first and then saves the checkpoint (at least once).
-        """
-        outcome = apply(None)
-        if inspect.isawaitable(outcome):
-            await outcome
-        await self._save_checkpoint(name, position)
-
-    @abc.abstractmethod
-    async def _close(self) -> None:
-        """Release the backend's resources."""
+    # A log snapshot is kept as the side record of `LOG_SNAPSHOT_STREAM`, the number beside it being a position.
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed(f"the {self.scheme or 'event'} store is closed")
 
 
+_version_of: Final = operator.attrgetter("version")
+
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "Backend",
     "EventLog",
     "RecordDecoder",
     "check_counter",

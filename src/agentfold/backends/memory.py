@@ -1,16 +1,19 @@
-"""`memory://`: a complete store in process memory, for tests and for trying things out.
+"""`memory://`: a complete backend in process memory, for tests and for trying things out.
 
 It is a real implementation that passes the same conformance suite as the durable backends; it only forgets
-everything when the process ends.
+everything when the process ends. It uses only the public `agentfold.backend.Backend` protocol and the public
+helpers beside it, so it is also the example to read first when writing a backend (`docs/backends.md`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Final, cast
 
 from agentfold.appending import IdRecord, check_expected, find_retry
-from agentfold.encoding import EncodedEvent, decode_object
+from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, apply_then
+from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent, decode_object
 from agentfold.errors import InvalidURL
 from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.options import MAX_EVENT_SIZE, parse_options, redact, split_url
@@ -18,15 +21,16 @@ from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
 
 
-class MemoryStore(EventStore):
+class MemoryBackend:
     """Events in lists and dicts; every append runs without yielding to the event loop, so it is atomic."""
 
     scheme = "memory"
+    reads_ahead = False  # nothing to wait for: a page is a slice of a list
+    record_decoder: RecordDecoder | None = None  # the records are the events themselves
 
     def __init__(self, max_event_size: int | None = None) -> None:
-        super().__init__()
-        if max_event_size is not None:
-            self.max_event_size = max_event_size
+        self.max_event_size = DEFAULT_MAX_EVENT_SIZE if max_event_size is None else max_event_size
+        self.page_size = DEFAULT_PAGE_SIZE
         self._log: list[RecordedEvent | None] = []  # None where an event was trimmed
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._ids: dict[str, IdRecord] = {}
@@ -34,8 +38,9 @@ class MemoryStore(EventStore):
         self._snapshots: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._checkpoints: dict[str, int] = {}
         self._trimmed: dict[str, int] = {}
+        self._closed = False
 
-    async def _append(
+    async def append(
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
         stream = self._streams.get(stream_id)
@@ -66,14 +71,27 @@ class MemoryStore(EventStore):
         self._appended.wake()
         return AppendResult(last, len(self._log))
 
-    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
-        stream = self._streams.get(stream_id)
-        if not stream:
-            return []
-        start = max(0, after_version - self._trimmed.get(stream_id, 0))
-        return stream[start : start + limit]
+    async def read_stream_records(
+        self, stream_id: str, after_version: int, limit: int | None
+    ) -> AsyncGenerator[Sequence[RecordedEvent], None]:
+        remaining = limit
+        while remaining is None or remaining > 0:
+            stream = self._streams.get(stream_id)
+            if not stream:
+                return
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            start = max(0, after_version - self._trimmed.get(stream_id, 0))
+            page = stream[start : start + size]
+            if not page:
+                return
+            yield page
+            if len(page) < size:
+                return
+            after_version = page[-1].version
+            if remaining is not None:
+                remaining -= len(page)
 
-    async def _read_stream_page_backwards(
+    async def read_stream_backwards(
         self, stream_id: str, before_version: int, after_version: int, limit: int
     ) -> list[RecordedEvent]:
         stream = self._streams.get(stream_id)
@@ -84,7 +102,7 @@ class MemoryStore(EventStore):
         start = max(0, after_version - trimmed, stop - limit)
         return stream[start:stop][::-1]
 
-    async def _read_all_page(
+    async def read_all_page(
         self,
         after_position: int,
         limit: int,
@@ -103,7 +121,7 @@ class MemoryStore(EventStore):
         ]
         return matching, after_position + len(scanned)
 
-    async def _stream_version(self, stream_id: str) -> int:
+    async def stream_version(self, stream_id: str) -> int:
         return self._version(stream_id)
 
     def _version(self, stream_id: str) -> int:
@@ -111,22 +129,21 @@ class MemoryStore(EventStore):
         return self._trimmed.get(stream_id, 0) + len(stream) if stream is not None else 0
 
     async def head_position(self) -> int:
-        self._check_open()
         return len(self._log)
 
-    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+    async def wait_for_append(self, after_position: int, timeout: float) -> None:
         if len(self._log) <= after_position:
             await Broadcast.wait(self._appended.ticket(), timeout)
 
-    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
-        return self._snapshots.get((stream_id, name))
+    async def load_snapshot(self, owner: str, name: str) -> tuple[int, bytes] | None:
+        return self._snapshots.get((owner, name))
 
-    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
-        kept = self._snapshots.get((stream_id, name))
-        if kept is None or kept[0] <= version:
-            self._snapshots[(stream_id, name)] = (version, state)
+    async def save_snapshot(self, owner: str, name: str, mark: int, state: bytes) -> None:
+        kept = self._snapshots.get((owner, name))
+        if kept is None or kept[0] <= mark:
+            self._snapshots[(owner, name)] = (mark, state)
 
-    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+    async def trim_stream(self, stream_id: str, before_version: int) -> int:
         stream = self._streams.get(stream_id)
         if not stream:
             return 0
@@ -138,14 +155,25 @@ class MemoryStore(EventStore):
         self._trimmed[stream_id] = trimmed + count
         return count
 
-    async def _load_checkpoint(self, name: str) -> int | None:
+    async def load_checkpoint(self, name: str) -> int | None:
         return self._checkpoints.get(name)
 
-    async def _save_checkpoint(self, name: str, position: int) -> None:
+    async def save_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any] | None = None) -> None:
+        await apply_then(apply)  # no transactions here: the read model first, then its checkpoint (at least once)
         self._checkpoints[name] = position
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
+        self._closed = True
         self._appended.wake()
+
+
+class MemoryStore(EventStore):
+    """An `EventStore` over a `MemoryBackend` (what ``connect("memory://")`` returns)."""
+
+    backend: MemoryBackend
+
+    def __init__(self, max_event_size: int | None = None) -> None:
+        super().__init__(MemoryBackend(max_event_size))
 
 
 OPTIONS: Final = (MAX_EVENT_SIZE,)

@@ -20,7 +20,7 @@ import inspect
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -33,8 +33,9 @@ from psycopg.rows import RowFactory, scalar_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
+from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, read_pages
 from agentfold.committer import GroupCommitter
-from agentfold.encoding import EncodedEvent
+from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
     AgentfoldError,
     InvalidEventData,
@@ -589,11 +590,14 @@ def _group_arguments(group: list[_PendingAppend], channel: str) -> tuple[str, ..
 # -- the store ----------------------------------------------------------------------------------------------------
 
 
-class PostgresStore(EventStore):
+class PostgresBackend:
     """Events in PostgreSQL tables of one schema, written by a group-commit writer and pushed via LISTEN/NOTIFY."""
 
     scheme = "postgresql"
+    page_size = DEFAULT_PAGE_SIZE
     reads_ahead = True  # the server finds the next page while this process decodes and folds the current one
+    record_decoder: RecordDecoder | None = _record_decoder  # folds decode the records one by one
+    max_event_size = DEFAULT_MAX_EVENT_SIZE
 
     def __init__(
         self,
@@ -603,7 +607,7 @@ class PostgresStore(EventStore):
         statements: dict[str, bytes],
         display_url: str,
     ) -> None:
-        super().__init__()
+        self._closed = False
         if options.max_event_size is not None:
             self.max_event_size = options.max_event_size
         self._pool = pool
@@ -630,11 +634,16 @@ class PostgresStore(EventStore):
         self._notifications = 0
 
     def __repr__(self) -> str:
-        return f"PostgresStore({self._display_url!r}, schema={self._options.schema!r})"
+        return f"PostgresBackend({self._display_url!r}, schema={self._options.schema!r})"
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding the store's tables."""
+        return self._options.schema
 
     # -- appends: group commit -----------------------------------------------------------------------------------
 
-    async def _append(
+    async def append(
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
         return await self._committer.submit(_PendingAppend(stream_id, events, expected_version))
@@ -728,28 +737,26 @@ class PostgresStore(EventStore):
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
-    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
-        raw, _, _ = await self._fetch_stream_page(stream_id, after_version, limit)
-        return self._decode_stream_page(raw)
+    def read_stream_records(
+        self, stream_id: str, after_version: int, limit: int | None
+    ) -> AsyncGenerator[Sequence[Any], None]:
+        return read_pages(self._fetch_page, stream_id, after_version, limit, self.page_size, self.reads_ahead)
 
-    async def _fetch_stream_page(self, stream_id: str, after_version: int, limit: int) -> tuple[Any, int, int]:
+    async def _fetch_page(self, stream_id: str, after_version: int, limit: int) -> RecordPage:
         # The records come as a list of strings, not of 1-tuples: no object per row that is not needed, and none
         # that the garbage collector counts while the page is alive.
         records: list[str] = await self._fetch_all(
             "read_stream", {"stream": stream_id, "after": after_version, "limit": limit}, scalar_row
         )
         if not records:
-            return records, 0, after_version
+            return RecordPage(records, 0, after_version)
         try:
             last_version = _version_decoder.decode(records[-1]).version
         except msgspec.DecodeError as error:
             raise StoreCorrupted(f"a stored event of stream {stream_id!r} does not decode: {error}") from None
-        return records, len(records), last_version
+        return RecordPage(records, len(records), last_version)
 
-    def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
-        return _decode_page(raw)
-
-    async def _read_stream_page_backwards(
+    async def read_stream_backwards(
         self, stream_id: str, before_version: int, after_version: int, limit: int
     ) -> list[RecordedEvent]:
         records: list[str] = await self._fetch_all(
@@ -759,9 +766,7 @@ class PostgresStore(EventStore):
         )
         return _decode_page(records)
 
-    _record_decoder = _record_decoder  # raw pages are lists of records: folds decode them one by one
-
-    async def _read_all_page(
+    async def read_all_page(
         self,
         after_position: int,
         limit: int,
@@ -776,12 +781,11 @@ class PostgresStore(EventStore):
             return [], after_position
         return _decode_page([row[0] for row in rows if row[0] is not None]), int(rows[-1][1])
 
-    async def _stream_version(self, stream_id: str) -> int:
+    async def stream_version(self, stream_id: str) -> int:
         row = await self._fetch_one("stream_version", {"stream": stream_id})
         return int(row[0]) if row else 0
 
     async def head_position(self) -> int:
-        self._check_open()
         row = await self._fetch_one("head_position", ())
         return int(row[0]) if row else 0
 
@@ -802,7 +806,7 @@ class PostgresStore(EventStore):
 
     # -- push ----------------------------------------------------------------------------------------------------
 
-    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+    async def wait_for_append(self, after_position: int, timeout: float) -> None:
         """Return once the head is above `after_position`, on a NOTIFY, after a (re)LISTEN, or after `timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -860,29 +864,30 @@ class PostgresStore(EventStore):
 
     # -- records beside the log ----------------------------------------------------------------------------------
 
-    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
-        row = await self._fetch_one("load_snapshot", (stream_id, name))
+    async def load_snapshot(self, owner: str, name: str) -> tuple[int, bytes] | None:
+        row = await self._fetch_one("load_snapshot", (owner, name))
         return (int(row[0]), bytes(row[1])) if row else None
 
-    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
-        await self._execute("save_snapshot", (stream_id, name, version, state))
+    async def save_snapshot(self, owner: str, name: str, mark: int, state: bytes) -> None:
+        await self._execute("save_snapshot", (owner, name, mark, state))
 
-    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+    async def trim_stream(self, stream_id: str, before_version: int) -> int:
         return await self._execute("trim", (stream_id, before_version))
 
-    async def _load_checkpoint(self, name: str) -> int | None:
+    async def load_checkpoint(self, name: str) -> int | None:
         row = await self._fetch_one("load_checkpoint", (name,))
         return int(row[0]) if row else None
 
-    async def _save_checkpoint(self, name: str, position: int) -> None:
-        await self._execute("save_checkpoint", (name, position))
-
-    async def _apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
-        """Run `apply(connection)` (plain or async) and save the checkpoint in one transaction: exactly once.
+    async def save_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any] | None = None) -> None:
+        """Save the checkpoint; with `apply`, run `apply(connection)` (plain or async) in the same transaction:
+        exactly once.
 
         The connection is a `psycopg.AsyncConnection` inside that transaction, so a read model kept in the same
         database commits together with the position it covers, or not at all.
         """
+        if apply is None:
+            await self._execute("save_checkpoint", (name, position))
+            return
         with _translated():
             async with self._connection() as connection, connection.transaction():
                 outcome = apply(connection)
@@ -897,7 +902,8 @@ class PostgresStore(EventStore):
                 count: int = max(cursor.rowcount, 0)
                 return count
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
+        self._closed = True
         await self._committer.close()
         if self._listener is not None:
             self._listener.cancel()
@@ -905,6 +911,21 @@ class PostgresStore(EventStore):
                 await self._listener
         self._wake_waiters()
         await self._pool.close()
+
+
+class PostgresStore(EventStore):
+    """An event store in a PostgreSQL schema (what ``connect("postgresql://...")`` returns); the I/O is its
+    `PostgresBackend`."""
+
+    backend: PostgresBackend
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding the store's tables."""
+        return self.backend.schema
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.backend._display_url!r}, schema={self.schema!r})"
 
 
 def _decode_page(records: list[str]) -> list[RecordedEvent]:
@@ -995,4 +1016,4 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> Postgr
     except (psycopg.Error, PoolTimeout) as error:
         await pool.close()
         _raise_open_error(url, error)
-    return PostgresStore(pool, conninfo, parsed, statements, redact(url))
+    return PostgresStore(PostgresBackend(pool, conninfo, parsed, statements, redact(url)))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import re
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, cast
@@ -39,6 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
+from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, apply_then, read_pages
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import EncodedEvent
 from agentfold.errors import (
@@ -516,13 +517,16 @@ def _event_count(pending: _PendingAppend) -> int:
     return len(pending.events)
 
 
-class RedisStore(EventStore):
+class RedisBackend:
     """Events in Redis Streams; see the module docstring for the key layout and the append script."""
 
     scheme = "redis"
+    page_size = DEFAULT_PAGE_SIZE
+    reads_ahead = False
+    record_decoder: RecordDecoder | None = _RecordDecoder()  # folds decode the records one by one
 
     def __init__(self, settings: RedisSettings, persistence: Persistence, version: tuple[int, ...]) -> None:
-        super().__init__()
+        self._closed = False
         self.settings = settings
         self.persistence = persistence
         self.server_version = version
@@ -574,7 +578,7 @@ class RedisStore(EventStore):
 
     # -- appending -----------------------------------------------------------------------------------------------
 
-    async def _append(
+    async def append(
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
         packed = self._packed_streams.get(stream_id)
@@ -679,18 +683,16 @@ class RedisStore(EventStore):
 
     # -- reading -------------------------------------------------------------------------------------------------
 
-    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
-        raw, _, _ = await self._fetch_stream_page(stream_id, after_version, limit)
-        return self._decode_stream_page(raw)
+    def read_stream_records(
+        self, stream_id: str, after_version: int, limit: int | None
+    ) -> AsyncGenerator[Sequence[Any], None]:
+        return read_pages(self._fetch_page, stream_id, after_version, limit, self.page_size, self.reads_ahead)
 
-    async def _fetch_stream_page(self, stream_id: str, after_version: int, limit: int) -> tuple[Any, int, int]:
+    async def _fetch_page(self, stream_id: str, after_version: int, limit: int) -> RecordPage:
         records, last_version = await self._read_records(self.key("s", stream_id), after_version, limit)
-        return records, len(records), last_version
+        return RecordPage(records, len(records), last_version)
 
-    def _decode_stream_page(self, raw: Any) -> list[RecordedEvent]:
-        return [_event(entry) for entry in _decode_entries(raw, "a stream")]
-
-    async def _read_stream_page_backwards(
+    async def read_stream_backwards(
         self, stream_id: str, before_version: int, after_version: int, limit: int
     ) -> list[RecordedEvent]:
         if before_version - 1 <= after_version:
@@ -710,11 +712,9 @@ class RedisStore(EventStore):
             records = [entry[1][1] for entry in entries]
         except (IndexError, TypeError) as error:
             raise StoreCorrupted(f"an entry of {key.decode()!r} was not written by agentfold: {error}") from None
-        return self._decode_stream_page(records)
+        return [_event(entry) for entry in _decode_entries(records, "a stream")]
 
-    _record_decoder = _RecordDecoder()  # raw pages are lists of records: folds decode them one by one
-
-    async def _read_all_page(
+    async def read_all_page(
         self,
         after_position: int,
         limit: int,
@@ -750,18 +750,17 @@ class RedisStore(EventStore):
         except (IndexError, TypeError, ValueError) as error:
             raise StoreCorrupted(f"an entry of {key.decode()!r} was not written by agentfold: {error}") from None
 
-    async def _stream_version(self, stream_id: str) -> int:
+    async def stream_version(self, stream_id: str) -> int:
         with translate_errors(f"read the version of stream {stream_id!r} from Redis"):
             value = await self._client.hget(self._versions_key, stream_id)
         return int(value) if value is not None else 0
 
     async def head_position(self) -> int:
-        self._check_open()
         with translate_errors("read the head position from Redis"):
             value = await self._client.get(self._head_key)
         return int(value) if value is not None else 0
 
-    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+    async def wait_for_append(self, after_position: int, timeout: float) -> None:
         """Wait for the store's one watcher (a blocking ``XREAD`` loop) to see the head move; a hint only.
 
         Waiters share one event instead of holding a blocking connection each, so any number of subscribers costs
@@ -814,21 +813,19 @@ class RedisStore(EventStore):
 
     # -- records beside the log ----------------------------------------------------------------------------------
 
-    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
-        with translate_errors(f"load snapshot {name!r} of stream {stream_id!r} from Redis"):
-            value = await self._client.hget(self.key("snap", stream_id), name)
+    async def load_snapshot(self, owner: str, name: str) -> tuple[int, bytes] | None:
+        with translate_errors(f"load snapshot {name!r} of {owner!r} from Redis"):
+            value = await self._client.hget(self.key("snap", owner), name)
         if value is None:
             return None
         version, _, state = cast(bytes, value).partition(b" ")
         return int(version), state
 
-    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
-        with translate_errors(f"save snapshot {name!r} of stream {stream_id!r} in Redis"):
-            await self._snapshot_script(
-                keys=[self.key("snap", stream_id)], args=[name, version, b"%d " % version + state]
-            )
+    async def save_snapshot(self, owner: str, name: str, mark: int, state: bytes) -> None:
+        with translate_errors(f"save snapshot {name!r} of {owner!r} in Redis"):
+            await self._snapshot_script(keys=[self.key("snap", owner)], args=[name, mark, b"%d " % mark + state])
 
-    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+    async def trim_stream(self, stream_id: str, before_version: int) -> int:
         if before_version <= 1:
             return 0
         removed = 0
@@ -840,16 +837,18 @@ class RedisStore(EventStore):
             if count < _TRIM_PAGE:
                 return removed
 
-    async def _load_checkpoint(self, name: str) -> int | None:
+    async def load_checkpoint(self, name: str) -> int | None:
         with translate_errors(f"load checkpoint {name!r} from Redis"):
             value = await self._client.hget(self._checkpoints_key, name)
         return int(value) if value is not None else None
 
-    async def _save_checkpoint(self, name: str, position: int) -> None:
+    async def save_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any] | None = None) -> None:
+        await apply_then(apply)  # no transaction spans a read model and the checkpoint: at least once
         with translate_errors(f"save checkpoint {name!r} in Redis"):
             await self._client.hset(self._checkpoints_key, name, position)
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
+        self._closed = True
         await self._committer.close()
         if self._watcher is not None:
             self._watcher.cancel()
@@ -859,6 +858,36 @@ class RedisStore(EventStore):
             await connection.disconnect()
         await self._client.aclose()
         await self._waiter.aclose()
+
+
+class RedisStore(EventStore):
+    """An event store in Redis (what ``connect("redis://...")`` returns); the I/O is its `RedisBackend`."""
+
+    backend: RedisBackend
+
+    @property
+    def settings(self) -> RedisSettings:
+        """The options the store was opened with."""
+        return self.backend.settings
+
+    @property
+    def persistence(self) -> Persistence:
+        """How durable the server's settings make an acknowledged append, judged at connect."""
+        return self.backend.persistence
+
+    @property
+    def server_version(self) -> tuple[int, ...]:
+        """The Redis server's version."""
+        return self.backend.server_version
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of every key of this store."""
+        return self.backend.prefix
+
+    def key(self, kind: str, stream_id: str | None = None) -> bytes:
+        """The key of a record kind (``s``, ``v``, ``snap``, ``all``, ...), for one stream when given."""
+        return self.backend.key(kind, stream_id)
 
 
 def _event(entry: _Entry) -> RecordedEvent:
@@ -940,4 +969,4 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> RedisS
         await require_store(settings)
     version, persistence = await check_server(settings)
     warn_once(settings, persistence)
-    return RedisStore(settings, persistence, version)
+    return RedisStore(RedisBackend(settings, persistence, version))

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import operator
 import os
 import queue
 import sqlite3
@@ -39,6 +38,7 @@ from urllib.parse import unquote
 import msgspec
 
 from agentfold.appending import IdRecord, check_expected, find_retry
+from agentfold.backend import RecordDecoder
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
@@ -171,9 +171,6 @@ _STREAM_PAGE_ROWS: Final = (
 _SELECT_STREAM_PAGE_BACKWARDS: Final = (
     "SELECT CAST(record AS BLOB) FROM events WHERE stream_id = ? AND version < ? AND version > ? "
     "ORDER BY version DESC LIMIT ?"
-)
-_SELECT_STREAM_PAGE_JOINED: Final = (
-    f"SELECT CAST('[' || group_concat(record, ',') || ']' AS BLOB), count(*), max(version) FROM {_STREAM_PAGE_ROWS}"
 )
 _SELECT_STREAM_PAGE_SEPARATED: Final = (
     f"SELECT CAST(group_concat(record, char(30)) AS BLOB), count(*), max(version) FROM {_STREAM_PAGE_ROWS}"
@@ -428,49 +425,17 @@ def _decode_page(rows: list[tuple[str]]) -> list[RecordedEvent]:
     return page
 
 
-def _fetch_joined_page(
-    connection: sqlite3.Connection, stream_id: str, after_version: int, limit: int
-) -> tuple[bytes | list[RecordedEvent], int, int]:
-    """A page of the stream's records as one JSON array (bytes, so that msgspec checks the text's UTF-8 and a
-    damaged record is `StoreCorrupted`), with its event count and last version.
-
-    SQLite joins the records itself, without the GIL and without a Python string per row. The subquery hands the
-    rows over in version order, and SQLite keeps it (it does not flatten a subquery with LIMIT into an aggregate),
-    but its documentation leaves group_concat's order open, so the order is checked rather than trusted. A page
-    longer than SQLite's string limit (`SQLITE_MAX_LENGTH`, 1 GB by default) is fetched row by row instead.
-    """
-    try:
-        text, count, last_version = connection.execute(
-            _SELECT_STREAM_PAGE_JOINED, (stream_id, after_version, limit)
-        ).fetchone()
-    except sqlite3.DataError:
-        records, count, last_version = _fetch_page_rows(connection, stream_id, after_version, limit)
-        return _decode_records(records), count, last_version
-    if not count:
-        return [], 0, after_version
-    return text, count, last_version
-
-
-def _decode_joined_page(raw: bytes | list[RecordedEvent]) -> list[RecordedEvent]:
-    """The events of a page `_fetch_joined_page` returned, in version order."""
-    if isinstance(raw, list):
-        return raw
-    try:
-        page: list[RecordedEvent] = _page_decoder.decode(raw)
-    except (msgspec.DecodeError, TypeError) as error:
-        raise StoreCorrupted(f"a stored event does not decode as an event record: {error}") from None
-    return _in_version_order(page)
-
-
 def _fetch_page_records(
     connection: sqlite3.Connection, stream_id: str, after_version: int, limit: int
 ) -> tuple[list[bytes], int, int]:
     """A page of the stream's stored records, one by one, for a fold to decode each just before its handler runs,
-    with the page's event count and last version. The records are bytes, as in `_fetch_joined_page`, and come in
-    no promised order (the fold puts them in version order).
+    with the page's event count and last version. The records are bytes (so that msgspec checks the text's UTF-8
+    and a damaged record is `StoreCorrupted`), and come in no promised order (the store puts them in version order).
 
-    SQLite joins the records into one blob, as in `_fetch_joined_page`, and the blob is split here at a separator
-    that JSON text cannot hold (a raw control character is invalid JSON outside a string and escaped inside one).
+    SQLite joins the records into one blob, without the GIL and without a Python string per row, and the blob is
+    split here at a separator that JSON text cannot hold (a raw control character is invalid JSON outside a string
+    and escaped inside one). A page longer than SQLite's string limit (`SQLITE_MAX_LENGTH`, 1 GB by default) is
+    fetched row by row instead.
     """
     try:
         joined, count, last_version = connection.execute(
@@ -493,26 +458,6 @@ def _fetch_page_rows(
     than SQLite's string limit."""
     rows = connection.execute(_SELECT_STREAM_PAGE, (stream_id, after_version, limit)).fetchall()
     return [row[0] for row in rows], len(rows), rows[-1][1] if rows else after_version
-
-
-def _decode_records(records: list[bytes]) -> list[RecordedEvent]:
-    """The events of stored records, in version order."""
-    try:
-        page = list(map(_record_decoder.decode, records))
-    except msgspec.DecodeError as error:
-        raise StoreCorrupted(f"a stored event does not decode as an event record: {error}") from None
-    return _in_version_order(page)
-
-
-def _in_version_order(page: list[RecordedEvent]) -> list[RecordedEvent]:
-    """`page`, sorted by version if it is not already (checking is cheap: docs/measurements.md)."""
-    versions = list(map(_version_of, page))
-    if versions != sorted(versions):
-        page.sort(key=_version_of)
-    return page
-
-
-_version_of: Final = operator.attrgetter("version")
 
 
 class _PageProducer:
@@ -745,8 +690,8 @@ class _Writer:
         connection.execute("RELEASE one_request")
 
 
-class SQLiteStore(EventStore):
-    """An event store in one SQLite file. Open it with `agentfold.connect("sqlite:///path.db")`."""
+class SQLiteBackend:
+    """The I/O of an event store in one SQLite file: a writer thread committing groups, reader threads."""
 
     scheme = "sqlite"
     reads_ahead = True  # a reader thread fetches the next pages while this one decodes and folds
@@ -754,11 +699,12 @@ class SQLiteStore(EventStore):
     """Smaller than the default 1,000: a page's joined text and its events then fit memory this process already
     holds. With 1,000, each page took fresh memory from the OS, and folds and `read_all` were slower
     (docs/measurements.md)."""
+    record_decoder: RecordDecoder | None = _record_decoder  # folds decode the records one by one
 
     def __init__(self, settings: SQLiteSettings, writer_connection: sqlite3.Connection) -> None:
-        super().__init__()
         self.settings = settings
         self.max_event_size = settings.max_event_size
+        self._closed = False
         self._loop = asyncio.get_running_loop()
         self._writer = _Writer(writer_connection, settings.path, self._loop)
         # Two groups in flight: while the writer thread commits one (and waits for its fsync), the next is formed
@@ -795,7 +741,7 @@ class SQLiteStore(EventStore):
 
     # -- writes ----------------------------------------------------------------------------------------------------
 
-    async def _append(
+    async def append(
         self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
         result: AppendResult = await self._committer.submit(_AppendRequest(stream_id, events, expected_version))
@@ -803,7 +749,8 @@ class SQLiteStore(EventStore):
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on the writer connection inside a write transaction, in its own savepoint."""
-        self._check_open()
+        if self._closed:
+            raise StoreClosed("the sqlite store is closed")
         outcome: T = await self._committer.submit(_WriteJob(work))
         return outcome
 
@@ -850,13 +797,7 @@ class SQLiteStore(EventStore):
                 raise StoreClosed("the sqlite store is closed") from None
             raise error
 
-    async def _read_stream_page(self, stream_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
-        def query(connection: sqlite3.Connection) -> list[RecordedEvent]:
-            return _decode_joined_page(_fetch_joined_page(connection, stream_id, after_version, limit)[0])
-
-        return await self._read(query)
-
-    async def _read_stream_page_backwards(
+    async def read_stream_backwards(
         self, stream_id: str, before_version: int, after_version: int, limit: int
     ) -> list[RecordedEvent]:
         def query(connection: sqlite3.Connection) -> list[bytes]:
@@ -871,24 +812,13 @@ class SQLiteStore(EventStore):
         except msgspec.DecodeError as error:
             raise StoreCorrupted(f"a stored event does not decode as an event record: {error}") from None
 
-    async def _stream_pages(
-        self, stream_id: str, after_version: int, remaining: int | None
-    ) -> AsyncGenerator[list[RecordedEvent], None]:
-        async with contextlib.aclosing(
-            self._produced_pages(stream_id, after_version, remaining, _fetch_joined_page)
-        ) as pages:
-            async for raw in pages:
-                yield _decode_joined_page(raw)
-
-    _record_decoder = _record_decoder  # raw pages are lists of records: folds decode them one by one
-
-    def _raw_stream_pages(
-        self, stream_id: str, after_version: int, remaining: int | None
+    def read_stream_records(
+        self, stream_id: str, after_version: int, limit: int | None
     ) -> AsyncGenerator[list[bytes], None]:
         # A fold decodes each record just before its handler: no page of decoded events is alive at once, so the
         # garbage collector stays idle during a fold, at the small cost of splitting the page
         # (docs/measurements.md).
-        return self._produced_pages(stream_id, after_version, remaining, _fetch_page_records)
+        return self._produced_pages(stream_id, after_version, limit, _fetch_page_records)
 
     async def _produced_pages(
         self,
@@ -927,7 +857,7 @@ class SQLiteStore(EventStore):
                 return
             after_version, remaining = producer.after_version, producer.remaining
 
-    async def _read_all_page(
+    async def read_all_page(
         self,
         after_position: int,
         limit: int,
@@ -955,7 +885,7 @@ class SQLiteStore(EventStore):
 
         return await self._read(query)
 
-    async def _stream_version(self, stream_id: str) -> int:
+    async def stream_version(self, stream_id: str) -> int:
         def query(connection: sqlite3.Connection) -> int:
             row = connection.execute(_SELECT_VERSION, (stream_id,)).fetchone()
             return int(row[0]) if row else 0
@@ -963,10 +893,9 @@ class SQLiteStore(EventStore):
         return await self._read(query)
 
     async def head_position(self) -> int:
-        self._check_open()
         return await self._read(_head)
 
-    async def _wait_for_append(self, after_position: int, timeout: float) -> None:
+    async def wait_for_append(self, after_position: int, timeout: float) -> None:
         deadline = self._loop.time() + timeout
         while self._committed_position <= after_position and not self._closed:
             remaining = deadline - self._loop.time()
@@ -982,27 +911,27 @@ class SQLiteStore(EventStore):
 
     # -- records beside the log ------------------------------------------------------------------------------------
 
-    async def _load_snapshot(self, stream_id: str, name: str) -> tuple[int, bytes] | None:
+    async def load_snapshot(self, owner: str, name: str) -> tuple[int, bytes] | None:
         def query(connection: sqlite3.Connection) -> tuple[int, bytes] | None:
             row = connection.execute(
-                "SELECT version, state FROM snapshots WHERE stream_id = ? AND name = ?", (stream_id, name)
+                "SELECT version, state FROM snapshots WHERE stream_id = ? AND name = ?", (owner, name)
             ).fetchone()
             return (int(row[0]), bytes(row[1])) if row else None
 
         return await self._read(query)
 
-    async def _save_snapshot(self, stream_id: str, name: str, version: int, state: bytes) -> None:
+    async def save_snapshot(self, owner: str, name: str, mark: int, state: bytes) -> None:
         def save(connection: sqlite3.Connection) -> None:
             connection.execute(
                 "INSERT INTO snapshots (stream_id, name, version, state) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (stream_id, name) DO UPDATE SET version = excluded.version, state = excluded.state "
                 "WHERE excluded.version >= snapshots.version",
-                (stream_id, name, version, state),
+                (owner, name, mark, state),
             )
 
         await self._write(save)
 
-    async def _trim_stream(self, stream_id: str, before_version: int) -> int:
+    async def trim_stream(self, stream_id: str, before_version: int) -> int:
         def trim(connection: sqlite3.Connection) -> int:
             connection.execute(
                 "INSERT INTO trimmed_events (event_id, stream_id, version, batch_first, batch_last, position) "
@@ -1017,35 +946,31 @@ class SQLiteStore(EventStore):
 
         return await self._write(trim)
 
-    async def _load_checkpoint(self, name: str) -> int | None:
+    async def load_checkpoint(self, name: str) -> int | None:
         def query(connection: sqlite3.Connection) -> int | None:
             row = connection.execute("SELECT position FROM checkpoints WHERE name = ?", (name,)).fetchone()
             return int(row[0]) if row else None
 
         return await self._read(query)
 
-    async def _save_checkpoint(self, name: str, position: int) -> None:
-        def save(connection: sqlite3.Connection) -> None:
-            connection.execute(_UPSERT_CHECKPOINT, (name, position))
-
-        await self._write(save)
-
-    async def _apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
-        """Run `apply(writer_connection)` and save the checkpoint in one transaction: exactly once."""
+    async def save_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any] | None = None) -> None:
+        """Save the checkpoint; with `apply`, run `apply(writer_connection)` in the same transaction: exactly once."""
 
         def apply_and_save(connection: sqlite3.Connection) -> None:
-            outcome = apply(connection)
-            if inspect.iscoroutine(outcome):
-                outcome.close()
-                raise InvalidInput("a SQLite read-model update runs in the writer thread: use a plain function")
+            if apply is not None:
+                outcome = apply(connection)
+                if inspect.iscoroutine(outcome):
+                    outcome.close()
+                    raise InvalidInput("a SQLite read-model update runs in the writer thread: use a plain function")
             connection.execute(_UPSERT_CHECKPOINT, (name, position))
 
         await self._write(apply_and_save)
 
     # -- closing ---------------------------------------------------------------------------------------------------
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
         """Let the writer commit everything queued before the close, then stop the threads and close connections."""
+        self._closed = True
         await self._committer.close()
         self._writer.stop()
         await asyncio.to_thread(self._writer.thread.join)
@@ -1056,6 +981,32 @@ class SQLiteStore(EventStore):
             with contextlib.suppress(sqlite3.Error):
                 connection.close()
         self._appended.wake()
+
+
+class SQLiteStore(EventStore):
+    """An event store in one SQLite file. Open it with `agentfold.connect("sqlite:///path.db")`."""
+
+    backend: SQLiteBackend
+
+    @property
+    def settings(self) -> SQLiteSettings:
+        """The options the store was opened with."""
+        return self.backend.settings
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self.backend.path
+
+    @property
+    def synchronous(self) -> str:
+        """`FULL` (every commit is fsynced) or `NORMAL` (may lose the last commits on power loss)."""
+        return self.backend.synchronous
+
+    @property
+    def commit_count(self) -> int:
+        """Write transactions committed by this store so far; appends / commits is the group-commit factor."""
+        return self.backend.commit_count
 
 
 def _head(connection: sqlite3.Connection) -> int:
@@ -1114,7 +1065,7 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> SQLite
     """
     settings = parse_url(url, **options)
     connection = await asyncio.to_thread(_open_writer_connection, settings, redact(url), create)
-    return SQLiteStore(settings, connection)
+    return SQLiteStore(SQLiteBackend(settings, connection))
 
 
-__all__ = ["SQLiteSettings", "SQLiteStore", "open_store", "parse_url", "translate_error"]
+__all__ = ["SQLiteBackend", "SQLiteSettings", "SQLiteStore", "open_store", "parse_url", "translate_error"]

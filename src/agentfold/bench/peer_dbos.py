@@ -32,7 +32,14 @@ from urllib.parse import urlsplit, urlunsplit
 import agentfold
 from agentfold.bench import Progress, scratch_store
 from agentfold.bench.peers import Comparison, PeerSizes, version
-from agentfold.bench.workflow_bench import READY_TIMEOUT, STEPS, _spawn, _stop, _throughput, _until
+from agentfold.bench.workflow_bench import (
+    READY_TIMEOUT,
+    STEPS,
+    measure_throughput,
+    spawn_worker,
+    stop_workers,
+    wait_until,
+)
 from agentfold.runtime import NO_RETRY, Runtime, WorkflowContext
 
 PEER: Final = "dbos"
@@ -86,7 +93,7 @@ async def _agentfold_crash(url: str, runs: int, hold: Path) -> float:
     app = "agentfold.bench.peer_dbos:runtime"
     name = f"crash-{uuid.uuid4().hex[:8]}"
     (hold / "hold").touch()
-    processes = [await _spawn(url, name, app)]
+    processes = [await spawn_worker(url, name, app)]
     try:
         async with agentfold.connect(url) as store:
             client = runtime.client(store)
@@ -98,11 +105,11 @@ async def _agentfold_crash(url: str, runs: int, hold: Path) -> float:
             await processes[0].wait()
             (hold / "hold").unlink()
             started = time.perf_counter()
-            processes.append(await _spawn(url, name, app))
-            await _until(store, "WorkflowCompleted", head, runs)
+            processes.append(await spawn_worker(url, name, app))
+            await wait_until(store, "WorkflowCompleted", head, runs)
             return time.perf_counter() - started
     finally:
-        await _stop(processes)
+        await stop_workers(processes)
 
 
 class _DBOSSide:
@@ -283,7 +290,7 @@ async def measure_dbos(
             label = f"{workers}_worker{'s' if workers > 1 else ''}"
             progress(f"{backend}: {sizes.workflow_runs} 10-step workflows, {workers} worker(s), agentfold then DBOS")
             async with scratch_store(backend, pg_url) as (url, _):
-                ours = await _throughput(url, workers, sizes.workflow_runs, f"peer{workers}")
+                ours = await measure_throughput(url, workers, sizes.workflow_runs, f"peer{workers}")
             async with _dbos_side(backend, pg_url, workdir) as side:
                 theirs = await _dbos_throughput(side, workers, sizes.workflow_runs)
             add(backend, f"workflows_{label}_per_s", "runs/s", ours[0], theirs[0], True)

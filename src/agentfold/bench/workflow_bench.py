@@ -70,7 +70,7 @@ async def relaunched(ctx: WorkflowContext, number: int) -> int:
     return number
 
 
-async def _spawn(
+async def spawn_worker(
     url: str, name: str, app: str = "agentfold.bench.workflow_bench:runtime", **env: str
 ) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
@@ -102,14 +102,14 @@ async def _spawn(
             return process
 
 
-async def _stop(processes: list[asyncio.subprocess.Process]) -> None:
+async def stop_workers(processes: list[asyncio.subprocess.Process]) -> None:
     for process in processes:
         if process.returncode is None:
             process.send_signal(signal.SIGKILL)
         await process.wait()
 
 
-async def _until(store: EventStore, event_type: str, after: int, count: int) -> None:
+async def wait_until(store: EventStore, event_type: str, after: int, count: int) -> None:
     """Return once `count` events of `event_type` were appended after position `after` (read incrementally)."""
     seen = 0
     async with asyncio.timeout(600):
@@ -123,8 +123,8 @@ async def _until(store: EventStore, event_type: str, after: int, count: int) -> 
             await store.wait_for_append(head, 0.5)
 
 
-async def _throughput(url: str, workers: int, runs: int, tag: str) -> tuple[float, float]:
-    processes = [await _spawn(url, f"{tag}-w{index}") for index in range(workers)]
+async def measure_throughput(url: str, workers: int, runs: int, tag: str) -> tuple[float, float]:
+    processes = [await spawn_worker(url, f"{tag}-w{index}") for index in range(workers)]
     try:
         async with agentfold.connect(url) as store:
             client = runtime.client(store)
@@ -137,10 +137,10 @@ async def _throughput(url: str, workers: int, runs: int, tag: str) -> tuple[floa
                         for number in range(first, min(runs, first + 50))
                     )
                 )
-            await _until(store, "WorkflowCompleted", head, runs)
+            await wait_until(store, "WorkflowCompleted", head, runs)
             elapsed = time.perf_counter() - started
     finally:
-        await _stop(processes)
+        await stop_workers(processes)
     return runs / elapsed, runs * STEPS / elapsed
 
 
@@ -158,14 +158,14 @@ async def _first_takeover(store: EventStore, after: int, victim: str) -> int:
 
 
 async def _takeover(url: str) -> Figures:
-    victim, survivor = await _spawn(url, "victim"), await _spawn(url, "survivor")
+    victim, survivor = await spawn_worker(url, "victim"), await spawn_worker(url, "survivor")
     try:
         async with agentfold.connect(url) as store:
             client = runtime.client(store)
             head = await store.head_position()
             for number in range(40):
                 await client.start(waiting, number, workflow_id=f"takeover-{number}")
-            await _until(store, "WaitStarted", head, 40)
+            await wait_until(store, "WaitStarted", head, 40)
             killed_at_us = time.time_ns() // 1000
             victim.send_signal(signal.SIGKILL)
             await victim.wait()
@@ -177,7 +177,7 @@ async def _takeover(url: str) -> Figures:
                 "takeover_lease_ttl_ms": LEASE_TTL * 1000,
             }
     finally:
-        await _stop([victim, survivor])
+        await stop_workers([victim, survivor])
 
 
 async def _first_after(store: EventStore, after: int, event_type: str, count: int = 1) -> int:
@@ -194,9 +194,9 @@ async def _first_after(store: EventStore, after: int, event_type: str, count: in
             await store.wait_for_append(head, 0.5)
 
 
-async def _relaunch(url: str) -> Figures:
+async def measure_relaunch(url: str) -> Figures:
     """SIGKILL a worker holding six runs mid-step, start it again under its id: time to the first resumed step."""
-    victim = await _spawn(url, "relaunch", **{HOLD_VARIABLE: "1"})
+    victim = await spawn_worker(url, "relaunch", **{HOLD_VARIABLE: "1"})
     relaunched_process: asyncio.subprocess.Process | None = None
     try:
         async with agentfold.connect(url) as store:
@@ -204,12 +204,12 @@ async def _relaunch(url: str) -> Figures:
             head = await store.head_position()
             for number in range(RELAUNCH_RUNS):
                 await client.start(relaunched, number, workflow_id=f"relaunch-{number}")
-            await _until(store, "StepStarted", head, RELAUNCH_RUNS)
+            await wait_until(store, "StepStarted", head, RELAUNCH_RUNS)
             victim.send_signal(signal.SIGKILL)
             await victim.wait()
             killed = await store.head_position()
             spawned_at_us = time.time_ns() // 1000
-            relaunched_process = await _spawn(url, "relaunch")
+            relaunched_process = await spawn_worker(url, "relaunch")
             first_step = await _first_after(store, killed, "StepStarted")
             all_done = await _first_after(store, killed, "WorkflowCompleted", RELAUNCH_RUNS)
             records = [event async for event in store.read_stream(worker_stream("relaunch"))]
@@ -220,7 +220,7 @@ async def _relaunch(url: str) -> Figures:
                 f"relaunch_to_{RELAUNCH_RUNS}_runs_done_ms": (all_done - spawned_at_us) / 1000,
             }
     finally:
-        await _stop([victim] if relaunched_process is None else [victim, relaunched_process])
+        await stop_workers([victim] if relaunched_process is None else [victim, relaunched_process])
 
 
 async def measure_workflows(url: str, runs: int = 500) -> Figures:
@@ -228,11 +228,11 @@ async def measure_workflows(url: str, runs: int = 500) -> Figures:
     relaunched under its id after a SIGKILL takes to resume its runs."""
     figures: Figures = {}
     for workers in (1, 3):
-        per_s, steps_per_s = await _throughput(url, workers, runs, f"bench{workers}")
+        per_s, steps_per_s = await measure_throughput(url, workers, runs, f"bench{workers}")
         figures[f"workflows_{workers}_worker_per_s"] = per_s
         figures[f"workflow_steps_{workers}_worker_per_s"] = steps_per_s
     figures.update(await _takeover(url))
-    figures.update(await _relaunch(url))
+    figures.update(await measure_relaunch(url))
     return figures
 
 

@@ -1,0 +1,188 @@
+"""The one interface between the store and a database: `Backend`, and the small helpers a backend may use.
+
+`agentfold.EventStore` composes a backend (as an HTTP client composes a transport): the store validates arguments,
+encodes events, decides exact retries, pages backward and global reads, decodes stream records, keeps snapshots as
+side records, observes, and builds the features; a backend only does the I/O of its database. A backend that
+passes `tests/test_conformance.py` gives every guarantee in `docs/guarantees.md`; `docs/backends.md` shows how to
+write one, and `agentfold.backends.memory` is the short example.
+
+The store calls a backend only with checked arguments (stream ids, versions, positions and names already valid,
+`limit >= 1`), never after `close`, and may call it from many tasks of one event loop at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
+
+from agentfold.encoding import EncodedEvent
+from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.wakeup import retrieve_outcome
+
+DEFAULT_PAGE_SIZE: Final = 1000
+"""Events per page unless a backend chooses otherwise."""
+
+
+class RecordDecoder(Protocol):
+    """Decodes one stored record into the event readers get (a `msgspec.json.Decoder(RecordedEvent)` is one);
+    raises `msgspec.DecodeError` for a record it cannot read."""
+
+    def decode(self, record: bytes | str, /) -> RecordedEvent: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a database must do for `EventStore`. Each method's docstring says what the store relies on."""
+
+    scheme: str
+    """The URL scheme the backend serves (``"memory"``, ``"sqlite"``, ...): names it in errors and traces."""
+    max_event_size: int
+    """The largest encoded event, in bytes, `append` accepts; the store refuses bigger ones before any I/O."""
+    page_size: int
+    """Events per page read, the store's and the backend's own paging alike (tests lower it)."""
+    reads_ahead: bool
+    """Whether `read_stream_records` asks for the next page before the current one is taken (a backend may
+    ignore it; tests switch it to check both ways give the same events)."""
+    record_decoder: RecordDecoder | None
+    """Decodes one record of `read_stream_records`; None when the records are `RecordedEvent`s already."""
+
+    async def append(
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
+    ) -> AppendResult:
+        """Write one append's prepared events atomically, enforcing `expected_version` in the same step.
+
+        Return the stream's new version and the position of the last event. When every id is known from one
+        earlier append, write nothing and return `agentfold.appending.find_retry`'s `RetriedAppend` (the store
+        then compares the content); raise `WrongExpectedVersion` or `DuplicateEventId` as `find_retry` and
+        `check_expected` decide. Positions grow in commit order: a reader never sees a position and later finds a
+        smaller one filled in."""
+        ...
+
+    def read_stream_records(
+        self, stream_id: str, after_version: int, limit: int | None
+    ) -> AsyncGenerator[Sequence[Any], None]:
+        """The stream's events above `after_version` (at most `limit`, all when None) as pages of stored records,
+        each decoded by `record_decoder`. Pages follow one another in version order; the records of one page may
+        come in any order. At most `page_size` records a page; an empty page only at the end."""
+        ...
+
+    async def read_stream_backwards(
+        self, stream_id: str, before_version: int, after_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        """At most `limit` events of the stream with a version below `before_version` and above `after_version`,
+        newest first."""
+        ...
+
+    async def read_all_page(
+        self, after_position: int, limit: int, types: tuple[str, ...] | None, stream_prefix: str | None
+    ) -> tuple[list[RecordedEvent], int]:
+        """Scan at most `limit` positions above `after_position`: the matching events in position order, and the
+        last position scanned (`after_position` when nothing is there). Nothing may later appear at or below the
+        position scanned."""
+        ...
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The version of the stream's last event (trimmed or not), 0 when it has none."""
+        ...
+
+    async def head_position(self) -> int:
+        """The global position of the last event, 0 when the store is empty."""
+        ...
+
+    async def wait_for_append(self, after_position: int, timeout: float) -> None:
+        """Return when an event above `after_position` may exist, or after `timeout` seconds; promptly once the
+        backend is closed. A hint only: the store's callers read again."""
+        ...
+
+    async def load_snapshot(self, owner: str, name: str) -> tuple[int, bytes] | None:
+        """The side record `name` kept for `owner` (a stream id, or the log's own name): (the version or position
+        it covers, its state), or None."""
+        ...
+
+    async def save_snapshot(self, owner: str, name: str, mark: int, state: bytes) -> None:
+        """Keep `state` as the side record `name` of `owner` covering `mark`, unless one with a higher mark is kept."""
+        ...
+
+    async def load_checkpoint(self, name: str) -> int | None:
+        """The position last saved under the subscriber `name`, or None."""
+        ...
+
+    async def save_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any] | None = None) -> None:
+        """Remember `position` for the subscriber `name`. With `apply`, first run `apply(handle)` (plain or async):
+        in the same transaction where the backend has them (the handle is then its connection: exactly once), else
+        `apply(None)` before saving (`apply_then`: at least once)."""
+        ...
+
+    async def trim_stream(self, stream_id: str, before_version: int) -> int:
+        """Delete the stream's events with a version below `before_version` (> 1); return how many went. The
+        stream's version, the other streams, every position and the ids' retry records stay as they were."""
+        ...
+
+    async def close(self) -> None:
+        """Finish what was accepted (queued appends commit), then release connections and threads. Called once."""
+        ...
+
+
+async def apply_then(apply: Callable[[Any], Any] | None) -> None:
+    """Run `apply(None)` (plain or async), for a backend without transactions before it saves a checkpoint."""
+    if apply is None:
+        return
+    outcome = apply(None)
+    if inspect.isawaitable(outcome):
+        await outcome
+
+
+class RecordPage(NamedTuple):
+    """One page a backend fetched: its stored records, their number of events, and the last version among them
+    (`after_version` when the page is empty)."""
+
+    records: Sequence[Any]
+    size: int
+    """How many events the records are."""
+    last_version: int
+
+
+async def read_pages(
+    fetch: Callable[[str, int, int], Awaitable[RecordPage]],
+    stream_id: str,
+    after_version: int,
+    limit: int | None,
+    page_size: int,
+    ahead: bool,
+) -> AsyncGenerator[Sequence[Any], None]:
+    """`Backend.read_stream_records` from a function that fetches one page: pages of `page_size` until the stream
+    ends or `limit` is reached. With `ahead`, the next page is asked for before the current one is yielded, so a
+    server prepares it while this process decodes (the request is this read's own, made after the read began, and
+    dropped with it)."""
+    remaining = limit
+    after = after_version
+    pending: asyncio.Future[RecordPage] | None = None
+    try:
+        while remaining is None or remaining > 0:
+            size = page_size if remaining is None else min(page_size, remaining)
+            if pending is not None:
+                page, pending = await pending, None
+            else:
+                page = await fetch(stream_id, after, size)
+            if not page.size:
+                return
+            if remaining is not None:
+                remaining -= page.size
+            full = page.size == size
+            if full and ahead and (remaining is None or remaining > 0):
+                next_size = page_size if remaining is None else min(page_size, remaining)
+                pending = asyncio.ensure_future(fetch(stream_id, page.last_version, next_size))
+                await asyncio.sleep(0)  # let it send its request before this page is decoded
+            yield page.records
+            if not full:
+                return
+            after = page.last_version
+    finally:
+        if pending is not None:
+            pending.cancel()
+            pending.add_done_callback(retrieve_outcome)  # a page nobody will take
+
+
+__all__ = ["DEFAULT_PAGE_SIZE", "Backend", "RecordDecoder", "RecordPage", "apply_then", "read_pages"]
