@@ -112,6 +112,7 @@ async def projector(url: str) -> None:
                 connection.execute("CREATE TABLE IF NOT EXISTS totals (stream TEXT PRIMARY KEY, n INTEGER NOT NULL)")
 
             # private: DDL for the test's read model on the store's writer connection (no public API runs SQL)
+            # private: the test's own SQL table beside the log, written through the backend's connection
             await store.backend._write(create)  # type: ignore[attr-defined]
 
             def update(connection: Any, events: list[agentfold.RecordedEvent]) -> None:
@@ -125,11 +126,13 @@ async def projector(url: str) -> None:
             await projector.catch_up()
             # private: reads the read model back on a store reader connection (no public API runs SQL)
             backend: Any = store.backend
+            # private: the test's own SQL table beside the log, read through the backend's connection
             rows = await backend._read(lambda connection: connection.execute("SELECT stream, n FROM totals").fetchall())
         else:
             schema = url.rsplit("schema=", 1)[1].split("&")[0]
             table = f'"{schema}".totals'
             # private: the read model's table lives in the store's database, reached through its pool
+            # private: the test's own SQL table beside the log, on a pooled connection
             async with store.backend._pool.connection() as connection:  # type: ignore[attr-defined]
                 await connection.execute(
                     f"CREATE TABLE IF NOT EXISTS {table} (stream TEXT PRIMARY KEY, n INT NOT NULL)"
@@ -146,6 +149,7 @@ async def projector(url: str) -> None:
 
             projector = store.projector("totals", update_pg, page_size=20)
             await projector.catch_up()
+            # private: the test's own SQL table beside the log, on a pooled connection
             async with store.backend._pool.connection() as connection:  # type: ignore[attr-defined]
                 rows = await (await connection.execute(f"SELECT stream, n FROM {table}")).fetchall()
         for stream, count in rows:

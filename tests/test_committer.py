@@ -118,6 +118,7 @@ async def test_a_sender_cancelled_mid_commit_cancels_its_group_and_the_queue() -
     waiting = [asyncio.ensure_future(committer.submit(f"r{n}")) for n in range(3)]
     await asyncio.sleep(0)
     await asyncio.sleep(0)
+    # private: the sender tasks are what shutdown must end; nothing public names them
     for sender in list(committer._senders):  # the event loop shutting down cancels the sender task
         sender.cancel()
     results = await asyncio.gather(*waiting, return_exceptions=True)

@@ -46,6 +46,7 @@ async def test_a_terminated_listen_connection_under_load_loses_no_wake_up(privat
             await workload.until_acknowledged(100)
             for _ in range(3):
                 # private: the LISTEN connection's state has no public view
+                # private: the listener's connection is the fault's target; no public API names its backend pid
                 await eventually(lambda: store.backend._listener_backend_pid is not None)
                 # private: the LISTEN connection's state has no public view
                 connects = store.backend._listener_connects

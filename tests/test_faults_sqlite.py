@@ -64,6 +64,7 @@ class SmallDisk:
     async def limit(self, store: SQLiteStore) -> None:
         if not self.mounted:
             # private: runs SQL on the store's writer connection (no public API runs arbitrary SQL)
+            # private: a disk-full fault is staged with a PRAGMA on the writer's own connection
             await store.backend._write(lambda connection: connection.execute("PRAGMA max_page_count = 300"))
 
     async def grow(self, store: SQLiteStore) -> None:
@@ -71,6 +72,7 @@ class SmallDisk:
             assert run("mount", "-o", "remount,size=64m", str(self.folder))
         else:
             # private: runs SQL on the store's writer connection (no public API runs arbitrary SQL)
+            # private: the fault is lifted on the same connection
             await store.backend._write(lambda connection: connection.execute("PRAGMA max_page_count = 1073741823"))
 
     def remove(self) -> None:

@@ -121,6 +121,7 @@ async def test_a_member_fenced_out_stops_handling_its_partition(store: EventStor
     stale = ConsumerGroupMember(
         store, GroupSettings("fenced", partitions=2, lease_seconds=5), handle, "stale", lambda: now[0]
     )
+    # private: heartbeats and renewals driven by hand to stage a stale member deterministically
     await stale._heartbeat()
     assert stale.partitions == [0, 1]
     now[0] += 60  # the stale member sleeps past its lease; another member takes over

@@ -62,6 +62,7 @@ async def test_a_paused_worker_is_fenced_out_and_its_run_taken_over(durable_url:
         await paused.start()
         await client.start("waiting", 1, workflow_id="w1")
         await until(store, lambda: all_waiting(client, ["w1"]))
+        # private: a paused worker is staged by stopping its heartbeat task and writing from its held run
         held = paused._executions["w1"]
         # The worker stops heartbeating (a long pause, a partition) but its execution goes on.
         assert paused._heartbeat._task is not None

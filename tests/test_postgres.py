@@ -104,6 +104,7 @@ async def test_readers_do_not_pass_an_open_append_transaction_and_see_it_once_it
         await holder.execute("BEGIN")
         cursor = await holder.execute(
             # private: the store's own append statement, run by hand to hold its transaction open
+            # private: one group is committed through the backend's own SQL to race it deterministically
             store.backend._sql["append_group"],
             # private: the store's own append statement, run by hand to hold its transaction open
             _group_arguments([_PendingAppend("held", held_events, ANY)], store.backend._channel),
@@ -212,6 +213,7 @@ async def test_a_notify_from_another_store_wakes_a_waiter(pg_url: str) -> None:
         head = await waiter.head_position()
         await waiter.wait_for_append(head, 0.01)  # starts the listener
         # private: the LISTEN connection's state has no public view
+        # private: the listener's state is what these tests are about; no public API exposes it
         await asyncio.wait_for(waiter.backend._listening.wait(), CONDITION_BOUND)
         waiting = asyncio.create_task(waiter.wait_for_append(head, 3600))
         await asyncio.sleep(0)
@@ -478,6 +480,7 @@ async def test_a_failing_read_model_update_leaves_neither_its_rows_nor_the_check
 ) -> None:
     table = f'"{schema_of(pg_url)}".seen'
     # private: the read model's table lives in the store's database, reached through its pool
+    # private: the schema's tables inspected on the backend's own pool
     async with pg_store.backend._pool.connection() as connection:
         await connection.execute(f"CREATE TABLE {table} (position bigint PRIMARY KEY)")
 
@@ -492,6 +495,7 @@ async def test_a_failing_read_model_update_leaves_neither_its_rows_nor_the_check
     await pg_store.apply_with_checkpoint("seen", 2, lambda connection: update(connection, 2, False))
     assert await pg_store.load_checkpoint("seen") == 2
     # private: the read model's table lives in the store's database, reached through its pool
+    # private: the schema's tables inspected on the backend's own pool
     async with pg_store.backend._pool.connection() as connection:
         rows = await (await connection.execute(f"SELECT position FROM {table}")).fetchall()
     assert rows == [(2,)]

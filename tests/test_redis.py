@@ -249,6 +249,7 @@ async def test_unreachable_server_is_a_retryable_error_without_the_password() ->
 async def test_persistence_is_judged_at_connect_and_warned_once(private_redis: Any) -> None:
     server = private_redis(NO_PERSISTENCE)
     # private: forget this process's earlier warnings for the fresh server's URL (no public reset)
+    # private: the once-per-server warning is reset so this test sees it again
     redis_backend._warned.difference_update({key for key in redis_backend._warned if key[0] == server.url})
     with pytest.warns(RedisDurabilityWarning, match="no persistence"):
         store = await agentfold.connect(f"{server.url}?prefix=a")

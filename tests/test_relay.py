@@ -87,6 +87,7 @@ async def test_a_batch_at_or_below_the_checkpoint_is_never_written_again(redis_t
         events = await source_events(source)
         worker = Relay(source, redis_target)
         try:
+            # private: the relay's write step driven alone, to check its idempotence batch by batch
             await worker._check_target()
             assert await worker._write(events[:6]) == 6
             assert await worker._write(events[:6]) == 0  # e.g. a reply lost and the batch sent again

@@ -162,6 +162,7 @@ async def test_concurrent_appends_with_conflicts_give_consistent_streams(store: 
 async def writer_synchronous(store: SQLiteStore) -> int:
     """The synchronous level the writer connection really uses (0 OFF, 1 NORMAL, 2 FULL)."""
     # private: runs SQL on the store's writer connection (no public API runs arbitrary SQL)
+    # private: the PRAGMA as the writer's connection sees it
     return int(await store.backend._write(lambda connection: connection.execute("PRAGMA synchronous").fetchone()[0]))
 
 
@@ -491,6 +492,7 @@ async def test_read_cache_option_sets_the_read_connections_cache(db_path: Path) 
     try:
         await store.append("s", events(1))
         # private: runs SQL on a store reader connection (no public API runs arbitrary SQL)
+        # private: the PRAGMA as a reader's connection sees it
         cache_size = await store.backend._read(lambda connection: connection.execute("PRAGMA cache_size").fetchone()[0])
         assert cache_size == -3072
     finally:

@@ -111,6 +111,7 @@ async def test_a_slow_consumer_holds_at_most_one_page(store: EventStore) -> None
     await store.append("s", batch(500))
     async with store.subscribe(page_size=50) as subscription:
         await asyncio.wait_for(take(subscription, 1), 30)
+        # private: the read-ahead buffer's size is the bound under test
         assert len(subscription._buffer) <= 50
         assert await store.append("s", batch(1))
 

@@ -142,6 +142,7 @@ async def test_taking_over_a_live_id_fences_the_older_incarnation_out_of_its_run
         await older.start()
         await client.start("waiting", 1, workflow_id="r1")
         await until(store, lambda: _state_is(client, "r1", "AwaitingInput"))
+        # private: a superseded incarnation is staged by writing from the run it held
         held = older._executions["r1"]
         newer = runtime.worker(other_store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="same", take_over=True)
         await newer.start()
@@ -185,6 +186,7 @@ async def test_a_run_held_by_a_newer_incarnation_is_left_alone(durable_url: str)
         client = runtime.client(store)
         older = runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="twice")
         await older.start()
+        # private: a paused process is staged by stopping its heartbeat task
         older._heartbeat._task.cancel()  # type: ignore[union-attr]  # it stops heartbeating, as if paused
         async with runtime.worker(other_store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="twice", take_over=True):
             await client.start("waiting", 2, workflow_id="r2")
@@ -210,6 +212,7 @@ async def test_an_incarnation_with_an_overdue_heartbeat_checks_its_id_before_sta
 
         await until(store, both_waiting)
         # As if paused: it neither heartbeats nor follows the log, and its executions are still there.
+        # private: a paused process is staged by stopping its heartbeat and serving tasks
         older._heartbeat._task.cancel()  # type: ignore[union-attr]
         older._serving.cancel()  # type: ignore[union-attr]
         held = dict(older._executions)
@@ -240,6 +243,7 @@ async def test_heartbeats_of_one_incarnation_at_once_never_look_like_a_newer_one
     runtime = waiting_app(Counter())
     async with agentfold.connect(durable_url) as store:
         async with runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="busy") as worker:
+            # private: the heartbeat object is the one under test
             beating = worker._heartbeat
             before = await store.stream_version(worker_stream("busy"))
             beating.last_success = 0.0  # overdue, as after a pause: `confirm` beats too
