@@ -140,7 +140,7 @@ def test_every_command_reads_runs_made_by_the_runtime(durable_url: str) -> None:
     before = asyncio.run(read_everything(durable_url))
     store = ["--store", durable_url]
 
-    runs = {run["workflow_id"]: run for run in ok_json("workflows", "--json", *store)}
+    runs = {run["workflow_id"]: run for run in ok_json("workflows", "--json", *store)["runs"]}
     assert sorted(runs) == RUN_IDS
     assert {run_id: run["status"] for run_id, run in runs.items()} == {
         "order-1": "Completed",
@@ -153,7 +153,9 @@ def test_every_command_reads_runs_made_by_the_runtime(durable_url: str) -> None:
     assert runs["order-4"]["in_doubt_steps"] == 1
     assert {run["agent"] for run in runs.values()} == {"fulfil_order"}
     assert runs["order-1"]["finished_at"] is not None and runs["order-3"]["finished_at"] is None
-    assert [run["workflow_id"] for run in ok_json("workflows", "--status", "failed", "--json", *store)] == ["order-2"]
+    failed = ok_json("workflows", "--status", "failed", "--json", *store)
+    assert [run["workflow_id"] for run in failed["runs"]] == ["order-2"]
+    assert failed["next_after"] is None and failed["counts"]["Failed"] == 1 and failed["total"] == len(RUN_IDS)
 
     shown = ok_json("show", "order-1", "--json", *store)
     recorded = [event for event in before if event.stream_id in ("workflow-order-1", "signals-order-1")]
@@ -366,7 +368,7 @@ async def test_an_empty_store_lists_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     async with agentfold.connect(url) as store:
         assert isinstance(store, EventStore)
-    assert ok_json("workflows", "--json", "--store", url) == []
+    assert ok_json("workflows", "--json", "--store", url)["runs"] == []
     assert "no workflow runs" in ok_text("workflows", "--store", url)
     figures = ok_json("stats", "--json", "--store", url)
     assert (figures["events"], figures["streams"], figures["oldest"]) == (0, 0, None)

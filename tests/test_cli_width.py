@@ -148,7 +148,8 @@ def test_workflows_keeps_every_id_whole_and_says_what_went_wrong(runs_url: str, 
 
 
 def test_json_counts_the_retries_and_reconciles_the_timeline_shows(runs_url: str) -> None:
-    runs = {run["workflow_id"]: run for run in json.loads(at_width(80, "workflows", "--json", "--store", runs_url))}
+    listing = json.loads(at_width(80, "workflows", "--json", "--store", runs_url))
+    runs = {run["workflow_id"]: run for run in listing["runs"]}
     assert (runs[RETRIED]["retries"], runs[RETRIED]["reconciled_steps"]) == (1, 0)
     assert (runs[CRASHED]["retries"], runs[CRASHED]["reconciled_steps"]) == (1, 0)
     assert (runs[RECONCILED]["retries"], runs[RECONCILED]["reconciled_steps"]) == (0, 1)

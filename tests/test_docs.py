@@ -223,7 +223,7 @@ def wait_for_state(command: str, folder: Path, env: dict[str, str], workflow_id:
             [command, "workflows", "--json"], cwd=folder, env=env, capture_output=True, text=True, timeout=60
         )
         assert listing.returncode == 0, listing.stderr
-        states = {run["workflow_id"]: run["status"] for run in json.loads(listing.stdout)}
+        states = {run["workflow_id"]: run["status"] for run in json.loads(listing.stdout)["runs"]}
         if states.get(workflow_id) == state:
             return
         time.sleep(0.1)

@@ -48,7 +48,7 @@ def test_the_team_drafts_waits_for_approval_and_publishes_once(tmp_path: Path) -
 
     store = ["--store", "sqlite:///research.db"]
     runs = json.loads(run([show[0], "workflows", "--json", *store], tmp_path).stdout)
-    assert {item["workflow_id"]: item["status"] for item in runs} == {
+    assert {item["workflow_id"]: item["status"] for item in runs["runs"]} == {
         RUN_ID: "Completed",
         f"{RUN_ID}/research-1": "Completed",
         f"{RUN_ID}/research-2": "Completed",

@@ -201,9 +201,10 @@ async def test_the_workflows_command_lists_stalled_runs(tmp_path: Any) -> None:
         await client.start("waiting", 2, workflow_id="never-run")
     command = [sys.executable, "-m", "agentfold.cli", "workflows", "--store", url, "--stalled", "--json"]
     listed = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=True)
-    assert [run["workflow_id"] for run in json.loads(listed.stdout)] == ["left-behind", "never-run"]
+    # Newest start first.
+    assert [run["workflow_id"] for run in json.loads(listed.stdout)["runs"]] == ["never-run", "left-behind"]
     everything = subprocess.run([*command[:-2], "--json"], capture_output=True, text=True, timeout=TIMEOUT, check=True)
-    assert len(json.loads(everything.stdout)) == 3
+    assert len(json.loads(everything.stdout)["runs"]) == 3
 
 
 async def test_a_starting_worker_reads_on_from_the_registry_snapshot(

@@ -250,6 +250,9 @@ class RunsQuery:
     """Which runs a listing shows. Every criterion is optional; they combine with AND."""
 
     status: str | None = None
+    """The status shown (`Stalled` for an unfinished run no live worker holds, else the state below)."""
+    state: str | None = None
+    """The lifecycle state or `Suspended`, stalled or not."""
     workflow: str | None = None
     id_prefix: str | None = None
     started_from_us: int | None = None
@@ -263,14 +266,17 @@ class RunsQuery:
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in LISTED_STATUSES:
             raise InvalidInput(f"unknown run status {self.status!r}; use one of {', '.join(LISTED_STATUSES)}")
+        if self.state is not None and (self.state == STALLED or self.state not in LISTED_STATUSES):
+            states = ", ".join(status for status in LISTED_STATUSES if status != STALLED)
+            raise InvalidInput(f"unknown run state {self.state!r}; use one of {states}")
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or not 1 <= self.limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be an int from 1 to {MAX_PAGE}, got {self.limit!r}")
         if self.after is not None:
             decode_cursor(self.after)
 
     def counting(self) -> RunsQuery:
-        """The same criteria without status and paging: what the per-status counts cover."""
-        return replace(self, status=None, after=None)
+        """The same criteria without status, state and paging: what the per-status counts cover."""
+        return replace(self, status=None, state=None, after=None)
 
 
 def encode_cursor(row: RunRow) -> str:
@@ -392,6 +398,8 @@ class MemoryRunsTable(RunsTable):
             counts[row.shown_status] += 1
             if query.status is not None and row.shown_status != query.status:
                 continue
+            if query.state is not None and row.status != query.state:
+                continue
             if cursor is not None and (started, workflow_id) >= cursor:
                 continue
             if len(chosen) <= query.limit:
@@ -448,6 +456,9 @@ class SqlRunsTable(RunsTable):
         if query.started_until_us is not None:
             clauses.append("r.started_at_us < ?")
             params.append(query.started_until_us)
+        if paging and query.state is not None:
+            clauses.append("r.status = ?")
+            params.append(query.state)
         if paging and query.status is not None:
             if query.status == STALLED:
                 clauses.append(self._stalled_sql())

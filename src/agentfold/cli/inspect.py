@@ -1,8 +1,9 @@
 """Look inside a store: `workflows`, `show`, `replay`, `diff`, `tail`, `export`, `stats`.
 
-Every command only reads. Tables fit the terminal; `--json` prints the same facts for scripts (`tail --json`: one
-object per line). Steps that failed, retries and attempts left in doubt stand out by colour and by a marker column,
-so they show in a plain-text paste too.
+Every command only reads the log (`workflows` and `stats` bring the runs index beside it up to date). Tables fit
+the terminal; `--json` prints the same facts for scripts (`tail --json`: one object per line). Steps that failed,
+retries and attempts left in doubt stand out by colour and by a marker column, so they show in a plain-text paste
+too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from agentfold.cli.common import (
 from agentfold.cli.langgraph_threads import is_thread, replay_thread, show_thread
 from agentfold.cli.tables import Cell, Column, fit_table
 from agentfold.display import format_duration
+from agentfold.errors import InvalidInput
 from agentfold.events import AGENT_ID, RecordedEvent
+from agentfold.runs_index import MAX_PAGE, STALLED, RunsIndex, RunsPage, RunsQuery
 from agentfold.runtime import history as h
 from agentfold.runtime.conversation import ConversationLine, conversation
 from agentfold.runtime.inspect import (
@@ -52,7 +55,6 @@ from agentfold.runtime.inspect import (
     SUSPENDED,
     Change,
     ReplayStep,
-    RunFilter,
     RunSummary,
     compact_json,
     describe_event,
@@ -60,17 +62,18 @@ from agentfold.runtime.inspect import (
     event_json,
     export_trace,
     iso_time,
-    list_runs,
     now_us,
     replay,
+    run_summary,
     state_at,
     store_stats,
     timeline,
 )
-from agentfold.runtime.leases import stalled_runs
 from agentfold.store import EventStore
 
 TRACE_FORMAT: Final = "agentfold-trace/1"
+DEFAULT_PAGE: Final = 50
+"""Runs `workflows` shows per page."""
 
 MARKERS: Final = {
     FLAG_FAILED: ("✗", "bold red"),
@@ -143,29 +146,58 @@ def _run_issues(run: RunSummary) -> Text:
     is_flag=True,
     help="Only unfinished runs no live worker holds (lease expired, worker stopped, never run).",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_PAGE),
+    default=DEFAULT_PAGE,
+    show_default=True,
+    help="Runs per page, newest start first.",
+)
+@click.option("--after", "cursor", metavar="CURSOR", help="The page after this cursor (printed below each page).")
 @wide_option
 @json_option
-def workflows(store_url: str, status: str | None, stalled: bool, wide: bool, as_json: bool) -> None:
-    """List workflow runs: state, agent, start, last event, duration, failures."""
-    run_filter = RunFilter(status=status)
+def workflows(
+    store_url: str, status: str | None, stalled: bool, limit: int, cursor: str | None, wide: bool, as_json: bool
+) -> None:
+    """List workflow runs a page at a time, newest first: state, agent, start, last event, duration, failures.
 
-    async def listing(store: EventStore) -> list[RunSummary]:
-        with progress_bar("reading runs", await store.head_position()) as update:
-            runs = await list_runs(store, run_filter, update)
-        if stalled:
-            stuck = {lease.workflow_id for lease in await stalled_runs(store)}
-            runs = [run for run in runs if run.workflow_id in stuck]
-        return runs
+    Pages come from the runs index (a read model of runs kept beside the log, brought up to date first), so a
+    page costs the same however many runs the store holds; the counts per state cover every run."""
+    state = None if status is None else next(known for known in RUN_STATUSES if known.lower() == status.lower())
+    try:
+        query = RunsQuery(status=STALLED if stalled else None, state=state, after=cursor, limit=limit)
+    except InvalidInput as error:
+        raise click.BadParameter(str(error), param_hint="--after") from None
 
-    runs = run_with_store(store_url, listing)
+    async def listing(store: EventStore) -> tuple[RunsPage, list[RunSummary]]:
+        async with RunsIndex(store, store_url) as index:
+            await index.catch_up()
+            page = await index.page(query)
+        # The page's runs folded from their own streams: what the index does not keep (steps in doubt,
+        # reconciled), at the cost of one stream read per run shown.
+        summaries = await asyncio.gather(*(run_summary(store, row.workflow_id) for row in page.runs))
+        return page, list(summaries)
+
+    page, runs = run_with_store(store_url, listing)
     at = now_us()
+    total = sum(page.counts.values())
     if as_json:
-        print_json([run.to_json(at) for run in runs])
+        stalled_ids = {row.workflow_id for row in page.runs if row.stalled}
+        print_json(
+            {
+                "runs": [{**run.to_json(at), "stalled": run.workflow_id in stalled_ids} for run in runs],
+                "next_after": page.next_cursor,
+                "counts": page.counts,
+                "total": total,
+            }
+        )
         return
     console = output_console()
     if not runs:
         console.print(
-            ("no stalled workflow runs" if stalled else "no workflow runs") + (f" in state {status}" if status else "")
+            ("no stalled workflow runs" if stalled else "no workflow runs")
+            + (f" in state {state}" if state else "")
+            + (" after this cursor" if cursor else "")
         )
         return
     columns = [
@@ -196,9 +228,12 @@ def workflows(store_url: str, status: str | None, stalled: bool, wide: bool, as_
             ]
         )
     styles = ["red" if run.state == "Failed" or run.failed_steps else None for run in runs]
-    fit_table(columns, rows, console.width, wide=wide, title=f"{len(runs)} workflow runs", row_styles=styles).print(
-        console
-    )
+    title = f"{len(runs)} of {total} workflow runs" + (f" after {cursor}" if cursor else "")
+    fit_table(columns, rows, console.width, wide=wide, title=title, row_styles=styles).print(console)
+    counts = ", ".join(f"{name} {number:,}" for name, number in page.counts.items() if number)
+    console.print(f"runs per state: {counts}")
+    if page.next_cursor is not None:
+        console.print(f"next page: --after {page.next_cursor}")
 
 
 async def _run_events_count(store: EventStore, workflow_id: str) -> int:
@@ -576,15 +611,20 @@ def export(store_url: str, workflow_id: str, output_format: str, output: Path | 
 @wide_option
 @json_option
 def stats(store_url: str, wide: bool, as_json: bool) -> None:
-    """Streams, events, size, oldest and newest event, and counts per event type and per stream category."""
+    """Streams, events, size, oldest and newest event, counts per event type and per stream category, and runs per
+    state (from the runs index, brought up to date first)."""
 
     async def count(store: EventStore) -> Any:
         with progress_bar("reading every event", await store.head_position()) as update:
-            return await store_stats(store, update)
+            figures = await store_stats(store, update)
+        async with RunsIndex(store, store_url) as index:
+            await index.catch_up()
+            counts = (await index.page(RunsQuery(limit=1))).counts
+        return figures, counts
 
-    figures = run_with_store(store_url, count)
+    figures, runs_per_state = run_with_store(store_url, count)
     if as_json:
-        print_json(figures.to_json())
+        print_json({**figures.to_json(), "runs_per_state": runs_per_state})
         return
     console = output_console()
     summary: list[list[Cell]] = [
@@ -610,3 +650,7 @@ def stats(store_url: str, wide: bool, as_json: bool) -> None:
         categories: list[list[Cell]] = [[category, f"{number:,}"] for category, number in figures.categories.items()]
         category_columns = [Column("category"), Column("streams", justify="right")]
         fit_table(category_columns, categories, console.width, wide=wide, title="streams per category").print(console)
+    states: list[list[Cell]] = [[_state(name), f"{number:,}"] for name, number in runs_per_state.items() if number]
+    if states:
+        state_columns = [Column("state"), Column("runs", justify="right")]
+        fit_table(state_columns, states, console.width, wide=wide, title="runs per state").print(console)
