@@ -119,8 +119,11 @@ async def until_completed(store: EventStore, count: int) -> None:
 async def test_three_workers_200_runs_one_sigkilled_all_complete_once(shared_url: str, tmp_path: Path) -> None:
     provider_path = tmp_path / "provider.db"
     provider = Provider(provider_path)
-    names = ["w0", "w1", "w2"]  # any two can hold every run between them: a takeover never waits for a free slot
-    workers = [await WorkerProcess.spawn(shared_url, provider_path, name) for name in names]
+    names = ["w0", "w1", "w2"]
+    # 20 runs at a time each, so most runs wait in line and every worker holds runs until the line is short: the
+    # one killed holds some however far the others got meanwhile (with room for every run at once, they all ran
+    # side by side and, on a loaded machine, could all be done before the kill).
+    workers = [await WorkerProcess.spawn(shared_url, provider_path, name, concurrency=20) for name in names]
     try:
         async with agentfold.connect(shared_url) as store:
             client = fleet.runtime.client(store)
