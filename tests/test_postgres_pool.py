@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,3 +133,44 @@ async def test_a_wait_whose_awaitable_swallows_the_cancellation_still_raises_it(
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
+
+
+ABANDONED = """
+import asyncio, sys
+import agentfold
+from agentfold import NewEvent
+from tests.test_postgres_pool import runtime, two_steps
+
+async def main(url):
+    store = await agentfold.connect(url)  # left open: asyncio.run's shutdown finds every task still going
+    client = runtime.client(store)
+    handles = [await client.start(two_steps, number) for number in range(200)]  # no worker: they never end
+    waiters = [asyncio.create_task(handle.result()) for handle in handles]
+
+    async def noise():
+        while True:
+            await store.append("noise", [NewEvent("Noise", {})])
+
+    appenders = [asyncio.create_task(noise()) for _ in range(4)]
+    await asyncio.sleep(1.0)
+    print("waiting", sum(not waiter.done() for waiter in waiters), flush=True)
+    raise RuntimeError("the error that ends this process")
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_process_that_fails_with_waiters_in_flight_exits_with_its_error(pg_url: str) -> None:
+    """The stall's shape: an error ends `main` while hundreds of tasks await results over a busy pool; asyncio
+    cancels them at shutdown, and every one ends, so the process exits and shows the error."""
+    for _ in range(3):
+        finished = subprocess.run(
+            [sys.executable, "-c", ABANDONED, f"{pg_url}&pool_min=1&pool_max=2"],
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD,
+            cwd=Path(__file__).parent.parent,
+        )
+        assert "waiting 200" in finished.stdout, finished.stderr
+        assert finished.returncode == 1
+        assert "RuntimeError: the error that ends this process" in finished.stderr
