@@ -18,7 +18,8 @@ import pytest
 
 import agentfold
 from agentfold.runtime import workflow_stream
-from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, run_leases, stalled_runs, worker_stream
+from agentfold.runtime.history import load_history
+from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, stalled_runs, worker_stream
 from agentfold.store import EventStore
 from tests.backends import BACKENDS, Backend, require_service
 from tests.workflow_apps import fleet
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LEASE_TTL = 2.0
 HEARTBEAT = 0.5
 RUNS = 200
+GATED = 3
 LINE_TIMEOUT = 30.0
 RESULT_TIMEOUT = 180.0  # a guard against a hang, generous for a loaded 2-core machine
 
@@ -51,7 +53,9 @@ class WorkerProcess:
         self.worker_id = worker_id
 
     @classmethod
-    async def spawn(cls, url: str, provider: Path, name: str, concurrency: int = 100) -> WorkerProcess:
+    async def spawn(
+        cls, url: str, provider: Path, name: str, concurrency: int = 100, gate: Path | None = None
+    ) -> WorkerProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -71,7 +75,12 @@ class WorkerProcess:
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "FLEET_PROVIDER": str(provider)},
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "FLEET_PROVIDER": str(provider),
+                **({"FLEET_GATE": str(gate)} if gate is not None else {}),
+            },
         )
         assert process.stderr is not None
         while True:
@@ -95,15 +104,14 @@ async def completed_runs(store: EventStore) -> int:
     return sum([len(page) async for page in store.read_all_pages(types=["WorkflowCompleted"])])
 
 
-async def a_holder(store: EventStore, worker_ids: list[str]) -> str:
-    """One of `worker_ids` that holds an unfinished run now. Which one is up to the race between them: a worker
-    that starts claiming late may hold none at all, since the others together can hold every run."""
+async def holder_of(store: EventStore, workflow_id: str, worker_ids: list[str]) -> str:
+    """The worker that holds `workflow_id` once one of `worker_ids` has started its first step."""
     async with asyncio.timeout(RESULT_TIMEOUT):
         while True:
             head = await store.head_position()
-            for lease in await run_leases(store):
-                if lease.owner in worker_ids:
-                    return lease.owner
+            history = await load_history(store, workflow_id)
+            if history.owner in worker_ids and any(record.in_doubt for record in history.commands.values()):
+                return history.owner
             await store.wait_for_append(head, 1.0)
 
 
@@ -120,25 +128,31 @@ async def test_three_workers_200_runs_one_sigkilled_all_complete_once(shared_url
     provider_path = tmp_path / "provider.db"
     provider = Provider(provider_path)
     names = ["w0", "w1", "w2"]
-    # 20 runs at a time each, so most runs wait in line and every worker holds runs until the line is short: the
-    # one killed holds some however far the others got meanwhile (with room for every run at once, they all ran
-    # side by side and, on a loaded machine, could all be done before the kill).
-    workers = [await WorkerProcess.spawn(shared_url, provider_path, name, concurrency=20) for name in names]
+    gate = tmp_path / "gate"
+    workers = [await WorkerProcess.spawn(shared_url, provider_path, name, gate=gate) for name in names]
     try:
         async with agentfold.connect(shared_url) as store:
             client = fleet.runtime.client(store)
+            # Three runs hold their first step until the gate opens: whichever worker holds one is killed holding
+            # it, however fast the other runs go.
+            held = [f"gated-{number}" for number in range(GATED)]
+            for number, workflow_id in enumerate(held):
+                await client.start("gated", number, workflow_id=workflow_id)
             for number in range(RUNS):
                 await client.start("fleet", number, workflow_id=f"run-{number}")
+            holder = await holder_of(store, held[0], names)
             await until_completed(store, 20)
-            holder = await a_holder(store, names)  # so that the kill leaves runs to take over
             victim = workers[names.index(holder)]
             survivors = {name for name in names if name != holder}
             await victim.kill()
+            gate.touch()
             results = [await client.result(f"run-{number}", timeout=RESULT_TIMEOUT) for number in range(RUNS)]
             assert results == [{"number": n, "steps": list(range(fleet.STEPS))} for n in range(RUNS)]
+            gated_results = [await client.result(workflow_id, timeout=RESULT_TIMEOUT) for workflow_id in held]
+            assert gated_results == [{"number": n, "steps": [0, 1]} for n in range(GATED)]
 
             calls = provider.calls()
-            assert len(calls) == RUNS * fleet.STEPS
+            assert len(calls) == RUNS * fleet.STEPS + GATED * 2
             assert {count for _, count in calls.values()} == {1}, f"an effect ran twice {shared_url} {provider_path}"
 
             # Who ran what: every run was held by the workers, the victim's unfinished runs were taken over.
