@@ -17,36 +17,16 @@ from agentfold.events import NewEvent
 from agentfold.runtime import Runtime, WorkflowClient, WorkflowContext, run_leases, stalled_runs, workflow_stream
 from agentfold.runtime.leases import EXPIRED, STOPPED, now_us
 from agentfold.store import EventStore
+from tests.waiting_app import until as wait_until
+from tests.waiting_app import waiting_app
 
 TIMEOUT = 30.0
 TTL = 1.0
 HEARTBEAT = 0.25
 
 
-def waiting_app(calls: Counter[str]) -> Runtime:
-    runtime = Runtime()
-
-    async def effect(what: str, idempotency_key: str) -> str:
-        calls[idempotency_key] += 1
-        return what
-
-    @runtime.workflow(name="waiting")
-    async def waiting(ctx: WorkflowContext, number: int) -> dict[str, Any]:
-        first = await ctx.step("first", effect, f"first-{number}")
-        go = await ctx.wait_for("go")
-        second = await ctx.step("second", effect, f"second-{number}")
-        return {"first": first, "second": second, "by": go["by"]}
-
-    return runtime
-
-
 async def until(store: EventStore, check: Any) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            head = await store.head_position()
-            if await check():
-                return
-            await store.wait_for_append(head, 0.2)
+    await wait_until(store, check, TIMEOUT)
 
 
 async def all_waiting(client: WorkflowClient, ids: list[str]) -> bool:

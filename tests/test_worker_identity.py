@@ -23,12 +23,14 @@ import pytest
 import agentfold
 from agentfold.errors import LeaseLost, WorkerIdInUse, WorkerSuperseded, WrongExpectedVersion
 from agentfold.events import NewEvent
-from agentfold.runtime import Runtime, WorkflowContext, default_worker_id, workflow_stream
+from agentfold.runtime import default_worker_id, workflow_stream
 from agentfold.runtime.history import load_history
 from agentfold.runtime.identity import DEAD, RUNNING, UNKNOWN, ProcessIdentity, process_state, this_process
 from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, worker_stream
 from agentfold.store import EventStore
 from tests.backends import BACKENDS, Backend, require_service
+from tests.waiting_app import until as wait_until
+from tests.waiting_app import waiting_app
 from tests.workflow_apps import fleet
 from tests.workflow_apps.fleet import Provider
 
@@ -85,30 +87,8 @@ def test_a_process_that_is_gone_is_dead_and_this_one_runs_only_while_its_worker_
 # -- in one process ---------------------------------------------------------------------------------------------
 
 
-def waiting_app(calls: Counter[str]) -> Runtime:
-    runtime = Runtime()
-
-    async def effect(what: str, idempotency_key: str) -> str:
-        calls[idempotency_key] += 1
-        return what
-
-    @runtime.workflow(name="waiting")
-    async def waiting(ctx: WorkflowContext, number: int) -> dict[str, Any]:
-        first = await ctx.step("first", effect, f"first-{number}")
-        go = await ctx.wait_for("go")
-        second = await ctx.step("second", effect, f"second-{number}")
-        return {"first": first, "second": second, "by": go["by"]}
-
-    return runtime
-
-
 async def until(store: EventStore, check: Any) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            head = await store.head_position()
-            if await check():
-                return
-            await store.wait_for_append(head, 0.2)
+    await wait_until(store, check, TIMEOUT)
 
 
 async def test_a_second_start_of_a_live_id_is_refused_and_writes_nothing(durable_url: str) -> None:
