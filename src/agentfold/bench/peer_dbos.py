@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import agentfold
 from agentfold.bench import Progress, scratch_store
-from agentfold.bench.peers import Comparison, PeerSizes, version
+from agentfold.bench.comparison import Comparison, PeerSizes, version
 from agentfold.bench.workflow_bench import (
     READY_TIMEOUT,
     STEPS,

@@ -25,7 +25,7 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
 from agentfold.bench import Progress, event_payload, measure_appends, scratch_store
-from agentfold.bench.peers import Comparison, PeerSizes, count_label, version
+from agentfold.bench.comparison import Comparison, PeerSizes, count_label, version
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.projection import Projection, handles, project
 

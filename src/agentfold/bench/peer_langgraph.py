@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Final
 
 from agentfold.bench import Progress
+from agentfold.bench.comparison import Comparison, PeerSizes, version
 from agentfold.bench.langgraph_storage import EARLY_STEP, run_langgraph_storage
-from agentfold.bench.peers import Comparison, PeerSizes, version
 
 PACKAGE: Final = {"sqlite": "langgraph-checkpoint-sqlite", "postgres": "langgraph-checkpoint-postgres"}
 SAVER: Final = {"sqlite": "AsyncSqliteSaver", "postgres": "AsyncPostgresSaver"}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from agentfold.bench import Progress, measure_appends, scratch_store
-from agentfold.bench.peers import Comparison, PeerSizes, version
+from agentfold.bench.comparison import Comparison, PeerSizes, version
 from agentfold.bench.projection_bench import measure_projection
 
 PEER: Final = "raw driver"

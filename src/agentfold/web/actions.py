@@ -22,6 +22,7 @@ from agentfold.errors import InvalidInput
 from agentfold.runtime import Runtime, WorkflowClient
 from agentfold.runtime import history as h
 from agentfold.store import EventStore
+from agentfold.web.links import quote_path
 from agentfold.web.security import CSRF_FIELD, csrf_matches, same_origin
 from agentfold.web.settings import ServeSettings
 
@@ -59,8 +60,6 @@ def client_of(request: Request) -> WorkflowClient:
 
 
 def _back_to(workflow_id: str) -> Response:
-    from agentfold.web.pages import quote_path
-
     return RedirectResponse(f"/runs/{quote_path(workflow_id)}", status_code=303)
 
 

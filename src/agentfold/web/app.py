@@ -26,6 +26,7 @@ from agentfold.runs_index import RunsIndex
 from agentfold.store import EventStore
 from agentfold.web import langgraph, pages
 from agentfold.web.errors import error_handlers
+from agentfold.web.links import quote_path
 from agentfold.web.security import PUBLIC_PATHS, SecurityHeaders, is_signed_in
 from agentfold.web.settings import ServeSettings
 
@@ -47,7 +48,7 @@ def template_environment() -> jinja2.Environment:
     environment.filters["duration"] = pages.format_duration
     environment.filters["time"] = pages.format_time
     environment.filters["pretty_json"] = pages.pretty_json
-    environment.filters["quote_path"] = pages.quote_path
+    environment.filters["quote_path"] = quote_path
     return environment
 
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -58,11 +58,6 @@ def format_time(timestamp_us: int | None) -> str:
 
 def format_duration(duration_us: int | None) -> str:
     return display.format_duration(duration_us)
-
-
-def quote_path(value: str) -> str:
-    """A run id as a URL path: ``/`` kept (ids of child runs hold it), everything else that needs it escaped."""
-    return quote(value, safe="/:@-._~")
 
 
 def pretty_json(value: Any) -> str:
