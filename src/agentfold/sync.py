@@ -53,11 +53,7 @@ class _LoopThread:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run `coroutine` on the background loop and return its result (or raise its exception) here."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
+        if _in_a_running_loop():
             coroutine.close()
             raise InvalidInput(CALLED_FROM_A_LOOP)
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop()).result()
@@ -198,3 +194,12 @@ def worker(runtime: Runtime, store: SyncStore, **options: Any) -> Iterator[Worke
         yield running
     finally:
         run(running.stop())
+
+
+def _in_a_running_loop() -> bool:
+    """Whether this thread runs an event loop now (where blocking on the background loop would deadlock it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

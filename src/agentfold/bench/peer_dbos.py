@@ -63,8 +63,7 @@ async def held_work(index: int, number: int, hold_dir: str) -> dict[str, Any]:
 
 
 def _mark_reached(hold_dir: str, number: int) -> None:
-    with open(os.path.join(hold_dir, f"reached-{number}"), "w"):
-        pass
+    Path(hold_dir, f"reached-{number}").touch()
 
 
 def _held(hold_dir: str) -> bool:
