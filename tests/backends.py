@@ -121,6 +121,15 @@ def _require(check: Callable[[], bool], what: str) -> None:
     pytest.skip(f"{what} is not reachable")
 
 
+def require_tool(check: Callable[[], bool], what: str) -> None:
+    """Skip (or, under CI=true, fail) when the machine lacks what a test needs (a tool, a privilege)."""
+    if check():
+        return
+    if IN_CI:
+        pytest.fail(f"this test needs {what}; under CI=true a test never skips")
+    pytest.skip(f"this test needs {what}")
+
+
 def _pg_reachable() -> bool:
     try:
         import psycopg

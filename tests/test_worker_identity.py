@@ -28,9 +28,10 @@ from agentfold.runtime.history import load_history
 from agentfold.runtime.identity import DEAD, RUNNING, UNKNOWN, ProcessIdentity, process_state, this_process
 from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, worker_stream
 from agentfold.store import EventStore
-from tests.backends import BACKENDS, Backend, require_service
+from tests.backends import BACKENDS, Backend, require_service, require_tool
 from tests.waiting_app import until as wait_until
 from tests.waiting_app import waiting_app
+from tests.worker_process import fleet_worker
 from tests.workflow_apps import fleet
 from tests.workflow_apps.fleet import Provider
 
@@ -259,32 +260,10 @@ async def spawn(
     wrapper: tuple[str, ...] = (),
 ) -> asyncio.subprocess.Process:
     """An `agentfold worker` process serving the fleet app, once it says it is ready (or has exited)."""
+    options = ("--lease-ttl", str(lease_ttl), "--heartbeat", str(heartbeat), "--verbose", *extra)
+    command, env = fleet_worker(url, worker_id, tmp_path / "provider.db", tmp_path / "gate", *options)
     process = await asyncio.create_subprocess_exec(
-        *wrapper,
-        sys.executable,
-        "-m",
-        "agentfold.cli",
-        "worker",
-        "tests.workflow_apps.fleet:runtime",
-        "--store",
-        url,
-        "--lease-ttl",
-        str(lease_ttl),
-        "--heartbeat",
-        str(heartbeat),
-        "--worker-id",
-        worker_id,
-        "--verbose",
-        *extra,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "FLEET_PROVIDER": str(tmp_path / "provider.db"),
-            "FLEET_GATE": str(tmp_path / "gate"),
-        },
+        *wrapper, *command, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env
     )
     assert process.stderr is not None
     SAID[process.pid] = ""
@@ -445,9 +424,9 @@ OTHER_NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child=S
 SLOW_HEARTBEAT = 2.0  # a start watches for two intervals: a busy machine delays a heartbeat by less than that
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare and root")
 async def test_a_start_beside_a_worker_it_cannot_see_watches_its_heartbeats(shared_url: str, tmp_path: Path) -> None:
     """A worker in another container still heartbeating keeps its id; once it is gone, the id is taken at once."""
+    require_tool(lambda: shutil.which("unshare") is not None and os.geteuid() == 0, "unshare, run as root")
     hidden = await spawn(shared_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT, wrapper=OTHER_NAMESPACE)
     later: asyncio.subprocess.Process | None = None
     try:

@@ -8,7 +8,6 @@ its last recorded heartbeat.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from agentfold.runtime.history import load_history
 from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, stalled_runs, worker_stream
 from agentfold.store import EventStore
 from tests.backends import BACKENDS, Backend, require_service
+from tests.worker_process import fleet_worker
 from tests.workflow_apps import fleet
 from tests.workflow_apps.fleet import Provider
 
@@ -56,31 +56,10 @@ class WorkerProcess:
     async def spawn(
         cls, url: str, provider: Path, name: str, concurrency: int = 100, gate: Path | None = None
     ) -> WorkerProcess:
+        options = ("--concurrency", str(concurrency), "--lease-ttl", str(LEASE_TTL), "--heartbeat", str(HEARTBEAT))
+        command, env = fleet_worker(url, name, provider, gate, *options)
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "agentfold.cli",
-            "worker",
-            "tests.workflow_apps.fleet:runtime",
-            "--store",
-            url,
-            "--concurrency",
-            str(concurrency),
-            "--lease-ttl",
-            str(LEASE_TTL),
-            "--heartbeat",
-            str(HEARTBEAT),
-            "--worker-id",
-            name,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={
-                **os.environ,
-                "PYTHONPATH": str(ROOT),
-                "FLEET_PROVIDER": str(provider),
-                **({"FLEET_GATE": str(gate)} if gate is not None else {}),
-            },
+            *command, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
         )
         assert process.stderr is not None
         while True:

@@ -45,3 +45,26 @@ async def kill(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         process.send_signal(signal.SIGKILL)
     await process.wait()
+
+
+def fleet_worker(
+    url: str, worker_id: str, provider: Path, gate: Path | None, *options: str
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of an `agentfold worker` serving `tests.workflow_apps.fleet` (its effects kept in
+    the `provider` database, its gated steps held until `gate` exists)."""
+    command = [
+        sys.executable,
+        "-m",
+        "agentfold.cli",
+        "worker",
+        "tests.workflow_apps.fleet:runtime",
+        "--store",
+        url,
+        "--worker-id",
+        worker_id,
+        *options,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLEET_PROVIDER": str(provider)}
+    if gate is not None:
+        env["FLEET_GATE"] = str(gate)
+    return command, env
