@@ -28,6 +28,7 @@ from agentfold.validation import (
     check_counter,
     check_event_types,
     check_expected_version,
+    check_integer,
     check_limit,
     check_required_name,
     check_seconds,
@@ -130,23 +131,15 @@ class EventLog:
         `InvalidInput` subclass for bad arguments, before any I/O.
         """
         observer = instrumentation.observer
-        if observer is not None:
-            write = partial(self._append_observed, stream_id, expected_version)
-            return await observer.append(self.scheme, stream_id, events, expected_version, write)
-        # The same steps as `_append_observed`, written out here so an append with no observer makes no extra call.
-        self._check_open()
-        check_stream_id(stream_id)
-        expected = check_expected_version(expected_version)
-        encoded = encode_events(events, self.max_event_size)
-        result = await self.backend.append(stream_id, encoded, expected)
-        if type(result) is RetriedAppend:  # the ids were written before: exact retry, or DuplicateEventId
-            return await self._check_retry(stream_id, encoded, result)
-        return result
+        if observer is None:
+            return await self._append(stream_id, expected_version, events)
+        write = partial(self._append, stream_id, expected_version)
+        return await observer.append(self.scheme, stream_id, events, expected_version, write)
 
-    async def _append_observed(
+    async def _append(
         self, stream_id: str, expected_version: ExpectedVersion, events: Sequence[NewEvent]
     ) -> AppendResult:
-        """`append` itself, called by the observer with the events it annotated."""
+        """`append` itself; with an observer, it is called with the events the observer annotated."""
         self._check_open()
         check_stream_id(stream_id)
         expected = check_expected_version(expected_version)
@@ -182,9 +175,8 @@ class EventLog:
         a crash between the two the stream holds more events, and the next trim removes them. The stream's version,
         the other streams and every position stay as they were.
         """
-        for value, name in ((keep, "keep"), (trim_every, "trim_every")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInput(f"{name} must be an int >= 1, got {value!r}")
+        check_integer(keep, "keep", minimum=1)
+        check_integer(trim_every, "trim_every", minimum=1)
         floor = None if keep_from is None else check_counter(keep_from, "keep_from")
         result = await self.append(stream_id, events, expected_version)
         if result.version // trim_every > (result.version - len(events)) // trim_every:
