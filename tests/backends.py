@@ -103,6 +103,7 @@ BACKENDS += [_third_party(name.strip()) for name in os.environ.get("AGENTFOLD_TE
 
 AVAILABLE = [backend for backend in BACKENDS if backend.available()]
 DURABLE = [backend for backend in AVAILABLE if backend.durable]
+SQL = [backend for backend in AVAILABLE if backend.name in ("sqlite", "postgres")]
 
 
 def require_service(backend: Backend) -> None:

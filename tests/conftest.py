@@ -7,7 +7,7 @@ import pytest
 
 import agentfold
 from agentfold.store import EventStore
-from tests.backends import AVAILABLE, DURABLE, Backend, require_service
+from tests.backends import AVAILABLE, DURABLE, SQL, Backend, require_service
 
 pytest_plugins = ["tests.servers"]  # private PostgreSQL and Redis servers for fault tests
 
@@ -24,6 +24,16 @@ def durable_backend(request: pytest.FixtureRequest) -> Backend:
     chosen: Backend = request.param
     require_service(chosen)
     return chosen
+
+
+@pytest.fixture(params=SQL, ids=lambda backend: backend.name)
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store on SQLite and on PostgreSQL, the stores worker processes share in production."""
+    chosen: Backend = request.param
+    require_service(chosen)
+    url = chosen.make_url(tmp_path)
+    yield url
+    chosen.cleanup(url)
 
 
 @pytest.fixture

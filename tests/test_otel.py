@@ -33,20 +33,9 @@ from agentfold.events import NewEvent
 from agentfold.otel import StoreGauges
 from agentfold.runtime import workflow_stream
 from agentfold.runtime.breaker import CircuitBreaker
-from tests.backends import BACKENDS, Backend, require_service
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = 120.0
-SERVER_BACKENDS = [backend for backend in BACKENDS if backend.name in ("sqlite", "postgres")]
-
-
-@pytest.fixture(params=SERVER_BACKENDS, ids=lambda backend: backend.name)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    chosen: Backend = request.param
-    require_service(chosen)
-    url = chosen.make_url(tmp_path)
-    yield url
-    chosen.cleanup(url)
 
 
 @pytest.fixture
@@ -84,17 +73,17 @@ def parent_of(spans: Sequence[ReadableSpan], span: ReadableSpan) -> ReadableSpan
 
 
 async def test_the_demo_pipeline_is_one_trace_of_runs_steps_and_appends(
-    db_url: str, exporter: InMemorySpanExporter
+    sql_url: str, exporter: InMemorySpanExporter
 ) -> None:
     with PaymentProvider() as provider:
-        async with agentfold.connect(db_url) as store:
+        async with agentfold.connect(sql_url) as store:
             pipeline = OrderPipeline(store, ProviderClient(provider.url))
             async with pipeline.runtime.worker(store):
                 await pipeline.place(Order("o-1", "ann", [LineItem("tea", 2, 450)], "Lyon"))
                 result = await pipeline.client.result(run_id("o-1", INTAKE), timeout=GUARD)
     assert result["status"] == "delivered"
     spans = exporter.get_finished_spans()
-    system = "sqlite" if db_url.startswith("sqlite") else "postgresql"
+    system = "sqlite" if sql_url.startswith("sqlite") else "postgresql"
 
     runs = {agent: named(spans, f"invoke_workflow {agent}") for agent in AGENTS}
     trace_ids = {span.context.trace_id for span in runs.values()}
@@ -166,10 +155,10 @@ async def test_an_append_records_its_span_in_the_events_metadata(
 
 
 async def test_a_retry_from_another_trace_is_still_exact_and_other_content_is_still_refused(
-    db_url: str, exporter: InMemorySpanExporter
+    sql_url: str, exporter: InMemorySpanExporter
 ) -> None:
     first = NewEvent("Placed", {"n": 1}, {"by": "ann"})
-    async with agentfold.connect(db_url) as store:
+    async with agentfold.connect(sql_url) as store:
         written = await store.append("orders-1", [first])
         assert await store.append("orders-1", [first]) == written  # another append span: another traceparent
         instrumentation.uninstall()
@@ -243,7 +232,7 @@ async def test_a_subscriber_and_a_group_member_continue_the_trace_of_the_append(
 
 
 async def test_subscription_lag_goes_up_with_appends_and_down_as_the_subscriber_reads(
-    db_url: str, metric_reader: InMemoryMetricReader
+    sql_url: str, metric_reader: InMemoryMetricReader
 ) -> None:
     def lag() -> int:
         data = metric_reader.get_metrics_data()
@@ -260,7 +249,7 @@ async def test_subscription_lag_goes_up_with_appends_and_down_as_the_subscriber_
         assert len(points) == 1
         return int(points[0].value)
 
-    async with agentfold.connect(db_url) as store:
+    async with agentfold.connect(sql_url) as store:
         await store.append("orders-1", [NewEvent("Placed")])
         async with store.subscribe(name="reporter", page_size=5) as subscription:
             events = aiter(subscription)
@@ -327,15 +316,15 @@ async def stop(process: asyncio.subprocess.Process) -> None:
 
 
 async def test_a_hand_off_between_agents_in_two_processes_is_one_trace(
-    db_url: str, tmp_path: Path, exporter: InMemorySpanExporter
+    sql_url: str, tmp_path: Path, exporter: InMemorySpanExporter
 ) -> None:
     writer_spans, reviewer_spans = tmp_path / "writer.jsonl", tmp_path / "reviewer.jsonl"
-    writer = await spawn("serve", db_url, "writer", str(writer_spans))
-    reviewer = await spawn("serve", db_url, "reviewer", str(reviewer_spans))
+    writer = await spawn("serve", sql_url, "writer", str(writer_spans))
+    reviewer = await spawn("serve", sql_url, "reviewer", str(reviewer_spans))
     try:
         await expect_line(writer, "READY")
         await expect_line(reviewer, "READY")
-        async with agentfold.connect(db_url) as store:
+        async with agentfold.connect(sql_url) as store:
             from tests.workflow_apps import traced
 
             client = traced.runtime.client(store)
@@ -363,13 +352,13 @@ async def test_a_hand_off_between_agents_in_two_processes_is_one_trace(
 
 
 async def test_a_run_resumed_after_a_sigkill_links_to_its_original_trace(
-    db_url: str, tmp_path: Path, exporter: InMemorySpanExporter
+    sql_url: str, tmp_path: Path, exporter: InMemorySpanExporter
 ) -> None:
     killed_spans = tmp_path / "killed.jsonl"
-    victim = await spawn("serve", db_url, "writer", str(killed_spans), "hang")
+    victim = await spawn("serve", sql_url, "writer", str(killed_spans), "hang")
     try:
         await expect_line(victim, "READY")
-        async with agentfold.connect(db_url) as store:
+        async with agentfold.connect(sql_url) as store:
             from tests.workflow_apps import traced
 
             await traced.runtime.client(store).start("writer", "owls", workflow_id="essay-2")
@@ -384,10 +373,10 @@ async def test_a_run_resumed_after_a_sigkill_links_to_its_original_trace(
     assert step_started.type == "StepStarted"
 
     resumed_spans = tmp_path / "resumed.jsonl"
-    resumer = await spawn("serve", db_url, "writer,reviewer", str(resumed_spans))
+    resumer = await spawn("serve", sql_url, "writer,reviewer", str(resumed_spans))
     try:
         await expect_line(resumer, "READY")
-        async with agentfold.connect(db_url) as store:
+        async with agentfold.connect(sql_url) as store:
             from tests.workflow_apps import traced
 
             assert await traced.runtime.client(store).result("essay-2", timeout=GUARD) == (
@@ -426,7 +415,7 @@ async def test_a_run_resumed_after_a_sigkill_links_to_its_original_trace(
 # -- what the store holds -------------------------------------------------------------------------------------------
 
 
-async def test_store_gauges_report_runs_by_state_stalled_runs_and_breakers(db_url: str) -> None:
+async def test_store_gauges_report_runs_by_state_stalled_runs_and_breakers(sql_url: str) -> None:
     reader = InMemoryMetricReader()
     runtime = agentfold.Runtime()
     runtime.breaker("mail", failure_threshold=1)
@@ -439,7 +428,7 @@ async def test_store_gauges_report_runs_by_state_stalled_runs_and_breakers(db_ur
 
     runtime.workflow(name="done")(done)
     runtime.workflow(name="waits")(waits)
-    async with agentfold.connect(db_url) as store:
+    async with agentfold.connect(sql_url) as store:
         client = runtime.client(store)
         async with runtime.worker(store):
             await client.start("done", workflow_id="run-done")
@@ -465,7 +454,7 @@ async def test_store_gauges_report_runs_by_state_stalled_runs_and_breakers(db_ur
             }
 
         async with StoreGauges(
-            store, db_url, runtime=runtime, meter_provider=MeterProvider(metric_readers=[reader])
+            store, sql_url, runtime=runtime, meter_provider=MeterProvider(metric_readers=[reader])
         ) as gauges:
             runs = observed("agentfold.runs")
             assert {state: count for state, count in runs.items() if count} == {

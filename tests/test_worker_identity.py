@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from agentfold.runtime.history import load_history
 from agentfold.runtime.identity import DEAD, RUNNING, UNKNOWN, ProcessIdentity, process_state, this_process
 from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, worker_stream
 from agentfold.store import EventStore
-from tests.backends import BACKENDS, Backend, require_service, require_tool
+from tests.backends import require_tool
 from tests.waiting_app import until as wait_until
 from tests.waiting_app import waiting_app
 from tests.worker_process import fleet_worker
@@ -40,7 +39,6 @@ TIMEOUT = 180.0  # a guard against a hang on a loaded 2-core machine, not a meas
 LINE_TIMEOUT = 60.0
 TTL = 60.0  # long: a lease that expired on a loaded machine would make a live worker look gone
 HEARTBEAT = 0.25
-PROCESS_BACKENDS = [backend for backend in BACKENDS if backend.name in ("sqlite", "postgres") and backend.available()]
 
 
 # -- the default id ---------------------------------------------------------------------------------------------
@@ -237,15 +235,6 @@ async def test_heartbeats_of_one_incarnation_at_once_never_look_like_a_newer_one
 # -- real processes -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=PROCESS_BACKENDS, ids=lambda backend: backend.name)
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    backend: Backend = request.param
-    require_service(backend)
-    url = backend.make_url(tmp_path)
-    yield url
-    backend.cleanup(url)
-
-
 SAID: dict[int, str] = {}
 """What each spawned process wrote to stderr before it said it was ready (all of it, if it exited first)."""
 
@@ -292,20 +281,20 @@ async def until_count(store: EventStore, event_type: str, wanted: int) -> None:
     await until(store, enough)
 
 
-async def test_a_worker_sigkilled_and_relaunched_under_its_id_resumes_its_runs(shared_url: str, tmp_path: Path) -> None:
+async def test_a_worker_sigkilled_and_relaunched_under_its_id_resumes_its_runs(sql_url: str, tmp_path: Path) -> None:
     """The lease TTL is a minute: the runs finish long before it ends only because the relaunch resumes them."""
     provider = Provider(tmp_path / "provider.db")
-    first = await spawn(shared_url, tmp_path, "steady")
+    first = await spawn(sql_url, tmp_path, "steady")
     second: asyncio.subprocess.Process | None = None
     try:
-        async with agentfold.connect(shared_url) as store:
+        async with agentfold.connect(sql_url) as store:
             client = fleet.runtime.client(store)
             for number in range(6):
                 await client.start("gated", number, workflow_id=f"g{number}")
             await until_count(store, "StepStarted", 6)  # each run is in its held step
             await kill(first)
             (tmp_path / "gate").touch()
-            second = await spawn(shared_url, tmp_path, "steady")
+            second = await spawn(sql_url, tmp_path, "steady")
             assert second.returncode is None, "a relaunch after a crash is not refused"
             for number in range(6):
                 assert await client.result(f"g{number}", timeout=TIMEOUT) == {"number": number, "steps": [0, 1]}
@@ -328,16 +317,16 @@ async def test_a_worker_sigkilled_and_relaunched_under_its_id_resumes_its_runs(s
         provider.close()
 
 
-async def test_a_second_worker_with_a_live_id_is_refused(shared_url: str, tmp_path: Path) -> None:
+async def test_a_second_worker_with_a_live_id_is_refused(sql_url: str, tmp_path: Path) -> None:
     provider = Provider(tmp_path / "provider.db")
-    first = await spawn(shared_url, tmp_path, "dup-1")
+    first = await spawn(sql_url, tmp_path, "dup-1")
     try:
-        second = await spawn(shared_url, tmp_path, "dup-1")
+        second = await spawn(sql_url, tmp_path, "dup-1")
         assert await asyncio.wait_for(second.wait(), LINE_TIMEOUT) == 1
         assert second.stderr is not None
         message = SAID[second.pid] + (await second.stderr.read()).decode()
         assert "worker id 'dup-1' is in use" in message and "--take-over" in message
-        async with agentfold.connect(shared_url) as store:
+        async with agentfold.connect(sql_url) as store:
             records = [event async for event in store.read_stream(worker_stream("dup-1"))]
             assert len({event.data["incarnation"] for event in records}) == 1, "the refused start wrote nothing"
             client = fleet.runtime.client(store)
@@ -349,12 +338,12 @@ async def test_a_second_worker_with_a_live_id_is_refused(shared_url: str, tmp_pa
         provider.close()
 
 
-async def test_a_paused_worker_taken_over_is_fenced_out_and_stops_when_resumed(shared_url: str, tmp_path: Path) -> None:
+async def test_a_paused_worker_taken_over_is_fenced_out_and_stops_when_resumed(sql_url: str, tmp_path: Path) -> None:
     provider = Provider(tmp_path / "provider.db")
-    paused = await spawn(shared_url, tmp_path, "fenced")
+    paused = await spawn(sql_url, tmp_path, "fenced")
     taker: asyncio.subprocess.Process | None = None
     try:
-        async with agentfold.connect(shared_url) as store:
+        async with agentfold.connect(sql_url) as store:
             client = fleet.runtime.client(store)
             for number in range(3):
                 await client.start("gated", number, workflow_id=f"p{number}")
@@ -367,7 +356,7 @@ async def test_a_paused_worker_taken_over_is_fenced_out_and_stops_when_resumed(s
                 "incarnation"
             ]
             paused.send_signal(signal.SIGSTOP)
-            taker = await spawn(shared_url, tmp_path, "fenced", "--take-over")
+            taker = await spawn(sql_url, tmp_path, "fenced", "--take-over")
             assert taker.returncode is None
             for number in range(3):
                 assert await client.result(f"p{number}", timeout=TIMEOUT) == {"number": number, "steps": [0, 1]}
@@ -403,18 +392,18 @@ async def test_a_paused_worker_taken_over_is_fenced_out_and_stops_when_resumed(s
         provider.close()
 
 
-async def test_the_bench_measures_a_relaunch_under_the_same_id(shared_url: str) -> None:
+async def test_the_bench_measures_a_relaunch_under_the_same_id(sql_url: str) -> None:
     """The relaunch figure of `agentfold bench` runs (its values are measurements, not asserted)."""
     from agentfold.bench.workflow_bench import RELAUNCH_RUNS, measure_relaunch
 
-    figures = await asyncio.wait_for(measure_relaunch(shared_url), TIMEOUT)
+    figures = await asyncio.wait_for(measure_relaunch(sql_url), TIMEOUT)
     assert set(figures) == {
         "relaunch_to_first_step_ms",
         "relaunch_incarnation_to_first_step_ms",
         f"relaunch_to_{RELAUNCH_RUNS}_runs_done_ms",
     }
     assert figures["relaunch_to_first_step_ms"] <= figures[f"relaunch_to_{RELAUNCH_RUNS}_runs_done_ms"]
-    async with agentfold.connect(shared_url) as store:
+    async with agentfold.connect(sql_url) as store:
         claims = [event async for event in store.read_all(types=["WorkflowClaimed"])]
         assert {(c.data["previous"], c.data["previous_state"]) for c in claims} == {("relaunch", "superseded")}
 
@@ -424,21 +413,21 @@ OTHER_NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child=S
 SLOW_HEARTBEAT = 2.0  # a start watches for two intervals: a busy machine delays a heartbeat by less than that
 
 
-async def test_a_start_beside_a_worker_it_cannot_see_watches_its_heartbeats(shared_url: str, tmp_path: Path) -> None:
+async def test_a_start_beside_a_worker_it_cannot_see_watches_its_heartbeats(sql_url: str, tmp_path: Path) -> None:
     """A worker in another container still heartbeating keeps its id; once it is gone, the id is taken at once."""
     require_tool(lambda: shutil.which("unshare") is not None and os.geteuid() == 0, "unshare, run as root")
-    hidden = await spawn(shared_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT, wrapper=OTHER_NAMESPACE)
+    hidden = await spawn(sql_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT, wrapper=OTHER_NAMESPACE)
     later: asyncio.subprocess.Process | None = None
     try:
         assert hidden.returncode is None, SAID[hidden.pid]
-        refused = await spawn(shared_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT)
+        refused = await spawn(sql_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT)
         assert await asyncio.wait_for(refused.wait(), LINE_TIMEOUT) == 1
         assert refused.stderr is not None
         assert "worker id 'boxed' is in use" in SAID[refused.pid] + (await refused.stderr.read()).decode()
         await kill(hidden)  # a crash: its last heartbeat is fresh, and its process cannot be looked up from here
-        later = await spawn(shared_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT)
+        later = await spawn(sql_url, tmp_path, "boxed", heartbeat=SLOW_HEARTBEAT)
         assert later.returncode is None, SAID[later.pid]
-        async with agentfold.connect(shared_url) as store:
+        async with agentfold.connect(sql_url) as store:
             records = [event async for event in store.read_stream(worker_stream("boxed"))]
             starts = [event for event in records if event.data.get("started")]
             assert len(starts) == 2, "the refused start wrote nothing"

@@ -10,17 +10,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 import agentfold
 from agentfold.runtime import workflow_stream
 from agentfold.runtime.history import load_history
 from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, stalled_runs, worker_stream
 from agentfold.store import EventStore
-from tests.backends import BACKENDS, Backend, require_service
 from tests.worker_process import fleet_worker
 from tests.workflow_apps import fleet
 from tests.workflow_apps.fleet import Provider
@@ -32,17 +28,6 @@ RUNS = 200
 GATED = 3
 LINE_TIMEOUT = 30.0
 RESULT_TIMEOUT = 180.0  # a guard against a hang, generous for a loaded 2-core machine
-
-PROCESS_BACKENDS = [backend for backend in BACKENDS if backend.durable and backend.available()]
-
-
-@pytest.fixture(params=PROCESS_BACKENDS, ids=lambda backend: backend.name)
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    backend: Backend = request.param
-    require_service(backend)
-    url = backend.make_url(tmp_path)
-    yield url
-    backend.cleanup(url)
 
 
 class WorkerProcess:
@@ -103,14 +88,14 @@ async def until_completed(store: EventStore, count: int) -> None:
             await store.wait_for_append(head, 1.0)
 
 
-async def test_three_workers_200_runs_one_sigkilled_all_complete_once(shared_url: str, tmp_path: Path) -> None:
+async def test_three_workers_200_runs_one_sigkilled_all_complete_once(durable_url: str, tmp_path: Path) -> None:
     provider_path = tmp_path / "provider.db"
     provider = Provider(provider_path)
     names = ["w0", "w1", "w2"]
     gate = tmp_path / "gate"
-    workers = [await WorkerProcess.spawn(shared_url, provider_path, name, gate=gate) for name in names]
+    workers = [await WorkerProcess.spawn(durable_url, provider_path, name, gate=gate) for name in names]
     try:
-        async with agentfold.connect(shared_url) as store:
+        async with agentfold.connect(durable_url) as store:
             client = fleet.runtime.client(store)
             # Three runs hold their first step until the gate opens: whichever worker holds one is killed holding
             # it, however fast the other runs go.
@@ -132,7 +117,7 @@ async def test_three_workers_200_runs_one_sigkilled_all_complete_once(shared_url
 
             calls = provider.calls()
             assert len(calls) == RUNS * fleet.STEPS + GATED * 2
-            assert {count for _, count in calls.values()} == {1}, f"an effect ran twice {shared_url} {provider_path}"
+            assert {count for _, count in calls.values()} == {1}, f"an effect ran twice {durable_url} {provider_path}"
 
             # Who ran what: every run was held by the workers, the victim's unfinished runs were taken over.
             claims = [event async for event in store.read_all(types=["WorkflowClaimed"])]
@@ -160,20 +145,20 @@ async def test_three_workers_200_runs_one_sigkilled_all_complete_once(shared_url
             await worker.kill()
 
 
-async def test_sigterm_hands_held_runs_to_the_others_at_once(shared_url: str, tmp_path: Path) -> None:
+async def test_sigterm_hands_held_runs_to_the_others_at_once(durable_url: str, tmp_path: Path) -> None:
     provider_path = tmp_path / "provider.db"
     provider = Provider(provider_path)
-    leaving = await WorkerProcess.spawn(shared_url, provider_path, "leaving")
+    leaving = await WorkerProcess.spawn(durable_url, provider_path, "leaving")
     staying: WorkerProcess | None = None
     try:
-        async with agentfold.connect(shared_url) as store:
+        async with agentfold.connect(durable_url) as store:
             client = fleet.runtime.client(store)
             for number in range(10):
                 await client.start("patient", number, workflow_id=f"patient-{number}")
             async with asyncio.timeout(RESULT_TIMEOUT):
                 while sum([len(page) async for page in store.read_all_pages(types=["WaitStarted"])]) < 10:
                     await store.wait_for_append(await store.head_position(), 1.0)
-            staying = await WorkerProcess.spawn(shared_url, provider_path, "staying")
+            staying = await WorkerProcess.spawn(durable_url, provider_path, "staying")
             assert await leaving.terminate() == 0
             stopped = [event async for event in store.read_stream(worker_stream("leaving"))][-1]
             assert stopped.type == WORKER_STOPPED
