@@ -46,6 +46,9 @@ STREAM_PAGE: Final = 50
 STREAMS_PAGE: Final = 100
 TREE_LIMIT: Final = 200
 TAIL_BACKLOG: Final = 100
+RECHECK_UNFINISHED_MS: Final = 2000
+"""How often an unfinished run's page reads itself again: whether a live worker holds it changes with time and with
+events of the workers' streams, which its live feed does not follow."""
 """Positions before the head the tail page starts from, so it opens with the latest events."""
 
 
@@ -275,6 +278,7 @@ async def run_page(request: Request) -> Response:
         "steps": _step_names(state),
         "running": summary.state in (PROCESSING, AWAITING_INPUT),
         "position": data["position"],
+        "recheck_ms": RECHECK_UNFINISHED_MS,
         "last_version": run_stream[-1].version,
         "now_us": moment,
     }

@@ -39,6 +39,8 @@ function setupLiveRegion(region) {
       if (fresh !== null) {
         region.replaceChildren(...Array.from(fresh.childNodes).map((node) => document.importNode(node, true)));
         region.dataset.liveAfter = fresh.dataset.liveAfter;
+        if (fresh.dataset.liveRecheckMs) region.dataset.liveRecheckMs = fresh.dataset.liveRecheckMs;
+        else delete region.dataset.liveRecheckMs;
         document.body.dataset.liveUpdated = String(Date.now());
       }
     } finally {
@@ -48,6 +50,19 @@ function setupLiveRegion(region) {
   follow(region.dataset.livePrefix, region.dataset.liveAfter, () => {
     if (timer === null) timer = setTimeout(refresh, 250);
   });
+  // Some of what a region shows changes with time and with events outside its prefix (an unfinished run turns
+  // Stalled when its holder's lease runs out, and back when a worker claims it after the page was read): such a
+  // region is read again every so often too, for as long as the server still asks for it.
+  const recheck = () => {
+    const every = Number(region.dataset.liveRecheckMs || 0);
+    if (every > 0) {
+      setTimeout(() => {
+        if (timer === null) timer = setTimeout(refresh, 0);
+        recheck();
+      }, every);
+    }
+  };
+  recheck();
 }
 
 function setupTail(table) {
