@@ -17,6 +17,7 @@ import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 
+from agentfold.blobs import BlobUsage
 from agentfold.encoding import EncodedEvent
 from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.wakeup import retrieve_outcome
@@ -125,6 +126,35 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class BlobStorage(Protocol):
+    """What a backend adds to `Backend` to keep large payloads (`agentfold.blobs`). Optional: the store splits
+    events into blobs only for a backend that has it, and refuses events above `max_event_size` otherwise.
+
+    A backend that has it promises, besides these members:
+
+    - `append` writes each written event's `EncodedEvent.blobs` and one link per (event, blob digest) in the same
+      step as the event: all of the append, its blobs and links, or none of it. A blob already stored under its
+      digest is kept as it is (same digest, same content). An append that writes nothing (a retry, a refusal)
+      writes no blob and no link.
+    - `trim_stream` removes the links of the events it deletes and every blob no event links to any more, in the
+      same step as the deletion: no remaining event refers to a missing blob, and no blob outlives its last event.
+    """
+
+    blob_threshold: int
+    """A top-level data field whose JSON is at least this many bytes is kept as a blob."""
+    max_blob_size: int
+    """The largest blob `append` accepts, in bytes."""
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        """The contents of the blobs stored under `digests`; a digest with no blob is left out."""
+        ...
+
+    async def blob_usage(self) -> BlobUsage:
+        """How many blobs the store holds, and their bytes."""
+        ...
+
+
 async def apply_then(apply: Callable[[Any], Any] | None) -> None:
     """Run `apply(None)` (plain or async), for a backend without transactions before it saves a checkpoint."""
     if apply is None:
@@ -185,4 +215,4 @@ async def read_pages(
             pending.add_done_callback(retrieve_outcome)  # a page nobody will take
 
 
-__all__ = ["DEFAULT_PAGE_SIZE", "Backend", "RecordDecoder", "RecordPage", "apply_then", "read_pages"]
+__all__ = ["DEFAULT_PAGE_SIZE", "Backend", "BlobStorage", "RecordDecoder", "RecordPage", "apply_then", "read_pages"]

@@ -8,7 +8,8 @@ from typing import Any, Final
 
 import msgspec
 
-from agentfold.errors import EventTooLarge, InvalidInput, StoreCorrupted
+from agentfold.blobs import BLOBS_KEY, Blob, BlobPolicy, marked_metadata, split_data
+from agentfold.errors import EventTooLarge, InvalidEventData, InvalidInput, StoreCorrupted
 from agentfold.events import NewEvent
 from agentfold.validation import (
     MAX_DEPTH,
@@ -32,16 +33,24 @@ _object_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 class EncodedEvent(msgspec.Struct, frozen=True, gc=False):
-    """A validated event ready for a backend: JSON already encoded, id as canonical text."""
+    """A validated event ready for a backend: JSON already encoded, id as canonical text. With `blobs`, `data` holds
+    references in place of some fields and `metadata` lists them (`agentfold.blobs`): the backend stores the blobs
+    and the event in one step."""
 
     id: str
     type: str
     data: bytes
     metadata: bytes
+    blobs: tuple[Blob, ...] = ()
 
 
-def encode_events(events: Sequence[NewEvent], max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> list[EncodedEvent]:
-    """Validate and encode a batch for `append`; raise a typed error for the first bad event."""
+def encode_events(
+    events: Sequence[NewEvent], max_event_size: int = DEFAULT_MAX_EVENT_SIZE, blobs: BlobPolicy | None = None
+) -> list[EncodedEvent]:
+    """Validate and encode a batch for `append`; raise a typed error for the first bad event.
+
+    With a `blobs` policy, large top-level data fields become blobs (`agentfold.blobs.split_data`) and
+    `max_event_size` counts the event with its references in their place."""
     checked = check_events(events)
     encoded: list[EncodedEvent] = []
     seen_ids: set[str] = set()
@@ -52,6 +61,11 @@ def encode_events(events: Sequence[NewEvent], max_event_size: int = DEFAULT_MAX_
         metadata = event.metadata
         if metadata is not None:
             check_json_object(metadata, f"events[{index}].metadata")
+            if BLOBS_KEY in metadata:
+                raise InvalidEventData(
+                    f"events[{index}].metadata: the key {BLOBS_KEY!r} is agentfold's own (it lists an event's blobs)",
+                    f"events[{index}].metadata.{BLOBS_KEY}",
+                )
         event_id = check_event_id(event.id, f"events[{index}].id")
         if not single:
             if event_id in seen_ids:
@@ -65,10 +79,17 @@ def encode_events(events: Sequence[NewEvent], max_event_size: int = DEFAULT_MAX_
             if metadata:
                 check_json_value(metadata, f"events[{index}].metadata")
             raise
+        split = None if blobs is None else split_data(data, data_bytes, blobs, event_type, f"events[{index}]")
+        if split is not None:
+            data_bytes, fields, kept = split
+            metadata_bytes = marked_metadata(metadata, fields)
         size = len(data_bytes) + len(metadata_bytes) + len(event_type)
         if size > max_event_size:
             raise EventTooLarge(event_type, size, max_event_size)
-        encoded.append(EncodedEvent(event_id, event_type, data_bytes, metadata_bytes))
+        if split is None:
+            encoded.append(EncodedEvent(event_id, event_type, data_bytes, metadata_bytes))
+        else:
+            encoded.append(EncodedEvent(event_id, event_type, data_bytes, metadata_bytes, kept))
     return encoded
 
 

@@ -51,6 +51,23 @@ class EventTooLarge(InvalidInput):
         self.limit = limit
 
 
+class BlobTooLarge(EventTooLarge):
+    """A field of an event's data that the store keeps as a blob (`agentfold.blobs`) is larger than its
+    `max_blob_size`; nothing was written. `field` names the field, `path` where it is (``events[0].data.prompt``)."""
+
+    def __init__(self, event_type: str, field: str, path: str, size: int, limit: int) -> None:
+        InvalidInput.__init__(
+            self,
+            f"{path} of event {event_type!r} is {size} bytes encoded; a data field kept as a blob may be at most "
+            f"{limit} bytes (max_blob_size)",
+        )
+        self.event_type = event_type
+        self.field = field
+        self.path = path
+        self.size = size
+        self.limit = limit
+
+
 class InvalidExpectedVersion(InvalidInput):
     """`expected_version` is neither ANY, NO_STREAM, STREAM_EXISTS nor a non-negative int."""
 
@@ -91,6 +108,21 @@ class StoreTimeout(AgentfoldError):
     """A lock, statement or pool wait ran out of time. Retryable: appends are idempotent."""
 
     retryable = True
+
+
+class EventsTrimmed(AgentfoldError):
+    """A read fetched events that were trimmed before it could load their blobs, so it cannot hand them over
+    whole. Retryable: a new read starts after the trimmed events."""
+
+    retryable = True
+
+    def __init__(self, stream_id: str, version: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r}: the events up to version {version} were trimmed while this read was loading "
+            "their blobs; read again"
+        )
+        self.stream_id = stream_id
+        self.version = version
 
 
 class StoreCorrupted(AgentfoldError):

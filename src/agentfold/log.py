@@ -19,9 +19,17 @@ import msgspec
 
 from agentfold import instrumentation
 from agentfold.appending import RetriedAppend, check_retry_content
-from agentfold.backend import DEFAULT_PAGE_SIZE, Backend, RecordDecoder
+from agentfold.backend import DEFAULT_PAGE_SIZE, Backend, BlobStorage, RecordDecoder
+from agentfold.blobs import BLOBS_KEY, BlobPolicy, BlobUsage, batches, digests_of, joined, with_contents
 from agentfold.encoding import EncodedEvent, encode_events
-from agentfold.errors import InvalidInput, StoreClosed, StoreCorrupted
+from agentfold.errors import (
+    AgentfoldError,
+    DuplicateEventId,
+    EventsTrimmed,
+    InvalidInput,
+    StoreClosed,
+    StoreCorrupted,
+)
 from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 from agentfold.validation import (
     MAX_VERSION,
@@ -58,6 +66,10 @@ class LogSnapshot(msgspec.Struct, frozen=True):
     state: bytes
 
 
+TRIM_RACE_ATTEMPTS: Final = 5
+"""How many times `read_all_page` reads a page again when a trim removed events of it (and their blobs) before
+their blobs were loaded."""
+
 LOG_SNAPSHOT_STREAM: Final = "$log"
 """The stream id under which a backend keeps log snapshots beside the stream snapshots: no stream of events has
 this id (`$` streams are agentfold's own), so the two kinds never meet."""
@@ -76,6 +88,9 @@ class EventLog:
       call's `AppendResult` and writes nothing (also after a restart); any other reuse of an id raises
       `DuplicateEventId` naming it.
     - The order `read_all` shows is final: a reader never sees a position and later finds a smaller one filled in.
+    - Large payloads (`agentfold.blobs`), where the backend keeps blobs: top-level data fields of at least
+      `blob_threshold` bytes are stored once per content, written in the same step as their event and removed with
+      the last event that refers to them; readers get them back in place.
 
     The log composes a `Backend` (``EventLog(backend)``), which does the I/O; `agentfold.connect` builds both.
     """
@@ -84,6 +99,7 @@ class EventLog:
         self.backend = backend
         """The backend this log writes through; backend-specific settings are its attributes."""
         self._closed = False
+        self._blob_storage: BlobStorage | None = backend if isinstance(backend, BlobStorage) else None
 
     @property
     def scheme(self) -> str:
@@ -94,6 +110,18 @@ class EventLog:
     def max_event_size(self) -> int:
         """The largest encoded event `append` accepts, in bytes."""
         return self.backend.max_event_size
+
+    @property
+    def keeps_blobs(self) -> bool:
+        """Whether the backend keeps large data fields as blobs (`agentfold.blobs`); without it, `append` refuses
+        events above `max_event_size` whole."""
+        return self._blob_storage is not None
+
+    @property
+    def blob_policy(self) -> BlobPolicy | None:
+        """When `append` makes blobs (the backend's `blob_threshold` and `max_blob_size`), None without blobs."""
+        storage = self._blob_storage
+        return None if storage is None else BlobPolicy(storage.blob_threshold, storage.max_blob_size)
 
     @property
     def page_size(self) -> int:
@@ -128,7 +156,12 @@ class EventLog:
 
         Raises `WrongExpectedVersion` (nothing written) when the stream is not at `expected_version`;
         `DuplicateEventId` when an id was already used other than by an exact retry of its append; an
-        `InvalidInput` subclass for bad arguments, before any I/O.
+        `InvalidInput` subclass for bad arguments, before any I/O (`EventTooLarge` for an event above
+        `max_event_size`, `BlobTooLarge` naming a data field above `max_blob_size`).
+
+        Where the backend keeps blobs, each top-level data field of at least `blob_threshold` bytes is stored as a
+        blob, once per content, in the same step as the event (`agentfold.blobs`); `max_event_size` counts the
+        event without them. A retry writes no blob either.
         """
         observer = instrumentation.observer
         if observer is None:
@@ -143,18 +176,29 @@ class EventLog:
         self._check_open()
         check_stream_id(stream_id)
         expected = check_expected_version(expected_version)
-        encoded = encode_events(events, self.max_event_size)
+        encoded = encode_events(events, self.max_event_size, self.blob_policy)
         result = await self.backend.append(stream_id, encoded, expected)
         if type(result) is RetriedAppend:  # the ids were written before: exact retry, or DuplicateEventId
             return await self._check_retry(stream_id, encoded, result)
         return result
 
     async def _check_retry(self, stream_id: str, events: list[EncodedEvent], retried: RetriedAppend) -> AppendResult:
-        stored = [
-            event
-            async for event in self.read_stream(stream_id, after_version=retried.first_version - 1, limit=len(events))
-        ]
-        check_retry_content(stream_id, events, retried.first_version, stored)
+        """Compare a retry with the events stored, references and all (equal references: equal contents, by hash);
+        when they differ and blobs are involved, compare the whole events (the store's blob threshold may have
+        changed between the append and its retry)."""
+        pages = self._stream_pages(stream_id, retried.first_version - 1, len(events), blobs=False)
+        stored = [event async for page in pages for event in page]
+        try:
+            check_retry_content(stream_id, events, retried.first_version, stored)
+        except DuplicateEventId:
+            if not any(event.blobs for event in events) and not any(_marked(event) for event in stored):
+                raise
+            whole = [
+                msgspec.structs.replace(event, data=data, metadata=metadata, blobs=())
+                for event in events
+                for data, metadata in [joined(event.data, event.metadata, event.blobs)]
+            ]
+            check_retry_content(stream_id, whole, retried.first_version, await self._load(stored))
         return AppendResult(retried.version, retried.position)
 
     async def append_capped(
@@ -207,14 +251,17 @@ class EventLog:
         *,
         backwards: bool = False,
         before_version: int | None = None,
+        blobs: bool = True,
     ) -> AsyncGenerator[RecordedEvent, None]:
         """Yield the events of one stream with a version above `after_version`, in version order.
 
         With `backwards=True` the newest come first, in descending version order, and `limit` counts from the
         stream's end (or from `before_version`, exclusive): reading the last N events costs O(N), whatever the
-        stream's length."""
+        stream's length. Blobs are loaded back into their fields (`agentfold.blobs`) unless `blobs=False`, which
+        leaves the references (``{"$blob": digest, "size": bytes}``) and the metadata's ``$blobs`` key in place.
+        A read that meets events trimmed before it loaded their blobs raises `EventsTrimmed` (read again)."""
         pages = self.read_stream_pages(
-            stream_id, after_version, limit, backwards=backwards, before_version=before_version
+            stream_id, after_version, limit, backwards=backwards, before_version=before_version, blobs=blobs
         )
         async for page in pages:
             for event in page:
@@ -228,9 +275,10 @@ class EventLog:
         *,
         backwards: bool = False,
         before_version: int | None = None,
+        blobs: bool = True,
     ) -> AsyncGenerator[list[RecordedEvent], None]:
-        """Like `read_stream`, one list per round trip: the fast path for folds. Bad arguments raise here, at the
-        call."""
+        """Like `read_stream`, one list per round trip (a page whose blobs add up to more than
+        `agentfold.blobs.READ_BATCH_BYTES` comes as several lists). Bad arguments raise here, at the call."""
         self._check_open()
         check_stream_id(stream_id)
         after = check_counter(after_version, "after_version")
@@ -239,11 +287,12 @@ class EventLog:
             raise InvalidInput(f"backwards must be a bool, got {type(backwards).__name__}")
         if before_version is not None and not backwards:
             raise InvalidInput("before_version bounds a backward read: pass backwards=True")
+        _check_bool(blobs, "blobs")
         if backwards:
             before = MAX_VERSION + 1 if before_version is None else check_counter(before_version, "before_version")
-            pages = self._backward_stream_pages(stream_id, after, remaining, before)
+            pages = self._backward_stream_pages(stream_id, after, remaining, before, blobs)
         else:
-            pages = self._stream_pages(stream_id, after, remaining)
+            pages = self._stream_pages(stream_id, after, remaining, blobs)
         observer = instrumentation.observer
         if observer is None:
             return pages
@@ -251,7 +300,7 @@ class EventLog:
         return observer.read(self.scheme, "read_stream", attributes, pages)
 
     async def _backward_stream_pages(
-        self, stream_id: str, after_version: int, remaining: int | None, before: int
+        self, stream_id: str, after_version: int, remaining: int | None, before: int, blobs: bool
     ) -> AsyncGenerator[list[RecordedEvent], None]:
         """The pages of `read_stream_pages(backwards=True)`, arguments checked: newest first."""
         while remaining is None or remaining > 0:
@@ -261,13 +310,17 @@ class EventLog:
                 return
             if remaining is not None:
                 remaining -= len(page)
-            yield page
+            if blobs and any(map(_marked, page)):
+                for run in batches(page):
+                    yield await self._load(run)
+            else:
+                yield page
             if len(page) < size:
                 return
             before = page[-1].version
 
     async def _stream_pages(
-        self, stream_id: str, after_version: int, remaining: int | None
+        self, stream_id: str, after_version: int, remaining: int | None, blobs: bool = True
     ) -> AsyncGenerator[list[RecordedEvent], None]:
         """The pages of `read_stream_pages`, arguments checked: the backend's records decoded, in version order."""
         decoder = self.backend.record_decoder
@@ -285,7 +338,11 @@ class EventLog:
                 versions = [event.version for event in page]
                 if versions != sorted(versions):  # the records of a page may come in any order
                     page.sort(key=_version_of)
-                yield page
+                if blobs and any(map(_marked, page)):
+                    for run in batches(page):
+                        yield await self._load(run)
+                else:
+                    yield page
 
     def read_stream_records(
         self, stream_id: str, after_version: int = 0, limit: int | None = None
@@ -294,7 +351,8 @@ class EventLog:
         its event by `record_decoder` (the records are the events themselves when it is None). The records of one
         page may come in any order; pages follow one another in version order. For readers that keep little of
         each event (folds): decoding one record at a time frees each event as soon as it is handled, where a page of
-        decoded events would stay alive, and be scanned by the garbage collector, until the page is done. Bad
+        decoded events would stay alive, and be scanned by the garbage collector, until the page is done. The
+        events hold blob references, as `read_stream(blobs=False)` gives them; `load_blobs` loads them. Bad
         arguments raise here, at the call."""
         self._check_open()
         check_stream_id(stream_id)
@@ -313,12 +371,15 @@ class EventLog:
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         limit: int | None = None,
+        *,
+        blobs: bool = True,
     ) -> AsyncGenerator[RecordedEvent, None]:
         """Yield every event with a global position above `after_position`, in position order.
 
-        `types` keeps only events of those types; `stream_prefix` only streams whose id starts with it.
+        `types` keeps only events of those types; `stream_prefix` only streams whose id starts with it. Blobs as
+        in `read_stream`.
         """
-        async for page in self.read_all_pages(after_position, types, stream_prefix, limit):
+        async for page in self.read_all_pages(after_position, types, stream_prefix, limit, blobs=blobs):
             for event in page:
                 yield event
 
@@ -328,6 +389,8 @@ class EventLog:
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         limit: int | None = None,
+        *,
+        blobs: bool = True,
     ) -> AsyncGenerator[list[RecordedEvent], None]:
         """Like `read_all`, one list per round trip."""
         self._check_open()
@@ -335,25 +398,31 @@ class EventLog:
         type_filter = check_event_types(types)
         prefix = check_prefix(stream_prefix)
         remaining = check_limit(limit)
+        _check_bool(blobs, "blobs")
         observer = instrumentation.observer
         if observer is None:
-            pages = self._all_pages(after, type_filter, prefix, remaining)
+            pages = self._all_pages(after, type_filter, prefix, remaining, blobs)
         else:
             attributes = {"after_position": after, "stream_prefix": prefix}
             pages = observer.read(
-                self.scheme, "read_all", attributes, self._all_pages(after, type_filter, prefix, remaining)
+                self.scheme, "read_all", attributes, self._all_pages(after, type_filter, prefix, remaining, blobs)
             )
         async with contextlib.aclosing(pages):
             async for page in pages:
                 yield page
 
     async def _all_pages(
-        self, after: int, type_filter: tuple[str, ...] | None, prefix: str | None, remaining: int | None
+        self,
+        after: int,
+        type_filter: tuple[str, ...] | None,
+        prefix: str | None,
+        remaining: int | None,
+        blobs: bool,
     ) -> AsyncGenerator[list[RecordedEvent], None]:
         """The pages of `read_all_pages`, arguments checked."""
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            page, scanned_to = await self.backend.read_all_page(after, size, type_filter, prefix)
+            page, scanned_to = await self._read_all_page(after, size, type_filter, prefix, blobs)
             if page:
                 yield page
                 if remaining is not None:
@@ -368,18 +437,93 @@ class EventLog:
         limit: int,
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
+        *,
+        blobs: bool = True,
     ) -> tuple[list[RecordedEvent], int]:
         """One page of `read_all`: the matching events among at most `limit` positions above `after_position`, and
         the last position scanned (equal to `after_position` when nothing is there yet). Readers that filter resume
         after the position scanned, not after the last event they got, so a long run of non-matching events is
-        passed over once. The positions are final: nothing later appears at or below the position scanned."""
+        passed over once. The positions are final: nothing later appears at or below the position scanned.
+
+        Blobs as in `read_stream`; a page whose blobs add up to more than `agentfold.blobs.READ_BATCH_BYTES` ends
+        early (at least one event), the position scanned being its last event's. A page that meets events trimmed
+        before their blobs were loaded is read again."""
         self._check_open()
         size = check_limit(limit)
         if not size:
             raise InvalidInput(f"limit must be an int >= 1, got {limit!r}")
-        return await self.backend.read_all_page(
-            check_counter(after_position, "after_position"), size, check_event_types(types), check_prefix(stream_prefix)
-        )
+        after = check_counter(after_position, "after_position")
+        type_filter = check_event_types(types)
+        prefix = check_prefix(stream_prefix)
+        _check_bool(blobs, "blobs")
+        return await self._read_all_page(after, size, type_filter, prefix, blobs)
+
+    async def _read_all_page(
+        self, after: int, size: int, types: tuple[str, ...] | None, prefix: str | None, blobs: bool
+    ) -> tuple[list[RecordedEvent], int]:
+        """`read_all_page`, arguments checked."""
+        attempt = 1
+        while True:
+            page, scanned_to = await self.backend.read_all_page(after, size, types, prefix)
+            if not blobs or not any(map(_marked, page)):
+                return page, scanned_to
+            runs = batches(page)
+            if len(runs) > 1:  # cut after the first batch: the next page reads on from its last event
+                page = runs[0]
+                scanned_to = page[-1].position
+            try:
+                return await self._load(page), scanned_to
+            except EventsTrimmed:
+                if attempt >= TRIM_RACE_ATTEMPTS:
+                    raise
+                attempt += 1
+
+    # -- blobs ---------------------------------------------------------------------------------------------------
+
+    async def load_blobs(self, events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
+        """`events` with their blobs loaded back into their fields (`agentfold.blobs`): for events read with
+        `blobs=False` or through `read_stream_records`. Events without blobs come back as they are.
+        Raises `EventsTrimmed` when an event was trimmed since it was read, with the blobs only it referred to."""
+        self._check_open()
+        if not isinstance(events, list | tuple) or not all(isinstance(event, RecordedEvent) for event in events):
+            raise InvalidInput("load_blobs takes a list of RecordedEvent")
+        return await self._load(list(events))
+
+    async def blob_usage(self) -> BlobUsage:
+        """How many blobs the store holds and their bytes, each content once (0, 0 without blobs)."""
+        self._check_open()
+        storage = self._blob_storage
+        return BlobUsage(0, 0) if storage is None else await storage.blob_usage()
+
+    async def _load(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
+        """`load_blobs`, with one `get_blobs` call for the whole list."""
+        marked = [event for event in events if _marked(event)]
+        if not marked:
+            return events
+        storage = self._blob_storage
+        if storage is None:
+            raise StoreCorrupted(f"the {self.scheme} backend keeps no blobs, yet a stored event refers to some")
+        contents = await storage.get_blobs(digests_of(marked))
+        loaded: list[RecordedEvent] = []
+        for event in events:
+            if _marked(event):
+                whole = with_contents(event, contents)
+                if whole is None:
+                    raise await self._missing_blob(event)
+                event = whole
+            loaded.append(event)
+        return loaded
+
+    async def _missing_blob(self, event: RecordedEvent) -> AgentfoldError:
+        """Why a blob of `event` is missing: the event was trimmed after it was read (`EventsTrimmed`: the backend
+        removes an event and the blobs only it referred to in one step), or the store is damaged."""
+        still = await self.backend.read_stream_backwards(event.stream_id, event.version + 1, event.version - 1, 1)
+        if still:
+            return StoreCorrupted(
+                f"the stored event at version {event.version} of stream {event.stream_id!r} refers to a blob the "
+                "store does not hold"
+            )
+        return EventsTrimmed(event.stream_id, event.version)
 
     async def apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
         """Run `apply(handle)` and save the checkpoint `name` = `position`: in one transaction where the backend has
@@ -475,6 +619,18 @@ class EventLog:
 
 
 _version_of: Final = operator.attrgetter("version")
+
+
+def _marked(event: RecordedEvent) -> bool:
+    """Whether the stored event refers to blobs (`agentfold.blobs.has_blobs`, here for the read paths)."""
+    metadata = event.metadata
+    return bool(metadata) and BLOBS_KEY in metadata
+
+
+def _check_bool(value: object, what: str) -> None:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{what} must be a bool, got {type(value).__name__}")
+
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

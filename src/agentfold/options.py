@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
+from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, MAX_BLOB_SIZE_LIMIT
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE
 from agentfold.errors import InvalidURL
 from agentfold.validation import describe
@@ -110,7 +111,13 @@ class Option:
 
 
 MAX_EVENT_SIZE: Final = Option("max_event_size", int, DEFAULT_MAX_EVENT_SIZE, minimum=1, maximum=2**31 - 1)
-"""The largest encoded event (data, metadata and type) in bytes: the same option on every backend."""
+"""The largest encoded event (data, metadata and type, blobs not counted) in bytes: the same option on every
+backend."""
+BLOB_THRESHOLD: Final = Option("blob_threshold", int, DEFAULT_BLOB_THRESHOLD, minimum=1, maximum=MAX_BLOB_SIZE_LIMIT)
+"""A top-level data field whose JSON is at least this many bytes is kept as a blob (`agentfold.blobs`)."""
+MAX_BLOB_SIZE: Final = Option("max_blob_size", int, DEFAULT_MAX_BLOB_SIZE, minimum=1, maximum=MAX_BLOB_SIZE_LIMIT)
+"""The largest blob (one data field's JSON) in bytes; a larger field is refused with `BlobTooLarge`."""
+BLOB_OPTIONS: Final = (BLOB_THRESHOLD, MAX_BLOB_SIZE)
 
 
 def _show(bound: float) -> str:
@@ -184,6 +191,9 @@ def parse_options(url: str, declared: Sequence[Option], keywords: Mapping[str, A
 
 
 __all__ = [
+    "BLOB_OPTIONS",
+    "BLOB_THRESHOLD",
+    "MAX_BLOB_SIZE",
     "MAX_EVENT_SIZE",
     "MAX_INTEGER",
     "Option",

@@ -26,6 +26,9 @@ Guarantees:
 - Time travel (`to_version`, `at`, `at_position`) reads only: it never saves a snapshot.
 - The log can be trimmed only behind a snapshot of every projection named (`trim`), and a fold that would need
   trimmed events raises `HistoryTrimmed` instead of returning a wrong state.
+- Large payloads (`agentfold.blobs`) are loaded only for the events that reach a handler wanting them: an event
+  without a handler, or whose handler is declared ``@handles(..., blobs=False)``, is folded without fetching its
+  blobs (the handler then sees each large field as a reference, ``{"$blob": digest, "size": bytes}``).
 
 Only the public API of `EventLog` is used (`read_stream_records`, snapshots, `trim_stream`), so all of this works
 on every backend. Every fold, whatever its options, goes through one loop: one round trip per page of stored
@@ -47,7 +50,9 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import msgspec
 
+from agentfold.blobs import BLOBS_KEY
 from agentfold.errors import (
+    EventsTrimmed,
     HandlerFailed,
     HistoryTrimmed,
     InvalidInput,
@@ -67,23 +72,33 @@ _P = TypeVar("_P")
 
 MAX_PROJECTION_NAME_LENGTH: Final = 150
 _HANDLES_ATTRIBUTE: Final = "__agentfold_handles__"
+_WITHOUT_BLOBS_ATTRIBUTE: Final = "__agentfold_without_blobs__"
 _version_of = operator.attrgetter("version")
 
 
 # -- declaring projections -----------------------------------------------------------------------------------------
 
 
-def handles(*event_types: str) -> Callable[[_F], _F]:
-    """Declare the decorated method `(self, state, event) -> new state` as the handler of `event_types`."""
+def handles(*event_types: str, blobs: bool = True) -> Callable[[_F], _F]:
+    """Declare the decorated method `(self, state, event) -> new state` as the handler of `event_types`.
+
+    With `blobs=False` the handler does not read the large fields of these events' data (`agentfold.blobs`): the
+    fold hands it the events as stored, each such field a reference ``{"$blob": digest, "size": bytes}``, and
+    never fetches their blobs."""
     if not event_types:
         raise InvalidProjection("@handles needs at least one event type")
     for event_type in event_types:
         if not isinstance(event_type, str) or not event_type:
             raise InvalidProjection(f"@handles takes event type names, got {event_type!r}")
+    if not isinstance(blobs, bool):
+        raise InvalidProjection(f"@handles takes blobs=True or blobs=False, got {blobs!r}")
 
     def decorate(function: _F) -> _F:
         declared: tuple[str, ...] = getattr(function, _HANDLES_ATTRIBUTE, ())
         setattr(function, _HANDLES_ATTRIBUTE, (*declared, *event_types))
+        if not blobs:
+            without: tuple[str, ...] = getattr(function, _WITHOUT_BLOBS_ATTRIBUTE, ())
+            setattr(function, _WITHOUT_BLOBS_ATTRIBUTE, (*without, *event_types))
         return function
 
     return decorate
@@ -141,6 +156,8 @@ _state_encoder = msgspec.json.Encoder()
 class _Plan:
     handler_names: dict[str, str]
     """event type -> name of the method handling it."""
+    without_blobs: frozenset[str]
+    """The event types whose handler is declared ``blobs=False``."""
     state_decoder: msgspec.json.Decoder[Any] | None
 
 
@@ -156,6 +173,7 @@ def _plan_of(cls: type[Projection[Any]]) -> _Plan:
 
 def _build_plan(cls: type[Projection[Any]]) -> _Plan:
     handler_names: dict[str, str] = {}
+    without_blobs: set[str] = set()
     for klass in reversed(cls.__mro__):
         declared_here: dict[str, str] = {}
         for attribute, value in vars(klass).items():
@@ -167,10 +185,12 @@ def _build_plan(cls: type[Projection[Any]]) -> _Plan:
                         f"and {attribute}()"
                     )
                 declared_here[event_type] = attribute
+                without_blobs.discard(event_type)  # a subclass's handler decides anew
+            without_blobs.update(getattr(function, _WITHOUT_BLOBS_ATTRIBUTE, ()))
         handler_names.update(declared_here)
     state_type = cls.state_type if cls.state_type is not None else _inferred_state_type(cls)
     decoder = msgspec.json.Decoder(state_type) if state_type is not None else None
-    return _Plan(handler_names, decoder)
+    return _Plan(handler_names, frozenset(without_blobs), decoder)
 
 
 def _inferred_state_type(cls: type) -> Any:
@@ -400,6 +420,10 @@ async def _fold(store: EventLog, stream_id: str, projection: Projection[S], boun
     get_handler = handler_of.get
     upcasters = projection.upcasters
     limit = None if bound.to_version is None else max(0, bound.to_version - after)
+    blobs_for: frozenset[str] | None = None
+    if store.keeps_blobs:
+        # Upcasters may read any field, so an event they take has its blobs loaded before they run.
+        blobs_for = frozenset(handler_of.keys() - plan.without_blobs) | (upcasters.event_types if upcasters else set())
 
     records = store.read_stream_records(stream_id, after, limit)
     async with _closing(records):
@@ -414,6 +438,7 @@ async def _fold(store: EventLog, stream_id: str, projection: Projection[S], boun
             inside=bound.inside,
             upcast=upcasters.upcast if upcasters else None,
             recorded_until=recorded_until if may_save else None,
+            load_blobs=None if blobs_for is None else (blobs_for, store.load_blobs),
         )
     saw_page = last is not None
     if last is not None:
@@ -463,12 +488,14 @@ async def _fold_records(
     inside: Callable[[RecordedEvent], bool] | None = None,
     upcast: Callable[[RecordedEvent], RecordedEvent] | None = None,
     recorded_until: int | None = None,
+    load_blobs: tuple[frozenset[str], Callable[[list[RecordedEvent]], Awaitable[list[RecordedEvent]]]] | None = None,
 ) -> tuple[S, RecordedEvent | None, int, int | None]:
     """The fold loop, the one every option goes through: each stored record is decoded just before its handler
-    runs (`decoder`; None when the records are events already), and upcast (`upcast`, a map over the events).
-    The fold stops at the first event for which `inside` (the time bound, as a predicate) is false. Returns the
-    state, the last event folded (None if none), how many events were folded, and, when `recorded_until` was given
-    (the fold may keep a snapshot), the latest `recorded_at_us` among them and it.
+    runs (`decoder`; None when the records are events already), its blobs loaded when its type is among the types
+    `load_blobs` names (by the function beside them), and upcast (`upcast`). Other events never have their blobs
+    fetched. The fold stops at the first event for which `inside` (the time bound, as a predicate) is false.
+    Returns the state, the last event folded (None if none), how many events were folded, and, when
+    `recorded_until` was given (the fold may keep a snapshot), the latest `recorded_at_us` among them and it.
 
     A page's records may come in any order (SQLite does not promise the order in which it joins them): as long as
     each event is the one after the last, it is folded at once; otherwise the rest of the page is decoded and
@@ -481,10 +508,9 @@ async def _fold_records(
     next_version = after + 1
     events_read = 0
     stopped = False
+    blob_types, load = load_blobs if load_blobs is not None else (frozenset[str](), None)
     async for records in pages:
         events: Iterator[RecordedEvent] = iter(records) if decoder is None else map(decoder.decode, records)
-        if upcast is not None:
-            events = map(upcast, events)
         try:
             while True:  # once, or again from the sorted rest of an out-of-order page
                 for event in events:
@@ -501,6 +527,14 @@ async def _fold_records(
                             break
                         if track and event._recorded_at_us > until:
                             until = event._recorded_at_us
+                    # The stored event's `$blobs` key says it has blobs (agentfold.blobs.has_blobs, inlined).
+                    if load is not None and event.metadata and BLOBS_KEY in event.metadata and event.type in blob_types:
+                        try:
+                            event = (await load([event]))[0]
+                        except EventsTrimmed:
+                            raise HistoryTrimmed(projection.name, stream_id, event.version, None) from None
+                    if upcast is not None:
+                        event = upcast(event)
                     handler = get_handler(event.type)
                     if handler is not None:
                         try:

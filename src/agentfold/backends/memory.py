@@ -13,10 +13,11 @@ from typing import Any, Final, cast
 
 from agentfold.appending import IdRecord, check_expected, find_retry
 from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, apply_then
+from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent, decode_object
 from agentfold.errors import InvalidURL
 from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
-from agentfold.options import MAX_EVENT_SIZE, parse_options, redact, split_url
+from agentfold.options import BLOB_OPTIONS, MAX_EVENT_SIZE, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
 
@@ -28,8 +29,15 @@ class MemoryBackend:
     reads_ahead = False  # nothing to wait for: a page is a slice of a list
     record_decoder: RecordDecoder | None = None  # the records are the events themselves
 
-    def __init__(self, max_event_size: int | None = None) -> None:
+    def __init__(
+        self,
+        max_event_size: int | None = None,
+        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
+    ) -> None:
         self.max_event_size = DEFAULT_MAX_EVENT_SIZE if max_event_size is None else max_event_size
+        self.blob_threshold = blob_threshold
+        self.max_blob_size = max_blob_size
         self.page_size = DEFAULT_PAGE_SIZE
         self._log: list[RecordedEvent | None] = []  # None where an event was trimmed
         self._streams: dict[str, list[RecordedEvent]] = {}
@@ -38,6 +46,9 @@ class MemoryBackend:
         self._snapshots: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._checkpoints: dict[str, int] = {}
         self._trimmed: dict[str, int] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._blob_links: dict[str, int] = {}  # digest -> how many events link to it
+        self._event_blobs: dict[int, tuple[str, ...]] = {}  # position -> the digests its event links to
         self._closed = False
 
     async def append(
@@ -68,6 +79,11 @@ class MemoryBackend:
             self._log.append(recorded)
             stream.append(recorded)
             self._ids[event.id] = IdRecord(stream_id, first + offset, first, last, len(self._log))
+            if event.blobs:
+                for blob in event.blobs:
+                    self._blobs.setdefault(blob.digest, blob.content)
+                    self._blob_links[blob.digest] = self._blob_links.get(blob.digest, 0) + 1
+                self._event_blobs[len(self._log)] = tuple(blob.digest for blob in event.blobs)
         self._appended.wake()
         return AppendResult(last, len(self._log))
 
@@ -151,9 +167,19 @@ class MemoryBackend:
         count = max(0, min(before_version - 1 - trimmed, len(stream)))
         for event in stream[:count]:
             self._log[event.position - 1] = None
+            for digest in self._event_blobs.pop(event.position, ()):
+                self._blob_links[digest] -= 1
+                if not self._blob_links[digest]:  # the last event linking to it went
+                    del self._blob_links[digest], self._blobs[digest]
         del stream[:count]
         self._trimmed[stream_id] = trimmed + count
         return count
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        return {digest: self._blobs[digest] for digest in digests if digest in self._blobs}
+
+    async def blob_usage(self) -> BlobUsage:
+        return BlobUsage(len(self._blobs), sum(map(len, self._blobs.values())))
 
     async def load_checkpoint(self, name: str) -> int | None:
         return self._checkpoints.get(name)
@@ -172,12 +198,18 @@ class MemoryStore(EventStore):
 
     backend: MemoryBackend
 
-    def __init__(self, max_event_size: int | None = None) -> None:
-        super().__init__(MemoryBackend(max_event_size))
+    def __init__(
+        self,
+        max_event_size: int | None = None,
+        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        max_blob_size: int = DEFAULT_MAX_BLOB_SIZE,
+    ) -> None:
+        super().__init__(MemoryBackend(max_event_size, blob_threshold, max_blob_size))
 
 
-OPTIONS: Final = (MAX_EVENT_SIZE,)
-"""What `memory://` accepts, in its query or as keywords: `max_event_size` in bytes."""
+OPTIONS: Final = (MAX_EVENT_SIZE, *BLOB_OPTIONS)
+"""What `memory://` accepts, in its query or as keywords: `max_event_size`, `blob_threshold` and `max_blob_size`
+in bytes."""
 
 
 async def open_store(url: str, *, create: bool = True, **options: Any) -> MemoryStore:
@@ -187,4 +219,6 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> Memory
     if parts.netloc or parts.path not in ("", "/") or parts.fragment:
         raise InvalidURL(f"{redact(url)!r}: a memory:// URL takes options only (memory://?max_event_size=...)")
     values = parse_options(url, OPTIONS, options)
-    return MemoryStore(max_event_size=cast(int, values["max_event_size"]))
+    return MemoryStore(
+        cast(int, values["max_event_size"]), cast(int, values["blob_threshold"]), cast(int, values["max_blob_size"])
+    )

@@ -16,6 +16,10 @@
 - Several processes may share one file: `BEGIN IMMEDIATE` plus the busy timeout make their writers queue. Positions
   are assigned inside the write transaction from the file's `AUTOINCREMENT` counter, so they follow commit order and
   are never reused, and a reader never sees a gap that is filled later.
+- Blobs (`agentfold.blobs`) are rows of the `blobs` table in the same file, keyed by digest, and `event_blobs` links
+  each event's position to the digests it refers to: written in the transaction of their append, removed in the
+  transaction of the trim that deletes their last event. One file keeps one commit for an event and its blobs, one
+  fsync, one backup (docs/payloads.md says why not a directory of files).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import msgspec
 
 from agentfold.appending import IdRecord, check_expected, find_retry
 from agentfold.backend import RecordDecoder
+from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
@@ -55,14 +60,14 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.events import ANY, AppendResult, ExpectedVersion, RecordedEvent
-from agentfold.options import MAX_EVENT_SIZE, Option, parse_options, redact, split_url
+from agentfold.options import BLOB_THRESHOLD, MAX_BLOB_SIZE, MAX_EVENT_SIZE, Option, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast, retrieve_outcome
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
-"""Stored in `PRAGMA user_version`; later releases migrate from it."""
+SCHEMA_VERSION: Final = 2
+"""Stored in `PRAGMA user_version`: the number of the last step of `_MIGRATIONS` the file has."""
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
 DEFAULT_READ_CACHE_MB: Final = 32
@@ -125,6 +130,30 @@ _SCHEMA: Final = (
     """,
 )
 
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    # Blobs: large data fields kept apart from their events, once per content (agentfold.blobs). A rowid table, so a
+    # blob's pages are its own overflow chain; `event_blobs` says which events refer to which blob, and its digest
+    # index finds whether any event still does when a trim removes one.
+    2: (
+        """
+        CREATE TABLE IF NOT EXISTS blobs (
+            digest TEXT PRIMARY KEY,
+            content BLOB NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS event_blobs (
+            position INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            PRIMARY KEY (position, digest)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS event_blobs_digest ON event_blobs (digest)",
+    ),
+}
+"""Schema steps after the first (`_SCHEMA`), by the `user_version` they bring a file to; each runs once, in order,
+in the transaction that sets that version. Never edit a released step; add one."""
+
 _SELECT_HEAD: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 _SELECT_ID_RECORDS: Final = (
     "SELECT event_id, stream_id, version, batch_first, batch_last, position FROM events "
@@ -156,6 +185,20 @@ _UPSERT_STREAMS_GROUP: Final = _UPSERT_STREAMS.replace("INSERT INTO", "INSERT OR
 """The group's writes. `OR ROLLBACK` ends the whole transaction on a constraint failure instead of undoing only
 the failing statement, which spares SQLite a statement journal (a copy of every page the statement first touches:
 the cost of inserting rows into many streams' places in the `(stream_id, version)` index at once)."""
+_INSERT_BLOB: Final = "INSERT OR IGNORE INTO blobs (digest, content) VALUES (?, ?)"
+_INSERT_LINKS: Final = "INSERT INTO event_blobs (position, digest) VALUES {rows}"
+_INSERT_LINKS_GROUP: Final = _INSERT_LINKS.replace("INSERT INTO", "INSERT OR ROLLBACK INTO")
+_SELECT_BLOBS: Final = "SELECT digest, content FROM blobs WHERE digest IN (SELECT value FROM json_each(?))"
+_TRIM_LINKS: Final = (
+    "DELETE FROM event_blobs WHERE position IN (SELECT position FROM events WHERE stream_id = ? AND version < ?) "
+    "RETURNING digest"
+)
+_SWEEP_BLOBS: Final = (
+    "DELETE FROM blobs WHERE digest IN (SELECT value FROM json_each(?)) "
+    "AND NOT EXISTS (SELECT 1 FROM event_blobs WHERE event_blobs.digest = blobs.digest)"
+)
+"""A trim's blob writes, before it deletes the events: the links of the events it removes go, then every blob of
+theirs no other event links to (in the trim's own transaction)."""
 ROWS_PER_STATEMENT: Final = 64
 """Rows per multi-row INSERT: one statement step (one release of the GIL) writes them all."""
 _UPSERT_CHECKPOINT: Final = (
@@ -203,6 +246,8 @@ class SQLiteSettings:
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
     max_event_size: int = DEFAULT_MAX_EVENT_SIZE
     read_cache_mb: int = DEFAULT_READ_CACHE_MB
+    blob_threshold: int = DEFAULT_BLOB_THRESHOLD
+    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
 
 
 OPTIONS: Final = (
@@ -210,6 +255,8 @@ OPTIONS: Final = (
     Option("busy_timeout", int, DEFAULT_BUSY_TIMEOUT_MS, minimum=0, maximum=2**31 - 1),
     MAX_EVENT_SIZE,
     Option("read_cache_mb", int, DEFAULT_READ_CACHE_MB, minimum=0, maximum=2**20),
+    BLOB_THRESHOLD,
+    MAX_BLOB_SIZE,
 )
 """What `sqlite://` accepts, in its query or as keywords (see `open_store`)."""
 
@@ -239,6 +286,8 @@ def parse_url(url: str, **options: Any) -> SQLiteSettings:
         cast(int, values["busy_timeout"]),
         cast(int, values["max_event_size"]),
         cast(int, values["read_cache_mb"]),
+        cast(int, values["blob_threshold"]),
+        cast(int, values["max_blob_size"]),
     )
 
 
@@ -283,8 +332,15 @@ class _WriteJob:
 _Request = _AppendRequest | _WriteJob
 
 
+BLOB_WEIGHT: Final = 4096
+"""Blob bytes that weigh as much as one event in a group (`MAX_GROUP_EVENTS`): about 80 MB of blobs per group."""
+
+
 def _size(request: _Request) -> int:
-    return len(request.events) if isinstance(request, _AppendRequest) else 1
+    if not isinstance(request, _AppendRequest):
+        return 1
+    events = request.events
+    return len(events) + sum(len(blob.content) for event in events for blob in event.blobs) // BLOB_WEIGHT
 
 
 def _connect(settings: SQLiteSettings, *, writer: bool) -> sqlite3.Connection:
@@ -342,7 +398,10 @@ def _create_schema(connection: sqlite3.Connection, path: str) -> None:
         if found == 0:
             for statement in _SCHEMA:
                 connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for step in range(max(found, 1) + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
@@ -395,6 +454,24 @@ def _event_rows(
             (position, stream_id, version, event.type, event.id, first_version, last_version, encode(record).decode())
         )
     return rows
+
+
+def _blob_rows(
+    events: list[EncodedEvent], first_position: int, blobs: dict[str, bytes], links: list[tuple[int, str]]
+) -> None:
+    """Add the blobs of an append's events to `blobs` (digest -> content) and their links to `links`."""
+    for offset, event in enumerate(events):
+        for blob in event.blobs:
+            blobs[blob.digest] = blob.content
+            links.append((first_position + offset, blob.digest))
+
+
+def _insert_blobs(
+    connection: sqlite3.Connection, blobs: dict[str, bytes], links: list[tuple[int, str]], template: str
+) -> None:
+    """Write the blobs (a digest already stored keeps its row) and the links, in the caller's transaction."""
+    connection.executemany(_INSERT_BLOB, blobs.items())
+    _insert_rows(connection, template, links)
 
 
 @functools.lru_cache(maxsize=256)
@@ -605,6 +682,8 @@ class _Writer:
         versions = _versions_decoder.decode(versions_text)
         next_position = head + 1 if head else 1
         rows: list[tuple[Any, ...]] = []
+        blobs: dict[str, bytes] = {}
+        links: list[tuple[int, str]] = []
         written_streams: dict[str, int] = {}
         leftovers: list[_AppendRequest] = []
         for request in appends:
@@ -625,6 +704,7 @@ class _Writer:
             known_ids.update(ids)
             count = len(events)
             rows += _event_rows(stream_id, events, current + 1, next_position, now_us)
+            _blob_rows(events, next_position, blobs, links)
             next_position += count
             versions[stream_id] = written_streams[stream_id] = current + count
             request.outcome = AppendResult(current + count, next_position - 1)
@@ -633,6 +713,8 @@ class _Writer:
         try:
             _insert_rows(connection, _INSERT_EVENTS_GROUP, rows)
             _insert_rows(connection, _UPSERT_STREAMS_GROUP, list(written_streams.items()))
+            if links:
+                _insert_blobs(connection, blobs, links, _INSERT_LINKS_GROUP)
         except sqlite3.IntegrityError:
             # The tables disagree with the checks above (a damaged file): fall back to one append at a time so
             # only the appends that meet the damage fail. `OR ROLLBACK` has already ended the transaction.
@@ -665,6 +747,11 @@ class _Writer:
                 _event_rows(request.stream_id, request.events, current + 1, first_position, now_us),
             )
             _insert_rows(connection, _UPSERT_STREAMS, [(request.stream_id, current + count)])
+            blobs: dict[str, bytes] = {}
+            links: list[tuple[int, str]] = []
+            _blob_rows(request.events, first_position, blobs, links)
+            if links:
+                _insert_blobs(connection, blobs, links, _INSERT_LINKS)
             return AppendResult(current + count, first_position + count - 1)
 
         self._in_savepoint(request, append)
@@ -704,6 +791,8 @@ class SQLiteBackend:
     def __init__(self, settings: SQLiteSettings, writer_connection: sqlite3.Connection) -> None:
         self.settings = settings
         self.max_event_size = settings.max_event_size
+        self.blob_threshold = settings.blob_threshold
+        self.max_blob_size = settings.max_blob_size
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self._writer = _Writer(writer_connection, settings.path, self._loop)
@@ -933,6 +1022,9 @@ class SQLiteBackend:
 
     async def trim_stream(self, stream_id: str, before_version: int) -> int:
         def trim(connection: sqlite3.Connection) -> int:
+            unlinked = connection.execute(_TRIM_LINKS, (stream_id, before_version)).fetchall()
+            if unlinked:
+                connection.execute(_SWEEP_BLOBS, (_json_list({row[0]: None for row in unlinked}),))
             connection.execute(
                 "INSERT INTO trimmed_events (event_id, stream_id, version, batch_first, batch_last, position) "
                 "SELECT event_id, stream_id, version, batch_first, batch_last, position FROM events "
@@ -945,6 +1037,20 @@ class SQLiteBackend:
             return deleted.rowcount
 
         return await self._write(trim)
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        def query(connection: sqlite3.Connection) -> dict[str, bytes]:
+            rows = connection.execute(_SELECT_BLOBS, (_json_list(digests),)).fetchall()
+            return {row[0]: row[1] for row in rows}
+
+        return await self._read(query)
+
+    async def blob_usage(self) -> BlobUsage:
+        def query(connection: sqlite3.Connection) -> BlobUsage:
+            count, size = connection.execute("SELECT count(*), coalesce(sum(length(content)), 0) FROM blobs").fetchone()
+            return BlobUsage(int(count), int(size))
+
+        return await self._read(query)
 
     async def load_checkpoint(self, name: str) -> int | None:
         def query(connection: sqlite3.Connection) -> int | None:
@@ -1060,7 +1166,8 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> SQLite
     """Open (creating if needed, unless `create` is false) the SQLite store at `url`.
 
     Options, in the URL query or as keywords (keywords win): `synchronous` = `FULL` (default) or `NORMAL`,
-    `busy_timeout` in milliseconds (default 5000), `max_event_size` in bytes. Bad options raise `InvalidURL`.
+    `busy_timeout` in milliseconds (default 5000), `max_event_size`, `blob_threshold` and `max_blob_size` in bytes.
+    Bad options raise `InvalidURL`.
     With `create=False` a missing file, or one without agentfold's tables, raises `StoreNotFound` untouched.
     """
     settings = parse_url(url, **options)
