@@ -10,6 +10,10 @@ Guarantees beyond the `EventStore` contract:
 - Nothing waits forever: lock, statement, idle-in-transaction, pool and connect timeouts are always set, and a
   timeout or a dropped connection surfaces as a retryable `StoreTimeout` / `StoreUnavailable`.
 - `LISTEN/NOTIFY` only wakes waiters early; they always re-read the table.
+- Blobs (`agentfold.blobs`) are rows of `blobs`, linked to their events' positions by `event_blobs` (a foreign key
+  keeps every link on a stored blob): written in their append's transaction, under its table lock; `trim_stream()`
+  takes the same lock and removes the trimmed events, their links and every blob left without a link in one
+  transaction.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
 from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, read_pages
+from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
 from agentfold.errors import (
@@ -49,7 +54,7 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
-from agentfold.options import MAX_EVENT_SIZE, Option, parse_options, redact, split_url
+from agentfold.options import BLOB_THRESHOLD, MAX_BLOB_SIZE, MAX_EVENT_SIZE, Option, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast, wait_event
 
@@ -181,6 +186,8 @@ class PostgresOptions:
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
     max_event_size: int | None = None
+    blob_threshold: int = DEFAULT_BLOB_THRESHOLD
+    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
 
 
 _MAX_TIMEOUT_SECONDS: Final = 2_000_000.0  # in milliseconds, it must fit the server's int
@@ -207,6 +214,8 @@ OPTIONS: Final = (
     Option("pool_timeout", float, DEFAULT_POOL_TIMEOUT, minimum=0.001, maximum=_MAX_TIMEOUT_SECONDS),
     Option("connect_timeout", int, DEFAULT_CONNECT_TIMEOUT, minimum=1, maximum=2_000_000),
     MAX_EVENT_SIZE,
+    BLOB_THRESHOLD,
+    MAX_BLOB_SIZE,
     *(Option(name, str, None) for name in sorted(_LIBPQ_PARAMETERS - {"connect_timeout"})),
 )
 """What `postgresql://` accepts, in its query or as keywords (keywords win): agentfold's options (`PostgresOptions`)
@@ -351,6 +360,39 @@ END
 $body$
 """)
 
+# Trimming, once events may refer to blobs: the trimmed events, their links and every blob no event links to any
+# more go in one transaction, under the lock appends take, so no append adds a link to a blob between the moment a
+# trim finds it unreferenced and its deletion, and two trims of events sharing a blob cannot each leave it to the
+# other. Each statement takes a fresh snapshot after the LOCK (a VOLATILE function under READ COMMITTED), as in
+# append_group().
+_TRIM_STREAM = r"""
+CREATE FUNCTION {s}.trim_stream(trim_stream_id text, trim_before bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $body$
+DECLARE
+    trimmed_count bigint;
+    unlinked text[];
+BEGIN
+    LOCK TABLE {s}.events IN EXCLUSIVE MODE;
+    WITH trimmed AS (
+        DELETE FROM {s}.events WHERE stream_id = trim_stream_id AND version < trim_before
+        RETURNING id, stream_id, version, position, batch_first, batch_last
+    ), kept AS (
+        INSERT INTO {s}.trimmed_event_ids (id, stream_id, version, position, batch_first, batch_last)
+        SELECT id, stream_id, version, position, batch_first, batch_last FROM trimmed
+    ), links AS (
+        DELETE FROM {s}.event_blobs WHERE position IN (SELECT position FROM trimmed) RETURNING digest
+    )
+    SELECT (SELECT count(*) FROM trimmed), (SELECT array_agg(DISTINCT digest) FROM links)
+      INTO trimmed_count, unlinked;
+    IF unlinked IS NOT NULL THEN
+        DELETE FROM {s}.blobs b
+        WHERE b.digest = ANY(unlinked) AND NOT EXISTS (SELECT FROM {s}.event_blobs e WHERE e.digest = b.digest);
+    END IF;
+    RETURN trimmed_count;
+END
+$body$
+"""
+
 MIGRATIONS: Final[tuple[_Migration, ...]] = (
     _Migration(
         1,
@@ -400,6 +442,24 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
         (
             "ALTER FUNCTION {s}.append_group(text[], text[], bigint[], integer[], uuid[], text[], text[], text) "
             "SET plan_cache_mode = force_generic_plan",
+        ),
+    ),
+    # Large data fields kept apart from their events, once per content (agentfold.blobs). Their bytes are stored out
+    # of line and uncompressed (STORAGE EXTERNAL): an append writes them while it holds the events lock, and
+    # compressing megabytes there would make every other writer wait for it (docs/payloads.md).
+    _Migration(
+        3,
+        "blobs, event_blobs, trim_stream()",
+        (
+            "CREATE TABLE {s}.blobs (digest text PRIMARY KEY, content bytea NOT NULL)",
+            "ALTER TABLE {s}.blobs ALTER COLUMN content SET STORAGE EXTERNAL",
+            """CREATE TABLE {s}.event_blobs (
+                position bigint NOT NULL,
+                digest text NOT NULL REFERENCES {s}.blobs (digest),
+                PRIMARY KEY (position, digest)
+            )""",
+            "CREATE INDEX event_blobs_digest ON {s}.event_blobs (digest)",
+            _TRIM_STREAM,
         ),
     ),
 )
@@ -494,14 +554,16 @@ _STATEMENTS: Final = {
     "head_position": """
         SELECT greatest((SELECT max(position) FROM {s}.events), (SELECT max(position) FROM {s}.trimmed_event_ids), 0)
     """,
-    "trim": """
-        WITH trimmed AS (
-            DELETE FROM {s}.events WHERE stream_id = %s AND version < %s
-            RETURNING id, stream_id, version, position, batch_first, batch_last
-        )
-        INSERT INTO {s}.trimmed_event_ids (id, stream_id, version, position, batch_first, batch_last)
-        SELECT id, stream_id, version, position, batch_first, batch_last FROM trimmed
+    "trim": "SELECT {s}.trim_stream(%s, %s)",
+    # An append's blobs and links, in its transaction after append_group() (which holds the events lock): a blob
+    # already stored under its digest keeps its row.
+    "insert_blobs": """
+        INSERT INTO {s}.blobs (digest, content) SELECT * FROM unnest(%s::text[], %s::bytea[])
+        ON CONFLICT (digest) DO NOTHING
     """,
+    "insert_links": "INSERT INTO {s}.event_blobs (position, digest) SELECT * FROM unnest(%s::bigint[], %s::text[])",
+    "get_blobs": "SELECT digest, content FROM {s}.blobs WHERE digest = ANY(%s::text[])",
+    "blob_usage": "SELECT count(*), coalesce(sum(octet_length(content)), 0) FROM {s}.blobs",
     "load_snapshot": "SELECT version, state FROM {s}.snapshots WHERE stream_id = %s AND name = %s",
     "save_snapshot": """
         INSERT INTO {s}.snapshots (stream_id, name, version, state) VALUES (%s, %s, %s, %s)
@@ -543,15 +605,16 @@ _encode_json = msgspec.json.Encoder().encode
 
 
 class _PendingAppend:
-    """An append waiting for its group; `size` (its JSON bytes) counts against `MAX_GROUP_BYTES`."""
+    """An append waiting for its group; `size` (its JSON and blob bytes) counts against `MAX_GROUP_BYTES`."""
 
-    __slots__ = ("events", "expected", "size", "stream_id")
+    __slots__ = ("blob_bytes", "events", "expected", "size", "stream_id")
 
     def __init__(self, stream_id: str, events: list[EncodedEvent], expected: ExpectedVersion) -> None:
         self.stream_id = stream_id
         self.events = events
         self.expected = expected
-        self.size = sum(len(event.data) + len(event.metadata) for event in events)
+        self.blob_bytes = sum(len(blob.content) for event in events for blob in event.blobs)
+        self.size = sum(len(event.data) + len(event.metadata) for event in events) + self.blob_bytes
 
 
 def _size_of(pending: _PendingAppend) -> int:
@@ -587,6 +650,25 @@ def _group_arguments(group: list[_PendingAppend], channel: str) -> tuple[str, ..
     )
 
 
+def _blob_arguments(
+    group: list[_PendingAppend], rows: list[tuple[int, int, int]]
+) -> tuple[list[str], list[bytes], list[int], list[str]]:
+    """The blobs of the group's written appends (each digest once) and their links (position, digest)."""
+    blobs: dict[str, bytes] = {}
+    positions: list[int] = []
+    digests: list[str] = []
+    for pending, (outcome, _, last_position) in zip(group, rows, strict=True):
+        if outcome != Outcome.WRITTEN or not pending.blob_bytes:
+            continue
+        first_position = last_position - len(pending.events) + 1
+        for offset, event in enumerate(pending.events):
+            for blob in event.blobs:
+                blobs[blob.digest] = blob.content
+                positions.append(first_position + offset)
+                digests.append(blob.digest)
+    return list(blobs), list(blobs.values()), positions, digests
+
+
 # -- the store ----------------------------------------------------------------------------------------------------
 
 
@@ -610,6 +692,8 @@ class PostgresBackend:
         self._closed = False
         if options.max_event_size is not None:
             self.max_event_size = options.max_event_size
+        self.blob_threshold = options.blob_threshold
+        self.max_blob_size = options.max_blob_size
         self._pool = pool
         self._conninfo = conninfo
         self._options = options
@@ -682,8 +766,17 @@ class PostgresBackend:
         https://www.postgresql.org/docs/current/xfunc-volatility.html
         """
         async with self._connection() as connection:
-            cursor = await connection.execute(self._sql["append_group"], _group_arguments(group, self._channel))
-            rows = await cursor.fetchall()
+            if not any(pending.blob_bytes for pending in group):
+                cursor = await connection.execute(self._sql["append_group"], _group_arguments(group, self._channel))
+                rows = await cursor.fetchall()
+            else:  # the blobs and links in the same transaction, under the lock append_group() took
+                async with connection.transaction():
+                    cursor = await connection.execute(self._sql["append_group"], _group_arguments(group, self._channel))
+                    rows = await cursor.fetchall()
+                    digests, contents, positions, linked = _blob_arguments(group, rows)
+                    if positions:
+                        await connection.execute(self._sql["insert_blobs"], (digests, contents))
+                        await connection.execute(self._sql["insert_links"], (positions, linked))
         outcomes: list[AppendResult | AgentfoldError | None] = []
         reused: list[str] = []
         written = False
@@ -872,7 +965,16 @@ class PostgresBackend:
         await self._execute("save_snapshot", (owner, name, mark, state))
 
     async def trim_stream(self, stream_id: str, before_version: int) -> int:
-        return await self._execute("trim", (stream_id, before_version))
+        row = await self._fetch_one("trim", (stream_id, before_version))
+        return int(row[0]) if row else 0
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        rows = await self._fetch_all("get_blobs", (list(digests),))
+        return {row[0]: bytes(row[1]) for row in rows}
+
+    async def blob_usage(self) -> BlobUsage:
+        row = await self._fetch_one("blob_usage", ())
+        return BlobUsage(int(row[0]), int(row[1])) if row else BlobUsage(0, 0)
 
     async def load_checkpoint(self, name: str) -> int | None:
         row = await self._fetch_one("load_checkpoint", (name,))

@@ -8,16 +8,20 @@ Layout, every key under ``{prefix}:`` and nothing else in the database touched:
 - ``{prefix}:head``: the global position counter;
 - ``{prefix}:ids``: a hash, event id -> ``"version batch_first batch_last position stream_id"``;
 - ``{prefix}:snap:{stream_id}``: a hash, snapshot name -> ``"version " + state``;
-- ``{prefix}:checkpoints``: a hash, subscriber name -> position.
+- ``{prefix}:checkpoints``: a hash, subscriber name -> position;
+- ``{prefix}:blobs``: a hash, digest -> a blob's content (`agentfold.blobs`); ``{prefix}:blobrefs``: digest -> how
+  many events refer to it; ``{prefix}:blobbytes``: the bytes of all blobs.
 
 Each entry holds one field ``e``: the JSON array ``[version, position, recorded_at_us, stream_id, type, id, data,
-metadata]``, the same bytes in the stream and in the global log. A read is one ``XRANGE`` per page, its reply
-taken as the parser gives it (hiredis, in C; no per-entry conversion in Python), and the page's entries are joined
-into one JSON array that one msgspec call decodes.
+metadata]``, the same bytes in the stream and in the global log. An event with blobs has a second field ``b`` in
+its stream's entry: the digests it refers to, space-separated, which the trim script reads to release them. A read
+is one ``XRANGE`` per page, its reply taken as the parser gives it (hiredis, in C; no per-entry conversion in
+Python), and the page's entries are joined into one JSON array that one msgspec call decodes.
 
-Every append runs inside one Lua script (`APPEND_SCRIPT`): the id lookup, the expected-version check and all writes
-happen in one step no other client can interleave. Concurrent appends from one process are sent together: the
-script takes several independent appends per call and answers each on its own, so 16 writers cost one round trip.
+Every append runs inside one Lua script (`APPEND_SCRIPT`): the id lookup, the expected-version check and all writes,
+blobs and their reference counts included, happen in one step no other client can interleave. Concurrent appends
+from one process are sent together: the script takes several independent appends per call and answers each on its
+own, so 16 writers cost one round trip.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from redis.backoff import NoBackoff
 
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
 from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, apply_then, read_pages
+from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import EncodedEvent
 from agentfold.errors import (
@@ -54,7 +59,7 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
-from agentfold.options import MAX_EVENT_SIZE, Option, parse_options, redact, split_url
+from agentfold.options import BLOB_THRESHOLD, MAX_BLOB_SIZE, MAX_EVENT_SIZE, Option, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
 
@@ -78,21 +83,26 @@ OPTIONS: Final = (
     Option("durability", str, "server", choices=DURABILITIES),
     MAX_EVENT_SIZE,
     Option("timeout", float, DEFAULT_TIMEOUT, minimum=0.001, maximum=86400.0),
+    BLOB_THRESHOLD,
+    MAX_BLOB_SIZE,
 )
 """What `redis://` accepts, in its query or as keywords (see `open_store`)."""
 
 # How many appends, and how many events, one script call may carry: bounds the time the server spends in one call.
 _MAX_APPENDS_PER_CALL: Final = 256
 _MAX_EVENTS_PER_CALL: Final = 4096
+_BLOB_WEIGHT: Final = 16384
+"""Blob bytes that weigh as much as one event against `_MAX_EVENTS_PER_CALL`: about 64 MB of blobs per call."""
 _TRIM_PAGE: Final = 1000
 _SENDERS: Final = 2
 _PACKED_STREAMS: Final = 4096
 _WATCH_BLOCK_MS: Final = 1000
 _WATCH_RETRY_SECONDS: Final = 0.1
 
-# KEYS: head, all, ids, versions, then each append's stream key.
+# KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, then each append's stream key.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
-# number), event count, then per event: id and the JSON tail of its entry (`stream_id,type,id,data,metadata]`).
+# number), event count, then per event: id, the JSON tail of its entry (`stream_id,type,id,data,metadata]`) and the
+# digests of its blobs (space-separated, empty when none), then the append's blob count and per blob: digest, content.
 # Reply, one line per append, led by its `Outcome` code: "0 version position" written; "1 current_version" wrong
 # expected version (nothing written); "2" some id already recorded (nothing written), followed by one line per
 # event: its record or "-" (the caller tells a retry from a duplicate). Record lines cannot hold a newline: stream
@@ -104,6 +114,7 @@ _WATCH_RETRY_SECONDS: Final = 0.1
 # an append passed, and no command after the checks can fail on data agentfold wrote.
 APPEND_SCRIPT: Final = render_outcome_codes("""#!lua
 local head_key, all_key, ids_key, versions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local blobs_key, refs_key, bytes_key = KEYS[5], KEYS[6], KEYS[7]
 local fmt, unpack = string.format, unpack
 local appends = tonumber(ARGV[1])
 
@@ -128,8 +139,9 @@ for append = 1, appends do
   starts[append] = at
   stream_ids[append] = ARGV[at]
   local count = tonumber(ARGV[at + 2])
-  for i = 1, count do ids[#ids + 1] = ARGV[at + 1 + 2 * i] end
-  at = at + 3 + 2 * count
+  for i = 1, count do ids[#ids + 1] = ARGV[at + 3 * i] end
+  at = at + 3 + 3 * count
+  at = at + 1 + 2 * tonumber(ARGV[at])
 end
 local known = hmget(ids_key, ids)
 local stored_versions = hmget(versions_key, stream_ids)
@@ -151,7 +163,7 @@ for append = 1, appends do
   local records = {}
   local seen = false
   for i = 1, count do
-    local record = fresh[ARGV[at + 1 + 2 * i]] or known[id_at + i]
+    local record = fresh[ARGV[at + 3 * i]] or known[id_at + i]
     records[i] = record or '-'
     if record then seen = true end
   end
@@ -169,19 +181,32 @@ for append = 1, appends do
     if not ok then
       replies[#replies + 1] = '{outcome.WRONG_EXPECTED_VERSION} ' .. fmt('%d', current)
     else
-      local stream_key = KEYS[4 + append]
+      local stream_key = KEYS[7 + append]
       local batch = ' ' .. fmt('%d', current + 1) .. ' ' .. fmt('%d', current + count) .. ' '
       for i = 1, count do
         local version = fmt('%d', current + i)
         local position = fmt('%d', head + i)
-        local entry = '[' .. version .. ',' .. position .. ',' .. now .. ',' .. ARGV[at + 2 + 2 * i]
-        redis.call('XADD', stream_key, '0-' .. version, 'e', entry)
+        local entry = '[' .. version .. ',' .. position .. ',' .. now .. ',' .. ARGV[at + 3 * i + 1]
+        local digests = ARGV[at + 3 * i + 2]
+        if digests == '' then
+          redis.call('XADD', stream_key, '0-' .. version, 'e', entry)
+        else
+          redis.call('XADD', stream_key, '0-' .. version, 'e', entry, 'b', digests)
+          for digest in string.gmatch(digests, '%x+') do redis.call('HINCRBY', refs_key, digest, 1) end
+        end
         redis.call('XADD', all_key, '0-' .. position, 'e', entry)
-        local id = ARGV[at + 1 + 2 * i]
+        local id = ARGV[at + 3 * i]
         local record = version .. batch .. position .. ' ' .. stream_id
         fresh[id] = record
         new_records[#new_records + 1] = id
         new_records[#new_records + 1] = record
+      end
+      local blob_at = at + 3 + 3 * count
+      for b = 1, tonumber(ARGV[blob_at]) do
+        local content = ARGV[blob_at + 2 * b]
+        if redis.call('HSETNX', blobs_key, ARGV[blob_at + 2 * b - 1], content) == 1 then
+          redis.call('INCRBY', bytes_key, #content)
+        end
       end
       versions[stream_id] = current + count
       changed[stream_id] = true
@@ -203,7 +228,8 @@ end
 return table.concat(replies, '\\n')
 """)
 
-# KEYS: stream key, all. ARGV: last version to delete ("0-<version>"), at most how many. Reply: how many went.
+# KEYS: stream key, all, blobs, blobrefs, blobbytes. ARGV: last version to delete ("0-<version>"), at most how many.
+# Reply: how many went. A blob goes with the last event that refers to it, in the same script.
 TRIM_SCRIPT: Final = """#!lua
 local entries = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
 if #entries == 0 then return 0 end
@@ -211,6 +237,15 @@ local own, global = {}, {}
 for i, entry in ipairs(entries) do
   own[i] = entry[1]
   global[i] = '0-' .. string.match(entry[2][2], '^%[%d+,(%d+),')
+  if entry[2][3] == 'b' then
+    for digest in string.gmatch(entry[2][4], '%x+') do
+      if redis.call('HINCRBY', KEYS[4], digest, -1) <= 0 then
+        redis.call('HDEL', KEYS[4], digest)
+        redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[3], digest))
+        redis.call('HDEL', KEYS[3], digest)
+      end
+    end
+  end
 end
 redis.call('XDEL', KEYS[1], unpack(own))
 redis.call('XDEL', KEYS[2], unpack(global))
@@ -278,6 +313,8 @@ class RedisSettings:
     durability: Durability
     max_event_size: int
     timeout: float
+    blob_threshold: int = DEFAULT_BLOB_THRESHOLD
+    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
 
     @property
     def shown_url(self) -> str:
@@ -302,6 +339,8 @@ def parse_url(url: str, options: dict[str, Any]) -> RedisSettings:
         cast(Durability, values["durability"]),
         cast(int, values["max_event_size"]),
         cast(float, values["timeout"]),
+        cast(int, values["blob_threshold"]),
+        cast(int, values["max_blob_size"]),
     )
 
 
@@ -511,10 +550,11 @@ class _PendingAppend:
     packed_key: bytes
     packed_arguments: bytes
     argument_count: int
+    blob_bytes: int
 
 
 def _event_count(pending: _PendingAppend) -> int:
-    return len(pending.events)
+    return len(pending.events) + pending.blob_bytes // _BLOB_WEIGHT
 
 
 class RedisBackend:
@@ -531,6 +571,8 @@ class RedisBackend:
         self.persistence = persistence
         self.server_version = version
         self.max_event_size = settings.max_event_size
+        self.blob_threshold = settings.blob_threshold
+        self.max_blob_size = settings.max_blob_size
         self.prefix = settings.prefix
         self._client = make_client(settings, settings.timeout)
         self._waiter = make_client(settings, None)  # blocking XREAD, kept off the connections appends use
@@ -547,9 +589,12 @@ class RedisBackend:
         self._checkpoints_key = base + b":checkpoints"
         self._prefix_bytes = base
         self._versions_key = base + b":versions"
-        self._fixed_keys = b"".join(
-            bulk_string(key) for key in (self._head_key, self._all_key, self._ids_key, self._versions_key)
-        )
+        self._blobs_key = base + b":blobs"
+        self._blob_refs_key = base + b":blobrefs"
+        self._blob_bytes_key = base + b":blobbytes"
+        self._blob_keys = [self._blobs_key, self._blob_refs_key, self._blob_bytes_key]
+        fixed = (self._head_key, self._all_key, self._ids_key, self._versions_key, *self._blob_keys)
+        self._fixed_keys = b"".join(bulk_string(key) for key in fixed)
         self._evalsha_head = bulk_string(b"EVALSHA") + bulk_string(self._append_script.sha.encode())
         timeout_ms = b"%d" % int(settings.timeout * 1000)
         self._waitaof_command = b"*4\r\n" + b"".join(bulk_string(part) for part in (b"WAITAOF", b"1", b"0", timeout_ms))
@@ -592,6 +637,7 @@ class RedisBackend:
                 b"%d" % expected_version if isinstance(expected_version, int) else _EXPECTED_ARGUMENT[expected_version]
             )
         parts = [packed_stream_id, expected, bulk_string(b"%d" % len(events))]
+        blobs: dict[str, bytes] = {}
         for event in events:
             event_id = event.id.encode()
             tail = b'%s,%s,"%s",%s,%s]' % (
@@ -602,13 +648,22 @@ class RedisBackend:
                 event.metadata,
             )
             parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(event_id), event_id, len(tail), tail))
+            if event.blobs:
+                parts.append(bulk_string(" ".join(blob.digest for blob in event.blobs).encode()))
+                blobs.update((blob.digest, blob.content) for blob in event.blobs)
+            else:
+                parts.append(b"$0\r\n\r\n")
+        parts.append(bulk_string(b"%d" % len(blobs)))
+        for digest, content in blobs.items():
+            parts += (bulk_string(digest.encode()), bulk_string(content))
         pending = _PendingAppend(
             stream_id,
             events,
             expected_version,
             packed_key,
             b"".join(parts),
-            3 + 2 * len(events),
+            4 + 3 * len(events) + 2 * len(blobs),
+            sum(map(len, blobs.values())),
         )
         return _answer(pending, await self._committer.submit(pending))
 
@@ -636,7 +691,7 @@ class RedisBackend:
 
     async def _run_append_script(self, connection: Connection, group: list[_PendingAppend]) -> list[list[bytes]]:
         """One ``EVALSHA`` for the group, packed here (the driver's generic packing costs more than the script)."""
-        key_count = 4 + len(group)
+        key_count = 7 + len(group)
         argument_count = 1 + sum(pending.argument_count for pending in group)
         payload = [
             b"*%d\r\n" % (3 + key_count + argument_count),
@@ -829,13 +884,28 @@ class RedisBackend:
         if before_version <= 1:
             return 0
         removed = 0
-        keys = [self.key("s", stream_id), self._all_key]
+        keys = [self.key("s", stream_id), self._all_key, *self._blob_keys]
         while True:
             with translate_errors(f"trim stream {stream_id!r} in Redis"):
                 count = int(await self._trim_script(keys=keys, args=[f"0-{before_version - 1}", _TRIM_PAGE]))
             removed += count
             if count < _TRIM_PAGE:
                 return removed
+
+    async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        if not digests:
+            return {}
+        with translate_errors("read blobs from Redis"):
+            contents = await self._client.hmget(self._blobs_key, list(digests))
+        return {
+            digest: cast(bytes, content) for digest, content in zip(digests, contents, strict=True) if content is not None
+        }
+
+    async def blob_usage(self) -> BlobUsage:
+        with translate_errors("count the blobs in Redis"):
+            count = await self._client.hlen(self._blobs_key)
+            size = await self._client.get(self._blob_bytes_key)
+        return BlobUsage(int(count), int(size or 0))
 
     async def load_checkpoint(self, name: str) -> int | None:
         with translate_errors(f"load checkpoint {name!r} from Redis"):
