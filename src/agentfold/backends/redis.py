@@ -897,9 +897,8 @@ class RedisBackend:
             return {}
         with translate_errors("read blobs from Redis"):
             contents = await self._client.hmget(self._blobs_key, list(digests))
-        return {
-            digest: cast(bytes, content) for digest, content in zip(digests, contents, strict=True) if content is not None
-        }
+        found = zip(digests, contents, strict=True)
+        return {digest: cast(bytes, content) for digest, content in found if content is not None}
 
     async def blob_usage(self) -> BlobUsage:
         with translate_errors("count the blobs in Redis"):
