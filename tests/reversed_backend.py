@@ -12,7 +12,7 @@ from agentfold import EventStore, RecordedEvent
 from agentfold.backends.memory import MemoryBackend
 from agentfold.connect import BACKENDS
 from agentfold.errors import InvalidURL
-from agentfold.options import MAX_EVENT_SIZE, parse_options, redact, split_url
+from agentfold.options import BLOB_OPTIONS, MAX_EVENT_SIZE, parse_options, redact, split_url
 
 
 class ReversedPages(MemoryBackend):
@@ -28,13 +28,14 @@ class ReversedPages(MemoryBackend):
 
 
 async def open_store(url: str, *, create: bool = True, **options: Any) -> EventStore:
-    """What `agentfold.connect("reversed://...")` calls: a fresh store. Like memory://, it takes `max_event_size`
-    and refuses any other option (`agentfold.options` declares and checks them)."""
+    """What `agentfold.connect("reversed://...")` calls: a fresh store. Like memory://, it takes `max_event_size`,
+    `blob_threshold` and `max_blob_size` and refuses any other option (`agentfold.options` declares and checks
+    them)."""
     parts = split_url(url, ("reversed",))
     if parts.netloc or parts.path not in ("", "/") or parts.fragment:
         raise InvalidURL(f"{redact(url)!r}: a reversed:// URL takes options only")
-    values = parse_options(url, (MAX_EVENT_SIZE,), options)
-    return EventStore(ReversedPages(max_event_size=values["max_event_size"]))
+    values = parse_options(url, (MAX_EVENT_SIZE, *BLOB_OPTIONS), options)
+    return EventStore(ReversedPages(values["max_event_size"], values["blob_threshold"], values["max_blob_size"]))
 
 
 BACKENDS["reversed"] = f"{__name__}:open_store"

@@ -11,8 +11,11 @@ import pytest
 
 import agentfold
 from agentfold import ANY, NO_STREAM, STREAM_EXISTS, LogSnapshot, NewEvent, StreamSnapshot
+from agentfold.blobs import BLOBS_KEY
 from agentfold.errors import (
+    BlobTooLarge,
     DuplicateEventId,
+    EventsTrimmed,
     EventTooLarge,
     InvalidEventData,
     InvalidEventType,
@@ -30,8 +33,10 @@ def events(count: int, event_type: str = "Happened", **data: Any) -> list[NewEve
     return [NewEvent(event_type, {"n": index, **data}) for index in range(count)]
 
 
-async def stream_list(store: EventStore, stream_id: str, after_version: int = 0) -> list[agentfold.RecordedEvent]:
-    return [event async for event in store.read_stream(stream_id, after_version=after_version)]
+async def stream_list(
+    store: EventStore, stream_id: str, after_version: int = 0, *, blobs: bool = True
+) -> list[agentfold.RecordedEvent]:
+    return [event async for event in store.read_stream(stream_id, after_version=after_version, blobs=blobs)]
 
 
 async def all_list(store: EventStore, **filters: Any) -> list[agentfold.RecordedEvent]:
@@ -607,11 +612,17 @@ async def test_bad_data_is_refused_naming_the_path(
 
 
 async def test_oversized_events_are_refused(seeded: tuple[EventStore, int]) -> None:
+    """The limit counts the event without its blobs: many fields, each below the blob threshold, add up to more."""
     store, head = seeded
+    fields = {f"f{index}": "x" * 30_000 for index in range(40)}  # 1.2 MB, no field of 64 KiB
     with pytest.raises(EventTooLarge) as caught:
-        await store.append("victim", [NewEvent("Huge", {"blob": "x" * (1024 * 1024 + 1)})])
+        await store.append("victim", [NewEvent("Huge", fields)])
     assert caught.value.limit == 1024 * 1024
+    assert not isinstance(caught.value, BlobTooLarge)
+    with pytest.raises(EventTooLarge):  # metadata is never kept as a blob
+        await store.append("victim", [NewEvent("Huge", {}, {"trace": "x" * (1024 * 1024 + 1)})])
     await _assert_unchanged(store, head)
+    assert await store.blob_usage() == (0, 0)
 
 
 async def test_event_size_limit_is_configurable(store_url: str) -> None:
@@ -787,3 +798,182 @@ def test_event_ids_stay_unique_when_the_random_module_is_seeded() -> None:
         ids.add(NewEvent("A", {}).id)
     assert len(ids) == 100
     assert all(event_id.version == 7 for event_id in ids)
+
+
+# -- large payloads: blobs ----------------------------------------------------------------------------------------
+
+BIG = "p" * (5 * 1024 * 1024)  # a 5 MiB prompt: far above the 1 MiB event limit, kept as a blob
+BIG_SIZE = len(BIG) + 2  # its JSON: the quotes too
+
+
+async def test_a_5_mib_payload_round_trips_through_every_reader(store: EventStore) -> None:
+    data = {"model": "m-1", "prompt": BIG, "tokens": 12}
+    prompt = NewEvent("Prompted", data, {"agent_id": "writer"})
+    result = await store.append("run-1", [NewEvent("Started", {}), prompt, NewEvent("Done", {"ok": True})])
+    assert await store.blob_usage() == (1, BIG_SIZE)
+
+    def check(event: agentfold.RecordedEvent) -> None:
+        assert event.id == prompt.id and event.version == 2 and event.position == result.position - 1
+        assert event.data == data and list(event.data) == ["model", "prompt", "tokens"]  # in place, in order
+        assert event.metadata == {"agent_id": "writer"}
+
+    check((await stream_list(store, "run-1"))[1])
+    check([event async for event in store.read_stream("run-1", backwards=True)][1])
+    check((await all_list(store))[1])
+    check((await all_list(store, types=["Prompted"]))[0])
+    page, _ = await store.read_all_page(0, 10)
+    check(page[1])
+    async with store.subscribe(types=["Prompted"]) as subscription:
+        check(await anext(aiter(subscription)))
+
+    stored = (await stream_list(store, "run-1", after_version=1, blobs=False))[0]  # as stored: a reference
+    assert stored.data["prompt"] == {"$blob": stored.data["prompt"]["$blob"], "size": BIG_SIZE}
+    assert stored.data["tokens"] == 12 and stored.metadata == {"agent_id": "writer", BLOBS_KEY: ["prompt"]}
+    check((await store.load_blobs([stored]))[0])
+    assert await store.head_position() == result.position
+
+
+async def test_the_same_payload_is_stored_once_and_goes_with_its_last_event(store: EventStore) -> None:
+    await store.append("a", [NewEvent("Prompted", {"prompt": BIG, "n": 1})])
+    await store.append("b", [NewEvent("Prompted", {"prompt": BIG, "n": 2}), NewEvent("Prompted", {"prompt": BIG})])
+    other = "q" * 200_000
+    await store.append("a", [NewEvent("Answered", {"answer": other})])
+    assert await store.blob_usage() == (2, BIG_SIZE + len(other) + 2)
+
+    assert await store.trim_stream("a", 2) == 1  # one of three events referring to the prompt
+    assert await store.blob_usage() == (2, BIG_SIZE + len(other) + 2)
+    assert [event.data["prompt"] == BIG for event in await stream_list(store, "b")] == [True, True]
+    assert await store.trim_stream("b", 3) == 2  # the last two
+    assert await store.blob_usage() == (1, len(other) + 2)
+    assert await stream_list(store, "b") == []
+    assert (await stream_list(store, "a"))[0].data == {"answer": other}
+    assert await store.trim_stream("a", 3) == 1
+    assert await store.blob_usage() == (0, 0)
+    assert await all_list(store) == []
+    await store.append("c", [NewEvent("Prompted", {"prompt": BIG})])  # stored again after it went
+    assert (await stream_list(store, "c"))[0].data["prompt"] == BIG
+    assert await store.blob_usage() == (1, BIG_SIZE)
+
+
+async def test_concurrent_appends_of_one_payload_store_it_once(store: EventStore) -> None:
+    payload = "c" * 300_000
+    results = await asyncio.gather(
+        *(store.append(f"s{index}", [NewEvent("Prompted", {"prompt": payload, "n": index})]) for index in range(8))
+    )
+    assert len({result.position for result in results}) == 8
+    assert await store.blob_usage() == (1, len(payload) + 2)
+    assert [event.data for event in await all_list(store)] == [
+        {"prompt": payload, "n": index} for index in sorted(range(8), key=lambda index: results[index].position)
+    ]
+
+
+async def test_a_retried_append_with_blobs_writes_nothing_twice(store: EventStore) -> None:
+    batch = [NewEvent("Prompted", {"prompt": BIG}), NewEvent("Answered", {"answer": "a" * 100_000})]
+    first = await store.append("s", batch)
+    usage = await store.blob_usage()
+    assert await store.append("s", batch) == first
+    assert await asyncio.gather(*(store.append("s", batch) for _ in range(4))) == [first] * 4
+    assert await store.head_position() == first.position
+    assert await store.blob_usage() == usage
+    changed = [NewEvent("Prompted", {"prompt": BIG + "!"}, id=batch[0].id), batch[1]]
+    with pytest.raises(DuplicateEventId):
+        await store.append("s", changed)
+    medium = [NewEvent("Answered", {"answer": "m" * 200_000, "n": 1})]
+    second = await store.append("t", medium)
+    usage = await store.blob_usage()
+    threshold = store.backend.blob_threshold
+    store.backend.blob_threshold = 10**6  # the same event, no longer split: still the same append
+    assert await store.append("t", medium) == second
+    inline = [NewEvent("Answered", {"answer": "i" * 200_000})]
+    third = await store.append("t", inline)
+    store.backend.blob_threshold = threshold  # stored whole, retried split: still the same append
+    assert await store.append("t", inline) == third
+    assert await store.blob_usage() == usage
+    assert await store.head_position() == third.position
+
+
+async def test_a_blob_above_max_blob_size_is_refused_naming_the_field(store_url: str) -> None:
+    async with agentfold.connect(store_url, max_blob_size=1024 * 1024) as store:
+        await store.append("s", [NewEvent("Prompted", {"prompt": "p" * 1_000_000})])  # just below
+        usage = await store.blob_usage()
+        batch = [NewEvent("Fine", {}), NewEvent("ToolOutput", {"stdout": "o" * 2_000_000, "code": 0})]
+        with pytest.raises(BlobTooLarge) as caught:
+            await store.append("s", batch)
+        assert caught.value.field == "stdout" and caught.value.path == "events[1].data.stdout"
+        assert caught.value.size == 2_000_002 and caught.value.limit == 1024 * 1024
+        assert "events[1].data.stdout" in str(caught.value) and "max_blob_size" in str(caught.value)
+        assert isinstance(caught.value, EventTooLarge) and isinstance(caught.value, InvalidInput)
+        assert await store.stream_version("s") == 1 and await store.blob_usage() == usage
+
+
+async def test_the_blobs_key_is_agentfolds_own(seeded: tuple[EventStore, int]) -> None:
+    store, head = seeded
+    with pytest.raises(InvalidEventData) as caught:
+        await store.append("victim", [NewEvent("Sneaky", {}, {BLOBS_KEY: ["x"]})])
+    assert caught.value.path == f"events[0].metadata.{BLOBS_KEY}"
+    await _assert_unchanged(store, head)
+
+
+async def test_small_fields_stay_in_the_event(store: EventStore) -> None:
+    await store.append("s", [NewEvent("Mixed", {"small": "s" * 60_000, "big": "b" * 70_000})])
+    stored = (await stream_list(store, "s", blobs=False))[0]
+    assert stored.data["small"] == "s" * 60_000 and stored.metadata == {BLOBS_KEY: ["big"]}
+    assert await store.blob_usage() == (1, 70_002)
+
+
+async def test_blobs_of_events_trimmed_after_they_were_read_are_not_handed_over(store: EventStore) -> None:
+    await store.append("s", [NewEvent("Prompted", {"prompt": BIG}), NewEvent("Small", {})])
+    read = await stream_list(store, "s", blobs=False)
+    await store.trim_stream("s", 2)
+    with pytest.raises(EventsTrimmed) as caught:
+        await store.load_blobs(read)
+    assert caught.value.retryable and caught.value.version == 1
+    assert [event.version for event in await stream_list(store, "s")] == [2]  # a new read starts after the trim
+
+
+class _Usage(agentfold.Projection[dict[str, int]]):
+    """Reads the small fields of prompts (never their prompt) and the length of each answer."""
+
+    name = "usage"
+
+    def initial(self) -> dict[str, int]:
+        return {"tokens": 0, "prompt_bytes": 0, "answer_chars": 0}
+
+    @agentfold.handles("Prompted", blobs=False)
+    def prompted(self, state: dict[str, int], event: agentfold.RecordedEvent) -> dict[str, int]:
+        state["tokens"] += event.data["tokens"]
+        state["prompt_bytes"] += event.data["prompt"]["size"]  # the reference says how big it is
+        return state
+
+    @agentfold.handles("Answered")
+    def answered(self, state: dict[str, int], event: agentfold.RecordedEvent) -> dict[str, int]:
+        state["answer_chars"] += len(event.data["answer"])
+        return state
+
+
+class _CountingStore(EventStore):
+    """The store over the same backend, counting the events whose blobs it is asked to load."""
+
+    loaded = 0
+
+    async def load_blobs(self, events: Any) -> list[agentfold.RecordedEvent]:
+        self.loaded += len(events)
+        return await super().load_blobs(events)
+
+
+async def test_a_fold_loads_the_blobs_of_the_events_whose_handler_wants_them_only(store: EventStore) -> None:
+    answer = "a" * 100_000
+    for index in range(3):
+        await store.append(
+            "chat",
+            [
+                NewEvent("Prompted", {"prompt": BIG, "tokens": 10 + index}),
+                NewEvent("ToolOutput", {"stdout": "o" * 200_000}),  # no handler: skipped unread
+                NewEvent("Answered", {"answer": answer}),
+            ],
+        )
+    counting = _CountingStore(store.backend)  # not closed here: the fixture closes the backend
+    folded = await agentfold.fold(counting, "chat", _Usage)
+    assert folded.state == {"tokens": 33, "prompt_bytes": 3 * BIG_SIZE, "answer_chars": 3 * len(answer)}
+    assert folded.events_read == 9
+    assert counting.loaded == 3  # the answers; not one prompt, not one tool output

@@ -27,6 +27,7 @@ from agentfold import NO_STREAM, NewEvent, RecordedEvent
 from agentfold.cli import main as cli
 from agentfold.errors import (
     AgentfoldError,
+    BlobTooLarge,
     EventTooLarge,
     InvalidEventData,
     InvalidEventType,
@@ -113,7 +114,16 @@ CASES: list[Case] = [
     ("append None stream id", lambda s: s.append(None, ok), InvalidStreamId),  # type: ignore[arg-type]
     ("append list stream id", lambda s: s.append(["a"], ok), InvalidStreamId),  # type: ignore[arg-type]
     # append: events and payloads
-    ("append huge payload", lambda s: s.append("s", [NewEvent("Big", {"x": "y" * 3_000_000})]), EventTooLarge),
+    (
+        "append huge payload",  # 3 MB in fields below the blob threshold: the event itself is too large
+        lambda s: s.append("s", [NewEvent("Big", {str(index): "y" * 1000 for index in range(3000)})]),
+        EventTooLarge,
+    ),
+    (
+        "append a field above the blob limit",
+        lambda s: s.append("s", [NewEvent("Big", {"x": "y" * (64 * 1024 * 1024)})]),
+        BlobTooLarge,
+    ),
     ("append 10,000-level dict", lambda s: s.append("s", [NewEvent("Deep", _deep(10_000))]), InvalidEventData),
     ("append 10,000-level list", lambda s: s.append("s", [NewEvent("Deep", _deep_list(10_000))]), InvalidEventData),
     ("append cyclic payload", lambda s: s.append("s", [NewEvent("Loop", _cyclic())]), InvalidEventData),
