@@ -156,11 +156,35 @@ async def projector(url: str) -> None:
             say(f"TOTAL {stream} {count}")
 
 
+def big_payload(task: int, count: int) -> dict[str, Any]:
+    """A 2 MiB prompt, the same for every fourth append of a task (so blobs are shared), and a small field."""
+    return {"prompt": f"{task}:{count % 4}:" + "p" * (2 * 1024 * 1024), "n": count}
+
+
+async def blob_writer(url: str, tasks: int) -> None:
+    """`tasks` concurrent appenders of events with a 2 MiB blob each, to streams `blobs-{task}`, trimming each stream
+    down to its last two events after every append, until killed. Prints `ACK stream version position`."""
+    async with agentfold.connect(url) as store:
+
+        async def run(task: int) -> None:
+            stream_id = f"blobs-{task}"
+            count = 0
+            while True:
+                result = await store.append(stream_id, [NewEvent("Prompted", big_payload(task, count))])
+                say(f"ACK {stream_id} {result.version} {result.position}")
+                await store.trim_stream(stream_id, result.version - 1)
+                count += 1
+
+        await asyncio.gather(*(run(task) for task in range(tasks)))
+
+
 def main() -> None:
     command, url, *rest = sys.argv[1:]
     if command == "writer":
         name, appends, batch_size, tasks = rest
         asyncio.run(writer(url, name, int(appends), int(batch_size), int(tasks)))
+    elif command == "blob-writer":
+        asyncio.run(blob_writer(url, int(rest[0])))
     elif command == "reader":
         expected, deadline = rest
         asyncio.run(reader(url, int(expected), float(deadline)))
@@ -173,7 +197,9 @@ def main() -> None:
         group, member, hold_after = rest
         asyncio.run(redis_group_member(url, group, member, int(hold_after)))
     else:
-        raise SystemExit(f"unknown command {command!r}; use writer, reader, projector, group or redis-group")
+        raise SystemExit(
+            f"unknown command {command!r}; use writer, blob-writer, reader, projector, group or redis-group"
+        )
 
 
 if __name__ == "__main__":

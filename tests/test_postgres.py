@@ -302,6 +302,21 @@ async def test_concurrent_openers_migrate_a_new_schema_once(pg_url: str) -> None
         assert await store.head_position() == 8
 
 
+async def test_a_schema_at_migration_2_gains_the_blob_tables_when_opened(pg_url: str) -> None:
+    async with agentfold.connect(pg_url) as store:
+        await store.append("old", events(3))
+    schema = f'"{schema_of(pg_url)}"'
+    async with await admin() as connection:  # the schema as agentfold before blobs left it
+        await connection.execute(f"DROP FUNCTION {schema}.trim_stream(text, bigint)")
+        await connection.execute(f"DROP TABLE {schema}.event_blobs, {schema}.blobs")
+        await connection.execute(f"DELETE FROM {schema}.schema_migrations WHERE version = 3")
+    async with agentfold.connect(pg_url) as store:
+        await store.append("new", [NewEvent("Prompted", {"prompt": "p" * 100_000})])
+        assert [event.version async for event in store.read_stream("old")] == [1, 2, 3]
+        assert await store.trim_stream("new", 2) == 1
+        assert await store.blob_usage() == (0, 0)
+
+
 async def test_schemas_are_isolated(tmp_path: Path) -> None:
     require_service(POSTGRES)
     first_url, second_url = POSTGRES.make_url(tmp_path), POSTGRES.make_url(tmp_path)

@@ -105,6 +105,42 @@ async def test_sigkilled_writer_loses_no_acknowledged_append(durable_url: str) -
     assert set(seen_ids) == {event_id for _, sent_events in sent for event_id, _ in sent_events}
 
 
+async def test_a_writer_sigkilled_mid_append_of_large_payloads_leaves_events_and_blobs_together(
+    durable_url: str,
+) -> None:
+    """Appends of 2 MiB blobs and trims from four tasks, SIGKILLed at the 30th acknowledgement: every event left
+    has its blob, no blob is left without an event, and every acknowledged append that was not trimmed is there."""
+    async with agentfold.connect(durable_url):
+        pass
+    process = start("blob-writer", durable_url, "4")
+    assert process.stdout is not None
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line.strip())
+        if sum(1 for seen in lines if seen.startswith("ACK")) >= 30:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    lines.extend(line.strip() for line in process.stdout.read().splitlines())
+    process.stdout.close()
+    assert process.stderr is not None
+    process.stderr.close()
+
+    async with agentfold.connect(durable_url) as store:
+        stored = [event async for event in store.read_all(blobs=False)]
+        whole = [event async for event in store.read_all()]  # every blob is there: no StoreCorrupted
+        usage = await store.blob_usage()
+    referenced = {event.data["prompt"]["$blob"]: event.data["prompt"]["size"] for event in stored}
+    assert usage == (len(referenced), sum(referenced.values()))  # and no blob outlived its events
+    assert all(event.data["prompt"].startswith(event.stream_id.removeprefix("blobs-") + ":") for event in whole)
+    latest: dict[str, int] = {}
+    for stream, version, _ in acks(lines):
+        latest[stream] = max(latest.get(stream, 0), version)
+    for stream, version in latest.items():  # a trim keeps the last two events, so the last acknowledged is there
+        assert any(event.stream_id == stream and event.version == version for event in whole)
+    assert all(len(event.data["prompt"]) > 2 * 1024 * 1024 for event in whole)
+
+
 async def test_reader_in_another_process_never_sees_a_late_filler(durable_url: str) -> None:
     async with agentfold.connect(durable_url):
         pass

@@ -386,6 +386,48 @@ async def test_a_corrupt_record_is_reported(store: SQLiteStore, db_path: Path) -
         _ = [event async for event in store.read_all()]
 
 
+async def test_a_blob_missing_under_its_event_is_store_corrupted(store: SQLiteStore, db_path: Path) -> None:
+    await store.append("s", [NewEvent("Prompted", {"prompt": "p" * 100_000, "tokens": 3})])
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        connection.execute("DELETE FROM blobs")
+    finally:
+        connection.close()
+    with pytest.raises(StoreCorrupted, match="refers to a blob the store does not hold"):
+        _ = [event async for event in store.read_stream("s")]
+    with pytest.raises(StoreCorrupted):
+        _ = [event async for event in store.read_all()]
+    assert [event.data["tokens"] async for event in store.read_stream("s", blobs=False)] == [3]
+
+
+async def test_a_file_of_schema_1_gains_the_blob_tables_when_opened(db_path: Path) -> None:
+    store = await open_sqlite(db_path)
+    try:
+        await store.append("old", events(3), NO_STREAM)
+    finally:
+        await store.close()
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:  # the file as agentfold before blobs left it
+        connection.execute("DROP TABLE event_blobs")
+        connection.execute("DROP TABLE blobs")
+        connection.execute("PRAGMA user_version = 1")
+    finally:
+        connection.close()
+    store = await open_sqlite(db_path)
+    try:
+        await store.append("new", [NewEvent("Prompted", {"prompt": "p" * 100_000})])
+        assert [event.version async for event in store.read_stream("old")] == [1, 2, 3]
+        assert [len(event.data["prompt"]) async for event in store.read_stream("new")] == [100_000]
+        assert await store.blob_usage() == (1, 100_002)
+    finally:
+        await store.close()
+    connection = sqlite3.connect(db_path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        connection.close()
+
+
 async def test_a_group_meeting_tables_that_disagree_fails_only_the_damaged_append(
     store: SQLiteStore, db_path: Path
 ) -> None:
