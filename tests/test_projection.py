@@ -727,3 +727,48 @@ async def test_stored_records_are_checked_against_the_version_folded_from() -> N
     with pytest.raises(StoreCorrupted):
         await _fold_stored([[3, 4]], after=3)  # a version at or below the one folded from
     assert await _fold_stored([[5, 4]], after=3) == ([4, 5], 5, 2)
+
+
+# -- large payloads ------------------------------------------------------------------------------------------------
+
+
+async def test_upcasters_get_the_blobs_of_the_events_they_take(store: EventStore) -> None:
+    comment = "c" * 100_000  # a blob on every backend
+    await store.append("order-blob", [NewEvent("CommentAdded", {"comment": comment})])
+    state = await project(store, "order-blob", UpcastingOrders)
+    assert state.notes == (comment,)
+
+
+class Sizes(Projection[dict[str, Any]]):
+    name = "sizes"
+
+    def initial(self) -> dict[str, Any]:
+        return {"seen": []}
+
+    @handles("Prompted", blobs=False)
+    def prompted(self, state: dict[str, Any], event: RecordedEvent) -> dict[str, Any]:
+        state["seen"].append(event.data["prompt"])
+        return state
+
+
+class FullSizes(Sizes):
+    name = "full-sizes"
+
+    @handles("Prompted")  # the subclass's handler reads the prompt: it decides anew
+    def prompted(self, state: dict[str, Any], event: RecordedEvent) -> dict[str, Any]:
+        state["seen"].append(len(event.data["prompt"]))
+        return state
+
+
+async def test_a_handler_declared_without_blobs_gets_references_and_a_subclass_may_want_them(
+    store: EventStore,
+) -> None:
+    await store.append("chat", [NewEvent("Prompted", {"prompt": "p" * 100_000})])
+    reference = (await project(store, "chat", Sizes))["seen"][0]
+    assert reference == {"$blob": reference["$blob"], "size": 100_002} and len(reference["$blob"]) == 64
+    assert (await project(store, "chat", FullSizes))["seen"] == [100_000]
+
+
+def test_handles_takes_blobs_as_a_bool() -> None:
+    with pytest.raises(InvalidProjection, match="blobs"):
+        handles("Prompted", blobs="no")  # type: ignore[arg-type]
