@@ -528,7 +528,7 @@ async def _fold_records(
                         if track and event._recorded_at_us > until:
                             until = event._recorded_at_us
                     # The stored event's `$blobs` key says it has blobs (agentfold.blobs.has_blobs, inlined).
-                    if load is not None and event.metadata and BLOBS_KEY in event.metadata and event.type in blob_types:
+                    if BLOBS_KEY in event.metadata and load is not None and event.type in blob_types:
                         try:
                             event = (await load([event]))[0]
                         except EventsTrimmed:
