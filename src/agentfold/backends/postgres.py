@@ -558,7 +558,7 @@ _STATEMENTS: Final = {
     # An append's blobs and links, in its transaction after append_group() (which holds the events lock): a blob
     # already stored under its digest keeps its row.
     "insert_blobs": """
-        INSERT INTO {s}.blobs (digest, content) SELECT * FROM unnest(%s::text[], %s::bytea[])
+        INSERT INTO {s}.blobs (digest, content) SELECT * FROM unnest(%s::text[], %b::bytea[])
         ON CONFLICT (digest) DO NOTHING
     """,
     "insert_links": "INSERT INTO {s}.event_blobs (position, digest) SELECT * FROM unnest(%s::bigint[], %s::text[])",
@@ -969,7 +969,11 @@ class PostgresBackend:
         return int(row[0]) if row else 0
 
     async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
-        rows = await self._fetch_all("get_blobs", (list(digests),))
+        with _translated():
+            async with self._connection() as connection:
+                # In binary: bytea in text comes as hex, twice the bytes to send and to decode.
+                cursor = await connection.execute(self._sql["get_blobs"], (list(digests),), binary=True)
+                rows = await cursor.fetchall()
         return {row[0]: bytes(row[1]) for row in rows}
 
     async def blob_usage(self) -> BlobUsage:

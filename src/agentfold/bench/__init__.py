@@ -172,6 +172,14 @@ async def measure_runs_page(backend: str, base_url: str | None, quick: bool, pro
         return await _optional("agentfold.bench.runs_page", "measure_runs_page", url, store, runs)
 
 
+async def measure_payloads(backend: str, base_url: str | None, quick: bool, progress: Progress) -> Figures:
+    """1 MiB payloads appended and read (MB/s), and a fold of 256 KiB events that reads their small fields only,
+    with the payloads in the event and as blobs (`agentfold.bench.blob_bench`)."""
+    progress(f"{backend}: 1 MiB payloads appended and read; a fold skipping 256 KiB fields, in the event and as blobs")
+    async with scratch_store(backend, base_url) as (_, store):
+        return await _optional("agentfold.bench.blob_bench", "measure_blobs", store, quick)
+
+
 async def run_backend(
     backend: str,
     base_url: str | None = None,
@@ -182,10 +190,13 @@ async def run_backend(
     http_only: bool = False,
     runs_page_only: bool = False,
     otel_only: bool = False,
+    payloads_only: bool = False,
 ) -> Figures:
     """Every figure for one backend, the raw-driver baseline of the same run, and the ratios between them."""
     if otel_only:
         return await measure_otel(backend, base_url, quick, progress)
+    if payloads_only:
+        return await measure_payloads(backend, base_url, quick, progress)
     if agents_only:
         return await measure_agents(backend, base_url, quick, progress)
     if http_only:
@@ -206,6 +217,7 @@ async def run_backend(
         figures.update(await measure_read(store))
         progress(f"{backend}: fold a 10k-event stream")
         figures.update(await _optional("agentfold.bench.projection_bench", "measure_projection", url, big))
+    figures.update(await measure_payloads(backend, base_url, quick, progress))
     progress(f"{backend}: append-to-delivery latency")
     async with scratch_store(backend, base_url) as (url, store):
         figures.update(await _optional("agentfold.bench.delivery", "measure_latency", url, store))
@@ -263,6 +275,7 @@ async def run(
     http_only: bool = False,
     runs_page_only: bool = False,
     otel_only: bool = False,
+    payloads_only: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmarks for `backends`; the result is what `--json` writes."""
     results: dict[str, Any] = {"environment": environment(), "backends": {}}
@@ -271,7 +284,7 @@ async def run(
         results["backends"][backend] = {
             "url": redact(url) if url else None,
             "figures": await run_backend(
-                backend, url, quick, progress, big, agents_only, http_only, runs_page_only, otel_only
+                backend, url, quick, progress, big, agents_only, http_only, runs_page_only, otel_only, payloads_only
             ),
         }
     return results

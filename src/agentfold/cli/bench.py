@@ -65,6 +65,13 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     help="Only appends with OpenTelemetry off and on (every span sampled and exported in memory), in turns.",
 )
 @click.option(
+    "--payloads",
+    "payloads_only",
+    is_flag=True,
+    help="Only the large-payload figures: 1 MiB payloads appended and read (MB/s), and a fold of 256 KiB events that "
+    "skips them, the payloads kept in the event and as blobs.",
+)
+@click.option(
     "--peers",
     is_flag=True,
     help="Only agentfold beside its peers (eventsourcing, DBOS Transact, LangGraph's savers; the bench-peers "
@@ -89,6 +96,7 @@ def bench(
     integrations: bool,
     runs_page_only: bool,
     otel_only: bool,
+    payloads_only: bool,
     peers: bool,
     peer_names: tuple[str, ...],
 ) -> None:
@@ -118,6 +126,7 @@ def bench(
                     http_only=http_only,
                     runs_page_only=runs_page_only,
                     otel_only=otel_only,
+                    payloads_only=payloads_only,
                 )
             )
         except AgentfoldError as error:  # messages name URLs with the password hidden
