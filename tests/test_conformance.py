@@ -977,3 +977,31 @@ async def test_a_fold_loads_the_blobs_of_the_events_whose_handler_wants_them_onl
     assert folded.state == {"tokens": 33, "prompt_bytes": 3 * BIG_SIZE, "answer_chars": 3 * len(answer)}
     assert folded.events_read == 9
     assert counting.loaded == 3  # the answers; not one prompt, not one tool output
+
+
+async def test_pages_of_large_events_are_loaded_in_batches(store: EventStore) -> None:
+    """A page whose blobs add up to more than `blob_batch_bytes` comes in several lists (stream reads) or ends after
+    the first batch (`read_all_page`, its scan position the batch's last event): nothing lost, repeated or reordered."""
+    store.blob_batch_bytes = 250_000
+    batch = [NewEvent("Small", {"n": 0})]
+    batch += [NewEvent("Output", {"text": str(n) * 100_000, "n": n}) for n in range(1, 6)]
+    batch += [NewEvent("Small", {"n": 6})]
+    result = await store.append("s", batch)
+    first = result.position - 6
+    assert [[event.data["n"] for event in page] async for page in store.read_stream_pages("s")] == [
+        [0, 1, 2],
+        [3, 4],
+        [5, 6],
+    ]
+    backwards = [[event.data["n"] for event in page] async for page in store.read_stream_pages("s", backwards=True)]
+    assert backwards == [[6, 5, 4], [3, 2], [1, 0]]
+    page, scanned = await store.read_all_page(0, 100)
+    assert [event.data["n"] for event in page] == [0, 1, 2] and scanned == first + 2
+    page, scanned = await store.read_all_page(scanned, 100, types=["Output"])
+    assert [event.data["n"] for event in page] == [3, 4] and scanned == first + 4
+    assert [event.data["n"] for event in await all_list(store)] == list(range(7))
+    assert all(
+        event.data["text"] == str(event.data["n"]) * 100_000 for event in await all_list(store, types=["Output"])
+    )
+    with pytest.raises(InvalidInput):
+        store.blob_batch_bytes = 0

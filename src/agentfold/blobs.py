@@ -40,7 +40,7 @@ MAX_BLOB_SIZE_LIMIT: Final = 512 * 1024 * 1024
 """No store takes blobs above this (Redis's largest string)."""
 READ_BATCH_BYTES: Final = 64 * 1024 * 1024
 """Readers load the blobs of a page in batches of about this many bytes (at least one event each), so a page of
-large events is never held in memory whole."""
+large events is never held in memory whole (`EventLog.blob_batch_bytes`, settable per store)."""
 
 _encoder: Final = msgspec.json.Encoder()
 _value_decoder: Final = msgspec.json.Decoder()

@@ -20,7 +20,16 @@ import msgspec
 from agentfold import instrumentation
 from agentfold.appending import RetriedAppend, check_retry_content
 from agentfold.backend import DEFAULT_PAGE_SIZE, Backend, BlobStorage, RecordDecoder
-from agentfold.blobs import BLOBS_KEY, BlobPolicy, BlobUsage, batches, digests_of, joined, with_contents
+from agentfold.blobs import (
+    BLOBS_KEY,
+    READ_BATCH_BYTES,
+    BlobPolicy,
+    BlobUsage,
+    batches,
+    digests_of,
+    joined,
+    with_contents,
+)
 from agentfold.encoding import EncodedEvent, encode_events
 from agentfold.errors import (
     AgentfoldError,
@@ -100,6 +109,7 @@ class EventLog:
         """The backend this log writes through; backend-specific settings are its attributes."""
         self._closed = False
         self._blob_storage: BlobStorage | None = backend if isinstance(backend, BlobStorage) else None
+        self._blob_batch_bytes = READ_BATCH_BYTES
 
     @property
     def scheme(self) -> str:
@@ -122,6 +132,16 @@ class EventLog:
         """When `append` makes blobs (the backend's `blob_threshold` and `max_blob_size`), None without blobs."""
         storage = self._blob_storage
         return None if storage is None else BlobPolicy(storage.blob_threshold, storage.max_blob_size)
+
+    @property
+    def blob_batch_bytes(self) -> int:
+        """Readers load the blobs of a page in batches of about this many bytes (at least one event each): a stream
+        page comes as several lists, a `read_all_page` ends after the first batch. Lower it to hold less."""
+        return self._blob_batch_bytes
+
+    @blob_batch_bytes.setter
+    def blob_batch_bytes(self, value: int) -> None:
+        self._blob_batch_bytes = check_integer(value, "blob_batch_bytes", minimum=1)
 
     @property
     def page_size(self) -> int:
@@ -277,8 +297,8 @@ class EventLog:
         before_version: int | None = None,
         blobs: bool = True,
     ) -> AsyncGenerator[list[RecordedEvent], None]:
-        """Like `read_stream`, one list per round trip (a page whose blobs add up to more than
-        `agentfold.blobs.READ_BATCH_BYTES` comes as several lists). Bad arguments raise here, at the call."""
+        """Like `read_stream`, one list per round trip (a page whose blobs add up to more than `blob_batch_bytes`
+        comes as several lists). Bad arguments raise here, at the call."""
         self._check_open()
         check_stream_id(stream_id)
         after = check_counter(after_version, "after_version")
@@ -311,7 +331,7 @@ class EventLog:
             if remaining is not None:
                 remaining -= len(page)
             if blobs and _any_marked(page):
-                for run in batches(page):
+                for run in batches(page, self.blob_batch_bytes):
                     yield await self._load(run)
             else:
                 yield page
@@ -339,7 +359,7 @@ class EventLog:
                 if versions != sorted(versions):  # the records of a page may come in any order
                     page.sort(key=_version_of)
                 if blobs and _any_marked(page):
-                    for run in batches(page):
+                    for run in batches(page, self.blob_batch_bytes):
                         yield await self._load(run)
                 else:
                     yield page
@@ -445,8 +465,8 @@ class EventLog:
         after the position scanned, not after the last event they got, so a long run of non-matching events is
         passed over once. The positions are final: nothing later appears at or below the position scanned.
 
-        Blobs as in `read_stream`; a page whose blobs add up to more than `agentfold.blobs.READ_BATCH_BYTES` ends
-        early (at least one event), the position scanned being its last event's. A page that meets events trimmed
+        Blobs as in `read_stream`; a page whose blobs add up to more than `blob_batch_bytes` ends early (at least
+        one event), the position scanned being its last event's. A page that meets events trimmed
         before their blobs were loaded is read again."""
         self._check_open()
         size = check_limit(limit)
@@ -467,7 +487,7 @@ class EventLog:
             page, scanned_to = await self.backend.read_all_page(after, size, types, prefix)
             if not blobs or not _any_marked(page):
                 return page, scanned_to
-            runs = batches(page)
+            runs = batches(page, self.blob_batch_bytes)
             if len(runs) > 1:  # cut after the first batch: the next page reads on from its last event
                 page = runs[0]
                 scanned_to = page[-1].position
