@@ -189,10 +189,9 @@ _INSERT_BLOB: Final = "INSERT OR IGNORE INTO blobs (digest, content) VALUES (?, 
 _INSERT_LINKS: Final = "INSERT INTO event_blobs (position, digest) VALUES {rows}"
 _INSERT_LINKS_GROUP: Final = _INSERT_LINKS.replace("INSERT INTO", "INSERT OR ROLLBACK INTO")
 _SELECT_BLOBS: Final = "SELECT digest, content FROM blobs WHERE digest IN (SELECT value FROM json_each(?))"
-_TRIM_LINKS: Final = (
-    "DELETE FROM event_blobs WHERE position IN (SELECT position FROM events WHERE stream_id = ? AND version < ?) "
-    "RETURNING digest"
-)
+_TRIMMED_POSITIONS: Final = "SELECT position FROM events WHERE stream_id = ?1 AND version < ?2"
+_SELECT_TRIMMED_LINKS: Final = f"SELECT DISTINCT digest FROM event_blobs WHERE position IN ({_TRIMMED_POSITIONS})"
+_DELETE_TRIMMED_LINKS: Final = f"DELETE FROM event_blobs WHERE position IN ({_TRIMMED_POSITIONS})"
 _SWEEP_BLOBS: Final = (
     "DELETE FROM blobs WHERE digest IN (SELECT value FROM json_each(?)) "
     "AND NOT EXISTS (SELECT 1 FROM event_blobs WHERE event_blobs.digest = blobs.digest)"
@@ -1022,9 +1021,10 @@ class SQLiteBackend:
 
     async def trim_stream(self, stream_id: str, before_version: int) -> int:
         def trim(connection: sqlite3.Connection) -> int:
-            unlinked = connection.execute(_TRIM_LINKS, (stream_id, before_version)).fetchall()
+            unlinked = connection.execute(_SELECT_TRIMMED_LINKS, (stream_id, before_version)).fetchall()
             if unlinked:
-                connection.execute(_SWEEP_BLOBS, (_json_list({row[0]: None for row in unlinked}),))
+                connection.execute(_DELETE_TRIMMED_LINKS, (stream_id, before_version))
+                connection.execute(_SWEEP_BLOBS, (_json_list(row[0] for row in unlinked),))
             connection.execute(
                 "INSERT INTO trimmed_events (event_id, stream_id, version, batch_first, batch_last, position) "
                 "SELECT event_id, stream_id, version, batch_first, batch_last, position FROM events "
