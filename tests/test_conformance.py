@@ -36,7 +36,9 @@ def events(count: int, event_type: str = "Happened", **data: Any) -> list[NewEve
 async def stream_list(
     store: EventStore, stream_id: str, after_version: int = 0, *, blobs: bool = True
 ) -> list[agentfold.RecordedEvent]:
-    return [event async for event in store.read_stream(stream_id, after_version=after_version, blobs=blobs)]
+    if not blobs:
+        return [event async for event in store.read_stream(stream_id, after_version=after_version, blobs=False)]
+    return [event async for event in store.read_stream(stream_id, after_version=after_version)]
 
 
 async def all_list(store: EventStore, **filters: Any) -> list[agentfold.RecordedEvent]:

@@ -47,13 +47,14 @@ async def postgres_outcomes() -> list[int]:
 
 async def redis_outcomes() -> list[int]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
-    keys = [f"{prefix}:{name}" for name in ("head", "all", "ids", "versions", "s:s")]
+    keys = [f"{prefix}:{name}" for name in ("head", "all", "ids", "versions", "blobs", "blobrefs", "blobbytes", "s:s")]
     client = aioredis.Redis.from_url(REDIS_URL)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
 
     async def call(expected: str, event_id: str) -> int:
         tail = f'"s","Done","{event_id}",{{}},{{}}]'
-        reply = await client.eval(APPEND_SCRIPT, len(keys), *keys, "1", "s", expected, "1", event_id, tail)
+        # one append of one event without blobs: no digests for the event, no blob for the append
+        reply = await client.eval(APPEND_SCRIPT, len(keys), *keys, "1", "s", expected, "1", event_id, tail, "", "0")
         return int(reply.split(b"\n")[0].split(b" ")[0])
 
     try:
