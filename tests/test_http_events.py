@@ -143,3 +143,17 @@ async def test_large_bodies_are_refused_before_parsing(client: httpx.AsyncClient
     chunked = await client.post("/streams/agent-researcher-1", content=chunks())
     assert chunked.status_code == 413
     assert await sqlite_store.stream_version("agent-researcher-1") == 0
+
+
+async def test_an_event_with_a_field_above_the_event_limit_is_appended_as_a_blob(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async with await agentfold.connect(f"sqlite:///{tmp_path / 'blobs.db'}") as store:
+        token = await token_for(store, "writer", write=["agent-writer-*"], read=["agent-writer-*"])
+        prompt = "p" * (2 * store.max_event_size)  # over the event limit: kept as a blob
+        async with running(api_only_app(store)) as base:
+            async with httpx.AsyncClient(base_url=f"{base}/api/v1", headers=bearer(token)) as http:
+                body = {"events": [event("ModelCalled", prompt=prompt, tokens=12)]}
+                appended = await http.post("/streams/agent-writer-1", json=body)
+                assert appended.status_code == 200, appended.text
+                read = await http.get("/streams/agent-writer-1")
+                assert read.json()["events"][0]["data"] == {"prompt": prompt, "tokens": 12}
+        assert (await store.blob_usage()).blobs == 1

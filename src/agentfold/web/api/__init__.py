@@ -51,7 +51,7 @@ def api_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette
     for route in routes:
         _match_any_character(route)
     limiter = RateLimiter(chosen.rate_per_second, chosen.burst)
-    max_body = chosen.max_body_bytes if chosen.max_body_bytes is not None else store.max_event_size
+    max_body = chosen.max_body_bytes if chosen.max_body_bytes is not None else default_max_body(store)
     return Starlette(
         routes=routes,
         middleware=[
@@ -60,6 +60,13 @@ def api_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette
         ],
         exception_handlers={AgentfoldError: agentfold_error_handler, HTTPException: http_error_handler},
     )
+
+
+def default_max_body(store: EventStore) -> int:
+    """The store's event size limit, plus its blob size limit where it keeps large fields as blobs: an event with one
+    field up to `max_blob_size` can be appended over HTTP as it can in process."""
+    policy = store.blob_policy
+    return store.max_event_size + (0 if policy is None else policy.max_size)
 
 
 def api_mount(store: EventStore, settings: ApiSettings | None = None) -> Mount:

@@ -21,7 +21,8 @@ class ApiSettings:
     burst: int = 400
     """Requests a token may make at once after being idle (the bucket's size)."""
     max_body_bytes: int | None = None
-    """The largest request body accepted; None: the store's event size limit. Larger bodies get 413 unread."""
+    """The largest request body accepted; None: the store's event size limit, plus its blob size limit where the
+    store keeps blobs (docs/payloads.md). Larger bodies get 413 unread."""
     heartbeat_seconds: float = 15.0
     """A subscription sends a comment line this often when idle, and checks its token again at least this often."""
     send_timeout_seconds: float = 30.0
