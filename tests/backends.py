@@ -58,6 +58,15 @@ def _pg_cleanup(url: str) -> None:
         connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+PG_PARTITIONS = 4
+"""Hash partitions of the conformance suite's partitioned PostgreSQL stores: few, so each test's schema is quick to
+create, and more than one, so every read crosses partitions."""
+
+
+def _pg_partitioned_url(tmp_path: Path) -> str:
+    return f"{_pg_url(tmp_path)}&partitions={PG_PARTITIONS}"
+
+
 def _redis_url(tmp_path: Path) -> str:
     return f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix=t{uuid.uuid4().hex[:12]}"
 
@@ -103,12 +112,19 @@ BACKENDS += [_third_party(name.strip()) for name in os.environ.get("AGENTFOLD_TE
 
 AVAILABLE = [backend for backend in BACKENDS if backend.available()]
 DURABLE = [backend for backend in AVAILABLE if backend.durable]
+PG_PARTITIONED = Backend(
+    "postgres-partitioned", "agentfold.backends.postgres", _pg_partitioned_url, _pg_cleanup, durable=True
+)
+"""A PostgreSQL store created with ``partitions=``: a layout of the same backend, so only the conformance suite runs
+on it (the other tests exercise what the layout does not change)."""
+CONFORMANCE = AVAILABLE + [backend for backend in (PG_PARTITIONED,) if backend.available()]
+CONFORMANCE_DURABLE = [backend for backend in CONFORMANCE if backend.durable]
 SQL = [backend for backend in AVAILABLE if backend.name in ("sqlite", "postgres")]
 
 
 def require_service(backend: Backend) -> None:
     """Skip (or, under CI=true, fail) when the backend's server is not reachable."""
-    if backend.name == "postgres":
+    if backend.module == "agentfold.backends.postgres":
         _require(_pg_reachable, f"PostgreSQL at {PG_URL}")
     elif backend.name == "redis":
         _require(_redis_reachable, f"Redis at {REDIS_URL}")

@@ -27,6 +27,22 @@ from agentfold.errors import (
     WrongExpectedVersion,
 )
 from agentfold.store import EventStore
+from tests.backends import CONFORMANCE, CONFORMANCE_DURABLE, Backend, require_service
+
+
+# The suite runs on every backend and on PostgreSQL's partitioned layout too (these override conftest's fixtures).
+@pytest.fixture(params=CONFORMANCE, ids=lambda backend: backend.name)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    chosen: Backend = request.param
+    require_service(chosen)
+    return chosen
+
+
+@pytest.fixture(params=CONFORMANCE_DURABLE, ids=lambda backend: backend.name)
+def durable_backend(request: pytest.FixtureRequest) -> Backend:
+    chosen: Backend = request.param
+    require_service(chosen)
+    return chosen
 
 
 def events(count: int, event_type: str = "Happened", **data: Any) -> list[NewEvent]:

@@ -188,8 +188,12 @@ class PostgresOptions:
     max_event_size: int | None = None
     blob_threshold: int = DEFAULT_BLOB_THRESHOLD
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
+    partitions: int | None = None
+    """Hash partitions of the events table by stream id, chosen when the store is created (0: one table); when
+    given to an existing store, it must be the number the store was created with."""
 
 
+MAX_PARTITIONS: Final = 1024
 _MAX_TIMEOUT_SECONDS: Final = 2_000_000.0  # in milliseconds, it must fit the server's int
 
 OPTIONS: Final = (
@@ -216,6 +220,7 @@ OPTIONS: Final = (
     MAX_EVENT_SIZE,
     BLOB_THRESHOLD,
     MAX_BLOB_SIZE,
+    Option("partitions", int, None, minimum=0, maximum=MAX_PARTITIONS),
     *(Option(name, str, None) for name in sorted(_LIBPQ_PARAMETERS - {"connect_timeout"})),
 )
 """What `postgresql://` accepts, in its query or as keywords (keywords win): agentfold's options (`PostgresOptions`)
@@ -465,8 +470,105 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
 )
 
 
-async def _migrate(connection: psycopg.AsyncConnection[Any], schema: str) -> None:
-    """Create the schema and apply missing migrations; concurrent openers queue on an advisory lock."""
+# -- hash partitions (a layout chosen when a store is created) -----------------------------------------------------
+#
+# With `partitions=N` a new store's events table is split by a hash of the stream id into N tables, each with its own
+# indexes, so no single index grows with the whole log. PostgreSQL cannot enforce a unique constraint on a partitioned
+# table unless it holds the partition key, so the layout keeps each guarantee another way:
+# - one event per (stream, version): the primary key (stream_id, version) holds the key, so the database enforces it;
+# - one event per position: positions are handed out under the events table lock (`PostgresBackend._commit`), so
+#   they are unique by construction; a plain index on position in each partition serves reads in position order (a
+#   Merge Append of the partitions' index scans, stopped by the LIMIT);
+# - one event per id: `event_ids` (id -> stream, version, position, batch), hash-partitioned by id with a primary
+#   key, written and deleted with the events by statement triggers in the same transaction, so an idempotent retry
+#   is one index lookup however large the log; append_group() reads it instead of the events.
+# The layout is applied right after migration 1 created the (still empty) table, so every later migration runs on
+# it as on a single table.
+
+_PARTITIONED_EVENTS: Final = """CREATE TABLE {s}.events (
+    position bigint NOT NULL,
+    stream_id text NOT NULL,
+    version bigint NOT NULL,
+    batch_first bigint NOT NULL,
+    batch_last bigint NOT NULL,
+    type text NOT NULL,
+    id uuid NOT NULL,
+    record json NOT NULL,
+    CONSTRAINT events_stream_version_key PRIMARY KEY (stream_id, version)
+) PARTITION BY HASH (stream_id)"""
+
+_EVENT_IDS: Final = """CREATE TABLE {s}.event_ids (
+    id uuid PRIMARY KEY,
+    stream_id text NOT NULL,
+    version bigint NOT NULL,
+    position bigint NOT NULL,
+    batch_first bigint NOT NULL,
+    batch_last bigint NOT NULL
+) PARTITION BY HASH (id)"""
+
+_EVENT_ID_TRIGGERS: Final = (
+    """CREATE FUNCTION {s}.events_inserted() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    INSERT INTO {s}.event_ids (id, stream_id, version, position, batch_first, batch_last)
+    SELECT id, stream_id, version, position, batch_first, batch_last FROM written;
+    RETURN NULL;
+END
+$body$""",
+    """CREATE FUNCTION {s}.events_deleted() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    DELETE FROM {s}.event_ids i WHERE i.id IN (SELECT r.id FROM removed r);
+    RETURN NULL;
+END
+$body$""",
+    "CREATE TRIGGER events_inserted AFTER INSERT ON {s}.events REFERENCING NEW TABLE AS written "
+    "FOR EACH STATEMENT EXECUTE FUNCTION {s}.events_inserted()",
+    "CREATE TRIGGER events_deleted AFTER DELETE ON {s}.events REFERENCING OLD TABLE AS removed "
+    "FOR EACH STATEMENT EXECUTE FUNCTION {s}.events_deleted()",
+)
+
+_KNOWN_IDS_OF_EVENTS: Final = "known := ARRAY(SELECT e.id FROM {s}.events e WHERE e.id = ANY(event_ids));"
+_KNOWN_IDS_OF_EVENT_IDS: Final = "known := ARRAY(SELECT e.id FROM {s}.event_ids e WHERE e.id = ANY(event_ids));"
+assert _APPEND_GROUP.count(_KNOWN_IDS_OF_EVENTS) == 1
+
+
+def _partition_statements(partitions: int) -> tuple[str, ...]:
+    """What turns the empty events table migration 1 created into `partitions` hash partitions, with `event_ids`."""
+    digits = len(str(partitions - 1))
+    return (
+        "DROP TABLE {s}.events",
+        _PARTITIONED_EVENTS,
+        "CREATE INDEX events_position ON {s}.events (position)",
+        *(
+            f"CREATE TABLE {{s}}.events_p{index:0{digits}d} PARTITION OF {{s}}.events "
+            f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {index})"
+            for index in range(partitions)
+        ),
+        _EVENT_IDS,
+        *(
+            f"CREATE TABLE {{s}}.event_ids_p{index:0{digits}d} PARTITION OF {{s}}.event_ids "
+            f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {index})"
+            for index in range(partitions)
+        ),
+        *_EVENT_ID_TRIGGERS,
+        "DROP FUNCTION {s}.append_group(text[], text[], bigint[], integer[], uuid[], text[], text[], text)",
+        _APPEND_GROUP.replace(_KNOWN_IDS_OF_EVENTS, _KNOWN_IDS_OF_EVENT_IDS),
+    )
+
+
+async def _partition_count(connection: psycopg.AsyncConnection[Any], schema: str) -> int:
+    """How many partitions the store's events table has (0: it is one table)."""
+    cursor = await connection.execute(
+        "SELECT count(i.inhrelid) FROM pg_class c LEFT JOIN pg_inherits i ON i.inhparent = c.oid "
+        "WHERE c.oid = to_regclass(format('%%I.events', %s::text)) AND c.relkind = 'p'",
+        (schema,),
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _migrate(connection: psycopg.AsyncConnection[Any], schema: str, partitions: int) -> None:
+    """Create the schema and apply missing migrations; concurrent openers queue on an advisory lock. A new store
+    gets its events table in `partitions` hash partitions (0: one table)."""
     quoted = sql.Identifier(schema).as_string(connection)
     async with connection.transaction():
         await connection.execute(
@@ -490,7 +592,10 @@ async def _migrate(connection: psycopg.AsyncConnection[Any], schema: str) -> Non
         for migration in MIGRATIONS:
             if migration.version <= current:
                 continue
-            for statement in migration.statements:
+            statements = migration.statements
+            if migration.version == 1 and partitions:
+                statements += _partition_statements(partitions)
+            for statement in statements:
                 await connection.execute(statement.replace("{s}", quoted).encode())
             await connection.execute(
                 f"INSERT INTO {quoted}.schema_migrations (version, description) VALUES (%s, %s)".encode(),
@@ -578,9 +683,17 @@ _STATEMENTS: Final = {
 }
 
 
-def _render_statements(connection: psycopg.AsyncConnection[Any], schema: str) -> dict[str, bytes]:
+# A partitioned store finds event ids in `event_ids` (which holds every stored event's id) instead of the events.
+_PARTITIONED_STATEMENTS: Final = {
+    "id_records": _STATEMENTS["id_records"].replace("FROM {s}.events WHERE id", "FROM {s}.event_ids WHERE id"),
+}
+assert _PARTITIONED_STATEMENTS["id_records"] != _STATEMENTS["id_records"]
+
+
+def _render_statements(connection: psycopg.AsyncConnection[Any], schema: str, partitioned: bool) -> dict[str, bytes]:
     quoted = sql.Identifier(schema).as_string(connection)
-    return {name: text.replace("{s}", quoted).encode() for name, text in _STATEMENTS.items()}
+    chosen = {**_STATEMENTS, **_PARTITIONED_STATEMENTS} if partitioned else _STATEMENTS
+    return {name: text.replace("{s}", quoted).encode() for name, text in chosen.items()}
 
 
 # -- append decisions ---------------------------------------------------------------------------------------------
@@ -688,8 +801,11 @@ class PostgresBackend:
         options: PostgresOptions,
         statements: dict[str, bytes],
         display_url: str,
+        partitions: int = 0,
     ) -> None:
         self._closed = False
+        self.partitions = partitions
+        """Hash partitions of the events table by stream id (0: one table)."""
         if options.max_event_size is not None:
             self.max_event_size = options.max_event_size
         self.blob_threshold = options.blob_threshold
@@ -1102,10 +1218,17 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> Postgr
     try:
         async with await psycopg.AsyncConnection.connect(conninfo) as connection:
             if create:
-                await _migrate(connection, parsed.schema)
+                await _migrate(connection, parsed.schema, parsed.partitions or 0)
             else:
                 await _require_current_schema(connection, parsed.schema, redact(url))
-            statements = _render_statements(connection, parsed.schema)
+            partitions = await _partition_count(connection, parsed.schema)
+            if parsed.partitions is not None and parsed.partitions != partitions:
+                raise InvalidURL(
+                    f"the store in schema {parsed.schema!r} at {redact(url)} has {partitions or 'no'} partitions and "
+                    f"the URL asks for {parsed.partitions}: partitions are chosen when a store is created "
+                    "(docs/postgres.md says how to move a store to another layout)"
+                )
+            statements = _render_statements(connection, parsed.schema, partitions > 0)
     except (psycopg.Error, PoolTimeout) as error:
         _raise_open_error(url, error)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -1122,4 +1245,4 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> Postgr
     except (psycopg.Error, PoolTimeout) as error:
         await pool.close()
         _raise_open_error(url, error)
-    return PostgresStore(PostgresBackend(pool, conninfo, parsed, statements, redact(url)))
+    return PostgresStore(PostgresBackend(pool, conninfo, parsed, statements, redact(url), partitions))
