@@ -84,6 +84,19 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     type=click.Choice(PEER_NAMES),
     help="With --peers: only this peer; repeat it.  [default: all]",
 )
+@click.option(
+    "--partitions",
+    type=click.IntRange(2, 1024),
+    help="Only PostgreSQL in one events table beside one in this many hash partitions, each filled to --events "
+    "with SQL, then measured (appends, 16 writers, reads, index sizes).",
+)
+@click.option(
+    "--events",
+    type=click.IntRange(1000),
+    default=10_000_000,
+    show_default=True,
+    help="With --partitions: events per store.",
+)
 def bench(
     backends: tuple[str, ...],
     urls: tuple[str, ...],
@@ -99,9 +112,14 @@ def bench(
     payloads_only: bool,
     peers: bool,
     peer_names: tuple[str, ...],
+    partitions: int | None,
+    events: int,
 ) -> None:
     """Measure appends, reads and folds, beside the bare driver of the same backend."""
     console = Console(stderr=True)
+    if partitions is not None:
+        _partitions(urls, partitions, events, json_path, quick, console)
+        return
     if integrations:
         _integrations(urls, json_path, quick, console)
         return
@@ -309,3 +327,30 @@ def _format_unit(unit: str, value: float) -> str:
     if unit == "ms":
         return f"{value:,.2f}" if value < 10 else f"{value:,.1f}"
     return f"{value:,.0f}"
+
+
+def _partitions(
+    urls: tuple[str, ...], partitions: int, events: int, json_path: Path | None, quick: bool, console: Console
+) -> None:
+    from agentfold.bench.partition_bench import measure_partitions, summary
+
+    base_url = next((url for url in urls if url.startswith("postgres")), None)
+    with console.status("measuring") as status:
+        try:
+            results = summary(
+                asyncio.run(
+                    measure_partitions(base_url, events, partitions, quick, lambda text: status.update(text))
+                )
+            )
+        except AgentfoldError as error:
+            raise click.ClickException(str(error)) from None
+    table = Table(title=f"PostgreSQL at {events:,} events: one table and {partitions} hash partitions")
+    table.add_column("figure")
+    for layout in results:
+        table.add_column(layout, justify="right")
+    for key in results[next(iter(results))]:
+        table.add_row(key, *(_format(key, results[layout].get(key, float("nan"))) for layout in results))
+    Console().print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"figures written to {json_path}")
