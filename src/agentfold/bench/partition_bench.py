@@ -133,10 +133,10 @@ async def _measure_layout(url: str, schema: str, events: int, quick: bool, progr
         progress(f"{layout}: 16 writers")
         figures["append_16_writers_per_s"] = await measure_appends(store, 16, 3.0 if quick else 10.0)
         retry = [NewEvent("OrderUpdated", event_payload(0))]
-        first = await store.append("retried", retry)
+        written = await store.append("retried", retry)
         started = time.perf_counter()
         for _ in range(SAMPLES):
-            assert await store.append("retried", retry) == first
+            assert await store.append("retried", retry) == written
         figures["idempotent_retry_ms"] = (time.perf_counter() - started) * 1000 / SAMPLES
     return figures
 

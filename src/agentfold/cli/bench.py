@@ -338,9 +338,7 @@ def _partitions(
     with console.status("measuring") as status:
         try:
             results = summary(
-                asyncio.run(
-                    measure_partitions(base_url, events, partitions, quick, lambda text: status.update(text))
-                )
+                asyncio.run(measure_partitions(base_url, events, partitions, quick, lambda text: status.update(text)))
             )
         except AgentfoldError as error:
             raise click.ClickException(str(error)) from None
