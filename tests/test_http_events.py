@@ -157,3 +157,26 @@ async def test_an_event_with_a_field_above_the_event_limit_is_appended_as_a_blob
                 read = await http.get("/streams/agent-writer-1")
                 assert read.json()["events"][0]["data"] == {"prompt": prompt, "tokens": 12}
         assert (await store.blob_usage()).blobs == 1
+
+
+async def test_the_served_app_hands_api_requests_straight_to_the_api(sqlite_store: EventStore, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from agentfold.web.api import api_mount
+    from agentfold.web.app import DirectToMounts, create_app
+    from agentfold.web.settings import ServeSettings
+
+    token = await token_for(sqlite_store, "researcher", write=["agent-researcher-*"], read=["agent-researcher-*"])
+    api = api_mount(sqlite_store)
+    inspector = create_app(sqlite_store, ServeSettings(store_url=f"sqlite:///{tmp_path / 'api.db'}"), routes=[api])
+    async with running(DirectToMounts(inspector, [api])) as base:
+        async with httpx.AsyncClient(base_url=base, headers=bearer(token)) as http:
+            appended = await http.post("/api/v1/streams/agent-researcher-1", json={"events": [event("Noted")]})
+            assert appended.status_code == 200, appended.text
+            assert appended.headers["x-content-type-options"] == "nosniff"  # the security headers still apply
+            assert "content-security-policy" in appended.headers
+            read = await http.get("/api/v1/streams/agent-researcher-1")
+            assert [item["type"] for item in read.json()["events"]] == ["Noted"]
+            unknown = await http.get("/api/v1/no-such-endpoint")
+            assert unknown.status_code == 404 and unknown.headers["content-type"] == PROBLEM  # the API's own 404
+            assert (await http.get("/static/inspector.css")).status_code == 200  # the rest goes to the inspector
+            bare = await http.get("/api/v1")  # the bare prefix: the inspector's mount redirects it, as it always did
+            assert bare.status_code == 307 and bare.headers["location"].endswith("/api/v1/")

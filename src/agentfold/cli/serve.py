@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Final
 
 import click
@@ -26,11 +27,12 @@ async def serve(
     import uvicorn
 
     from agentfold.web.api import api_mount
-    from agentfold.web.app import create_app
+    from agentfold.web.app import DirectToMounts, create_app
 
     store = await open_store(settings.store_url)
     try:
-        app = create_app(store, settings, routes=[api_mount(store, api_settings)])
+        api = api_mount(store, api_settings)
+        app = DirectToMounts(create_app(store, settings, routes=[api]), [api])
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -51,6 +53,18 @@ async def serve(
         await server.serve(sockets=[listener])
     finally:
         await store.close()
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (the web extra installs it, except on Windows), else asyncio's own.
+
+    A small API request spends most of the server's time in the event loop and its transports, which uvloop runs in
+    C (docs/measurements.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:
@@ -135,7 +149,8 @@ def serve_command(
         rate_per_second=rate_limit, burst=burst, max_subscriptions_per_token=max_subscriptions, runtime=runtime
     )
     try:
-        asyncio.run(serve(settings, api_settings, max_connections))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(serve(settings, api_settings, max_connections))
     except KeyboardInterrupt:
         raise click.exceptions.Exit(INTERRUPTED_EXIT_CODE) from None
     except StoreError:

@@ -115,6 +115,31 @@ def create_app(store: EventStore, settings: ServeSettings, routes: Sequence[Base
     return app
 
 
+class DirectToMounts:
+    """ASGI app: a request under one of `mounts`' paths goes straight to the mounted app (behind the security
+    headers), the rest to `app`, which also serves the lifespan.
+
+    A mount such as the HTTP API checks its own credentials and answers its own errors, so the inspector's sign-in,
+    error pages and routing are work it does not need on each request (docs/measurements.md). `app` keeps the mounts
+    among its routes, so a request it gets for one (the bare prefix, say) is served as before.
+    """
+
+    def __init__(self, app: ASGIApp, mounts: Sequence[Mount]) -> None:
+        self.app = app
+        self.direct = [(mount.path + "/", mount.path, SecurityHeaders(mount.app)) for mount in mounts]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            for prefix, mounted_at, app in self.direct:
+                if path.startswith(prefix):
+                    root = scope.get("root_path", "")
+                    child = {**scope, "app_root_path": scope.get("app_root_path", root), "root_path": root + mounted_at}
+                    await app(child, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 async def _follow(index: RunsIndex) -> None:
     """Keep the index current; a store failure is logged and retried, the pages show the store's error meanwhile."""
     while True:
