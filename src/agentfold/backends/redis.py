@@ -361,6 +361,12 @@ def translate_errors(what: str) -> Iterator[None]:
         raise StoreFull(f"{what}: Redis is out of memory (maxmemory reached); nothing was written") from error
     except redis_errors.ReadOnlyError as error:
         raise StoreReadOnly(f"{what}: this Redis is a read-only replica; nothing was written") from error
+    except (redis_errors.AskError, redis_errors.TryAgainError, redis_errors.ClusterError) as error:
+        # Redis Cluster (the fan-out layer): a slot moved or is moving, a failover is under way, or the client ran
+        # out of redirections. The command did not run where it was sent; the cluster settles, then a retry works.
+        raise StoreUnavailable(f"{what}: the Redis Cluster is changing ({type(error).__name__}: {error})") from error
+    except redis_errors.RedisClusterException as error:
+        raise StoreUnavailable(f"{what}: the Redis Cluster client failed ({type(error).__name__}: {error})") from error
     except redis_errors.ResponseError as error:
         message = str(error)
         if message.startswith(("MISCONF", "LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY ")):
@@ -521,7 +527,11 @@ def _answer(pending: _PendingAppend, reply: list[bytes]) -> AppendResult:
 
 async def server_version(client: aioredis.Redis) -> tuple[int, ...]:
     """The server's version as numbers, from ``INFO server``."""
-    info = await client.info("server")
+    return version_of(await client.info("server"))
+
+
+def version_of(info: dict[str, Any]) -> tuple[int, ...]:
+    """The version in an ``INFO server`` reply, as numbers."""
     return tuple(int(part) for part in str(info["redis_version"]).split(".")[:3] if part.isdigit())
 
 

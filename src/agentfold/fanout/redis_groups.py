@@ -60,10 +60,11 @@ from typing import Any, Final, Self, cast
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from agentfold.backends.redis import as_text, bulk_string, make_client, translate_errors, untimed_connection
+from agentfold.backends.redis import as_text, bulk_string, translate_errors
 from agentfold.errors import AgentfoldError, InvalidInput, StoreCorrupted
 from agentfold.events import RecordedEvent
 from agentfold.fanout.redis_relay import decode_relayed, relay_settings
+from agentfold.fanout.targets import FanoutKeys, disconnect_all, make_fanout_client, own_connection
 from agentfold.groups import Handler
 from agentfold.validation import check_integer, check_seconds, check_text
 from agentfold.wakeup import Broadcast, wait_unless
@@ -82,27 +83,33 @@ _WATCH_BLOCK_MS: Final = 1000
 _IDLE_POLL_SECONDS: Final = 1.0
 _TRACEBACK_CHARS: Final = 4000
 
-# KEYS: the members set, then every partition's owner key. ARGV: member, lease ms.
-# Reply: {live members, owner of each partition ('' when free)}; renews the leases the member holds.
-HEARTBEAT_SCRIPT: Final = """#!lua
+# KEYS: the members set. ARGV: member, lease ms. Reply: the live members, this one renewed among them.
+MEMBERS_SCRIPT: Final = """#!lua
 local members_key, me, lease = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', members_key, '-inf', now)
 redis.call('ZADD', members_key, now + lease, me)
 redis.call('PEXPIRE', members_key, lease)
-local owners = {}
-for i = 2, #KEYS do
-  local owner = redis.call('GET', KEYS[i])
-  if owner == me then redis.call('PEXPIRE', KEYS[i], lease) end
-  owners[i - 1] = owner or ''
-end
-return {redis.call('ZRANGE', members_key, 0, -1), owners}
+return redis.call('ZRANGE', members_key, 0, -1)
 """
 
-# KEYS: owner key and partition stream of each candidate partition, in the order to try. ARGV: member, lease ms,
-# group, how many to claim. Reply: the 1-based indexes of the candidates claimed. A claimed partition gets its Redis
-# consumer group, and consumers holding nothing (members gone) are forgotten.
+# KEYS: owner keys (on a cluster one per call: each lives in its partition's slot). ARGV: member, lease ms.
+# Reply: the owner of each ('' when free); renews the leases the member holds.
+RENEW_SCRIPT: Final = """#!lua
+local me, lease = ARGV[1], tonumber(ARGV[2])
+local owners = {}
+for i = 1, #KEYS do
+  local owner = redis.call('GET', KEYS[i])
+  if owner == me then redis.call('PEXPIRE', KEYS[i], lease) end
+  owners[i] = owner or ''
+end
+return owners
+"""
+
+# KEYS: owner key and partition stream of each candidate partition, in the order to try (on a cluster one candidate
+# per call). ARGV: member, lease ms, group, how many to claim. Reply: the 1-based indexes of the candidates claimed.
+# A claimed partition gets its Redis consumer group, and consumers holding nothing (members gone) are forgotten.
 CLAIM_SCRIPT: Final = """#!lua
 local me, lease, group, wanted = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local claimed = {}
@@ -215,6 +222,8 @@ class _Partition:
     lost: bool = False
     task: asyncio.Task[None] | None = None
     acks: _Acknowledgements | None = None
+    client: Any = None
+    """The client for this partition's script calls: on a cluster one of its own (see `_work`)."""
 
 
 class _Acknowledgements:
@@ -226,8 +235,8 @@ class _Acknowledgements:
     write); `settle` bounds the whole wait instead.
     """
 
-    def __init__(self, client: aioredis.Redis, key: bytes, group: str, timeout: float, shown_url: str) -> None:
-        self._connection = untimed_connection(client)
+    def __init__(self, client: Any, key: bytes, group: str, timeout: float, shown_url: str) -> None:
+        self._connection = own_connection(client, key)  # on a cluster: to the master of the partition's slot
         self._head = b"*4\r\n$4\r\nXACK\r\n" + bulk_string(key) + bulk_string(group.encode())
         self._timeout = timeout
         self._what = f"acknowledge entries of {as_text(key)} in group {group!r} at {shown_url}"
@@ -334,12 +343,11 @@ class RedisConsumerGroupMember:
         self.batch_size = _check_count(batch_size, "batch_size", MAX_BATCH_SIZE)
         self.settings = relay_settings(url)
         prefix = self.settings.prefix
-        self._partition_prefix = f"{prefix}:partition:"
-        self._owner_prefix = f"{prefix}:group:{group}:owner:"
-        self._members_key = f"{prefix}:group:{group}:members".encode()
-        self._dead_key = f"{prefix}:dead:{group}".encode()
-        self._partitions_key = f"{prefix}:partitions".encode()
-        self._log_key = f"{prefix}:log".encode()
+        self._keys = FanoutKeys(prefix, self.settings.cluster)
+        self._members_key = self._keys.members(self.group)
+        self._partitions_key = self._keys.partitions
+        self._watched_key = self._keys.wake if self.settings.cluster else self._keys.log
+        """What the relay writes after every batch: the log on one Redis, the wake-up stream on a cluster."""
         self._lease_ms = max(1, round(self.lease_seconds * 1000))
         self._heartbeat_seconds = self.lease_seconds / 3
         self._partition_count: int | None = None
@@ -379,10 +387,11 @@ class RedisConsumerGroupMember:
         """Join the group: start heartbeats, claim partitions and handle their entries in the background."""
         if self._task is not None:
             raise InvalidInput(f"member {self.member_id!r} of group {self.group!r} was started already")
-        client = make_client(self.settings, self.settings.timeout)
+        client = make_fanout_client(self.settings, self.settings.timeout)
         self._client = client
         for name, source in (
-            ("heartbeat", HEARTBEAT_SCRIPT),
+            ("members", MEMBERS_SCRIPT),
+            ("renew", RENEW_SCRIPT),
             ("claim", CLAIM_SCRIPT),
             ("fetch", FETCH_SCRIPT),
             ("retry", RETRY_SCRIPT),
@@ -400,7 +409,7 @@ class RedisConsumerGroupMember:
             await self._task
 
     async def _run(self) -> None:
-        watch_client = make_client(self.settings, self.settings.timeout + _WATCH_BLOCK_MS / 1000)
+        watch_client = make_fanout_client(self.settings, self.settings.timeout + _WATCH_BLOCK_MS / 1000)
         watcher = asyncio.create_task(self._watch(watch_client), name=f"redis group {self.group} {self.member_id} log")
         try:
             while not self._stopping.is_set():
@@ -415,7 +424,7 @@ class RedisConsumerGroupMember:
             self._stopping.set()
             await self._leave()
             # redis-py finishes a blocked read before it honours a cancel: closing the socket ends it at once.
-            await watch_client.connection_pool.disconnect()
+            await disconnect_all(watch_client)
             await asyncio.wait([watcher], timeout=self.settings.timeout)
             if not watcher.done():
                 watcher.cancel()
@@ -449,9 +458,11 @@ class RedisConsumerGroupMember:
         assert self._client is not None, "start() creates the client"
         return self._client
 
-    async def _call(self, script: str, keys: Sequence[bytes | str], args: Sequence[bytes | str | int]) -> Any:
+    async def _call(
+        self, script: str, keys: Sequence[bytes | str], args: Sequence[bytes | str | int], client: Any = None
+    ) -> Any:
         with translate_errors(f"group {self.group!r} at {self.settings.shown_url}: {script}"):
-            return await self._scripts[script](keys=list(keys), args=list(args))
+            return await self._scripts[script](keys=list(keys), args=list(args), client=client or self._redis)
 
     # -- membership and leases ----------------------------------------------------------------------------------
 
@@ -460,13 +471,21 @@ class RedisConsumerGroupMember:
         if count is None:
             return
         owner_keys = [self._owner_key(number) for number in range(count)]
+        live: list[str] | None = None
+        try:
+            live_raw = await self._call("members", [self._members_key], [self.member_id, self._lease_ms])
+            live = sorted(as_text(member) for member in live_raw)
+        except AgentfoldError as error:
+            if not (self.settings.cluster and error.retryable):
+                raise
+            # The members set is on one master of the cluster: while it fails over, the leases on the other masters
+            # are still renewed (their partitions keep flowing); only the rebalancing waits.
+            logger.warning("group %r member %r: members set unreachable: %s", self.group, self.member_id, error)
         sent = time.monotonic()
-        live_raw, owners_raw = await self._call(
-            "heartbeat", [self._members_key, *owner_keys], [self.member_id, self._lease_ms]
-        )
-        live = sorted(as_text(member) for member in live_raw)
-        owners = [as_text(owner) for owner in owners_raw]
+        owners = await self._renew(owner_keys)
         for number, owner in enumerate(owners):
+            if owner is None:
+                continue  # its master did not answer: the lease is neither renewed nor known to be lost
             state = self._owned.get(number)
             if owner == self.member_id:
                 if state is not None:
@@ -477,6 +496,8 @@ class RedisConsumerGroupMember:
                 logger.warning("group %r member %r lost partition %d", self.group, self.member_id, number)
                 state.lost = True
                 self._wakes.wake()
+        if live is None:
+            return
         share = -(-count // max(1, len(live)))
         mine = self.partitions
         if len(mine) > share:
@@ -494,15 +515,44 @@ class RedisConsumerGroupMember:
                 if owners[number] == "" and number not in self._owned and number not in self._finishing
             ]
             if candidates:
-                keys: list[bytes] = []
-                for number in candidates:
-                    keys += [owner_keys[number], self._partition_key(number)]
-                sent = time.monotonic()
-                claimed = await self._call(
-                    "claim", keys, [self.member_id, self._lease_ms, self.group, share - len(mine)]
-                )
-                for index in claimed:
-                    self._start_partition(candidates[int(index) - 1], sent)
+                await self._claim(candidates, share - len(mine))
+
+    async def _renew(self, owner_keys: list[bytes]) -> list[str | None]:
+        """Renew this member's leases; the owner of every partition ('' when free; on a cluster, None when the
+        partition's master did not answer)."""
+        arguments: list[bytes | str | int] = [self.member_id, self._lease_ms]
+        if not self.settings.cluster:
+            return [as_text(owner) for owner in await self._call("renew", owner_keys, arguments)]
+        owners: list[str | None] = []
+        for key in owner_keys:  # one after the other: see `_work` on sharing a cluster client between tasks
+            try:
+                owners.append(as_text((await self._call("renew", [key], arguments))[0]))
+            except AgentfoldError as error:
+                if not error.retryable:
+                    raise
+                logger.warning("group %r member %r: lease renewal failed: %s", self.group, self.member_id, error)
+                owners.append(None)
+        return owners
+
+    async def _claim(self, candidates: list[int], wanted: int) -> None:
+        """Claim up to `wanted` of the free `candidates`, in order, and start working on those claimed."""
+        arguments: list[bytes | str | int] = [self.member_id, self._lease_ms, self.group]
+        if not self.settings.cluster:
+            keys: list[bytes] = []
+            for number in candidates:
+                keys += [self._owner_key(number), self._partition_key(number)]
+            sent = time.monotonic()
+            claimed = await self._call("claim", keys, [*arguments, wanted])
+            for index in claimed:
+                self._start_partition(candidates[int(index) - 1], sent)
+            return
+        for number in candidates:  # on a cluster each partition's keys are in a slot of their own: one call each
+            if wanted <= 0 or self._stopping.is_set():
+                return
+            sent = time.monotonic()
+            if await self._call("claim", [self._owner_key(number), self._partition_key(number)], [*arguments, 1]):
+                self._start_partition(number, sent)
+                wanted -= 1
 
     async def _layout(self) -> int | None:
         """The relay's partition count, read once; None until a relay with partitions has declared it."""
@@ -531,10 +581,16 @@ class RedisConsumerGroupMember:
         return mine + [number for number in range(count) if number % members != index]
 
     def _partition_key(self, number: int) -> bytes:
-        return f"{self._partition_prefix}{number}".encode()
+        assert self._partition_count is not None, "partitions are known before any is worked on"
+        return self._keys.partition(number, self._partition_count)
 
     def _owner_key(self, number: int) -> bytes:
-        return f"{self._owner_prefix}{number}".encode()
+        assert self._partition_count is not None, "partitions are known before any is worked on"
+        return self._keys.owner(self.group, number, self._partition_count)
+
+    def _dead_key(self, number: int) -> bytes:
+        assert self._partition_count is not None, "partitions are known before any is worked on"
+        return self._keys.dead(self.group, number, self._partition_count)
 
     def _start_partition(self, number: int, sent: float) -> None:
         state = _Partition(number, self._partition_key(number), self._owner_key(number), sent + self.lease_seconds)
@@ -552,10 +608,18 @@ class RedisConsumerGroupMember:
     async def _work(self, state: _Partition) -> None:
         """Handle one partition's entries, one after the other, until it is lost or handed back."""
         unhandled: tuple[bytes, int] | None = None
-        state.acks = _Acknowledgements(
-            self._redis, state.key, self.group, self.settings.timeout, self.settings.shown_url
-        )
         try:
+            # On a cluster each partition's task has a client of its own: redis-py's cluster client answers a
+            # CLUSTERDOWN (a failover under way) by closing all its connections, those other tasks are using
+            # included, and a command caught connecting then fails with an error of the driver's own
+            # (AttributeError), not a connection error. Calls made one after the other on a client are safe.
+            if self.settings.cluster:
+                state.client = make_fanout_client(self.settings, self.settings.timeout)
+                with translate_errors(f"group {self.group!r}: reach the Redis Cluster at {self.settings.shown_url}"):
+                    await state.client.initialize()
+            state.acks = _Acknowledgements(
+                state.client or self._redis, state.key, self.group, self.settings.timeout, self.settings.shown_url
+            )
             while not self._must_stop(state):
                 ticket = self._wakes.ticket()
                 await state.acks.settle()
@@ -563,6 +627,7 @@ class RedisConsumerGroupMember:
                     "fetch",
                     [state.key, state.owner_key],
                     [self.group, self.member_id, self.batch_size, round(self.min_idle_seconds * 1000)],
+                    state.client,
                 )
                 kind = int(reply[0])
                 if kind == _LOST:
@@ -599,13 +664,16 @@ class RedisConsumerGroupMember:
             self._finishing.add(state.number)
             try:
                 try:
-                    await state.acks.close()
+                    if state.acks is not None:
+                        await state.acks.close()
                 except AgentfoldError as error:  # those entries are delivered again: at least once
                     logger.warning("group %r partition %d: %s", self.group, state.number, error)
                 if not state.lost and (state.release or self._stopping.is_set()):
                     await self._release(state, unhandled)
             finally:
                 self._finishing.discard(state.number)
+                if state.client is not None:
+                    await state.client.aclose()
 
     async def _release(self, state: _Partition, unhandled: tuple[bytes, int] | None) -> None:
         entry_id, deliveries = unhandled if unhandled is not None else (b"", 1)
@@ -614,6 +682,7 @@ class RedisConsumerGroupMember:
                 "release",
                 [state.key, state.owner_key],
                 [self.group, self.member_id, _RELEASED_IDLE_MS, entry_id, deliveries - 1],
+                state.client,
             )
         except AgentfoldError as error:  # the lease expires on its own; the next owner then waits for min idle
             logger.warning("group %r: could not hand partition %d back: %s", self.group, state.number, error)
@@ -653,7 +722,9 @@ class RedisConsumerGroupMember:
                 assert state.acks is not None, "_work sets up the acknowledgements"
                 await state.acks.settle()
                 attempt = int(
-                    await self._call("retry", [state.key, state.owner_key], [self.group, self.member_id, entry_id])
+                    await self._call(
+                        "retry", [state.key, state.owner_key], [self.group, self.member_id, entry_id], state.client
+                    )
                 )
                 if attempt == 0:
                     state.lost = True
@@ -695,7 +766,10 @@ class RedisConsumerGroupMember:
         if state.acks is not None:
             await state.acks.settle()
         written = await self._call(
-            "dead_letter", [state.key, state.owner_key, self._dead_key], [self.group, self.member_id, entry_id, *letter]
+            "dead_letter",
+            [state.key, state.owner_key, self._dead_key(state.number)],
+            [self.group, self.member_id, entry_id, *letter],
+            state.client,
         )
         if not int(written):
             state.lost = True
@@ -703,12 +777,14 @@ class RedisConsumerGroupMember:
         self.dead_lettered += 1
         return True
 
-    async def _watch(self, client: aioredis.Redis) -> None:
+    async def _watch(self, client: Any) -> None:
         """Wake idle partitions when the relay writes: one blocking read of the log per member, not per partition.
 
         The relay writes the log and the partition streams in one script call, so an entry of a partition stream is
         in the log too. The watcher takes the log's last id before it wakes the partitions, so whatever a partition
-        finds missing when it looks after a wake is above that id, and the next blocking read returns for it.
+        finds missing when it looks after a wake is above that id, and the next blocking read returns for it. On a
+        cluster there is no log: the watcher reads the wake-up stream, which the relay writes after the partition
+        streams of every batch.
         """
         last: bytes | None = None
         while not self._stopping.is_set():
@@ -716,7 +792,7 @@ class RedisConsumerGroupMember:
                 with translate_errors(f"watch the log at {self.settings.shown_url}"):
                     if last is None:
                         last = await self._last_log_id(client)
-                    reply = await client.xread({self._log_key: last}, count=1, block=_WATCH_BLOCK_MS)
+                    reply = await client.xread({self._watched_key: last}, count=1, block=_WATCH_BLOCK_MS)
                     if reply:
                         last = await self._last_log_id(client)
                         self._wakes.wake()
@@ -726,9 +802,9 @@ class RedisConsumerGroupMember:
                 logger.debug("group %r: watching the log failed: %s", self.group, error)
                 await wait_unless(asyncio.sleep(_IDLE_POLL_SECONDS), self._stopping)
 
-    async def _last_log_id(self, client: aioredis.Redis) -> bytes:
+    async def _last_log_id(self, client: Any) -> bytes:
         with translate_errors(f"read the log at {self.settings.shown_url}"):
-            newest = cast(list[tuple[bytes, Any]], await client.xrevrange(self._log_key, count=1))
+            newest = cast(list[tuple[bytes, Any]], await client.xrevrange(self._watched_key, count=1))
         return newest[0][0] if newest else b"0-0"
 
 
@@ -747,13 +823,18 @@ def redis_consumer_group(url: str, group: str, handler: Handler, **options: Any)
 async def dead_letters(url: str, group: str) -> list[DeadLetter]:
     """The entries `group` gave up on, oldest first, with the error of their last attempt."""
     settings = relay_settings(url)
-    key = f"{settings.prefix}:dead:{_check_name(group, 'group')}"
-    client = make_client(settings, settings.timeout)
+    name = _check_name(group, "group")
+    keys = FanoutKeys(settings.prefix, settings.cluster)
+    client = make_fanout_client(settings, settings.timeout)
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = []
     try:
         with translate_errors(f"read the dead letters of {group!r} at {settings.shown_url}"):
-            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(key))
+            count = int(await client.get(keys.partitions) or 0)
+            for key in keys.dead_streams(name, count):  # on a cluster, one stream per partition
+                entries += cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(key))
     finally:
         await client.aclose()
+    entries.sort(key=lambda entry: tuple(int(part) for part in entry[0].split(b"-")))
     letters = []
     for entry_id, fields in entries:
         try:
