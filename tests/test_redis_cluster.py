@@ -26,8 +26,9 @@ from agentfold.fanout.redis_groups import RedisConsumerGroupMember, dead_letters
 from agentfold.fanout.redis_relay import Relay, RelayConflict, decode_relayed, relay
 from agentfold.fanout.targets import FanoutKeys, parse_target
 from agentfold.groups import partition_of
+from agentfold.options import redact
 from agentfold.store import EventStore
-from tests.backends import require_tool
+from tests.backends import REDIS_URL, require_tool
 from tests.group_helpers import until
 from tests.redis_cluster import LocalCluster, Node, cluster_tools_installed
 
@@ -221,6 +222,19 @@ async def test_groups_deliver_every_event_once_per_group_in_stream_order(target:
     assert letter.partition == partition_of("job-5", PARTITIONS)
     assert letter.attempts == 2 and "cannot audit" in letter.error
     assert await dead_letters(target, "mail") == []
+
+
+async def test_fanout_bench_measures_one_redis_beside_the_cluster(
+    redis_cluster: LocalCluster, redis_service: None
+) -> None:
+    from agentfold.bench.fanout_bench import measure_fanout
+
+    cluster_url = f"redis+cluster://{redis_cluster.seed.address}"
+    results = await measure_fanout([REDIS_URL, cluster_url], events=300, turns=1, progress=lambda text: None)
+    assert set(results["figures"]) == {redact(REDIS_URL), f"{cluster_url} replicas=1", f"{cluster_url} replicas=0"}
+    for figures in results["figures"].values():
+        assert set(figures) == {"relay_events_per_s", "group_events_per_s"}
+        assert all(value > 0 for value in figures.values())
 
 
 # -- a master fails over during delivery (keep last: it swaps a master and its replica) -----------------------------

@@ -28,7 +28,7 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def _counting_handler(events: int) -> tuple[Callable[[RecordedEvent], Awaitable[None]], asyncio.Event]:
+def counting_handler(events: int) -> tuple[Callable[[RecordedEvent], Awaitable[None]], asyncio.Event]:
     """A group handler that counts the events it is given, and the event it sets once it has counted `events`."""
     handled = 0
     done = asyncio.Event()
@@ -119,7 +119,7 @@ async def measure_group(url: str, store: EventStore, events: int = 6000, streams
     figures: Figures = {}
     if url.startswith("redis://"):
         figures.update(await measure_redis_native_group(url, store, events))
-    handle, done = _counting_handler(events)
+    handle, done = counting_handler(events)
     stores: list[Any] = [store] if url.startswith("memory://") else [await agentfold.connect(url) for _ in range(3)]
     members = [
         (stores[index % len(stores)]).consumer_group("bench", handle, member_id=f"m{index}", partitions=12)
@@ -149,7 +149,7 @@ async def measure_redis_native_group(url: str, store: EventStore, events: int) -
 
     async with agentfold.connect("memory://") as empty:
         await relay(empty, url, once=True, partitions=12, name="declare")
-    handle, done = _counting_handler(events)
+    handle, done = counting_handler(events)
     members = [
         redis_consumer_group(url, "bench", handle, member_id=f"m{index}", lease_seconds=1.5) for index in range(3)
     ]

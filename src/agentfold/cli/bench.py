@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from agentfold.bench import BACKEND_NAMES, run
+from agentfold.bench import BACKEND_NAMES, environment, run
 from agentfold.bench.peers import PEER_NAMES
 from agentfold.cli import main
 from agentfold.errors import AgentfoldError
@@ -72,6 +72,12 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     "skips them, the payloads kept in the event and as blobs.",
 )
 @click.option(
+    "--fanout",
+    is_flag=True,
+    help="Only the fan-out figures: the relay and a Redis-native group on each --url, redis:// (one Redis) or "
+    "redis+cluster:// (a Redis Cluster, measured with the relay waiting for one replica and for none), in turns.",
+)
+@click.option(
     "--peers",
     is_flag=True,
     help="Only agentfold beside its peers (eventsourcing, DBOS Transact, LangGraph's savers; the bench-peers "
@@ -110,6 +116,7 @@ def bench(
     runs_page_only: bool,
     otel_only: bool,
     payloads_only: bool,
+    fanout: bool,
     peers: bool,
     peer_names: tuple[str, ...],
     partitions: int | None,
@@ -122,6 +129,9 @@ def bench(
         return
     if integrations:
         _integrations(urls, json_path, quick, console)
+        return
+    if fanout:
+        _fanout(urls, json_path, quick, console)
         return
     if peers:
         _peers(backends, urls, peer_names, json_path, quick, markdown, console)
@@ -219,6 +229,27 @@ def _integrations(urls: tuple[str, ...], json_path: Path | None, quick: bool, co
     click.echo("versions: " + ", ".join(f"{name} {version}" for name, version in results["versions"].items()))
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"figures written to {json_path}")
+
+
+def _fanout(urls: tuple[str, ...], json_path: Path | None, quick: bool, console: Console) -> None:
+    from agentfold.bench.fanout_bench import measure_fanout
+
+    chosen = [url for url in urls if url.startswith(("redis://", "redis+cluster://"))] or ["redis://127.0.0.1:6379/0"]
+    events, turns = (5_000, 1) if quick else (20_000, 3)
+    with console.status("measuring") as status:
+        try:
+            results = asyncio.run(measure_fanout(chosen, events, turns, progress=lambda text: status.update(text)))
+        except AgentfoldError as error:
+            raise click.ClickException(str(error)) from None
+    table = Table(title=f"fan-out: {events:,} events, {results['partitions']} partitions, median of {turns} turns")
+    for column in ("target", "relay events/s", "3-member group events/s"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for name, figures in results["figures"].items():
+        table.add_row(name, f"{figures['relay_events_per_s']:,.0f}", f"{figures['group_events_per_s']:,.0f}")
+    Console().print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps({"environment": environment(), **results}, indent=2) + "\n")
         console.print(f"figures written to {json_path}")
 
 

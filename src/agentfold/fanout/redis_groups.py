@@ -42,6 +42,16 @@ Limits: a member paused for longer than its lease (a stopped VM, a debugger), or
 handlers should be idempotent, as at-least-once delivery demands anyway. A member dying between reading a batch and
 handing over its first entry counts one delivery too many for that entry. Member ids must be unique among live
 members.
+
+**On a Redis Cluster** (a ``redis+cluster://`` URL, `agentfold.fanout.targets`) the same scripts run, each on the
+keys of one partition: the partition stream, its lease and its own dead-letter stream ``{prefix}:dead:{group}:{<tag>}``
+share the partition's hash tag, so each call runs on the master of that partition's slot, and the members read every
+master. Heartbeats renew the leases one partition at a time; while one master fails over, the leases on the others
+are still renewed, so only the failed master's partitions pause (and, if the members set is on it, rebalancing).
+Members wake on the relay's wake-up stream ``{prefix}:wake`` instead of the log. Replication is asynchronous: a
+master that fails may take with it acknowledgements, reads and entries its replica had not received, so after a
+failover a group can be handed again events it had handled (the relay also writes again what was not confirmed).
+Delivery stays at least once; the event's position (the entry id ``0-<position>``) is the key to drop repeats.
 """
 
 from __future__ import annotations
