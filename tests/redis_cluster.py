@@ -2,7 +2,7 @@
 
 Each node is a ``redis-server --cluster-enabled yes`` process with its own folder (its ``nodes.conf``), started by
 `LocalCluster.start`, joined by ``redis-cli --cluster create ... --cluster-replicas 1``, and killed by
-`LocalCluster.destroy`. Nodes give up on a silent peer after 1.5 s (``cluster-node-timeout``), so a failover takes a
+`LocalCluster.destroy`. Nodes give up on a silent peer after 2 s (``cluster-node-timeout``), so a failover takes a
 few seconds; a replica may take over whatever the age of its data (``cluster-replica-validity-factor 0``), as a test
 that pauses it needs. There is no persistence: a killed node comes back empty and resyncs from its master.
 """
@@ -21,7 +21,7 @@ from redis.crc import key_slot
 
 from tests.servers import START_TIMEOUT, free_port
 
-NODE_TIMEOUT_MS = 1500
+NODE_TIMEOUT_MS = 2000
 
 
 def cluster_tools_installed() -> bool:
