@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import subprocess
 import sys
 import uuid
@@ -10,14 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
 import agentfold
 from agentfold.errors import CheckpointConflict, InvalidInput
-from agentfold.integrations.langgraph import CHECKPOINT_SAVED, AgentfoldSaver, stream_for
+from agentfold.integrations.langgraph import CHECKPOINT_SAVED, HEAD_SNAPSHOT, AgentfoldSaver, body_of, stream_for
 from agentfold.store import EventStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,61 +45,72 @@ def config(thread_id: str) -> Any:
     return {"configurable": {"thread_id": thread_id}}
 
 
-async def test_a_chat_stores_appended_messages_and_reads_back_exactly_what_was_put(store: EventStore) -> None:
-    saver = AgentfoldSaver(store, snapshot_every=4)
+class RecordingSaver(AgentfoldSaver):
+    """Keeps a copy of every checkpoint it was given, to compare with what is read back."""
+
+    def __init__(self, store: EventStore, **options: Any) -> None:
+        super().__init__(store, **options)
+        self.put_checkpoints: dict[str, Any] = {}
+
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        self.put_checkpoints[checkpoint["id"]] = copy.deepcopy(checkpoint)
+        return await super().aput(config, checkpoint, metadata, new_versions)
+
+
+async def test_a_chat_stores_what_changed_and_reads_back_exactly_what_was_put(store: EventStore) -> None:
+    """A checkpoint stores the messages it appended once: as a reference to the pending write that holds them. A
+    fresh saver (as in a new process) reads every checkpoint back as it was put, through a message removed (not an
+    append) and a branch from an older checkpoint."""
+    saver = RecordingSaver(store, snapshot_every=4)
     graph = chat_graph(saver)
-    for turn in range(1, 11):
+    for turn in range(1, 7):
         await graph.ainvoke({"messages": [HumanMessage(f"question {turn}", id=f"q{turn}")]}, config("chat"))
-    state = await graph.aget_state(config("chat"))
-    assert [message.content for message in state.values["messages"]][-4:] == [
-        "question 9",
-        "answer 9",
-        "question 10",
-        "answer 10",
-    ]
-    assert len(state.values["messages"]) == 20
+    await graph.aupdate_state(config("chat"), {"messages": [RemoveMessage(id="q2")]})
+    older = [state async for state in graph.aget_state_history(config("chat"))][9]
+    await graph.aupdate_state(older.config, {"messages": [HumanMessage("a branch", id="b1")]})
+    await graph.ainvoke({"messages": [HumanMessage("question 7", id="q7")]}, config("chat"))
 
-    # A fresh saver (as in a new process) folds the stored suffixes back into the same values, at every checkpoint.
     fresh = AgentfoldSaver(store, snapshot_every=4)
-    history = [item async for item in fresh.alist(config("chat"))]
-    cached = [item async for item in saver.alist(config("chat"))]
-    assert [item.checkpoint for item in history] == [item.checkpoint for item in cached]
+    listed = {item.checkpoint["id"]: item.checkpoint async for item in fresh.alist(config("chat"))}
+    assert listed.keys() == saver.put_checkpoints.keys()
+    for checkpoint_id, put in saver.put_checkpoints.items():
+        found = await fresh.aget_tuple({"configurable": {"thread_id": "chat", "checkpoint_id": checkpoint_id}})
+        assert found is not None
+        assert found.checkpoint == listed[checkpoint_id] == put
     head = await fresh.aget_tuple(config("chat"))
-    assert head is not None
-    assert head.checkpoint["channel_values"]["messages"] == state.values["messages"]
+    state = await graph.aget_state(config("chat"))
+    assert head is not None and head.checkpoint["channel_values"]["messages"] == state.values["messages"]
 
-    kinds = {"full": 0, "suffix": 0}
-    async for event in store.read_stream(stream_for("chat")):
-        if event.type == CHECKPOINT_SAVED:
-            for record in event.data["values"]:
-                if record["channel"] == "messages":
-                    kinds["suffix" if "base" in record else "full"] += 1
-    assert kinds["suffix"] > kinds["full"] > 0
+    stored = [
+        body_of(event)["values"].get("messages")
+        async for event in store.read_stream(stream_for("chat"))
+        if event.type == CHECKPOINT_SAVED
+    ]
+    kinds = [record[0] for record in stored if record is not None]
+    assert kinds.count("add@") >= 10 and "add" not in kinds
+    assert kinds.count("set") == 2  # the message removed, and the branch: a whole list each
 
 
-async def test_a_long_thread_stores_whole_values_again_as_they_outgrow_their_suffixes(store: EventStore) -> None:
-    """A list channel is stored whole again once its suffixes outgrow its last whole value; any other channel once
-    its stored form lies `snapshot_every` checkpoints back. A fresh saver still reads back exactly what was put."""
-    saver = AgentfoldSaver(store, snapshot_every=3)
-    graph = chat_graph(saver)
-    long_text = "x" * 3000  # suffixes outgrow the minimum chain size within a few steps
-    for turn in range(1, 9):
-        await graph.ainvoke({"messages": [HumanMessage(f"q{turn} {long_text}", id=f"q{turn}")]}, config("long"))
-    checkpoints = [e.data async for e in store.read_stream(stream_for("long")) if e.type == CHECKPOINT_SAVED]
-    wholes = [c["seq"] for c in checkpoints for r in c["values"] if r["channel"] == "messages" and "full" in r]
-    suffixes = [c["seq"] for c in checkpoints for r in c["values"] if r["channel"] == "messages" and "base" in r]
-    assert len(wholes) >= 3 and suffixes
-    for data in [c for c in checkpoints if "turns" in c["anchors"]]:
-        anchor_seq, anchor_bytes, chain_bytes = data["anchors"]["turns"]
-        assert data["seq"] - anchor_seq < 3 and chain_bytes == 0
-        anchor_seq, anchor_bytes, chain_bytes = data["anchors"]["messages"]
-        assert chain_bytes <= max(anchor_bytes, 4096)
-    fresh = AgentfoldSaver(store, snapshot_every=3)
-    head = await fresh.aget_tuple(config("long"))
+async def test_reading_the_head_starts_at_the_snapshot_a_read_kept(store: EventStore) -> None:
+    """A read of the head that folded `snapshot_every` checkpoints or more keeps the head whole beside the log; the
+    next read needs nothing before it (here the events before it are trimmed away)."""
+    graph = chat_graph(AgentfoldSaver(store, snapshot_every=3))
+    for turn in range(1, 5):
+        await graph.ainvoke({"messages": [HumanMessage(f"question {turn}", id=f"q{turn}")]}, config("long"))
     state = await graph.aget_state(config("long"))
+    assert await store.load_snapshot(stream_for("long"), HEAD_SNAPSHOT) is not None  # kept by the reads above
+    await graph.ainvoke({"messages": [HumanMessage("question 5", id="q5")]}, config("long"))
+    head = await AgentfoldSaver(store, snapshot_every=3).aget_tuple(config("long"))
     assert head is not None
-    assert head.checkpoint["channel_values"]["messages"] == state.values["messages"]
-    assert len(head.checkpoint["channel_values"]["messages"]) == 16
+    snapshot = await store.load_snapshot(stream_for("long"), HEAD_SNAPSHOT)
+    assert snapshot is not None and snapshot.version > 1
+    state = await graph.aget_state(config("long"))
+
+    await store.trim_stream(stream_for("long"), snapshot.version)
+    again = await AgentfoldSaver(store, snapshot_every=3).aget_tuple(config("long"))
+    assert again is not None and again.checkpoint == head.checkpoint
+    assert again.checkpoint["channel_values"]["messages"] == state.values["messages"]
+    assert len(state.values["messages"]) == 10
 
 
 async def test_a_put_that_does_not_extend_the_head_is_refused_and_writes_nothing(store: EventStore) -> None:

@@ -8,11 +8,14 @@ savers:
   and nothing is written (the head is checked and the checkpoint appended in one step, with the stream's expected
   version). A checkpoint without a parent starts a new root, as LangGraph defines; a checkpoint of source
   ``update`` or ``fork`` (``graph.update_state``) may branch from an older one on purpose.
-- Storage grows with what changed: a list channel that grew by appending is stored as the appended suffix, keyed
-  to the version it extends, and folded back on read; every channel is stored whole again once its stored form
-  lies `snapshot_every` checkpoints back, so reading the head reads a bounded tail of the stream.
+- Storage grows with what changed: a checkpoint that extends the head stores only the channels it changed (a list
+  channel that grew by appending as the appended items; a value that one of the head's pending writes holds
+  already as a reference to that write) and its channel versions as changes to its parent's, compressed. A read of
+  the head folds the events after the stream's snapshot (the head's whole state, kept beside the log); when they
+  hold `snapshot_every` checkpoints or more, it keeps the head as the new snapshot, so reading the head does not
+  fold the thread from its start. An older checkpoint is folded from the stream's start.
 - `put_writes` is idempotent: a retried call writes nothing twice (its event ids derive from the checkpoint, the
-  task and the write indexes), and a write already stored for a (task, index) is kept.
+  task and the writes' content), and a write already stored for a (task, index) is kept.
 - Deleting and pruning append markers; readers never see what a marker removed.
 
 The sync methods run the same coroutines on the event loop the saver was created on, from another thread.
@@ -22,11 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
+
+import msgspec
 
 from agentfold.integrations import require
 
@@ -47,8 +54,9 @@ from langgraph.checkpoint.base import (  # noqa: E402
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol  # noqa: E402
 
-from agentfold.errors import CheckpointConflict, InvalidInput, WrongExpectedVersion  # noqa: E402
+from agentfold.errors import CheckpointConflict, InvalidInput, StoreCorrupted, WrongExpectedVersion  # noqa: E402
 from agentfold.events import ANY, NO_STREAM, NewEvent, RecordedEvent  # noqa: E402
+from agentfold.log import StreamSnapshot  # noqa: E402
 from agentfold.store import EventStore  # noqa: E402
 
 T = TypeVar("T")
@@ -61,13 +69,17 @@ WRITES_SAVED: Final = "WritesSaved"
 CHECKPOINTS_DELETED: Final = "CheckpointsDeleted"
 THREAD_PRUNED: Final = "ThreadPruned"
 THREAD_DELETED: Final = "ThreadDeleted"
+HEAD_SNAPSHOT: Final = "langgraph-head"
+"""The name of the snapshot that holds a stream's head checkpoint, whole."""
 _IDS: Final = uuid.UUID("6f1d1b8e-5b4a-4c1e-9a51-2f3a0c7d9e42")
 _MAX_STREAM_ID: Final = 200
 _APPEND_ATTEMPTS: Final = 20
-_FIRST_PAGE: Final = 32
-_LAST_PAGE: Final = 1024
-_MIN_CHAIN_BYTES: Final = 4096
-"""Suffixes of a list channel may add up to this much before the whole value is stored again, however small it is."""
+_VERSION_MAPS: Final = ("channel_versions", "versions_seen")
+"""The keys of a checkpoint stored as changes to its parent's when it extends its parent."""
+_WRITTEN_CHECKPOINTS: Final = 4
+"""For how many checkpoints per stream the saver remembers the writes it appended (see `AgentfoldSaver._written`)."""
+_PLAIN_METADATA: Final = ("source", "step", "run_id")
+"""Metadata kept outside the serializer's payload, so the timeline reads it without the saver's serializer."""
 
 
 def stream_for(thread_id: str, checkpoint_ns: str = "") -> str:
@@ -97,21 +109,263 @@ def node_of(task_path: str) -> str:
     return task_path
 
 
-# -- what a stream holds, folded ------------------------------------------------------------------------------------
+# -- the stored form: one compressed body per event ------------------------------------------------------------------
+#
+# A `CheckpointSaved` event's data is {"checkpoint_id", "seq", "z"}, a `WritesSaved` event's {"checkpoint_id",
+# "task_id", "z"}; "z" is the body: msgpack, deflated with the dictionary below, in base64. A checkpoint's body:
+#   parent     the parent checkpoint's id, or None
+#   delta      True when it extends its parent: channels absent from `values` keep the parent's value, and the
+#              keys named in `changed` hold changes to the parent's ({"set": {...}, "del": [...]})
+#   checkpoint the checkpoint without its id and channel values, [type, bytes] from the saver's serializer
+#   metadata   the same for the metadata, less the keys kept plain in `meta` (source, step, run_id)
+#   updated    the channels that `new_versions` named
+#   values     channel -> ["none"] (no value), ["set", type, bytes] (the value), ["add", type, bytes] (the parent's
+#              list and these items), or ["set@"|"add@", back, n]: the same with the n-th write of the
+#              `WritesSaved` event `back` versions before this one
+# A writes body: {"path": task path, "writes": [[index, channel, type, bytes], ...]}.
 
 
-@dataclass
-class _Channel:
-    """A channel's value as of a checkpoint, and where its stored form begins (for delta encoding)."""
+def _dictionary() -> bytes:
+    """Deflate's preset dictionary: what most events repeat (a checkpoint's keys, LangChain messages as LangGraph's
+    serializer writes them, the bodies' own keys), without any text. Part of the stored form: never change it, add
+    another under a new body key instead."""
+    base = {"content": "", "additional_kwargs": {}, "response_metadata": {}}
+    message = {**base, "type": "", "name": None, "id": None}
+    parts: list[Any] = [
+        ["langchain_core.messages.system", "SystemMessage", {**message, "type": "system"}, "model_validate_json"],
+        [
+            "langchain_core.messages.tool",
+            "ToolMessage",
+            {**message, "type": "tool", "tool_call_id": "", "artifact": None, "status": "success"},
+            "model_validate_json",
+        ],
+        {"name": "", "args": {}, "id": "", "type": "tool_call"},
+        {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        {"source": "input", "step": -1, "parents": {}, "run_id": ""},
+        {
+            "v": 4,
+            "ts": "",
+            "channel_versions": {"__start__": 1, "messages": 1, "branch:to:": 1},
+            "versions_seen": {"__input__": {}, "__start__": {"__start__": 1}},
+            "updated_channels": ["messages"],
+        },
+        {"path": "~__pregel_pull, ", "writes": [[0, "messages", "msgpack", b""]]},
+        {
+            "parent": "",
+            "delta": True,
+            "changed": list(_VERSION_MAPS),
+            "checkpoint": ["msgpack", b""],
+            "metadata": ["msgpack", b""],
+            "meta": {"source": "loop", "step": 1},
+            "updated": ["messages"],
+            "values": {"messages": ["add@", 1, 0]},
+        },
+        [
+            "langchain_core.messages.ai",
+            "AIMessage",
+            {**message, "type": "ai", "tool_calls": [], "invalid_tool_calls": [], "usage_metadata": None},
+            "model_validate_json",
+        ],
+        ["langchain_core.messages.human", "HumanMessage", {**message, "type": "human"}, "model_validate_json"],
+    ]
+    return b"".join(msgspec.msgpack.encode(part) for part in parts)
 
-    version: Any
-    value: Any
-    anchor_seq: int
-    """The checkpoint (`seq`) whose event holds the whole value that the stored suffixes extend."""
-    anchor_bytes: int = 0
-    """The size of that whole value as stored."""
-    chain_bytes: int = 0
-    """The size of the suffixes stored since."""
+
+_DICTIONARY: Final = _dictionary()
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder()
+
+
+def _deflate(value: Any) -> bytes:
+    compressor = zlib.compressobj(wbits=-15, zdict=_DICTIONARY)
+    return compressor.compress(_encoder.encode(value)) + compressor.flush()
+
+
+def _inflate(packed: bytes) -> Any:
+    try:
+        decompressor = zlib.decompressobj(wbits=-15, zdict=_DICTIONARY)
+        return _decoder.decode(decompressor.decompress(packed) + decompressor.flush())
+    except (zlib.error, msgspec.DecodeError) as error:
+        raise StoreCorrupted(f"a LangGraph checkpoint body does not decode: {error}") from None
+
+
+def body_of(event: RecordedEvent) -> dict[str, Any]:
+    """What a `CheckpointSaved` or `WritesSaved` event stores, decoded (the layout above); the serializer's payloads in
+    it stay as they were stored."""
+    body: dict[str, Any] = _unpack(event.data["z"])
+    return body
+
+
+def _pack(value: Any) -> str:
+    return base64.b64encode(_deflate(value)).decode("ascii")
+
+
+def _unpack(text: str) -> Any:
+    return _inflate(base64.b64decode(text))
+
+
+def _identical(left: Any, right: Any) -> bool:
+    """Equal and of the same types all the way down (1, 1.0 and True are not identical)."""
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, dict):
+        return left.keys() == right.keys() and all(_identical(value, right[key]) for key, value in left.items())
+    if isinstance(left, list | tuple):
+        return len(left) == len(right) and all(map(_identical, left, right))
+    return bool(left == right)
+
+
+def _changes(old: Any, new: Any) -> dict[str, Any] | None:
+    """`new` as changes to `old` (both dicts), or None when they are not both dicts."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None
+    return {
+        "set": {key: value for key, value in new.items() if key not in old or not _identical(old[key], value)},
+        "del": [key for key in old if key not in new],
+    }
+
+
+def _changed(old: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    gone = set(changes["del"])
+    return {**{key: value for key, value in old.items() if key not in gone}, **changes["set"]}
+
+
+def _copied(value: Any) -> Any:
+    """A copy of the dicts and lists in `value` (the objects in them are shared)."""
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copied(item) for item in value]
+    return value
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+_ABSENT: Final = _Absent()
+
+
+class _Missing(Exception):
+    """A fold that starts at a snapshot lacks what a checkpoint refers to: fold the stream from its start."""
+
+
+# -- what a stream holds, folded --------------------------------------------------------------------------------------
+
+
+class _Saved:
+    """One `CheckpointSaved` event of a fold; its checkpoint and values are resolved on demand, and kept."""
+
+    def __init__(self, event: RecordedEvent) -> None:
+        self.id: str = event.data["checkpoint_id"]
+        self.seq: int = event.data["seq"]
+        self.version = event.version
+        self.recorded_at_us = event.recorded_at_us
+        self.body = body_of(event)
+        self.stored: dict[str, Any] | None = None
+        """The checkpoint without its id and channel values."""
+        self.values: dict[str, Any] = {}
+        """Channel -> value (`_ABSENT` for none), as resolved so far."""
+
+
+class _Fold:
+    """A stream's events folded in order: all of them, or those from a snapshot's checkpoint on (`seeded`)."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, _Saved] = {}
+        """Every checkpoint since the thread was last deleted, hidden or not: later ones may extend them."""
+        self.visible: dict[str, _Saved] = {}
+        """The checkpoints readers see, in stream order."""
+        self.writes: dict[str, list[tuple[str, dict[str, Any], int]]] = {}
+        """Checkpoint id -> (task id, writes body, stream version), oldest first. A task's writes may precede its
+        checkpoint's event in the stream (LangGraph saves both in the background with its default durability)."""
+        self.write_bodies: dict[int, dict[str, Any]] = {}
+        """Stream version -> writes body: what `set@` and `add@` records refer to."""
+        self.stream_version = 0
+        self.last_seq = 0
+        self.snapshot_seq = 0
+        """The seq of the checkpoint the fold started from (0 when it started at the stream's start)."""
+        self.snapshot_version = 0
+        """The stream version of the stream's snapshot, whether the fold started there or not (0: none)."""
+        self.seeded = False
+        self.marked = False
+        """A deletion or pruning marker came after the snapshot: what it hid lies before the fold began."""
+        self.reset = False
+        """The thread was deleted after the snapshot: nothing before the fold matters."""
+
+    def apply(self, event: RecordedEvent) -> None:
+        self.stream_version = event.version
+        data = event.data
+        if event.type == CHECKPOINT_SAVED:
+            saved = _Saved(event)
+            self.saved[saved.id] = saved
+            self.visible.pop(saved.id, None)
+            self.visible[saved.id] = saved
+            self.last_seq = max(self.last_seq, saved.seq)
+        elif event.type == WRITES_SAVED:
+            body = body_of(event)
+            self.write_bodies[event.version] = body
+            self.writes.setdefault(data["checkpoint_id"], []).append((data["task_id"], body, event.version))
+        elif event.type == THREAD_DELETED:
+            self.saved, self.visible, self.writes, self.write_bodies = {}, {}, {}, {}
+            self.last_seq = self.snapshot_seq = 0
+            self.reset = True
+        elif event.type == CHECKPOINTS_DELETED:
+            self.marked = True
+            for checkpoint_id in data["checkpoint_ids"]:
+                self.visible.pop(checkpoint_id, None)
+                self.writes.pop(checkpoint_id, None)
+        elif event.type == THREAD_PRUNED:
+            self.marked = True
+            keep = data.get("keep")
+            self.visible = {key: saved for key, saved in self.visible.items() if key == keep}
+            self.writes = {key: writes for key, writes in self.writes.items() if key == keep}
+
+    def seed(self, event: RecordedEvent, state: dict[str, Any], serde: SerializerProtocol) -> bool:
+        """Start at the snapshot's checkpoint (`event`, its values and the writes stored before it from `state`);
+        False if they do not match."""
+        if event.type != CHECKPOINT_SAVED or event.data["checkpoint_id"] != state["id"]:
+            return False
+        self.apply(event)
+        saved = self.saved[state["id"]]
+        saved.stored = serde.loads_typed(tuple(state["checkpoint"]))
+        saved.values = {
+            channel: _ABSENT if stored is None else serde.loads_typed(tuple(stored))
+            for channel, stored in state["values"].items()
+        }
+        for version, checkpoint_id, task_id, body in state["writes"]:
+            self.write_bodies[version] = body
+            self.writes.setdefault(checkpoint_id, []).append((task_id, body, version))
+        self.seeded, self.snapshot_seq, self.snapshot_version = True, saved.seq, event.version
+        return True
+
+    def head(self) -> _Saved | None:
+        return next(reversed(self.visible.values()), None)
+
+    def find(self, checkpoint_id: str | None) -> _Saved | None:
+        return self.head() if checkpoint_id is None else self.visible.get(checkpoint_id)
+
+    def trusted(self, found: _Saved | None) -> bool:
+        """Whether a seeded fold's answer stands (no marker may have hidden what lies before it)."""
+        return not self.seeded or (not self.marked and (found is not None or self.reset))
+
+    def parent(self, saved: _Saved) -> _Saved:
+        parent = self.saved.get(saved.body["parent"] or "")
+        if parent is None:
+            if self.seeded:
+                raise _Missing
+            raise StoreCorrupted(f"checkpoint {saved.id!r} extends {saved.body['parent']!r}, which is not stored")
+        return parent
+
+    def write(self, saved: _Saved, back: int, n: int) -> tuple[str, bytes]:
+        body = self.write_bodies.get(saved.version - back)
+        if body is None:
+            if self.seeded:
+                raise _Missing
+            raise StoreCorrupted(f"checkpoint {saved.id!r} refers to writes that are not stored")
+        _, _, kind, payload = body["writes"][n]
+        return kind, payload
 
 
 @dataclass
@@ -121,69 +375,10 @@ class _Head:
     checkpoint_id: str | None
     seq: int
     stream_version: int
-    channels: dict[str, _Channel] = field(default_factory=dict)
-
-
-@dataclass
-class _Folded:
-    """The visible checkpoints of a stream (newest first), their writes, and the stored channel values."""
-
-    checkpoints: list[RecordedEvent] = field(default_factory=list)
-    writes: dict[str, list[RecordedEvent]] = field(default_factory=dict)
-    blobs: dict[tuple[str, Any], dict[str, Any]] = field(default_factory=dict)
-    stream_version: int = 0
-    last_seq: int = 0
-    complete: bool = False
-    """The scan reached the stream's start or a deletion marker: there is nothing older to find."""
-
-
-class _Scan:
-    """A backward scan of a stream that stops as soon as it has what the caller needs."""
-
-    def __init__(self) -> None:
-        self.folded = _Folded()
-        self.deleted: set[str] = set()
-        self.kept_after_prune: str | None = None
-        self.pruned = False
-        self.seen_first = False
-
-    def take(self, event: RecordedEvent) -> bool:
-        """Fold one event (newest first); False once nothing older matters."""
-        folded = self.folded
-        if not self.seen_first:
-            folded.stream_version = event.version
-            self.seen_first = True
-        data = event.data
-        if event.type == THREAD_DELETED:
-            folded.complete = True
-            return False
-        if event.type == CHECKPOINTS_DELETED:
-            self.deleted.update(data["checkpoint_ids"])
-        elif event.type == THREAD_PRUNED:
-            if not self.pruned:
-                self.pruned, self.kept_after_prune = True, data.get("keep")
-        elif event.type == WRITES_SAVED:
-            if self._visible(data["checkpoint_id"]):
-                folded.writes.setdefault(data["checkpoint_id"], []).append(event)
-        elif event.type == CHECKPOINT_SAVED:
-            folded.last_seq = max(folded.last_seq, data["seq"])
-            for record in data["values"]:
-                folded.blobs.setdefault((record["channel"], _version_key(record["version"])), record)
-            if self._visible(data["checkpoint_id"]):
-                folded.checkpoints.append(event)
-        return True
-
-    def _visible(self, checkpoint_id: str) -> bool:
-        if checkpoint_id in self.deleted:
-            return False
-        return not self.pruned or checkpoint_id == self.kept_after_prune
-
-
-def _version_key(version: Any) -> Any:
-    """Versions compare by value across int, float and str forms that JSON may hand back."""
-    if isinstance(version, float) and version.is_integer():
-        return int(version)
-    return version
+    stored: dict[str, Any] = field(default_factory=dict)
+    """The checkpoint without its id and channel values."""
+    values: dict[str, Any] = field(default_factory=dict)
+    """Channel -> value (`_ABSENT` for none)."""
 
 
 # -- the saver --------------------------------------------------------------------------------------------------------
@@ -193,6 +388,8 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
     """LangGraph's `BaseCheckpointSaver` over an agentfold `EventStore` (any backend).
 
     Create it inside the event loop that opened `store`; the sync methods may then be called from other threads.
+    `snapshot_every`: a read of the head that folded this many checkpoints past the stream's snapshot keeps a new
+    one.
     """
 
     def __init__(self, store: EventStore, *, serde: SerializerProtocol | None = None, snapshot_every: int = 20) -> None:
@@ -202,6 +399,9 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         self.store = store
         self.snapshot_every = snapshot_every
         self._heads: dict[str, _Head] = {}
+        self._written: dict[str, dict[str, list[tuple[int, int, str, tuple[str, bytes]]]]] = {}
+        """Stream -> checkpoint id -> the pending writes this saver appended for it, newest checkpoints only:
+        (stream version, n, channel, serialized value), for a checkpoint to refer to rather than repeat."""
         self._registered: set[str] = set()
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -210,148 +410,181 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
 
     # -- encoding ------------------------------------------------------------------------------------------------
 
-    def _dump(self, value: Any) -> list[str]:
+    def _dump(self, value: Any) -> tuple[str, bytes]:
         kind, payload = self.serde.dumps_typed(value)
-        return [kind, base64.b64encode(payload).decode("ascii")]
+        return kind, payload
 
-    def _load(self, stored: list[str]) -> Any:
-        return self.serde.loads_typed((stored[0], base64.b64decode(stored[1])))
+    def _load(self, stored: Sequence[Any]) -> Any:
+        return self.serde.loads_typed((stored[0], stored[1]))
 
     # -- reading -------------------------------------------------------------------------------------------------
 
-    async def _scan(self, stream: str, *, until: str | None = None, everything: bool = False) -> _Folded:
-        """Read `stream` backwards until the checkpoint `until` (the newest visible one if None) and every stored
-        value it needs are found, or to the start when `everything`."""
-        scan = _Scan()
-        target: RecordedEvent | None = None
-        missing: set[tuple[str, Any]] = set()
-        async for page in self._pages_backwards(stream, everything):
+    async def _fold(self, stream: str) -> _Fold:
+        """Every event of the stream, folded."""
+        fold = _Fold()
+        async for page in self.store.read_stream_pages(stream):
             for event in page:
-                if not scan.take(event):
-                    return scan.folded
-                if everything:
-                    continue
-                if target is None and scan.folded.checkpoints:
-                    newest = scan.folded.checkpoints[-1]
-                    if until is None or newest.data["checkpoint_id"] == until:
-                        target = newest
-                        missing = self._needed(newest.data)
-                if target is not None:
-                    missing = self._still_missing(scan.folded, missing)
-                    if not missing:
-                        return scan.folded
-        scan.folded.complete = True
-        return scan.folded
+                fold.apply(event)
+        return fold
 
-    async def _pages_backwards(self, stream: str, everything: bool) -> AsyncIterator[list[RecordedEvent]]:
-        """The stream newest first, in pages that start small and double: a read that needs only the tail reads
-        little more than the tail."""
-        if everything:
-            async for page in self.store.read_stream_pages(stream, backwards=True):
-                yield page
-            return
-        size, before = _FIRST_PAGE, None
+    async def _seeded(self, stream: str, snapshot: StreamSnapshot) -> _Fold | None:
+        """The stream folded from the snapshot's checkpoint on, or None when the snapshot does not match it."""
+        fold = _Fold()
+        async for page in self.store.read_stream_pages(stream, after_version=snapshot.version - 1):
+            for event in page:
+                if fold.seeded:
+                    fold.apply(event)
+                elif not fold.seed(event, _inflate(snapshot.state), self.serde):
+                    return None
+        return fold if fold.seeded else None
+
+    async def _read(self, stream: str, checkpoint_id: str | None) -> tuple[_Fold, _Saved | None]:
+        """A fold holding checkpoint `checkpoint_id` (the head when None), resolved: from the stream's snapshot on
+        when that suffices, else from the stream's start."""
+        snapshot = await self.store.load_snapshot(stream, HEAD_SNAPSHOT)
+        seeded = None if snapshot is None else await self._seeded(stream, snapshot)
+        if seeded is not None:
+            found = seeded.find(checkpoint_id)
+            if seeded.trusted(found):
+                try:
+                    if found is not None:
+                        self._resolve(seeded, found)
+                    return seeded, found
+                except _Missing:
+                    pass
+        fold = await self._fold(stream)
+        fold.snapshot_version = 0 if snapshot is None else snapshot.version
+        found = fold.find(checkpoint_id)
+        if found is not None:
+            self._resolve(fold, found)
+        return fold, found
+
+    def _resolve(self, fold: _Fold, saved: _Saved) -> None:
+        for channel in self._stored(fold, saved)["channel_versions"]:
+            self._value(fold, saved, channel)
+
+    def _stored(self, fold: _Fold, saved: _Saved) -> dict[str, Any]:
+        """The checkpoint without its id and channel values, its version maps rebuilt from its parents'."""
+        chain: list[_Saved] = []
+        node = saved
+        while node.stored is None:
+            chain.append(node)
+            if not node.body.get("changed"):
+                break
+            node = fold.parent(node)
+        for node in reversed(chain):
+            stored: dict[str, Any] = self._load(node.body["checkpoint"])
+            if node.body.get("changed"):
+                parent = fold.parent(node).stored
+                assert parent is not None
+                for key in node.body["changed"]:
+                    stored[key] = _changed(parent[key], stored[key])
+            node.stored = stored
+        assert saved.stored is not None
+        return saved.stored
+
+    def _value(self, fold: _Fold, saved: _Saved, channel: str) -> Any:
+        """The channel's value at checkpoint `saved` (`_ABSENT` when it has none), from the nearest checkpoint up
+        its parents that stored the channel, plus the items appended since."""
+        chain: list[tuple[_Saved, list[Any] | None]] = []
+        node = saved
+        value: Any = _ABSENT
         while True:
-            page = [
-                event
-                async for event in self.store.read_stream(stream, limit=size, backwards=True, before_version=before)
-            ]
-            if page:
-                yield page
-            if len(page) < size or page[-1].version <= 1:
-                return
-            size, before = min(size * 2, _LAST_PAGE), page[-1].version
-
-    def _needed(self, data: dict[str, Any]) -> set[tuple[str, Any]]:
-        versions: dict[str, Any] = data["channel_versions"]
-        return {(channel, _version_key(version)) for channel, version in versions.items()}
-
-    def _still_missing(self, folded: _Folded, missing: set[tuple[str, Any]]) -> set[tuple[str, Any]]:
-        left: set[tuple[str, Any]] = set()
-        for key in missing:
-            record = folded.blobs.get(key)
+            if channel in node.values:
+                value = node.values[channel]
+                break
+            record: list[Any] | None = node.body["values"].get(channel)
+            chain.append((node, record))
             if record is None:
-                left.add(key)
-            elif "base" in record:
-                left |= self._still_missing(folded, {(key[0], _version_key(record["base"]))})
-        return left
-
-    def _value(self, folded: _Folded, channel: str, version: Any, memo: dict[tuple[str, Any], Any]) -> Any:
-        """The channel's value at `version` (a sentinel `_ABSENT` when it was stored empty or is not stored)."""
-        key = (channel, _version_key(version))
-        if key in memo:
-            return memo[key]
-        record = folded.blobs.get(key)
-        value: Any
-        if record is None or record.get("empty"):
-            value = _ABSENT
-        elif "base" in record:
-            base = self._value(folded, channel, record["base"], memo)
-            value = _ABSENT if base is _ABSENT else [*base, *self._load(record["suffix"])]
-        else:
-            value = self._load(record["full"])
-        memo[key] = value
+                if not node.body["delta"]:
+                    break  # stored without this channel: no value
+                node = fold.parent(node)
+                continue
+            if record[0] in ("set", "set@", "none"):
+                break
+            node = fold.parent(node)  # an "add": the parent's list, and more
+        for node, record in reversed(chain):
+            if record is not None and record[0] != "none":
+                kind = record[0]
+                stored = fold.write(node, record[1], record[2]) if kind.endswith("@") else record[1:]
+                loaded = self._load(stored)
+                if kind.startswith("set"):
+                    value = loaded
+                elif value is not _ABSENT:
+                    value = [*value, *loaded]
+            elif record is not None:
+                value = _ABSENT
+            node.values[channel] = value
         return value
 
-    def _tuple(
-        self, thread_id: str, ns: str, folded: _Folded, event: RecordedEvent, memo: dict[tuple[str, Any], Any]
-    ) -> CheckpointTuple:
-        data = event.data
-        checkpoint: Checkpoint = self._load(data["checkpoint"])
+    def _tuple(self, thread_id: str, ns: str, fold: _Fold, saved: _Saved) -> CheckpointTuple:
+        stored = self._stored(fold, saved)
         values: dict[str, Any] = {}
-        for channel, version in checkpoint["channel_versions"].items():
-            value = self._value(folded, channel, version, memo)
+        for channel in stored["channel_versions"]:
+            value = self._value(fold, saved, channel)
             if value is not _ABSENT:
                 values[channel] = list(value) if isinstance(value, list) else value
-        checkpoint["channel_values"] = values
-        checkpoint_id = data["checkpoint_id"]
+        checkpoint: Checkpoint = {**_copied(stored), "id": saved.id, "channel_values": values}  # type: ignore[typeddict-item]
+        metadata = self._metadata(saved)
         pending: dict[tuple[str, int], tuple[str, str, str, Any]] = {}
-        for writes_event in reversed(folded.writes.get(checkpoint_id, [])):  # oldest first
-            task_id, task_path = writes_event.data["task_id"], writes_event.data["task_path"]
-            for index, channel, stored in writes_event.data["writes"]:
+        for task_id, body, _ in fold.writes.get(saved.id, []):
+            for index, channel, kind, payload in body["writes"]:
                 if index >= 0 and (task_id, index) in pending:
                     continue  # a write already stored for this task and index is kept
-                pending[(task_id, index)] = (task_path, task_id, channel, stored)
+                pending[(task_id, index)] = (body["path"], task_id, channel, (kind, payload))
         ordered = sorted(pending.items(), key=lambda item: writes_sort_key(item[1][0], item[0][0], item[0][1]))
         pending_writes: list[PendingWrite] = [
-            (task_id, channel, self._load(stored)) for _, (_, task_id, channel, stored) in ordered
+            (task_id, channel, self._load(stored_value)) for _, (_, task_id, channel, stored_value) in ordered
         ]
-        parent_id = data.get("parent_id")
+        parent_id = saved.body["parent"]
         return CheckpointTuple(
-            config=_config(thread_id, ns, checkpoint_id),
+            config=_config(thread_id, ns, saved.id),
             checkpoint=checkpoint,
-            metadata=self._load(data["metadata"]),
+            metadata=metadata,
             parent_config=_config(thread_id, ns, parent_id) if parent_id else None,
             pending_writes=pending_writes,
         )
 
+    def _metadata(self, saved: _Saved) -> CheckpointMetadata:
+        return {**self._load(saved.body["metadata"]), **saved.body["meta"]}  # type: ignore[typeddict-item]
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint `config` names (the thread's newest when it names none), with its pending writes."""
         thread_id, ns = _thread_and_ns(config)
-        wanted = get_checkpoint_id(config)
         stream = stream_for(thread_id, ns)
-        folded = await self._scan(stream, until=wanted)
-        for event in folded.checkpoints:
-            if wanted is None or event.data["checkpoint_id"] == wanted:
-                memo: dict[tuple[str, Any], Any] = {}
-                found = self._tuple(thread_id, ns, folded, event, memo)
-                if event is folded.checkpoints[0]:
-                    self._remember(stream, folded, event, found)
-                return found
-        return None
+        fold, found = await self._read(stream, get_checkpoint_id(config))
+        if found is None:
+            return None
+        if found is fold.head():
+            await self._took_head(stream, fold, found)
+        return self._tuple(thread_id, ns, fold, found)
 
-    def _remember(self, stream: str, folded: _Folded, event: RecordedEvent, found: CheckpointTuple) -> None:
-        """Keep the head just read, so the next `aput` on the stream can store only what changed."""
-        if event.data["checkpoint_id"] != folded.checkpoints[0].data["checkpoint_id"]:
-            return
-        anchors: dict[str, list[int]] = event.data.get("anchors", {})
-        channels = {
-            channel: _Channel(
-                version, found.checkpoint["channel_values"].get(channel, _ABSENT), *anchors.get(channel, [0, 0, 0])
-            )
-            for channel, version in found.checkpoint["channel_versions"].items()
-        }
-        self._heads[stream] = _Head(event.data["checkpoint_id"], folded.last_seq, folded.stream_version, channels)
+    async def _took_head(self, stream: str, fold: _Fold, saved: _Saved) -> _Head:
+        """Keep the head just read, so the next `aput` on the stream can store only what changed; and keep it whole
+        beside the log (the stream's snapshot) when the read folded `snapshot_every` checkpoints or more past the
+        snapshot, so the next read starts there."""
+        stored = self._stored(fold, saved)
+        values = {channel: self._value(fold, saved, channel) for channel in stored["channel_versions"]}
+        head = _Head(saved.id, fold.last_seq, fold.stream_version, stored, values)
+        self._heads[stream] = head
+        if saved.seq - fold.snapshot_seq >= self.snapshot_every and saved.version > fold.snapshot_version:
+            state = {
+                "id": saved.id,
+                "seq": saved.seq,
+                "checkpoint": self._dump(stored),
+                "values": {
+                    channel: None if value is _ABSENT else self._dump(value) for channel, value in values.items()
+                },
+                "writes": [
+                    [version, checkpoint_id, task_id, body]
+                    for checkpoint_id, writes in fold.writes.items()
+                    if checkpoint_id == saved.id or checkpoint_id not in fold.saved
+                    for task_id, body, version in writes
+                    if version < saved.version
+                ],
+            }
+            await self.store.keep_snapshot(StreamSnapshot(stream, HEAD_SNAPSHOT, saved.version, _deflate(state)))
+        return head
 
     async def alist(
         self,
@@ -376,23 +609,20 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         for thread_id in threads:
             namespaces = [wanted_ns] if wanted_ns is not None else await self._namespaces(thread_id)
             for ns in namespaces:
-                folded = await self._scan(stream_for(thread_id, ns), everything=True)
-                memo: dict[tuple[str, Any], Any] = {}
-                for event in sorted(folded.checkpoints, key=lambda e: e.data["checkpoint_id"], reverse=True):
-                    checkpoint_id = event.data["checkpoint_id"]
-                    if wanted_id and checkpoint_id != wanted_id:
+                fold = await self._fold(stream_for(thread_id, ns))
+                for saved in sorted(fold.visible.values(), key=lambda saved: saved.id, reverse=True):
+                    if wanted_id and saved.id != wanted_id:
                         continue
-                    if before_id and checkpoint_id >= before_id:
+                    if before_id and saved.id >= before_id:
                         continue
-                    if filter:
-                        metadata = self._load(event.data["metadata"])
-                        if not all(metadata.get(key) == value for key, value in filter.items()):
-                            continue
+                    found = self._tuple(thread_id, ns, fold, saved)
+                    if filter and not all(found.metadata.get(key) == value for key, value in filter.items()):
+                        continue
                     if remaining is not None:
                         if remaining <= 0:
                             return
                         remaining -= 1
-                    yield self._tuple(thread_id, ns, folded, event, memo)
+                    yield found
 
     async def _threads(self) -> list[str]:
         return list(dict.fromkeys([event.data["thread_id"] async for event in self.store.read_stream(THREADS_STREAM)]))
@@ -427,15 +657,12 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         head = self._heads.get(stream)
         if head is not None:
             return head
-        folded = await self._scan(stream)
-        if not folded.checkpoints:
-            head = _Head(None, folded.last_seq, folded.stream_version)
+        fold, found = await self._read(stream, None)
+        if found is None:
+            head = _Head(None, fold.last_seq, fold.stream_version)
             self._heads[stream] = head
             return head
-        thread_id, ns = folded.checkpoints[0].data["thread_id"], folded.checkpoints[0].data["checkpoint_ns"]
-        found = self._tuple(thread_id, ns, folded, folded.checkpoints[0], {})
-        self._remember(stream, folded, folded.checkpoints[0], found)
-        return self._heads[stream]
+        return await self._took_head(stream, fold, found)
 
     async def _catch_up(self, stream: str, head: _Head) -> None:
         """Take in what others appended after `head`: pending writes only move its version; anything else (a
@@ -465,15 +692,13 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
             head = await self._head(stream)
             if head.checkpoint_id == checkpoint_id:
                 return _config(thread_id, ns, checkpoint_id)  # a retry of a put that was saved
-            base: _Head | None = head
-            if parent_id is None:
-                base = None  # a new root: stores every value whole
-            elif head.checkpoint_id != parent_id:
+            if parent_id is not None and head.checkpoint_id != parent_id:
                 if stored_metadata.get("source") not in ("update", "fork"):
                     raise CheckpointConflict(thread_id, ns, parent_id, head.checkpoint_id)
-                base = None  # a deliberate branch from an older checkpoint
-            event, channels = self._checkpoint_event(
-                thread_id, ns, checkpoint, stored_metadata, new_versions, parent_id, head.seq + 1, base
+            # Extending the head stores what changed; a new root or a deliberate branch stores every value.
+            base = head if parent_id is not None and head.checkpoint_id == parent_id else None
+            event, saved = self._checkpoint_event(
+                stream, checkpoint, stored_metadata, new_versions, parent_id, head, base
             )
             expected = head.stream_version if head.stream_version else NO_STREAM
             try:
@@ -481,86 +706,90 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
             except WrongExpectedVersion:
                 await self._catch_up(stream, head)  # someone appended meanwhile: look again
                 continue
-            self._heads[stream] = _Head(checkpoint_id, head.seq + 1, result.version, channels)
+            saved.stream_version = result.version
+            self._heads[stream] = saved
             return _config(thread_id, ns, checkpoint_id)
         raise CheckpointConflict(thread_id, ns, parent_id, None)
 
     def _checkpoint_event(
         self,
-        thread_id: str,
-        ns: str,
+        stream: str,
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
         parent_id: str | None,
-        seq: int,
+        head: _Head,
         base: _Head | None,
-    ) -> tuple[NewEvent, dict[str, _Channel]]:
-        values: dict[str, Any] = checkpoint["channel_values"]
-        stored: dict[str, Any] = {key: value for key, value in checkpoint.items() if key != "channel_values"}
-        records: list[dict[str, Any]] = []
-        channels: dict[str, _Channel] = {}
-        old_enough = seq - self.snapshot_every
-
-        def whole(channel: str, version: Any, value: Any) -> None:
-            if value is _ABSENT:
-                records.append({"channel": channel, "version": version, "empty": True})
-                channels[channel] = _Channel(version, _ABSENT, seq)
-                return
-            dumped = self._dump(value)
-            records.append({"channel": channel, "version": version, "full": dumped})
-            channels[channel] = _Channel(
-                version, list(value) if isinstance(value, list) else value, seq, len(dumped[1])
-            )
-
-        for channel, version in checkpoint["channel_versions"].items():
-            before = base.channels.get(channel) if base is not None else None
-            if channel in new_versions:
-                value = values.get(channel, _ABSENT)
-                if (
-                    before is not None
-                    and isinstance(value, list)
-                    and isinstance(before.value, list)
-                    and len(value) >= len(before.value)
-                    and value[: len(before.value)] == before.value
-                ):
-                    suffix = self._dump(value[len(before.value) :])
-                    chain = before.chain_bytes + len(suffix[1])
-                    if chain <= max(before.anchor_bytes, _MIN_CHAIN_BYTES):
-                        records.append(
-                            {"channel": channel, "version": version, "base": before.version, "suffix": suffix}
-                        )
-                        channels[channel] = _Channel(
-                            version, list(value), before.anchor_seq, before.anchor_bytes, chain
-                        )
-                        continue
-                whole(channel, version, value)
-            elif before is not None and _version_key(before.version) == _version_key(version):
-                if before.anchor_seq <= old_enough and before.chain_bytes == 0:
-                    whole(channel, version, before.value)  # stored too far back: store it whole again
-                else:
-                    channels[channel] = before
-        data = {
-            "thread_id": thread_id,
-            "checkpoint_ns": ns,
-            "checkpoint_id": checkpoint["id"],
-            "parent_id": parent_id,
-            "seq": seq,
-            "step": metadata.get("step"),
-            "source": metadata.get("source"),
-            "run_id": metadata.get("run_id"),
-            "channel_versions": dict(checkpoint["channel_versions"]),
+    ) -> tuple[NewEvent, _Head]:
+        """The event that saves `checkpoint` (at the stream version after `head`'s), and the head it makes."""
+        version = head.stream_version + 1
+        given: dict[str, Any] = checkpoint["channel_values"]
+        stored: dict[str, Any] = {
+            key: value for key, value in checkpoint.items() if key not in ("id", "channel_values")
+        }
+        values: dict[str, Any] = {}
+        records: dict[str, list[Any]] = {}
+        for channel, channel_version in checkpoint["channel_versions"].items():
+            if (
+                base is not None
+                and channel not in new_versions
+                and channel in base.values
+                and _identical(base.stored["channel_versions"].get(channel), channel_version)
+            ):
+                values[channel] = base.values[channel]  # unchanged: the parent's value
+                continue
+            value = given.get(channel, _ABSENT)
+            values[channel] = list(value) if isinstance(value, list) else value
+            before = base.values.get(channel, _ABSENT) if base is not None else _ABSENT
+            records[channel] = self._record(stream, channel, value, before, parent_id if base else None, version)
+        body_checkpoint = dict(stored)
+        changed = []
+        if base is not None:
+            for key in _VERSION_MAPS:
+                changes = _changes(base.stored.get(key), stored.get(key))
+                if changes is not None:
+                    body_checkpoint[key] = changes
+                    changed.append(key)
+        plain = {
+            key: metadata[key]
+            for key in _PLAIN_METADATA
+            if key in metadata and type(metadata[key]) in (int, str, type(None))
+        }
+        body = {
+            "parent": parent_id,
+            "delta": base is not None,
+            "changed": changed,
+            "checkpoint": self._dump(body_checkpoint),
+            "metadata": self._dump({key: value for key, value in metadata.items() if key not in plain}),
+            "meta": plain,
             "updated": sorted(new_versions),
-            "anchors": {
-                channel: [state.anchor_seq, state.anchor_bytes, state.chain_bytes]
-                for channel, state in channels.items()
-            },
-            "checkpoint": self._dump(stored),
-            "metadata": self._dump(metadata),
             "values": records,
         }
-        event = NewEvent(CHECKPOINT_SAVED, data, id=_event_id(stream_for(thread_id, ns), checkpoint["id"]))
-        return event, channels
+        data = {"checkpoint_id": checkpoint["id"], "seq": head.seq + 1, "z": _pack(body)}
+        event = NewEvent(CHECKPOINT_SAVED, data, id=_event_id(stream, checkpoint["id"]))
+        return event, _Head(checkpoint["id"], head.seq + 1, version, stored, values)
+
+    def _record(
+        self, stream: str, channel: str, value: Any, before: Any, parent_id: str | None, version: int
+    ) -> list[Any]:
+        """How a changed channel is stored: nothing, the appended items, or the value; by reference to one of the
+        parent's pending writes when one holds exactly that."""
+        if value is _ABSENT:
+            return ["none"]
+        if (
+            isinstance(value, list)
+            and isinstance(before, list)
+            and len(value) >= len(before)
+            and value[: len(before)] == before
+        ):
+            kind, dumped = "add", self._dump(value[len(before) :])
+        else:
+            kind, dumped = "set", self._dump(value)
+        written_for_parent = self._written.get(stream, {}).get(parent_id or "", [])
+        for write_version, n, written_channel, written in written_for_parent:
+            if written_channel == channel and written == dumped:
+                return [f"{kind}@", version - write_version, n]
+        return [kind, *dumped]
 
     async def aput_writes(
         self,
@@ -573,26 +802,25 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         thread_id, ns = _thread_and_ns(config)
         checkpoint_id = config["configurable"]["checkpoint_id"]
         stream = stream_for(thread_id, ns)
-        indexed = [
-            [WRITES_IDX_MAP.get(channel, index), channel, self._dump(value)]
-            for index, (channel, value) in enumerate(writes)
-        ]
-        if not indexed:
+        dumped = [(channel, self._dump(value)) for channel, value in writes]
+        if not dumped:
             return
-        data = {
-            "thread_id": thread_id,
-            "checkpoint_ns": ns,
-            "checkpoint_id": checkpoint_id,
-            "task_id": task_id,
-            "task_path": task_path,
-            "node": node_of(task_path),
-            "writes": indexed,
-        }
+        indexed = [
+            [WRITES_IDX_MAP.get(channel, n), channel, kind, payload]
+            for n, (channel, (kind, payload)) in enumerate(dumped)
+        ]
+        data = {"checkpoint_id": checkpoint_id, "task_id": task_id, "z": _pack({"path": task_path, "writes": indexed})}
         # The id covers the writes' content: a retried call is an exact retry (stored once), and a task that writes
         # again with other values (an error on a second attempt) is a new event, not a refused retry.
         content = hashlib.sha256(repr(indexed).encode()).hexdigest()
         event = NewEvent(WRITES_SAVED, data, id=_event_id(stream, checkpoint_id, task_id, content))
         result = await self.store.append(stream, [event], expected_version=ANY)
+        written = self._written.setdefault(stream, {})
+        written.setdefault(checkpoint_id, []).extend(
+            (result.version, n, channel, stored) for n, (channel, stored) in enumerate(dumped)
+        )
+        while len(written) > _WRITTEN_CHECKPOINTS:
+            del written[next(iter(written))]
         head = self._heads.get(stream)
         if head is not None and result.version == head.stream_version + 1:
             head.stream_version = result.version  # otherwise the next `aput` catches up
@@ -617,8 +845,8 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
             return
         for thread_id in await self._threads():
             for ns in await self._namespaces(thread_id):
-                folded = await self._scan(stream_for(thread_id, ns), everything=True)
-                doomed = [e.data["checkpoint_id"] for e in folded.checkpoints if e.data.get("run_id") in wanted]
+                fold = await self._fold(stream_for(thread_id, ns))
+                doomed = [saved.id for saved in fold.visible.values() if self._metadata(saved).get("run_id") in wanted]
                 if doomed:
                     await self._mark(thread_id, ns, CHECKPOINTS_DELETED, {"checkpoint_ids": doomed})
 
@@ -628,12 +856,7 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
             source = stream_for(source_thread_id, ns)
             target = stream_for(target_thread_id, ns)
             copied = [
-                NewEvent(
-                    event.type,
-                    {**event.data, "thread_id": target_thread_id} if "thread_id" in event.data else event.data,
-                    event.metadata,
-                    id=_event_id("copy", target, event.id),
-                )
+                NewEvent(event.type, event.data, event.metadata, id=_event_id("copy", target, event.id))
                 async for event in self.store.read_stream(source)
             ]
             if copied:
@@ -765,36 +988,43 @@ async def thread_timeline(store: EventStore, thread_id: str, checkpoint_ns: str 
     events = [event async for event in store.read_stream(stream)]
     if not events:
         raise InvalidInput(f"no LangGraph thread {thread_id!r} in this store (stream {stream!r} is empty)")
-    scan = _Scan()
-    for event in reversed(events):
-        if not scan.take(event):
-            break
-    visible = {event.data["checkpoint_id"] for event in scan.folded.checkpoints}
+    fold = _Fold()
+    for event in events:
+        fold.apply(event)
     nodes: dict[str, list[str]] = {}
     interrupted: set[str] = set()
+    entries: list[TimelineEntry] = []
     for event in events:
         if event.type == WRITES_SAVED:
-            checkpoint_id = event.data["checkpoint_id"]
-            node = event.data["node"]
+            checkpoint_id, body = event.data["checkpoint_id"], body_of(event)
+            node = node_of(body["path"])
             if node and node not in nodes.setdefault(checkpoint_id, []):
                 nodes[checkpoint_id].append(node)
-            if any(channel == "__interrupt__" for _, channel, _ in event.data["writes"]):
+            if any(channel == "__interrupt__" for _, channel, _, _ in body["writes"]):
                 interrupted.add(checkpoint_id)
+        elif event.type == CHECKPOINT_SAVED:
+            saved = _Saved(event)
+            entries.append(
+                TimelineEntry(
+                    seq=saved.seq,
+                    step=saved.body["meta"].get("step"),
+                    source=saved.body["meta"].get("source"),
+                    checkpoint_id=saved.id,
+                    parent_id=saved.body["parent"],
+                    recorded_at_us=saved.recorded_at_us,
+                    nodes=[],
+                    updated=saved.body["updated"],
+                    interrupted=False,
+                    visible=fold.visible.get(saved.id) is not None,
+                )
+            )
     return [
-        TimelineEntry(
-            seq=event.data["seq"],
-            step=event.data.get("step"),
-            source=event.data.get("source"),
-            checkpoint_id=event.data["checkpoint_id"],
-            parent_id=event.data.get("parent_id"),
-            recorded_at_us=event.recorded_at_us,
-            nodes=nodes.get(event.data.get("parent_id") or "", []),
-            updated=event.data.get("updated", []),
-            interrupted=event.data["checkpoint_id"] in interrupted,
-            visible=event.data["checkpoint_id"] in visible,
+        dataclasses.replace(
+            entry,
+            nodes=nodes.get(entry.parent_id or "", []),
+            interrupted=entry.checkpoint_id in interrupted,
         )
-        for event in events
-        if event.type == CHECKPOINT_SAVED
+        for entry in entries
     ]
 
 
@@ -824,14 +1054,6 @@ async def channel_values_at(
     if checkpoint_id is not None:
         configurable["checkpoint_id"] = checkpoint_id
     return await saver.aget_tuple({"configurable": configurable})
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "<absent>"
-
-
-_ABSENT: Final = _Absent()
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
