@@ -1,8 +1,10 @@
 """LangGraph checkpoint storage, `AgentfoldSaver` beside LangGraph's own savers, in one run.
 
 A chat graph adds two messages per step (a question and an answer of about 200 characters each) for `steps` steps.
-For each saver: the bytes its storage holds afterwards (SQLite: the database file and its write-ahead log after a
-checkpoint of the log; PostgreSQL: the total size of its tables and indexes), and the median time of `aput` and of
+For each saver: the bytes its storage holds after the run and one read of the thread's head by a fresh saver (the
+read that resumes a thread; `AgentfoldSaver` keeps its snapshot then), and what the thread added to the storage of a
+saver that holds nothing yet (SQLite: the database file and its write-ahead log after a checkpoint of the log;
+PostgreSQL: the total size of its tables, with their indexes and TOAST tables); and the median time of `aput` and of
 `aget_tuple` (the thread's head, read by a fresh saver) at step 10 and at the last step.
 """
 
@@ -144,12 +146,16 @@ async def _measure(
     tag = uuid.uuid4().hex[:8]
     long_thread = {"configurable": {"thread_id": f"chat-{tag}"}, "recursion_limit": steps * 2 + 10}
     short_thread = {"configurable": {"thread_id": f"short-{tag}"}, "recursion_limit": EARLY_STEP * 2 + 10}
+    async with make_saver() as saver:  # storage that holds nothing yet (a saver creates its tables on first use)
+        assert await saver.aget_tuple({"configurable": {"thread_id": f"none-{tag}", "checkpoint_ns": ""}}) is None
+    bytes_empty = int(await size())
     async with make_saver() as saver:
         graph = _chat_graph(saver)
         await graph.ainvoke({"until": steps}, long_thread, durability="sync")
-        state = await graph.aget_state(long_thread)
+    async with make_saver() as saver:
+        state = await _chat_graph(saver).aget_state(long_thread)
         assert len(state.values["messages"]) == 2 * steps, "the saver did not return what was put"
-    bytes_after = int(await size())  # one thread of `steps` steps, before anything else is added
+    bytes_after = int(await size())  # one thread of `steps` steps, read once, before anything else is added
     async with make_saver() as saver:
         await _chat_graph(saver).ainvoke({"until": EARLY_STEP}, short_thread, durability="sync")
     figures: dict[str, list[float]] = {"put_short": [], "put_long": [], "read_short": [], "read_long": []}
@@ -163,6 +169,7 @@ async def _measure(
     return {
         "saver": name,
         "bytes": bytes_after,
+        "thread_bytes": bytes_after - bytes_empty,
         f"aput_ms_step_{EARLY_STEP}": median["put_short"],
         f"aput_ms_step_{steps}": median["put_long"],
         f"aget_tuple_ms_step_{EARLY_STEP}": median["read_short"],
@@ -278,8 +285,10 @@ async def run_langgraph_storage(
         _remove(workdir, tag)
     by_name = {result["saver"]: result for result in results}
     ratios = {
-        "sqlite_bytes_vs_langgraph": by_name["agentfold sqlite"]["bytes"] / by_name["langgraph sqlite"]["bytes"],
-        "postgres_bytes_vs_langgraph": by_name["agentfold postgres"]["bytes"] / by_name["langgraph postgres"]["bytes"],
+        f"{backend}_{figure}_vs_langgraph": by_name[f"agentfold {backend}"][figure]
+        / by_name[f"langgraph {backend}"][figure]
+        for backend in ("sqlite", "postgres")
+        for figure in ("bytes", "thread_bytes")
     }
     return {
         "steps": steps,
