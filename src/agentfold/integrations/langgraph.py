@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import uuid
@@ -54,7 +55,13 @@ from langgraph.checkpoint.base import (  # noqa: E402
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol  # noqa: E402
 
-from agentfold.errors import CheckpointConflict, InvalidInput, StoreCorrupted, WrongExpectedVersion  # noqa: E402
+from agentfold.errors import (  # noqa: E402
+    CheckpointConflict,
+    InvalidInput,
+    StoreCorrupted,
+    StoreReadOnly,
+    WrongExpectedVersion,
+)
 from agentfold.events import ANY, NO_STREAM, NewEvent, RecordedEvent  # noqa: E402
 from agentfold.log import StreamSnapshot  # noqa: E402
 from agentfold.store import EventStore  # noqa: E402
@@ -430,12 +437,14 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
     async def _seeded(self, stream: str, snapshot: StreamSnapshot) -> _Fold | None:
         """The stream folded from the snapshot's checkpoint on, or None when the snapshot does not match it."""
         fold = _Fold()
-        async for page in self.store.read_stream_pages(stream, after_version=snapshot.version - 1):
-            for event in page:
-                if fold.seeded:
-                    fold.apply(event)
-                elif not fold.seed(event, _inflate(snapshot.state), self.serde):
-                    return None
+        pages = self.store.read_stream_pages(stream, after_version=snapshot.version - 1)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                for event in page:
+                    if fold.seeded:
+                        fold.apply(event)
+                    elif not fold.seed(event, _inflate(snapshot.state), self.serde):
+                        return None
         return fold if fold.seeded else None
 
     async def _read(self, stream: str, checkpoint_id: str | None) -> tuple[_Fold, _Saved | None]:
@@ -583,7 +592,9 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
                     if version < saved.version
                 ],
             }
-            await self.store.keep_snapshot(StreamSnapshot(stream, HEAD_SNAPSHOT, saved.version, _deflate(state)))
+            snapshot = StreamSnapshot(stream, HEAD_SNAPSHOT, saved.version, _deflate(state))
+            with contextlib.suppress(StoreReadOnly):  # a read-only store (a replica) is read without one
+                await self.store.keep_snapshot(snapshot)
         return head
 
     async def alist(
@@ -724,9 +735,9 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         """The event that saves `checkpoint` (at the stream version after `head`'s), and the head it makes."""
         version = head.stream_version + 1
         given: dict[str, Any] = checkpoint["channel_values"]
-        stored: dict[str, Any] = {
-            key: value for key, value in checkpoint.items() if key not in ("id", "channel_values")
-        }
+        stored: dict[str, Any] = _copied(
+            {key: value for key, value in checkpoint.items() if key not in ("id", "channel_values")}
+        )  # a copy: the graph may change its checkpoint's maps after the put
         values: dict[str, Any] = {}
         records: dict[str, list[Any]] = {}
         for channel, channel_version in checkpoint["channel_versions"].items():
