@@ -97,11 +97,10 @@ async def test_reading_the_head_starts_at_the_snapshot_a_read_kept(store: EventS
     """A read of the head that folded `snapshot_every` checkpoints or more keeps the head whole beside the log; the
     next read needs nothing before it (here the events before it are trimmed away)."""
     graph = chat_graph(AgentfoldSaver(store, snapshot_every=3))
-    for turn in range(1, 5):
+    for turn in range(1, 9):  # 8 turns of 3 checkpoints and 2 writes: longer than the first read of a head
         await graph.ainvoke({"messages": [HumanMessage(f"question {turn}", id=f"q{turn}")]}, config("long"))
-    state = await graph.aget_state(config("long"))
     assert await store.load_snapshot(stream_for("long"), HEAD_SNAPSHOT) is not None  # kept by the reads above
-    await graph.ainvoke({"messages": [HumanMessage("question 5", id="q5")]}, config("long"))
+    await graph.ainvoke({"messages": [HumanMessage("question 9", id="q9")]}, config("long"))
     head = await AgentfoldSaver(store, snapshot_every=3).aget_tuple(config("long"))
     assert head is not None
     snapshot = await store.load_snapshot(stream_for("long"), HEAD_SNAPSHOT)
@@ -112,7 +111,7 @@ async def test_reading_the_head_starts_at_the_snapshot_a_read_kept(store: EventS
     again = await AgentfoldSaver(store, snapshot_every=3).aget_tuple(config("long"))
     assert again is not None and again.checkpoint == head.checkpoint
     assert again.checkpoint["channel_values"]["messages"] == state.values["messages"]
-    assert len(state.values["messages"]) == 10
+    assert len(state.values["messages"]) == 18
 
 
 async def test_a_put_that_does_not_extend_the_head_is_refused_and_writes_nothing(store: EventStore) -> None:

@@ -12,8 +12,9 @@ savers:
   channel that grew by appending as the appended items; a value that one of the head's pending writes holds
   already as a reference to that write) and its channel versions as changes to its parent's, compressed. A read of
   the head folds the events after the stream's snapshot (the head's whole state, kept beside the log); when they
-  hold `snapshot_every` checkpoints or more, it keeps the head as the new snapshot, so reading the head does not
-  fold the thread from its start. An older checkpoint is folded from the stream's start.
+  hold `snapshot_every` checkpoints or more (and the stream is longer than the one read of its last 32 events),
+  it keeps the head as the new snapshot, so reading the head does not fold the thread from its start. An older
+  checkpoint is folded from the stream's start.
 - `put_writes` is idempotent: a retried call writes nothing twice (its event ids derive from the checkpoint, the
   task and the writes' content), and a write already stored for a (task, index) is kept.
 - Deleting and pruning append markers; readers never see what a marker removed.
@@ -81,6 +82,8 @@ HEAD_SNAPSHOT: Final = "langgraph-head"
 _IDS: Final = uuid.UUID("6f1d1b8e-5b4a-4c1e-9a51-2f3a0c7d9e42")
 _MAX_STREAM_ID: Final = 200
 _APPEND_ATTEMPTS: Final = 20
+_TAIL: Final = 32
+"""A read of a stream's head reads this many events from its end first; a shorter stream is read in that one go."""
 _VERSION_MAPS: Final = ("channel_versions", "versions_seen")
 """The keys of a checkpoint stored as changes to its parent's when it extends its parent."""
 _WRITTEN_CHECKPOINTS: Final = 4
@@ -300,6 +303,8 @@ class _Fold:
         """A deletion or pruning marker came after the snapshot: what it hid lies before the fold began."""
         self.reset = False
         """The thread was deleted after the snapshot: nothing before the fold matters."""
+        self.short = False
+        """The whole stream came in the one read of its tail: a snapshot would not make reading it shorter."""
 
     def apply(self, event: RecordedEvent) -> None:
         self.stream_version = event.version
@@ -426,43 +431,55 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
 
     # -- reading -------------------------------------------------------------------------------------------------
 
-    async def _fold(self, stream: str) -> _Fold:
-        """Every event of the stream, folded."""
+    async def _fold(self, stream: str, events: Sequence[RecordedEvent] | None = None) -> _Fold:
+        """Every event of the stream (`events`, when they are all of them), folded."""
         fold = _Fold()
+        if events is not None:
+            for event in events:
+                fold.apply(event)
+            return fold
         async for page in self.store.read_stream_pages(stream):
             for event in page:
                 fold.apply(event)
         return fold
 
-    async def _seeded(self, stream: str, snapshot: StreamSnapshot) -> _Fold | None:
-        """The stream folded from the snapshot's checkpoint on, or None when the snapshot does not match it."""
-        fold = _Fold()
-        pages = self.store.read_stream_pages(stream, after_version=snapshot.version - 1)
-        async with contextlib.aclosing(pages):
-            async for page in pages:
-                for event in page:
-                    if fold.seeded:
-                        fold.apply(event)
-                    elif not fold.seed(event, _inflate(snapshot.state), self.serde):
-                        return None
-        return fold if fold.seeded else None
+    async def _seeded(self, stream: str, snapshot: StreamSnapshot, tail: list[RecordedEvent]) -> _Fold | None:
+        """The stream folded from the snapshot's checkpoint on (`tail`: its last events, in order), or None when the
+        snapshot does not match it."""
+        if snapshot.version >= tail[0].version:
+            events = [event for event in tail if event.version >= snapshot.version]
+        else:
+            gap = tail[0].version - snapshot.version
+            events = [e async for e in self.store.read_stream(stream, after_version=snapshot.version - 1, limit=gap)]
+            events += tail
+        if not events or not (fold := _Fold()).seed(events[0], _inflate(snapshot.state), self.serde):
+            return None
+        for event in events[1:]:
+            fold.apply(event)
+        return fold
 
     async def _read(self, stream: str, checkpoint_id: str | None) -> tuple[_Fold, _Saved | None]:
-        """A fold holding checkpoint `checkpoint_id` (the head when None), resolved: from the stream's snapshot on
-        when that suffices, else from the stream's start."""
-        snapshot = await self.store.load_snapshot(stream, HEAD_SNAPSHOT)
-        seeded = None if snapshot is None else await self._seeded(stream, snapshot)
-        if seeded is not None:
-            found = seeded.find(checkpoint_id)
-            if seeded.trusted(found):
-                try:
-                    if found is not None:
-                        self._resolve(seeded, found)
-                    return seeded, found
-                except _Missing:
-                    pass
-        fold = await self._fold(stream)
-        fold.snapshot_version = 0 if snapshot is None else snapshot.version
+        """A fold holding checkpoint `checkpoint_id` (the head when None), resolved. The stream's last events are
+        read first: when they are all of it, they are folded; else the fold starts at the stream's snapshot when
+        that suffices, and at the stream's start when not."""
+        tail = [event async for event in self.store.read_stream(stream, backwards=True, limit=_TAIL)][::-1]
+        if not tail or tail[0].version == 1:
+            fold = await self._fold(stream, tail)
+            fold.short = True
+        else:
+            snapshot = await self.store.load_snapshot(stream, HEAD_SNAPSHOT)
+            seeded = None if snapshot is None else await self._seeded(stream, snapshot, tail)
+            if seeded is not None:
+                found = seeded.find(checkpoint_id)
+                if seeded.trusted(found):
+                    try:
+                        if found is not None:
+                            self._resolve(seeded, found)
+                        return seeded, found
+                    except _Missing:
+                        pass
+            fold = await self._fold(stream)
+            fold.snapshot_version = 0 if snapshot is None else snapshot.version
         found = fold.find(checkpoint_id)
         if found is not None:
             self._resolve(fold, found)
@@ -576,7 +593,8 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         values = {channel: self._value(fold, saved, channel) for channel in stored["channel_versions"]}
         head = _Head(saved.id, fold.last_seq, fold.stream_version, stored, values)
         self._heads[stream] = head
-        if saved.seq - fold.snapshot_seq >= self.snapshot_every and saved.version > fold.snapshot_version:
+        due = saved.seq - fold.snapshot_seq >= self.snapshot_every and saved.version > fold.snapshot_version
+        if due and not fold.short:
             state = {
                 "id": saved.id,
                 "seq": saved.seq,
