@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import hashlib
 import uuid
 import zlib
@@ -123,9 +122,10 @@ def node_of(task_path: str) -> str:
 #
 # A `CheckpointSaved` event's data is {"checkpoint_id", "seq", "z"}, a `WritesSaved` event's {"checkpoint_id",
 # "task_id", "z"}; "z" is the body: msgpack, deflated with the dictionary below, in base64. A checkpoint's body:
-#   parent     the parent checkpoint's id, or None
-#   delta      True when it extends its parent: channels absent from `values` keep the parent's value, and the
-#              keys named in `changed` hold changes to the parent's ({"set": {...}, "del": [...]})
+#   delta      True when it extends its parent, the stream's newest visible checkpoint before it (the one the
+#              writer's append expected): channels absent from `values` keep the parent's value, and the keys
+#              named in `changed` hold changes to the parent's ({"set": {...}, "del": [...]})
+#   parent     without `delta`: the parent checkpoint's id, or None
 #   checkpoint the checkpoint without its id and channel values, [type, bytes] from the saver's serializer
 #   metadata   the same for the metadata, less the keys kept plain in `meta` (source, step, run_id)
 #   updated    the channels that `new_versions` named
@@ -273,6 +273,8 @@ class _Saved:
         self.version = event.version
         self.recorded_at_us = event.recorded_at_us
         self.body = body_of(event)
+        self.parent: str | None = self.body.get("parent")
+        """The parent checkpoint's id; a checkpoint that extends its parent names it through the fold."""
         self.stored: dict[str, Any] | None = None
         """The checkpoint without its id and channel values."""
         self.values: dict[str, Any] = {}
@@ -311,6 +313,9 @@ class _Fold:
         data = event.data
         if event.type == CHECKPOINT_SAVED:
             saved = _Saved(event)
+            if saved.body["delta"]:
+                head = self.head()
+                saved.parent = None if head is None else head.id
             self.saved[saved.id] = saved
             self.visible.pop(saved.id, None)
             self.visible[saved.id] = saved
@@ -341,6 +346,7 @@ class _Fold:
             return False
         self.apply(event)
         saved = self.saved[state["id"]]
+        saved.parent = state["parent"]
         saved.stored = serde.loads_typed(tuple(state["checkpoint"]))
         saved.values = {
             channel: _ABSENT if stored is None else serde.loads_typed(tuple(stored))
@@ -363,11 +369,11 @@ class _Fold:
         return not self.seeded or (not self.marked and (found is not None or self.reset))
 
     def parent(self, saved: _Saved) -> _Saved:
-        parent = self.saved.get(saved.body["parent"] or "")
+        parent = self.saved.get(saved.parent or "")
         if parent is None:
             if self.seeded:
                 raise _Missing
-            raise StoreCorrupted(f"checkpoint {saved.id!r} extends {saved.body['parent']!r}, which is not stored")
+            raise StoreCorrupted(f"checkpoint {saved.id!r} extends {saved.parent!r}, which is not stored")
         return parent
 
     def write(self, saved: _Saved, back: int, n: int) -> tuple[str, bytes]:
@@ -562,7 +568,7 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         pending_writes: list[PendingWrite] = [
             (task_id, channel, self._load(stored_value)) for _, (_, task_id, channel, stored_value) in ordered
         ]
-        parent_id = saved.body["parent"]
+        parent_id = saved.parent
         return CheckpointTuple(
             config=_config(thread_id, ns, saved.id),
             checkpoint=checkpoint,
@@ -597,6 +603,7 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         if due and not fold.short:
             state = {
                 "id": saved.id,
+                "parent": saved.parent,
                 "seq": saved.seq,
                 "checkpoint": self._dump(stored),
                 "values": {
@@ -785,8 +792,8 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
             if key in metadata and type(metadata[key]) in (int, str, type(None))
         }
         body = {
-            "parent": parent_id,
             "delta": base is not None,
+            **({} if base is not None else {"parent": parent_id}),
             "changed": changed,
             "checkpoint": self._dump(body_checkpoint),
             "metadata": self._dump({key: value for key, value in metadata.items() if key not in plain}),
@@ -1018,42 +1025,34 @@ async def thread_timeline(store: EventStore, thread_id: str, checkpoint_ns: str 
     if not events:
         raise InvalidInput(f"no LangGraph thread {thread_id!r} in this store (stream {stream!r} is empty)")
     fold = _Fold()
-    for event in events:
-        fold.apply(event)
     nodes: dict[str, list[str]] = {}
     interrupted: set[str] = set()
-    entries: list[TimelineEntry] = []
+    checkpoints: list[_Saved] = []
     for event in events:
+        fold.apply(event)
         if event.type == WRITES_SAVED:
-            checkpoint_id, body = event.data["checkpoint_id"], body_of(event)
+            checkpoint_id, body = event.data["checkpoint_id"], fold.write_bodies[event.version]
             node = node_of(body["path"])
             if node and node not in nodes.setdefault(checkpoint_id, []):
                 nodes[checkpoint_id].append(node)
             if any(channel == "__interrupt__" for _, channel, _, _ in body["writes"]):
                 interrupted.add(checkpoint_id)
         elif event.type == CHECKPOINT_SAVED:
-            saved = _Saved(event)
-            entries.append(
-                TimelineEntry(
-                    seq=saved.seq,
-                    step=saved.body["meta"].get("step"),
-                    source=saved.body["meta"].get("source"),
-                    checkpoint_id=saved.id,
-                    parent_id=saved.body["parent"],
-                    recorded_at_us=saved.recorded_at_us,
-                    nodes=[],
-                    updated=saved.body["updated"],
-                    interrupted=False,
-                    visible=fold.visible.get(saved.id) is not None,
-                )
-            )
+            checkpoints.append(fold.saved[event.data["checkpoint_id"]])
     return [
-        dataclasses.replace(
-            entry,
-            nodes=nodes.get(entry.parent_id or "", []),
-            interrupted=entry.checkpoint_id in interrupted,
+        TimelineEntry(
+            seq=saved.seq,
+            step=saved.body["meta"].get("step"),
+            source=saved.body["meta"].get("source"),
+            checkpoint_id=saved.id,
+            parent_id=saved.parent,
+            recorded_at_us=saved.recorded_at_us,
+            nodes=nodes.get(saved.parent or "", []),
+            updated=saved.body["updated"],
+            interrupted=saved.id in interrupted,
+            visible=fold.visible.get(saved.id) is saved,
         )
-        for entry in entries
+        for saved in checkpoints
     ]
 
 
