@@ -5,7 +5,8 @@ For each saver: the bytes its storage holds after the run and one read of the th
 read that resumes a thread; `AgentfoldSaver` keeps its snapshot then), and what the thread added to the storage of a
 saver that holds nothing yet (SQLite: the database file and its write-ahead log after a checkpoint of the log;
 PostgreSQL: the total size of its tables, with their indexes and TOAST tables); and the median time of `aput` and of
-`aget_tuple` (the thread's head, read by a fresh saver) at step 10 and at the last step.
+`aget_tuple` (the thread's head, read by a fresh saver) at step 10 and at the last step, beside the time LangGraph's
+serializer takes to decode that head's channel values (which every saver pays, and which grows with the thread).
 """
 
 import importlib.metadata
@@ -138,6 +139,24 @@ async def _median_read_ms(make_saver: Callable[[], AbstractAsyncContextManager[A
     return statistics.median(times)
 
 
+async def _median_decode_ms(saver: Any, thread: dict[str, Any]) -> float:
+    """The median time LangGraph's serializer takes to decode the thread head's channel values, stored one payload
+    per channel as LangGraph's own savers store them: the part of reading a head that grows with the conversation,
+    whatever the saver."""
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    serde = JsonPlusSerializer()
+    head = await saver.aget_tuple(thread)
+    stored = [serde.dumps_typed(value) for value in head.checkpoint["channel_values"].values()]
+    times = []
+    for _ in range(READS):
+        started = time.perf_counter()
+        for payload in stored:
+            serde.loads_typed(payload)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
 async def _measure(
     name: str, make_saver: Callable[[], AbstractAsyncContextManager[Any]], size: Callable[[], Any], steps: int
 ) -> dict[str, Any]:
@@ -158,11 +177,15 @@ async def _measure(
     bytes_after = int(await size())  # one thread of `steps` steps, read once, before anything else is added
     async with make_saver() as saver:
         await _chat_graph(saver).ainvoke({"until": EARLY_STEP}, short_thread, durability="sync")
-    figures: dict[str, list[float]] = {"put_short": [], "put_long": [], "read_short": [], "read_long": []}
+    figures: dict[str, list[float]] = {
+        f"{call}_{thread}": [] for call in ("put", "read", "decode") for thread in ("short", "long")
+    }
     for _ in range(ROUNDS):
         async with make_saver() as saver:
             figures["put_short"].append(await _median_put_ms(saver, short_thread))
             figures["put_long"].append(await _median_put_ms(saver, long_thread))
+            figures["decode_short"].append(await _median_decode_ms(saver, short_thread))
+            figures["decode_long"].append(await _median_decode_ms(saver, long_thread))
         figures["read_short"].append(await _median_read_ms(make_saver, short_thread))
         figures["read_long"].append(await _median_read_ms(make_saver, long_thread))
     median = {key: statistics.median(values) for key, values in figures.items()}
@@ -172,6 +195,8 @@ async def _measure(
         "thread_bytes": bytes_after - bytes_empty,
         f"aput_ms_step_{EARLY_STEP}": median["put_short"],
         f"aput_ms_step_{steps}": median["put_long"],
+        f"decode_ms_step_{EARLY_STEP}": median["decode_short"],
+        f"decode_ms_step_{steps}": median["decode_long"],
         f"aget_tuple_ms_step_{EARLY_STEP}": median["read_short"],
         f"aget_tuple_ms_step_{steps}": median["read_long"],
     }
