@@ -651,14 +651,13 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
                         continue
                     if before_id and saved.id >= before_id:
                         continue
-                    found = self._tuple(thread_id, ns, fold, saved)
-                    if filter and not all(found.metadata.get(key) == value for key, value in filter.items()):
+                    if filter and not all(self._metadata(saved).get(key) == value for key, value in filter.items()):
                         continue
                     if remaining is not None:
                         if remaining <= 0:
                             return
                         remaining -= 1
-                    yield found
+                    yield self._tuple(thread_id, ns, fold, saved)
 
     async def _threads(self) -> list[str]:
         return list(dict.fromkeys([event.data["thread_id"] async for event in self.store.read_stream(THREADS_STREAM)]))
