@@ -12,9 +12,9 @@ savers:
   channel that grew by appending as the appended items; a value that one of the head's pending writes holds
   already as a reference to that write) and its channel versions as changes to its parent's, compressed. A read of
   the head folds the events after the stream's snapshot (the head's whole state, kept beside the log); when they
-  hold `snapshot_every` checkpoints or more (and the stream is longer than the one read of its last 32 events),
-  it keeps the head as the new snapshot, so reading the head does not fold the thread from its start. An older
-  checkpoint is folded from the stream's start.
+  hold `snapshot_every` checkpoints or more and outweigh the snapshot (and the stream is longer than the one read
+  of its last 32 events), it keeps the head as the new snapshot, so reading the head does not fold the thread from
+  its start. An older checkpoint is folded from the stream's start.
 - `put_writes` is idempotent: a retried call writes nothing twice (its event ids derive from the checkpoint, the
   task and the writes' content), and a write already stored for a (task, index) is kept.
 - Deleting and pruning append markers; readers never see what a marker removed.
@@ -300,6 +300,10 @@ class _Fold:
         """The seq of the checkpoint the fold started from (0 when it started at the stream's start)."""
         self.snapshot_version = 0
         """The stream version of the stream's snapshot, whether the fold started there or not (0: none)."""
+        self.snapshot_bytes = 0
+        """The size of that snapshot."""
+        self.folded_bytes = 0
+        """The size of the bodies folded since the checkpoint the fold started from."""
         self.seeded = False
         self.marked = False
         """A deletion or pruning marker came after the snapshot: what it hid lies before the fold began."""
@@ -311,6 +315,7 @@ class _Fold:
     def apply(self, event: RecordedEvent) -> None:
         self.stream_version = event.version
         data = event.data
+        self.folded_bytes += len(data.get("z", ""))
         if event.type == CHECKPOINT_SAVED:
             saved = _Saved(event)
             if saved.body["delta"]:
@@ -356,6 +361,7 @@ class _Fold:
             self.write_bodies[version] = body
             self.writes.setdefault(checkpoint_id, []).append((task_id, body, version))
         self.seeded, self.snapshot_seq, self.snapshot_version = True, saved.seq, event.version
+        self.folded_bytes = 0
         return True
 
     def head(self) -> _Saved | None:
@@ -406,8 +412,8 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
     """LangGraph's `BaseCheckpointSaver` over an agentfold `EventStore` (any backend).
 
     Create it inside the event loop that opened `store`; the sync methods may then be called from other threads.
-    `snapshot_every`: a read of the head that folded this many checkpoints past the stream's snapshot keeps a new
-    one.
+    `snapshot_every`: a read of the head that folded this many checkpoints past the stream's snapshot (and more bytes
+    than the snapshot holds) keeps a new one.
     """
 
     def __init__(self, store: EventStore, *, serde: SerializerProtocol | None = None, snapshot_every: int = 20) -> None:
@@ -460,6 +466,7 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
             events += tail
         if not events or not (fold := _Fold()).seed(events[0], _inflate(snapshot.state), self.serde):
             return None
+        fold.snapshot_bytes = len(snapshot.state)
         for event in events[1:]:
             fold.apply(event)
         return fold
@@ -485,7 +492,8 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
                     except _Missing:
                         pass
             fold = await self._fold(stream)
-            fold.snapshot_version = 0 if snapshot is None else snapshot.version
+            if snapshot is not None:
+                fold.snapshot_version, fold.snapshot_bytes = snapshot.version, len(snapshot.state)
         found = fold.find(checkpoint_id)
         if found is not None:
             self._resolve(fold, found)
@@ -599,8 +607,10 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         values = {channel: self._value(fold, saved, channel) for channel in stored["channel_versions"]}
         head = _Head(saved.id, fold.last_seq, fold.stream_version, stored, values)
         self._heads[stream] = head
+        # A new snapshot replaces the old one only once the events folded past it outweigh it: what snapshots write
+        # (and, on PostgreSQL, leave behind as dead rows until a vacuum) never exceeds what the log grew by.
         due = saved.seq - fold.snapshot_seq >= self.snapshot_every and saved.version > fold.snapshot_version
-        if due and not fold.short:
+        if due and fold.folded_bytes >= fold.snapshot_bytes and not fold.short:
             state = {
                 "id": saved.id,
                 "parent": saved.parent,
