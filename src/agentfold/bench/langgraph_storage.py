@@ -7,6 +7,7 @@ saver that holds nothing yet (SQLite: the database file and its write-ahead log 
 PostgreSQL: the total size of its tables, with their indexes and TOAST tables); and the median time of `aput` and of
 `aget_tuple` (the thread's head, read by a fresh saver) at step 10 and at the last step, beside the time LangGraph's
 serializer takes to decode that head's channel values (which every saver pays, and which grows with the thread).
+The times are taken in rounds that visit the savers in turn, so the drift of a shared machine falls on all alike.
 """
 
 import importlib.metadata
@@ -15,8 +16,9 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -157,48 +159,65 @@ async def _median_decode_ms(saver: Any, thread: dict[str, Any]) -> float:
     return statistics.median(times)
 
 
-async def _measure(
-    name: str, make_saver: Callable[[], AbstractAsyncContextManager[Any]], size: Callable[[], Any], steps: int
-) -> dict[str, Any]:
-    """Bytes after one thread of `steps` steps; then `aput` and `aget_tuple` on it and on a thread of
-    `EARLY_STEP` steps, measured in turns so that the machine's drift falls on both alike."""
-    tag = uuid.uuid4().hex[:8]
-    long_thread = {"configurable": {"thread_id": f"chat-{tag}"}, "recursion_limit": steps * 2 + 10}
-    short_thread = {"configurable": {"thread_id": f"short-{tag}"}, "recursion_limit": EARLY_STEP * 2 + 10}
-    async with make_saver() as saver:  # storage that holds nothing yet (a saver creates its tables on first use)
-        assert await saver.aget_tuple({"configurable": {"thread_id": f"none-{tag}", "checkpoint_ns": ""}}) is None
-    bytes_empty = int(await size())
-    async with make_saver() as saver:
-        graph = _chat_graph(saver)
-        await graph.ainvoke({"until": steps}, long_thread, durability="sync")
-    async with make_saver() as saver:
-        state = await _chat_graph(saver).aget_state(long_thread)
-        assert len(state.values["messages"]) == 2 * steps, "the saver did not return what was put"
-    bytes_after = int(await size())  # one thread of `steps` steps, read once, before anything else is added
-    async with make_saver() as saver:
-        await _chat_graph(saver).ainvoke({"until": EARLY_STEP}, short_thread, durability="sync")
-    figures: dict[str, list[float]] = {
-        f"{call}_{thread}": [] for call in ("put", "read", "decode") for thread in ("short", "long")
-    }
-    for _ in range(ROUNDS):
-        async with make_saver() as saver:
-            figures["put_short"].append(await _median_put_ms(saver, short_thread))
-            figures["put_long"].append(await _median_put_ms(saver, long_thread))
-            figures["decode_short"].append(await _median_decode_ms(saver, short_thread))
-            figures["decode_long"].append(await _median_decode_ms(saver, long_thread))
-        figures["read_short"].append(await _median_read_ms(make_saver, short_thread))
-        figures["read_long"].append(await _median_read_ms(make_saver, long_thread))
-    median = {key: statistics.median(values) for key, values in figures.items()}
+@dataclass
+class _Saver:
+    """One saver under measure: how to open it, how big its storage is, its two threads and its figures."""
+
+    name: str
+    opened: Callable[[], AbstractAsyncContextManager[Any]]
+    size: Callable[[], Awaitable[int]]
+    steps: int
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    figures: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def long_thread(self) -> dict[str, Any]:
+        return {"configurable": {"thread_id": f"chat-{self.tag}"}, "recursion_limit": self.steps * 2 + 10}
+
+    @property
+    def short_thread(self) -> dict[str, Any]:
+        return {"configurable": {"thread_id": f"short-{self.tag}"}, "recursion_limit": EARLY_STEP * 2 + 10}
+
+
+async def _fill(saver: _Saver) -> None:
+    """The bytes of storage that holds nothing yet, and after one thread of `steps` steps read once; then a thread
+    of `EARLY_STEP` steps beside it."""
+    async with saver.opened() as opened:  # a saver creates its tables on first use
+        assert (
+            await opened.aget_tuple({"configurable": {"thread_id": f"none-{saver.tag}", "checkpoint_ns": ""}}) is None
+        )
+    empty = await saver.size()
+    async with saver.opened() as opened:
+        await _chat_graph(opened).ainvoke({"until": saver.steps}, saver.long_thread, durability="sync")
+    async with saver.opened() as opened:
+        state = await _chat_graph(opened).aget_state(saver.long_thread)
+        assert len(state.values["messages"]) == 2 * saver.steps, "the saver did not return what was put"
+    after = await saver.size()  # one thread of `steps` steps, read once, before anything else is added
+    saver.figures.update({"saver": saver.name, "bytes": after, "thread_bytes": after - empty})
+    async with saver.opened() as opened:
+        await _chat_graph(opened).ainvoke({"until": EARLY_STEP}, saver.short_thread, durability="sync")
+
+
+async def _time(saver: _Saver) -> None:
+    """One round of `aput`, decoding and `aget_tuple` on the saver's two threads."""
+    async with saver.opened() as opened:
+        for call, measure in (("put", _median_put_ms), ("decode", _median_decode_ms)):
+            for length, thread in (("short", saver.short_thread), ("long", saver.long_thread)):
+                saver.times.setdefault(f"{call}_{length}", []).append(await measure(opened, thread))
+    for length, thread in (("short", saver.short_thread), ("long", saver.long_thread)):
+        saver.times.setdefault(f"read_{length}", []).append(await _median_read_ms(saver.opened, thread))
+
+
+def _figures(saver: _Saver) -> dict[str, Any]:
+    median = {key: statistics.median(values) for key, values in saver.times.items()}
     return {
-        "saver": name,
-        "bytes": bytes_after,
-        "thread_bytes": bytes_after - bytes_empty,
-        f"aput_ms_step_{EARLY_STEP}": median["put_short"],
-        f"aput_ms_step_{steps}": median["put_long"],
-        f"decode_ms_step_{EARLY_STEP}": median["decode_short"],
-        f"decode_ms_step_{steps}": median["decode_long"],
-        f"aget_tuple_ms_step_{EARLY_STEP}": median["read_short"],
-        f"aget_tuple_ms_step_{steps}": median["read_long"],
+        **saver.figures,
+        **{
+            f"{figure}_ms_step_{step}": median[f"{call}_{length}"]
+            for figure, call in (("aput", "put"), ("decode", "decode"), ("aget_tuple", "read"))
+            for step, length in ((EARLY_STEP, "short"), (saver.steps, "long"))
+        },
     }
 
 
@@ -236,7 +255,7 @@ async def _drop_schema(url: str, schema: str) -> None:
 async def run_langgraph_storage(
     workdir: Path, pg_url: str, steps: int = DEFAULT_STEPS, progress: Callable[[str], None] = lambda text: None
 ) -> dict[str, Any]:
-    """Measure every saver in turn; return the figures and the versions of the packages measured."""
+    """Fill every saver, then time them in turns; return the figures and the versions of the packages measured."""
     _require()
     import psycopg
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -249,7 +268,6 @@ async def run_langgraph_storage(
         raise InvalidInput(f"steps must be above {EARLY_STEP}, got {steps}")
     _prepare(workdir)
     tag = uuid.uuid4().hex[:8]
-    results: list[dict[str, Any]] = []
 
     def agentfold_saver(url: str) -> Callable[[], AbstractAsyncContextManager[Any]]:
         @asynccontextmanager
@@ -259,55 +277,54 @@ async def run_langgraph_storage(
 
         return opened
 
-    af_sqlite = workdir / f"agentfold-{tag}.db"
-    progress("AgentfoldSaver on SQLite")
-    results.append(
-        await _measure(
-            "agentfold sqlite",
-            agentfold_saver(f"sqlite:///{af_sqlite}"),
-            _async(lambda: _sqlite_bytes(af_sqlite)),
-            steps,
-        )
-    )
-
-    lg_sqlite = workdir / f"langgraph-{tag}.db"
+    af_sqlite, lg_sqlite = workdir / f"agentfold-{tag}.db", workdir / f"langgraph-{tag}.db"
 
     @asynccontextmanager
     async def sqlite_saver() -> AsyncIterator[Any]:
         async with AsyncSqliteSaver.from_conn_string(str(lg_sqlite)) as saver:
             yield saver
 
-    progress("AsyncSqliteSaver")
-    results.append(await _measure("langgraph sqlite", sqlite_saver, _async(lambda: _sqlite_bytes(lg_sqlite)), steps))
-
     af_schema, lg_schema = f"bench_af_{tag}", f"bench_lg_{tag}"
     separator = "&" if "?" in pg_url else "?"
+    lg_pg_url = f"{pg_url}{separator}options=-csearch_path%3D{lg_schema}"
+
+    @asynccontextmanager
+    async def pg_saver() -> AsyncIterator[Any]:
+        async with AsyncPostgresSaver.from_conn_string(lg_pg_url) as saver:
+            await saver.setup()
+            yield saver
+
+    savers = [
+        _Saver(
+            "agentfold sqlite",
+            agentfold_saver(f"sqlite:///{af_sqlite}"),
+            _async(lambda: _sqlite_bytes(af_sqlite)),
+            steps,
+        ),
+        _Saver("langgraph sqlite", sqlite_saver, _async(lambda: _sqlite_bytes(lg_sqlite)), steps),
+        _Saver(
+            "agentfold postgres",
+            agentfold_saver(f"{pg_url}{separator}schema={af_schema}"),
+            lambda: _pg_bytes(pg_url, af_schema),
+            steps,
+        ),
+        _Saver("langgraph postgres", pg_saver, lambda: _pg_bytes(pg_url, lg_schema), steps),
+    ]
     try:
-        progress("AgentfoldSaver on PostgreSQL")
-        results.append(
-            await _measure(
-                "agentfold postgres",
-                agentfold_saver(f"{pg_url}{separator}schema={af_schema}"),
-                lambda: _pg_bytes(pg_url, af_schema),
-                steps,
-            )
-        )
         async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as connection:
             await connection.execute(f'CREATE SCHEMA "{lg_schema}"')
-        lg_pg_url = f"{pg_url}{separator}options=-csearch_path%3D{lg_schema}"
-
-        @asynccontextmanager
-        async def pg_saver() -> AsyncIterator[Any]:
-            async with AsyncPostgresSaver.from_conn_string(lg_pg_url) as saver:
-                await saver.setup()
-                yield saver
-
-        progress("AsyncPostgresSaver")
-        results.append(await _measure("langgraph postgres", pg_saver, lambda: _pg_bytes(pg_url, lg_schema), steps))
+        for saver in savers:
+            progress(f"{saver.name}: {steps} steps")
+            await _fill(saver)
+        for round_number in range(1, ROUNDS + 1):  # the savers in turns, so that the machine's drift falls on all
+            for saver in savers:
+                progress(f"{saver.name}: timing, round {round_number} of {ROUNDS}")
+                await _time(saver)
     finally:
         await _drop_schema(pg_url, af_schema)
         await _drop_schema(pg_url, lg_schema)
         _remove(workdir, tag)
+    results = [_figures(saver) for saver in savers]
     by_name = {result["saver"]: result for result in results}
     ratios = {
         f"{backend}_{figure}_vs_langgraph": by_name[f"agentfold {backend}"][figure]
