@@ -15,6 +15,7 @@ from rich.table import Table
 
 from agentfold.bench import BACKEND_NAMES, environment, run
 from agentfold.bench.peers import PEER_NAMES
+from agentfold.bench.scale import DEFAULT_SIZES
 from agentfold.cli import main
 from agentfold.errors import AgentfoldError
 
@@ -85,6 +86,20 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     "extra) and the bare driver, measured in the same run, with ratios.",
 )
 @click.option(
+    "--scale",
+    is_flag=True,
+    help="Only the costs that must stay flat as the log grows, on stores filled to each of --scale-sizes, with each "
+    "figure's ratio to the smallest size (memory, sqlite, postgres).",
+)
+@click.option(
+    "--scale-sizes",
+    "scale_sizes",
+    default=",".join(str(size) for size in DEFAULT_SIZES),
+    show_default=True,
+    metavar="N,N,...",
+    help="With --scale: the store sizes in events, e.g. 20000,1000000,5000000 (5M takes tens of minutes to fill).",
+)
+@click.option(
     "--peer",
     "peer_names",
     multiple=True,
@@ -119,6 +134,8 @@ def bench(
     payloads_only: bool,
     fanout: bool,
     peers: bool,
+    scale: bool,
+    scale_sizes: str,
     peer_names: tuple[str, ...],
     partitions: int | None,
     events: int,
@@ -127,6 +144,9 @@ def bench(
     console = Console(stderr=True)
     if partitions is not None:
         _partitions(urls, partitions, events, json_path, quick, console)
+        return
+    if scale:
+        _scale(backends, urls, scale_sizes, json_path, quick, markdown, console)
         return
     if integrations:
         _integrations(urls, json_path, quick, console)
@@ -138,10 +158,7 @@ def bench(
         _peers(backends, urls, peer_names, json_path, quick, markdown, console)
         return
     chosen = list(BACKEND_NAMES) if "all" in backends else list(dict.fromkeys(backends or ("sqlite",)))
-    base_urls: dict[str, str] = {}
-    for url in urls:
-        scheme = url.split("://", 1)[0]
-        base_urls["postgres" if scheme.startswith("postgres") else scheme] = url
+    base_urls = _base_urls(urls)
     with console.status("measuring") as status:
         try:
             results = asyncio.run(
@@ -259,6 +276,57 @@ def _fanout(urls: tuple[str, ...], json_path: Path | None, quick: bool, console:
     Console().print(table)
     if json_path is not None:
         json_path.write_text(json.dumps({"environment": environment(), **results}, indent=2) + "\n")
+        console.print(f"figures written to {json_path}")
+
+
+def _base_urls(urls: tuple[str, ...]) -> dict[str, str]:
+    base_urls: dict[str, str] = {}
+    for url in urls:
+        scheme = url.split("://", 1)[0]
+        base_urls["postgres" if scheme.startswith("postgres") else scheme] = url
+    return base_urls
+
+
+def _scale(
+    backends: tuple[str, ...],
+    urls: tuple[str, ...],
+    sizes_text: str,
+    json_path: Path | None,
+    quick: bool,
+    markdown: bool,
+    console: Console,
+) -> None:
+    from agentfold.bench.scale import SCALE_BACKENDS, figure_rows, parse_sizes, run_scale
+    from agentfold.bench.scale import markdown as scale_markdown
+
+    try:
+        sizes = parse_sizes(sizes_text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--scale-sizes") from None
+    chosen = list(SCALE_BACKENDS) if "all" in backends else list(dict.fromkeys(backends or ("sqlite",)))
+    unsupported = [backend for backend in chosen if backend not in SCALE_BACKENDS]
+    if unsupported:
+        raise click.UsageError(f"--scale measures {', '.join(SCALE_BACKENDS)}; not {', '.join(unsupported)}")
+    with console.status("measuring") as status:
+        try:
+            results = asyncio.run(
+                run_scale(chosen, _base_urls(urls), sizes, quick, progress=lambda text: status.update(text))
+            )
+        except AgentfoldError as error:
+            raise click.ClickException(str(error)) from None
+    if markdown:
+        click.echo(scale_markdown(results))
+    else:
+        for backend, result in results["backends"].items():
+            table = Table(title=f"agentfold bench --scale: {backend} ({results['environment']['cpus']} CPUs)")
+            table.add_column("figure")
+            for row in result["sizes"]:
+                table.add_column(f"{row['size']:,} events", justify="right")
+            for name, cells in figure_rows(result):
+                table.add_row(name, *cells)
+            Console().print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
         console.print(f"figures written to {json_path}")
 
 
