@@ -258,6 +258,112 @@ async def test_filtered_read_all_pages_past_many_non_matching_events(store: Even
     assert [event.stream_id for event in found] == ["signal"]
 
 
+FILTERS: list[dict[str, Any]] = [
+    {"types": ["Paid"]},
+    {"types": ["Placed", "Paid"]},
+    {"types": ["Paid", "Paid"]},
+    {"types": ["Rare", "Noise"]},
+    {"types": []},
+    {"types": ["Unknown"]},
+    {"stream_prefix": "order-"},
+    {"stream_prefix": "order-big-"},
+    {"stream_prefix": "order-big-2"},
+    {"stream_prefix": "ord"},
+    {"stream_prefix": "plain"},
+    {"stream_prefix": "noise-"},
+    {"stream_prefix": "absent-"},
+    {"types": ["Paid"], "stream_prefix": "order-big-"},
+    {"types": ["Placed", "Rare"], "stream_prefix": "order-"},
+    {"types": ["Noise"], "stream_prefix": "plain"},
+]
+
+
+def matches(event: agentfold.RecordedEvent, filters: dict[str, Any]) -> bool:
+    types = filters.get("types")
+    prefix = filters.get("stream_prefix")
+    return (types is None or event.type in types) and (prefix is None or event.stream_id.startswith(prefix))
+
+
+async def write_sparse_log(store: EventStore) -> list[agentfold.RecordedEvent]:
+    """A log where most events match no filter: noise between a few orders, plain streams and a rare type."""
+    for round_ in range(6):
+        await store.append(f"noise-{round_}", events(40, "Noise"))
+        await store.append(f"order-{round_}", [NewEvent("Placed", {"n": round_}), NewEvent("Paid", {"n": round_})])
+        await store.append(f"order-big-{round_}", [NewEvent("Paid", {"n": round_})])
+        await store.append("plain", [NewEvent("Noise", {"n": round_})])
+        await store.append("plainer-x", events(3, "Noise"))
+        if round_ % 3 == 0:
+            await store.append("rare", [NewEvent("Rare", {"n": round_})])
+    return await all_list(store)
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda filters: ",".join(f"{k}={v}" for k, v in filters.items()))
+async def test_filtered_reads_among_many_non_matching_events_return_exactly_the_matches(
+    store: EventStore, filters: dict[str, Any]
+) -> None:
+    everything = await write_sparse_log(store)
+    head = await store.head_position()
+    for page_size in (1, 4, 1000):
+        store.page_size = page_size
+        for after in (0, everything[len(everything) // 2].position):
+            expected = [event for event in everything if event.position > after and matches(event, filters)]
+            assert await all_list(store, after_position=after, **filters) == expected
+    for limit in (1, 3, 50):
+        after, collected = 0, []
+        while True:
+            page, scanned = await store.read_all_page(after, limit, filters.get("types"), filters.get("stream_prefix"))
+            assert after <= scanned <= head
+            assert len(page) <= limit
+            assert all(after < event.position <= scanned for event in page)
+            # the page holds every match up to the position scanned, in order
+            assert page == [
+                event for event in everything if after < event.position <= scanned and matches(event, filters)
+            ]
+            collected += page
+            if scanned == after:
+                break
+            after = scanned
+        assert after == head or not [event for event in everything if event.position > after]
+        assert collected == [event for event in everything if matches(event, filters)]
+
+
+async def test_nothing_appears_at_or_below_a_filtered_read_s_position_while_writers_append(store: EventStore) -> None:
+    writers, appends = 8, 25
+    seen: dict[str, list[agentfold.RecordedEvent]] = {"types": [], "category": [], "prefix": []}
+    queries: dict[str, dict[str, Any]] = {
+        "types": {"types": ["Paid"], "stream_prefix": None},
+        "category": {"types": None, "stream_prefix": "order-"},
+        "prefix": {"types": None, "stream_prefix": "ord"},
+    }
+    done = asyncio.Event()
+
+    async def writer(task: int) -> None:
+        for index in range(appends):
+            await store.append(f"noise-{task}", events(3, "Noise"))
+            await store.append(f"order-{task}", [NewEvent("Paid" if index % 2 else "Placed", {"n": index})])
+
+    async def follower(name: str) -> None:
+        after = 0
+        while True:
+            finished = done.is_set()
+            page, scanned = await store.read_all_page(after, 4, **queries[name])
+            assert all(after < event.position <= scanned for event in page)
+            seen[name] += page
+            if finished and scanned == after:
+                return
+            after = scanned
+            await asyncio.sleep(0)
+
+    followers = [asyncio.create_task(follower(name)) for name in queries]
+    await asyncio.gather(*(writer(task) for task in range(writers)))
+    done.set()
+    await asyncio.gather(*followers)
+    everything = await all_list(store)
+    for name, query in queries.items():
+        filters = {key: value for key, value in query.items() if value is not None}
+        assert seen[name] == [event for event in everything if matches(event, filters)], name
+
+
 # -- expected version ---------------------------------------------------------------------------------------------
 
 

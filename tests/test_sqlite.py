@@ -15,8 +15,11 @@ import pytest
 import agentfold
 from agentfold import ANY, NO_STREAM, AppendResult, NewEvent, StreamSnapshot
 
-# private: _fetch_page_records runs on a connection whose string limit a test lowers (no public knob)
+# private: _fetch_page_records runs on a connection whose string limit a test lowers (no public knob); the filtered
+# reads' statements are planned by hand to show which index serves them
 from agentfold.backends.sqlite import (
+    _SELECT_CATEGORY_PAGE,
+    _SELECT_TYPE_POSITIONS,
     MAX_GROUP_APPENDS,
     SCHEMA_VERSION,
     SQLiteStore,
@@ -473,6 +476,41 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
     connection.close()
     with pytest.raises(StoreUnavailable, match="newer"):
         await open_sqlite(db_path)
+
+
+def query_plan(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> str:
+    return " / ".join(str(row[3]) for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", parameters))
+
+
+async def test_a_version_2_file_is_upgraded_and_its_filtered_reads_use_the_new_indexes(db_path: Path) -> None:
+    store = await open_sqlite(db_path)
+    for index in range(30):
+        await store.append(f"noise-{index}", events(20, "Noise"))
+        await store.append(f"order-{index}", [NewEvent("Paid", {"n": index})])
+    await store.close()
+    connection = sqlite3.connect(db_path)
+    connection.execute("DROP INDEX events_type")
+    connection.execute("DROP INDEX events_category")
+    connection.execute("PRAGMA user_version = 2")  # the file as version 2 (blobs, no filtered-read indexes) left it
+    connection.commit()
+    connection.close()
+
+    store = await open_sqlite(db_path)
+    try:
+        paid = [event async for event in store.read_all(types=["Paid"])]
+        orders = [event async for event in store.read_all(stream_prefix="order-")]
+        assert [event.data["n"] for event in paid] == list(range(30)) == [event.data["n"] for event in orders]
+    finally:
+        await store.close()
+    connection = sqlite3.connect(db_path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        by_type = query_plan(connection, _SELECT_TYPE_POSITIONS, ("Paid", 0, 10))
+        by_category = query_plan(connection, _SELECT_CATEGORY_PAGE.format(record="record"), ("order-", 0, 10))
+        assert "COVERING INDEX events_type (type=? AND rowid>?)" in by_type
+        assert "INDEX events_category (<expr>=? AND rowid>?)" in by_category
+    finally:
+        connection.close()
 
 
 async def test_a_missing_directory_is_reported(tmp_path: Path) -> None:

@@ -79,9 +79,11 @@ class Backend(Protocol):
     async def read_all_page(
         self, after_position: int, limit: int, types: tuple[str, ...] | None, stream_prefix: str | None
     ) -> tuple[list[RecordedEvent], int]:
-        """Scan at most `limit` positions above `after_position`: the matching events in position order, and the
-        last position scanned (`after_position` when nothing is there). Nothing may later appear at or below the
-        position scanned."""
+        """The events above `after_position` that match `types` and `stream_prefix`, in position order, at most
+        `limit` of them, and the position up to which they are every match: the position scanned
+        (`after_position` when nothing is there). A backend without an index for the filters scans at most `limit`
+        positions and reports the last one; one with an index may report the last match it returns, or its head
+        when no more match. Nothing may later appear at or below the position scanned."""
         ...
 
     async def stream_version(self, stream_id: str) -> int:
@@ -164,6 +166,24 @@ async def apply_then(apply: Callable[[Any], Any] | None) -> None:
         await outcome
 
 
+STREAM_CATEGORY_SEPARATOR: Final = "-"
+
+
+def prefix_category(stream_prefix: str) -> str | None:
+    """The stream category of every stream id starting with `stream_prefix`: the id up to and including its first
+    ``-`` (``workflow-``, ``$worker-``, ``order-``). None when the prefix holds no ``-``: streams of several
+    categories (and streams without one) may start with it. A backend indexing events by category
+    (`stream_category`) serves a prefix filter from that index when this is not None."""
+    dash = stream_prefix.find(STREAM_CATEGORY_SEPARATOR)
+    return None if dash < 0 else stream_prefix[: dash + 1]
+
+
+def stream_category(stream_id: str) -> str:
+    """A stream's category: its id up to and including the first ``-``, or ``""`` when it has none."""
+    dash = stream_id.find(STREAM_CATEGORY_SEPARATOR)
+    return "" if dash < 0 else stream_id[: dash + 1]
+
+
 class RecordPage(NamedTuple):
     """One page a backend fetched: its stored records, their number of events, and the last version among them
     (`after_version` when the page is empty)."""
@@ -215,4 +235,14 @@ async def read_pages(
             pending.add_done_callback(retrieve_outcome)  # a page nobody will take
 
 
-__all__ = ["DEFAULT_PAGE_SIZE", "Backend", "BlobStorage", "RecordDecoder", "RecordPage", "apply_then", "read_pages"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "Backend",
+    "BlobStorage",
+    "RecordDecoder",
+    "RecordPage",
+    "apply_then",
+    "prefix_category",
+    "read_pages",
+    "stream_category",
+]

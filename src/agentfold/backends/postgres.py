@@ -37,7 +37,7 @@ from psycopg.rows import RowFactory, scalar_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
-from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, read_pages
+from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, prefix_category, read_pages
 from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
@@ -258,6 +258,10 @@ def _conninfo(url: str, options: PostgresOptions, libpq: dict[str, str]) -> str:
 
 # -- schema and migrations ----------------------------------------------------------------------------------------
 
+_CATEGORY: Final = "substr(stream_id, 1, strpos(stream_id, '-'))"
+"""A stream's category as SQL (`agentfold.backend.stream_category`): the expression the category index holds,
+written the same way in every query that uses it."""
+
 
 class _Migration(NamedTuple):
     version: int
@@ -467,6 +471,17 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
             _TRIM_STREAM,
         ),
     ),
+    # Filtered reads of the global log (a worker's start, triggers, subscriptions and groups with filters) find
+    # their events through these instead of testing every row: a page is one range of (type, position), or of
+    # (category, position), per type or category asked for.
+    _Migration(
+        4,
+        "indexes on (type, position) and (stream category, position) for filtered reads of the log",
+        (
+            "CREATE INDEX events_type_position ON {s}.events (type, position)",
+            f"CREATE INDEX events_category_position ON {{s}}.events (({_CATEGORY}), position)",
+        ),
+    ),
 )
 
 
@@ -643,12 +658,61 @@ _STATEMENTS: Final = {
         ORDER BY version DESC
         LIMIT %(limit)s
     """,
-    # Every scanned row comes back with its position, so the page reports how far it scanned; rows the filters
-    # leave out carry no record.
+    # A filtered page reads an index and the head in one statement, so from one snapshot, in which every position
+    # up to the head is final (see `PostgresBackend._commit`). Each row carries the position scanned; a page
+    # without a match is one row without a record.
+    #
+    # By type: the first `limit` positions above `after` of each type, from the (type, position) index. Every
+    # match up to the lowest last position of a type that filled its `limit` (else the head) is among them; the
+    # page is the first `limit` of those.
+    "read_all_types": """
+        WITH found AS (
+            SELECT f.position, count(*) OVER (PARTITION BY t.type) AS taken,
+                   max(f.position) OVER (PARTITION BY t.type) AS last
+            FROM unnest(%(types)s::text[]) AS t(type)
+            CROSS JOIN LATERAL (
+                SELECT e.position FROM {s}.events e
+                WHERE e.type = t.type AND e.position > %(after)s
+                ORDER BY e.position LIMIT %(limit)s
+            ) AS f
+        ), bound AS (
+            SELECT coalesce((SELECT min(last) FROM found WHERE taken = %(limit)s),
+                            greatest((SELECT max(position) FROM {s}.events),
+                                     (SELECT max(position) FROM {s}.trimmed_event_ids)),
+                            0) AS position
+        ), chosen AS (
+            SELECT found.position FROM found, bound WHERE found.position <= bound.position
+            ORDER BY found.position LIMIT %(limit)s
+        ), scanned AS (
+            SELECT CASE WHEN (SELECT count(*) FROM chosen) = %(limit)s THEN (SELECT max(position) FROM chosen)
+                        ELSE (SELECT position FROM bound) END AS position
+        )
+        SELECT e.record::text, scanned.position
+        FROM scanned LEFT JOIN (chosen JOIN {s}.events e USING (position))
+            ON %(prefix)s::text IS NULL OR starts_with(e.stream_id, %(prefix)s::text)
+        ORDER BY e.position
+    """,
+    # By stream category: the category's next `limit` events from the (category, position) index, of which those
+    # on streams starting with the prefix (which may be longer than the category).
+    "read_all_category": f"""
+        WITH found AS (
+            SELECT e.position, e.stream_id, e.record FROM {{s}}.events e
+            WHERE {_CATEGORY} = %(category)s AND e.position > %(after)s
+            ORDER BY e.position LIMIT %(limit)s
+        ), scanned AS (
+            SELECT CASE WHEN (SELECT count(*) FROM found) = %(limit)s THEN (SELECT max(position) FROM found)
+                        ELSE coalesce(greatest((SELECT max(position) FROM {{s}}.events),
+                                               (SELECT max(position) FROM {{s}}.trimmed_event_ids)), 0)
+                   END AS position
+        )
+        SELECT found.record::text, scanned.position
+        FROM scanned LEFT JOIN found ON starts_with(found.stream_id, %(prefix)s::text)
+        ORDER BY found.position
+    """,
+    # Without a filter an index serves, every scanned row comes back with its position, so the page reports how
+    # far it scanned; rows the filters leave out carry no record.
     "read_all": """
-        SELECT CASE WHEN (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
-                     AND (%(prefix)s::text IS NULL OR starts_with(stream_id, %(prefix)s::text))
-                    THEN record::text END,
+        SELECT CASE WHEN %(prefix)s::text IS NULL OR starts_with(stream_id, %(prefix)s::text) THEN record::text END,
                position
         FROM {s}.events WHERE position > %(after)s ORDER BY position LIMIT %(limit)s
     """,
@@ -982,10 +1046,16 @@ class PostgresBackend:
         types: tuple[str, ...] | None,
         stream_prefix: str | None,
     ) -> tuple[list[RecordedEvent], int]:
-        rows = await self._fetch_all(
-            "read_all",
-            {"after": after_position, "limit": limit, "types": list(types) if types else None, "prefix": stream_prefix},
-        )
+        category = None if stream_prefix is None else prefix_category(stream_prefix)
+        if types is not None or category is not None:
+            parameters = {"after": after_position, "limit": limit, "prefix": stream_prefix}
+            if types is not None:
+                rows = await self._fetch_all("read_all_types", {**parameters, "types": list(dict.fromkeys(types))})
+            else:
+                rows = await self._fetch_all("read_all_category", {**parameters, "category": category})
+            records = [row[0] for row in rows if row[0] is not None]
+            return _decode_page(records), max(after_position, int(rows[0][1]))
+        rows = await self._fetch_all("read_all", {"after": after_position, "limit": limit, "prefix": stream_prefix})
         if not rows:
             return [], after_position
         return _decode_page([row[0] for row in rows if row[0] is not None]), int(rows[-1][1])

@@ -42,7 +42,7 @@ from urllib.parse import unquote
 import msgspec
 
 from agentfold.appending import IdRecord, check_expected, find_retry
-from agentfold.backend import RecordDecoder
+from agentfold.backend import RecordDecoder, prefix_category
 from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
@@ -66,7 +66,7 @@ from agentfold.wakeup import Broadcast, retrieve_outcome
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Stored in `PRAGMA user_version`: the number of the last step of `_MIGRATIONS` the file has."""
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
@@ -130,6 +130,10 @@ _SCHEMA: Final = (
     """,
 )
 
+_CATEGORY: Final = "substr(stream_id, 1, instr(stream_id, '-'))"
+"""A stream's category as SQL (`agentfold.backend.stream_category`): the expression the category index holds,
+written the same way in every query that uses it."""
+
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # Blobs: large data fields kept apart from their events, once per content (agentfold.blobs). A rowid table, so a
     # blob's pages are its own overflow chain; `event_blobs` says which events refer to which blob, and its digest
@@ -150,11 +154,27 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         """,
         "CREATE INDEX IF NOT EXISTS event_blobs_digest ON event_blobs (digest)",
     ),
+    # Filtered reads of the global log (a worker's start, triggers, subscriptions and groups with filters) find
+    # their events through these instead of testing every row. An index on a rowid table holds the rowid (the
+    # position) after its columns, so each is in effect (key, position): a page is one range of it.
+    3: (
+        "CREATE INDEX IF NOT EXISTS events_type ON events (type)",
+        f"CREATE INDEX IF NOT EXISTS events_category ON events ({_CATEGORY})",
+    ),
 }
 """Schema steps after the first (`_SCHEMA`), by the `user_version` they bring a file to; each runs once, in order,
 in the transaction that sets that version. Never edit a released step; add one."""
 
 _SELECT_HEAD: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+_SELECT_TYPE_POSITIONS: Final = "SELECT position FROM events WHERE type = ? AND position > ? ORDER BY position LIMIT ?"
+_SELECT_RECORDS_AT: Final = (
+    "SELECT record FROM events WHERE position IN (SELECT value FROM json_each(?)) {also} ORDER BY position"
+)
+_SELECT_CATEGORY_PAGE: Final = (
+    f"SELECT {{record}}, position FROM events WHERE {_CATEGORY} = ? AND position > ? ORDER BY position LIMIT ?"
+)
+_SELECT_ALL_PAGE: Final = "SELECT record FROM events WHERE position > ? AND position <= ? {also} ORDER BY position"
+_IN_PREFIX: Final = "substr(stream_id, 1, ?) = ?"
 _SELECT_ID_RECORDS: Final = (
     "SELECT event_id, stream_id, version, batch_first, batch_last, position FROM events "
     "WHERE event_id IN (SELECT value FROM json_each(?1)) "
@@ -952,25 +972,15 @@ class SQLiteBackend:
         types: tuple[str, ...] | None,
         stream_prefix: str | None,
     ) -> tuple[list[RecordedEvent], int]:
-        sql = "SELECT record FROM events WHERE position > ? AND position <= ?"
-        parameters: list[Any] = [after_position, after_position + limit]
+        # Each query reads its rows and the head in one read transaction, so from one snapshot: every position up
+        # to that head is final in it (positions are assigned in the file's one write transaction at a time).
+        category = None if stream_prefix is None else prefix_category(stream_prefix)
         if types is not None:
-            sql += " AND type IN (SELECT value FROM json_each(?))"
-            parameters.append(_json_list(types))
-        if stream_prefix is not None:
-            sql += " AND substr(stream_id, 1, ?) = ?"
-            parameters += [len(stream_prefix), stream_prefix]
-        sql += " ORDER BY position"
-
-        def query(connection: sqlite3.Connection) -> tuple[list[RecordedEvent], int]:
-            # The rows and the head come from one snapshot: every position up to the head is final in it.
-            connection.execute("BEGIN")
-            rows = connection.execute(sql, parameters).fetchall()
-            head_row = connection.execute(_SELECT_HEAD).fetchone()
-            connection.execute("COMMIT")
-            head = head_row[0] if head_row else 0
-            return _decode_page(rows), max(after_position, min(after_position + limit, head))
-
+            query = functools.partial(_typed_page, after_position, limit, types, stream_prefix)
+        elif stream_prefix is not None and category is not None:
+            query = functools.partial(_category_page, after_position, limit, category, stream_prefix)
+        else:
+            query = functools.partial(_scanned_page, after_position, limit, stream_prefix)
         return await self._read(query)
 
     async def stream_version(self, stream_id: str) -> int:
@@ -1118,6 +1128,71 @@ class SQLiteStore(EventStore):
 def _head(connection: sqlite3.Connection) -> int:
     row = connection.execute(_SELECT_HEAD).fetchone()
     return int(row[0]) if row else 0
+
+
+def _prefix_test(stream_prefix: str | None) -> tuple[str, list[Any]]:
+    """The SQL condition (after AND) and its parameters keeping the streams starting with `stream_prefix`."""
+    if stream_prefix is None:
+        return "", []
+    return f"AND {_IN_PREFIX}", [len(stream_prefix), stream_prefix]
+
+
+def _typed_page(
+    after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None, connection: sqlite3.Connection
+) -> tuple[list[RecordedEvent], int]:
+    """A page of events of `types` through the type index: the first `limit` positions above `after` of each
+    type, merged. Every match up to the lowest last position of a type that filled its `limit` (else the head)
+    is among them; the page is the first `limit` of those, and the position scanned the last one it covers."""
+    connection.execute("BEGIN")  # (an error is rolled back by `_run_read`)
+    bound = _head(connection)
+    positions: list[int] = []
+    for event_type in dict.fromkeys(types):
+        found = [row[0] for row in connection.execute(_SELECT_TYPE_POSITIONS, (event_type, after, limit))]
+        if len(found) == limit:
+            bound = min(bound, found[-1])
+        positions += found
+    chosen = sorted(position for position in positions if position <= bound)
+    if len(chosen) > limit:
+        chosen = chosen[:limit]
+        bound = chosen[-1]
+    rows: list[tuple[str]] = []
+    if chosen:
+        also, parameters = _prefix_test(stream_prefix)
+        sql = _SELECT_RECORDS_AT.format(also=also)
+        rows = connection.execute(sql, [_json_encoder.encode(chosen).decode(), *parameters]).fetchall()
+    connection.execute("COMMIT")
+    return _decode_page(rows), max(after, bound)
+
+
+def _category_page(
+    after: int, limit: int, category: str, stream_prefix: str, connection: sqlite3.Connection
+) -> tuple[list[RecordedEvent], int]:
+    """A page of a stream category's events through the category index: its next `limit` events, of which those
+    on streams starting with `stream_prefix` (a prefix longer than the category) are returned."""
+    if stream_prefix == category:
+        sql, parameters = _SELECT_CATEGORY_PAGE.format(record="record"), [category, after, limit]
+    else:
+        record = f"CASE WHEN {_IN_PREFIX} THEN record END"
+        sql = _SELECT_CATEGORY_PAGE.format(record=record)
+        parameters = [len(stream_prefix), stream_prefix, category, after, limit]
+    connection.execute("BEGIN")
+    rows = connection.execute(sql, parameters).fetchall()
+    bound = rows[-1][1] if len(rows) == limit else _head(connection)
+    connection.execute("COMMIT")
+    return _decode_page([row for row in rows if row[0] is not None]), max(after, bound)
+
+
+def _scanned_page(
+    after: int, limit: int, stream_prefix: str | None, connection: sqlite3.Connection
+) -> tuple[list[RecordedEvent], int]:
+    """A page of the positions above `after`, at most `limit` of them, each tested against the prefix (no index
+    serves a prefix without a ``-``, nor no filter at all)."""
+    also, parameters = _prefix_test(stream_prefix)
+    connection.execute("BEGIN")
+    rows = connection.execute(_SELECT_ALL_PAGE.format(also=also), [after, after + limit, *parameters]).fetchall()
+    head = _head(connection)
+    connection.execute("COMMIT")
+    return _decode_page(rows), max(after, min(after + limit, head))
 
 
 def _open_writer_connection(settings: SQLiteSettings, shown_url: str, create: bool) -> sqlite3.Connection:
