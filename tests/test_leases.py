@@ -187,6 +187,28 @@ async def test_the_workflows_command_lists_stalled_runs(tmp_path: Any) -> None:
     assert len(json.loads(everything.stdout)["runs"]) == 3
 
 
+async def test_a_worker_that_stops_saves_the_registry_up_to_where_it_followed(store: EventStore) -> None:
+    from agentfold.runtime import worker as worker_module
+
+    calls: Counter[str] = Counter()
+    runtime = waiting_app(calls)
+    client = runtime.client(store)
+    async with runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="first"):
+        await client.start("waiting", 1, workflow_id="held")
+        await until(store, lambda: all_waiting(client, ["held"]))
+        # fewer watched events than a periodic save waits for: only the stop saves
+        assert await store.load_log_snapshot(worker_module.REGISTRY_SNAPSHOT) is None
+    saved = await store.load_log_snapshot(worker_module.REGISTRY_SNAPSHOT)
+    assert saved is not None
+    started = [event async for event in store.read_stream(workflow_stream("held"), limit=1)]
+    assert saved.position >= started[0].position
+    assert json.loads(saved.state)["runs"]["held"] == ["waiting", "first"]
+    await client.signal("held", "go", {"by": "ops"})
+    async with runtime.worker(store, lease_ttl=TTL, heartbeat=HEARTBEAT, worker_id="second"):
+        assert await client.result("held", timeout=TIMEOUT) == {"first": "first-1", "second": "second-1", "by": "ops"}
+    assert set(calls.values()) == {1}
+
+
 async def test_a_starting_worker_reads_on_from_the_registry_snapshot(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -294,7 +294,9 @@ class ConsumerGroupMember:
         """Handle one page of events for the owned partitions; True when there was something to read."""
         settings = self.settings
         after = min(lease.processed for lease in self._leases.values())
-        page, scanned_to = await self.store.read_all_page(after, settings.page_size, settings.types, None)
+        page, scanned_to = await self.store.read_all_page(
+            after, settings.page_size, settings.types, settings.stream_prefix
+        )
         observer = instrumentation.observer
         if observer is not None:
             observer.lag(settings.name, "group", max(0, await self.store.head_position() - after))

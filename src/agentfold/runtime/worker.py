@@ -1,9 +1,11 @@
 """A worker runs workflows in this process, sharing the store's runs with any number of other workers.
 
 The worker follows the store's global log for a few event types: run starts and ends, signals, worker heartbeats
-and claims. At start it reads them from the beginning to learn every unfinished run and every live worker;
-afterwards it waits on the store's append notification (`_wait_for_append`) and reads only what is new, so a new
-run or a signal reaches its execution without a polling delay.
+and claims. At start it loads the registry snapshot the workers keep (every unfinished run and every worker's
+liveness at a position; saved every few thousand watched events, and by each worker that stops) and reads the
+watched events after it, through the store's type index, so a start costs what happened since the snapshot, not
+the length of the log; afterwards it waits on the store's append notification (`_wait_for_append`) and reads only
+what is new, so a new run or a signal reaches its execution without a polling delay.
 
 Which worker runs what is decided by leases (`agentfold.runtime.leases`): a run belongs to the worker that made its
 latest claim while that worker's heartbeat is fresh. A new run goes first to the worker rendezvous hashing prefers
@@ -163,6 +165,10 @@ class Worker:
         self._triggers: ConsumerGroupMember | None = None
         self._unserved_since: dict[str, float] = {}
         self._watching_since = 0.0
+        self._followed = 0
+        """The position up to which the follower has observed the watched events."""
+        self._registry_saved = 0
+        """The position the last registry snapshot this worker saved covers."""
 
     @property
     def running(self) -> list[str]:
@@ -238,6 +244,10 @@ class Worker:
         # Bounded: a store call that ignores cancellation must not hold the shutdown up.
         await asyncio.wait({self._serving}, timeout=self.stop_timeout)
         self._serving = None
+        if self.superseded is None and self._followed > self._registry_saved:
+            # The next worker to start (this one restarted, often) reads on from here, not from the last save.
+            await self._save_registry(self._followed)
+            self._registry_saved = self._followed
         for execution in self._executions.values():
             execution.draining = True
         deadline = time.monotonic() + self.stop_timeout
@@ -305,6 +315,7 @@ class Worker:
 
     async def _serve(self) -> None:
         position = await self._restore_registry()
+        self._followed = self._registry_saved = position
         self._watching_since = time.monotonic()
         saved, saved_at, observed = position, time.monotonic(), 0
         pause = min(WAKE_CHECK_SECONDS, self.lease.heartbeat, self.claim_delay)
@@ -316,13 +327,14 @@ class Worker:
                 for event in page:
                     self._observe(event)
                 observed += len(page)
-                position = max(position, page[-1].position)
-            position = max(position, head)
+                position = self._followed = max(position, page[-1].position)
+            position = self._followed = max(position, head)
             if position > saved and (
                 observed >= REGISTRY_EVERY_EVENTS or time.monotonic() - saved_at >= REGISTRY_EVERY_SECONDS
             ):
                 await self._save_registry(position)
                 saved, saved_at, observed = position, time.monotonic(), 0
+                self._registry_saved = saved
             self._ready.set()
             self._launch()
             await self._fail_unserved()
