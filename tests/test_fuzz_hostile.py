@@ -354,6 +354,7 @@ OPTION_NAMES = [
     "synchronous",
     "busy_timeout",
     "read_cache_mb",
+    "write_cache_mb",
     "timeout",
     "durability",
     "pool_max",

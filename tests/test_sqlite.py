@@ -567,14 +567,17 @@ async def test_a_record_holding_the_separator_is_store_corrupted(store: SQLiteSt
         [event async for event in store.read_stream("s")]
 
 
-async def test_read_cache_option_sets_the_read_connections_cache(db_path: Path) -> None:
-    store = await open_sqlite(db_path, "?read_cache_mb=3")
+async def test_cache_options_set_the_read_connections_and_the_writer_s_cache(db_path: Path) -> None:
+    store = await open_sqlite(db_path, "?read_cache_mb=3&write_cache_mb=5")
     try:
         await store.append("s", events(1))
         # private: runs SQL on a store reader connection (no public API runs arbitrary SQL)
         # private: the PRAGMA as a reader's connection sees it
         cache_size = await store.backend._read(lambda connection: connection.execute("PRAGMA cache_size").fetchone()[0])
         assert cache_size == -3072
+        # private: the PRAGMA as the writer's connection sees it, run as a write job in the writer thread
+        writer_cache = await store.backend._write(lambda connection: connection.execute("PRAGMA cache_size").fetchone())
+        assert writer_cache[0] == -5120
     finally:
         await store.close()
 
@@ -592,6 +595,7 @@ async def test_read_cache_option_sets_the_read_connections_cache(db_path: Path) 
         ("?journal=delete", {}, "journal"),
         ("?synchronous=FULL&synchronous=NORMAL", {}, "twice"),
         ("?read_cache_mb=-1", {}, "read_cache_mb"),
+        ("", {"write_cache_mb": "lots"}, "write_cache_mb"),
     ],
 )
 def test_bad_options_are_refused(db_path: Path, url_tail: str, options: dict[str, Any], named: str) -> None:

@@ -74,6 +74,10 @@ DEFAULT_READ_CACHE_MB: Final = 32
 """The page cache of each read connection, at most. SQLite's own default (2 MB) holds about 4,000 ~200-byte events,
 so a fold of a longer stream read every page from the file again (docs/measurements.md). Memory is taken only as
 pages are read."""
+DEFAULT_WRITE_CACHE_MB: Final = 32
+"""The page cache of the writer connection, at most. With SQLite's default (2 MB), the interior pages of a large
+store's tables and indexes no longer fit, so appends read them from the file again: at 5M events, 20% more page
+reads per append to a random stream (docs/benchmarks.md#scale). Memory is taken only as pages are read."""
 SYNCHRONOUS_MODES: Final = ("FULL", "NORMAL")
 POLL_INTERVAL: Final = 0.025
 """How often `_wait_for_append` looks for appends made by other processes (seconds)."""
@@ -267,6 +271,7 @@ class SQLiteSettings:
     read_cache_mb: int = DEFAULT_READ_CACHE_MB
     blob_threshold: int = DEFAULT_BLOB_THRESHOLD
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
+    write_cache_mb: int = DEFAULT_WRITE_CACHE_MB
 
 
 OPTIONS: Final = (
@@ -276,6 +281,7 @@ OPTIONS: Final = (
     Option("read_cache_mb", int, DEFAULT_READ_CACHE_MB, minimum=0, maximum=2**20),
     BLOB_THRESHOLD,
     MAX_BLOB_SIZE,
+    Option("write_cache_mb", int, DEFAULT_WRITE_CACHE_MB, minimum=0, maximum=2**20),
 )
 """What `sqlite://` accepts, in its query or as keywords (see `open_store`)."""
 
@@ -307,6 +313,7 @@ def parse_url(url: str, **options: Any) -> SQLiteSettings:
         cast(int, values["read_cache_mb"]),
         cast(int, values["blob_threshold"]),
         cast(int, values["max_blob_size"]),
+        cast(int, values["write_cache_mb"]),
     )
 
 
@@ -374,6 +381,7 @@ def _connect(settings: SQLiteSettings, *, writer: bool) -> sqlite3.Connection:
         connection.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms}")
         if writer:
             connection.execute(f"PRAGMA synchronous = {settings.synchronous}")
+            connection.execute(f"PRAGMA cache_size = {-1024 * settings.write_cache_mb}")
         else:
             connection.execute("PRAGMA query_only = 1")
             connection.execute(f"PRAGMA cache_size = {-1024 * settings.read_cache_mb}")
@@ -1241,8 +1249,9 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> SQLite
     """Open (creating if needed, unless `create` is false) the SQLite store at `url`.
 
     Options, in the URL query or as keywords (keywords win): `synchronous` = `FULL` (default) or `NORMAL`,
-    `busy_timeout` in milliseconds (default 5000), `max_event_size`, `blob_threshold` and `max_blob_size` in bytes.
-    Bad options raise `InvalidURL`.
+    `busy_timeout` in milliseconds (default 5000), `max_event_size`, `blob_threshold` and `max_blob_size` in bytes,
+    `read_cache_mb` and `write_cache_mb`: the page cache of each read connection and of the writer (default 32
+    each). Bad options raise `InvalidURL`.
     With `create=False` a missing file, or one without agentfold's tables, raises `StoreNotFound` untouched.
     """
     settings = parse_url(url, **options)

@@ -5,17 +5,20 @@ committer writes them in large transactions): per 50 events, one domain stream o
 types) and one workflow run of 4 events (`workflow-*`, as the runtime writes them: 1 in 10 failed, 1 in 20 waiting
 for a signal). So 5M events hold 100k streams of orders and 100k runs. Then, on that store:
 
-- one-event appends to existing streams, one at a time: p50 and p99;
+- one-event appends, one at a time, to a stream of the writer's own and to random existing streams: p50 and p99;
 - one-event appends from 16 concurrent writers: events per second;
-- a worker's start until it is ready, on a fresh connection: the first worker the store ever had, and a restart;
+- a worker's start until it is ready, on a fresh connection: the first worker the store ever had, and a restart
+  (which finds the registry snapshot the worker before it saved);
 - the first trigger dispatch of that first worker: from appending the triggering event to the run it starts
   (a new trigger group reads the whole log for its event type);
 - the `agentfold workflows --limit 50` path (the runs index brought up to date, one page, the page's runs folded),
   after the index was built once (that build is reported too);
 - bytes per event on disk beside the payload bytes per event.
 
-Each figure is reported with its ratio to the smallest size. The figures come from one run, on one machine, at
-the same hour: on a shared machine only the ratios mean much (docs/benchmarks.md).
+Each figure is reported with its ratio to the smallest size. The figures that depend most on the disk's latency
+of the moment (appends, worker restarts, the runs page) are measured in turns with a reference store of 20,000
+events filled the same way, and also reported as `<figure>_vs_reference`: the ratio to the reference measured in
+the same minutes, which a busy disk or the machine's other load moves much less than the figure itself.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -55,14 +59,38 @@ FILL_TASKS: Final = 32
 """Units appended at once while filling: their appends share the backend's group commits."""
 KICK_TYPE: Final = "ScaleBenchKick"
 """The event type of the bench's trigger: appended once per size, after the fill."""
+REFERENCE_SIZE: Final = 20_000
+"""The size of the reference store measured in turns with each size (the smallest size, if smaller)."""
 PAGE_LIMIT: Final = 50
-WORKER_STARTS: Final = 3
-RUNS_PAGE_REPEATS: Final = 5
 DISPATCH_TIMEOUT: Final = 600.0
+
+
+@dataclass(frozen=True)
+class Turns:
+    """How much each size is measured: turns with the reference, one-at-a-time appends per turn, seconds of 16
+    writers per turn, worker restarts and runs pages per side."""
+
+    rounds: int = 4
+    appends: int = 250
+    seconds: float = 1.5
+    worker_starts: int = 3
+    runs_pages: int = 5
+
+    @classmethod
+    def quick(cls) -> Turns:
+        return cls(rounds=2, appends=150, seconds=1.0, worker_starts=3, runs_pages=3)
+
+    @classmethod
+    def tiny(cls) -> Turns:
+        """For tests: one of everything."""
+        return cls(rounds=1, appends=10, seconds=0.1, worker_starts=1, runs_pages=1)
+
 
 RATIO_FIGURES: Final = (
     "append_1_writer_p50_ms",
     "append_1_writer_p99_ms",
+    "append_random_stream_p50_ms",
+    "append_random_stream_p99_ms",
     "append_16_writers_events_per_s",
     "worker_ready_ms",
     "worker_first_ready_ms",
@@ -221,18 +249,71 @@ def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
 
 
-async def append_latency(store: EventStore, units: int, appends: int) -> Figures:
-    """One-event appends, one at a time, each to a random existing domain stream: p50 and p99 in ms."""
-    chooser = random.Random(units)
+class Filled:
+    """A store filled for the bench: its URL, the open store, and how many units of fill it holds."""
+
+    def __init__(self, url: str, store: EventStore, units: int) -> None:
+        self.url = url
+        self.store = store
+        self.units = units
+
+
+async def _own_stream_latencies(filled: Filled, stream_id: str, appends: int) -> list[float]:
+    """Ms of one-event appends, one at a time, to one stream of the writer's own."""
     timings = []
     for index in range(appends):
-        stream_id = f"order-{chooser.randrange(units):08d}"
         event = NewEvent("OrderNoted", event_payload(index))
         began = time.perf_counter()
-        await store.append(stream_id, [event], ANY)
+        await filled.store.append(stream_id, [event], ANY)
         timings.append((time.perf_counter() - began) * 1000)
-    timings.sort()
-    return {"append_1_writer_p50_ms": _percentile(timings, 0.5), "append_1_writer_p99_ms": _percentile(timings, 0.99)}
+    return timings
+
+
+async def _random_stream_latencies(filled: Filled, chooser: random.Random, appends: int) -> list[float]:
+    """Ms of one-event appends, one at a time, each to a random existing domain stream of the fill."""
+    timings = []
+    for index in range(appends):
+        stream_id = f"order-{chooser.randrange(filled.units):08d}"
+        event = NewEvent("OrderNoted", event_payload(index))
+        began = time.perf_counter()
+        await filled.store.append(stream_id, [event], ANY)
+        timings.append((time.perf_counter() - began) * 1000)
+    return timings
+
+
+def _latency_figures(name: str, timings: dict[str, list[float]]) -> Figures:
+    figures: Figures = {}
+    for percentile, fraction in (("p50", 0.5), ("p99", 0.99)):
+        measured, reference = (_percentile(sorted(timings[side]), fraction) for side in ("filled", "reference"))
+        figures[f"{name}_{percentile}_ms"] = measured
+        figures[f"{name}_{percentile}_ms_vs_reference"] = measured / reference
+    return figures
+
+
+async def append_figures(filled: Filled, reference: Filled, turns: Turns) -> Figures:
+    """One-event appends: one writer to its own stream, one writer to random existing streams (p50, p99), and 16
+    concurrent writers (events/s). Measured in turns with the reference store, so each figure also comes as a
+    ratio to the reference measured in the same minutes (`*_vs_reference`): the disk and the machine's other load
+    move both alike."""
+    rounds, appends, seconds = turns.rounds, turns.appends, turns.seconds
+    tag = uuid.uuid4().hex[:6]
+    own: dict[str, list[float]] = {"filled": [], "reference": []}
+    scattered: dict[str, list[float]] = {"filled": [], "reference": []}
+    rates: dict[str, list[float]] = {"filled": [], "reference": []}
+    choosers = {"filled": random.Random(filled.units), "reference": random.Random(reference.units)}
+    for round_ in range(rounds):
+        sides = [("filled", filled), ("reference", reference)]
+        for side, target in sides if round_ % 2 == 0 else reversed(sides):
+            own[side] += await _own_stream_latencies(target, f"latency-{tag}", appends)
+            scattered[side] += await _random_stream_latencies(target, choosers[side], appends)
+            rates[side].append(await measure_appends(target.store, 16, seconds))
+    rate, reference_rate = statistics.median(rates["filled"]), statistics.median(rates["reference"])
+    return {
+        **_latency_figures("append_1_writer", own),
+        **_latency_figures("append_random_stream", scattered),
+        "append_16_writers_events_per_s": rate,
+        "append_16_writers_events_per_s_vs_reference": rate / reference_rate,
+    }
 
 
 async def _open_worker(url: str, store: EventStore, name: str) -> tuple[EventStore, Any, float]:
@@ -250,11 +331,20 @@ async def _close_worker(store: EventStore, connected: EventStore, worker: Any) -
         await connected.close()
 
 
-async def worker_figures(url: str, store: EventStore) -> Figures:
-    """The first worker's start (no registry snapshot yet), its first trigger dispatch, and restarts."""
+async def _worker_start(filled: Filled, name: str) -> float:
+    """Ms from connecting to a worker being ready, on a fresh connection; the worker is stopped again."""
+    connected, worker, elapsed = await _open_worker(filled.url, filled.store, name)
+    await _close_worker(filled.store, connected, worker)
+    return elapsed
+
+
+async def worker_figures(filled: Filled, reference: Filled, turns: Turns) -> Figures:
+    """The first worker's start (no registry snapshot yet), its first trigger dispatch, and restarts (each
+    with the registry the worker before saved), in turns with restarts on the reference store."""
     figures: Figures = {}
     tag = uuid.uuid4().hex[:6]
-    connected, worker, figures["worker_first_ready_ms"] = await _open_worker(url, store, f"scale-{tag}-first")
+    store = filled.store
+    connected, worker, figures["worker_first_ready_ms"] = await _open_worker(filled.url, store, f"scale-{tag}-first")
     try:
         kick = NewEvent(KICK_TYPE, {"kick": tag})
         began = time.perf_counter()
@@ -262,12 +352,12 @@ async def worker_figures(url: str, store: EventStore) -> Figures:
         figures["trigger_first_dispatch_ms"] = await _until_started(store, began, f"{KICK_TRIGGER.name}-{kick.id}")
     finally:
         await _close_worker(store, connected, worker)
-    starts = []
-    for attempt in range(WORKER_STARTS):
-        connected, worker, elapsed = await _open_worker(url, store, f"scale-{tag}-{attempt}")
-        starts.append(elapsed)
-        await _close_worker(store, connected, worker)
-    figures["worker_ready_ms"] = statistics.median(starts)
+    starts: dict[str, list[float]] = {"filled": [], "reference": []}
+    for attempt in range(turns.worker_starts):
+        starts["filled"].append(await _worker_start(filled, f"scale-{tag}-{attempt}"))
+        starts["reference"].append(await _worker_start(reference, f"scale-{tag}-{attempt}"))
+    figures["worker_ready_ms"] = statistics.median(starts["filled"])
+    figures["worker_ready_ms_vs_reference"] = figures["worker_ready_ms"] / statistics.median(starts["reference"])
     return figures
 
 
@@ -282,35 +372,47 @@ async def _until_started(store: EventStore, began: float, workflow_id: str) -> f
     return (time.perf_counter() - began) * 1000
 
 
-async def runs_page_figures(url: str, store: EventStore) -> Figures:
-    """`agentfold workflows --limit 50`: the index brought up to date, one page, the page's runs folded."""
-    figures: Figures = {}
-    async with RunsIndex(store, url, page_size=2000) as index:
+async def build_runs_index(filled: Filled) -> float:
+    """Bring the store's runs index up to date (the first time: fold the whole log); the seconds it took."""
+    async with RunsIndex(filled.store, filled.url, page_size=2000) as index:
         began = time.perf_counter()
         await index.catch_up()
-        figures["runs_index_build_s"] = time.perf_counter() - began
-    timings = []
-    for _ in range(RUNS_PAGE_REPEATS):
-        began = time.perf_counter()
-        async with RunsIndex(store, url) as index:
-            await index.catch_up()
-            page = await index.page(RunsQuery(limit=PAGE_LIMIT))
-        summaries = await asyncio.gather(*(run_summary(store, row.workflow_id) for row in page.runs))
-        timings.append((time.perf_counter() - began) * 1000)
-        assert len(summaries) == min(PAGE_LIMIT, sum(page.counts.values()))
-    figures["runs_page_ms"] = statistics.median(timings)
+        return time.perf_counter() - began
+
+
+async def _runs_page(filled: Filled) -> float:
+    """Ms of `agentfold workflows --limit 50`: the index brought up to date, one page, the page's runs folded."""
+    began = time.perf_counter()
+    async with RunsIndex(filled.store, filled.url) as index:
+        await index.catch_up()
+        page = await index.page(RunsQuery(limit=PAGE_LIMIT))
+    summaries = await asyncio.gather(*(run_summary(filled.store, row.workflow_id) for row in page.runs))
+    assert len(summaries) == min(PAGE_LIMIT, sum(page.counts.values()))
+    return (time.perf_counter() - began) * 1000
+
+
+async def runs_page_figures(filled: Filled, reference: Filled, turns: Turns) -> Figures:
+    """The runs index's first build over the filled log, then the runs page, in turns with the reference."""
+    figures: Figures = {"runs_index_build_s": await build_runs_index(filled)}
+    timings: dict[str, list[float]] = {"filled": [], "reference": []}
+    for _ in range(turns.runs_pages):
+        timings["filled"].append(await _runs_page(filled))
+        timings["reference"].append(await _runs_page(reference))
+    figures["runs_page_ms"] = statistics.median(timings["filled"])
+    figures["runs_page_ms_vs_reference"] = figures["runs_page_ms"] / statistics.median(timings["reference"])
     return figures
 
 
 async def measure_size(
-    backend: str, base_url: str | None, size: int, quick: bool, progress: Progress
+    backend: str, base_url: str | None, size: int, reference: Filled, turns: Turns, progress: Progress
 ) -> dict[str, float]:
-    """Fill a fresh store to `size` events and measure it."""
+    """Fill a fresh store to `size` events and measure it (in turns with `reference` where the figure allows)."""
     label = f"{backend} {size:,}"
     async with scratch_store(backend, base_url) as (url, store):
         began = time.perf_counter()
         units = await fill(store, size, progress, label)
         filled_s = time.perf_counter() - began
+        filled = Filled(url, store, units)
         events = units * UNIT_EVENTS
         figures: Figures = {
             "events": float(events),
@@ -324,14 +426,12 @@ async def measure_size(
         progress(f"{label}: bytes per event")
         figures.update(await storage_figures(backend, url, store, events))
         figures["payload_bytes_per_event"] = await payload_bytes(store)
-        progress(f"{label}: one-event appends, one writer")
-        figures.update(await append_latency(store, units, 300 if quick else 1000))
-        progress(f"{label}: one-event appends, 16 writers")
-        figures["append_16_writers_events_per_s"] = await measure_appends(store, 16, 1.0 if quick else 3.0)
+        progress(f"{label}: one-event appends (1 writer, random streams, 16 writers), in turns with the reference")
+        figures.update(await append_figures(filled, reference, turns))
         progress(f"{label}: worker start, first trigger dispatch, restarts")
-        figures.update(await worker_figures(url, store))
+        figures.update(await worker_figures(filled, reference, turns))
         progress(f"{label}: runs index build and the runs page")
-        figures.update(await runs_page_figures(url, store))
+        figures.update(await runs_page_figures(filled, reference, turns))
     return figures
 
 
@@ -353,18 +453,31 @@ async def run_scale(
     backends: Sequence[str],
     base_urls: dict[str, str],
     sizes: Sequence[int],
-    quick: bool = False,
+    turns: Turns | None = None,
     progress: Progress = print,
 ) -> dict[str, Any]:
     """Measure every backend at every size (smallest first); the result is what `--json` writes."""
-    results: dict[str, Any] = {"environment": environment(), "sizes": sorted(sizes), "backends": {}}
+    reference_size = min(REFERENCE_SIZE, *sizes)
+    results: dict[str, Any] = {
+        "environment": environment(),
+        "sizes": sorted(sizes),
+        "reference_size": reference_size,
+        "backends": {},
+    }
     results["environment"]["load_average_at_start"] = _load_average()
     for backend in backends:
         url = base_urls.get(backend)
         rows = []
-        for size in sorted(sizes):
-            figures = await measure_size(backend, url, size, quick, progress)
-            rows.append({"size": size, "figures": figures})
+        async with scratch_store(backend, url) as (reference_url, reference_store):
+            progress(f"{backend}: the reference store ({reference_size:,} events)")
+            units = await fill(reference_store, reference_size, progress, f"{backend} reference")
+            await settle(backend, reference_url, reference_store)
+            reference = Filled(reference_url, reference_store, units)
+            await _worker_start(reference, "scale-reference")  # its registry snapshot, as a store in use has one
+            await build_runs_index(reference)
+            for size in sorted(sizes):
+                figures = await measure_size(backend, url, size, reference, turns or Turns(), progress)
+                rows.append({"size": size, "figures": figures})
         results["backends"][backend] = {"url": redact(url) if url else None, "sizes": with_ratios(rows)}
     results["environment"]["load_average_at_end"] = _load_average()
     return results
@@ -405,6 +518,8 @@ def figure_rows(result: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
 
 
 def format_figure(name: str, value: float) -> str:
+    if name.endswith("_vs_reference"):
+        return f"{value:.2f}x"
     if name in ("events", "streams", "runs") or name.endswith("_per_s"):
         return f"{value:,.0f}"
     if name.endswith("_bytes_per_event") or name == "bytes_per_event":

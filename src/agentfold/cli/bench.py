@@ -296,7 +296,7 @@ def _scale(
     markdown: bool,
     console: Console,
 ) -> None:
-    from agentfold.bench.scale import SCALE_BACKENDS, figure_rows, parse_sizes, run_scale
+    from agentfold.bench.scale import SCALE_BACKENDS, Turns, figure_rows, parse_sizes, run_scale
     from agentfold.bench.scale import markdown as scale_markdown
 
     try:
@@ -310,7 +310,13 @@ def _scale(
     with console.status("measuring") as status:
         try:
             results = asyncio.run(
-                run_scale(chosen, _base_urls(urls), sizes, quick, progress=lambda text: status.update(text))
+                run_scale(
+                    chosen,
+                    _base_urls(urls),
+                    sizes,
+                    Turns.quick() if quick else Turns(),
+                    progress=lambda text: status.update(text),
+                )
             )
         except AgentfoldError as error:
             raise click.ClickException(str(error)) from None
