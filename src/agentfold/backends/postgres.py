@@ -665,6 +665,11 @@ _STATEMENTS: Final = {
     # By type: the first `limit` positions above `after` of each type, from the (type, position) index. Every
     # match up to the lowest last position of a type that filled its `limit` (else the head) is among them; the
     # page is the first `limit` of those.
+    #
+    # "(type, position) > (t, after) AND type <= t, in (type, position) order" is "type = t AND position > after,
+    # in position order" said so that only the index's order serves it: said plainly, the planner may walk the
+    # primary key in position order testing each row instead, whenever it guesses the type common enough, and a
+    # rare type (or a common one absent from the log's tail) then costs a scan of everything after `after`.
     "read_all_types": """
         WITH found AS (
             SELECT f.position, count(*) OVER (PARTITION BY t.type) AS taken,
@@ -672,8 +677,8 @@ _STATEMENTS: Final = {
             FROM unnest(%(types)s::text[]) AS t(type)
             CROSS JOIN LATERAL (
                 SELECT e.position FROM {s}.events e
-                WHERE e.type = t.type AND e.position > %(after)s
-                ORDER BY e.position LIMIT %(limit)s
+                WHERE (e.type, e.position) > (t.type, %(after)s) AND e.type <= t.type
+                ORDER BY e.type, e.position LIMIT %(limit)s
             ) AS f
         ), bound AS (
             SELECT coalesce((SELECT min(last) FROM found WHERE taken = %(limit)s),
@@ -692,13 +697,14 @@ _STATEMENTS: Final = {
             ON %(prefix)s::text IS NULL OR starts_with(e.stream_id, %(prefix)s::text)
         ORDER BY e.position
     """,
-    # By stream category: the category's next `limit` events from the (category, position) index, of which those
-    # on streams starting with the prefix (which may be longer than the category).
+    # By stream category: the category's next `limit` events from the (category, position) index (said the same
+    # way as the type's, for the same reason), of which those on streams starting with the prefix (which may be
+    # longer than the category).
     "read_all_category": f"""
         WITH found AS (
             SELECT e.position, e.stream_id, e.record FROM {{s}}.events e
-            WHERE {_CATEGORY} = %(category)s AND e.position > %(after)s
-            ORDER BY e.position LIMIT %(limit)s
+            WHERE ({_CATEGORY}, e.position) > (%(category)s, %(after)s) AND {_CATEGORY} <= %(category)s
+            ORDER BY {_CATEGORY}, e.position LIMIT %(limit)s
         ), scanned AS (
             SELECT CASE WHEN (SELECT count(*) FROM found) = %(limit)s THEN (SELECT max(position) FROM found)
                         ELSE coalesce(greatest((SELECT max(position) FROM {{s}}.events),
