@@ -478,7 +478,7 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
         await open_sqlite(db_path)
 
 
-def query_plan(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> str:
+def query_plan(connection: sqlite3.Connection, sql: str, parameters: Any) -> str:
     return " / ".join(str(row[3]) for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", parameters))
 
 
@@ -505,7 +505,9 @@ async def test_a_version_2_file_is_upgraded_and_its_filtered_reads_use_the_new_i
     connection = sqlite3.connect(db_path)
     try:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        by_type = query_plan(connection, _SELECT_TYPE_POSITIONS, ("Paid", 0, 10))
+        by_type = query_plan(
+            connection, _SELECT_TYPE_POSITIONS.format(index=0), {"type0": "Paid", "after": 0, "limit": 9}
+        )
         by_category = query_plan(connection, _SELECT_CATEGORY_PAGE.format(record="record"), ("order-", 0, 10))
         assert "COVERING INDEX events_type (type=? AND rowid>?)" in by_type
         assert "INDEX events_category (<expr>=? AND rowid>?)" in by_category

@@ -170,10 +170,24 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 in the transaction that sets that version. Never edit a released step; add one."""
 
 _SELECT_HEAD: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
-_SELECT_TYPE_POSITIONS: Final = "SELECT position FROM events WHERE type = ? AND position > ? ORDER BY position LIMIT ?"
-_SELECT_RECORDS_AT: Final = (
-    "SELECT record FROM events WHERE position IN (SELECT value FROM json_each(?)) {also} ORDER BY position"
+_SELECT_TYPE_POSITIONS: Final = (
+    "SELECT {index} AS type_index, position FROM "
+    "(SELECT position FROM events WHERE type = :type{index} AND position > :after ORDER BY position LIMIT :limit)"
 )
+_SELECT_TYPED_PAGE: Final = (
+    "WITH found AS ({found}), "
+    "filled AS (SELECT max(position) AS last FROM found GROUP BY type_index HAVING count(*) = :limit), "
+    "bound AS (SELECT coalesce((SELECT min(last) FROM filled), "
+    "(SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) AS position), "
+    "chosen AS (SELECT found.position FROM found, bound WHERE found.position <= bound.position "
+    "ORDER BY found.position LIMIT :limit), "
+    "scanned AS (SELECT CASE WHEN (SELECT count(*) FROM chosen) = :limit THEN (SELECT max(position) FROM chosen) "
+    "ELSE (SELECT position FROM bound) END AS position) "
+    "SELECT matched.record, scanned.position FROM scanned LEFT JOIN "
+    "(SELECT events.record, events.position FROM chosen JOIN events ON events.position = chosen.position {also}) "
+    "AS matched ON 1 ORDER BY matched.position"
+)
+"""A page of events of the types asked for, as `_typed_page` says, in one statement."""
 _SELECT_CATEGORY_PAGE: Final = (
     f"SELECT {{record}}, position FROM events WHERE {_CATEGORY} = ? AND position > ? ORDER BY position LIMIT ?"
 )
@@ -1145,31 +1159,29 @@ def _prefix_test(stream_prefix: str | None) -> tuple[str, list[Any]]:
     return f"AND {_IN_PREFIX}", [len(stream_prefix), stream_prefix]
 
 
+@functools.lru_cache(maxsize=64)
+def _typed_page_sql(type_count: int, prefixed: bool) -> str:
+    found = " UNION ALL ".join(_SELECT_TYPE_POSITIONS.format(index=index) for index in range(type_count))
+    also = "WHERE substr(events.stream_id, 1, :prefix_length) = :prefix" if prefixed else ""
+    return _SELECT_TYPED_PAGE.format(found=found, also=also)
+
+
 def _typed_page(
     after: int, limit: int, types: tuple[str, ...], stream_prefix: str | None, connection: sqlite3.Connection
 ) -> tuple[list[RecordedEvent], int]:
     """A page of events of `types` through the type index: the first `limit` positions above `after` of each
     type, merged. Every match up to the lowest last position of a type that filled its `limit` (else the head)
-    is among them; the page is the first `limit` of those, and the position scanned the last one it covers."""
-    connection.execute("BEGIN")  # (an error is rolled back by `_run_read`)
-    bound = _head(connection)
-    positions: list[int] = []
-    for event_type in dict.fromkeys(types):
-        found = [row[0] for row in connection.execute(_SELECT_TYPE_POSITIONS, (event_type, after, limit))]
-        if len(found) == limit:
-            bound = min(bound, found[-1])
-        positions += found
-    chosen = sorted(position for position in positions if position <= bound)
-    if len(chosen) > limit:
-        chosen = chosen[:limit]
-        bound = chosen[-1]
-    rows: list[tuple[str]] = []
-    if chosen:
-        also, parameters = _prefix_test(stream_prefix)
-        sql = _SELECT_RECORDS_AT.format(also=also)
-        rows = connection.execute(sql, [_json_encoder.encode(chosen).decode(), *parameters]).fetchall()
-    connection.execute("COMMIT")
-    return _decode_page(rows), max(after, bound)
+    is among them; the page is the first `limit` of those, and the position scanned the last one it covers. The
+    merge runs in SQLite: one statement, so one snapshot, and no Python object per position read."""
+    chosen = list(dict.fromkeys(types))
+    parameters: dict[str, Any] = {"after": after, "limit": limit}
+    parameters.update((f"type{index}", event_type) for index, event_type in enumerate(chosen))
+    if stream_prefix is not None:
+        parameters.update(prefix_length=len(stream_prefix), prefix=stream_prefix)
+    if not chosen:
+        return [], max(after, _head(connection))
+    rows = connection.execute(_typed_page_sql(len(chosen), stream_prefix is not None), parameters).fetchall()
+    return _decode_page([row for row in rows if row[0] is not None]), max(after, rows[0][1])
 
 
 def _category_page(
