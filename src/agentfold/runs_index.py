@@ -46,6 +46,8 @@ PROJECTOR_NAME: Final = "agentfold-runs-index"
 """The checkpoint name the index's projector keeps."""
 TABLE: Final = "agentfold_runs_index"
 WORKERS_TABLE: Final = "agentfold_runs_index_workers"
+COUNTS_TABLE: Final = "agentfold_runs_index_counts"
+"""Runs per stored status, kept with the rows, so an unfiltered listing's counts read a handful of rows."""
 
 STALLED: Final = "Stalled"
 LISTED_STATUSES: Final = (
@@ -226,6 +228,19 @@ def plan_page(events: Sequence[RecordedEvent], loaded: dict[str, RunRow]) -> Pag
                 child.parent_id = workflow_id
                 touched[child_id] = child
     return PageChanges(touched, workers)
+
+
+def status_changes(before: dict[str, str], changes: PageChanges) -> dict[str, int]:
+    """How a page changes the runs per stored status, from each touched run's status before it (none: new)."""
+    delta: Counter[str] = Counter()
+    for workflow_id, row in changes.rows.items():
+        old = before.get(workflow_id)
+        if old == row.status:
+            continue
+        if old is not None:
+            delta[old] -= 1
+        delta[row.status] += 1
+    return {status: number for status, number in delta.items() if number}
 
 
 def named_runs(events: Iterable[RecordedEvent]) -> set[str]:
@@ -433,6 +448,7 @@ class SqlRunsTable(RunsTable):
     durable = True
     table = TABLE
     workers_table = WORKERS_TABLE
+    counts_table = COUNTS_TABLE
 
     def _stalled_sql(self) -> str:
         unfinished = ", ".join(f"'{status}'" for status in UNFINISHED)
@@ -500,18 +516,41 @@ class SqlRunsTable(RunsTable):
     async def _query(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise InvalidInput("this runs table cannot be read")  # each table overrides it
 
+    def kept_counts_sql(self, at_us: int) -> tuple[str, list[Any], str, list[Any]]:
+        """For a listing without filters: the kept runs per stored status, and the unfinished runs that live
+        workers hold per status (through the (owner, status) index, one probe per live worker): what it costs is
+        the number of statuses and of live workers' runs, not of runs."""
+        unfinished = ", ".join(f"'{status}'" for status in UNFINISHED)
+        totals = f"SELECT status, runs FROM {self.counts_table}"
+        # CROSS JOIN: SQLite then walks the live workers and looks their runs up, never the other way round.
+        held = (
+            f"SELECT r.status, count(*) FROM {self.workers_table} w CROSS JOIN {self.table} r "
+            f"WHERE w.expires_at_us > ? AND r.owner = w.worker AND r.status IN ({unfinished}) GROUP BY r.status"
+        )
+        return totals, [], held, [at_us]
+
     async def page(self, query: RunsQuery, at_us: int) -> tuple[list[RunRow], Counter[str]]:
         page_sql, params = self.page_sql(query, at_us)
-        totals_sql, totals_params, stalled_sql, stalled_params = self.counts_sql(query, at_us)
-        records, totals, stalled = await asyncio.gather(
+        kept = query.counting() == RunsQuery(limit=query.limit)
+        if kept:
+            totals_sql, totals_params, held_sql, held_params = self.kept_counts_sql(at_us)
+        else:
+            totals_sql, totals_params, held_sql, held_params = self.counts_sql(query, at_us)
+        records, totals, others = await asyncio.gather(
             self._query(page_sql, params),
             self._query(totals_sql, totals_params),
-            self._query(stalled_sql, stalled_params),
+            self._query(held_sql, held_params),
         )
         counts: Counter[str] = Counter({str(status): int(count) for status, count in totals})
-        for status, count in stalled:
-            counts[str(status)] -= int(count)
-            counts[STALLED] += int(count)
+        if kept:  # unfinished and not held by a live worker: stalled
+            held = {str(status): int(count) for status, count in others}
+            stalled = {status: counts.get(status, 0) - held.get(status, 0) for status in UNFINISHED}
+        else:
+            stalled = {str(status): int(count) for status, count in others}
+        for status, count in stalled.items():
+            if count:
+                counts[status] -= count
+                counts[STALLED] += count
         return [self.row_of(record) for record in records], counts
 
     async def workflows(self) -> list[str]:
@@ -548,8 +587,27 @@ class SqlRunsTable(RunsTable):
             f"CREATE INDEX IF NOT EXISTS {TABLE}_workflow ON {self.table} "
             "(workflow, started_at_us DESC, workflow_id DESC)",
             f"CREATE INDEX IF NOT EXISTS {TABLE}_parent ON {self.table} (parent_id)",
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_owner ON {self.table} (owner, status)",
             f"CREATE TABLE IF NOT EXISTS {self.workers_table} (worker {t} PRIMARY KEY, expires_at_us {i} NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.counts_table} (status {t} PRIMARY KEY, runs {i} NOT NULL)",
         ]
+
+    def uncounted_sql(self) -> str:
+        """True when the index has rows but no counts: it was kept before the counts were."""
+        return f"SELECT NOT EXISTS (SELECT 1 FROM {self.counts_table}) AND EXISTS (SELECT 1 FROM {self.table})"
+
+    def count_rows_sql(self) -> str:
+        """Count the rows of an index kept before the counts were, once."""
+        return (
+            f"INSERT INTO {self.counts_table} (status, runs) SELECT status, count(*) FROM {self.table} GROUP BY status"
+        )
+
+    def count_sql(self) -> str:
+        """Add to the runs of one status."""
+        return (
+            f"INSERT INTO {self.counts_table} AS c (status, runs) VALUES (?, ?) "
+            "ON CONFLICT (status) DO UPDATE SET runs = c.runs + excluded.runs"
+        )
 
     @staticmethod
     def row_values(row: RunRow) -> tuple[Any, ...]:
@@ -568,6 +626,9 @@ class SQLiteRunsTable(SqlRunsTable):
     def _create(self, connection: sqlite3.Connection) -> None:
         for statement in self.create_sql("TEXT", "INTEGER"):
             connection.execute(statement)
+        # Only when it has something to write: a reader opening the index takes no write lock.
+        if connection.execute(self.uncounted_sql()).fetchone()[0]:
+            connection.execute(self.count_rows_sql())
 
     def update(self, handle: Any, events: list[RecordedEvent]) -> None:
         connection: sqlite3.Connection = handle
@@ -583,8 +644,10 @@ class SQLiteRunsTable(SqlRunsTable):
             ):
                 row = self.row_of(record)
                 loaded[row.workflow_id] = row
+        before = {workflow_id: row.status for workflow_id, row in loaded.items()}
         changes = plan_page(events, loaded)
         connection.executemany(self.upsert_sql(), [self.row_values(row) for row in changes.rows.values()])
+        connection.executemany(self.count_sql(), list(status_changes(before, changes).items()))
         connection.executemany(
             f"INSERT INTO {self.workers_table} (worker, expires_at_us) VALUES (?, ?) ON CONFLICT (worker) DO UPDATE "
             "SET expires_at_us = CASE WHEN excluded.expires_at_us = 0 THEN 0 "
@@ -617,6 +680,7 @@ class SQLiteRunsTable(SqlRunsTable):
             connection = self._connect()
             connection.execute(f"DELETE FROM {self.table}")
             connection.execute(f"DELETE FROM {self.workers_table}")
+            connection.execute(f"DELETE FROM {self.counts_table}")
             connection.commit()
 
         async with self._lock:
@@ -650,6 +714,7 @@ class PostgresRunsTable(SqlRunsTable):
         quoted = sql.Identifier(schema).as_string(None)
         self.table = f"{quoted}.{TABLE}"
         self.workers_table = f"{quoted}.{WORKERS_TABLE}"
+        self.counts_table = f"{quoted}.{COUNTS_TABLE}"
         self._pool: Any = None
 
     @staticmethod
@@ -659,8 +724,14 @@ class PostgresRunsTable(SqlRunsTable):
     async def _create(self, connection: Any) -> None:
         for statement in self.create_sql("text", "bigint"):
             await connection.execute(self._pg(statement))
+        cursor = await connection.execute(self._pg(self.uncounted_sql()))
+        row = await cursor.fetchone()
+        if row is not None and row[0]:
+            await connection.execute(self._pg(self.count_rows_sql()))
 
     async def update(self, handle: Any, events: list[RecordedEvent]) -> None:
+        # Two processes applying the same page take turns, so the second folds (and counts) what the first wrote.
+        await handle.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.schema}.{TABLE}.update",))
         ids = sorted(named_runs(events))
         loaded: dict[str, RunRow] = {}
         if ids:
@@ -671,12 +742,16 @@ class PostgresRunsTable(SqlRunsTable):
             for record in await cursor.fetchall():
                 row = self.row_of(record)
                 loaded[row.workflow_id] = row
+        before = {workflow_id: row.status for workflow_id, row in loaded.items()}
         changes = plan_page(events, loaded)
+        counted = status_changes(before, changes)
         async with handle.cursor() as cursor:
             if changes.rows:
                 await cursor.executemany(
                     self._pg(self.upsert_sql()), [self.row_values(row) for row in changes.rows.values()]
                 )
+            if counted:
+                await cursor.executemany(self._pg(self.count_sql()), list(counted.items()))
             if changes.workers:
                 await cursor.executemany(
                     self._pg(
@@ -712,6 +787,7 @@ class PostgresRunsTable(SqlRunsTable):
         async with self._pool.connection() as connection, connection.transaction():
             await connection.execute(self._pg(f"DELETE FROM {self.table}"))
             await connection.execute(self._pg(f"DELETE FROM {self.workers_table}"))
+            await connection.execute(self._pg(f"DELETE FROM {self.counts_table}"))
 
     async def get(self, workflow_ids: Sequence[str], at_us: int) -> dict[str, RunRow]:
         if not workflow_ids:

@@ -1,0 +1,90 @@
+"""The runs index keeps its runs per state as counters, beside the rows: a listing without filters reads them (and
+the runs live workers hold) instead of counting every row, and they agree with the rows counted one by one as runs
+change state across pages, with stalled runs told apart; an index kept before the counters is counted once.
+On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg
+
+import agentfold
+from agentfold.bench.runs_page import run_events
+from agentfold.events import NO_STREAM, NewEvent
+from agentfold.runs_index import COUNTS_TABLE, STALLED, RunsIndex, RunsQuery
+from agentfold.runtime import history as h
+from agentfold.runtime.leases import WORKER_HEARTBEAT, worker_stream
+from agentfold.runtime.statemachine import AWAITING_INPUT, COMPLETED, FAILED, PROCESSING, TERMINATED
+from agentfold.store import EventStore
+from tests.backends import PG_URL
+
+RUNS = 40
+
+
+async def write_runs(store: EventStore) -> None:
+    """Runs as the bench writes them (1 in 10 failed, 1 in 20 waiting, the rest completed), two held by a live
+    worker, one by a worker that never heartbeated, one by nobody."""
+    for index in range(RUNS):
+        await store.append(f"{h.WORKFLOW_STREAM_PREFIX}bench-{index:03d}", run_events(index), NO_STREAM)
+    await store.append(worker_stream("alive"), [NewEvent(WORKER_HEARTBEAT, {"worker": "alive", "ttl_us": 3_600e6})])
+    for workflow_id, owner in (("held-1", "alive"), ("held-2", "alive"), ("lost", "gone"), ("new", None)):
+        metadata = {} if owner is None else {h.OWNER_KEY: owner}
+        started = NewEvent(h.WORKFLOW_STARTED, {"workflow": "intake", "input": {"args": []}}, metadata)
+        stepping = [NewEvent(h.STEP_STARTED, {"seq": 1, "name": "work", "attempt": 1}, metadata)]
+        await store.append(h.workflow_stream(workflow_id), [started, *([] if owner is None else stepping)])
+
+
+async def counts(index: RunsIndex) -> tuple[dict[str, int], dict[str, int]]:
+    """(the counts a listing without filters shows, the same counted row by row through a filter matching all)."""
+    kept = (await index.page(RunsQuery(limit=5))).counts
+    counted = (await index.page(RunsQuery(limit=5, started_from_us=0))).counts
+    return kept, counted
+
+
+async def test_kept_counts_agree_with_the_rows_as_runs_change_state(sql_url: str) -> None:
+    async with agentfold.connect(sql_url) as store:
+        await write_runs(store)
+        async with RunsIndex(store, sql_url, page_size=7) as index:  # pages end in the middle of runs
+            await index.catch_up()
+            kept, counted = await counts(index)
+            assert kept == counted
+            assert (kept[COMPLETED], kept[FAILED], kept[PROCESSING]) == (34, 4, 2)
+            # the 2 runs waiting for a signal, "lost" and "new": unfinished, and no live worker holds them
+            assert (kept[STALLED], kept[AWAITING_INPUT]) == (4, 0)
+            for number in (5, 25):  # the waiting runs end
+                terminated = NewEvent(h.WORKFLOW_TERMINATED, {"reason": "test"})
+                await store.append(f"{h.WORKFLOW_STREAM_PREFIX}bench-{number:03d}", [terminated])
+            await store.append(h.workflow_stream("held-1"), [NewEvent(h.WORKFLOW_COMPLETED, {"result": 1})])
+            await index.catch_up()
+            kept, counted = await counts(index)
+            assert kept == counted
+            assert (kept[TERMINATED], kept[COMPLETED], kept[PROCESSING], kept[STALLED]) == (2, 35, 1, 2)
+            assert sum(kept.values()) == RUNS + 4
+
+
+async def test_an_index_kept_before_the_counts_is_counted_once(sql_url: str) -> None:
+    async with agentfold.connect(sql_url) as store:
+        await write_runs(store)
+        async with RunsIndex(store, sql_url) as index:
+            await index.catch_up()
+            before = await counts(index)
+        drop_counts(sql_url)  # as an earlier release left the index: rows, no counters
+        async with RunsIndex(store, sql_url) as index:
+            assert await counts(index) == before
+            await index.catch_up()
+            assert await counts(index) == before
+            await index.rebuild()
+            assert await counts(index) == before
+
+
+def drop_counts(url: str) -> None:
+    if url.startswith("sqlite"):
+        connection = sqlite3.connect(url.split("///", 1)[1])
+        connection.execute(f"DROP TABLE {COUNTS_TABLE}")
+        connection.commit()
+        connection.close()
+        return
+    schema = url.rsplit("schema=", 1)[1].split("&")[0]
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
+        connection.execute(f'DROP TABLE "{schema}".{COUNTS_TABLE}'.encode())
