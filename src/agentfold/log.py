@@ -460,10 +460,13 @@ class EventLog:
         *,
         blobs: bool = True,
     ) -> tuple[list[RecordedEvent], int]:
-        """One page of `read_all`: the matching events among at most `limit` positions above `after_position`, and
-        the last position scanned (equal to `after_position` when nothing is there yet). Readers that filter resume
-        after the position scanned, not after the last event they got, so a long run of non-matching events is
-        passed over once. The positions are final: nothing later appears at or below the position scanned.
+        """One page of `read_all`: at most `limit` matching events above `after_position`, and the position up to
+        which they are every match, the position scanned (equal to `after_position` when nothing is there yet).
+        Without an index for the filters a backend scans at most `limit` positions; SQLite and PostgreSQL read
+        type and stream-category filters from an index, and may report up to their head when nothing more
+        matches. Readers that filter resume after the position scanned, not after the last event they got, so a
+        long run of non-matching events is passed over once. The positions are final: nothing later appears at or
+        below the position scanned.
 
         Blobs as in `read_stream`; a page whose blobs add up to more than `blob_batch_bytes` ends early (at least
         one event), the position scanned being its last event's. A page that meets events trimmed
