@@ -478,8 +478,8 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
         4,
         "indexes on (type, position) and (stream category, position) for filtered reads of the log",
         (
-            "CREATE INDEX events_type_position ON {s}.events (type, position)",
-            f"CREATE INDEX events_category_position ON {{s}}.events (({_CATEGORY}), position)",
+            "CREATE INDEX IF NOT EXISTS events_type_position ON {s}.events (type, position)",
+            f"CREATE INDEX IF NOT EXISTS events_category_position ON {{s}}.events (({_CATEGORY}), position)",
         ),
     ),
 )
