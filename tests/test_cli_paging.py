@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import agentfold
-from agentfold.bench.runs_page import run_events
+from agentfold.bench import run_events
 from agentfold.events import NO_STREAM
 from agentfold.runtime import history as h
 from tests.backends import BACKENDS, Backend, require_service

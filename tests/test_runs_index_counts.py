@@ -10,7 +10,7 @@ import sqlite3
 import psycopg
 
 import agentfold
-from agentfold.bench.runs_page import run_events
+from agentfold.bench import run_events
 from agentfold.events import NO_STREAM, NewEvent
 from agentfold.runs_index import COUNTS_TABLE, STALLED, RunsIndex, RunsQuery
 from agentfold.runtime import history as h

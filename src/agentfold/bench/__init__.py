@@ -18,13 +18,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 import agentfold
 from agentfold import NewEvent
 from agentfold.connect import redact
+from agentfold.runtime import history as h
 from agentfold.store import EventStore
 
 BACKEND_NAMES = ("memory", "sqlite", "postgres", "redis")
@@ -46,6 +47,37 @@ def event_payload(index: int) -> dict[str, Any]:
         "items": [{"sku": f"sku-{index % 97}", "qty": index % 5 + 1}],
         "note": "x" * 48,
     }
+
+
+RUN_WORKFLOWS: Final = ("intake", "payment", "fulfilment", "notification")
+
+
+def run_events(index: int) -> list[NewEvent]:
+    """One workflow run's events as the runtime writes them: 1 in 10 fails its step, 1 in 20 waits for a signal,
+    the rest complete."""
+    workflow = RUN_WORKFLOWS[index % len(RUN_WORKFLOWS)]
+    step = {"seq": 1, "name": "work", "attempt": 1}
+    events = [
+        NewEvent(h.WORKFLOW_STARTED, {"workflow": workflow, "input": {"args": [index]}}),
+        NewEvent(h.STEP_STARTED, step),
+    ]
+    if index % 10 == 0:
+        error = {"type": "RuntimeError", "message": f"run {index} failed"}
+        events += [
+            NewEvent(h.STEP_FAILED, {**step, "final": True, "error": error}),
+            NewEvent(h.WORKFLOW_FAILED, {"error": error}),
+        ]
+    elif index % 20 == 5:
+        events += [
+            NewEvent(h.STEP_COMPLETED, {**step, "result": index}),
+            NewEvent(h.WAIT_STARTED, {"seq": 2, "name": "approve", "deadline_us": None}),
+        ]
+    else:
+        events += [
+            NewEvent(h.STEP_COMPLETED, {**step, "result": index}),
+            NewEvent(h.WORKFLOW_COMPLETED, {"result": index}),
+        ]
+    return events
 
 
 def event_payload_text(index: int) -> str:

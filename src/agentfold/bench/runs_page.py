@@ -15,7 +15,8 @@ from typing import Any, Final
 
 import httpx
 
-from agentfold.events import NO_STREAM, NewEvent
+from agentfold.bench import run_events
+from agentfold.events import NO_STREAM
 from agentfold.runs_index import RunsIndex
 from agentfold.runtime import history as h
 from agentfold.store import EventStore
@@ -24,37 +25,9 @@ from agentfold.web.settings import ServeSettings
 
 Figures = dict[str, float]
 
-WORKFLOWS: Final = ("intake", "payment", "fulfilment", "notification")
 APPEND_CONCURRENCY: Final = 500
 REQUESTS: Final = 20
 DEEP_PAGES: Final = 20
-
-
-def run_events(index: int) -> list[NewEvent]:
-    """One run's events: 1 in 10 fails its step, 1 in 20 waits for a signal, the rest complete."""
-    workflow = WORKFLOWS[index % len(WORKFLOWS)]
-    step = {"seq": 1, "name": "work", "attempt": 1}
-    events = [
-        NewEvent(h.WORKFLOW_STARTED, {"workflow": workflow, "input": {"args": [index]}}),
-        NewEvent(h.STEP_STARTED, step),
-    ]
-    if index % 10 == 0:
-        error = {"type": "RuntimeError", "message": f"run {index} failed"}
-        events += [
-            NewEvent(h.STEP_FAILED, {**step, "final": True, "error": error}),
-            NewEvent(h.WORKFLOW_FAILED, {"error": error}),
-        ]
-    elif index % 20 == 5:
-        events += [
-            NewEvent(h.STEP_COMPLETED, {**step, "result": index}),
-            NewEvent(h.WAIT_STARTED, {"seq": 2, "name": "approve", "deadline_us": None}),
-        ]
-    else:
-        events += [
-            NewEvent(h.STEP_COMPLETED, {**step, "result": index}),
-            NewEvent(h.WORKFLOW_COMPLETED, {"result": index}),
-        ]
-    return events
 
 
 async def populate(store: EventStore, runs: int) -> None:

@@ -36,8 +36,15 @@ from typing import Any, Final
 import msgspec
 
 import agentfold
-from agentfold.bench import Figures, Progress, environment, event_payload, measure_appends, scratch_store
-from agentfold.bench.runs_page import run_events
+from agentfold.bench import (
+    Figures,
+    Progress,
+    environment,
+    event_payload,
+    measure_appends,
+    run_events,
+    scratch_store,
+)
 from agentfold.connect import redact
 from agentfold.events import ANY, NO_STREAM, NewEvent
 from agentfold.runs_index import RunsIndex, RunsQuery
