@@ -30,6 +30,7 @@ from agentfold.errors import (
     InvalidURL,
     StoreClosed,
     StoreCorrupted,
+    StoreNotFound,
     StoreTimeout,
     StoreUnavailable,
     WrongExpectedVersion,
@@ -416,6 +417,8 @@ async def test_a_file_of_schema_1_gains_the_blob_tables_when_opened(db_path: Pat
         connection.execute("PRAGMA user_version = 1")
     finally:
         connection.close()
+    with pytest.raises(StoreNotFound, match="schema version 1 and needs an upgrade"):
+        await agentfold.connect(f"sqlite:///{db_path}", create=False)  # read as it is: nothing upgraded
     store = await open_sqlite(db_path)
     try:
         await store.append("new", [NewEvent("Prompted", {"prompt": "p" * 100_000})])

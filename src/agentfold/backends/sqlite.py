@@ -1239,9 +1239,16 @@ def _open_writer_connection(settings: SQLiteSettings, shown_url: str, create: bo
 
 
 def _require_schema(connection: sqlite3.Connection, path: str, shown_url: str) -> None:
-    """Refuse a file that holds no agentfold store, before anything (even the switch to WAL) writes to it."""
-    if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
+    """Refuse a file that holds no agentfold store, or one an older agentfold wrote that needs an upgrade, before
+    anything (even the switch to WAL) writes to it: opened with `create=False`, a store is only read as it is."""
+    found = connection.execute("PRAGMA user_version").fetchone()[0]
+    if found == 0:
         raise StoreNotFound(f"no agentfold store at {shown_url}: the file {path!r} holds no agentfold tables")
+    if found < SCHEMA_VERSION:
+        raise StoreNotFound(
+            f"the agentfold store at {shown_url} has schema version {found} and needs an upgrade to {SCHEMA_VERSION}, "
+            "which opening it without create=False does (agentfold.connect(url), or a command that writes)"
+        )
 
 
 def _open_error(error: sqlite3.Error, path: str, directory: str) -> AgentfoldError:
