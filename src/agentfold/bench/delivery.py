@@ -137,33 +137,38 @@ async def measure_group(url: str, store: EventStore, events: int = 6000, streams
 
 
 async def measure_redis_native_group(url: str, store: EventStore, events: int) -> Figures:
-    """Events/s a 3-member Redis-native group delivers from relayed partition streams.
+    """Events/s a 3-member Redis-native group delivers from relayed partition streams (see `native_group_rate`)."""
+    return {"redis_native_group_events_per_s": await native_group_rate(store, url, events)}
 
-    The members join first and settle their shares of the 12 partitions (the partition count is declared by a
-    relay run over an empty store); then the store's events are relayed under the store's own prefix, and the clock
-    runs from the start of that relay to the last event handled. The relay's keys (``log``, ``partition:*``, ...)
-    are apart from the store's, and the scratch prefix is dropped with everything under it.
+
+async def native_group_rate(source: EventStore, url: str, events: int, partitions: int = 12) -> float:
+    """Events/s three members of one Redis-native group deliver from `partitions` relayed partition streams.
+
+    The members join first and settle their shares of the partitions (the partition count is declared by a relay
+    run over an empty store); then the source's events are relayed to `url`, and the clock runs from the start of
+    that relay to the last event handled. The relay's keys (``log``, ``partition:*``, ...) are apart from the
+    store's, and the scratch prefix is dropped with everything under it.
     """
     from agentfold.fanout.redis_groups import redis_consumer_group
     from agentfold.fanout.redis_relay import relay
 
     async with agentfold.connect("memory://") as empty:
-        await relay(empty, url, once=True, partitions=12, name="declare")
+        await relay(empty, url, once=True, partitions=partitions, name="declare")
     handle, done = counting_handler(events)
     members = [
         redis_consumer_group(url, "bench", handle, member_id=f"m{index}", lease_seconds=1.5) for index in range(3)
     ]
+    share = partitions // len(members)
     async with members[0], members[1], members[2]:
         async with asyncio.timeout(60):  # the members settle their shares by heartbeats (lease / 3)
             while True:
-                if sorted(len(member.partitions) for member in members) == [4, 4, 4]:
+                if sorted(len(member.partitions) for member in members) == [share] * len(members):
                     break
                 await asyncio.sleep(0.02)
         started = time.perf_counter()
-        await relay(store, url, once=True, partitions=12, batch_size=2000)
+        await relay(source, url, once=True, partitions=partitions, batch_size=2000)
         await asyncio.wait_for(done.wait(), 300)
-        elapsed = time.perf_counter() - started
-    return {"redis_native_group_events_per_s": events / elapsed}
+        return events / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,7 @@ from typing import Any
 import agentfold
 from agentfold import NewEvent
 from agentfold.bench import event_payload
-from agentfold.bench.delivery import counting_handler
-from agentfold.fanout.redis_groups import redis_consumer_group
+from agentfold.bench.delivery import native_group_rate
 from agentfold.fanout.redis_relay import relay
 from agentfold.fanout.targets import make_fanout_client, parse_target
 from agentfold.options import redact
@@ -77,22 +76,7 @@ async def _relay_rate(source: EventStore, url: str, events: int) -> float:
 
 
 async def _group_rate(source: EventStore, url: str, events: int) -> float:
-    async with agentfold.connect("memory://") as empty:
-        await relay(empty, url, once=True, partitions=PARTITIONS, name="declare")
-    handle, done = counting_handler(events)
-    members = [
-        redis_consumer_group(url, "bench", handle, member_id=f"m{index}", lease_seconds=1.5) for index in range(3)
-    ]
-    async with members[0], members[1], members[2]:
-        async with asyncio.timeout(60):  # the members settle their shares by heartbeats (lease / 3)
-            while True:
-                if sorted(len(member.partitions) for member in members) == [4, 4, 4]:
-                    break
-                await asyncio.sleep(0.02)
-        started = time.perf_counter()
-        await relay(source, url, once=True, partitions=PARTITIONS, batch_size=2000)
-        await asyncio.wait_for(done.wait(), 300)
-        return events / (time.perf_counter() - started)
+    return await native_group_rate(source, url, events, PARTITIONS)
 
 
 async def measure_fanout(urls: list[str], events: int, turns: int, progress: Progress = print) -> dict[str, Any]:
