@@ -6,10 +6,20 @@ is safe: appends are idempotent by event id, so a retried append is applied at m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from agentfold.events import RecordedEvent
+
+class NamedEvent(Protocol):
+    """What an error needs of the event it names (a `RecordedEvent` is one); the errors stay below the events."""
+
+    @property
+    def stream_id(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def type(self) -> str: ...
 
 
 class AgentfoldError(Exception):
@@ -333,7 +343,7 @@ class InvalidProjection(InvalidInput):
 class UnhandledEvent(ProjectionError):
     """A strict projection met an event type it has no handler for."""
 
-    def __init__(self, projection: str, event: RecordedEvent) -> None:
+    def __init__(self, projection: str, event: NamedEvent) -> None:
         super().__init__(
             f"projection {projection!r} has no handler for event {event.type!r} at version {event.version} of "
             f"stream {event.stream_id!r}, and it is strict"
@@ -347,7 +357,7 @@ class UnhandledEvent(ProjectionError):
 class HandlerFailed(ProjectionError):
     """A handler raised; the original error is the `__cause__`. Names the event it failed on."""
 
-    def __init__(self, projection: str, event: RecordedEvent, error: BaseException) -> None:
+    def __init__(self, projection: str, event: NamedEvent, error: BaseException) -> None:
         super().__init__(
             f"projection {projection!r} failed on event {event.type!r} at version {event.version} of stream "
             f"{event.stream_id!r}: {type(error).__name__}: {error}"
@@ -380,7 +390,7 @@ class TrimRefused(ProjectionError):
 class UpcastFailed(AgentfoldError):
     """An upcaster raised or returned something other than a dict; names the event it failed on."""
 
-    def __init__(self, event: RecordedEvent, schema_version: int, reason: str) -> None:
+    def __init__(self, event: NamedEvent, schema_version: int, reason: str) -> None:
         super().__init__(
             f"upcasting event {event.type!r} (schema version {schema_version}) at version {event.version} "
             f"of stream {event.stream_id!r} failed: {reason}"
