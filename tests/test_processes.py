@@ -38,6 +38,22 @@ def acks(lines: list[str]) -> list[tuple[str, int, int]]:
     return [(parts[1], int(parts[2]), int(parts[3])) for parts in (line.split() for line in lines) if parts[0] == "ACK"]
 
 
+def kill_after_acks(process: subprocess.Popen[str], count: int) -> list[str]:
+    """SIGKILL `process` once it has printed `count` acknowledgements; every line it printed, stripped."""
+    assert process.stdout is not None and process.stderr is not None
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line.strip())
+        if sum(1 for seen in lines if seen.startswith("ACK")) >= count:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    lines.extend(line.strip() for line in process.stdout.read().splitlines())
+    process.stdout.close()
+    process.stderr.close()
+    return lines
+
+
 async def everything(url: str) -> list[Any]:
     async with agentfold.connect(url) as store:
         return [event async for event in store.read_all()]
@@ -67,19 +83,7 @@ async def test_sigkilled_writer_loses_no_acknowledged_append(durable_url: str) -
     async with agentfold.connect(durable_url):
         pass
     batch_size = 5
-    process = start("writer", durable_url, "victim", "0", str(batch_size), "8")
-    assert process.stdout is not None
-    lines: list[str] = []
-    for line in process.stdout:
-        lines.append(line.strip())
-        if sum(1 for seen in lines if seen.startswith("ACK")) >= 150:
-            break
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    lines.extend(line.strip() for line in process.stdout.read().splitlines())
-    process.stdout.close()
-    assert process.stderr is not None
-    process.stderr.close()
+    lines = kill_after_acks(start("writer", durable_url, "victim", "0", str(batch_size), "8"), 150)
 
     acknowledged = acks([line for line in lines if line.startswith("ACK")])
     sent = [(parts[1], json.loads(parts[2])) for parts in (line.split(" ", 2) for line in lines) if parts[0] == "SEND"]
@@ -112,19 +116,7 @@ async def test_a_writer_sigkilled_mid_append_of_large_payloads_leaves_events_and
     has its blob, no blob is left without an event, and every acknowledged append that was not trimmed is there."""
     async with agentfold.connect(durable_url):
         pass
-    process = start("blob-writer", durable_url, "4")
-    assert process.stdout is not None
-    lines: list[str] = []
-    for line in process.stdout:
-        lines.append(line.strip())
-        if sum(1 for seen in lines if seen.startswith("ACK")) >= 30:
-            break
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    lines.extend(line.strip() for line in process.stdout.read().splitlines())
-    process.stdout.close()
-    assert process.stderr is not None
-    process.stderr.close()
+    lines = kill_after_acks(start("blob-writer", durable_url, "4"), 30)
 
     async with agentfold.connect(durable_url) as store:
         stored = [event async for event in store.read_all(blobs=False)]
