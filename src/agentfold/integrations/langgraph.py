@@ -484,13 +484,8 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
             seeded = None if snapshot is None else await self._seeded(stream, snapshot, tail)
             if seeded is not None:
                 found = seeded.find(checkpoint_id)
-                if seeded.trusted(found):
-                    try:
-                        if found is not None:
-                            self._resolve(seeded, found)
-                        return seeded, found
-                    except _Missing:
-                        pass
+                if seeded.trusted(found) and (found is None or self._resolves(seeded, found)):
+                    return seeded, found
             fold = await self._fold(stream)
             if snapshot is not None:
                 fold.snapshot_version, fold.snapshot_bytes = snapshot.version, len(snapshot.state)
@@ -498,6 +493,15 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         if found is not None:
             self._resolve(fold, found)
         return fold, found
+
+    def _resolves(self, fold: _Fold, saved: _Saved) -> bool:
+        """Resolve `saved` within `fold`; False when a value it needs lies before the fold's start (a fold seeded
+        from a snapshot), so the caller folds the stream from its beginning instead."""
+        try:
+            self._resolve(fold, saved)
+        except _Missing:
+            return False
+        return True
 
     def _resolve(self, fold: _Fold, saved: _Saved) -> None:
         for channel in self._stored(fold, saved)["channel_versions"]:
