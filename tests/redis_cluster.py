@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from tests.servers import START_TIMEOUT, free_port
+from tests.servers import START_TIMEOUT, free_port, wait_until_redis_answers
 
 NODE_TIMEOUT_MS = 2000
 
@@ -57,21 +57,7 @@ class Node:
         command += ["--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0"]
         command += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "redis.log"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = self.client()
-        deadline = time.monotonic() + START_TIMEOUT
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.exceptions.ConnectionError:
-                    if self.process.poll() is not None:
-                        raise RuntimeError(f"redis-server exited: {self.log()}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start within {START_TIMEOUT} s")
-                time.sleep(0.02)
-        finally:
-            client.close()
+        wait_until_redis_answers(self.process, self.port, self.folder / "redis.log")
 
     def log(self) -> str:
         path = self.folder / "redis.log"

@@ -163,6 +163,31 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 # -- Redis --------------------------------------------------------------------------------------------------------
 
 
+def wait_until_redis_answers(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Return once the redis-server started as `process` on `port` answers PING (still loading its data does not
+    count); RuntimeError with the end of its `log` if it exits, or if it does not answer within START_TIMEOUT."""
+    import redis
+
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.exceptions.BusyLoadingError:
+                pass  # answering, but not yet serving: wait on
+            except redis.exceptions.ConnectionError:
+                if process.poll() is not None:
+                    text = log.read_text()[-3000:] if log.exists() else ""
+                    raise RuntimeError(f"redis-server exited: {text}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start within {START_TIMEOUT} s")
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
 class PrivateRedis:
     """A redis-server in a temp folder on a free port, with the given settings; `restart()` keeps its data dir."""
 
@@ -178,30 +203,13 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        import redis
 
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
         command += ["--daemonize", "no", "--logfile", str(self.folder / "redis.log")]
         for name, value in self.settings.items():
             command += [f"--{name}", value]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + START_TIMEOUT
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.exceptions.BusyLoadingError:
-                    pass
-                except redis.exceptions.ConnectionError:
-                    if self.process.poll() is not None:
-                        raise RuntimeError(f"redis-server exited: {(self.folder / 'redis.log').read_text()}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start within {START_TIMEOUT} s")
-                time.sleep(0.02)
-        finally:
-            client.close()
+        wait_until_redis_answers(self.process, self.port, self.folder / "redis.log")
 
     def shutdown(self) -> None:
         """Stop the server the way an operator does (SIGTERM: it finishes writing the AOF first)."""
