@@ -14,12 +14,14 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from agentfold.errors import AgentfoldError
 from agentfold.store import EventStore
 from agentfold.tokens import TokenRegistry
+from agentfold.web.api.direct import DirectAppend
 from agentfold.web.api.events import EventRoutes
-from agentfold.web.api.guard import ApiGuard
+from agentfold.web.api.guard import ApiGate, ApiGuard
 from agentfold.web.api.openapi import openapi_document
 from agentfold.web.api.problems import agentfold_error_handler, http_error_handler
 from agentfold.web.api.ratelimit import RateLimiter
@@ -33,8 +35,9 @@ API_PREFIX: Final = "/api/v1"
 __all__ = ["API_PREFIX", "ApiSettings", "api_app", "api_mount"]
 
 
-def api_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette:
-    """The API over `store` as one ASGI app (its paths relative to where it is mounted)."""
+def api_app(store: EventStore, settings: ApiSettings | None = None) -> ASGIApp:
+    """The API over `store` as one ASGI app (its paths relative to where it is mounted): appends served directly
+    (`agentfold.web.api.direct`), every other request by a Starlette app."""
     chosen = settings or ApiSettings()
     tokens = TokenRegistry(store)
     document = openapi_document(chosen.max_page_limit, chosen.max_result_wait_seconds)
@@ -42,24 +45,23 @@ def api_app(store: EventStore, settings: ApiSettings | None = None) -> Starlette
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
+    events = EventRoutes(store, chosen)
     routes: list[BaseRoute] = [
         Route("/openapi.json", openapi, methods=["GET"]),
-        *EventRoutes(store, chosen).routes(),
+        *events.routes(),
         *SubscribeRoutes(store, tokens, chosen).routes(),
         *WorkflowRoutes(store, chosen).routes(),
     ]
     for route in routes:
         _match_any_character(route)
-    limiter = RateLimiter(chosen.rate_per_second, chosen.burst)
     max_body = chosen.max_body_bytes if chosen.max_body_bytes is not None else default_max_body(store)
-    return Starlette(
+    gate = ApiGate(tokens, RateLimiter(chosen.rate_per_second, chosen.burst), max_body)
+    app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(ContinuesTrace),
-            Middleware(ApiGuard, tokens=tokens, limiter=limiter, max_body_bytes=max_body),
-        ],
+        middleware=[Middleware(ContinuesTrace), Middleware(ApiGuard, gate=gate)],
         exception_handlers={AgentfoldError: agentfold_error_handler, HTTPException: http_error_handler},
     )
+    return DirectAppend(app, gate, events)
 
 
 def default_max_body(store: EventStore) -> int:

@@ -21,12 +21,13 @@ from agentfold.errors import (
 from agentfold.events import AGENT_ID, NewEvent, RecordedEvent
 from agentfold.runtime.inspect import event_json
 from agentfold.store import EventStore
+from agentfold.tokens import TokenInfo
 from agentfold.validation import MAX_VERSION, check_event_type
 from agentfold.web.api.guard import principal
 from agentfold.web.api.inputs import (
+    decode_body,
     expected_version,
     int_param,
-    json_body,
     naming,
     only_params,
     text_param,
@@ -87,7 +88,13 @@ class EventRoutes:
         only_params(request)
         stream_id = request.path_params["stream_id"]
         require_write(info, stream_id)
-        body = await json_body(request, AppendIn)
+        return json_response(await self.append_body(info, stream_id, await request.body()))
+
+    async def append_body(self, info: TokenInfo, stream_id: str, raw: bytes) -> dict[str, Any]:
+        """Append the events of the request body `raw` for the token `info`, which may write `stream_id`; the
+        answer's JSON. The append route's work after the gate and the scope check, for every way it is served
+        (`agentfold.web.api.direct`)."""
+        body = decode_body(raw, AppendIn)
         expected = expected_version(body.expected_version)
         events: list[NewEvent] = []
         for index, item in enumerate(body.events):
@@ -102,7 +109,7 @@ class EventRoutes:
             result = await self.store.append(stream_id, events, expected)
         except InvalidInput as error:
             raise naming(error, self._field_of(error, events)) from None
-        return json_response({"stream_id": stream_id, "version": result.version, "position": result.position})
+        return {"stream_id": stream_id, "version": result.version, "position": result.position}
 
     def _field_of(self, error: InvalidInput, events: list[NewEvent]) -> str:
         """Which field of the request an append's `InvalidInput` is about, found again event by event."""

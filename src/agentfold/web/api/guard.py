@@ -22,30 +22,45 @@ PUBLIC_PATHS: Final = frozenset({"/openapi.json"})
 PRINCIPAL_KEY: Final = "agentfold_principal"
 
 
-class ApiGuard:
-    """ASGI middleware in front of the API's routes: authentication, rate limit, body size."""
+class ApiGate:
+    """The checks every API request but the public ones passes first: a valid token, within its rate, a declared body
+    within the limit. One gate per API app, so every way a request is served spends the same rate-limit buckets and
+    shares the same token reads."""
 
-    def __init__(self, app: ASGIApp, tokens: TokenRegistry, limiter: RateLimiter, max_body_bytes: int) -> None:
-        self.app = app
+    def __init__(self, tokens: TokenRegistry, limiter: RateLimiter, max_body_bytes: int) -> None:
         self.tokens = tokens
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
 
+    async def admit(self, scope: Scope) -> TokenInfo:
+        """The token of the request `scope`; `InvalidToken`, `TokenExpired`, `TokenRevoked`, `RateLimited`, or
+        `RequestTooLarge` (from its Content-Length) otherwise."""
+        info = await self.tokens.authenticate(_bearer(scope))
+        self.limiter.take(info.token_id)
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            raise RequestTooLarge(declared, self.max_body_bytes)
+        return info
+
+
+class ApiGuard:
+    """ASGI middleware in front of the API's routes: the gate (authentication, rate limit, body size)."""
+
+    def __init__(self, app: ASGIApp, gate: ApiGate) -> None:
+        self.app = app
+        self.gate = gate
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _local_path(scope) in PUBLIC_PATHS:
+        if scope["type"] != "http" or local_path(scope) in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         try:
-            info = await self.tokens.authenticate(_bearer(scope))
-            self.limiter.take(info.token_id)
-            declared = _content_length(scope)
-            if declared is not None and declared > self.max_body_bytes:
-                raise RequestTooLarge(declared, self.max_body_bytes)
+            info = await self.gate.admit(scope)
         except AgentfoldError as error:
             await error_response(error)(scope, receive, send)
             return
         scope.setdefault("state", {})[PRINCIPAL_KEY] = info
-        await self.app(scope, _limited(receive, self.max_body_bytes), send)
+        await self.app(scope, _limited(receive, self.gate.max_body_bytes), send)
 
 
 def principal(request: Request) -> TokenInfo:
@@ -54,7 +69,8 @@ def principal(request: Request) -> TokenInfo:
     return info
 
 
-def _local_path(scope: Scope) -> str:
+def local_path(scope: Scope) -> str:
+    """The request's path below where the API is mounted."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path

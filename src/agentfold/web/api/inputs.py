@@ -27,7 +27,11 @@ def naming(error: E, field: str) -> E:
 
 async def json_body(request: Request, kind: type[T]) -> T:
     """The request's JSON body as `kind`; `InvalidInput` naming the field that does not fit."""
-    body = await request.body()
+    return decode_body(await request.body(), kind)
+
+
+def decode_body(body: bytes, kind: type[T]) -> T:
+    """A JSON request body as `kind`; `InvalidInput` naming the field that does not fit."""
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as error:
