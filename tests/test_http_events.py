@@ -180,3 +180,28 @@ async def test_the_served_app_hands_api_requests_straight_to_the_api(sqlite_stor
             assert (await http.get("/static/inspector.css")).status_code == 200  # the rest goes to the inspector
             bare = await http.get("/api/v1")  # the bare prefix: the inspector's mount redirects it, as it always did
             assert bare.status_code == 307 and bare.headers["location"].endswith("/api/v1/")
+
+
+async def test_appends_served_directly_and_through_the_router_share_checks_and_answers(
+    sqlite_store: EventStore,
+) -> None:
+    """An append without a query string is served by `DirectAppend`; one with a query string by the Starlette app.
+    Both spend the same rate-limit bucket and answer alike."""
+    token = await token_for(sqlite_store, "writer", write=["agent-writer-*"], read=["agent-writer-*"])
+    settings = ApiSettings(rate_per_second=0.01, burst=4)
+    async with running(api_only_app(sqlite_store, settings)) as base:
+        async with httpx.AsyncClient(base_url=f"{base}/api/v1", headers=bearer(token)) as http:
+            direct = await http.post("/streams/agent-writer-1", json={"events": [event("Noted")]})
+            assert direct.status_code == 200 and direct.headers["content-type"] == "application/json"
+            assert direct.json() == {"stream_id": "agent-writer-1", "version": 1, "position": direct.json()["position"]}
+            routed = await http.post("/streams/agent-writer-1?dry_run=1", json={"events": [event("Noted")]})
+            assert routed.status_code == 422 and routed.json()["field"] == "dry_run"
+            denied = await http.post("/streams/agent-other-1", json={"events": [event("Noted")]})
+            assert denied.status_code == 403 and denied.json()["stream_id"] == "agent-other-1"
+            conflict = await http.post(
+                "/streams/agent-writer-1", json={"events": [event("Noted")], "expected_version": "no_stream"}
+            )
+            assert conflict.status_code == 409 and conflict.json()["actual_version"] == 1
+            limited = await http.post("/streams/agent-writer-1", json={"events": [event("Noted")]})
+            assert limited.status_code == 429 and limited.headers["content-type"] == PROBLEM
+    assert await sqlite_store.stream_version("agent-writer-1") == 1

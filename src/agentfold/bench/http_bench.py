@@ -82,10 +82,14 @@ class Connection:
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         self.writer.write(head.encode() + body)
-        status_line = await self.reader.readline()
+        try:
+            response_head = await self.reader.readuntil(b"\r\n\r\n")  # the status line and headers at once
+        except asyncio.IncompleteReadError as error:
+            raise ConnectionError("the server closed the connection before answering") from error
+        status_line, *header_lines = response_head[:-4].split(b"\r\n")
         status = int(status_line.split(b" ", 2)[1])
         length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+        for line in header_lines:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
