@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
@@ -26,10 +27,25 @@ START_TIMEOUT_SECONDS: Final = 60.0
 _encoder = msgspec.json.Encoder()
 
 
+@dataclass(frozen=True)
+class ServedProcess:
+    """A running ``agentfold serve`` child process: where it listens and its process id."""
+
+    base_url: str
+    pid: int
+
+
 @contextlib.asynccontextmanager
 async def serve_process(store_url: str, *options: str, cwd: str | None = None) -> AsyncIterator[str]:
     """Run ``agentfold serve`` over `store_url` on a free loopback port in a child process (in the folder `cwd`);
     yield its base URL."""
+    async with served(store_url, *options, cwd=cwd) as server:
+        yield server.base_url
+
+
+@contextlib.asynccontextmanager
+async def served(store_url: str, *options: str, cwd: str | None = None) -> AsyncIterator[ServedProcess]:
+    """`serve_process`, yielding the child's process id as well."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -50,7 +66,7 @@ async def serve_process(store_url: str, *options: str, cwd: str | None = None) -
         if not line:
             raise StoreUnavailable(f"agentfold serve exited with {await process.wait()} before listening")
         base = line.decode().split("http://", 1)[1].split("/", 1)[0]
-        yield f"http://{base}"
+        yield ServedProcess(f"http://{base}", process.pid)
     finally:
         if process.returncode is None:
             process.terminate()
@@ -59,6 +75,17 @@ async def serve_process(store_url: str, *options: str, cwd: str | None = None) -
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time (user and system, every thread) the process `pid` has used so far; None where ``/proc`` does not
+    tell (other systems than Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class Connection:
@@ -103,6 +130,13 @@ class Connection:
 
 async def measure_http_appends(base_url: str, token: str, writers: int, seconds: float) -> float:
     """One-event appends over HTTP from `writers` connections for about `seconds`; acknowledged events per second."""
+    count, elapsed = await http_appends(base_url, token, writers, seconds)
+    return count / elapsed
+
+
+async def http_appends(base_url: str, token: str, writers: int, seconds: float) -> tuple[int, float]:
+    """One-event appends over HTTP from `writers` connections for about `seconds`: (acknowledged events, seconds
+    taken)."""
     count = 0
     deadline = time.perf_counter() + seconds
 
@@ -124,17 +158,24 @@ async def measure_http_appends(base_url: str, token: str, writers: int, seconds:
 
     started = time.perf_counter()
     await asyncio.gather(*(writer(task) for task in range(writers)))
-    return count / (time.perf_counter() - started)
+    return count, time.perf_counter() - started
 
 
 async def measure_http(backend: str, base_url: str | None, seconds: float) -> Figures:
-    """HTTP appends per second from 32 writers, the same load in process on a fresh store, and their ratio."""
+    """HTTP appends per second from 32 writers, the same load in process on a fresh store, and their ratio; and the
+    server's CPU time per HTTP append (every thread of the serve process; Linux only), which other work on the
+    machine disturbs less than the rates."""
     figures: Figures = {}
     async with scratch_store(backend, base_url) as (url, store):
         token = (await TokenRegistry(store).create("bench", write=["bench-*"])).token
         limits = ("--rate-limit", "1e9", "--burst", "1000000000", "--max-connections", "10000")
-        async with serve_process(url, *limits) as server:
-            figures["http_append_32_writers_events_per_s"] = await measure_http_appends(server, token, WRITERS, seconds)
+        async with served(url, *limits) as server:
+            cpu_before = cpu_seconds(server.pid)
+            count, elapsed = await http_appends(server.base_url, token, WRITERS, seconds)
+            cpu_after = cpu_seconds(server.pid)
+        figures["http_append_32_writers_events_per_s"] = count / elapsed
+        if cpu_before is not None and cpu_after is not None and count:
+            figures["http_server_cpu_us_per_append"] = (cpu_after - cpu_before) * 1e6 / count
     async with scratch_store(backend, base_url) as (_, store):
         figures["append_32_writers_events_per_s"] = await measure_appends(store, WRITERS, seconds)
     if figures["append_32_writers_events_per_s"]:
