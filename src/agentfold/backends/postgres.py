@@ -402,6 +402,102 @@ END
 $body$
 """
 
+# Migration 5 stores each fact of an event once. A row keeps the columns lookups need (position, stream and version,
+# id, type), when it was written, its place in its append and the append's size (what an exact retry must match),
+# and `data` and `metadata` as the JSON text the client encoded (stored as sent, not parsed again). The statements
+# that read events build the reader's JSON from the columns (`_RECORD`). Fixed-width columns come first, widest
+# first, so no row carries alignment padding.
+_EVENT_COLUMNS: Final = """
+    position bigint NOT NULL,
+    version bigint NOT NULL,
+    recorded_at_us bigint NOT NULL,
+    batch_index integer NOT NULL,
+    batch_size integer NOT NULL,
+    id uuid NOT NULL,
+    stream_id text NOT NULL,
+    type text NOT NULL,
+    data text NOT NULL,
+    metadata text NOT NULL
+"""
+
+_OLD_APPEND_GROUP_SIGNATURE: Final = "append_group(text[], text[], bigint[], integer[], uuid[], text[], text[], text)"
+_APPEND_GROUP_SIGNATURE: Final = "append_group(text[], bigint[], integer[], uuid[], text[], text[], text[], text)"
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+# append_group() of migration 5: the same decisions as before, writing the columns of migration 5's rows.
+_APPEND_GROUP_5: Final = _replace_once(
+    _replace_once(
+        _APPEND_GROUP,
+        """    append_streams text[], append_stream_json text[], append_expected bigint[], append_sizes integer[],
+    event_ids uuid[], event_tails text[], event_types text[], channel text
+) RETURNS TABLE (outcome integer, result_version bigint, result_position bigint)
+LANGUAGE plpgsql VOLATILE AS $body$""",
+        """    append_streams text[], append_expected bigint[], append_sizes integer[],
+    event_ids uuid[], event_types text[], event_data text[], event_metadata text[], channel text
+) RETURNS TABLE (outcome integer, result_version bigint, result_position bigint)
+LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $body$""",
+    ),
+    """        INSERT INTO {s}.events (position, stream_id, version, batch_first, batch_last, type, id, record)
+        SELECT w.first_position + o.i, append_streams[w.append], w.first_version + o.i, w.first_version,
+               w.first_version + append_sizes[w.append] - 1, event_types[w.first_event + o.i],
+               event_ids[w.first_event + o.i],
+               ('{"stream_id":' || append_stream_json[w.append] || ',"version":' || (w.first_version + o.i)
+                || ',"position":' || (w.first_position + o.i) || ',"_recorded_at_us":' || recorded_at_us
+                || event_tails[w.first_event + o.i])::json""",
+    """        INSERT INTO {s}.events (position, version, recorded_at_us, batch_index, batch_size, id, stream_id, type,
+                                data, metadata)
+        SELECT w.first_position + o.i, w.first_version + o.i, recorded_at_us, o.i, append_sizes[w.append],
+               event_ids[w.first_event + o.i], append_streams[w.append], event_types[w.first_event + o.i],
+               event_data[w.first_event + o.i], event_metadata[w.first_event + o.i]""",
+)
+
+# trim_stream() of migration 5: the trimmed events' batches, from their place in their append and its size.
+_TRIM_STREAM_5: Final = _replace_once(
+    _replace_once(
+        _TRIM_STREAM,
+        "        RETURNING id, stream_id, version, position, batch_first, batch_last\n",
+        "        RETURNING id, stream_id, version, position, version - batch_index AS batch_first,\n"
+        "                  version - batch_index + batch_size - 1 AS batch_last\n",
+    ),
+    "CREATE FUNCTION",
+    "CREATE OR REPLACE FUNCTION",
+)
+
+_EVENT_INDEXES: Final = (
+    "CREATE INDEX events_type_position ON {s}.events (type, position)",
+    f"CREATE INDEX events_category_position ON {{s}}.events (({_CATEGORY}), position)",
+)
+
+# Rewrites the rows of migration 4 (stream, version, batch, type and id as columns and again, with the time, in
+# `record`) into migration 5's, in the migration's transaction: the new table is filled, the old one dropped, and
+# the constraints and indexes built again on the new one under their old names.
+_COPY_EVENTS_5: Final = """INSERT INTO {s}.events_5 (position, version, recorded_at_us, batch_index, batch_size, id,
+                                  stream_id, type, data, metadata)
+    SELECT position, version, (record->>'_recorded_at_us')::bigint, (version - batch_first)::integer,
+           (batch_last - batch_first + 1)::integer, id, stream_id, type, (record->'data')::text,
+           (record->'metadata')::text
+    FROM {s}.events ORDER BY position"""
+
+_DIET_STATEMENTS: Final = (
+    f"CREATE TABLE {{s}}.events_5 ({_EVENT_COLUMNS})",
+    _COPY_EVENTS_5,
+    f"DROP FUNCTION {{s}}.{_OLD_APPEND_GROUP_SIGNATURE}",
+    "DROP TABLE {s}.events",
+    "ALTER TABLE {s}.events_5 RENAME TO events",
+    "ALTER TABLE {s}.events ADD CONSTRAINT events_pkey PRIMARY KEY (position), "
+    "ADD CONSTRAINT events_stream_version_key UNIQUE (stream_id, version), ADD CONSTRAINT events_id_key UNIQUE (id)",
+    *_EVENT_INDEXES,
+    _APPEND_GROUP_5,
+    _TRIM_STREAM_5,
+)
+"""Migration 5 on a store in one table; `_partitioned_diet_statements` on a partitioned one."""
+
+
 MIGRATIONS: Final[tuple[_Migration, ...]] = (
     _Migration(
         1,
@@ -482,6 +578,8 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
             f"CREATE INDEX IF NOT EXISTS events_category_position ON {{s}}.events (({_CATEGORY}), position)",
         ),
     ),
+    # Each fact of an event stored once (see `_EVENT_COLUMNS`), the existing rows rewritten.
+    _Migration(5, "events store each fact once: columns, and data and metadata as text", _DIET_STATEMENTS),
 )
 
 
@@ -570,6 +668,59 @@ def _partition_statements(partitions: int) -> tuple[str, ...]:
     )
 
 
+# Migration 5 on a partitioned store: the same rows in a new partitioned table (same partitions, same names), and
+# `event_ids` reduced to id -> position (the rest of an id's record is the event's, found by position).
+_EVENT_IDS_5: Final = """CREATE TABLE {s}.event_ids_5 (
+    id uuid NOT NULL,
+    position bigint NOT NULL
+) PARTITION BY HASH (id)"""
+
+_EVENT_ID_TRIGGERS_5: Final = (
+    """CREATE OR REPLACE FUNCTION {s}.events_inserted() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    INSERT INTO {s}.event_ids (id, position) SELECT id, position FROM written;
+    RETURN NULL;
+END
+$body$""",
+    *_EVENT_ID_TRIGGERS[2:],
+)
+
+
+def _partitioned_diet_statements(partitions: int) -> tuple[str, ...]:
+    """Migration 5 on a store whose events table has `partitions` hash partitions."""
+    digits = len(str(partitions - 1))
+    names = [f"p{index:0{digits}d}" for index in range(partitions)]
+    return (
+        f"CREATE TABLE {{s}}.events_5 ({_EVENT_COLUMNS}) PARTITION BY HASH (stream_id)",
+        *(
+            f"CREATE TABLE {{s}}.events_5_{name} PARTITION OF {{s}}.events_5 "
+            f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {index})"
+            for index, name in enumerate(names)
+        ),
+        _COPY_EVENTS_5,
+        _EVENT_IDS_5,
+        *(
+            f"CREATE TABLE {{s}}.event_ids_5_{name} PARTITION OF {{s}}.event_ids_5 "
+            f"FOR VALUES WITH (MODULUS {partitions}, REMAINDER {index})"
+            for index, name in enumerate(names)
+        ),
+        "INSERT INTO {s}.event_ids_5 (id, position) SELECT id, position FROM {s}.events_5",
+        f"DROP FUNCTION {{s}}.{_OLD_APPEND_GROUP_SIGNATURE}",
+        "DROP TABLE {s}.events, {s}.event_ids",
+        "ALTER TABLE {s}.events_5 RENAME TO events",
+        "ALTER TABLE {s}.event_ids_5 RENAME TO event_ids",
+        *(f"ALTER TABLE {{s}}.events_5_{name} RENAME TO events_{name}" for name in names),
+        *(f"ALTER TABLE {{s}}.event_ids_5_{name} RENAME TO event_ids_{name}" for name in names),
+        "ALTER TABLE {s}.events ADD CONSTRAINT events_stream_version_key PRIMARY KEY (stream_id, version)",
+        "ALTER TABLE {s}.event_ids ADD CONSTRAINT event_ids_pkey PRIMARY KEY (id)",
+        "CREATE INDEX events_position ON {s}.events (position)",
+        *_EVENT_INDEXES,
+        *_EVENT_ID_TRIGGERS_5,
+        _APPEND_GROUP_5.replace(_KNOWN_IDS_OF_EVENTS, _KNOWN_IDS_OF_EVENT_IDS),
+        _TRIM_STREAM_5,
+    )
+
+
 async def _partition_count(connection: psycopg.AsyncConnection[Any], schema: str) -> int:
     """How many partitions the store's events table has (0: it is one table)."""
     cursor = await connection.execute(
@@ -581,9 +732,12 @@ async def _partition_count(connection: psycopg.AsyncConnection[Any], schema: str
     return int(row[0]) if row else 0
 
 
-async def _migrate(connection: psycopg.AsyncConnection[Any], schema: str, partitions: int) -> None:
-    """Create the schema and apply missing migrations; concurrent openers queue on an advisory lock. A new store
-    gets its events table in `partitions` hash partitions (0: one table)."""
+async def _migrate(
+    connection: psycopg.AsyncConnection[Any], schema: str, partitions: int, up_to: int | None = None
+) -> None:
+    """Create the schema and apply missing migrations (up to migration `up_to`, all when None: a store as an older
+    agentfold left it); concurrent openers queue on an advisory lock. A new store gets its events table in
+    `partitions` hash partitions (0: one table)."""
     quoted = sql.Identifier(schema).as_string(connection)
     async with connection.transaction():
         await connection.execute(
@@ -605,11 +759,13 @@ async def _migrate(connection: psycopg.AsyncConnection[Any], schema: str, partit
                 f"schema {schema!r} is at migration {current}, newer than this agentfold knows ({latest}); upgrade"
             )
         for migration in MIGRATIONS:
-            if migration.version <= current:
+            if migration.version <= current or (up_to is not None and migration.version > up_to):
                 continue
             statements = migration.statements
             if migration.version == 1 and partitions:
                 statements += _partition_statements(partitions)
+            if migration.version == 5 and (existing := await _partition_count(connection, schema)):
+                statements = _partitioned_diet_statements(existing)
             for statement in statements:
                 await connection.execute(statement.replace("{s}", quoted).encode())
             await connection.execute(
@@ -620,6 +776,25 @@ async def _migrate(connection: psycopg.AsyncConnection[Any], schema: str, partit
 
 # -- statements ---------------------------------------------------------------------------------------------------
 
+
+def _record(stream_json: str) -> str:
+    """SQL for the JSON text of event `e` as readers receive it (decoded by msgspec into a `RecordedEvent`), with
+    `stream_json` the SQL for its stream id as JSON. Built by concatenation: stream ids and types may hold quotes and
+    backslashes, so they go through to_json(); numbers, the uuid and the stored JSON need no escaping."""
+    return (
+        f"""'{{"stream_id":' || {stream_json} || ',"version":' || e.version || ',"position":' || e.position"""
+        """ || ',"type":' || to_json(e.type)::text || ',"data":' || e.data || ',"metadata":' || e.metadata"""
+        """ || ',"_id":"' || e.id || '","_recorded_at_us":' || e.recorded_at_us || '}'"""
+    )
+
+
+_RECORD: Final = _record("to_json(e.stream_id)::text")
+_STREAM_RECORD: Final = _record("%(stream_json)s::text")  # a stream's events: its id as JSON comes from the client
+_ID_RECORD: Final = (
+    "e.id::text, e.stream_id, e.version, e.version - e.batch_index, e.version - e.batch_index + e.batch_size - 1, "
+    "e.position"
+)
+
 _STATEMENTS: Final = {
     # Each array comes as one string of its elements joined by a separator, split here by string_to_array: one
     # parameter per array for the driver instead of one per element (psycopg's binary array dumping was the larger
@@ -627,35 +802,35 @@ _STATEMENTS: Final = {
     # and types are printable, JSON escapes control characters inside strings, uuids and numbers hold no comma.
     "append_group": """
         SELECT outcome, result_version, result_position
-        FROM {s}.append_group(string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, E'\\x1e'),
-                              string_to_array(%s::text, ',')::bigint[], string_to_array(%s::text, ',')::integer[],
-                              string_to_array(%s::text, ',')::uuid[], string_to_array(%s::text, E'\\x1e'),
+        FROM {s}.append_group(string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, ',')::bigint[],
+                              string_to_array(%s::text, ',')::integer[], string_to_array(%s::text, ',')::uuid[],
+                              string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, E'\\x1e'),
                               string_to_array(%s::text, E'\\x1e'), %s::text)
     """,
-    "id_records": """
-        SELECT id::text, stream_id, version, batch_first, batch_last, position
-        FROM {s}.events WHERE id = ANY(%(ids)b::uuid[])
+    "id_records": f"""
+        SELECT {_ID_RECORD}
+        FROM {{s}}.events e WHERE e.id = ANY(%(ids)b::uuid[])
         UNION ALL
         SELECT id::text, stream_id, version, batch_first, batch_last, position
-        FROM {s}.trimmed_event_ids WHERE id = ANY(%(ids)b::uuid[])
+        FROM {{s}}.trimmed_event_ids WHERE id = ANY(%(ids)b::uuid[])
     """,
     # A stream's stored versions are contiguous (trimming removes a prefix), so a page is a version range: the plan
-    # stays a short range scan even before the table has statistics. Rows come back as the stored JSON text, each
-    # decoded on its own (faster than joining a page, here or with `string_agg` on the server: docs/measurements.md).
-    "read_stream": """
-        SELECT record::text
-        FROM {s}.events
-        WHERE stream_id = %(stream)s
-          AND version > greatest(%(after)s, (SELECT min(version) - 1 FROM {s}.events WHERE stream_id = %(stream)s))
-          AND version <= greatest(%(after)s, (SELECT min(version) - 1 FROM {s}.events WHERE stream_id = %(stream)s))
-                         + %(limit)s
-        ORDER BY version
+    # stays a short range scan even before the table has statistics. Rows come back as JSON text, each decoded on
+    # its own (faster than joining a page, here or with `string_agg` on the server: docs/measurements.md).
+    "read_stream": f"""
+        SELECT {_STREAM_RECORD}
+        FROM {{s}}.events e
+        WHERE e.stream_id = %(stream)s
+          AND e.version > greatest(%(after)s, (SELECT min(version) - 1 FROM {{s}}.events WHERE stream_id = %(stream)s))
+          AND e.version <= greatest(%(after)s, (SELECT min(version) - 1 FROM {{s}}.events WHERE stream_id = %(stream)s))
+                           + %(limit)s
+        ORDER BY e.version
     """,
-    "read_stream_backwards": """
-        SELECT record::text
-        FROM {s}.events
-        WHERE stream_id = %(stream)s AND version < %(before)s AND version > %(after)s
-        ORDER BY version DESC
+    "read_stream_backwards": f"""
+        SELECT {_STREAM_RECORD}
+        FROM {{s}}.events e
+        WHERE e.stream_id = %(stream)s AND e.version < %(before)s AND e.version > %(after)s
+        ORDER BY e.version DESC
         LIMIT %(limit)s
     """,
     # A filtered page reads an index and the head in one statement, so from one snapshot, in which every position
@@ -670,20 +845,20 @@ _STATEMENTS: Final = {
     # in position order" said so that only the index's order serves it: said plainly, the planner may walk the
     # primary key in position order testing each row instead, whenever it guesses the type common enough, and a
     # rare type (or a common one absent from the log's tail) then costs a scan of everything after `after`.
-    "read_all_types": """
+    "read_all_types": f"""
         WITH found AS (
             SELECT f.position, count(*) OVER (PARTITION BY t.type) AS taken,
                    max(f.position) OVER (PARTITION BY t.type) AS last
             FROM unnest(%(types)s::text[]) AS t(type)
             CROSS JOIN LATERAL (
-                SELECT e.position FROM {s}.events e
+                SELECT e.position FROM {{s}}.events e
                 WHERE (e.type, e.position) > (t.type, %(after)s) AND e.type <= t.type
                 ORDER BY e.type, e.position LIMIT %(limit)s
             ) AS f
         ), bound AS (
             SELECT coalesce((SELECT min(last) FROM found WHERE taken = %(limit)s),
-                            greatest((SELECT max(position) FROM {s}.events),
-                                     (SELECT max(position) FROM {s}.trimmed_event_ids)),
+                            greatest((SELECT max(position) FROM {{s}}.events),
+                                     (SELECT max(position) FROM {{s}}.trimmed_event_ids)),
                             0) AS position
         ), chosen AS (
             SELECT found.position FROM found, bound WHERE found.position <= bound.position
@@ -692,8 +867,8 @@ _STATEMENTS: Final = {
             SELECT CASE WHEN (SELECT count(*) FROM chosen) = %(limit)s THEN (SELECT max(position) FROM chosen)
                         ELSE (SELECT position FROM bound) END AS position
         )
-        SELECT e.record::text, scanned.position
-        FROM scanned LEFT JOIN (chosen JOIN {s}.events e USING (position))
+        SELECT {_RECORD}, scanned.position
+        FROM scanned LEFT JOIN (chosen JOIN {{s}}.events e USING (position))
             ON %(prefix)s::text IS NULL OR starts_with(e.stream_id, %(prefix)s::text)
         ORDER BY e.position
     """,
@@ -702,7 +877,7 @@ _STATEMENTS: Final = {
     # longer than the category).
     "read_all_category": f"""
         WITH found AS (
-            SELECT e.position, e.stream_id, e.record FROM {{s}}.events e
+            SELECT e.position, e.stream_id, {_RECORD} AS record FROM {{s}}.events e
             WHERE ({_CATEGORY}, e.position) > (%(category)s, %(after)s) AND {_CATEGORY} <= %(category)s
             ORDER BY {_CATEGORY}, e.position LIMIT %(limit)s
         ), scanned AS (
@@ -711,16 +886,16 @@ _STATEMENTS: Final = {
                                                (SELECT max(position) FROM {{s}}.trimmed_event_ids)), 0)
                    END AS position
         )
-        SELECT found.record::text, scanned.position
+        SELECT found.record, scanned.position
         FROM scanned LEFT JOIN found ON starts_with(found.stream_id, %(prefix)s::text)
         ORDER BY found.position
     """,
     # Without a filter an index serves, every scanned row comes back with its position, so the page reports how
     # far it scanned; rows the filters leave out carry no record.
-    "read_all": """
-        SELECT CASE WHEN %(prefix)s::text IS NULL OR starts_with(stream_id, %(prefix)s::text) THEN record::text END,
-               position
-        FROM {s}.events WHERE position > %(after)s ORDER BY position LIMIT %(limit)s
+    "read_all": f"""
+        SELECT CASE WHEN %(prefix)s::text IS NULL OR starts_with(e.stream_id, %(prefix)s::text) THEN {_RECORD} END,
+               e.position
+        FROM {{s}}.events e WHERE e.position > %(after)s ORDER BY e.position LIMIT %(limit)s
     """,
     "stream_version": """
         SELECT greatest((SELECT max(version) FROM {s}.events WHERE stream_id = %(stream)s),
@@ -755,7 +930,9 @@ _STATEMENTS: Final = {
 
 # A partitioned store finds event ids in `event_ids` (which holds every stored event's id) instead of the events.
 _PARTITIONED_STATEMENTS: Final = {
-    "id_records": _STATEMENTS["id_records"].replace("FROM {s}.events WHERE id", "FROM {s}.event_ids WHERE id"),
+    "id_records": _STATEMENTS["id_records"].replace(
+        "FROM {s}.events e WHERE e.id", "FROM {s}.event_ids i JOIN {s}.events e USING (position) WHERE i.id"
+    ),
 }
 assert _PARTITIONED_STATEMENTS["id_records"] != _STATEMENTS["id_records"]
 
@@ -787,6 +964,11 @@ def _expected_code(expected: ExpectedVersion) -> int:
 _encode_json = msgspec.json.Encoder().encode
 
 
+def _stream_json(stream_id: str) -> str:
+    """A stream id as a JSON string, as the read statements put it in each record of the stream."""
+    return _encode_json(stream_id).decode()
+
+
 class _PendingAppend:
     """An append waiting for its group; `size` (its JSON and blob bytes) counts against `MAX_GROUP_BYTES`."""
 
@@ -805,30 +987,20 @@ def _size_of(pending: _PendingAppend) -> int:
 
 
 _SEPARATOR: Final = "\x1e"  # ASCII record separator: not printable, and escaped inside JSON strings
+_SEPARATOR_BYTES: Final = _SEPARATOR.encode()
 
 
 def _group_arguments(group: list[_PendingAppend], channel: str) -> tuple[str, ...]:
-    """The arrays `append_group()` takes, each joined into one string (see the `append_group` statement). Each
-    event's JSON tail (type, data, metadata, id) is built here once."""
-    tails: list[str] = []
-    types: list[str] = []
-    ids: list[str] = []
-    for pending in group:
-        for event in pending.events:
-            tails.append(
-                f',"type":{_encode_json(event.type).decode()},"data":{event.data.decode()},'
-                f'"metadata":{event.metadata.decode()},"_id":"{event.id}"}}'
-            )
-            types.append(event.type)
-            ids.append(event.id)
+    """The arrays `append_group()` takes, each joined into one string (see the `append_group` statement)."""
+    events = [event for pending in group for event in pending.events]
     return (
         _SEPARATOR.join([pending.stream_id for pending in group]),
-        _SEPARATOR.join([_encode_json(pending.stream_id).decode() for pending in group]),
         ",".join([str(_expected_code(pending.expected)) for pending in group]),
         ",".join([str(len(pending.events)) for pending in group]),
-        ",".join(ids),
-        _SEPARATOR.join(tails),
-        _SEPARATOR.join(types),
+        ",".join([event.id for event in events]),
+        _SEPARATOR.join([event.type for event in events]),
+        _SEPARATOR_BYTES.join([event.data for event in events]).decode(),
+        _SEPARATOR_BYTES.join([event.metadata for event in events]).decode(),
         channel,
     )
 
@@ -1025,7 +1197,9 @@ class PostgresBackend:
         # The records come as a list of strings, not of 1-tuples: no object per row that is not needed, and none
         # that the garbage collector counts while the page is alive.
         records: list[str] = await self._fetch_all(
-            "read_stream", {"stream": stream_id, "after": after_version, "limit": limit}, scalar_row
+            "read_stream",
+            {"stream": stream_id, "stream_json": _stream_json(stream_id), "after": after_version, "limit": limit},
+            scalar_row,
         )
         if not records:
             return RecordPage(records, 0, after_version)
@@ -1040,7 +1214,13 @@ class PostgresBackend:
     ) -> list[RecordedEvent]:
         records: list[str] = await self._fetch_all(
             "read_stream_backwards",
-            {"stream": stream_id, "before": before_version, "after": after_version, "limit": limit},
+            {
+                "stream": stream_id,
+                "stream_json": _stream_json(stream_id),
+                "before": before_version,
+                "after": after_version,
+                "limit": limit,
+            },
             scalar_row,
         )
         return _decode_page(records)
