@@ -302,45 +302,6 @@ async def test_concurrent_openers_migrate_a_new_schema_once(pg_url: str) -> None
         assert await store.head_position() == 8
 
 
-async def test_a_schema_at_migration_2_gains_the_blob_tables_when_opened(pg_url: str) -> None:
-    async with agentfold.connect(pg_url) as store:
-        await store.append("old", events(3))
-    schema = f'"{schema_of(pg_url)}"'
-    async with await admin() as connection:  # the schema as agentfold before blobs left it
-        await connection.execute(f"DROP FUNCTION {schema}.trim_stream(text, bigint)")
-        await connection.execute(f"DROP TABLE {schema}.event_blobs, {schema}.blobs")
-        await connection.execute(f"DROP INDEX {schema}.events_type_position, {schema}.events_category_position")
-        await connection.execute(f"DELETE FROM {schema}.schema_migrations WHERE version >= 3")
-    async with agentfold.connect(pg_url) as store:
-        await store.append("new", [NewEvent("Prompted", {"prompt": "p" * 100_000})])
-        assert [event.version async for event in store.read_stream("old")] == [1, 2, 3]
-        assert await store.trim_stream("new", 2) == 1
-        assert await store.blob_usage() == (0, 0)
-
-
-async def test_a_store_at_migration_3_gets_the_filtered_read_indexes_when_opened(pg_url: str) -> None:
-    store = await agentfold.connect(pg_url)
-    for index in range(20):
-        await store.append(f"noise-{index}", events(10, "Noise"))
-        await store.append(f"order-{index}", [NewEvent("Paid", {"n": index})])
-    await store.close()
-    schema = schema_of(pg_url)
-    async with await admin() as connection:
-        await connection.execute(f'DROP INDEX "{schema}".events_type_position, "{schema}".events_category_position')
-        await connection.execute(f'DELETE FROM "{schema}".schema_migrations WHERE version > 3')
-    store = await agentfold.connect(pg_url)
-    try:
-        paid = [event async for event in store.read_all(types=["Paid"])]
-        orders = [event async for event in store.read_all(stream_prefix="order-")]
-        assert [event.data["n"] for event in paid] == list(range(20)) == [event.data["n"] for event in orders]
-    finally:
-        await store.close()
-    async with await admin() as connection:
-        cursor = await connection.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))
-        names = {row[0] for row in await cursor.fetchall()}
-    assert {"events_type_position", "events_category_position"} <= names
-
-
 async def test_filtered_reads_can_be_served_by_the_indexes(pg_store: PostgresStore) -> None:
     await pg_store.append("order-1", [NewEvent("Paid", {})])
     statements = pg_store.backend._sql  # private: the backend's own statements, planned by hand

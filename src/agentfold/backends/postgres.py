@@ -404,7 +404,8 @@ $body$
 
 # Migration 5 stores each fact of an event once. A row keeps the columns lookups need (position, stream and version,
 # id, type), when it was written, its place in its append and the append's size (what an exact retry must match),
-# and `data` and `metadata` as the JSON text the client encoded (stored as sent, not parsed again). The statements
+# and `data` and `metadata` as the JSON the client encoded (`json`: its text as sent, checked by the server, so a
+# record that would not decode is refused at append time, and queryable as `data->>'field'`). The statements
 # that read events build the reader's JSON from the columns (`_RECORD`). Fixed-width columns come first, widest
 # first, so no row carries alignment padding.
 _EVENT_COLUMNS: Final = """
@@ -416,8 +417,8 @@ _EVENT_COLUMNS: Final = """
     id uuid NOT NULL,
     stream_id text NOT NULL,
     type text NOT NULL,
-    data text NOT NULL,
-    metadata text NOT NULL
+    data json NOT NULL,
+    metadata json NOT NULL
 """
 
 _OLD_APPEND_GROUP_SIGNATURE: Final = "append_group(text[], text[], bigint[], integer[], uuid[], text[], text[], text)"
@@ -453,7 +454,7 @@ LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $body$""",
                                 data, metadata)
         SELECT w.first_position + o.i, w.first_version + o.i, recorded_at_us, o.i, append_sizes[w.append],
                event_ids[w.first_event + o.i], append_streams[w.append], event_types[w.first_event + o.i],
-               event_data[w.first_event + o.i], event_metadata[w.first_event + o.i]""",
+               event_data[w.first_event + o.i]::json, event_metadata[w.first_event + o.i]::json""",
 )
 
 # trim_stream() of migration 5: the trimmed events' batches, from their place in their append and its size.
@@ -479,8 +480,7 @@ _EVENT_INDEXES: Final = (
 _COPY_EVENTS_5: Final = """INSERT INTO {s}.events_5 (position, version, recorded_at_us, batch_index, batch_size, id,
                                   stream_id, type, data, metadata)
     SELECT position, version, (record->>'_recorded_at_us')::bigint, (version - batch_first)::integer,
-           (batch_last - batch_first + 1)::integer, id, stream_id, type, (record->'data')::text,
-           (record->'metadata')::text
+           (batch_last - batch_first + 1)::integer, id, stream_id, type, record->'data', record->'metadata'
     FROM {s}.events ORDER BY position"""
 
 _DIET_STATEMENTS: Final = (
@@ -783,8 +783,9 @@ def _record(stream_json: str) -> str:
     backslashes, so they go through to_json(); numbers, the uuid and the stored JSON need no escaping."""
     return (
         f"""'{{"stream_id":' || {stream_json} || ',"version":' || e.version || ',"position":' || e.position"""
-        """ || ',"type":' || to_json(e.type)::text || ',"data":' || e.data || ',"metadata":' || e.metadata"""
-        """ || ',"_id":"' || e.id || '","_recorded_at_us":' || e.recorded_at_us || '}'"""
+        """ || ',"type":' || to_json(e.type)::text || ',"data":' || e.data::text"""
+        """ || ',"metadata":' || e.metadata::text || ',"_id":"' || e.id || '","_recorded_at_us":' || e.recorded_at_us"""
+        """ || '}'"""
     )
 
 
