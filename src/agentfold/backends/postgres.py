@@ -272,9 +272,9 @@ class _Migration(NamedTuple):
 # Each migration runs once, in order, inside one transaction holding the schema's advisory lock. `{s}` stands for the
 # quoted schema name. Never edit a released migration; add a new one.
 #
-# An event row keeps its columns for lookups (stream and version, position, id, type) and `record`: the whole event
-# exactly as readers receive it, as JSON. A page of reads is then one index range scan returning stored text, which
-# the client joins and decodes with msgspec in one call, instead of per-column conversions on both sides.
+# Until migration 5, an event row kept its columns for lookups (stream and version, position, id, type) and
+# `record`: the whole event exactly as readers receive it, as JSON, so those facts were stored twice (migration 5
+# stores each once and builds the same JSON text as it reads).
 # The outcome codes are rendered from `agentfold.appending.Outcome`, the table the Redis script uses too; the
 # rendered text is the released migration, unchanged.
 _APPEND_GROUP = render_outcome_codes(r"""
@@ -422,7 +422,6 @@ _EVENT_COLUMNS: Final = """
 """
 
 _OLD_APPEND_GROUP_SIGNATURE: Final = "append_group(text[], text[], bigint[], integer[], uuid[], text[], text[], text)"
-_APPEND_GROUP_SIGNATURE: Final = "append_group(text[], bigint[], integer[], uuid[], text[], text[], text[], text)"
 
 
 def _replace_once(text: str, old: str, new: str) -> str:
@@ -579,7 +578,7 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
         ),
     ),
     # Each fact of an event stored once (see `_EVENT_COLUMNS`), the existing rows rewritten.
-    _Migration(5, "events store each fact once: columns, and data and metadata as text", _DIET_STATEMENTS),
+    _Migration(5, "events store each fact once: columns, and data and metadata as json", _DIET_STATEMENTS),
 )
 
 
