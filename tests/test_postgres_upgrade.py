@@ -5,6 +5,7 @@ them), then opened, and must read back the same events and still recognise retri
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,3 +213,33 @@ async def test_a_store_at_migration_4_is_rewritten_by_migration_5_and_reads_back
                 f'SELECT (SELECT count(*) FROM "{schema}".event_ids), (SELECT count(*) FROM "{schema}".events)'
             ).fetchone()
             assert counts is not None and counts[0] == counts[1]
+
+
+async def test_an_append_of_an_older_agentfold_committing_during_the_upgrade_is_kept(plain_url: str) -> None:
+    schema = await store_at_migration(plain_url, 4)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as older:
+        older.execute("BEGIN")  # an older agentfold's append, not committed yet when the upgrade starts
+        [(outcome, version, position)] = old_append(older, schema, [("early", encode_events(batch("Ticked", 1)))])
+        assert (outcome, version, position) == (0, 1, 1)
+
+        async def open_store() -> agentfold.EventStore:
+            return await agentfold.connect(plain_url)
+
+        opening = asyncio.create_task(open_store())
+        async with await psycopg.AsyncConnection.connect(ADMIN_URL, autocommit=True) as probe:
+            while True:
+                cursor = await probe.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+                    (f'"{schema}".events',),
+                )
+                waiting = await cursor.fetchone()
+                if waiting is not None and waiting[0] > 0:
+                    break
+                assert not opening.done()
+                await asyncio.sleep(0.01)
+        older.execute("COMMIT")
+        store = await opening
+    try:
+        assert [(event.stream_id, event.position) async for event in store.read_all()] == [("early", 1)]
+    finally:
+        await store.close()

@@ -475,7 +475,10 @@ _EVENT_INDEXES: Final = (
 
 # Rewrites the rows of migration 4 (stream, version, batch, type and id as columns and again, with the time, in
 # `record`) into migration 5's, in the migration's transaction: the new table is filled, the old one dropped, and
-# the constraints and indexes built again on the new one under their old names.
+# the constraints and indexes built again on the new one under their old names. The copy runs under the lock every
+# append takes, so no append of a process still running an older agentfold can commit beside it and be dropped
+# with the old table unseen: such an append waits, then fails.
+_LOCK_EVENTS: Final = "LOCK TABLE {s}.events IN EXCLUSIVE MODE"
 _COPY_EVENTS_5: Final = """INSERT INTO {s}.events_5 (position, version, recorded_at_us, batch_index, batch_size, id,
                                   stream_id, type, data, metadata)
     SELECT position, version, (record->>'_recorded_at_us')::bigint, (version - batch_first)::integer,
@@ -483,6 +486,7 @@ _COPY_EVENTS_5: Final = """INSERT INTO {s}.events_5 (position, version, recorded
     FROM {s}.events ORDER BY position"""
 
 _DIET_STATEMENTS: Final = (
+    _LOCK_EVENTS,
     f"CREATE TABLE {{s}}.events_5 ({_EVENT_COLUMNS})",
     _COPY_EVENTS_5,
     f"DROP FUNCTION {{s}}.{_OLD_APPEND_GROUP_SIGNATURE}",
@@ -690,6 +694,7 @@ def _partitioned_diet_statements(partitions: int) -> tuple[str, ...]:
     digits = len(str(partitions - 1))
     names = [f"p{index:0{digits}d}" for index in range(partitions)]
     return (
+        _LOCK_EVENTS,
         f"CREATE TABLE {{s}}.events_5 ({_EVENT_COLUMNS}) PARTITION BY HASH (stream_id)",
         *(
             f"CREATE TABLE {{s}}.events_5_{name} PARTITION OF {{s}}.events_5 "
