@@ -429,10 +429,24 @@ def _replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
+_KNOWN_IDS_OF_EVENTS: Final = "known := ARRAY(SELECT e.id FROM {s}.events e WHERE e.id = ANY(event_ids));"
+_KNOWN_IDS_OF_EVENT_IDS: Final = "known := ARRAY(SELECT e.id FROM {s}.event_ids e WHERE e.id = ANY(event_ids));"
+assert _APPEND_GROUP.count(_KNOWN_IDS_OF_EVENTS) == 1
+
+# Which of a group's ids are stored: one unique-index probe per id, said so that no plan can do otherwise. Written
+# as `id = ANY(ids)`, the plan made once per session (plan_cache_mode, migration 2) is chosen while the table is
+# new and its size unknown, and for the narrower rows of migration 5 the planner guessed a sequential scan cheaper:
+# a scan of the whole table on every append until the next ANALYZE.
+_KNOWN_IDS_5: Final = (
+    "known := ARRAY(SELECT found.id FROM unnest(event_ids) AS wanted(id) CROSS JOIN LATERAL "
+    "(SELECT e.id FROM {s}.events e WHERE e.id = wanted.id LIMIT 1) AS found);"
+)
+_KNOWN_IDS_5_OF_EVENT_IDS: Final = _KNOWN_IDS_5.replace("FROM {s}.events e", "FROM {s}.event_ids e")
+
 # append_group() of migration 5: the same decisions as before, writing the columns of migration 5's rows.
 _APPEND_GROUP_5: Final = _replace_once(
     _replace_once(
-        _APPEND_GROUP,
+        _APPEND_GROUP.replace(_KNOWN_IDS_OF_EVENTS, _KNOWN_IDS_5),
         """    append_streams text[], append_stream_json text[], append_expected bigint[], append_sizes integer[],
     event_ids uuid[], event_tails text[], event_types text[], channel text
 ) RETURNS TABLE (outcome integer, result_version bigint, result_position bigint)
@@ -642,10 +656,6 @@ $body$""",
     "FOR EACH STATEMENT EXECUTE FUNCTION {s}.events_deleted()",
 )
 
-_KNOWN_IDS_OF_EVENTS: Final = "known := ARRAY(SELECT e.id FROM {s}.events e WHERE e.id = ANY(event_ids));"
-_KNOWN_IDS_OF_EVENT_IDS: Final = "known := ARRAY(SELECT e.id FROM {s}.event_ids e WHERE e.id = ANY(event_ids));"
-assert _APPEND_GROUP.count(_KNOWN_IDS_OF_EVENTS) == 1
-
 
 def _partition_statements(partitions: int) -> tuple[str, ...]:
     """What turns the empty events table migration 1 created into `partitions` hash partitions, with `event_ids`."""
@@ -720,7 +730,7 @@ def _partitioned_diet_statements(partitions: int) -> tuple[str, ...]:
         "CREATE INDEX events_position ON {s}.events (position)",
         *_EVENT_INDEXES,
         *_EVENT_ID_TRIGGERS_5,
-        _APPEND_GROUP_5.replace(_KNOWN_IDS_OF_EVENTS, _KNOWN_IDS_OF_EVENT_IDS),
+        _replace_once(_APPEND_GROUP_5, _KNOWN_IDS_5, _KNOWN_IDS_5_OF_EVENT_IDS),
         _TRIM_STREAM_5,
     )
 
