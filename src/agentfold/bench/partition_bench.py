@@ -25,12 +25,9 @@ PAGE = 500
 SAMPLES = 200
 
 _FILL = """
-INSERT INTO {s}.events (position, stream_id, version, batch_first, batch_last, type, id, record)
-SELECT p, 'filled-' || ((p - 1) %% %(streams)s), (p - 1) / %(streams)s + 1, (p - 1) / %(streams)s + 1,
-       (p - 1) / %(streams)s + 1, 'Filled', md5(%(tag)s || p)::uuid,
-       ('{{"stream_id":"filled-' || ((p - 1) %% %(streams)s) || '","version":' || ((p - 1) / %(streams)s + 1)
-        || ',"position":' || p || ',"_recorded_at_us":' || %(now_us)s || ',"type":"Filled","data":'
-        || %(payload)s || ',"metadata":{{}},"_id":"' || md5(%(tag)s || p)::uuid || '"}}')::json
+INSERT INTO {s}.events (position, version, recorded_at_us, batch_index, batch_size, id, stream_id, type, data, metadata)
+SELECT p, (p - 1) / %(streams)s + 1, %(now_us)s, 0, 1, md5(%(tag)s || p)::uuid,
+       'filled-' || ((p - 1) %% %(streams)s), 'Filled', %(payload)s::json, '{{}}'::json
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS p
 """
 
@@ -86,7 +83,7 @@ async def _measure_layout(url: str, schema: str, events: int, quick: bool, progr
             progress(f"{layout}: ANALYZE")
             await connection.execute(f"ANALYZE {quoted}.events".encode())
             cursor = await connection.execute(
-                f"EXPLAIN SELECT record::text, position FROM {quoted}.events WHERE position > 1000 "
+                f"EXPLAIN SELECT data::text, position FROM {quoted}.events WHERE position > 1000 "
                 "ORDER BY position LIMIT 500".encode()
             )
             plan = "\n".join(str(row[0]) for row in await cursor.fetchall())
