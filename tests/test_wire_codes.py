@@ -29,10 +29,9 @@ async def postgres_outcomes() -> list[int]:
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
 
     def call(expected: int, event_id: str) -> int:
-        tail = f',"type":"Done","data":{{}},"metadata":{{}},"_id":"{event_id}"}}'
         row = connection.execute(
-            f'SELECT outcome FROM "{schema}".append_group(%s, %s, %s, %s, %s::uuid[], %s, %s, %s)',
-            (["s"], ['"s"'], [expected], [1], [event_id], [tail], ["Done"], f"{schema}_test"),
+            f'SELECT outcome FROM "{schema}".append_group(%s, %s, %s, %s::uuid[], %s, %s, %s, %s)',
+            (["s"], [expected], [1], [event_id], ["Done"], ["{}"], ["{}"], f"{schema}_test"),
         ).fetchone()
         assert row is not None
         return int(row[0])
