@@ -7,7 +7,7 @@ import pytest
 
 import agentfold
 from agentfold.store import EventStore
-from tests.backends import AVAILABLE, DURABLE, SQL, Backend, require_service
+from tests.backends import AVAILABLE, DURABLE, PG_PARTITIONED, SQL, Backend, require_service
 
 pytest_plugins = ["tests.servers"]  # private PostgreSQL and Redis servers for fault tests
 
@@ -34,6 +34,16 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     url = chosen.make_url(tmp_path)
     yield url
     chosen.cleanup(url)
+
+
+@pytest.fixture
+def plain_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh PostgreSQL schema's URL without a layout: opened as it is, a store in one table; with
+    `&partitions=N` added, a partitioned one. Dropped afterwards either way."""
+    require_service(PG_PARTITIONED)
+    url = PG_PARTITIONED.make_url(tmp_path).rsplit("&partitions=", 1)[0]
+    yield url
+    PG_PARTITIONED.cleanup(url)
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,18 +21,10 @@ from agentfold.blobs import BlobPolicy
 from agentfold.encoding import EncodedEvent, encode_events
 from agentfold.errors import DuplicateEventId
 from agentfold.events import AppendResult, NewEvent, RecordedEvent
-from tests.backends import PG_PARTITIONED, PG_URL, require_service
+from tests.backends import PG_URL
 
 ADMIN_URL = PG_URL.split("?")[0]
 SEPARATOR = "\x1e"
-
-
-@pytest.fixture
-def plain_url(tmp_path: Path) -> Iterator[str]:
-    require_service(PG_PARTITIONED)
-    url = PG_PARTITIONED.make_url(tmp_path).rsplit("&partitions=", 1)[0]
-    yield url
-    PG_PARTITIONED.cleanup(url)
 
 
 def schema_of(url: str) -> str:
