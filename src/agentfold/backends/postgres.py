@@ -597,6 +597,9 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
     ),
     # Each fact of an event stored once (see `_EVENT_COLUMNS`), the existing rows rewritten.
     _Migration(5, "events store each fact once: columns, and data and metadata as json", _DIET_STATEMENTS),
+    # A partitioned store's appends lock one row and the partitions they write (`_PARTITIONED_HEAD_STATEMENTS`);
+    # nothing changes in a store in one table.
+    _Migration(6, "partitioned stores: appends serialise on a head row, not on every partition", ()),
 )
 
 
@@ -735,6 +738,75 @@ def _partitioned_diet_statements(partitions: int) -> tuple[str, ...]:
     )
 
 
+# Migration 6 on a partitioned store: an append locks one row and only the partitions it writes. LOCK TABLE on the
+# partitioned events table locks every partition, and so does any statement planned once for all stream ids (a
+# generic plan locks every partition it may prune before pruning, on PostgreSQL 15). So writers serialise on the one
+# row of `head` (the last position handed out, trimmed events included), read and updated in the append's
+# transaction, and append_group() and trim_stream() plan each statement with its arguments (force_custom_plan), so
+# a stream's lookups prune to its partition. Readers' guarantee is unchanged: one writer at a time hands out
+# positions, each after the previous one committed, so positions become visible in order. The copy of the head runs
+# under the lock appends took before, so no append of an older agentfold commits beside it unseen.
+_HEAD: Final = "CREATE TABLE {s}.head (one boolean PRIMARY KEY DEFAULT true CHECK (one), position bigint NOT NULL)"
+_FILL_HEAD: Final = """INSERT INTO {s}.head (position)
+    SELECT greatest((SELECT max(position) FROM {s}.events), (SELECT max(position) FROM {s}.trimmed_event_ids), 0)"""
+_LOCK_HEAD: Final = "SELECT h.position INTO head FROM {s}.head h FOR UPDATE;"
+
+_PARTITIONED_APPEND_GROUP_6: Final = _replace_once(
+    _replace_once(
+        _replace_once(
+            _replace_once(
+                _replace_once(
+                    _replace_once(_APPEND_GROUP_5, "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"),
+                    """    LOCK TABLE {s}.events IN EXCLUSIVE MODE;
+    has_trimmed := EXISTS (SELECT FROM {s}.trimmed_event_ids);
+    head := coalesce((SELECT max(e.position) FROM {s}.events e), 0);
+""",
+                    """    SELECT h.position INTO head FROM {s}.head h FOR UPDATE;
+    has_trimmed := EXISTS (SELECT FROM {s}.trimmed_event_ids);
+""",
+                ),
+                _KNOWN_IDS_5,
+                _KNOWN_IDS_5_OF_EVENT_IDS,
+            ),
+            """    SELECT array_agg(streams.stream_id),
+           array_agg(coalesce((SELECT max(e.version) FROM {s}.events e WHERE e.stream_id = streams.stream_id), 0))
+      INTO stream_names, stream_versions
+      FROM (SELECT DISTINCT unnest(append_streams) AS stream_id) AS streams;
+""",
+            """    SELECT array_agg(streams.stream_id),
+           array_agg(coalesce((SELECT max(e.version) FROM {s}.events e WHERE e.stream_id = streams.stream_id), 0))
+      INTO stream_names, stream_versions
+      FROM (SELECT DISTINCT unnest(append_streams) AS stream_id) AS streams;
+""",
+        ),
+        """        -- Trimmed events still count for the head, for stream versions and for known ids.
+        head := greatest(head, (SELECT max(t.position) FROM {s}.trimmed_event_ids t));
+""",
+        "        -- Trimmed events still count for stream versions and for known ids (the head counts them already).\n",
+    ),
+    "        PERFORM pg_notify(channel, '');\n",
+    "        UPDATE {s}.head h SET position = head;\n        PERFORM pg_notify(channel, '');\n",
+)
+
+_PARTITIONED_TRIM_STREAM_6: Final = _replace_once(
+    _replace_once(
+        _TRIM_STREAM_5, "    LOCK TABLE {s}.events IN EXCLUSIVE MODE;\n", "    PERFORM FROM {s}.head h FOR UPDATE;\n"
+    ),
+    "plan_cache_mode = force_generic_plan",
+    "plan_cache_mode = force_custom_plan",
+)
+
+_PARTITIONED_HEAD_STATEMENTS: Final = (
+    _LOCK_EVENTS,
+    _HEAD,
+    _FILL_HEAD,
+    _PARTITIONED_APPEND_GROUP_6,
+    _PARTITIONED_TRIM_STREAM_6,
+)
+"""Migration 6 on a partitioned store (a store in one table keeps its functions: LOCK TABLE on one table is one
+lock, and its lookups have no partitions to prune)."""
+
+
 async def _partition_count(connection: psycopg.AsyncConnection[Any], schema: str) -> int:
     """How many partitions the store's events table has (0: it is one table)."""
     cursor = await connection.execute(
@@ -780,6 +852,8 @@ async def _migrate(
                 statements += _partition_statements(partitions)
             if migration.version == 5 and (existing := await _partition_count(connection, schema)):
                 statements = _partitioned_diet_statements(existing)
+            if migration.version == 6 and await _partition_count(connection, schema):
+                statements = _PARTITIONED_HEAD_STATEMENTS
             for statement in statements:
                 await connection.execute(statement.replace("{s}", quoted).encode())
             await connection.execute(
@@ -943,8 +1017,10 @@ _STATEMENTS: Final = {
 }
 
 
-# A partitioned store finds event ids in `event_ids` (which holds every stored event's id) instead of the events.
+# A partitioned store finds event ids in `event_ids` (which holds every stored event's id) instead of the events, and
+# its head in `head` (migration 6) instead of the last position of every partition.
 _PARTITIONED_STATEMENTS: Final = {
+    "head_position": "SELECT position FROM {s}.head",
     "id_records": _STATEMENTS["id_records"].replace(
         "FROM {s}.events e WHERE e.id", "FROM {s}.event_ids i JOIN {s}.events e USING (position) WHERE i.id"
     ),

@@ -79,6 +79,8 @@ async def _measure_layout(url: str, schema: str, events: int, quick: bool, progr
                         "last": last,
                     },
                 )
+            if layout != "unpartitioned":  # the head a partitioned store's appends go on from (migration 6)
+                await connection.execute(f"UPDATE {quoted}.head SET position = %s".encode(), (events,))
             figures["fill_per_s"] = events / (time.perf_counter() - started)
             progress(f"{layout}: ANALYZE")
             await connection.execute(f"ANALYZE {quoted}.events".encode())
