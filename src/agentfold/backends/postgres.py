@@ -738,14 +738,17 @@ def _partitioned_diet_statements(partitions: int) -> tuple[str, ...]:
     )
 
 
-# Migration 6 on a partitioned store: an append locks one row and only the partitions it writes. LOCK TABLE on the
-# partitioned events table locks every partition, and so does any statement planned once for all stream ids (a
-# generic plan locks every partition it may prune before pruning, on PostgreSQL 15). So writers serialise on the one
-# row of `head` (the last position handed out, trimmed events included), read and updated in the append's
-# transaction, and append_group() and trim_stream() plan each statement with its arguments (force_custom_plan), so
-# a stream's lookups prune to its partition. Readers' guarantee is unchanged: one writer at a time hands out
-# positions, each after the previous one committed, so positions become visible in order. The copy of the head runs
-# under the lock appends took before, so no append of an older agentfold commits beside it unseen.
+# Migration 6 on a partitioned store: writers serialise on one row instead of on every partition. LOCK TABLE on the
+# partitioned events table takes EXCLUSIVE on every partition, and the head as max(position) reads every partition's
+# index. Instead, `head` holds the last position handed out (trimmed events included), read FOR UPDATE at the start
+# of each append and updated in its transaction; trim_stream() takes the same row lock, so every writer of the schema
+# still queues on one lock, and readers' guarantee is unchanged: one writer at a time hands out positions, each after
+# the previous one committed, so positions become visible in order. An append writes (RowExclusiveLock) only the
+# partitions of its streams and ids. Its lookups keep their plans made once per session (force_generic_plan, as in
+# migration 5), which on PostgreSQL 15 take ACCESS SHARE on every partition before pruning: planning them per call
+# with the stream ids as constants (force_custom_plan or EXECUTE) touched only the written partitions but cost more
+# than the locks it saved (docs/postgres.md#partitions). trim_stream(), rare, plans its delete with its stream id.
+# The head is filled under the lock appends took before, so no append of an older agentfold commits beside it unseen.
 _HEAD: Final = "CREATE TABLE {s}.head (one boolean PRIMARY KEY DEFAULT true CHECK (one), position bigint NOT NULL)"
 _FILL_HEAD: Final = """INSERT INTO {s}.head (position)
     SELECT greatest((SELECT max(position) FROM {s}.events), (SELECT max(position) FROM {s}.trimmed_event_ids), 0)"""
@@ -804,7 +807,7 @@ _PARTITIONED_HEAD_STATEMENTS: Final = (
     _PARTITIONED_TRIM_STREAM_6,
 )
 """Migration 6 on a partitioned store (a store in one table keeps its functions: LOCK TABLE on one table is one
-lock, and its lookups have no partitions to prune)."""
+lock, and its head is one read of its primary key)."""
 
 
 async def _partition_count(connection: psycopg.AsyncConnection[Any], schema: str) -> int:
@@ -1200,17 +1203,17 @@ class PostgresBackend:
 
         Why readers never skip an event: positions are not taken from a sequence at insert time (a sequence value
         becomes visible only when its transaction commits, so a reader could pass position 99 while the transaction
-        holding it is still open, and lose it forever). Instead `append_group()` first takes
-        `LOCK TABLE events IN EXCLUSIVE MODE`, which conflicts with itself and with the row locks of writes, but not
-        with plain SELECTs. So in the whole cluster only one transaction at a time assigns positions, and it assigns
-        them after reading the committed head under the lock: the function is VOLATILE, so under READ COMMITTED each
-        statement in it takes a fresh snapshot, after the LOCK returned (a STABLE function would reuse the calling
-        query's snapshot, taken before the lock, and could miss the previous writer's rows). PostgreSQL marks a
-        transaction committed before it releases its locks, so the next writer starts only after this one is
-        visible. Hence positions grow in commit order, and any snapshot that shows position p also shows every
-        position below p: a reader that passes p never leaves a hole behind it. This is the approach of the Python
-        eventsourcing library's PostgreSQL recorder. The lock serialises writers; group commit pays for that by
-        writing every pending append of this process in one transaction.
+        holding it is still open, and lose it forever). Instead `append_group()` first takes `LOCK TABLE events IN
+        EXCLUSIVE MODE` (on a partitioned store, the one row of `head` FOR UPDATE: migration 6), which conflicts with
+        itself and with the row locks of writes, but not with plain SELECTs. So in the whole cluster only one
+        transaction at a time assigns positions, and it assigns them after reading the committed head under the lock:
+        the function is VOLATILE, so under READ COMMITTED each statement in it takes a fresh snapshot, after the LOCK
+        returned (a STABLE function would reuse the calling query's snapshot, taken before the lock, and could miss the
+        previous writer's rows). PostgreSQL marks a transaction committed before it releases its locks, so the next
+        writer starts only after this one is visible. Hence positions grow in commit order, and any snapshot that shows
+        position p also shows every position below p: a reader that passes p never leaves a hole behind it. This is the
+        approach of the Python eventsourcing library's PostgreSQL recorder. The lock serialises writers; group commit
+        pays for that by writing every pending append of this process in one transaction.
         See https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-TABLES and
         https://www.postgresql.org/docs/current/xfunc-volatility.html
         """
