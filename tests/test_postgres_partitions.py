@@ -4,8 +4,6 @@ not see (it runs on the layout as `postgres-partitioned`)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,17 +15,9 @@ import agentfold
 from agentfold.backends.postgres import _migrate
 from agentfold.errors import InvalidURL
 from agentfold.events import AppendResult, NewEvent
-from tests.backends import PG_PARTITIONED, PG_URL, require_service
+from tests.backends import PG_URL
 
 ADMIN_URL = PG_URL.split("?")[0]
-
-
-@pytest.fixture
-def plain_url(tmp_path: Path) -> Iterator[str]:
-    require_service(PG_PARTITIONED)
-    url = PG_PARTITIONED.make_url(tmp_path).rsplit("&partitions=", 1)[0]
-    yield url
-    PG_PARTITIONED.cleanup(url)
 
 
 async def test_a_new_store_gets_hash_partitions_and_an_event_id_table(plain_url: str) -> None:
