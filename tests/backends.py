@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import importlib.util
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,12 +51,30 @@ def _pg_url(tmp_path: Path) -> str:
     return f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema=t_{uuid.uuid4().hex[:12]}"
 
 
+_SCHEMA_USERS = """
+SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND l.pid <> pg_backend_pid()
+"""
+
+
 def _pg_cleanup(url: str) -> None:
+    """Drop the test's schema. A session a test left behind (a server thread's last poll, say) may still be reading
+    it, and a reader that locks one table while the drop holds another deadlocks with it: sessions holding locks in
+    the schema are ended first, and the drop is tried again if one came in between."""
     import psycopg
 
     schema = url.rsplit("schema=", 1)[1].split("&")[0]
     with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
-        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for attempt in range(5):
+            for (pid,) in connection.execute(_SCHEMA_USERS, (schema,)).fetchall():
+                connection.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            try:
+                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                return
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
 
 
 PG_PARTITIONS = 4
