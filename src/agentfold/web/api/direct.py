@@ -17,9 +17,9 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentfold import instrumentation
-from agentfold.errors import AgentfoldError, RequestTooLarge
+from agentfold.errors import AgentfoldError
 from agentfold.web.api.events import EventRoutes
-from agentfold.web.api.guard import ApiGate, local_path
+from agentfold.web.api.guard import ApiGate, limited, local_path
 from agentfold.web.api.problems import error_response
 from agentfold.web.api.scopes import require_write
 
@@ -79,17 +79,14 @@ class DirectAppend:
 
 async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole request body, or None when the client disconnects first; `RequestTooLarge` as soon as what arrived
-    is over `limit` bytes."""
+    is over `limit` bytes (the limit the Starlette path applies, `guard.limited`)."""
+    receive = limited(receive, limit)
     chunks: list[bytes] = []
-    received = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return None
         chunk: bytes = message.get("body", b"")
-        received += len(chunk)
-        if received > limit:
-            raise RequestTooLarge(None, limit)
         if not message.get("more_body", False):
             if not chunks:
                 return chunk

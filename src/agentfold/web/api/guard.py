@@ -60,7 +60,7 @@ class ApiGuard:
             await error_response(error)(scope, receive, send)
             return
         scope.setdefault("state", {})[PRINCIPAL_KEY] = info
-        await self.app(scope, _limited(receive, self.gate.max_body_bytes), send)
+        await self.app(scope, limited(receive, self.gate.max_body_bytes), send)
 
 
 def principal(request: Request) -> TokenInfo:
@@ -103,7 +103,7 @@ def _content_length(scope: Scope) -> int | None:
         raise InvalidInput("the Content-Length header is not a number") from None
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
+def limited(receive: Receive, limit: int) -> Receive:
     """`receive` that raises `RequestTooLarge` as soon as the body read so far is over `limit`."""
     received = 0
 
