@@ -18,7 +18,14 @@ from langgraph.graph.message import add_messages
 
 import agentfold
 from agentfold.errors import CheckpointConflict, InvalidInput
-from agentfold.integrations.langgraph import CHECKPOINT_SAVED, HEAD_SNAPSHOT, AgentfoldSaver, body_of, stream_for
+from agentfold.integrations.langgraph import (
+    CHECKPOINT_SAVED,
+    HEAD_SNAPSHOT,
+    WRITES_SAVED,
+    AgentfoldSaver,
+    body_of,
+    stream_for,
+)
 from agentfold.store import EventStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +98,30 @@ async def test_a_chat_stores_what_changed_and_reads_back_exactly_what_was_put(st
     kinds = [record[0] for record in stored[: len(stored) - 3] if record is not None]  # up to the last turn
     assert kinds.count("add@") >= 10 and "add" not in kinds
     assert kinds.count("set") == 2  # the message removed, and the branch: a whole list each
+
+
+async def test_a_checkpoint_waits_for_its_parents_writes_under_way_to_refer_to_them(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LangGraph appends a task's writes in the background, beside the next checkpoint's put. When the store is slow
+    to take the writes, the checkpoint still refers to them rather than storing the messages a second time."""
+    appended = store.append
+
+    async def slow_writes(stream: str, events: Any, **options: Any) -> Any:
+        if events and events[0].type == WRITES_SAVED:
+            await asyncio.sleep(0.05)
+        return await appended(stream, events, **options)
+
+    monkeypatch.setattr(store, "append", slow_writes)
+    graph = chat_graph(AgentfoldSaver(store))
+    for turn in range(1, 4):
+        await graph.ainvoke({"messages": [HumanMessage(f"q{turn}", id=f"q{turn}")]}, config("slow"), durability="sync")
+    kinds = [
+        body_of(event)["values"]["messages"][0]
+        async for event in store.read_stream(stream_for("slow"))
+        if event.type == CHECKPOINT_SAVED and "messages" in body_of(event)["values"]
+    ]
+    assert kinds == ["set@"] + ["add@"] * (len(kinds) - 1) and len(kinds) == 6
 
 
 async def test_reading_the_head_starts_at_the_snapshot_a_read_kept(store: EventStore) -> None:

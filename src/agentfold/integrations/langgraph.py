@@ -426,6 +426,9 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         self._written: dict[str, dict[str, list[tuple[int, int, str, tuple[str, bytes]]]]] = {}
         """Stream -> checkpoint id -> the pending writes this saver appended for it, newest checkpoints only:
         (stream version, n, channel, serialized value), for a checkpoint to refer to rather than repeat."""
+        self._writing: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+        """(stream, checkpoint id) -> the `aput_writes` calls under way for it: a checkpoint put while its parent's
+        writes are still being appended waits for them, to refer to them rather than repeat them."""
         self._registered: set[str] = set()
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -737,6 +740,9 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         checkpoint_id = checkpoint["id"]
         stored_metadata = get_checkpoint_metadata(config, metadata)
         await self._register(thread_id, ns)
+        writing = self._writing.get((stream, parent_id or ""))
+        if writing:
+            await asyncio.wait(list(writing))
         for _ in range(_APPEND_ATTEMPTS):
             head = await self._head(stream)
             if head.checkpoint_id == checkpoint_id:
@@ -863,7 +869,16 @@ class AgentfoldSaver(BaseCheckpointSaver[int]):
         # again with other values (an error on a second attempt) is a new event, not a refused retry.
         content = hashlib.sha256(repr(indexed).encode()).hexdigest()
         event = NewEvent(WRITES_SAVED, data, id=_event_id(stream, checkpoint_id, task_id, content))
-        result = await self.store.append(stream, [event], expected_version=ANY)
+        key = (stream, checkpoint_id)
+        under_way: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writing.setdefault(key, []).append(under_way)
+        try:
+            result = await self.store.append(stream, [event], expected_version=ANY)
+        finally:
+            under_way.set_result(None)
+            self._writing[key].remove(under_way)
+            if not self._writing[key]:
+                del self._writing[key]
         written = self._written.setdefault(stream, {})
         written.setdefault(checkpoint_id, []).extend(
             (result.version, n, channel, stored) for n, (channel, stored) in enumerate(dumped)
