@@ -15,6 +15,9 @@ import uvicorn
 from agentfold.cli.serve import tcp_listener
 
 START_TIMEOUT_SECONDS = 30
+SHUTDOWN_GRACE_SECONDS = 2
+"""How long a stopping server waits for open responses (a page's live updates never end on their own: under
+`agentfold serve` a signal ends them, and a server in a thread gets no signal) before it cancels them."""
 
 Body = Callable[[Callable[[], None], asyncio.Event], Awaitable[None]]
 
@@ -64,7 +67,9 @@ def loopback_listener() -> tuple[socket.socket, int]:
 
 async def serve_until(app: Any, listener: socket.socket, ready: Callable[[], None], stop: asyncio.Event) -> None:
     """Serve `app` with uvicorn (lifespan on) on `listener`; call `ready` once it accepts; return after `stop`."""
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+    )
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     for _ in range(START_TIMEOUT_SECONDS * 50):
         if server.started or serving.done():
