@@ -22,6 +22,7 @@ from agentfold.runtime import history as h
 from agentfold.runtime.inspect import list_runs
 from agentfold.web.settings import ServeSettings
 from tests.backends import BACKENDS, Backend, require_service
+from tests.group_helpers import until
 from tests.inspector_runs import XSS, seed
 from tests.inspector_server import served
 
@@ -104,6 +105,24 @@ async def index_and_fold(url: str) -> tuple[dict[str, str], dict[str, str], dict
 def test_the_index_agrees_with_the_fold_and_rebuilds_the_same(sqlite_store: str) -> None:
     indexed, rebuilt, folded = asyncio.run(index_and_fold(sqlite_store))
     assert indexed == rebuilt == folded == {"doc-1": "Completed", "doc-2": "AwaitingInput"}
+
+
+async def follow_with_a_pause(url: str) -> list[str]:
+    """Follow the store, pausing after each catch-up, while runs are started; stop in the middle of a pause."""
+    async with agentfold.connect(url) as store, RunsIndex(store, url) as index:
+        follower = asyncio.create_task(index.run(pause=0.05))
+        for n in range(3):
+            started = NewEvent(h.WORKFLOW_STARTED, {"workflow": "paused", "input": {"args": [n]}})
+            result = await store.append(f"workflow-paused-{n}", [started], expected_version=NO_STREAM)
+            await until(lambda position=result.position: index.position >= position)
+        index.stop()
+        await follower
+        page = await index.page(RunsQuery(limit=10))
+    return sorted(row.workflow_id for row in page.runs)
+
+
+def test_the_index_follows_the_store_with_a_pause_between_catch_ups(sqlite_store: str) -> None:
+    assert asyncio.run(follow_with_a_pause(sqlite_store))[-3:] == ["paused-0", "paused-1", "paused-2"]
 
 
 async def many_runs(url: str, count: int) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -865,10 +866,17 @@ class RunsIndex:
                 applied += len(page)
         return applied
 
-    async def run(self) -> None:
-        """Catch up, then follow new events until `stop()`."""
+    async def run(self, pause: float = 0.0) -> None:
+        """Catch up, then follow new events until `stop()`, waiting at least `pause` seconds after each catch-up.
+
+        Whoever reads the index catches it up first (`catch_up`), so following only keeps that catch-up short; a
+        pause lets it fold many commits' events in one page and one checkpoint instead of one per commit, which
+        under a stream of small appends costs the store a read and a write per commit (docs/measurements.md)."""
         while not self._stopping.is_set():
             await self.catch_up()
+            if pause > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
             await self.store.wait_for_append(self.position, 1.0, until=self._stopping)
 
     def stop(self) -> None:

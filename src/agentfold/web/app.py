@@ -34,6 +34,8 @@ logger = logging.getLogger("agentfold.web")
 
 HERE: Final = Path(__file__).resolve().parent
 API_PREFIX: Final = "/api/"
+FOLLOW_PAUSE_SECONDS: Final = 0.1
+"""The runs index follows the store at most ten times a second: a page catches it up itself before reading it."""
 
 
 def template_environment() -> jinja2.Environment:
@@ -144,7 +146,7 @@ async def _follow(index: RunsIndex) -> None:
     """Keep the index current; a store failure is logged and retried, the pages show the store's error meanwhile."""
     while True:
         try:
-            await index.run()
+            await index.run(pause=FOLLOW_PAUSE_SECONDS)
             return
         except asyncio.CancelledError:
             raise
