@@ -20,6 +20,7 @@ from agentfold import ANY, NO_STREAM, AppendResult, NewEvent, StreamSnapshot
 from agentfold.backends.sqlite import (
     _SELECT_CATEGORY_PAGE,
     _SELECT_TYPE_POSITIONS,
+    GROUPS_IN_FLIGHT,
     MAX_GROUP_APPENDS,
     SCHEMA_VERSION,
     SQLiteStore,
@@ -335,6 +336,35 @@ async def test_close_finishes_queued_appends(db_path: Path) -> None:
         assert await reopened.head_position() == 10
     finally:
         await reopened.close()
+
+
+async def test_groups_waiting_for_the_writer_commit_together_in_their_order(store: SQLiteStore) -> None:
+    """Appends that arrive one by one while the writer is busy, as HTTP requests do, each form a group of their own;
+    the groups waiting in the writer thread then share one transaction (one fsync), in the order they were formed."""
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(_connection: sqlite3.Connection) -> None:
+        busy.set()
+        release.wait()
+
+    commits_before = store.commit_count
+    groups_before = store.backend._committer.groups  # no public view of the group committer's groups
+    holder = asyncio.ensure_future(store.backend._write(hold))
+    try:
+        assert await asyncio.to_thread(busy.wait, 60)  # the writer thread is inside the holder's transaction
+        arrivals: list[asyncio.Task[AppendResult]] = []
+        for n in range(GROUPS_IN_FLIGHT - 1):
+            arrivals.append(asyncio.ensure_future(store.append(f"arrival-{n}", events(1), NO_STREAM)))
+            await let_tasks_submit(arrivals[-1:])
+            await writer_has_taken_everything(store)
+    finally:
+        release.set()
+    await holder
+    results = await asyncio.gather(*arrivals)
+
+    assert store.backend._committer.groups - groups_before == GROUPS_IN_FLIGHT
+    assert [result.position for result in results] == list(range(1, GROUPS_IN_FLIGHT))
+    assert store.commit_count - commits_before == 2  # the holder's transaction, then the arrivals' one
 
 
 async def test_a_backlog_beyond_the_group_limit_commits_in_order_before_close(db_path: Path) -> None:

@@ -10,8 +10,9 @@
   that holds it has returned (with `FULL`: after its fsync).
 - A group costs a fixed handful of statements however many appends it holds (one read of everything the checks need,
   one multi-row INSERT per table, the commit), and one wake-up each way between the event loop and the writer
-  thread. Appends that arrive while a group commits form the next group, which waits in the writer thread's queue
-  behind it, so the disk does not wait for the event loop between groups.
+  thread. Appends that arrive while a group commits form the next groups (up to `GROUPS_IN_FLIGHT` of them), which
+  wait in the writer thread's queue and then commit together in one transaction, so the disk does not wait for the
+  event loop between groups, and appends that arrive one by one still share a commit.
 - Reads run in worker threads, each with its own read connection; WAL lets them proceed beside the writer.
 - Several processes may share one file: `BEGIN IMMEDIATE` plus the busy timeout make their writers queue. Positions
   are assigned inside the write transaction from the file's `AUTOINCREMENT` counter, so they follow commit order and
@@ -85,6 +86,11 @@ POLL_INTERVAL: Final = 0.025
 MAX_GROUP_APPENDS: Final = 1000
 MAX_GROUP_EVENTS: Final = 20_000
 READ_THREADS: Final = 2
+GROUPS_IN_FLIGHT: Final = 4
+"""Groups handed to the writer thread at most: while it commits one (and waits for its fsync), the next ones are
+formed on the event loop and wait in its queue, so the disk never waits for the event loop; the waiting ones then
+commit together in one transaction. With two, appends arriving one by one (HTTP requests) made groups of about 9
+from 32 writers; with four, about 13 (docs/measurements.md)."""
 
 _SCHEMA: Final = (
     """
@@ -638,16 +644,27 @@ def _settle(future: asyncio.Future[list[Any]], outcome: list[Any] | BaseExceptio
         future.set_result(outcome)
 
 
+_Queued = tuple[list[_Request], asyncio.Future[list[Any]]]
+"""A group handed to the writer thread and the future of its outcomes."""
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[list[Any]], list[Any] | BaseException]]) -> None:
+    """Hand the outcomes of the groups of one transaction to their callers, in one callback on the event loop."""
+    for future, outcome in settled:
+        _settle(future, outcome)
+
+
 class _Writer:
-    """The writer thread: commits the groups handed to it, in order, on the writer connection, each in one
-    transaction (one fsync), and hands each group's outcomes back to the event loop in one callback. The queueing
-    and grouping are `GroupCommitter`'s."""
+    """The writer thread: commits the groups handed to it, in order, on the writer connection, and hands their
+    outcomes back to the event loop in one callback per transaction. A group and the groups queued behind it when
+    the thread takes it share one transaction (one fsync); the queueing and grouping on the event loop are
+    `GroupCommitter`'s."""
 
     def __init__(self, connection: sqlite3.Connection, path: str, loop: asyncio.AbstractEventLoop) -> None:
         self._connection = connection
         self._path = path
         self._loop = loop
-        self._groups: queue.SimpleQueue[tuple[list[_Request], asyncio.Future[list[Any]]] | None] = queue.SimpleQueue()
+        self._groups: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self.commits = 0
         self.thread = threading.Thread(target=self._run, name=f"agentfold-sqlite-writer:{path}", daemon=True)
         self.thread.start()
@@ -664,18 +681,55 @@ class _Writer:
 
     def _run(self) -> None:
         try:
-            while (queued := self._groups.get()) is not None:
-                group, future = queued
+            waiting: _Queued | None = None
+            stopping = False
+            while not stopping:
+                first = waiting if waiting is not None else self._groups.get()
+                if first is None:
+                    return
+                taken, waiting, stopping = self._gather(first)
+                requests = [request for group, _ in taken for request in group]
                 try:
-                    outcome: list[Any] | BaseException = self.commit_group(group)
+                    outcome: list[Any] | BaseException = self.commit_group(requests)
                 except BaseException as error:  # a bug: the group's callers get it rather than waiting forever
                     outcome = error
+                settled: list[tuple[asyncio.Future[list[Any]], list[Any] | BaseException]] = []
+                start = 0
+                for group, future in taken:
+                    end = start + len(group)
+                    settled.append((future, outcome if isinstance(outcome, BaseException) else outcome[start:end]))
+                    start = end
                 try:
-                    self._loop.call_soon_threadsafe(_settle, future, outcome)
+                    self._loop.call_soon_threadsafe(_settle_all, settled)
                 except RuntimeError:
                     return  # the event loop is gone; nobody is waiting for these outcomes
         finally:
             self._connection.close()
+
+    def _gather(self, first: _Queued) -> tuple[list[_Queued], _Queued | None, bool]:
+        """`first` and the groups queued behind it, in order, as long as together they stay within one group's
+        limits; the first group left over (or None), and whether `stop` was queued.
+
+        The groups formed on the event loop while the last transaction committed then commit in one transaction
+        (one fsync) instead of one after another. Appends that arrive one by one, as HTTP requests do, would
+        otherwise form a small group as soon as the writer is busy and wait behind it (docs/measurements.md).
+        """
+        taken: list[_Queued] = [first]
+        count = len(first[0])
+        weight = sum(_size(request) for request in first[0])
+        while True:
+            try:
+                queued = self._groups.get_nowait()
+            except queue.Empty:
+                return taken, None, False
+            if queued is None:
+                return taken, None, True
+            more = sum(_size(request) for request in queued[0])
+            if count + len(queued[0]) > MAX_GROUP_APPENDS or weight + more > MAX_GROUP_EVENTS:
+                return taken, queued, False
+            taken.append(queued)
+            count += len(queued[0])
+            weight += more
 
     def commit_group(self, group: list[_Request]) -> list[Any]:
         """Commit `group` in one transaction; one outcome per request (a result, or the error that is its outcome)."""
@@ -841,14 +895,12 @@ class SQLiteBackend:
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self._writer = _Writer(writer_connection, settings.path, self._loop)
-        # Two groups in flight: while the writer thread commits one (and waits for its fsync), the next is formed
-        # on the event loop and queued behind it in the thread, so the disk never waits for the event loop.
         self._committer: GroupCommitter[_Request, Any] = GroupCommitter(
             self._commit_group,
             max_group=MAX_GROUP_APPENDS,
             max_weight=MAX_GROUP_EVENTS,
             weight=_size,
-            in_flight=2,
+            in_flight=GROUPS_IN_FLIGHT,
             name="sqlite store",
         )
         self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="agentfold-sqlite-read")
