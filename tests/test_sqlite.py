@@ -36,6 +36,7 @@ from agentfold.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
+from tests.group_helpers import until
 
 
 @pytest.fixture
@@ -85,6 +86,13 @@ async def writer_has_taken_everything(store: SQLiteStore) -> None:
     assert store.backend._committer.queued == 0  # no public view of the group committer's queue
 
 
+async def writer_thread_is_committing(store: SQLiteStore) -> None:
+    """`writer_has_taken_everything`, and the writer thread has taken every group handed to it into its transaction
+    (where it then waits for the file's write lock), so groups formed from now on commit after that one."""
+    await writer_has_taken_everything(store)
+    await until(store.backend._writer._groups.empty)  # no public view of the writer thread's queue
+
+
 def events(count: int, event_type: str = "Noted") -> list[NewEvent]:
     return [NewEvent(event_type, {"n": n}) for n in range(count)]
 
@@ -100,7 +108,7 @@ async def test_one_failing_append_in_a_group_fails_alone(store: SQLiteStore, db_
         # The writer takes this first request and waits for the lock; everything submitted meanwhile queues up.
         blocker = asyncio.ensure_future(store.append("blocker", events(1)))
         await let_tasks_submit([blocker])
-        await writer_has_taken_everything(store)
+        await writer_thread_is_committing(store)
         attempts = {
             "fresh": store.append("fresh", events(3), NO_STREAM),
             "wrong_version": store.append("kept", events(1), expected_version=5),
@@ -374,7 +382,7 @@ async def test_a_backlog_beyond_the_group_limit_commits_in_order_before_close(db
     with write_lock_held(db_path):
         blocker = asyncio.ensure_future(store.append("blocker", events(1)))
         await let_tasks_submit([blocker])
-        await writer_has_taken_everything(store)
+        await writer_thread_is_committing(store)
         tasks = [asyncio.ensure_future(store.append(f"s-{n % 7}", events(1))) for n in range(count)]
         await let_tasks_submit(tasks)
         closing = asyncio.ensure_future(store.close())
@@ -478,7 +486,7 @@ async def test_a_group_meeting_tables_that_disagree_fails_only_the_damaged_appen
     with write_lock_held(db_path):
         blocker = asyncio.ensure_future(store.append("blocker", events(1)))
         await let_tasks_submit([blocker])
-        await writer_has_taken_everything(store)
+        await writer_thread_is_committing(store)
         attempts = [
             asyncio.ensure_future(store.append("healthy", events(1), expected_version=1)),
             asyncio.ensure_future(store.append("damaged", events(1), NO_STREAM)),

@@ -89,8 +89,8 @@ READ_THREADS: Final = 2
 GROUPS_IN_FLIGHT: Final = 4
 """Groups handed to the writer thread at most: while it commits one (and waits for its fsync), the next ones are
 formed on the event loop and wait in its queue, so the disk never waits for the event loop; the waiting ones then
-commit together in one transaction. With two, appends arriving one by one (HTTP requests) made groups of about 9
-from 32 writers; with four, about 13 (docs/measurements.md)."""
+commit together in one transaction. More than two let appends that arrive one by one (HTTP requests) share larger
+commits (docs/measurements.md)."""
 
 _SCHEMA: Final = (
     """
