@@ -20,6 +20,7 @@ from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 from agentfold.blobs import BlobUsage
 from agentfold.encoding import EncodedEvent
 from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.openruns import OpenRun
 from agentfold.wakeup import retrieve_outcome
 
 DEFAULT_PAGE_SIZE: Final = 1000
@@ -157,6 +158,24 @@ class BlobStorage(Protocol):
         ...
 
 
+@runtime_checkable
+class OpenRunsStorage(Protocol):
+    """What a backend adds to `Backend` to keep the open runs (`agentfold.openruns`). Optional: without it, a
+    worker folds them from the log.
+
+    A backend that has it promises, besides `open_runs`: `append` applies `agentfold.openruns.changes` of each
+    written append's events to its rows in the same step as the events, in position order, so that at every
+    committed position the rows equal `agentfold.openruns.fold` of the log up to it. An append that writes nothing
+    (a retry, a refusal, a failure) changes no row. A store that held events before the backend kept the rows gets
+    them folded from its log once, when it is opened.
+    """
+
+    async def open_runs(self) -> tuple[int, list[OpenRun]]:
+        """(a position, every open run as of a committed position at or after it), in no particular order: a
+        reader that follows the log from the position returned and applies what it reads misses nothing."""
+        ...
+
+
 async def apply_then(apply: Callable[[Any], Any] | None) -> None:
     """Run `apply(None)` (plain or async), for a backend without transactions before it saves a checkpoint."""
     if apply is None:
@@ -239,6 +258,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "Backend",
     "BlobStorage",
+    "OpenRunsStorage",
     "RecordDecoder",
     "RecordPage",
     "apply_then",

@@ -19,7 +19,7 @@ import msgspec
 
 from agentfold import instrumentation
 from agentfold.appending import RetriedAppend, check_retry_content
-from agentfold.backend import DEFAULT_PAGE_SIZE, Backend, BlobStorage, RecordDecoder
+from agentfold.backend import DEFAULT_PAGE_SIZE, Backend, BlobStorage, OpenRunsStorage, RecordDecoder
 from agentfold.blobs import (
     BLOBS_KEY,
     READ_BATCH_BYTES,
@@ -40,6 +40,7 @@ from agentfold.errors import (
     StoreCorrupted,
 )
 from agentfold.events import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
+from agentfold.openruns import OpenRun
 from agentfold.validation import (
     MAX_VERSION,
     check_counter,
@@ -109,6 +110,7 @@ class EventLog:
         """The backend this log writes through; backend-specific settings are its attributes."""
         self._closed = False
         self._blob_storage: BlobStorage | None = backend if isinstance(backend, BlobStorage) else None
+        self._open_runs: OpenRunsStorage | None = backend if isinstance(backend, OpenRunsStorage) else None
         self._blob_batch_bytes = READ_BATCH_BYTES
 
     @property
@@ -547,6 +549,16 @@ class EventLog:
                 "store does not hold"
             )
         return EventsTrimmed(event.stream_id, event.version)
+
+    # -- open runs -----------------------------------------------------------------------------------------------
+
+    async def open_runs(self) -> tuple[int, list[OpenRun]] | None:
+        """(a position, every unfinished workflow run as of a committed position at or after it) where the backend
+        keeps them with each append (`agentfold.openruns`), else None: read the log instead. A reader that follows
+        the log from the position returned, applying what it reads in order, misses nothing and ends exact."""
+        self._check_open()
+        storage = self._open_runs
+        return None if storage is None else await storage.open_runs()
 
     async def apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
         """Run `apply(handle)` and save the checkpoint `name` = `position`: in one transaction where the backend has

@@ -17,6 +17,7 @@ from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobU
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent, decode_object
 from agentfold.errors import InvalidURL
 from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
+from agentfold.openruns import OpenRun, apply, changes
 from agentfold.options import BLOB_OPTIONS, MAX_EVENT_SIZE, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
@@ -49,6 +50,7 @@ class MemoryBackend:
         self._blobs: dict[str, bytes] = {}
         self._blob_links: dict[str, int] = {}  # digest -> how many events link to it
         self._event_blobs: dict[int, tuple[str, ...]] = {}  # position -> the digests its event links to
+        self._runs: dict[str, OpenRun] = {}  # the open runs (agentfold.openruns), kept by `append`
         self._closed = False
 
     async def append(
@@ -60,6 +62,7 @@ class MemoryBackend:
         if retry is not None:
             return retry
         check_expected(stream_id, expected_version, current)
+        opened = changes(stream_id, ((event.type, event.data) for event in events))
         if stream is None:
             stream = self._streams[stream_id] = []
         now = time.time_ns() // 1000
@@ -84,8 +87,12 @@ class MemoryBackend:
                     self._blobs.setdefault(blob.digest, blob.content)
                     self._blob_links[blob.digest] = self._blob_links.get(blob.digest, 0) + 1
                 self._event_blobs[len(self._log)] = tuple(blob.digest for blob in event.blobs)
+        apply(self._runs, opened)
         self._appended.wake()
         return AppendResult(last, len(self._log))
+
+    async def open_runs(self) -> tuple[int, list[OpenRun]]:
+        return len(self._log), list(self._runs.values())
 
     async def read_stream_records(
         self, stream_id: str, after_version: int, limit: int | None

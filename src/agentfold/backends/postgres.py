@@ -36,6 +36,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import RowFactory, scalar_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from agentfold import openruns
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
 from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, prefix_category, read_pages
 from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
@@ -600,6 +601,13 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
     # A partitioned store's appends lock one row and the partitions they write (`_PARTITIONED_HEAD_STATEMENTS`);
     # nothing changes in a store in one table.
     _Migration(6, "partitioned stores: appends serialise on a head row, not on every partition", ()),
+    # The open runs (agentfold.openruns), kept by every append in its transaction; a store that had events before
+    # gets them folded from its log by `_fill_open_runs`, in this migration's transaction.
+    _Migration(
+        7,
+        "open runs kept with each append",
+        ("CREATE TABLE {s}.open_runs (workflow_id text PRIMARY KEY, workflow text NOT NULL, owner text)",),
+    ),
 )
 
 
@@ -859,10 +867,34 @@ async def _migrate(
                 statements = _PARTITIONED_HEAD_STATEMENTS
             for statement in statements:
                 await connection.execute(statement.replace("{s}", quoted).encode())
+            if migration.version == 7:
+                await _fill_open_runs(connection, quoted)
             await connection.execute(
                 f"INSERT INTO {quoted}.schema_migrations (version, description) VALUES (%s, %s)".encode(),
                 (migration.version, migration.description),
             )
+
+
+async def _fill_open_runs(connection: psycopg.AsyncConnection[Any], quoted: str) -> None:
+    """Fold the open runs of a store that had events before it kept them, through the type index, in the
+    migration's transaction (every position it reads is final: `PostgresBackend._commit`)."""
+    cursor = await connection.execute(
+        f"SELECT stream_id, type, data::text FROM {quoted}.events WHERE type = ANY(%s) AND starts_with(stream_id, %s) "
+        "ORDER BY position".encode(),
+        (list(openruns.KEPT_TYPES), openruns.WORKFLOW_STREAM_PREFIX),
+    )
+    found = await cursor.fetchall()
+    runs = openruns.fold((stream_id, event_type, data.encode()) for stream_id, event_type, data in found)
+    if runs:
+        await connection.execute(
+            f"INSERT INTO {quoted}.open_runs (workflow_id, workflow, owner) SELECT * FROM unnest(%s::text[], "
+            "%s::text[], %s::text[])".encode(),
+            (
+                [run.workflow_id for run in runs.values()],
+                [run.workflow for run in runs.values()],
+                [run.owner for run in runs.values()],
+            ),
+        )
 
 
 # -- statements ---------------------------------------------------------------------------------------------------
@@ -1013,6 +1045,20 @@ _STATEMENTS: Final = {
         WHERE snapshots.version <= excluded.version
     """,
     "load_checkpoint": "SELECT position FROM {s}.checkpoints WHERE name = %s",
+    # What each kind of `agentfold.openruns.Change` does to the open runs, in the append's transaction.
+    openruns.OPEN: """
+        INSERT INTO {s}.open_runs (workflow_id, workflow, owner) VALUES (%(run)s, %(workflow)s, NULL)
+        ON CONFLICT (workflow_id) DO UPDATE SET workflow = excluded.workflow, owner = NULL
+    """,
+    openruns.CLOSE: "DELETE FROM {s}.open_runs WHERE workflow_id = %(run)s",
+    openruns.HOLD: "UPDATE {s}.open_runs SET owner = %(owner)s WHERE workflow_id = %(run)s",
+    # The head before the rows, in one statement: one snapshot.
+    "open_runs": """
+        SELECT h.position, r.workflow_id, r.workflow, r.owner
+        FROM (SELECT greatest((SELECT max(position) FROM {s}.events),
+                              (SELECT max(position) FROM {s}.trimmed_event_ids), 0) AS position) h
+        LEFT JOIN {s}.open_runs r ON true
+    """,
     "save_checkpoint": """
         INSERT INTO {s}.checkpoints (name, position) VALUES (%s, %s)
         ON CONFLICT (name) DO UPDATE SET position = excluded.position
@@ -1024,6 +1070,9 @@ _STATEMENTS: Final = {
 # its head in `head` (migration 6) instead of the last position of every partition.
 _PARTITIONED_STATEMENTS: Final = {
     "head_position": "SELECT position FROM {s}.head",
+    "open_runs": """
+        SELECT h.position, r.workflow_id, r.workflow, r.owner FROM {s}.head h LEFT JOIN {s}.open_runs r ON true
+    """,
     "id_records": _STATEMENTS["id_records"].replace(
         "FROM {s}.events e WHERE e.id", "FROM {s}.event_ids i JOIN {s}.events e USING (position) WHERE i.id"
     ),
@@ -1066,7 +1115,7 @@ def _stream_json(stream_id: str) -> str:
 class _PendingAppend:
     """An append waiting for its group; `size` (its JSON and blob bytes) counts against `MAX_GROUP_BYTES`."""
 
-    __slots__ = ("blob_bytes", "events", "expected", "size", "stream_id")
+    __slots__ = ("blob_bytes", "events", "expected", "opened", "size", "stream_id")
 
     def __init__(self, stream_id: str, events: list[EncodedEvent], expected: ExpectedVersion) -> None:
         self.stream_id = stream_id
@@ -1074,6 +1123,8 @@ class _PendingAppend:
         self.expected = expected
         self.blob_bytes = sum(len(blob.content) for event in events for blob in event.blobs)
         self.size = sum(len(event.data) + len(event.metadata) for event in events) + self.blob_bytes
+        self.opened = openruns.changes(stream_id, ((event.type, event.data) for event in events))
+        """What the append does to the open runs, if it is written."""
 
 
 def _size_of(pending: _PendingAppend) -> int:
@@ -1218,10 +1269,10 @@ class PostgresBackend:
         https://www.postgresql.org/docs/current/xfunc-volatility.html
         """
         async with self._connection() as connection:
-            if not any(pending.blob_bytes for pending in group):
+            if not any(pending.blob_bytes or pending.opened for pending in group):
                 cursor = await connection.execute(self._sql["append_group"], _group_arguments(group, self._channel))
                 rows = await cursor.fetchall()
-            else:  # the blobs and links in the same transaction, under the lock append_group() took
+            else:  # the blobs, links and open runs in the same transaction, under the lock append_group() took
                 async with connection.transaction():
                     cursor = await connection.execute(self._sql["append_group"], _group_arguments(group, self._channel))
                     rows = await cursor.fetchall()
@@ -1229,6 +1280,14 @@ class PostgresBackend:
                     if positions:
                         await connection.execute(self._sql["insert_blobs"], (digests, contents))
                         await connection.execute(self._sql["insert_links"], (positions, linked))
+                    for pending, (outcome, _, _) in zip(group, rows, strict=True):
+                        if outcome != Outcome.WRITTEN:
+                            continue
+                        for change in pending.opened:
+                            await connection.execute(
+                                self._sql[change.kind],
+                                {"run": change.workflow_id, "workflow": change.workflow, "owner": change.owner},
+                            )
         outcomes: list[AppendResult | AgentfoldError | None] = []
         reused: list[str] = []
         written = False
@@ -1347,6 +1406,11 @@ class PostgresBackend:
     async def head_position(self) -> int:
         row = await self._fetch_one("head_position", ())
         return int(row[0]) if row else 0
+
+    async def open_runs(self) -> tuple[int, list[openruns.OpenRun]]:
+        rows = await self._fetch_all("open_runs", ())
+        position = int(rows[0][0]) if rows else 0
+        return position, [openruns.OpenRun(*row[1:]) for row in rows if row[1] is not None]
 
     async def _fetch_all(self, statement: str, params: Any, row_factory: RowFactory[Any] = tuple_row) -> list[Any]:
         with _translated():

@@ -42,6 +42,7 @@ from urllib.parse import unquote
 
 import msgspec
 
+from agentfold import openruns
 from agentfold.appending import IdRecord, check_expected, find_retry
 from agentfold.backend import RecordDecoder, prefix_category
 from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
@@ -67,7 +68,7 @@ from agentfold.wakeup import Broadcast, retrieve_outcome
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """Stored in `PRAGMA user_version`: the number of the last step of `_MIGRATIONS` the file has."""
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
@@ -172,11 +173,34 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX IF NOT EXISTS events_type ON events (type)",
         f"CREATE INDEX IF NOT EXISTS events_category ON events ({_CATEGORY})",
     ),
+    # The open runs (agentfold.openruns), kept by every append in its transaction; a file that had events before
+    # gets them folded from its log by `_fill_open_runs`, in the same transaction as this step.
+    4: (
+        """
+        CREATE TABLE IF NOT EXISTS open_runs (
+            workflow_id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            owner TEXT
+        ) WITHOUT ROWID
+        """,
+    ),
 }
 """Schema steps after the first (`_SCHEMA`), by the `user_version` they bring a file to; each runs once, in order,
 in the transaction that sets that version. Never edit a released step; add one."""
 
 _SELECT_HEAD: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+_OPEN_RUN_SQL: Final = {
+    openruns.OPEN: "INSERT INTO open_runs (workflow_id, workflow, owner) VALUES (?1, ?2, NULL) "
+    "ON CONFLICT (workflow_id) DO UPDATE SET workflow = excluded.workflow, owner = NULL",
+    openruns.CLOSE: "DELETE FROM open_runs WHERE workflow_id = ?1",
+    openruns.HOLD: "UPDATE open_runs SET owner = ?3 WHERE workflow_id = ?1",
+}
+"""What each kind of `agentfold.openruns.Change` does to the table (?1 the run, ?2 its workflow, ?3 its holder)."""
+_SELECT_KEPT_EVENTS: Final = (
+    "SELECT stream_id, type, json_extract(record, '$.data') FROM events WHERE type IN ({types}) "
+    "AND substr(stream_id, 1, {length}) = ? ORDER BY position"
+).format(types=", ".join("?" * len(openruns.KEPT_TYPES)), length=len(openruns.WORKFLOW_STREAM_PREFIX))
+_SELECT_OPEN_RUNS: Final = "SELECT workflow_id, workflow, owner FROM open_runs"
 _SELECT_TYPE_POSITIONS: Final = (
     "SELECT {index} AS type_index, position FROM "
     "(SELECT position FROM events WHERE type = :type{index} AND position > :after ORDER BY position LIMIT :limit)"
@@ -452,11 +476,34 @@ def _create_schema(connection: sqlite3.Connection, path: str) -> None:
         for step in range(max(found, 1) + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[step]:
                 connection.execute(statement)
+            if step == 4 and found > 0:
+                _fill_open_runs(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
         raise
+
+
+def _fill_open_runs(connection: sqlite3.Connection) -> None:
+    """Fold the open runs of a file that had events before it kept them (once, in the upgrade's transaction, which
+    holds the write lock: no append comes in between), through the type index."""
+    found = connection.execute(_SELECT_KEPT_EVENTS, (*openruns.KEPT_TYPES, openruns.WORKFLOW_STREAM_PREFIX))
+    runs = openruns.fold((stream_id, event_type, data.encode()) for stream_id, event_type, data in found)
+    connection.executemany(
+        "INSERT INTO open_runs (workflow_id, workflow, owner) VALUES (?, ?, ?)",
+        [(run.workflow_id, run.workflow, run.owner) for run in runs.values()],
+    )
+
+
+def _apply_open_runs(connection: sqlite3.Connection, found: Sequence[openruns.Change]) -> None:
+    """Apply an append's open-run changes, in order, in the caller's transaction."""
+    for change in found:
+        connection.execute(_OPEN_RUN_SQL[change.kind], (change.workflow_id, change.workflow, change.owner))
+
+
+def _open_run_changes(stream_id: str, events: Sequence[EncodedEvent]) -> list[openruns.Change]:
+    return openruns.changes(stream_id, ((event.type, event.data) for event in events))
 
 
 def _json_list(values: Iterable[str]) -> str:
@@ -784,6 +831,7 @@ class _Writer:
         blobs: dict[str, bytes] = {}
         links: list[tuple[int, str]] = []
         written_streams: dict[str, int] = {}
+        opened: list[openruns.Change] = []
         leftovers: list[_AppendRequest] = []
         for request in appends:
             stream_id = request.stream_id
@@ -804,6 +852,7 @@ class _Writer:
             count = len(events)
             rows += _event_rows(stream_id, events, current + 1, next_position, now_us)
             _blob_rows(events, next_position, blobs, links)
+            opened += _open_run_changes(stream_id, events)
             next_position += count
             versions[stream_id] = written_streams[stream_id] = current + count
             request.outcome = AppendResult(current + count, next_position - 1)
@@ -814,6 +863,7 @@ class _Writer:
             _insert_rows(connection, _UPSERT_STREAMS_GROUP, list(written_streams.items()))
             if links:
                 _insert_blobs(connection, blobs, links, _INSERT_LINKS_GROUP)
+            _apply_open_runs(connection, opened)
         except sqlite3.IntegrityError:
             # The tables disagree with the checks above (a damaged file): fall back to one append at a time so
             # only the appends that meet the damage fail. `OR ROLLBACK` has already ended the transaction.
@@ -851,6 +901,7 @@ class _Writer:
             _blob_rows(request.events, first_position, blobs, links)
             if links:
                 _insert_blobs(connection, blobs, links, _INSERT_LINKS)
+            _apply_open_runs(connection, _open_run_changes(request.stream_id, request.events))
             return AppendResult(current + count, first_position + count - 1)
 
         self._in_savepoint(request, append)
@@ -1070,6 +1121,15 @@ class SQLiteBackend:
 
     async def head_position(self) -> int:
         return await self._read(_head)
+
+    async def open_runs(self) -> tuple[int, list[openruns.OpenRun]]:
+        def query(connection: sqlite3.Connection) -> tuple[int, list[openruns.OpenRun]]:
+            connection.execute("BEGIN")  # one snapshot for the head and the rows
+            position = _head(connection)
+            rows = connection.execute(_SELECT_OPEN_RUNS).fetchall()
+            return position, [openruns.OpenRun(*row) for row in rows]
+
+        return await self._read(query)
 
     async def wait_for_append(self, after_position: int, timeout: float) -> None:
         deadline = self._loop.time() + timeout

@@ -16,17 +16,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from agentfold import openruns
 from agentfold.events import TRACE_KEYS, TRACEPARENT, RecordedEvent
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
 from agentfold.validation import check_stream_id, check_text
 
-WORKFLOW_STREAM_PREFIX: Final = "workflow-"
+# The stream and the types the backends keep the open runs from (`agentfold.openruns`), defined there once.
+WORKFLOW_STREAM_PREFIX: Final = openruns.WORKFLOW_STREAM_PREFIX
 SIGNAL_STREAM_PREFIX: Final = "signals-"
 
-WORKFLOW_STARTED: Final = "WorkflowStarted"
-WORKFLOW_COMPLETED: Final = "WorkflowCompleted"
-WORKFLOW_FAILED: Final = "WorkflowFailed"
+WORKFLOW_STARTED: Final = openruns.WORKFLOW_STARTED
+WORKFLOW_COMPLETED: Final = openruns.WORKFLOW_COMPLETED
+WORKFLOW_FAILED: Final = openruns.WORKFLOW_FAILED
+WORKFLOW_CLAIMED: Final = openruns.WORKFLOW_CLAIMED
+WORKFLOW_RELEASED: Final = openruns.WORKFLOW_RELEASED
+WORKFLOW_CANCELLED: Final = openruns.WORKFLOW_CANCELLED
+WORKFLOW_TERMINATED: Final = openruns.WORKFLOW_TERMINATED
+WORKFLOW_RESTARTED: Final = openruns.WORKFLOW_RESTARTED
+
 WORKFLOW_SUSPENDED: Final = "WorkflowSuspended"
 STEP_STARTED: Final = "StepStarted"
 STEP_COMPLETED: Final = "StepCompleted"
@@ -41,12 +49,7 @@ TIME_RECORDED: Final = "TimeRecorded"
 RANDOM_RECORDED: Final = "RandomRecorded"
 PATCH_APPLIED: Final = "PatchApplied"
 SIGNAL_SENT: Final = "SignalSent"
-WORKFLOW_CLAIMED: Final = "WorkflowClaimed"
-WORKFLOW_RELEASED: Final = "WorkflowReleased"
 WORKFLOW_CANCEL_REQUESTED: Final = "WorkflowCancelRequested"
-WORKFLOW_CANCELLED: Final = "WorkflowCancelled"
-WORKFLOW_TERMINATED: Final = "WorkflowTerminated"
-WORKFLOW_RESTARTED: Final = "WorkflowRestarted"
 
 LEASE_TYPES: Final = (WORKFLOW_CLAIMED, WORKFLOW_RELEASED)
 """Ownership records (see `agentfold.runtime.leases`): they change who runs the run, never what it did."""
@@ -55,7 +58,7 @@ OWNER_KEY: Final = "worker"
 INCARNATION_KEY: Final = "incarnation"
 """The metadata key naming which start of that worker's id made the append (see `agentfold.runtime.leases`)."""
 
-FINISHED_TYPES: Final = (WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, WORKFLOW_TERMINATED)
+FINISHED_TYPES: Final = openruns.FINISHED_TYPES
 CONTROL_TYPES: Final = (WORKFLOW_CANCEL_REQUESTED,)
 """Run control records that anyone may append to a running run's stream: the run absorbs them and goes on."""
 

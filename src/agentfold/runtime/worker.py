@@ -68,6 +68,7 @@ from agentfold.runtime.leases import (
     new_worker_id,
     now_us,
     preferred_worker,
+    worker_liveness,
 )
 from agentfold.runtime.registry import WorkflowRegistry
 from agentfold.runtime.retry import seconds
@@ -350,18 +351,39 @@ class Worker:
         """
         loaded = await self.store.load_log_snapshot(REGISTRY_SNAPSHOT)
         if loaded is None:
-            return 0
+            return await self._restore_open_runs()
         registry = json.loads(loaded.state)
-        now = time.monotonic()
         for workflow_id, (workflow, owner) in registry["runs"].items():
-            self._workflows[workflow_id] = workflow
-            if owner is not None:
-                self._owners[workflow_id] = owner
-            if self.runtime.knows(workflow):
-                self._unfinished[workflow_id] = None
-                self._known_at.setdefault(workflow_id, now)
+            self._know(workflow_id, workflow, owner)
         self.liveness = Liveness.from_json(registry["workers"], registry.get("serves"))
         return loaded.position
+
+    async def _restore_open_runs(self) -> int:
+        """Without a registry snapshot (the first worker a store has), start from the open runs the backend keeps
+        with each append (`EventStore.open_runs`) and the workers' own streams: a read of the unfinished runs and
+        the live workers, not of the log. 0 where the backend does not keep them: the log is read from its start.
+
+        The open runs are as of a committed position at or after the one returned, and the follower applies every
+        watched event after it in order; each of those sets what it concerns (a run opened, closed, held or freed;
+        a worker's liveness) whatever it was, so the follower ends where a fold of the whole log would.
+        """
+        kept = await self.store.open_runs()
+        if kept is None:
+            return 0
+        position, runs = kept
+        for run in runs:
+            self._know(run.workflow_id, run.workflow, run.owner)
+        self.liveness = await worker_liveness(self.store)
+        return position
+
+    def _know(self, workflow_id: str, workflow: str, owner: str | None) -> None:
+        """Take in one unfinished run restored at start."""
+        self._workflows[workflow_id] = workflow
+        if owner is not None:
+            self._owners[workflow_id] = owner
+        if self.runtime.knows(workflow):
+            self._unfinished[workflow_id] = None
+            self._known_at.setdefault(workflow_id, time.monotonic())
 
     async def _save_registry(self, position: int) -> None:
         """Save what the follower knows at `position` for workers that start later (kept unless a newer one is)."""
