@@ -190,12 +190,12 @@ in the transaction that sets that version. Never edit a released step; add one."
 
 _SELECT_HEAD: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 _OPEN_RUN_SQL: Final = {
-    openruns.OPEN: "INSERT INTO open_runs (workflow_id, workflow, owner) VALUES (?1, ?2, NULL) "
+    openruns.OPEN: "INSERT INTO open_runs (workflow_id, workflow, owner) VALUES (:run, :workflow, NULL) "
     "ON CONFLICT (workflow_id) DO UPDATE SET workflow = excluded.workflow, owner = NULL",
-    openruns.CLOSE: "DELETE FROM open_runs WHERE workflow_id = ?1",
-    openruns.HOLD: "UPDATE open_runs SET owner = ?3 WHERE workflow_id = ?1",
+    openruns.CLOSE: "DELETE FROM open_runs WHERE workflow_id = :run",
+    openruns.HOLD: "UPDATE open_runs SET owner = :owner WHERE workflow_id = :run",
 }
-"""What each kind of `agentfold.openruns.Change` does to the table (?1 the run, ?2 its workflow, ?3 its holder)."""
+"""What each kind of `agentfold.openruns.Change` does to the table."""
 _SELECT_KEPT_EVENTS: Final = (
     "SELECT stream_id, type, json_extract(record, '$.data') FROM events WHERE type IN ({types}) "
     "AND substr(stream_id, 1, {length}) = ? ORDER BY position"
@@ -499,7 +499,8 @@ def _fill_open_runs(connection: sqlite3.Connection) -> None:
 def _apply_open_runs(connection: sqlite3.Connection, found: Sequence[openruns.Change]) -> None:
     """Apply an append's open-run changes, in order, in the caller's transaction."""
     for change in found:
-        connection.execute(_OPEN_RUN_SQL[change.kind], (change.workflow_id, change.workflow, change.owner))
+        parameters = {"run": change.workflow_id, "workflow": change.workflow, "owner": change.owner}
+        connection.execute(_OPEN_RUN_SQL[change.kind], parameters)
 
 
 def _open_run_changes(stream_id: str, events: Sequence[EncodedEvent]) -> list[openruns.Change]:

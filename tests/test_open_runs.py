@@ -1,0 +1,330 @@
+"""The open runs a backend keeps with each append (`agentfold.openruns`), on every backend that keeps them.
+
+What is checked: after any appends, the rows equal the fold of the log read back (including concurrent appends
+that the backends commit in groups, and random histories); an append that is refused, fails in its transaction or
+is retried changes nothing; a store that had events before it kept the open runs gets them folded once when
+opened; a worker on a store without a registry snapshot starts from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import agentfold
+from agentfold import openruns
+from agentfold.errors import AgentfoldError, WrongExpectedVersion
+from agentfold.events import ANY, NO_STREAM, NewEvent
+from agentfold.openruns import OpenRun
+from agentfold.runtime import NO_RETRY, Runtime, WorkflowContext
+from agentfold.runtime import history as h
+from agentfold.store import EventStore
+from tests.backends import AVAILABLE, PG_PARTITIONED, PG_URL, Backend, require_service
+
+KEEPING = [backend for backend in (*AVAILABLE, PG_PARTITIONED) if backend.name != "redis" and backend.available()]
+
+
+@pytest.fixture(params=KEEPING, ids=lambda backend: backend.name)
+def keeping_backend(request: pytest.FixtureRequest) -> Backend:
+    chosen: Backend = request.param
+    require_service(chosen)
+    return chosen
+
+
+@pytest.fixture
+def keeping_url(keeping_backend: Backend, tmp_path: Path) -> Iterator[str]:
+    url = keeping_backend.make_url(tmp_path)
+    yield url
+    keeping_backend.cleanup(url)
+
+
+@pytest.fixture
+async def store(keeping_url: str) -> AsyncIterator[EventStore]:
+    async with agentfold.connect(keeping_url) as opened:
+        yield opened
+
+
+def started(workflow: str = "w") -> NewEvent:
+    return NewEvent(h.WORKFLOW_STARTED, {"workflow": workflow, "input": {}})
+
+
+def claimed(worker: str) -> NewEvent:
+    return NewEvent(h.WORKFLOW_CLAIMED, {"worker": worker, "incarnation": 1})
+
+
+def event(kind: str, **data: Any) -> NewEvent:
+    return NewEvent(kind, data)
+
+
+async def kept(store: EventStore) -> tuple[int, dict[str, OpenRun]]:
+    found = await store.open_runs()
+    assert found is not None
+    position, runs = found
+    assert len({run.workflow_id for run in runs}) == len(runs)
+    return position, {run.workflow_id: run for run in runs}
+
+
+async def folded(store: EventStore) -> dict[str, OpenRun]:
+    """The open runs folded from the log as it reads back: what the kept rows must equal."""
+    return openruns.fold([(e.stream_id, e.type, e.data) async for e in store.read_all()])
+
+
+async def test_the_open_runs_follow_each_runs_starts_claims_releases_and_ends(store: EventStore) -> None:
+    await store.append("workflow-a", [started("alpha")], NO_STREAM)
+    await store.append("workflow-b", [started("beta"), claimed("w1")], NO_STREAM)
+    await store.append("other-c", [started("gamma")], NO_STREAM)  # not a run's stream: not a run
+    await store.append("workflow-a", [claimed("w2")], 1)
+    position, runs = await kept(store)
+    assert position == await store.head_position()
+    assert runs == {"a": OpenRun("a", "alpha", "w2"), "b": OpenRun("b", "beta", "w1")}
+
+    await store.append("workflow-a", [event(h.WORKFLOW_RELEASED, worker="w2")], 2)
+    await store.append("workflow-b", [event(h.WORKFLOW_COMPLETED, result=1)], 2)
+    assert (await kept(store))[1] == {"a": OpenRun("a", "alpha")}
+
+    await store.append("workflow-b", [event(h.WORKFLOW_RESTARTED, workflow="beta", from_step=0)], 3)
+    await store.append("workflow-a", [event(h.WORKFLOW_TERMINATED, reason="x")], 3)
+    await store.append("workflow-b", [claimed("w3"), event(h.WORKFLOW_FAILED, error={})], 4)
+    await store.append("workflow-b", [claimed("w4")], 6)  # a claim of a finished run holds nothing
+    assert (await kept(store))[1] == {} == await folded(store)
+
+
+async def test_an_append_that_is_refused_or_retried_changes_no_open_run(store: EventStore) -> None:
+    start = started()
+    await store.append("workflow-a", [start], NO_STREAM)
+    before = await kept(store)
+    with pytest.raises(WrongExpectedVersion):
+        await store.append("workflow-a", [event(h.WORKFLOW_COMPLETED, result=1)], 5)
+    assert await kept(store) == before
+
+    done = event(h.WORKFLOW_COMPLETED, result=1)
+    await store.append("workflow-a", [done], 1)
+    restart = event(h.WORKFLOW_RESTARTED, workflow="w", from_step=0)
+    await store.append("workflow-a", [restart], 2)
+    await store.append("workflow-a", [event(h.WORKFLOW_CANCELLED)], 3)
+    # Retries of appends already written (same ids, same content) write nothing, so they open or close nothing
+    # again: the run stays as its last event left it.
+    await store.append("workflow-a", [restart], 2)
+    await store.append("workflow-a", [start], NO_STREAM)
+    assert (await kept(store))[1] == {} == await folded(store)
+
+
+async def test_concurrent_appends_committed_together_keep_the_open_runs_exact(store: EventStore) -> None:
+    async def one_run(index: int) -> None:
+        stream = f"workflow-r{index}"
+        await store.append(stream, [started(f"w{index % 3}")], NO_STREAM)
+        await store.append(stream, [claimed(f"worker-{index % 4}")], 1)
+        if index % 3:
+            await store.append(stream, [event(h.WORKFLOW_COMPLETED, result=index)], 2)
+        try:  # racing appends at one expected version: one wins, the others are refused and change nothing
+            await store.append(stream, [claimed("racer")], 2 if index % 3 == 0 else 3)
+        except WrongExpectedVersion:
+            pass
+
+    async def noise(index: int) -> None:
+        await store.append(f"order-{index}", [NewEvent("Placed", {"n": index})], ANY)
+
+    await asyncio.gather(*(one_run(index) for index in range(60)), *(noise(index) for index in range(60)))
+    position, runs = await kept(store)
+    assert position == await store.head_position()
+    assert runs == await folded(store)
+    assert {run.workflow_id for run in runs.values()} == {f"r{index}" for index in range(0, 60, 3)}
+
+
+RUN_EVENTS = st.sampled_from(
+    [
+        ("start", None),
+        ("restart", None),
+        ("claim", "w1"),
+        ("claim", "w2"),
+        ("release", None),
+        ("complete", None),
+        ("fail", None),
+        ("step", None),
+    ]
+)
+
+
+def _event_of(kind: str, worker: str | None) -> NewEvent:
+    if kind == "start":
+        return started("w")
+    if kind == "restart":
+        return event(h.WORKFLOW_RESTARTED, workflow="w2", from_step=0)
+    if kind == "claim":
+        return claimed(str(worker))
+    if kind == "release":
+        return event(h.WORKFLOW_RELEASED, worker="w1")
+    if kind == "complete":
+        return event(h.WORKFLOW_COMPLETED, result=None)
+    if kind == "fail":
+        return event(h.WORKFLOW_FAILED, error={})
+    return event(h.STEP_COMPLETED, seq=1, result=None)
+
+
+APPENDS = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # which run
+        st.lists(RUN_EVENTS, min_size=1, max_size=3),
+        st.sampled_from(["any", "exact", "wrong"]),
+        st.booleans(),  # also in flight with the next one
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(appends=APPENDS)
+async def test_the_open_runs_equal_a_fold_of_the_log_after_any_appends(store: EventStore, appends: list[Any]) -> None:
+    """Every example appends to runs of its own in the one store; the whole store is compared after each."""
+    tag = uuid.uuid4().hex[:8]
+    pending: list[Any] = []
+
+    async def append(run: int, batch: list[NewEvent], expected: str) -> None:
+        stream = f"workflow-{tag}-{run}"
+        version = await store.stream_version(stream)
+        chosen = ANY if expected == "any" else version if expected == "exact" else version + 7
+        try:
+            await store.append(stream, batch, chosen)
+        except AgentfoldError:
+            pass
+
+    for run, batch, expected, together in appends:
+        pending.append(append(run, [_event_of(kind, worker) for kind, worker in batch], expected))
+        if not together:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
+    assert (await kept(store))[1] == await folded(store)
+
+
+# -- an append that fails in its transaction --------------------------------------------------------------------
+
+
+def _refuse_run_in_sqlite(url: str, workflow_id: str) -> None:
+    path = url.removeprefix("sqlite:///")
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute(
+            f"CREATE TRIGGER refuse_run BEFORE INSERT ON open_runs WHEN NEW.workflow_id = '{workflow_id}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def _refuse_run_in_postgres(url: str, workflow_id: str) -> None:
+    schema = url.rsplit("schema=", 1)[1].split("&")[0]
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
+        connection.execute(
+            f"""CREATE FUNCTION "{schema}".refuse_run() RETURNS trigger LANGUAGE plpgsql AS $body$
+            BEGIN RAISE EXCEPTION 'refused by the test'; END $body$""".encode()
+        )
+        connection.execute(
+            f'CREATE TRIGGER refuse_run BEFORE INSERT ON "{schema}".open_runs FOR EACH ROW '
+            f"WHEN (NEW.workflow_id = '{workflow_id}') EXECUTE FUNCTION \"{schema}\".refuse_run()".encode()
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    chosen = next(backend for backend in KEEPING if backend.name == request.param)
+    require_service(chosen)
+    url = chosen.make_url(tmp_path)
+    yield request.param, url
+    chosen.cleanup(url)
+
+
+async def test_an_append_whose_open_run_write_fails_writes_nothing(sql_store_url: tuple[str, str]) -> None:
+    """A run's start whose open-run row the database refuses (a trigger standing for any failure inside the
+    append's transaction) fails with a typed error and leaves no event; appends committed in the same group are
+    written with their open runs."""
+    name, url = sql_store_url
+    async with agentfold.connect(url) as store:
+        await store.append("workflow-ok", [started()], NO_STREAM)
+        (_refuse_run_in_sqlite if name == "sqlite" else _refuse_run_in_postgres)(url, "boom")
+        outcomes = await asyncio.gather(
+            store.append("workflow-boom", [started()], NO_STREAM),
+            store.append("workflow-fine", [started("other")], NO_STREAM),
+            store.append("workflow-ok", [event(h.WORKFLOW_COMPLETED, result=1)], 1),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], AgentfoldError)
+        assert not isinstance(outcomes[1], BaseException) and not isinstance(outcomes[2], BaseException)
+        assert await store.stream_version("workflow-boom") == 0
+        position, runs = await kept(store)
+        assert runs == {"fine": OpenRun("fine", "other")} == await folded(store)
+        assert position == await store.head_position()
+
+
+# -- a store that had events before it kept the open runs -------------------------------------------------------
+
+
+def _forget_open_runs(name: str, url: str) -> None:
+    """Put the store back as the release before the open runs left it: no table, the schema one step back."""
+    if name == "sqlite":
+        connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            connection.execute("DROP TABLE open_runs")
+            connection.execute("PRAGMA user_version = 3")
+            connection.commit()
+        finally:
+            connection.close()
+        return
+    schema = url.rsplit("schema=", 1)[1].split("&")[0]
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
+        connection.execute(f'DROP TABLE "{schema}".open_runs'.encode())
+        connection.execute(f'DELETE FROM "{schema}".schema_migrations WHERE version = 7'.encode())
+
+
+async def test_a_store_upgraded_to_keep_the_open_runs_folds_them_from_its_log(
+    sql_store_url: tuple[str, str],
+) -> None:
+    name, url = sql_store_url
+    async with agentfold.connect(url) as store:
+        for index in range(30):
+            stream = f"workflow-u{index}"
+            await store.append(stream, [started(f"w{index % 2}"), claimed(f"k{index % 3}")], NO_STREAM)
+            if index % 2:
+                await store.append(stream, [event(h.WORKFLOW_COMPLETED, result=index)], 2)
+            await store.append(f"order-{index}", [NewEvent("Placed", {"n": index})])
+        expected = await folded(store)
+    _forget_open_runs(name, url)
+    async with agentfold.connect(url) as store:
+        position, runs = await kept(store)
+        assert runs == expected == await folded(store)
+        assert len(runs) == 15 and runs["u0"] == OpenRun("u0", "w0", "k0")
+        assert position == await store.head_position()
+        await store.append("workflow-u0", [event(h.WORKFLOW_COMPLETED, result=0)], 2)
+        assert "u0" not in (await kept(store))[1]
+
+
+# -- a worker's first start -------------------------------------------------------------------------------------
+
+runtime = Runtime(default_retry=NO_RETRY)
+
+
+@runtime.workflow(name="open_runs_echo")
+async def echo(ctx: WorkflowContext, value: int) -> int:
+    return await ctx.step("double", lambda: value * 2)
+
+
+async def test_the_first_worker_on_a_store_resumes_the_runs_started_before_it(store: EventStore) -> None:
+    client = runtime.client(store)
+    handles = [await client.start(echo, index, workflow_id=f"before-{index}") for index in range(5)]
+    assert await store.load_log_snapshot("workers-registry") is None
+    assert set((await kept(store))[1]) == {f"before-{index}" for index in range(5)}
+    async with runtime.worker(store, unserved_grace=None):
+        results = await asyncio.wait_for(asyncio.gather(*(handle.result() for handle in handles)), 60)
+    assert results == [index * 2 for index in range(5)]
+    assert (await kept(store))[1] == {}
