@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from agentfold.runtime import NO_RETRY, Runtime, WorkflowContext
 from agentfold.runtime import history as h
 from agentfold.store import EventStore
 from tests.backends import AVAILABLE, PG_PARTITIONED, PG_URL, Backend, require_service
+from tests.waiting_app import until as wait_until
+from tests.waiting_app import waiting_app
 
 KEEPING = [backend for backend in (*AVAILABLE, PG_PARTITIONED) if backend.name != "redis" and backend.available()]
 
@@ -328,3 +331,30 @@ async def test_the_first_worker_on_a_store_resumes_the_runs_started_before_it(st
         results = await asyncio.wait_for(asyncio.gather(*(handle.result() for handle in handles)), 60)
     assert results == [index * 2 for index in range(5)]
     assert (await kept(store))[1] == {}
+
+
+async def test_the_first_worker_leaves_a_run_a_live_worker_holds_to_it(store: EventStore) -> None:
+    """A worker starting without a registry snapshot, beside a live worker holding a run: it takes nothing over,
+    and the holder finishes the run. (A run's first holder is named in its appends' metadata, not by a
+    `WorkflowClaimed`, so the open runs, like the workers' follower, hold it as held by nobody; the newcomer finds
+    the holder alive in the run's history before doing anything.)"""
+    calls: Counter[str] = Counter()
+    app = waiting_app(calls)
+    client = app.client(store)
+    async with app.worker(store, lease_ttl=1.0, heartbeat=0.25, worker_id="holder") as holder:
+        await client.start("waiting", 1, workflow_id="held")
+        await wait_until(store, lambda: client_waiting(client, "held"), 30)
+        assert await store.load_log_snapshot("workers-registry") is None
+        async with app.worker(store, lease_ttl=1.0, heartbeat=0.25, worker_id="newcomer") as newcomer:
+            assert (await kept(store))[1]["held"] == OpenRun("held", "waiting")
+            await asyncio.sleep(0.6)  # a few of the newcomer's rounds
+            assert newcomer.taken_over == 0 and newcomer.running == []
+            await client.signal("held", "go", {"by": "ops"})
+            assert await client.result("held", timeout=30) == {"first": "first-1", "second": "second-1", "by": "ops"}
+        assert holder.lost == 0
+    assert (await client.history("held")).owner == "holder"
+    assert set(calls.values()) == {1}
+
+
+async def client_waiting(client: Any, workflow_id: str) -> bool:
+    return bool(await client.state(workflow_id) == "AwaitingInput")
