@@ -287,6 +287,7 @@ def _forget_open_runs(name: str, url: str) -> None:
     schema = url.rsplit("schema=", 1)[1].split("&")[0]
     with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
         connection.execute(f'DROP TABLE "{schema}".open_runs'.encode())
+        connection.execute(f'DROP FUNCTION "{schema}".apply_open_runs'.encode())
         connection.execute(f'DELETE FROM "{schema}".schema_migrations WHERE version = 7'.encode())
 
 

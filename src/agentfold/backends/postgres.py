@@ -516,6 +516,32 @@ _DIET_STATEMENTS: Final = (
 """Migration 5 on a store in one table; `_partitioned_diet_statements` on a partitioned one."""
 
 
+_APPLY_OPEN_RUNS: Final = """CREATE FUNCTION {s}.apply_open_runs(
+    written integer[], slots integer[], kinds text[], runs text[], workflows text[], owners text[]
+) RETURNS integer LANGUAGE plpgsql VOLATILE AS $body$
+-- Applies the open-run changes (agentfold.openruns.changes, computed by the client) of the appends of a group that
+-- were written (their slot is in `written`), in order, in the caller's statement: the one that ran append_group(),
+-- so under its lock and in its transaction.
+DECLARE
+    i integer;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(slots, 1), 0) LOOP
+        CONTINUE WHEN NOT (slots[i] = ANY (written));
+        IF kinds[i] = 'open' THEN
+            INSERT INTO {s}.open_runs (workflow_id, workflow, owner) VALUES (runs[i], workflows[i], NULL)
+            ON CONFLICT (workflow_id) DO UPDATE SET workflow = excluded.workflow, owner = NULL;
+        ELSIF kinds[i] = 'close' THEN
+            DELETE FROM {s}.open_runs WHERE workflow_id = runs[i];
+        ELSE
+            UPDATE {s}.open_runs SET owner = owners[i] WHERE workflow_id = runs[i];
+        END IF;
+    END LOOP;
+    RETURN 0;
+END
+$body$"""
+assert (openruns.OPEN, openruns.CLOSE, openruns.HOLD) == ("open", "close", "hold")
+
+
 MIGRATIONS: Final[tuple[_Migration, ...]] = (
     _Migration(
         1,
@@ -606,7 +632,10 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
     _Migration(
         7,
         "open runs kept with each append",
-        ("CREATE TABLE {s}.open_runs (workflow_id text PRIMARY KEY, workflow text NOT NULL, owner text)",),
+        (
+            "CREATE TABLE {s}.open_runs (workflow_id text PRIMARY KEY, workflow text NOT NULL, owner text)",
+            _APPLY_OPEN_RUNS,
+        ),
     ),
 )
 
@@ -931,6 +960,24 @@ _STATEMENTS: Final = {
                               string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, E'\\x1e'),
                               string_to_array(%s::text, E'\\x1e'), %s::text)
     """,
+    # A group with open-run changes: the same call, then the changes of the appends it wrote, in one statement (one
+    # round trip, one transaction, under the lock append_group() takes). The CTEs are materialized in order: the
+    # changes are applied once append_group() has decided every append.
+    "append_group_runs": """
+        WITH decided AS MATERIALIZED (
+            SELECT g.outcome, g.result_version, g.result_position, g.slot
+            FROM {s}.append_group(string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, ',')::bigint[],
+                                  string_to_array(%s::text, ',')::integer[], string_to_array(%s::text, ',')::uuid[],
+                                  string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, E'\\x1e'),
+                                  string_to_array(%s::text, E'\\x1e'), %s::text)
+                 WITH ORDINALITY AS g(outcome, result_version, result_position, slot)
+        ), applied AS MATERIALIZED (
+            SELECT {s}.apply_open_runs(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
+                                       %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[]) AS done
+        )
+        SELECT decided.outcome, decided.result_version, decided.result_position
+        FROM decided, applied ORDER BY decided.slot
+    """,
     "id_records": f"""
         SELECT {_ID_RECORD}
         FROM {{s}}.events e WHERE e.id = ANY(%(ids)b::uuid[])
@@ -1045,13 +1092,6 @@ _STATEMENTS: Final = {
         WHERE snapshots.version <= excluded.version
     """,
     "load_checkpoint": "SELECT position FROM {s}.checkpoints WHERE name = %s",
-    # What each kind of `agentfold.openruns.Change` does to the open runs, in the append's transaction.
-    openruns.OPEN: """
-        INSERT INTO {s}.open_runs (workflow_id, workflow, owner) VALUES (%(run)s, %(workflow)s, NULL)
-        ON CONFLICT (workflow_id) DO UPDATE SET workflow = excluded.workflow, owner = NULL
-    """,
-    openruns.CLOSE: "DELETE FROM {s}.open_runs WHERE workflow_id = %(run)s",
-    openruns.HOLD: "UPDATE {s}.open_runs SET owner = %(owner)s WHERE workflow_id = %(run)s",
     # The head before the rows, in one statement: one snapshot.
     "open_runs": """
         SELECT h.position, r.workflow_id, r.workflow, r.owner
@@ -1147,6 +1187,19 @@ def _group_arguments(group: list[_PendingAppend], channel: str) -> tuple[str, ..
         _SEPARATOR_BYTES.join([event.data for event in events]).decode(),
         _SEPARATOR_BYTES.join([event.metadata for event in events]).decode(),
         channel,
+    )
+
+
+def _open_run_arguments(group: list[_PendingAppend]) -> tuple[list[Any], ...]:
+    """The open-run changes of the group's appends, in order, each with its append's slot (1-based) in the group:
+    the arrays `apply_open_runs()` takes after the arrays of `append_group()`."""
+    changes = [(slot, change) for slot, pending in enumerate(group, 1) for change in pending.opened]
+    return (
+        [slot for slot, _ in changes],
+        [change.kind for _, change in changes],
+        [change.workflow_id for _, change in changes],
+        [change.workflow for _, change in changes],
+        [change.owner for _, change in changes],
     )
 
 
@@ -1268,26 +1321,23 @@ class PostgresBackend:
         See https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-TABLES and
         https://www.postgresql.org/docs/current/xfunc-volatility.html
         """
+        if any(pending.opened for pending in group):
+            statement = self._sql["append_group_runs"]
+            arguments: tuple[Any, ...] = (*_group_arguments(group, self._channel), *_open_run_arguments(group))
+        else:
+            statement, arguments = self._sql["append_group"], _group_arguments(group, self._channel)
         async with self._connection() as connection:
-            if not any(pending.blob_bytes or pending.opened for pending in group):
-                cursor = await connection.execute(self._sql["append_group"], _group_arguments(group, self._channel))
+            if not any(pending.blob_bytes for pending in group):
+                cursor = await connection.execute(statement, arguments)
                 rows = await cursor.fetchall()
-            else:  # the blobs, links and open runs in the same transaction, under the lock append_group() took
+            else:  # the blobs and links in the same transaction, under the lock append_group() took
                 async with connection.transaction():
-                    cursor = await connection.execute(self._sql["append_group"], _group_arguments(group, self._channel))
+                    cursor = await connection.execute(statement, arguments)
                     rows = await cursor.fetchall()
                     digests, contents, positions, linked = _blob_arguments(group, rows)
                     if positions:
                         await connection.execute(self._sql["insert_blobs"], (digests, contents))
                         await connection.execute(self._sql["insert_links"], (positions, linked))
-                    for pending, (outcome, _, _) in zip(group, rows, strict=True):
-                        if outcome != Outcome.WRITTEN:
-                            continue
-                        for change in pending.opened:
-                            await connection.execute(
-                                self._sql[change.kind],
-                                {"run": change.workflow_id, "workflow": change.workflow, "owner": change.owner},
-                            )
         outcomes: list[AppendResult | AgentfoldError | None] = []
         reused: list[str] = []
         written = False
