@@ -525,6 +525,19 @@ _APPLY_OPEN_RUNS: Final = """CREATE FUNCTION {s}.apply_open_runs(
 DECLARE
     i integer;
 BEGIN
+    IF (SELECT count(DISTINCT r) FROM unnest(runs) AS r) = coalesce(array_length(runs, 1), 0) THEN
+        -- Each run changed once (the usual group): one statement per kind, in any order.
+        INSERT INTO {s}.open_runs (workflow_id, workflow, owner)
+        SELECT c.run, c.workflow, NULL FROM unnest(slots, kinds, runs, workflows) AS c(slot, kind, run, workflow)
+        WHERE c.kind = 'open' AND c.slot = ANY (written)
+        ON CONFLICT (workflow_id) DO UPDATE SET workflow = excluded.workflow, owner = NULL;
+        DELETE FROM {s}.open_runs o USING unnest(slots, kinds, runs) AS c(slot, kind, run)
+        WHERE c.kind = 'close' AND c.slot = ANY (written) AND o.workflow_id = c.run;
+        UPDATE {s}.open_runs o SET owner = c.owner
+        FROM unnest(slots, kinds, runs, owners) AS c(slot, kind, run, owner)
+        WHERE c.kind = 'hold' AND c.slot = ANY (written) AND o.workflow_id = c.run;
+        RETURN 0;
+    END IF;
     FOR i IN 1 .. coalesce(array_length(slots, 1), 0) LOOP
         CONTINUE WHEN NOT (slots[i] = ANY (written));
         IF kinds[i] = 'open' THEN
