@@ -359,3 +359,43 @@ async def test_the_first_worker_leaves_a_run_a_live_worker_holds_to_it(store: Ev
 
 async def client_waiting(client: Any, workflow_id: str) -> bool:
     return bool(await client.state(workflow_id) == "AwaitingInput")
+
+
+# -- a rebuild from the log ---------------------------------------------------------------------------------------
+
+
+def _damage(url: str) -> None:
+    """Rows no append would leave: a run that never started, and a started run's row gone."""
+    if url.startswith("sqlite"):
+        connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            connection.execute("INSERT INTO open_runs VALUES ('ghost', 'w', NULL)")
+            connection.execute("DELETE FROM open_runs WHERE workflow_id = 'r0'")
+            connection.commit()
+        finally:
+            connection.close()
+    elif url.startswith("postgres"):
+        schema = url.rsplit("schema=", 1)[1].split("&")[0]
+        with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
+            connection.execute(f"INSERT INTO \"{schema}\".open_runs VALUES ('ghost', 'w', NULL)".encode())
+            connection.execute(f"DELETE FROM \"{schema}\".open_runs WHERE workflow_id = 'r0'".encode())
+
+
+async def test_a_rebuild_folds_the_open_runs_from_the_log_again_while_runs_are_appended(
+    store: EventStore, keeping_url: str
+) -> None:
+    for index in range(20):
+        await store.append(f"workflow-r{index}", [started(), claimed(f"k{index % 2}")], NO_STREAM)
+    _damage(keeping_url)
+
+    async def more(index: int) -> None:
+        stream = f"workflow-r{index}"
+        await store.append(stream, [event(h.WORKFLOW_COMPLETED, result=index)], 2)
+        await store.append(f"workflow-n{index}", [started("later")], NO_STREAM)
+
+    outcomes = await asyncio.gather(store.rebuild_open_runs(), *(more(index) for index in range(1, 20, 2)))
+    assert isinstance(outcomes[0], int)
+    runs = (await kept(store))[1]
+    assert runs == await folded(store)
+    assert "ghost" not in runs and runs["r0"] == OpenRun("r0", "w", "k0") and len(runs) == 20
+    assert await store.rebuild_open_runs() == 20

@@ -175,6 +175,11 @@ class OpenRunsStorage(Protocol):
         reader that follows the log from the position returned and applies what it reads misses nothing."""
         ...
 
+    async def rebuild_open_runs(self) -> int:
+        """Replace the rows with `agentfold.openruns.fold` of the log, in one step that no append interleaves with
+        (an append waits for it, or commits before it and is folded); return how many runs are open."""
+        ...
+
 
 async def apply_then(apply: Callable[[Any], Any] | None) -> None:
     """Run `apply(None)` (plain or async), for a backend without transactions before it saves a checkpoint."""

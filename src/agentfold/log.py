@@ -560,6 +560,13 @@ class EventLog:
         storage = self._open_runs
         return None if storage is None else await storage.open_runs()
 
+    async def rebuild_open_runs(self) -> int | None:
+        """Fold the open runs from the log again, replacing what the backend kept (a repair: the rows are kept
+        exact by every append of this agentfold); how many are open, or None where the backend keeps none."""
+        self._check_open()
+        storage = self._open_runs
+        return None if storage is None else await storage.rebuild_open_runs()
+
     async def apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
         """Run `apply(handle)` and save the checkpoint `name` = `position`: in one transaction where the backend has
         them (the handle is then its connection, so a read model written through it commits with the checkpoint:

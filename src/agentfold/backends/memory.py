@@ -17,7 +17,7 @@ from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobU
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent, decode_object
 from agentfold.errors import InvalidURL
 from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
-from agentfold.openruns import OpenRun, apply, changes
+from agentfold.openruns import OpenRun, apply, changes, fold
 from agentfold.options import BLOB_OPTIONS, MAX_EVENT_SIZE, parse_options, redact, split_url
 from agentfold.store import EventStore
 from agentfold.wakeup import Broadcast
@@ -93,6 +93,10 @@ class MemoryBackend:
 
     async def open_runs(self) -> tuple[int, list[OpenRun]]:
         return len(self._log), list(self._runs.values())
+
+    async def rebuild_open_runs(self) -> int:
+        self._runs = fold((e.stream_id, e.type, e.data) for e in self._log if e is not None)
+        return len(self._runs)
 
     async def read_stream_records(
         self, stream_id: str, after_version: int, limit: int | None

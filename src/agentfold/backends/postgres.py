@@ -1470,6 +1470,22 @@ class PostgresBackend:
         row = await self._fetch_one("head_position", ())
         return int(row[0]) if row else 0
 
+    async def rebuild_open_runs(self) -> int:
+        with _translated():
+            return await self._rebuild_open_runs()
+
+    async def _rebuild_open_runs(self) -> int:
+        async with self._connection() as connection, connection.transaction():
+            quoted = sql.Identifier(self.schema).as_string(connection)
+            # An append holding the events lock waits here for the rows (apply_open_runs() writes them) and applies
+            # its changes after this commits; one that committed before is in what the fold reads.
+            await connection.execute(f"LOCK TABLE {quoted}.open_runs IN EXCLUSIVE MODE".encode())
+            await connection.execute(f"DELETE FROM {quoted}.open_runs".encode())
+            await _fill_open_runs(connection, quoted)
+            cursor = await connection.execute(f"SELECT count(*) FROM {quoted}.open_runs".encode())
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
     async def open_runs(self) -> tuple[int, list[openruns.OpenRun]]:
         rows = await self._fetch_all("open_runs", ())
         position = int(rows[0][0]) if rows else 0

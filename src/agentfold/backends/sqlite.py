@@ -485,6 +485,12 @@ def _create_schema(connection: sqlite3.Connection, path: str) -> None:
         raise
 
 
+def _rebuild_open_runs(connection: sqlite3.Connection) -> int:
+    connection.execute("DELETE FROM open_runs")
+    _fill_open_runs(connection)
+    return int(connection.execute("SELECT count(*) FROM open_runs").fetchone()[0])
+
+
 def _fill_open_runs(connection: sqlite3.Connection) -> None:
     """Fold the open runs of a file that had events before it kept them (once, in the upgrade's transaction, which
     holds the write lock: no append comes in between), through the type index."""
@@ -1131,6 +1137,9 @@ class SQLiteBackend:
             return position, [openruns.OpenRun(*row) for row in rows]
 
         return await self._read(query)
+
+    async def rebuild_open_runs(self) -> int:
+        return await self._write(_rebuild_open_runs)  # in the writer's transaction: no append interleaves
 
     async def wait_for_append(self, after_position: int, timeout: float) -> None:
         deadline = self._loop.time() + timeout
