@@ -28,6 +28,7 @@ COMMANDS = (
     ["tail", "--after", "0", "--count", "1"],
     ["export", "order-1"],
     ["stats"],
+    ["reindex"],
 )
 
 

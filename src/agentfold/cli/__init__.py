@@ -30,6 +30,7 @@ COMMANDS = (
     "agentfold.cli.control",
     "agentfold.cli.demo",
     "agentfold.cli.inspect",
+    "agentfold.cli.reindex",
     "agentfold.cli.relay",
     "agentfold.cli.serve",
     "agentfold.cli.soak",
