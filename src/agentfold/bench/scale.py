@@ -53,7 +53,7 @@ from agentfold.runtime import history as h
 from agentfold.runtime.inspect import run_summary
 from agentfold.store import EventStore
 
-SCALE_BACKENDS: Final = ("memory", "sqlite", "postgres")
+SCALE_BACKENDS: Final = ("memory", "sqlite", "postgres", "redis")
 DEFAULT_SIZES: Final = (20_000, 200_000)
 """Small enough to run in about a minute per backend; `--scale-sizes` names others (5,000,000 takes tens of
 minutes to fill on SQLite)."""
@@ -234,6 +234,8 @@ async def storage_figures(backend: str, url: str, store: EventStore, events: int
             ).fetchone()
         assert row is not None
         sizes = {"total": int(row[0]), "table": int(row[1]), "indexes": int(row[2])}
+    elif backend == "redis":
+        return await redis_storage_figures(store, events)
     else:
         return {}
     return {
@@ -241,6 +243,39 @@ async def storage_figures(backend: str, url: str, store: EventStore, events: int
         "events_table_bytes_per_event": sizes["table"] / events,
         "events_indexes_bytes_per_event": sizes["indexes"] / events,
     }
+
+
+REDIS_KEY_KINDS: Final = ("s", "all", "ids", "versions")
+"""The Redis key kinds reported on their own (``prefix:s:*`` summed); every other key is in the total only."""
+
+
+async def redis_storage_figures(store: EventStore, events: int) -> Figures:
+    """Bytes in Redis memory per event: ``MEMORY USAGE ... SAMPLES 0`` (every element counted) of each key under
+    the store's prefix, in all and per key kind (the per-stream streams, the global stream, the id and version
+    hashes). ``table`` is both kinds of streams, ``indexes`` the id and version hashes."""
+    from agentfold.backends.redis import RedisStore, make_client
+
+    assert isinstance(store, RedisStore)
+    prefix = store.prefix
+    kinds = dict.fromkeys(REDIS_KEY_KINDS, 0)
+    total = 0
+    client = make_client(store.settings, None)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            size = int(await client.memory_usage(key, samples=0) or 0)
+            total += size
+            kind = key.decode()[len(prefix) + 1 :].partition(":")[0]
+            if kind in kinds:
+                kinds[kind] += size
+    finally:
+        await client.aclose()
+    figures: Figures = {
+        "bytes_per_event": total / events,
+        "events_table_bytes_per_event": (kinds["s"] + kinds["all"]) / events,
+        "events_indexes_bytes_per_event": (kinds["ids"] + kinds["versions"]) / events,
+    }
+    figures.update({f"redis_{kind}_bytes_per_event": size / events for kind, size in kinds.items()})
+    return figures
 
 
 async def payload_bytes(store: EventStore, sample: int = 5000) -> float:
