@@ -25,6 +25,7 @@ from agentfold.errors import (
     StoreCorrupted,
     StoreFull,
     StoreTimeout,
+    DuplicateEventId,
     StoreUnavailable,
     WrongExpectedVersion,
 )
@@ -118,6 +119,62 @@ async def test_entry_ids_are_versions_and_positions(prefix: str) -> None:
         await store.close()
 
 
+async def test_event_ids_are_kept_packed_and_older_agentfold_is_refused(prefix: str) -> None:
+    """An id is kept as its UUID's 16 bytes; an older append script (whose first command is HMGET on the ``ids``
+    hash) meets WRONGTYPE on a store created with packed ids, before it writes anything."""
+    store = await open_redis(f"{REDIS_URL}?prefix={prefix}")
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        ids = [uuid.uuid4() for _ in range(2)]
+        batch = [NewEvent("Happened", {}, id=str(event_id)) for event_id in ids]
+        await store.append("a", batch)
+        assert sorted(await client.hkeys(f"{prefix}:idx")) == sorted(event_id.bytes for event_id in ids)
+        assert await client.get(f"{prefix}:ids") == redis_backend.PACKED_IDS_MARKER.encode()
+        with pytest.raises(aioredis.ResponseError, match="WRONGTYPE"):
+            await client.hmget(f"{prefix}:ids", [str(ids[0])])
+        assert (await store.append("a", batch)).version == 2  # a retry, recognised by its packed ids
+        with pytest.raises(DuplicateEventId):
+            await store.append("b", [NewEvent("Happened", {}, id=str(ids[0]).upper())])
+        assert await store.head_position() == 2
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_a_store_written_before_packed_ids_stays_as_it_was(prefix: str) -> None:
+    """Keys as agentfold wrote them before packed ids (the text id in the ``ids`` hash): read as before; a retry
+    of its batch writes nothing, its ids stay duplicates, and new ids go to the same hash, as text."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    old_ids = [uuid.uuid4() for _ in range(2)]
+    for position, event_id in enumerate(old_ids, 1):
+        entry = f'[{position},{position},1796400000000000,"a","Happened","{event_id}",{{"n":{position}}},{{}}]'
+        await client.xadd(f"{prefix}:s:a", {"e": entry}, id=f"0-{position}")
+        await client.xadd(f"{prefix}:all", {"e": entry}, id=f"0-{position}")
+        await client.hset(f"{prefix}:ids", str(event_id), f"{position} 1 2 {position} a")
+    await client.hset(f"{prefix}:versions", "a", 2)
+    await client.set(f"{prefix}:head", 2)
+    store = await open_redis(f"{REDIS_URL}?prefix={prefix}")
+    try:
+        read = [event async for event in store.read_stream("a")]
+        assert [(event.id, event.version, event.position, event.data) for event in read] == [
+            (old_ids[0], 1, 1, {"n": 1}),
+            (old_ids[1], 2, 2, {"n": 2}),
+        ]
+        retried = [NewEvent("Happened", {"n": n}, id=event_id) for n, event_id in enumerate(old_ids, 1)]
+        assert (await store.append("a", retried)).version == 2
+        with pytest.raises(DuplicateEventId):
+            await store.append("b", [NewEvent("Happened", {"n": 1}, id=old_ids[0])])
+        new_id = uuid.uuid4()
+        await store.append("a", [NewEvent("Happened", {"n": 3}, id=new_id)])
+        assert await client.type(f"{prefix}:ids") == b"hash"
+        assert await client.hget(f"{prefix}:ids", str(new_id)) == b"3 3 3 3 a"
+        assert not await client.exists(f"{prefix}:idx")
+        assert [event.id async for event in store.read_all()] == [*old_ids, new_id]
+    finally:
+        await client.aclose()
+        await store.close()
+
+
 async def test_sixteen_concurrent_writers_stay_atomic(prefix: str) -> None:
     """Four stores (own connections), four tasks each: one contended stream and one stream per writer."""
     url = f"{REDIS_URL}?prefix={prefix}"
@@ -154,7 +211,7 @@ async def test_sixteen_concurrent_writers_stay_atomic(prefix: str) -> None:
         assert len({event.id for event in everything}) == head
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            assert await client.hlen(f"{prefix}:ids") == head
+            assert await client.hlen(f"{prefix}:idx") == head
             assert await client.xlen(f"{prefix}:all") == head
             for number in range(16):
                 version = await store.stream_version(f"own-{number}")

@@ -99,9 +99,10 @@ _PACKED_STREAMS: Final = 4096
 _WATCH_BLOCK_MS: Final = 1000
 _WATCH_RETRY_SECONDS: Final = 0.1
 
-# KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, then each append's stream key.
+# KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, idx, then each append's stream key.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
-# number), event count, then per event: id, the JSON tail of its entry (`stream_id,type,id,data,metadata]`) and the
+# number), event count, then per event: its id packed (`packed_id`, the key in `idx`), its id as text (the key in
+# the `ids` hash of a store created before packed ids), the JSON tail of its entry (`stream_id,type,id,data,metadata]`) and the
 # digests of its blobs (space-separated, empty when none), then the append's blob count and per blob: digest, content.
 # Reply, one line per append, led by its `Outcome` code: "0 version position" written; "1 current_version" wrong
 # expected version (nothing written); "2" some id already recorded (nothing written), followed by one line per
@@ -112,11 +113,27 @@ _WATCH_RETRY_SECONDS: Final = 0.1
 # (ids written earlier in the call are in `fresh`, versions in `versions`). Counters, versions and id records are
 # read once and written once per call; only the two XADDs are per event. Nothing is written before every check of
 # an append passed, and no command after the checks can fail on data agentfold wrote.
+PACKED_IDS_MARKER: Final = "agentfold: event ids are in the idx hash, packed"
+"""What ``{prefix}:ids`` holds in a store created with packed ids: a string, which older agentfold refuses."""
+
+
+def packed_id(event_id: str) -> bytes:
+    """The key of an event id in the ``idx`` hash: the UUID's 16 bytes (`EncodedEvent.id` is a UUID's canonical
+    text), where the text takes 36 and a size class of Redis's allocator more."""
+    return bytes.fromhex(event_id.replace("-", ""))
+
+
 APPEND_SCRIPT: Final = render_outcome_codes("""#!lua
 local head_key, all_key, ids_key, versions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local blobs_key, refs_key, bytes_key = KEYS[5], KEYS[6], KEYS[7]
+local blobs_key, refs_key, bytes_key, packed_ids_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local fmt, unpack = string.format, unpack
 local appends = tonumber(ARGV[1])
+-- Where id records live: a store created before packed ids keeps them in its `ids` hash under the text id; a
+-- store created since has the marker string in `ids` (which an older script's HMGET refuses with WRONGTYPE
+-- before it writes anything) and its records in `idx`, under the packed id where there is one.
+local ids_type = redis.call('TYPE', ids_key)['ok']
+local packed = ids_type ~= 'hash'
+local records_key = packed and packed_ids_key or ids_key
 
 local function hmget(key, fields)
   local values = {}
@@ -139,11 +156,13 @@ for append = 1, appends do
   starts[append] = at
   stream_ids[append] = ARGV[at]
   local count = tonumber(ARGV[at + 2])
-  for i = 1, count do ids[#ids + 1] = ARGV[at + 3 * i] end
-  at = at + 3 + 3 * count
+  for i = 1, count do
+    ids[#ids + 1] = packed and ARGV[at + 4 * i - 1] or ARGV[at + 4 * i]
+  end
+  at = at + 3 + 4 * count
   at = at + 1 + 2 * tonumber(ARGV[at])
 end
-local known = hmget(ids_key, ids)
+local known = hmget(records_key, ids)
 local stored_versions = hmget(versions_key, stream_ids)
 local versions = {}
 for append = 1, appends do
@@ -163,7 +182,7 @@ for append = 1, appends do
   local records = {}
   local seen = false
   for i = 1, count do
-    local record = fresh[ARGV[at + 3 * i]] or known[id_at + i]
+    local record = fresh[ids[id_at + i]] or known[id_at + i]
     records[i] = record or '-'
     if record then seen = true end
   end
@@ -181,13 +200,13 @@ for append = 1, appends do
     if not ok then
       replies[#replies + 1] = '{outcome.WRONG_EXPECTED_VERSION} ' .. fmt('%d', current)
     else
-      local stream_key = KEYS[7 + append]
+      local stream_key = KEYS[8 + append]
       local batch = ' ' .. fmt('%d', current + 1) .. ' ' .. fmt('%d', current + count) .. ' '
       for i = 1, count do
         local version = fmt('%d', current + i)
         local position = fmt('%d', head + i)
-        local entry = '[' .. version .. ',' .. position .. ',' .. now .. ',' .. ARGV[at + 3 * i + 1]
-        local digests = ARGV[at + 3 * i + 2]
+        local entry = '[' .. version .. ',' .. position .. ',' .. now .. ',' .. ARGV[at + 4 * i + 1]
+        local digests = ARGV[at + 4 * i + 2]
         if digests == '' then
           redis.call('XADD', stream_key, '0-' .. version, 'e', entry)
         else
@@ -195,13 +214,13 @@ for append = 1, appends do
           for digest in string.gmatch(digests, '%x+') do redis.call('HINCRBY', refs_key, digest, 1) end
         end
         redis.call('XADD', all_key, '0-' .. position, 'e', entry)
-        local id = ARGV[at + 3 * i]
+        local id = ids[id_at - count + i]
         local record = version .. batch .. position .. ' ' .. stream_id
         fresh[id] = record
         new_records[#new_records + 1] = id
         new_records[#new_records + 1] = record
       end
-      local blob_at = at + 3 + 3 * count
+      local blob_at = at + 3 + 4 * count
       for b = 1, tonumber(ARGV[blob_at]) do
         local content = ARGV[blob_at + 2 * b]
         if redis.call('HSETNX', blobs_key, ARGV[blob_at + 2 * b - 1], content) == 1 then
@@ -223,10 +242,11 @@ if head ~= start_head then
     new_versions[#new_versions + 1] = fmt('%d', versions[stream_id])
   end
   hset(versions_key, new_versions)
-  hset(ids_key, new_records)
+  hset(records_key, new_records)
+  if ids_type == 'none' then redis.call('SET', ids_key, '{packed_marker}') end
 end
 return table.concat(replies, '\\n')
-""")
+""").replace("{packed_marker}", PACKED_IDS_MARKER)
 
 # KEYS: stream key, all, blobs, blobrefs, blobbytes. ARGV: last version to delete ("0-<version>"), at most how many.
 # Reply: how many went. A blob goes with the last event that refers to it, in the same script.
@@ -603,7 +623,8 @@ class RedisBackend:
         self._blob_refs_key = base + b":blobrefs"
         self._blob_bytes_key = base + b":blobbytes"
         self._blob_keys = [self._blobs_key, self._blob_refs_key, self._blob_bytes_key]
-        fixed = (self._head_key, self._all_key, self._ids_key, self._versions_key, *self._blob_keys)
+        self._packed_ids_key = base + b":idx"
+        fixed = (self._head_key, self._all_key, self._ids_key, self._versions_key, *self._blob_keys, self._packed_ids_key)
         self._fixed_keys = b"".join(bulk_string(key) for key in fixed)
         self._evalsha_head = bulk_string(b"EVALSHA") + bulk_string(self._append_script.sha.encode())
         timeout_ms = b"%d" % int(settings.timeout * 1000)
@@ -657,7 +678,10 @@ class RedisBackend:
                 event.data,
                 event.metadata,
             )
-            parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(event_id), event_id, len(tail), tail))
+            parts.append(
+                b"$16\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                % (packed_id(event.id), len(event_id), event_id, len(tail), tail)
+            )
             if event.blobs:
                 parts.append(bulk_string(" ".join(blob.digest for blob in event.blobs).encode()))
                 blobs.update((blob.digest, blob.content) for blob in event.blobs)
@@ -672,7 +696,7 @@ class RedisBackend:
             expected_version,
             packed_key,
             b"".join(parts),
-            4 + 3 * len(events) + 2 * len(blobs),
+            4 + 4 * len(events) + 2 * len(blobs),
             sum(map(len, blobs.values())),
         )
         return _answer(pending, await self._committer.submit(pending))
@@ -701,7 +725,7 @@ class RedisBackend:
 
     async def _run_append_script(self, connection: Connection, group: list[_PendingAppend]) -> list[list[bytes]]:
         """One ``EVALSHA`` for the group, packed here (the driver's generic packing costs more than the script)."""
-        key_count = 7 + len(group)
+        key_count = 8 + len(group)
         argument_count = 1 + sum(pending.argument_count for pending in group)
         payload = [
             b"*%d\r\n" % (3 + key_count + argument_count),
