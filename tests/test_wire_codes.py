@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 import agentfold
 from agentfold.appending import Outcome
-from agentfold.backends.redis import APPEND_SCRIPT
+from agentfold.backends.redis import APPEND_SCRIPT, packed_id
 from tests.backends import PG_URL, REDIS_URL
 
 SITUATIONS = ("written", "wrong expected version", "ids known")
@@ -46,14 +46,16 @@ async def postgres_outcomes() -> list[int]:
 
 async def redis_outcomes() -> list[int]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
-    keys = [f"{prefix}:{name}" for name in ("head", "all", "ids", "versions", "blobs", "blobrefs", "blobbytes", "s:s")]
+    names = ("head", "all", "ids", "versions", "blobs", "blobrefs", "blobbytes", "idx", "s:s")
+    keys = [f"{prefix}:{name}" for name in names]
     client = aioredis.Redis.from_url(REDIS_URL)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
 
     async def call(expected: str, event_id: str) -> int:
         tail = f'"s","Done","{event_id}",{{}},{{}}]'
         # one append of one event without blobs: no digests for the event, no blob for the append
-        reply = await client.eval(APPEND_SCRIPT, len(keys), *keys, "1", "s", expected, "1", event_id, tail, "", "0")
+        arguments = ("1", "s", expected, "1", packed_id(event_id), event_id, tail, "", "0")
+        reply = await client.eval(APPEND_SCRIPT, len(keys), *keys, *arguments)
         return int(reply.split(b"\n")[0].split(b" ")[0])
 
     try:
