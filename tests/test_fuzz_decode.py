@@ -212,6 +212,9 @@ class RedisPlanter(Planter):
     def __init__(self, url: str) -> None:
         import redis
 
+        from agentfold.backends.redis import LAYOUT_MARKER
+
+        self.marker = LAYOUT_MARKER
         self.prefix = url.rsplit("prefix=", 1)[1].split("&")[0]
         self.client = redis.Redis.from_url(REDIS_URL.split("?")[0])
 
@@ -221,7 +224,9 @@ class RedisPlanter(Planter):
             order = ["version", "position", "_recorded_at_us", "stream_id", "type", "_id", "data", "metadata"]
             record = [record[key] for key in order if key in record]
         raw = json.dumps(record).encode() if kind == "json" else record if kind == "bytes" else record.encode()
-        self.client.xadd(f"{self.prefix}:s:{stream_id}", {"e": raw}, id="0-1")
+        # In the layout stores are created with (agentfold.backends.redis.LAYOUT_MARKER): a stream is a list.
+        self.client.set(f"{self.prefix}:ids", self.marker, nx=True)
+        self.client.rpush(f"{self.prefix}:s:{stream_id}", raw)
         self.client.xadd(f"{self.prefix}:all", {"e": raw}, id=f"0-{position}")
         return True
 

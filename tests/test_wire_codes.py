@@ -46,7 +46,7 @@ async def postgres_outcomes() -> list[int]:
 
 async def redis_outcomes() -> list[int]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
-    names = ("head", "all", "ids", "versions", "blobs", "blobrefs", "blobbytes", "idx", "s:s")
+    names = ("head", "all", "ids", "versions", "blobs", "blobrefs", "blobbytes", "idx", "blobevents", "s:s")
     keys = [f"{prefix}:{name}" for name in names]
     client = aioredis.Redis.from_url(REDIS_URL)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())

@@ -99,7 +99,7 @@ _PACKED_STREAMS: Final = 4096
 _WATCH_BLOCK_MS: Final = 1000
 _WATCH_RETRY_SECONDS: Final = 0.1
 
-# KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, idx, then each append's stream key.
+# KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, idx, blobevents, then each append's stream key.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
 # number), event count, then per event: its id packed (`packed_id`, the key in `idx`), its id as text (the key in
 # the `ids` hash of a store created before packed ids), the JSON tail of its entry (`stream_id,type,id,data,metadata]`) and the
@@ -113,8 +113,9 @@ _WATCH_RETRY_SECONDS: Final = 0.1
 # (ids written earlier in the call are in `fresh`, versions in `versions`). Counters, versions and id records are
 # read once and written once per call; only the two XADDs are per event. Nothing is written before every check of
 # an append passed, and no command after the checks can fail on data agentfold wrote.
-PACKED_IDS_MARKER: Final = "agentfold: event ids are in the idx hash, packed"
-"""What ``{prefix}:ids`` holds in a store created with packed ids: a string, which older agentfold refuses."""
+LAYOUT_MARKER: Final = "agentfold layout 2: streams are lists, event ids packed in idx"
+"""What ``{prefix}:ids`` holds in a store created with layout 2 (streams as lists, packed ids): a string, which
+older agentfold refuses (WRONGTYPE) before it writes anything."""
 
 
 def packed_id(event_id: str) -> bytes:
@@ -126,14 +127,17 @@ def packed_id(event_id: str) -> bytes:
 APPEND_SCRIPT: Final = render_outcome_codes("""#!lua
 local head_key, all_key, ids_key, versions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local blobs_key, refs_key, bytes_key, packed_ids_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local blob_events_key = KEYS[9]
 local fmt, unpack = string.format, unpack
 local appends = tonumber(ARGV[1])
--- Where id records live: a store created before packed ids keeps them in its `ids` hash under the text id; a
--- store created since has the marker string in `ids` (which an older script's HMGET refuses with WRONGTYPE
--- before it writes anything) and its records in `idx`, under the packed id where there is one.
+-- The layout: a store created before layout 2 has its id records in the `ids` hash under the text id and each
+-- stream's events in a Redis stream; a store created since has the marker string in `ids` (which an older
+-- script's HMGET refuses with WRONGTYPE before it writes anything), its id records in `idx` under the packed id,
+-- each stream's events in a list (element i is version i + 1) and the digests of an event's blobs in
+-- `blobevents` under its position.
 local ids_type = redis.call('TYPE', ids_key)['ok']
-local packed = ids_type ~= 'hash'
-local records_key = packed and packed_ids_key or ids_key
+local lists = ids_type ~= 'hash'
+local records_key = lists and packed_ids_key or ids_key
 
 local function hmget(key, fields)
   local values = {}
@@ -157,7 +161,7 @@ for append = 1, appends do
   stream_ids[append] = ARGV[at]
   local count = tonumber(ARGV[at + 2])
   for i = 1, count do
-    ids[#ids + 1] = packed and ARGV[at + 4 * i - 1] or ARGV[at + 4 * i]
+    ids[#ids + 1] = lists and ARGV[at + 4 * i - 1] or ARGV[at + 4 * i]
   end
   at = at + 3 + 4 * count
   at = at + 1 + 2 * tonumber(ARGV[at])
@@ -200,25 +204,32 @@ for append = 1, appends do
     if not ok then
       replies[#replies + 1] = '{outcome.WRONG_EXPECTED_VERSION} ' .. fmt('%d', current)
     else
-      local stream_key = KEYS[8 + append]
+      local stream_key = KEYS[9 + append]
       local batch = ' ' .. fmt('%d', current + 1) .. ' ' .. fmt('%d', current + count) .. ' '
+      local listed = {}
       for i = 1, count do
         local version = fmt('%d', current + i)
         local position = fmt('%d', head + i)
         local entry = '[' .. version .. ',' .. position .. ',' .. now .. ',' .. ARGV[at + 4 * i + 1]
         local digests = ARGV[at + 4 * i + 2]
-        if digests == '' then
+        if lists then
+          listed[i] = entry
+          if digests ~= '' then redis.call('HSET', blob_events_key, position, digests) end
+        elseif digests == '' then
           redis.call('XADD', stream_key, '0-' .. version, 'e', entry)
         else
           redis.call('XADD', stream_key, '0-' .. version, 'e', entry, 'b', digests)
-          for digest in string.gmatch(digests, '%x+') do redis.call('HINCRBY', refs_key, digest, 1) end
         end
+        for digest in string.gmatch(digests, '%x+') do redis.call('HINCRBY', refs_key, digest, 1) end
         redis.call('XADD', all_key, '0-' .. position, 'e', entry)
         local id = ids[id_at - count + i]
         local record = version .. batch .. position .. ' ' .. stream_id
         fresh[id] = record
         new_records[#new_records + 1] = id
         new_records[#new_records + 1] = record
+      end
+      for start = 1, #listed, 1000 do
+        redis.call('RPUSH', stream_key, unpack(listed, start, math.min(start + 999, #listed)))
       end
       local blob_at = at + 3 + 4 * count
       for b = 1, tonumber(ARGV[blob_at]) do
@@ -243,10 +254,10 @@ if head ~= start_head then
   end
   hset(versions_key, new_versions)
   hset(records_key, new_records)
-  if ids_type == 'none' then redis.call('SET', ids_key, '{packed_marker}') end
+  if ids_type == 'none' then redis.call('SET', ids_key, '{layout_marker}') end
 end
 return table.concat(replies, '\\n')
-""").replace("{packed_marker}", PACKED_IDS_MARKER)
+""").replace("{layout_marker}", LAYOUT_MARKER)
 
 # KEYS: stream key, all, blobs, blobrefs, blobbytes. ARGV: last version to delete ("0-<version>"), at most how many.
 # Reply: how many went. A blob goes with the last event that refers to it, in the same script.
@@ -270,6 +281,50 @@ end
 redis.call('XDEL', KEYS[1], unpack(own))
 redis.call('XDEL', KEYS[2], unpack(global))
 return #entries
+"""
+
+# Layout 2. KEYS: stream key (a list), all, blobs, blobrefs, blobbytes, trimmed, blobevents. ARGV: stream id, the
+# first version to keep, at most how many to trim. Reply: how many went. Trimmed elements become empty strings, so
+# that element i stays version i + 1; `trimmed` holds, per stream, how many lead the list.
+TRIM_LIST_SCRIPT: Final = """#!lua
+local stream_key, trimmed_key, events_key = KEYS[1], KEYS[6], KEYS[7]
+local start = tonumber(redis.call('HGET', trimmed_key, ARGV[1]) or '0')
+local last = math.min(tonumber(ARGV[2]) - 1, start + tonumber(ARGV[3]))
+if last <= start then return 0 end
+local records = redis.call('LRANGE', stream_key, start, last - 1)
+if #records == 0 then return 0 end
+local global, positions = {}, {}
+for i = 1, #records do
+  positions[i] = string.match(records[i], '^%[%d+,(%d+),')
+  global[i] = '0-' .. positions[i]
+end
+local found = redis.call('HMGET', events_key, unpack(positions))
+for i = 1, #records do
+  if found[i] then
+    for digest in string.gmatch(found[i], '%x+') do
+      if redis.call('HINCRBY', KEYS[4], digest, -1) <= 0 then
+        redis.call('HDEL', KEYS[4], digest)
+        redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[3], digest))
+        redis.call('HDEL', KEYS[3], digest)
+      end
+    end
+    redis.call('HDEL', events_key, positions[i])
+  end
+end
+redis.call('XDEL', KEYS[2], unpack(global))
+for i = start, start + #records - 1 do redis.call('LSET', stream_key, i, '') end
+redis.call('HSET', trimmed_key, ARGV[1], start + #records)
+return #records
+"""
+
+# Layout 2. KEYS: stream key (a list). ARGV: before version, after version, at most how many. Reply: the records of
+# the last versions below `before` and above `after`, oldest first (empty strings where trimmed): the list's length
+# bounds `before`, which a backward read may pass far beyond the stream's end.
+READ_BACK_LIST_SCRIPT: Final = """#!lua flags=no-writes
+local high = math.min(tonumber(ARGV[1]) - 1, redis.call('LLEN', KEYS[1])) - 1
+local low = math.max(tonumber(ARGV[2]), high + 1 - tonumber(ARGV[3]))
+if high < low then return {} end
+return redis.call('LRANGE', KEYS[1], low, high)
 """
 
 # KEYS: the stream's snapshot hash. ARGV: name, version, "version state". Keeps the newest version.
@@ -608,6 +663,8 @@ class RedisBackend:
         self._waiter = make_client(settings, None)  # blocking XREAD, kept off the connections appends use
         self._append_script = self._client.register_script(APPEND_SCRIPT)
         self._trim_script = self._client.register_script(TRIM_SCRIPT)
+        self._trim_list_script = self._client.register_script(TRIM_LIST_SCRIPT)
+        self._read_back_list_script = self._client.register_script(READ_BACK_LIST_SCRIPT)
         # Pages are read with plain XRANGE, whose reply the store takes apart itself (see `_read_records`).
         self._client.set_response_callback("XRANGE", _raw)
         self._client.set_response_callback("XREVRANGE", _raw)
@@ -624,7 +681,18 @@ class RedisBackend:
         self._blob_bytes_key = base + b":blobbytes"
         self._blob_keys = [self._blobs_key, self._blob_refs_key, self._blob_bytes_key]
         self._packed_ids_key = base + b":idx"
-        fixed = (self._head_key, self._all_key, self._ids_key, self._versions_key, *self._blob_keys, self._packed_ids_key)
+        self._blob_events_key = base + b":blobevents"
+        self._trimmed_key = base + b":trimmed"
+        fixed = (
+            self._head_key,
+            self._all_key,
+            self._ids_key,
+            self._versions_key,
+            *self._blob_keys,
+            self._packed_ids_key,
+            self._blob_events_key,
+        )
+        self._lists: bool | None = None  # whether streams are lists (layout 2); None until a first append
         self._fixed_keys = b"".join(bulk_string(key) for key in fixed)
         self._evalsha_head = bulk_string(b"EVALSHA") + bulk_string(self._append_script.sha.encode())
         timeout_ms = b"%d" % int(settings.timeout * 1000)
@@ -725,7 +793,7 @@ class RedisBackend:
 
     async def _run_append_script(self, connection: Connection, group: list[_PendingAppend]) -> list[list[bytes]]:
         """One ``EVALSHA`` for the group, packed here (the driver's generic packing costs more than the script)."""
-        key_count = 8 + len(group)
+        key_count = 9 + len(group)
         argument_count = 1 + sum(pending.argument_count for pending in group)
         payload = [
             b"*%d\r\n" % (3 + key_count + argument_count),
@@ -778,8 +846,38 @@ class RedisBackend:
         return read_pages(self._fetch_page, stream_id, after_version, limit, self.page_size, self.reads_ahead)
 
     async def _fetch_page(self, stream_id: str, after_version: int, limit: int) -> RecordPage:
-        records, last_version = await self._read_records(self.key("s", stream_id), after_version, limit)
+        lists = await self._streams_are_lists()
+        if lists is None:
+            return RecordPage([], 0, after_version)
+        if lists:
+            records, last_version = await self._read_list(stream_id, after_version, limit)
+        else:
+            records, last_version = await self._read_records(self.key("s", stream_id), after_version, limit)
         return RecordPage(records, len(records), last_version)
+
+    async def _streams_are_lists(self) -> bool | None:
+        """Whether the store's streams are lists (layout 2, ``{prefix}:ids`` a string) or Redis streams (a hash);
+        None while nothing was ever appended. A store keeps the layout it was created with."""
+        if self._lists is None:
+            with translate_errors("read the layout of the store in Redis"):
+                kind = await self._client.type(self._ids_key)
+            if kind in (b"string", b"hash"):
+                self._lists = kind == b"string"
+        return self._lists
+
+    async def _read_list(self, stream_id: str, after: int, limit: int) -> tuple[list[bytes], int]:
+        """Layout 2: the records of versions ``after + 1`` to ``after + limit`` (one ``LRANGE``: element i is
+        version i + 1), and the last version read. Trimmed versions lead the list as empty strings: a read that
+        meets one starts again after them."""
+        key = self.key("s", stream_id)
+        while True:
+            with translate_errors(f"read {key.decode()!r} from Redis"):
+                records = cast(list[bytes], await _execute(self._client, "LRANGE", key, after, after + limit - 1))
+            if not records or records[0]:
+                return records, after + len(records)
+            with translate_errors(f"read {key.decode()!r} from Redis"):
+                trimmed = await self._client.hget(self._trimmed_key, stream_id)
+            after = max(after, int(trimmed or 0))
 
     async def read_stream_backwards(
         self, stream_id: str, before_version: int, after_version: int, limit: int
@@ -787,6 +885,16 @@ class RedisBackend:
         if before_version - 1 <= after_version:
             return []
         key = self.key("s", stream_id)
+        lists = await self._streams_are_lists()
+        if lists is None:
+            return []
+        if lists:
+            with translate_errors(f"read {key.decode()!r} from Redis"):
+                found = cast(
+                    list[bytes],
+                    await self._read_back_list_script(keys=[key], args=[before_version, after_version, limit]),
+                )
+            return [_event(entry) for entry in _decode_entries([r for r in reversed(found) if r], "a stream")]
         with translate_errors(f"read {key.decode()!r} from Redis"):
             entries = await _execute(
                 self._client,
@@ -918,10 +1026,18 @@ class RedisBackend:
         if before_version <= 1:
             return 0
         removed = 0
+        lists = await self._streams_are_lists()
+        if lists is None:
+            return 0
         keys = [self.key("s", stream_id), self._all_key, *self._blob_keys]
         while True:
             with translate_errors(f"trim stream {stream_id!r} in Redis"):
-                count = int(await self._trim_script(keys=keys, args=[f"0-{before_version - 1}", _TRIM_PAGE]))
+                if lists:
+                    arguments = [stream_id, before_version, _TRIM_PAGE]
+                    keys_2 = [*keys, self._trimmed_key, self._blob_events_key]
+                    count = int(await self._trim_list_script(keys=keys_2, args=arguments))
+                else:
+                    count = int(await self._trim_script(keys=keys, args=[f"0-{before_version - 1}", _TRIM_PAGE]))
             removed += count
             if count < _TRIM_PAGE:
                 return removed
@@ -1045,7 +1161,7 @@ async def check_server(settings: RedisSettings) -> tuple[tuple[int, ...], Persis
                         f"durability=waitaof needs the append-only file, which is off at {settings.shown_url} "
                         "(appendonly no)"
                     )
-            for script in (APPEND_SCRIPT, TRIM_SCRIPT, SNAPSHOT_SCRIPT):
+            for script in (APPEND_SCRIPT, TRIM_SCRIPT, TRIM_LIST_SCRIPT, READ_BACK_LIST_SCRIPT, SNAPSHOT_SCRIPT):
                 await client.script_load(script)
     return version, describe_persistence(config, settings.durability)
 
