@@ -876,8 +876,10 @@ class RedisBackend:
             if not records or records[0]:
                 return records, after + len(records)
             with translate_errors(f"read {key.decode()!r} from Redis"):
-                trimmed = await self._client.hget(self._trimmed_key, stream_id)
-            after = max(after, int(trimmed or 0))
+                trimmed = int(await self._client.hget(self._trimmed_key, stream_id) or 0)
+            if trimmed <= after:
+                raise StoreCorrupted(f"{key.decode()!r} holds an empty element that no trim left: not agentfold's")
+            after = trimmed
 
     async def read_stream_backwards(
         self, stream_id: str, before_version: int, after_version: int, limit: int
