@@ -61,6 +61,7 @@ from agentfold.errors import (
 from agentfold.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion, RecordedEvent
 from agentfold.options import BLOB_THRESHOLD, MAX_BLOB_SIZE, MAX_EVENT_SIZE, Option, parse_options, redact, split_url
 from agentfold.store import EventStore
+from agentfold.validation import MAX_VERSION
 from agentfold.wakeup import Broadcast
 
 T = TypeVar("T")
@@ -315,16 +316,6 @@ redis.call('XDEL', KEYS[2], unpack(global))
 for i = start, start + #records - 1 do redis.call('LSET', stream_key, i, '') end
 redis.call('HSET', trimmed_key, ARGV[1], start + #records)
 return #records
-"""
-
-# Layout 2. KEYS: stream key (a list). ARGV: before version, after version, at most how many. Reply: the records of
-# the last versions below `before` and above `after`, oldest first (empty strings where trimmed): the list's length
-# bounds `before`, which a backward read may pass far beyond the stream's end.
-READ_BACK_LIST_SCRIPT: Final = """#!lua flags=no-writes
-local high = math.min(tonumber(ARGV[1]) - 1, redis.call('LLEN', KEYS[1])) - 1
-local low = math.max(tonumber(ARGV[2]), high + 1 - tonumber(ARGV[3]))
-if high < low then return {} end
-return redis.call('LRANGE', KEYS[1], low, high)
 """
 
 # KEYS: the stream's snapshot hash. ARGV: name, version, "version state". Keeps the newest version.
@@ -664,7 +655,6 @@ class RedisBackend:
         self._append_script = self._client.register_script(APPEND_SCRIPT)
         self._trim_script = self._client.register_script(TRIM_SCRIPT)
         self._trim_list_script = self._client.register_script(TRIM_LIST_SCRIPT)
-        self._read_back_list_script = self._client.register_script(READ_BACK_LIST_SCRIPT)
         # Pages are read with plain XRANGE, whose reply the store takes apart itself (see `_read_records`).
         self._client.set_response_callback("XRANGE", _raw)
         self._client.set_response_callback("XREVRANGE", _raw)
@@ -891,12 +881,7 @@ class RedisBackend:
         if lists is None:
             return []
         if lists:
-            with translate_errors(f"read {key.decode()!r} from Redis"):
-                found = cast(
-                    list[bytes],
-                    await self._read_back_list_script(keys=[key], args=[before_version, after_version, limit]),
-                )
-            return [_event(entry) for entry in _decode_entries([r for r in reversed(found) if r], "a stream")]
+            return await self._read_list_backwards(key, before_version, after_version, limit)
         with translate_errors(f"read {key.decode()!r} from Redis"):
             entries = await _execute(
                 self._client,
@@ -912,6 +897,21 @@ class RedisBackend:
         except (IndexError, TypeError) as error:
             raise StoreCorrupted(f"an entry of {key.decode()!r} was not written by agentfold: {error}") from None
         return [_event(entry) for entry in _decode_entries(records, "a stream")]
+
+    async def _read_list_backwards(
+        self, key: bytes, before_version: int, after_version: int, limit: int
+    ) -> list[RecordedEvent]:
+        """Layout 2's backward read, one ``LRANGE``: of the versions below `before_version` when the list reaches
+        it; otherwise of the list's last `limit` elements, those above `after_version` kept."""
+        low = max(after_version, before_version - 1 - limit)
+        found: list[bytes] = []
+        with translate_errors(f"read {key.decode()!r} from Redis"):
+            if before_version <= MAX_VERSION:
+                found = cast(list[bytes], await _execute(self._client, "LRANGE", key, low, before_version - 2))
+            if len(found) < before_version - 1 - low:  # the list ends below `before_version`: read its end
+                found = cast(list[bytes], await _execute(self._client, "LRANGE", key, -limit, -1))
+        entries = _decode_entries([record for record in reversed(found) if record], "a stream")
+        return [_event(entry) for entry in entries if entry.version > after_version]
 
     async def read_all_page(
         self,
@@ -1163,7 +1163,7 @@ async def check_server(settings: RedisSettings) -> tuple[tuple[int, ...], Persis
                         f"durability=waitaof needs the append-only file, which is off at {settings.shown_url} "
                         "(appendonly no)"
                     )
-            for script in (APPEND_SCRIPT, TRIM_SCRIPT, TRIM_LIST_SCRIPT, READ_BACK_LIST_SCRIPT, SNAPSHOT_SCRIPT):
+            for script in (APPEND_SCRIPT, TRIM_SCRIPT, TRIM_LIST_SCRIPT, SNAPSHOT_SCRIPT):
                 await client.script_load(script)
     return version, describe_persistence(config, settings.durability)
 
