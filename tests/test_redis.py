@@ -22,11 +22,11 @@ from agentfold import ANY, NewEvent, StreamSnapshot
 from agentfold.backends import redis as redis_backend
 from agentfold.backends.redis import RedisDurabilityWarning, RedisStore, server_version
 from agentfold.errors import (
+    DuplicateEventId,
     InvalidURL,
     StoreCorrupted,
     StoreFull,
     StoreTimeout,
-    DuplicateEventId,
     StoreUnavailable,
     WrongExpectedVersion,
 )

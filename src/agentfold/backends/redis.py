@@ -1,22 +1,30 @@
 """`redis://host:port/db?prefix=NAME`: an event store in Redis Streams.
 
-Layout, every key under ``{prefix}:`` and nothing else in the database touched:
+Layout 2 (every store created since it came), every key under ``{prefix}:`` and nothing else in the database
+touched:
 
-- ``{prefix}:s:{stream_id}``: the stream's events, entry id ``0-<version>``;
-- ``{prefix}:versions``: a hash, stream id -> the stream's version (``XLEN`` is wrong after trimming);
-- ``{prefix}:all``: every event in global order, entry id ``0-<position>``;
+- ``{prefix}:s:{stream_id}``: a list of the stream's events, element i version i + 1 (trimmed ones empty strings);
+- ``{prefix}:versions``: a hash, stream id -> the stream's version (trimming does not change it);
+- ``{prefix}:all``: every event in global order, a Redis stream, entry id ``0-<position>``;
 - ``{prefix}:head``: the global position counter;
-- ``{prefix}:ids``: a hash, event id -> ``"version batch_first batch_last position stream_id"``;
+- ``{prefix}:ids``: the string `LAYOUT_MARKER`; ``{prefix}:idx``: a hash, event id (the UUID's 16 bytes) ->
+  ``"version batch_first batch_last position stream_id"``;
+- ``{prefix}:trimmed``: a hash, stream id -> how many trimmed versions lead its list;
 - ``{prefix}:snap:{stream_id}``: a hash, snapshot name -> ``"version " + state``;
 - ``{prefix}:checkpoints``: a hash, subscriber name -> position;
 - ``{prefix}:blobs``: a hash, digest -> a blob's content (`agentfold.blobs`); ``{prefix}:blobrefs``: digest -> how
-  many events refer to it; ``{prefix}:blobbytes``: the bytes of all blobs.
+  many events refer to it; ``{prefix}:blobbytes``: the bytes of all blobs; ``{prefix}:blobevents``: position -> the
+  digests its event refers to, which the trim script reads to release them.
 
-Each entry holds one field ``e``: the JSON array ``[version, position, recorded_at_us, stream_id, type, id, data,
-metadata]``, the same bytes in the stream and in the global log. An event with blobs has a second field ``b`` in
-its stream's entry: the digests it refers to, space-separated, which the trim script reads to release them. A read
-is one ``XRANGE`` per page, its reply taken as the parser gives it (hiredis, in C; no per-entry conversion in
-Python), and the page's entries are joined into one JSON array that one msgspec call decodes.
+Each event is the JSON array ``[version, position, recorded_at_us, stream_id, type, id, data, metadata]``, the same
+bytes in its stream's list and in the global stream's entry (field ``e``). A read is one ``LRANGE`` (a stream) or
+one ``XRANGE`` (the global log) per page, its reply taken as the parser gives it (hiredis, in C; no per-entry
+conversion in Python), and the page's records are joined into one JSON array that one msgspec call decodes.
+
+Layout 1, kept by stores created before layout 2: each stream is a Redis stream, entry id ``0-<version>``, with
+the same JSON in field ``e`` and the blob digests in field ``b``; ``{prefix}:ids`` is the id hash, keyed by the id's
+text. A Redis stream allocates 4 KB for its newest node, which every stream key kept (docs/redis.md, "Where the
+bytes go"). Scripts and readers tell the layouts apart by the type of ``{prefix}:ids``.
 
 Every append runs inside one Lua script (`APPEND_SCRIPT`): the id lookup, the expected-version check and all writes,
 blobs and their reference counts included, happen in one step no other client can interleave. Concurrent appends
@@ -103,7 +111,7 @@ _WATCH_RETRY_SECONDS: Final = 0.1
 # KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, idx, blobevents, then each append's stream key.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
 # number), event count, then per event: its id packed (`packed_id`, the key in `idx`), its id as text (the key in
-# the `ids` hash of a store created before packed ids), the JSON tail of its entry (`stream_id,type,id,data,metadata]`) and the
+# the `ids` hash of a layout-1 store), the JSON tail of its entry (`stream_id,type,id,data,metadata]`) and the
 # digests of its blobs (space-separated, empty when none), then the append's blob count and per blob: digest, content.
 # Reply, one line per append, led by its `Outcome` code: "0 version position" written; "1 current_version" wrong
 # expected version (nothing written); "2" some id already recorded (nothing written), followed by one line per
@@ -1035,7 +1043,7 @@ class RedisBackend:
         while True:
             with translate_errors(f"trim stream {stream_id!r} in Redis"):
                 if lists:
-                    arguments = [stream_id, before_version, _TRIM_PAGE]
+                    arguments: list[str | int] = [stream_id, before_version, _TRIM_PAGE]
                     keys_2 = [*keys, self._trimmed_key, self._blob_events_key]
                     count = int(await self._trim_list_script(keys=keys_2, args=arguments))
                 else:
