@@ -175,6 +175,11 @@ async def test_a_store_written_before_packed_ids_stays_as_it_was(prefix: str) ->
         assert await client.hget(f"{prefix}:ids", str(new_id)) == b"3 3 3 3 a"
         assert not await client.exists(f"{prefix}:idx")
         assert [event.id async for event in store.read_all()] == [*old_ids, new_id]
+        assert await store.trim_stream("a", 3) == 2
+        assert await client.xlen(f"{prefix}:s:a") == 1
+        assert [event.id async for event in store.read_stream("a")] == [new_id]
+        assert [event.id async for event in store.read_stream("a", backwards=True)] == [new_id]
+        assert [event.id async for event in store.read_all()] == [new_id]
     finally:
         await client.aclose()
         await store.close()
