@@ -245,14 +245,15 @@ async def storage_figures(backend: str, url: str, store: EventStore, events: int
     }
 
 
-REDIS_KEY_KINDS: Final = ("s", "all", "ids", "versions")
+REDIS_KEY_KINDS: Final = ("s", "all", "ids", "idx", "versions")
 """The Redis key kinds reported on their own (``prefix:s:*`` summed); every other key is in the total only."""
 
 
 async def redis_storage_figures(store: EventStore, events: int) -> Figures:
     """Bytes in Redis memory per event: ``MEMORY USAGE ... SAMPLES 0`` (every element counted) of each key under
-    the store's prefix, in all and per key kind (the per-stream streams, the global stream, the id and version
-    hashes). ``table`` is both kinds of streams, ``indexes`` the id and version hashes."""
+    the store's prefix, in all and per key kind (the per-stream keys, the global stream, the id records (``ids``
+    in a layout-1 store, ``idx`` in layout 2) and the versions). ``table`` is the per-stream keys and the global
+    stream, ``indexes`` the id records and the versions."""
     from agentfold.backends.redis import RedisStore, make_client
 
     assert isinstance(store, RedisStore)
@@ -272,7 +273,7 @@ async def redis_storage_figures(store: EventStore, events: int) -> Figures:
     figures: Figures = {
         "bytes_per_event": total / events,
         "events_table_bytes_per_event": (kinds["s"] + kinds["all"]) / events,
-        "events_indexes_bytes_per_event": (kinds["ids"] + kinds["versions"]) / events,
+        "events_indexes_bytes_per_event": (kinds["ids"] + kinds["idx"] + kinds["versions"]) / events,
     }
     figures.update({f"redis_{kind}_bytes_per_event": size / events for kind, size in kinds.items()})
     return figures
