@@ -89,7 +89,7 @@ UNITS = {"_per_s": "/s", "_ms": " ms"}
     "--scale",
     is_flag=True,
     help="Only the costs that must stay flat as the log grows, on stores filled to each of --scale-sizes, with each "
-    "figure's ratio to the smallest size (memory, sqlite, postgres).",
+    "figure's ratio to the smallest size (memory, sqlite, postgres, redis).",
 )
 @click.option(
     "--scale-sizes",
