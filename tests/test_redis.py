@@ -185,6 +185,24 @@ async def test_a_store_written_before_packed_ids_stays_as_it_was(prefix: str) ->
         await store.close()
 
 
+async def test_the_blob_digests_of_a_listed_event_go_with_its_trim(prefix: str) -> None:
+    """Layout 2 keeps an event's blob digests under its position; trimming the event releases them and the blob."""
+    store = await open_redis(f"{REDIS_URL}?prefix={prefix}", blob_threshold=1024)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await store.append("a", [NewEvent("Big", {"text": "x" * 2048}), NewEvent("Small", {"n": 1})])
+        digests = await client.hgetall(f"{prefix}:blobevents")
+        assert list(digests) == [b"1"] and len(digests[b"1"]) == 64
+        assert (await store.blob_usage()).blobs == 1
+        assert await store.trim_stream("a", 2) == 1
+        assert await client.hlen(f"{prefix}:blobevents") == 0
+        assert (await store.blob_usage()).blobs == 0
+        assert [event.type async for event in store.read_stream("a")] == ["Small"]
+    finally:
+        await client.aclose()
+        await store.close()
+
+
 async def test_sixteen_concurrent_writers_stay_atomic(prefix: str) -> None:
     """Four stores (own connections), four tasks each: one contended stream and one stream per writer."""
     url = f"{REDIS_URL}?prefix={prefix}"
