@@ -94,6 +94,21 @@ async def test_members_joining_and_leaving_rebalance(store: EventStore) -> None:
     assert len(ids) == len(set(ids)), "a clean rebalance repeats nothing that was acknowledged"
 
 
+async def test_a_member_that_left_is_not_counted_until_its_heartbeat_runs_out(store: EventStore) -> None:
+    """A member that leaves says so: one that joins after it (a worker restarted under a new id) takes every
+    partition at once, not its share beside a member whose last heartbeat has not run out yet."""
+    await fill(store, streams=8, per_stream=1)
+
+    async def handle(event: RecordedEvent) -> None:
+        return None
+
+    settings = {"lease_seconds": 600, "partitions": 8}
+    async with store.consumer_group("restarts", handle, member_id="before", **settings) as before:
+        await until(lambda: len(before.partitions) == 8)
+    async with store.consumer_group("restarts", handle, member_id="after", **settings) as after:
+        await until(lambda: len(after.partitions) == 8)
+
+
 async def test_poison_events_are_dead_lettered_and_the_group_moves_on(store: EventStore) -> None:
     await store.append("job-1", [NewEvent("JobQueued", {"n": 1}), NewEvent("JobQueued", {"poison": True})])
     await store.append("job-1", [NewEvent("JobQueued", {"n": 3})])

@@ -217,7 +217,10 @@ class ConsumerGroupMember:
         recent = [
             event async for event in self.store.read_stream(stream, after_version=max(0, version - KEEP_MEMBER_EVENTS))
         ]
-        alive = {event.data["member"] for event in recent if event.data["until"] > now}
+        until: dict[str, float] = {}
+        for event in recent:  # a member's last word counts: a `MemberLeft` ends the lease its heartbeats gave
+            until[event.data["member"]] = event.data["until"]
+        alive = {member for member, expires in until.items() if expires > now}
         alive.add(self.member_id)
         return sorted(alive)
 
@@ -287,6 +290,17 @@ class ConsumerGroupMember:
             except Exception:  # the store may be gone; the lease then simply expires
                 logger.exception("could not release partition %d of %s", partition, self.settings.name)
                 self._leases.pop(partition, None)
+        try:
+            # Counted as gone at once, not when its last heartbeat runs out: a member that joins meanwhile
+            # (a worker restarted under a new id) takes every partition instead of its share of two.
+            await self.store.append_capped(
+                self.settings.members_stream,
+                [NewEvent("MemberLeft", {"member": self.member_id, "until": 0.0})],
+                keep=KEEP_MEMBER_EVENTS,
+                trim_every=KEEP_MEMBER_EVENTS,
+            )
+        except Exception:  # the store may be gone; the heartbeat then simply runs out
+            logger.exception("could not record that %s left %s", self.member_id, self.settings.name)
 
     # -- delivery ------------------------------------------------------------------------------------------------
 
