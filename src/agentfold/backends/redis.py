@@ -268,9 +268,22 @@ end
 return table.concat(replies, '\\n')
 """).replace("{layout_marker}", LAYOUT_MARKER)
 
+_RELEASE_BLOBS: Final = """local function release(digests)
+  for digest in string.gmatch(digests, '%x+') do
+    if redis.call('HINCRBY', KEYS[4], digest, -1) <= 0 then
+      redis.call('HDEL', KEYS[4], digest)
+      redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[3], digest))
+      redis.call('HDEL', KEYS[3], digest)
+    end
+  end
+end"""
+"""The trim scripts' release of a trimmed event's blobs (KEYS[3..5]: blobs, blobrefs, blobbytes; `digests` the
+event's digests in hex): a blob goes with the last event that refers to it."""
+
 # KEYS: stream key, all, blobs, blobrefs, blobbytes. ARGV: last version to delete ("0-<version>"), at most how many.
 # Reply: how many went. A blob goes with the last event that refers to it, in the same script.
 TRIM_SCRIPT: Final = """#!lua
+{release_blobs}
 local entries = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
 if #entries == 0 then return 0 end
 local own, global = {}, {}
@@ -278,24 +291,19 @@ for i, entry in ipairs(entries) do
   own[i] = entry[1]
   global[i] = '0-' .. string.match(entry[2][2], '^%[%d+,(%d+),')
   if entry[2][3] == 'b' then
-    for digest in string.gmatch(entry[2][4], '%x+') do
-      if redis.call('HINCRBY', KEYS[4], digest, -1) <= 0 then
-        redis.call('HDEL', KEYS[4], digest)
-        redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[3], digest))
-        redis.call('HDEL', KEYS[3], digest)
-      end
-    end
+    release(entry[2][4])
   end
 end
 redis.call('XDEL', KEYS[1], unpack(own))
 redis.call('XDEL', KEYS[2], unpack(global))
 return #entries
-"""
+""".replace("{release_blobs}", _RELEASE_BLOBS)
 
 # Layout 2. KEYS: stream key (a list), all, blobs, blobrefs, blobbytes, trimmed, blobevents. ARGV: stream id, the
 # first version to keep, at most how many to trim. Reply: how many went. Trimmed elements become empty strings, so
 # that element i stays version i + 1; `trimmed` holds, per stream, how many lead the list.
 TRIM_LIST_SCRIPT: Final = """#!lua
+{release_blobs}
 local stream_key, trimmed_key, events_key = KEYS[1], KEYS[6], KEYS[7]
 local start = tonumber(redis.call('HGET', trimmed_key, ARGV[1]) or '0')
 local last = math.min(tonumber(ARGV[2]) - 1, start + tonumber(ARGV[3]))
@@ -310,13 +318,7 @@ end
 local found = redis.call('HMGET', events_key, unpack(positions))
 for i = 1, #records do
   if found[i] then
-    for digest in string.gmatch(found[i], '%x+') do
-      if redis.call('HINCRBY', KEYS[4], digest, -1) <= 0 then
-        redis.call('HDEL', KEYS[4], digest)
-        redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[3], digest))
-        redis.call('HDEL', KEYS[3], digest)
-      end
-    end
+    release(found[i])
     redis.call('HDEL', events_key, positions[i])
   end
 end
@@ -324,7 +326,7 @@ redis.call('XDEL', KEYS[2], unpack(global))
 for i = start, start + #records - 1 do redis.call('LSET', stream_key, i, '') end
 redis.call('HSET', trimmed_key, ARGV[1], start + #records)
 return #records
-"""
+""".replace("{release_blobs}", _RELEASE_BLOBS)
 
 # KEYS: the stream's snapshot hash. ARGV: name, version, "version state". Keeps the newest version.
 SNAPSHOT_SCRIPT: Final = """#!lua
