@@ -23,6 +23,7 @@ from agentfold.errors import (
 )
 from agentfold.events import ANY, NO_STREAM, NewEvent
 from agentfold.runtime import history as h
+from agentfold.runtime.endings import endings_of
 from agentfold.runtime.history import History, load_history
 from agentfold.runtime.leases import worker_liveness
 from agentfold.runtime.registry import WorkflowRegistry
@@ -295,7 +296,7 @@ class WorkflowClient:
                 if remaining <= 0:
                     raise TimeoutError(f"workflow {workflow_id!r} did not finish within {limit} s")
                 pause = min(pause, remaining)
-            await self.store.wait_for_append(head, pause)
+            await endings_of(self.store).wait(workflow_id, head, pause)
 
     async def workers_serving(self, workflow: str) -> list[str] | None:
         """The live workers whose heartbeats say they run `workflow`, sorted (None: a live worker does not say)."""
