@@ -4,6 +4,8 @@ waiting callers do not each read their run again after every append anywhere."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -69,3 +71,18 @@ async def test_waiting_callers_read_their_runs_when_they_end_not_at_every_append
         task.cancel()
     await asyncio.gather(*waiting[2:], return_exceptions=True)
     await store.close()
+
+
+async def test_a_store_that_was_waited_on_can_be_collected() -> None:
+    """The reader ends when its last caller stops waiting, and keeps no store alive."""
+    store = EventStore(MemoryBackend())
+    client = Runtime().client(store)
+    await store.append(f"{h.WORKFLOW_STREAM_PREFIX}gone", [started()])
+    with pytest.raises(TimeoutError):
+        await client.result("gone", timeout=0.05)
+    await until(lambda: not [task for task in asyncio.all_tasks() if task.get_name() == "agentfold result wake-ups"])
+    await store.close()
+    collected = weakref.ref(store)
+    del store, client
+    gc.collect()
+    assert collected() is None

@@ -29,11 +29,13 @@ class Endings:
     """The callers waiting for runs of one store to end, and the task that wakes them."""
 
     def __init__(self, store: EventStore) -> None:
-        self.store = store
+        self._store = weakref.ref(store)  # a strong one would keep the store (the key of `_endings`) alive forever
         self._waiting: dict[str, set[asyncio.Event]] = {}
         self._position = -1
         """Every ending at or below it has woken its callers (-1: the reader has not started)."""
         self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        """Set when the last caller stops waiting: the reader ends rather than hold the store."""
 
     async def wait(self, workflow_id: str, read_at: int, timeout: float) -> None:
         """Return when `workflow_id` may have ended after position `read_at` (the head the caller took before it
@@ -53,15 +55,21 @@ class Endings:
             waiting.discard(woken)
             if not waiting:
                 self._waiting.pop(workflow_id, None)
+            if not self._waiting:
+                self._idle.set()
 
     def _start(self) -> None:
+        self._idle.clear()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._read(), name="agentfold result wake-ups")
 
     async def _read(self) -> None:
+        store = self._store()
+        if store is None:
+            return
         try:
             while self._waiting:
-                page, scanned = await self.store.read_all_page(
+                page, scanned = await store.read_all_page(
                     self._position, PAGE, ENDING_TYPES, h.WORKFLOW_STREAM_PREFIX, blobs=False
                 )
                 for event in page:
@@ -69,12 +77,12 @@ class Endings:
                         woken.set()
                 self._position = scanned
                 if len(page) < PAGE:
-                    await self.store.wait_for_append(scanned, WAKE_CHECK_SECONDS)
+                    await store.wait_for_append(scanned, WAKE_CHECK_SECONDS, until=self._idle)
         except Exception:  # the store closed or failed: every caller reads again now and sees why
             for waiting in self._waiting.values():
                 for woken in waiting:
                     woken.set()
-            self._position = -1
+        self._position = -1  # the next reader starts where its first caller read, not where this one stopped
 
 
 _endings: weakref.WeakKeyDictionary[EventStore, Endings] = weakref.WeakKeyDictionary()
