@@ -77,6 +77,29 @@ def _pg_cleanup(url: str) -> None:
                 time.sleep(0.2)
 
 
+def execute_sql(url: str, *statements: str) -> None:
+    """Run `statements` on the database under a SQLite or PostgreSQL store's URL, outside agentfold (a test editing
+    or damaging what the store keeps), and commit them; ``{s}`` in a statement names the store's schema on
+    PostgreSQL (``"schema".``) and nothing on SQLite."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        connection = sqlite3.connect(url.removeprefix("sqlite:///").split("?")[0])
+        try:
+            for statement in statements:
+                connection.execute(statement.replace("{s}", ""))
+            connection.commit()
+        finally:
+            connection.close()
+        return
+    import psycopg
+
+    schema = url.rsplit("schema=", 1)[1].split("&")[0]
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
+        for statement in statements:
+            connection.execute(statement.replace("{s}", f'"{schema}".').encode())
+
+
 PG_PARTITIONS = 4
 """Hash partitions of the conformance suite's partitioned PostgreSQL stores: few, so each test's schema is quick to
 create, and more than one, so every read crosses partitions."""

@@ -4,18 +4,16 @@ right, the log is left as it was. On SQLite, PostgreSQL (both kept in the store)
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 import agentfold
 from agentfold.bench import run_events
 from agentfold.events import NO_STREAM, NewEvent
 from agentfold.runtime import history as h
-from tests.backends import BACKENDS, PG_URL, Backend, require_service
+from tests.backends import BACKENDS, Backend, execute_sql, require_service
 from tests.test_cli import ok_json, ok_text
 
 RUNS = 7  # as the bench writes them: run 5 waits for a signal, the others end
@@ -50,24 +48,12 @@ async def log_digest(url: str) -> list[tuple[int, str, int, str]]:
 
 def damage(url: str) -> None:
     """What no append leaves: runs index rows gone and a run that never existed; an open run's row gone."""
-    statements = [
+    execute_sql(
+        url,
         "DELETE FROM {s}agentfold_runs_index WHERE workflow_id IN ('done-0', 'open-0')",
         "INSERT INTO {s}open_runs VALUES ('ghost', 'w', NULL)",
         "DELETE FROM {s}open_runs WHERE workflow_id = 'open-1'",
-    ]
-    if url.startswith("sqlite"):
-        connection = sqlite3.connect(url.removeprefix("sqlite:///").split("?")[0])
-        try:
-            for statement in statements:
-                connection.execute(statement.format(s=""))
-            connection.commit()
-        finally:
-            connection.close()
-    else:
-        schema = url.rsplit("schema=", 1)[1].split("&")[0]
-        with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
-            for statement in statements:
-                connection.execute(statement.format(s=f'"{schema}".').encode())
+    )
 
 
 def test_reindex_puts_damaged_rows_right_and_leaves_the_log_alone(store_url: str) -> None:

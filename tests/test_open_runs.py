@@ -9,14 +9,12 @@ opened; a worker on a store without a registry snapshot starts from them.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,7 +27,7 @@ from agentfold.openruns import OpenRun
 from agentfold.runtime import NO_RETRY, Runtime, WorkflowContext
 from agentfold.runtime import history as h
 from agentfold.store import EventStore
-from tests.backends import AVAILABLE, PG_PARTITIONED, PG_URL, Backend, require_service
+from tests.backends import AVAILABLE, PG_PARTITIONED, Backend, execute_sql, require_service
 from tests.waiting_app import until as wait_until
 from tests.waiting_app import waiting_app
 
@@ -214,29 +212,21 @@ async def test_the_open_runs_equal_a_fold_of_the_log_after_any_appends(store: Ev
 
 
 def _refuse_run_in_sqlite(url: str, workflow_id: str) -> None:
-    path = url.removeprefix("sqlite:///")
-    connection = sqlite3.connect(path)
-    try:
-        connection.execute(
-            f"CREATE TRIGGER refuse_run BEFORE INSERT ON open_runs WHEN NEW.workflow_id = '{workflow_id}' "
-            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-        )
-        connection.commit()
-    finally:
-        connection.close()
+    execute_sql(
+        url,
+        f"CREATE TRIGGER refuse_run BEFORE INSERT ON open_runs WHEN NEW.workflow_id = '{workflow_id}' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
 
 
 def _refuse_run_in_postgres(url: str, workflow_id: str) -> None:
-    schema = url.rsplit("schema=", 1)[1].split("&")[0]
-    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
-        connection.execute(
-            f"""CREATE FUNCTION "{schema}".refuse_run() RETURNS trigger LANGUAGE plpgsql AS $body$
-            BEGIN RAISE EXCEPTION 'refused by the test'; END $body$""".encode()
-        )
-        connection.execute(
-            f'CREATE TRIGGER refuse_run BEFORE INSERT ON "{schema}".open_runs FOR EACH ROW '
-            f"WHEN (NEW.workflow_id = '{workflow_id}') EXECUTE FUNCTION \"{schema}\".refuse_run()".encode()
-        )
+    execute_sql(
+        url,
+        """CREATE FUNCTION {s}refuse_run() RETURNS trigger LANGUAGE plpgsql AS $body$
+        BEGIN RAISE EXCEPTION 'refused by the test'; END $body$""",
+        "CREATE TRIGGER refuse_run BEFORE INSERT ON {s}open_runs FOR EACH ROW "
+        f"WHEN (NEW.workflow_id = '{workflow_id}') EXECUTE FUNCTION {{s}}refuse_run()",
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -276,19 +266,14 @@ async def test_an_append_whose_open_run_write_fails_writes_nothing(sql_store_url
 def _forget_open_runs(name: str, url: str) -> None:
     """Put the store back as the release before the open runs left it: no table, the schema one step back."""
     if name == "sqlite":
-        connection = sqlite3.connect(url.removeprefix("sqlite:///"))
-        try:
-            connection.execute("DROP TABLE open_runs")
-            connection.execute("PRAGMA user_version = 3")
-            connection.commit()
-        finally:
-            connection.close()
-        return
-    schema = url.rsplit("schema=", 1)[1].split("&")[0]
-    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
-        connection.execute(f'DROP TABLE "{schema}".open_runs'.encode())
-        connection.execute(f'DROP FUNCTION "{schema}".apply_open_runs'.encode())
-        connection.execute(f'DELETE FROM "{schema}".schema_migrations WHERE version = 7'.encode())
+        execute_sql(url, "DROP TABLE open_runs", "PRAGMA user_version = 3")
+    else:
+        execute_sql(
+            url,
+            "DROP TABLE {s}open_runs",
+            "DROP FUNCTION {s}apply_open_runs",
+            "DELETE FROM {s}schema_migrations WHERE version = 7",
+        )
 
 
 async def test_a_store_upgraded_to_keep_the_open_runs_folds_them_from_its_log(
@@ -366,19 +351,12 @@ async def client_waiting(client: Any, workflow_id: str) -> bool:
 
 def _damage(url: str) -> None:
     """Rows no append would leave: a run that never started, and a started run's row gone."""
-    if url.startswith("sqlite"):
-        connection = sqlite3.connect(url.removeprefix("sqlite:///"))
-        try:
-            connection.execute("INSERT INTO open_runs VALUES ('ghost', 'w', NULL)")
-            connection.execute("DELETE FROM open_runs WHERE workflow_id = 'r0'")
-            connection.commit()
-        finally:
-            connection.close()
-    elif url.startswith("postgres"):
-        schema = url.rsplit("schema=", 1)[1].split("&")[0]
-        with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
-            connection.execute(f"INSERT INTO \"{schema}\".open_runs VALUES ('ghost', 'w', NULL)".encode())
-            connection.execute(f"DELETE FROM \"{schema}\".open_runs WHERE workflow_id = 'r0'".encode())
+    if url.startswith(("sqlite", "postgres")):
+        execute_sql(
+            url,
+            "INSERT INTO {s}open_runs VALUES ('ghost', 'w', NULL)",
+            "DELETE FROM {s}open_runs WHERE workflow_id = 'r0'",
+        )
 
 
 async def test_a_rebuild_folds_the_open_runs_from_the_log_again_while_runs_are_appended(

@@ -23,7 +23,7 @@ from agentfold.errors import (
 )
 from agentfold.events import ANY, NO_STREAM, NewEvent
 from agentfold.runtime import history as h
-from agentfold.runtime.endings import endings_of
+from agentfold.runtime.endings import WAKE_CHECK_SECONDS, endings_of
 from agentfold.runtime.history import History, load_history
 from agentfold.runtime.leases import worker_liveness
 from agentfold.runtime.registry import WorkflowRegistry
@@ -33,8 +33,6 @@ from agentfold.store import EventStore
 from agentfold.validation import describe
 
 _START_NAMESPACE: Final = uuid.UUID("5f0c1d2e-8a47-4b8e-9d1c-6a2f3e4b5c6d")
-WAKE_CHECK_SECONDS: Final = 5.0
-"""`result` waits for a push from the store, and re-reads at least this often in case a push was missed."""
 CONTROL_RACES: Final = 20
 """How often a control action folds the run again after a worker appended between its read and its write."""
 SUSPENDED: Final = "Suspended"

@@ -22,7 +22,8 @@ ENDING_TYPES: Final = (*h.FINISHED_TYPES, h.WORKFLOW_SUSPENDED)
 """The events after which a waiting `result` has an answer."""
 PAGE: Final = 500
 WAKE_CHECK_SECONDS: Final = 5.0
-"""How long a reader waits for a push from the store before it looks again (a push is a hint, not a promise)."""
+"""How long the reader, and a caller of `result`, wait for a push from the store before they look again (a push is a
+hint, not a promise)."""
 
 
 class Endings:
