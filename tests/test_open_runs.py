@@ -272,7 +272,12 @@ def _forget_open_runs(name: str, url: str) -> None:
             url,
             "DROP TABLE {s}open_runs",
             "DROP FUNCTION {s}apply_open_runs",
-            "DELETE FROM {s}schema_migrations WHERE version = 7",
+            "DROP INDEX {s}events_type_hash_position",
+            "DROP INDEX {s}events_category_hash_position",
+            "CREATE INDEX events_type_position ON {s}events (type, position)",
+            "CREATE INDEX events_category_position ON {s}events ((substr(stream_id, 1, strpos(stream_id, '-'))), "
+            "position)",
+            "DELETE FROM {s}schema_migrations WHERE version >= 7",
         )
 
 

@@ -126,7 +126,7 @@ async def test_a_store_at_migration_3_gets_the_filtered_read_indexes_when_opened
         names = {
             row[0] for row in connection.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))
         }
-    assert {"events_type_position", "events_category_position"} <= names
+    assert {"events_type_hash_position", "events_category_hash_position"} <= names
 
 
 @pytest.mark.parametrize("partitions", [0, 3])

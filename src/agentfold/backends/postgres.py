@@ -487,6 +487,20 @@ _EVENT_INDEXES: Final = (
     "CREATE INDEX events_type_position ON {s}.events (type, position)",
     f"CREATE INDEX events_category_position ON {{s}}.events (({_CATEGORY}), position)",
 )
+"""Migration 4's indexes for filtered reads (built again by migration 5's rewrite; replaced by migration 8's)."""
+
+# Migration 8's indexes for filtered reads: (hash of the type, position) and (hash of the category, position).
+# A page of a type is a range of positions under one key, as before; each row found is checked against the type
+# itself (`hashtext` collides rarely, never wrongly). Keyed by text, an entry was as wide as the type's name, and a
+# type's range ends in the middle of the tree, where PostgreSQL splits a full page in half: grown by appends, the
+# index ended about half full (72.7 bytes per event at 1M). Fixed-width keys of two integers are ones PostgreSQL
+# recognises as rising within their group and splits after the new entry, so its pages stay packed (docs/scaling.md).
+_TYPE_KEY: Final = "hashtext(type)"
+_CATEGORY_KEY: Final = f"hashtext({_CATEGORY})"
+_HASHED_EVENT_INDEXES: Final = (
+    f"CREATE INDEX events_type_hash_position ON {{s}}.events (({_TYPE_KEY}), position)",
+    f"CREATE INDEX events_category_hash_position ON {{s}}.events (({_CATEGORY_KEY}), position)",
+)
 
 # Rewrites the rows of migration 4 (stream, version, batch, type and id as columns and again, with the time, in
 # `record`) into migration 5's, in the migration's transaction: the new table is filled, the old one dropped, and
@@ -648,6 +662,17 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
         (
             "CREATE TABLE {s}.open_runs (workflow_id text PRIMARY KEY, workflow text NOT NULL, owner text)",
             _APPLY_OPEN_RUNS,
+        ),
+    ),
+    # The filtered reads' indexes keyed by a hash of the type or category instead of its text (see
+    # `_HASHED_EVENT_INDEXES`); the old ones are dropped, the new ones built from the rows in this transaction.
+    _Migration(
+        8,
+        "type and category indexes keyed by hashes: narrow entries that stay packed as the log grows",
+        (
+            "DROP INDEX {s}.events_type_position",
+            "DROP INDEX {s}.events_category_position",
+            *_HASHED_EVENT_INDEXES,
         ),
     ),
 )
@@ -918,12 +943,14 @@ async def _migrate(
 
 
 async def _fill_open_runs(connection: psycopg.AsyncConnection[Any], quoted: str) -> None:
-    """Fold the open runs of a store that had events before it kept them, through the type index, in the
-    migration's transaction (every position it reads is final: `PostgresBackend._commit`)."""
+    """Fold the open runs of a store that had events before it kept them, through the type index (migration 4's
+    when migration 7 runs, migration 8's after it), in the migration's transaction (every position it reads is
+    final: `PostgresBackend._commit`)."""
     cursor = await connection.execute(
-        f"SELECT stream_id, type, data::text FROM {quoted}.events WHERE type = ANY(%s) AND starts_with(stream_id, %s) "
-        "ORDER BY position".encode(),
-        (list(openruns.KEPT_TYPES), openruns.WORKFLOW_STREAM_PREFIX),
+        f"SELECT stream_id, type, data::text FROM {quoted}.events WHERE type = ANY(%(types)s) "
+        f"AND {_TYPE_KEY} = ANY(ARRAY(SELECT hashtext(kept) FROM unnest(%(types)s::text[]) AS kept)) "
+        "AND starts_with(stream_id, %(prefix)s) ORDER BY position".encode(),
+        {"types": list(openruns.KEPT_TYPES), "prefix": openruns.WORKFLOW_STREAM_PREFIX},
     )
     found = await cursor.fetchall()
     runs = openruns.fold((stream_id, event_type, data.encode()) for stream_id, event_type, data in found)
@@ -1021,12 +1048,12 @@ _STATEMENTS: Final = {
     # up to the head is final (see `PostgresBackend._commit`). Each row carries the position scanned; a page
     # without a match is one row without a record.
     #
-    # By type: the first `limit` positions above `after` of each type, from the (type, position) index. Every
-    # match up to the lowest last position of a type that filled its `limit` (else the head) is among them; the
-    # page is the first `limit` of those.
+    # By type: the first `limit` positions above `after` of each type, from the (type's hash, position) index, each
+    # row checked against the type itself. Every match up to the lowest last position of a type that filled its
+    # `limit` (else the head) is among them; the page is the first `limit` of those.
     #
-    # "(type, position) > (t, after) AND type <= t, in (type, position) order" is "type = t AND position > after,
-    # in position order" said so that only the index's order serves it: said plainly, the planner may walk the
+    # "(key, position) > (k, after) AND key <= k, in (key, position) order" is "key = k AND position > after, in
+    # position order" said so that only the index's order serves it: said plainly, the planner may walk the
     # primary key in position order testing each row instead, whenever it guesses the type common enough, and a
     # rare type (or a common one absent from the log's tail) then costs a scan of everything after `after`.
     "read_all_types": f"""
@@ -1036,8 +1063,9 @@ _STATEMENTS: Final = {
             FROM unnest(%(types)s::text[]) AS t(type)
             CROSS JOIN LATERAL (
                 SELECT e.position FROM {{s}}.events e
-                WHERE (e.type, e.position) > (t.type, %(after)s) AND e.type <= t.type
-                ORDER BY e.type, e.position LIMIT %(limit)s
+                WHERE ({_TYPE_KEY}, e.position) > (hashtext(t.type), %(after)s) AND {_TYPE_KEY} <= hashtext(t.type)
+                      AND e.type = t.type
+                ORDER BY {_TYPE_KEY}, e.position LIMIT %(limit)s
             ) AS f
         ), bound AS (
             SELECT coalesce((SELECT min(last) FROM found WHERE taken = %(limit)s),
@@ -1056,14 +1084,15 @@ _STATEMENTS: Final = {
             ON %(prefix)s::text IS NULL OR starts_with(e.stream_id, %(prefix)s::text)
         ORDER BY e.position
     """,
-    # By stream category: the category's next `limit` events from the (category, position) index (said the same
-    # way as the type's, for the same reason), of which those on streams starting with the prefix (which may be
+    # By stream category: the category's next `limit` events from the (category's hash, position) index (said the
+    # same way as the type's, for the same reason), of which those on streams starting with the prefix (which may be
     # longer than the category).
     "read_all_category": f"""
         WITH found AS (
             SELECT e.position, e.stream_id, {_RECORD} AS record FROM {{s}}.events e
-            WHERE ({_CATEGORY}, e.position) > (%(category)s, %(after)s) AND {_CATEGORY} <= %(category)s
-            ORDER BY {_CATEGORY}, e.position LIMIT %(limit)s
+            WHERE ({_CATEGORY_KEY}, e.position) > (hashtext(%(category)s), %(after)s)
+                  AND {_CATEGORY_KEY} <= hashtext(%(category)s) AND {_CATEGORY} = %(category)s
+            ORDER BY {_CATEGORY_KEY}, e.position LIMIT %(limit)s
         ), scanned AS (
             SELECT CASE WHEN (SELECT count(*) FROM found) = %(limit)s THEN (SELECT max(position) FROM found)
                         ELSE coalesce(greatest((SELECT max(position) FROM {{s}}.events),
