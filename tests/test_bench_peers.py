@@ -67,7 +67,7 @@ async def test_langgraph_savers_beside_agentfolds(tmp_path: Path) -> None:
     results = await run_peers(["langgraph"], ["sqlite", "postgres"], ROOT_PG, tmp_path, SIZES, lambda _: None)
     figures = _figures(results, "langgraph")
     steps = SIZES.langgraph_steps
-    expected = [f"checkpoint_bytes_step_{steps}", f"thread_bytes_step_{steps}"] + [
+    expected = [f"checkpoint_bytes_step_{steps}", f"thread_bytes_step_{steps}", f"next_thread_bytes_step_{steps}"] + [
         f"{call}_ms_step_{step}" for call in ("aput", "aget_tuple") for step in (EARLY_STEP, steps)
     ]
     assert set(figures) == {(backend, figure) for backend in ("sqlite", "postgres") for figure in expected}

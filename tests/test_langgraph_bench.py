@@ -18,7 +18,7 @@ async def test_the_storage_benchmark_measures_every_saver(tmp_path: Path) -> Non
     names = [saver["saver"] for saver in results["savers"]]
     assert names == ["agentfold sqlite", "langgraph sqlite", "agentfold postgres", "langgraph postgres"]
     for saver in results["savers"]:
-        assert saver["bytes"] > saver["thread_bytes"] > 0
+        assert saver["bytes"] > saver["thread_bytes"] > 0 and saver["next_thread_bytes"] > 0
         assert saver[f"aput_ms_step_{steps}"] > 0 and saver[f"aget_tuple_ms_step_{EARLY_STEP}"] > 0
         assert isinstance(saver[f"decode_ms_step_{steps}"], float)  # reported, whatever its value
     assert set(results["versions"]) == {"agentfold", *PACKAGES}

@@ -180,27 +180,40 @@ class _Saver:
         return {"configurable": {"thread_id": f"chat-{self.tag}"}, "recursion_limit": self.steps * 2 + 10}
 
     @property
+    def next_thread(self) -> dict[str, Any]:
+        return {"configurable": {"thread_id": f"next-{self.tag}"}, "recursion_limit": self.steps * 2 + 10}
+
+    @property
     def short_thread(self) -> dict[str, Any]:
         return {"configurable": {"thread_id": f"short-{self.tag}"}, "recursion_limit": EARLY_STEP * 2 + 10}
 
 
 async def _fill(saver: _Saver) -> None:
     """The bytes of storage that holds nothing yet, and after one thread of `steps` steps read once; then a thread
-    of `EARLY_STEP` steps beside it."""
+    of `EARLY_STEP` steps beside it, and what one more thread of `steps` steps adds to storage already in use (what
+    each thread costs a store that holds many, without what a saver's tables cost once)."""
     async with saver.opened() as opened:  # a saver creates its tables on first use
         assert (
             await opened.aget_tuple({"configurable": {"thread_id": f"none-{saver.tag}", "checkpoint_ns": ""}}) is None
         )
     empty = await saver.size()
-    async with saver.opened() as opened:
-        await _chat_graph(opened).ainvoke({"until": saver.steps}, saver.long_thread, durability="sync")
-    async with saver.opened() as opened:
-        state = await _chat_graph(opened).aget_state(saver.long_thread)
-        assert len(state.values["messages"]) == 2 * saver.steps, "the saver did not return what was put"
+    await _write_and_read(saver, saver.long_thread)
     after = await saver.size()  # one thread of `steps` steps, read once, before anything else is added
     saver.figures.update({"saver": saver.name, "bytes": after, "thread_bytes": after - empty})
     async with saver.opened() as opened:
         await _chat_graph(opened).ainvoke({"until": EARLY_STEP}, saver.short_thread, durability="sync")
+    before = await saver.size()
+    await _write_and_read(saver, saver.next_thread)
+    saver.figures["next_thread_bytes"] = await saver.size() - before
+
+
+async def _write_and_read(saver: _Saver, thread: dict[str, Any]) -> None:
+    """A thread of `steps` steps, then one read of its state by a fresh saver (checked against what was put)."""
+    async with saver.opened() as opened:
+        await _chat_graph(opened).ainvoke({"until": saver.steps}, thread, durability="sync")
+    async with saver.opened() as opened:
+        state = await _chat_graph(opened).aget_state(thread)
+        assert len(state.values["messages"]) == 2 * saver.steps, "the saver did not return what was put"
 
 
 async def _time(saver: _Saver) -> None:
@@ -332,7 +345,7 @@ async def run_langgraph_storage(
         f"{backend}_{figure}_vs_langgraph": by_name[f"agentfold {backend}"][figure]
         / by_name[f"langgraph {backend}"][figure]
         for backend in ("sqlite", "postgres")
-        for figure in ("bytes", "thread_bytes")
+        for figure in ("bytes", "thread_bytes", "next_thread_bytes")
     }
     return {
         "steps": steps,

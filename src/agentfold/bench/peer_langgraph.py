@@ -17,9 +17,9 @@ SAVER: Final = {"sqlite": "AsyncSqliteSaver", "postgres": "AsyncPostgresSaver"}
 async def measure_langgraph(
     backends: list[str], pg_url: str, workdir: Path, sizes: PeerSizes, progress: Progress
 ) -> list[Comparison]:
-    """Bytes stored after a thread of `sizes.langgraph_steps` steps (all of them, and what the thread added to an
-    empty store), and `aput`/`aget_tuple` latency at step 10 and at that step, for `AgentfoldSaver` and the official
-    saver on each backend."""
+    """Bytes stored after a thread of `sizes.langgraph_steps` steps (all of them, what the thread added to an empty
+    store, and what one more such thread added to the store in use), and `aput`/`aget_tuple` latency at step 10 and
+    at that step, for `AgentfoldSaver` and the official saver on each backend."""
     steps = sizes.langgraph_steps
     results = await run_langgraph_storage(workdir / "langgraph", pg_url, steps, progress)
     savers = {saver["saver"]: saver for saver in results["savers"]}
@@ -29,6 +29,7 @@ async def measure_langgraph(
         figures = [
             (f"checkpoint_bytes_step_{steps}", "bytes", "bytes"),
             (f"thread_bytes_step_{steps}", "thread_bytes", "bytes"),
+            (f"next_thread_bytes_step_{steps}", "next_thread_bytes", "bytes"),
         ] + [
             (f"{call}_ms_step_{step}", f"{call}_ms_step_{step}", "ms")
             for call in ("aput", "aget_tuple")

@@ -232,7 +232,15 @@ def _integrations(urls: tuple[str, ...], json_path: Path | None, quick: bool, co
             raise click.ClickException(str(error)) from None
     early, late = f"step_{results['early_step']}", f"step_{steps}"
     table = Table(title=f"LangGraph checkpoints: {steps} steps of a chat graph, 2 messages per step")
-    columns = ("saver", "bytes", "thread bytes", f"aput ms {early}", f"aput ms {late}", f"aget_tuple ms {early}")
+    columns = (
+        "saver",
+        "bytes",
+        "thread bytes",
+        "next thread bytes",
+        f"aput ms {early}",
+        f"aput ms {late}",
+        f"aget_tuple ms {early}",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "saver" else "right")
     table.add_column(f"aget_tuple ms {late}", justify="right")
@@ -241,6 +249,7 @@ def _integrations(urls: tuple[str, ...], json_path: Path | None, quick: bool, co
             saver["saver"],
             f"{saver['bytes']:,}",
             f"{saver['thread_bytes']:,}",
+            f"{saver['next_thread_bytes']:,}",
             *(f"{saver[f'{figure}_ms_{step}']:.2f}" for figure in ("aput", "aget_tuple") for step in (early, late)),
         )
     Console().print(table)
