@@ -1064,7 +1064,6 @@ _STATEMENTS: Final = {
             CROSS JOIN LATERAL (
                 SELECT e.position FROM {{s}}.events e
                 WHERE ({_TYPE_KEY}, e.position) > (hashtext(t.type), %(after)s) AND {_TYPE_KEY} <= hashtext(t.type)
-                      AND e.type = t.type
                 ORDER BY {_TYPE_KEY}, e.position LIMIT %(limit)s
             ) AS f
         ), bound AS (
@@ -1081,7 +1080,8 @@ _STATEMENTS: Final = {
         )
         SELECT {_RECORD}, scanned.position
         FROM scanned LEFT JOIN (chosen JOIN {{s}}.events e USING (position))
-            ON %(prefix)s::text IS NULL OR starts_with(e.stream_id, %(prefix)s::text)
+            ON e.type = ANY(%(types)s::text[])
+               AND (%(prefix)s::text IS NULL OR starts_with(e.stream_id, %(prefix)s::text))
         ORDER BY e.position
     """,
     # By stream category: the category's next `limit` events from the (category's hash, position) index (said the
@@ -1091,7 +1091,7 @@ _STATEMENTS: Final = {
         WITH found AS (
             SELECT e.position, e.stream_id, {_RECORD} AS record FROM {{s}}.events e
             WHERE ({_CATEGORY_KEY}, e.position) > (hashtext(%(category)s), %(after)s)
-                  AND {_CATEGORY_KEY} <= hashtext(%(category)s) AND {_CATEGORY} = %(category)s
+                  AND {_CATEGORY_KEY} <= hashtext(%(category)s)
             ORDER BY {_CATEGORY_KEY}, e.position LIMIT %(limit)s
         ), scanned AS (
             SELECT CASE WHEN (SELECT count(*) FROM found) = %(limit)s THEN (SELECT max(position) FROM found)
