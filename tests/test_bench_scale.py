@@ -9,7 +9,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agentfold.bench.scale import RATIO_FIGURES, UNIT_EVENTS, Turns, markdown, parse_sizes, run_scale
+import agentfold
+from agentfold.bench.scale import (
+    RATIO_FIGURES,
+    UNIT_EVENTS,
+    WAITING_RUNS,
+    Turns,
+    fill,
+    markdown,
+    open_runs_after_fill,
+    parse_sizes,
+    run_scale,
+)
 from agentfold.cli import main
 from tests.backends import BACKENDS, PG_URL, REDIS_URL, require_service
 
@@ -18,6 +29,7 @@ ALWAYS = {
     "events",
     "streams",
     "runs",
+    "open_runs",
     "fill_s",
     "fill_events_per_s",
     "payload_bytes_per_event",
@@ -35,6 +47,15 @@ ALWAYS = {
 ON_DISK = {"bytes_per_event", "events_table_bytes_per_event", "events_indexes_bytes_per_event"}
 
 
+async def test_a_fill_leaves_the_same_runs_unfinished_at_every_size() -> None:
+    for events in (20_000, 60_000):
+        async with agentfold.connect("memory://") as store:
+            units = await fill(store, events, lambda _: None, "fill")
+            _, runs = await store.open_runs()
+            assert len(runs) == open_runs_after_fill(units) == WAITING_RUNS
+            assert await store.head_position() == events
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "redis"])
 async def test_every_figure_at_every_size_with_its_ratios(backend: str) -> None:
     require_service(next(known for known in BACKENDS if known.name == backend))
@@ -48,7 +69,8 @@ async def test_every_figure_at_every_size_with_its_ratios(backend: str) -> None:
         figures = row["figures"]
         assert ALWAYS | ON_DISK <= set(figures)
         assert figures["events"] == row["size"] and figures["runs"] == row["size"] // UNIT_EVENTS
-        assert all(value > 0 for name, value in figures.items() if name != "fill_s")
+        assert figures["open_runs"] == open_runs_after_fill(row["size"] // UNIT_EVENTS)
+        assert all(value > 0 for name, value in figures.items() if name not in ("fill_s", "open_runs"))
         # the payload is about 180 bytes; what the store keeps for it on disk is more
         assert figures["bytes_per_event"] > figures["payload_bytes_per_event"] > 100
         if backend == "redis":  # memory per key kind: the per-stream lists, the global stream, the id records

@@ -52,22 +52,39 @@ def event_payload(index: int) -> dict[str, Any]:
 RUN_WORKFLOWS: Final = ("intake", "payment", "fulfilment", "notification")
 
 
-def run_events(index: int) -> list[NewEvent]:
-    """One workflow run's events as the runtime writes them: 1 in 10 fails its step, 1 in 20 waits for a signal,
-    the rest complete."""
+WAITING_EVERY: Final = 20
+FIRST_WAITING: Final = 5
+"""Of the runs `run_events` writes, the one of index `FIRST_WAITING` and every `WAITING_EVERY`-th after it wait for
+a signal."""
+
+
+def waits(index: int) -> bool:
+    """Whether run `index` of `run_events` waits for a signal."""
+    return index % WAITING_EVERY == FIRST_WAITING
+
+
+def run_events(index: int, signalled: bool = False) -> list[NewEvent]:
+    """One workflow run's events as the runtime writes them: 1 in 10 fails its step, 1 in 20 waits for a signal
+    (with `signalled`, it got the signal and completed), the rest complete. Four events each."""
     workflow = RUN_WORKFLOWS[index % len(RUN_WORKFLOWS)]
+    started = NewEvent(h.WORKFLOW_STARTED, {"workflow": workflow, "input": {"args": [index]}})
+    if waits(index) and signalled:
+        wait = {"seq": 1, "name": "approve"}
+        return [
+            started,
+            NewEvent(h.WAIT_STARTED, {**wait, "deadline_us": None}),
+            NewEvent(h.SIGNAL_RECEIVED, {**wait, "payload": "true", "signal_version": 1}),
+            NewEvent(h.WORKFLOW_COMPLETED, {"result": index}),
+        ]
     step = {"seq": 1, "name": "work", "attempt": 1}
-    events = [
-        NewEvent(h.WORKFLOW_STARTED, {"workflow": workflow, "input": {"args": [index]}}),
-        NewEvent(h.STEP_STARTED, step),
-    ]
+    events = [started, NewEvent(h.STEP_STARTED, step)]
     if index % 10 == 0:
         error = {"type": "RuntimeError", "message": f"run {index} failed"}
         events += [
             NewEvent(h.STEP_FAILED, {**step, "final": True, "error": error}),
             NewEvent(h.WORKFLOW_FAILED, {"error": error}),
         ]
-    elif index % 20 == 5:
+    elif waits(index):
         events += [
             NewEvent(h.STEP_COMPLETED, {**step, "result": index}),
             NewEvent(h.WAIT_STARTED, {"seq": 2, "name": "approve", "deadline_us": None}),

@@ -37,6 +37,8 @@ import msgspec
 
 import agentfold
 from agentfold.bench import (
+    FIRST_WAITING,
+    WAITING_EVERY,
     Figures,
     Progress,
     environment,
@@ -66,6 +68,8 @@ FILL_TASKS: Final = 32
 """Units appended at once while filling: their appends share the backend's group commits."""
 KICK_TYPE: Final = "ScaleBenchKick"
 """The event type of the bench's trigger: appended once per size, after the fill."""
+WAITING_RUNS: Final = 20
+"""The runs a fill leaves waiting for a signal, at every size (`first_waiting_unit`)."""
 REFERENCE_SIZE: Final = 20_000
 """The size of the reference store measured in turns with each size (the smallest size, if smaller)."""
 PAGE_LIMIT: Final = 50
@@ -119,13 +123,33 @@ async def kicked(ctx: WorkflowContext, event: dict[str, Any]) -> int:
 KICK_TRIGGER: Final = runtime.trigger(KICK_TYPE, kicked)
 
 
-def unit_events(unit: int) -> tuple[tuple[str, list[NewEvent]], tuple[str, list[NewEvent]]]:
-    """The two appends of one unit of fill: a domain stream of 46 events and a run of 4."""
+def unit_events(unit: int, units: int) -> tuple[tuple[str, list[NewEvent]], tuple[str, list[NewEvent]]]:
+    """The two appends of unit `unit` of a fill of `units`: a domain stream of 46 events and a run of 4."""
     domain = [
         NewEvent(DOMAIN_TYPES[index % len(DOMAIN_TYPES)], event_payload(unit * DOMAIN_EVENTS + index))
         for index in range(DOMAIN_EVENTS)
     ]
-    return (f"order-{unit:08d}", domain), (f"{h.WORKFLOW_STREAM_PREFIX}scale-{unit:08d}", run_events(unit))
+    run = run_events(unit, signalled=unit < first_waiting_unit(units))
+    return (f"order-{unit:08d}", domain), (f"{h.WORKFLOW_STREAM_PREFIX}scale-{unit:08d}", run)
+
+
+def first_waiting_unit(units: int) -> int:
+    """The first unit of a fill of `units` whose run still waits for its signal: the runs that wait before it got
+    theirs, so that every size holds the same unfinished runs (`WAITING_RUNS`), as a fleet whose in-flight work does
+    not grow with its history. A worker's start costs what is unfinished; a fill whose waiting runs all stayed open
+    would measure the growth of the open runs, not of the log."""
+    waiting = _waiting_runs(units)
+    return 0 if waiting <= WAITING_RUNS else FIRST_WAITING + WAITING_EVERY * (waiting - WAITING_RUNS)
+
+
+def open_runs_after_fill(units: int) -> int:
+    """How many runs a fill of `units` leaves unfinished."""
+    return min(_waiting_runs(units), WAITING_RUNS)
+
+
+def _waiting_runs(units: int) -> int:
+    """How many of the runs of units 0 to `units` - 1 wait for a signal (`agentfold.bench.waits`)."""
+    return (units - FIRST_WAITING - 1) // WAITING_EVERY + 1 if units > FIRST_WAITING else 0
 
 
 async def fill(store: EventStore, events: int, progress: Progress, label: str) -> int:
@@ -141,7 +165,7 @@ async def fill(store: EventStore, events: int, progress: Progress, label: str) -
         while next_unit < units:
             unit = next_unit
             next_unit += 1
-            (domain_id, domain), (run_id, run) = unit_events(unit)
+            (domain_id, domain), (run_id, run) = unit_events(unit, units)
             await asyncio.gather(store.append(domain_id, domain, NO_STREAM), store.append(run_id, run, NO_STREAM))
             done += 1
             now = time.perf_counter()
@@ -461,6 +485,7 @@ async def measure_size(
             "events": float(events),
             "streams": float(units * 2),
             "runs": float(units),
+            "open_runs": float(open_runs_after_fill(units)),
             "fill_s": filled_s,
             "fill_events_per_s": events / filled_s,
         }
@@ -563,7 +588,7 @@ def figure_rows(result: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
 def format_figure(name: str, value: float) -> str:
     if name.endswith("_vs_reference"):
         return f"{value:.2f}x"
-    if name in ("events", "streams", "runs") or name.endswith("_per_s"):
+    if name in ("events", "streams", "runs", "open_runs") or name.endswith("_per_s"):
         return f"{value:,.0f}"
     if name.endswith("_bytes_per_event") or name == "bytes_per_event":
         return f"{value:,.0f}"
