@@ -346,6 +346,9 @@ async def test_types_and_categories_whose_index_keys_collide_read_back_only_thei
             assert [event.data["i"] for event in events] == [index for index in range(12) if index % 2 == parity][
                 :limit
             ]
+    for limit in (None, 1, 5):  # both asked for: one key, each event once
+        events = [event async for event in pg_store.read_all(types=[mine, other], limit=limit)]
+        assert [event.data["i"] for event in events] == list(range(12))[:limit]
     pages = [page async for page in pg_store.read_all_pages(types=[mine], limit=3)]
     assert [event.type for page in pages for event in page] == [mine] * 3
 

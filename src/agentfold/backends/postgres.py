@@ -1048,9 +1048,10 @@ _STATEMENTS: Final = {
     # up to the head is final (see `PostgresBackend._commit`). Each row carries the position scanned; a page
     # without a match is one row without a record.
     #
-    # By type: the first `limit` positions above `after` of each type, from the (type's hash, position) index, each
-    # row checked against the type itself. Every match up to the lowest last position of a type that filled its
-    # `limit` (else the head) is among them; the page is the first `limit` of those.
+    # By type: the first `limit` positions above `after` under each key (a type's hash: types asked for whose hashes
+    # are equal share one) from the (type's hash, position) index. Every match up to the lowest last position of a
+    # key that filled its `limit` (else the head) is among them; the page is the first `limit` of those, less the
+    # rows of types not asked for.
     #
     # "(key, position) > (k, after) AND key <= k, in (key, position) order" is "key = k AND position > after, in
     # position order" said so that only the index's order serves it: said plainly, the planner may walk the
@@ -1058,12 +1059,12 @@ _STATEMENTS: Final = {
     # rare type (or a common one absent from the log's tail) then costs a scan of everything after `after`.
     "read_all_types": f"""
         WITH found AS (
-            SELECT f.position, count(*) OVER (PARTITION BY t.type) AS taken,
-                   max(f.position) OVER (PARTITION BY t.type) AS last
-            FROM unnest(%(types)s::text[]) AS t(type)
+            SELECT f.position, count(*) OVER (PARTITION BY t.key) AS taken,
+                   max(f.position) OVER (PARTITION BY t.key) AS last
+            FROM (SELECT DISTINCT hashtext(wanted) FROM unnest(%(types)s::text[]) AS wanted) AS t(key)
             CROSS JOIN LATERAL (
                 SELECT e.position FROM {{s}}.events e
-                WHERE ({_TYPE_KEY}, e.position) > (hashtext(t.type), %(after)s) AND {_TYPE_KEY} <= hashtext(t.type)
+                WHERE ({_TYPE_KEY}, e.position) > (t.key, %(after)s) AND {_TYPE_KEY} <= t.key
                 ORDER BY {_TYPE_KEY}, e.position LIMIT %(limit)s
             ) AS f
         ), bound AS (
