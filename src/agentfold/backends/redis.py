@@ -50,6 +50,7 @@ from redis.asyncio.connection import AbstractConnection as Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from agentfold import openruns
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
 from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, apply_then, read_pages
 from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
@@ -103,16 +104,23 @@ _MAX_EVENTS_PER_CALL: Final = 4096
 _BLOB_WEIGHT: Final = 16384
 """Blob bytes that weigh as much as one event against `_MAX_EVENTS_PER_CALL`: about 64 MB of blobs per call."""
 _TRIM_PAGE: Final = 1000
+_FOLD_PAGE: Final = 1000
+"""Entries of the global stream per read while folding the open runs from the log."""
+_CATCH_UP_ROUNDS: Final = 8
+"""At most how many times a catch-up of the open runs reads on when appends that did not keep them (an older
+agentfold's, or any while the rows were behind) moved the head meanwhile; the next reader goes on from there."""
 _SENDERS: Final = 2
 _PACKED_STREAMS: Final = 4096
 _WATCH_BLOCK_MS: Final = 1000
 _WATCH_RETRY_SECONDS: Final = 0.1
 
-# KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, idx, blobevents, then each append's stream key.
+# KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, idx, blobevents, runs, holders, runsat, then each
+# append's stream key.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
 # number), event count, then per event: its id packed (`packed_id`, the key in `idx`), its id as text (the key in
 # the `ids` hash of a layout-1 store), the JSON tail of its entry (`stream_id,type,id,data,metadata]`) and the
-# digests of its blobs (space-separated, empty when none), then the append's blob count and per blob: digest, content.
+# digests of its blobs (space-separated, empty when none), then the append's blob count and per blob: digest,
+# content, then its open-run change count and per change (`run_change_arguments`): kind, workflow id, value.
 # Reply, one line per append, led by its `Outcome` code: "0 version position" written; "1 current_version" wrong
 # expected version (nothing written); "2" some id already recorded (nothing written), followed by one line per
 # event: its record or "-" (the caller tells a retry from a duplicate). Record lines cannot hold a newline: stream
@@ -122,6 +130,12 @@ _WATCH_RETRY_SECONDS: Final = 0.1
 # (ids written earlier in the call are in `fresh`, versions in `versions`). Counters, versions and id records are
 # read once and written once per call; only the two XADDs are per event. Nothing is written before every check of
 # an append passed, and no command after the checks can fail on data agentfold wrote.
+#
+# The open runs (`agentfold.openruns`): the client computes each append's changes with `openruns.changes`; the
+# script applies them (`_APPLY_RUN_CHANGES`) to `runs` and `holders` right after the append's events, in position
+# order, only when the append is written and only while the rows are as of the head (`runsat` equals the head
+# before the call: no older agentfold appended without keeping them). Then `runsat` moves with the head. The types
+# of `runs` and `holders` are checked before anything is written, so applying a change cannot fail half-way.
 LAYOUT_MARKER: Final = "agentfold layout 2: streams are lists, event ids packed in idx"
 """What ``{prefix}:ids`` holds in a store created with layout 2 (streams as lists, packed ids): a string, which
 older agentfold refuses (WRONGTYPE) before it writes anything."""
@@ -133,10 +147,63 @@ def packed_id(event_id: str) -> bytes:
     return bytes.fromhex(event_id.replace("-", ""))
 
 
-APPEND_SCRIPT: Final = render_outcome_codes("""#!lua
+_APPLY_RUN_CHANGES: Final = """local function apply_run_changes(runs_key, holders_key, at)
+  local count = tonumber(ARGV[at])
+  for c = 1, count do
+    local kind, run, value = ARGV[at + 3 * c - 2], ARGV[at + 3 * c - 1], ARGV[at + 3 * c]
+    if kind == 'o' then
+      redis.call('HSET', runs_key, run, value)
+      redis.call('HDEL', holders_key, run)
+    elseif kind == 'c' then
+      redis.call('HDEL', runs_key, run)
+      redis.call('HDEL', holders_key, run)
+    elseif redis.call('HEXISTS', runs_key, run) == 1 then
+      if kind == 'h' then redis.call('HSET', holders_key, run, value) else redis.call('HDEL', holders_key, run) end
+    end
+  end
+  return at + 1 + 3 * count
+end"""
+"""Apply the open-run changes at ``ARGV[at]`` (a count, then per change: kind, workflow id, value; see
+`run_change_arguments`) to the ``runs`` and ``holders`` hashes, in order; return the index after them. The rules
+are `agentfold.openruns`'s, applied by the client's `changes`: this only carries out OPEN, CLOSE and HOLD."""
+
+RUN_OPENED: Final = b"o"
+RUN_CLOSED: Final = b"c"
+RUN_HELD: Final = b"h"
+RUN_FREED: Final = b"f"
+_KINDS: Final = {openruns.OPEN: RUN_OPENED, openruns.CLOSE: RUN_CLOSED}
+
+
+def run_change_arguments(found: Sequence[openruns.Change]) -> list[bytes]:
+    """The script arguments of open-run changes: their count, then per change its kind (``o`` opened under the
+    workflow in value, ``c`` closed, ``h`` held by the worker in value, ``f`` held by nobody), workflow id, value."""
+    arguments = [b"%d" % len(found)]
+    for change in found:
+        if change.kind == openruns.HOLD:
+            kind = RUN_FREED if change.owner is None else RUN_HELD
+            value = (change.owner or "").encode()
+        else:
+            kind = _KINDS[change.kind]
+            value = (change.workflow or "").encode() if change.kind == openruns.OPEN else b""
+        arguments += (kind, change.workflow_id.encode(), value)
+    return arguments
+
+
+def rows_as_changes(runs: dict[str, openruns.OpenRun]) -> list[openruns.Change]:
+    """The changes that build `runs` on empty rows: each run opened, then held by its holder if it has one."""
+    found: list[openruns.Change] = []
+    for run in runs.values():
+        found.append(openruns.Change(openruns.OPEN, run.workflow_id, workflow=run.workflow))
+        if run.owner is not None:
+            found.append(openruns.Change(openruns.HOLD, run.workflow_id, owner=run.owner))
+    return found
+
+
+APPEND_SCRIPT: Final = (
+    render_outcome_codes("""#!lua
 local head_key, all_key, ids_key, versions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local blobs_key, refs_key, bytes_key, packed_ids_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local blob_events_key = KEYS[9]
+local blob_events_key, runs_key, holders_key, runs_at_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local fmt, unpack = string.format, unpack
 local appends = tonumber(ARGV[1])
 -- The layout: a store created before layout 2 has its id records in the `ids` hash under the text id and each
@@ -163,7 +230,10 @@ local function hset(key, pairs)
   end
 end
 
+{apply_run_changes}
+
 local starts, stream_ids, ids = {}, {}, {}
+local run_changes = false
 local at = 2
 for append = 1, appends do
   starts[append] = at
@@ -174,6 +244,8 @@ for append = 1, appends do
   end
   at = at + 3 + 4 * count
   at = at + 1 + 2 * tonumber(ARGV[at])
+  if ARGV[at] ~= '0' then run_changes = true end
+  at = at + 1 + 3 * tonumber(ARGV[at])
 end
 local known = hmget(records_key, ids)
 local stored_versions = hmget(versions_key, stream_ids)
@@ -187,6 +259,17 @@ local clock = redis.call('TIME')
 local now = clock[1] .. string.rep('0', 6 - #clock[2]) .. clock[2]
 local head = tonumber(redis.call('GET', head_key) or '0')
 local start_head = head
+-- The open runs are kept only while they are as of the head: a store whose events an older agentfold appended
+-- (or that had events before it kept them) is caught up by its readers from `runsat` on (`RedisBackend`).
+local keep_runs = tonumber(redis.call('GET', runs_at_key) or '0') == head
+if keep_runs and run_changes then
+  for _, key in ipairs({runs_key, holders_key}) do
+    local kind = redis.call('TYPE', key)['ok']
+    if kind ~= 'hash' and kind ~= 'none' then
+      return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not the open runs agentfold keeps')
+    end
+  end
+end
 local fresh, new_records, changed, replies = {}, {}, {}, {}
 local id_at = 0
 for append = 1, appends do
@@ -213,7 +296,7 @@ for append = 1, appends do
     if not ok then
       replies[#replies + 1] = '{outcome.WRONG_EXPECTED_VERSION} ' .. fmt('%d', current)
     else
-      local stream_key = KEYS[9 + append]
+      local stream_key = KEYS[12 + append]
       local batch = ' ' .. fmt('%d', current + 1) .. ' ' .. fmt('%d', current + count) .. ' '
       local listed = {}
       for i = 1, count do
@@ -247,6 +330,7 @@ for append = 1, appends do
           redis.call('INCRBY', bytes_key, #content)
         end
       end
+      if keep_runs then apply_run_changes(runs_key, holders_key, blob_at + 1 + 2 * tonumber(ARGV[blob_at])) end
       versions[stream_id] = current + count
       changed[stream_id] = true
       head = head + count
@@ -264,9 +348,13 @@ if head ~= start_head then
   hset(versions_key, new_versions)
   hset(records_key, new_records)
   if ids_type == 'none' then redis.call('SET', ids_key, '{layout_marker}') end
+  if keep_runs then redis.call('SET', runs_at_key, fmt('%d', head)) end
 end
 return table.concat(replies, '\\n')
-""").replace("{layout_marker}", LAYOUT_MARKER)
+""")
+    .replace("{layout_marker}", LAYOUT_MARKER)
+    .replace("{apply_run_changes}", _APPLY_RUN_CHANGES)
+)
 
 _RELEASE_BLOBS: Final = """local function release(digests)
   for digest in string.gmatch(digests, '%x+') do
@@ -329,6 +417,22 @@ return #records
 """.replace("{release_blobs}", _RELEASE_BLOBS)
 
 # KEYS: the stream's snapshot hash. ARGV: name, version, "version state". Keeps the newest version.
+# KEYS: head, runs, holders, runsat. ARGV: the position P the rows are as of, "force" or "ahead", then changes
+# (`run_change_arguments`) that build the rows from nothing. Replaces the rows with them and sets `runsat` to P, in
+# one step: a rebuild ("force") always, a catch-up ("ahead") unless the rows kept are already as of P or later.
+# Reply: -1 nothing written; else 1 when the rows are now as of the head (appends keep them again), 0 when not yet.
+WRITE_RUNS_SCRIPT: Final = """#!lua
+{apply_run_changes}
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local at = tonumber(ARGV[1])
+if ARGV[2] ~= 'force' and tonumber(redis.call('GET', KEYS[4]) or '0') >= at then return -1 end
+redis.call('DEL', KEYS[2], KEYS[3])
+apply_run_changes(KEYS[2], KEYS[3], 3)
+redis.call('SET', KEYS[4], ARGV[1])
+if head == at then return 1 end
+return 0
+""".replace("{apply_run_changes}", _APPLY_RUN_CHANGES)
+
 SNAPSHOT_SCRIPT: Final = """#!lua
 local kept = redis.call('HGET', KEYS[1], ARGV[1])
 if kept and tonumber(string.match(kept, '^(%d+) ')) > tonumber(ARGV[2]) then return 0 end
@@ -365,6 +469,23 @@ def _decode_entries(records: list[bytes], where: str) -> list[_Entry]:
         return _page_decoder.decode(b"[" + b",".join(records) + b"]")
     except msgspec.DecodeError as error:
         raise StoreCorrupted(f"an entry of {where} was not written by agentfold: {error}") from None
+
+
+class _KeptEntry(msgspec.Struct, array_like=True, gc=False):
+    """What a fold of the open runs reads of an entry: its stream, type and data, the rest left undecoded."""
+
+    version: int
+    position: int
+    recorded_at_us: int
+    stream_id: str
+    type: str
+    id: msgspec.Raw
+    data: msgspec.Raw
+    metadata: msgspec.Raw
+
+
+_kept_page_decoder = msgspec.json.Decoder(list[_KeptEntry])
+_KEPT_TYPES: Final = frozenset(openruns.KEPT_TYPES)
 
 
 class _RecordDecoder:
@@ -683,6 +804,10 @@ class RedisBackend:
         self._packed_ids_key = base + b":idx"
         self._blob_events_key = base + b":blobevents"
         self._trimmed_key = base + b":trimmed"
+        self._runs_key = base + b":runs"
+        self._holders_key = base + b":holders"
+        self._runs_at_key = base + b":runsat"
+        self._write_runs_script = self._client.register_script(WRITE_RUNS_SCRIPT)
         fixed = (
             self._head_key,
             self._all_key,
@@ -691,6 +816,9 @@ class RedisBackend:
             *self._blob_keys,
             self._packed_ids_key,
             self._blob_events_key,
+            self._runs_key,
+            self._holders_key,
+            self._runs_at_key,
         )
         self._lists: bool | None = None  # whether streams are lists (layout 2); None until a first append
         self._fixed_keys = b"".join(bulk_string(key) for key in fixed)
@@ -758,13 +886,18 @@ class RedisBackend:
         parts.append(bulk_string(b"%d" % len(blobs)))
         for digest, content in blobs.items():
             parts += (bulk_string(digest.encode()), bulk_string(content))
+        found = openruns.changes(stream_id, ((event.type, event.data) for event in events))
+        if found:
+            parts += map(bulk_string, run_change_arguments(found))
+        else:
+            parts.append(b"$1\r\n0\r\n")
         pending = _PendingAppend(
             stream_id,
             events,
             expected_version,
             packed_key,
             b"".join(parts),
-            4 + 4 * len(events) + 2 * len(blobs),
+            5 + 4 * len(events) + 2 * len(blobs) + 3 * len(found),
             sum(map(len, blobs.values())),
         )
         return _answer(pending, await self._committer.submit(pending))
@@ -793,7 +926,7 @@ class RedisBackend:
 
     async def _run_append_script(self, connection: Connection, group: list[_PendingAppend]) -> list[list[bytes]]:
         """One ``EVALSHA`` for the group, packed here (the driver's generic packing costs more than the script)."""
-        key_count = 9 + len(group)
+        key_count = 12 + len(group)
         argument_count = 1 + sum(pending.argument_count for pending in group)
         payload = [
             b"*%d\r\n" % (3 + key_count + argument_count),
@@ -1078,6 +1211,103 @@ class RedisBackend:
         with translate_errors(f"save checkpoint {name!r} in Redis"):
             await self._client.hset(self._checkpoints_key, name, position)
 
+    # -- open runs -----------------------------------------------------------------------------------------------
+    #
+    # `runs` (workflow id -> workflow) and `holders` (workflow id -> the worker holding it) are `openruns.fold` of
+    # the log up to `runsat`, always: the append script applies an append's changes only while `runsat` is the
+    # head, and every other write replaces both hashes and `runsat` in one script. An append that keeps nothing
+    # (an older agentfold's, or one while the rows are behind) leaves `runsat` behind the head; a reader then folds
+    # the events after `runsat` on top of the rows, and writes the result back so that appends keep them again.
+
+    async def open_runs(self) -> tuple[int, list[openruns.OpenRun]]:
+        head, at, runs = await self._read_open_runs()
+        if at < head:
+            await self._fold_runs(runs, at, head)
+            await self._write_runs(head, runs, force=False, quiet=True)
+        return head, list(runs.values())
+
+    async def rebuild_open_runs(self) -> int:
+        """Fold the whole log up to the head, then replace the rows with it in one script (`WRITE_RUNS_SCRIPT`):
+        appends written meanwhile are after the rows' position and are folded on top by the catch-up that follows
+        (or by the next reader)."""
+        head = await self.head_position()
+        runs: dict[str, openruns.OpenRun] = {}
+        await self._fold_runs(runs, 0, head)
+        await self._write_runs(head, runs, force=True, quiet=False)
+        caught_up = await self.catch_up_open_runs()
+        return len(runs) if caught_up is None else caught_up
+
+    async def catch_up_open_runs(self) -> int | None:
+        """Bring the rows up to the head where appends left them behind (a store that had events before this
+        agentfold kept the open runs, or that an older agentfold appended to), so that appends keep them again;
+        how many runs are open then, or None when appends kept moving the head past every round. Done when a
+        store is opened; a write the server refuses (a read-only replica) leaves the catch-up to later readers."""
+        for _ in range(_CATCH_UP_ROUNDS):
+            head, at, runs = await self._read_open_runs()
+            if at >= head:
+                return len(runs)
+            await self._fold_runs(runs, at, head)
+            if await self._write_runs(head, runs, force=False, quiet=True) == 1:
+                return len(runs)
+        return None
+
+    async def _read_open_runs(self) -> tuple[int, int, dict[str, openruns.OpenRun]]:
+        """(the head, the position the rows are as of, the rows), read in one ``MULTI``/``EXEC``."""
+        with translate_errors("read the open runs from Redis"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(self._head_key)
+                pipe.get(self._runs_at_key)
+                pipe.hgetall(self._runs_key)
+                pipe.hgetall(self._holders_key)
+                head, at, workflows, holders = await pipe.execute()
+        runs: dict[str, openruns.OpenRun] = {}
+        for raw_id, workflow in cast(dict[bytes, bytes], workflows).items():
+            holder = cast(dict[bytes, bytes], holders).get(raw_id)
+            workflow_id = raw_id.decode()
+            runs[workflow_id] = openruns.OpenRun(
+                workflow_id, workflow.decode(), None if holder is None else holder.decode()
+            )
+        head_position = int(head or 0)
+        return head_position, int(at) if at is not None else (0 if head_position == 0 else -1), runs
+
+    async def _fold_runs(self, runs: dict[str, openruns.OpenRun], after: int, until: int) -> None:
+        """Apply to `runs` what the events at positions ``after + 1`` to `until` do to the open runs
+        (`openruns.change_of`), read from the global stream a page at a time; only kept types have their data
+        decoded."""
+        after = max(after, 0)
+        while after < until:
+            with translate_errors(f"read {self._all_key.decode()!r} from Redis"):
+                entries = await _execute(
+                    self._client, "XRANGE", self._all_key, b"0-%d" % (after + 1), b"0-%d" % until, b"COUNT", _FOLD_PAGE
+                )
+            if not entries:
+                return
+            try:
+                records = [entry[1][1] for entry in entries]
+                page = _kept_page_decoder.decode(b"[" + b",".join(records) + b"]")
+                for entry in page:
+                    if entry.type in _KEPT_TYPES:
+                        change = openruns.change_of(entry.stream_id, entry.type, bytes(entry.data))
+                        if change is not None:
+                            openruns.apply(runs, [change])
+            except (IndexError, TypeError, msgspec.DecodeError) as error:
+                where = self._all_key.decode()
+                raise StoreCorrupted(f"an entry of {where!r} was not written by agentfold: {error}") from None
+            after = page[-1].position
+
+    async def _write_runs(self, position: int, runs: dict[str, openruns.OpenRun], *, force: bool, quiet: bool) -> int:
+        """Replace the rows with `runs`, as of `position` (`WRITE_RUNS_SCRIPT`); its reply. `quiet`: a write the
+        server refuses is left to the next reader (-1)."""
+        arguments = [b"%d" % position, b"force" if force else b"ahead", *run_change_arguments(rows_as_changes(runs))]
+        keys = [self._head_key, self._runs_key, self._holders_key, self._runs_at_key]
+        try:
+            with translate_errors("write the open runs in Redis"):
+                return int(await self._write_runs_script(keys=keys, args=arguments))
+        except AgentfoldError:
+            if not quiet:
+                raise
+            return -1
+
     async def close(self) -> None:
         self._closed = True
         await self._committer.close()
@@ -1173,7 +1403,7 @@ async def check_server(settings: RedisSettings) -> tuple[tuple[int, ...], Persis
                         f"durability=waitaof needs the append-only file, which is off at {settings.shown_url} "
                         "(appendonly no)"
                     )
-            for script in (APPEND_SCRIPT, TRIM_SCRIPT, TRIM_LIST_SCRIPT, SNAPSHOT_SCRIPT):
+            for script in (APPEND_SCRIPT, TRIM_SCRIPT, TRIM_LIST_SCRIPT, SNAPSHOT_SCRIPT, WRITE_RUNS_SCRIPT):
                 await client.script_load(script)
     return version, describe_persistence(config, settings.durability)
 
@@ -1200,4 +1430,10 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> RedisS
         await require_store(settings)
     version, persistence = await check_server(settings)
     warn_once(settings, persistence)
-    return RedisStore(RedisBackend(settings, persistence, version))
+    backend = RedisBackend(settings, persistence, version)
+    try:
+        await backend.catch_up_open_runs()  # a store that had events before it kept the open runs: folded once
+    except BaseException:
+        await backend.close()
+        raise
+    return RedisStore(backend)
