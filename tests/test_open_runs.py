@@ -3,7 +3,8 @@
 What is checked: after any appends, the rows equal the fold of the log read back (including concurrent appends
 that the backends commit in groups, and random histories); an append that is refused, fails in its transaction or
 is retried changes nothing; a store that had events before it kept the open runs gets them folded once when
-opened; a worker on a store without a registry snapshot starts from them.
+opened; a worker on a store without a registry snapshot starts from them. On Redis also: events appended without
+keeping the open runs (as an older agentfold appends) leave them behind, and a reader folds the rest from the log.
 """
 
 from __future__ import annotations
@@ -16,22 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agentfold
 from agentfold import openruns
-from agentfold.errors import AgentfoldError, WrongExpectedVersion
+from agentfold.errors import AgentfoldError, StoreCorrupted, WrongExpectedVersion
 from agentfold.events import ANY, NO_STREAM, NewEvent
 from agentfold.openruns import OpenRun
 from agentfold.runtime import NO_RETRY, Runtime, WorkflowContext
 from agentfold.runtime import history as h
 from agentfold.store import EventStore
-from tests.backends import AVAILABLE, PG_PARTITIONED, Backend, execute_sql, require_service
+from tests.backends import AVAILABLE, PG_PARTITIONED, REDIS_URL, Backend, execute_sql, require_service
 from tests.waiting_app import until as wait_until
 from tests.waiting_app import waiting_app
 
-KEEPING = [backend for backend in (*AVAILABLE, PG_PARTITIONED) if backend.name != "redis" and backend.available()]
+KEEPING = [backend for backend in (*AVAILABLE, PG_PARTITIONED) if backend.available()]
 
 
 @pytest.fixture(params=KEEPING, ids=lambda backend: backend.name)
@@ -229,6 +231,14 @@ def _refuse_run_in_postgres(url: str, workflow_id: str) -> None:
     )
 
 
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(REDIS_URL.split("?")[0])
+
+
+def redis_prefix(url: str) -> str:
+    return url.rsplit("prefix=", 1)[1].split("&")[0]
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def sql_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
     chosen = next(backend for backend in KEEPING if backend.name == request.param)
@@ -362,6 +372,12 @@ def _damage(url: str) -> None:
             "INSERT INTO {s}open_runs VALUES ('ghost', 'w', NULL)",
             "DELETE FROM {s}open_runs WHERE workflow_id = 'r0'",
         )
+    elif url.startswith("redis"):
+        prefix = redis_prefix(url)
+        with redis_client() as client:
+            client.hset(f"{prefix}:runs", "ghost", "w")
+            client.hdel(f"{prefix}:runs", "r0")
+            client.hdel(f"{prefix}:holders", "r0")
 
 
 async def test_a_rebuild_folds_the_open_runs_from_the_log_again_while_runs_are_appended(
@@ -382,3 +398,132 @@ async def test_a_rebuild_folds_the_open_runs_from_the_log_again_while_runs_are_a
     assert runs == await folded(store)
     assert "ghost" not in runs and runs["r0"] == OpenRun("r0", "w", "k0") and len(runs) == 20
     assert await store.rebuild_open_runs() == 20
+
+
+# -- Redis: rows behind the head --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    chosen = next(backend for backend in KEEPING if backend.name == "redis")
+    require_service(chosen)
+    url = chosen.make_url(tmp_path)
+    yield url
+    chosen.cleanup(url)
+
+
+def _redis_rows(prefix: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], bytes | None]:
+    with redis_client() as client:
+        return (
+            client.hgetall(f"{prefix}:runs"),
+            client.hgetall(f"{prefix}:holders"),
+            client.get(f"{prefix}:runsat"),
+        )
+
+
+def _put_redis_rows(prefix: str, rows: tuple[dict[bytes, bytes], dict[bytes, bytes], bytes | None]) -> None:
+    runs, holders, at = rows
+    with redis_client() as client:
+        client.delete(f"{prefix}:runs", f"{prefix}:holders", f"{prefix}:runsat")
+        if runs:
+            client.hset(f"{prefix}:runs", mapping=runs)  # type: ignore[arg-type]
+        if holders:
+            client.hset(f"{prefix}:holders", mapping=holders)  # type: ignore[arg-type]
+        if at is not None:
+            client.set(f"{prefix}:runsat", at)
+
+
+async def test_redis_rows_left_behind_by_appends_that_kept_nothing_are_folded_on_by_readers(redis_url: str) -> None:
+    """Appends that wrote events but no open runs (as an older agentfold's do: the rows and ``runsat`` put back as
+    they were before them) leave the rows behind the head: appends after them keep nothing either, a reader folds
+    the events after ``runsat`` on top of the rows and writes them back, and appends keep them again."""
+    prefix = redis_prefix(redis_url)
+    async with agentfold.connect(redis_url) as store:
+        await store.append("workflow-a", [started("alpha"), claimed("k1")], NO_STREAM)
+        await store.append("workflow-b", [started("beta")], NO_STREAM)
+        before = _redis_rows(prefix)
+        assert before[2] == b"3"
+        await store.append("workflow-a", [event(h.WORKFLOW_COMPLETED, result=1)], 2)
+        await store.append("workflow-c", [started("gamma"), claimed("k2")], NO_STREAM)
+        _put_redis_rows(prefix, before)  # as if an older agentfold had appended those two
+
+        await store.append("workflow-b", [claimed("k3")], 1)  # behind the head: keeps nothing
+        await store.append("order-1", [NewEvent("Placed", {})])
+        assert _redis_rows(prefix)[2] == b"3"
+        position, runs = await kept(store)
+        assert position == await store.head_position() == 8
+        assert runs == await folded(store) == {"b": OpenRun("b", "beta", "k3"), "c": OpenRun("c", "gamma", "k2")}
+        assert _redis_rows(prefix)[2] == b"8"  # written back
+
+        await store.append("workflow-c", [event(h.WORKFLOW_COMPLETED, result=2)], 2)
+        assert _redis_rows(prefix)[2] == b"9"  # kept by the append again
+        assert (await kept(store))[1] == {"b": OpenRun("b", "beta", "k3")} == await folded(store)
+
+
+async def test_a_redis_store_written_before_the_open_runs_gets_them_folded_when_opened(redis_url: str) -> None:
+    prefix = redis_prefix(redis_url)
+    async with agentfold.connect(redis_url) as store:
+        for index in range(30):
+            stream = f"workflow-u{index}"
+            await store.append(stream, [started(f"w{index % 2}"), claimed(f"k{index % 3}")], NO_STREAM)
+            if index % 2:
+                await store.append(stream, [event(h.WORKFLOW_COMPLETED, result=index)], 2)
+            await store.append(f"order-{index}", [NewEvent("Placed", {"n": index})])
+        expected = await folded(store)
+        head = await store.head_position()
+    _put_redis_rows(prefix, ({}, {}, None))  # the keys as agentfold left them before it kept the open runs
+    async with agentfold.connect(redis_url) as store:
+        assert _redis_rows(prefix)[2] == str(head).encode()  # folded when opened
+        position, runs = await kept(store)
+        assert runs == expected and len(runs) == 15 and runs["u0"] == OpenRun("u0", "w0", "k0")
+        assert position == head
+        await store.append("workflow-u0", [event(h.WORKFLOW_COMPLETED, result=0)], 2)
+        assert "u0" not in (await kept(store))[1]
+        assert _redis_rows(prefix)[2] == str(head + 1).encode()
+
+
+async def test_a_layout_1_redis_store_gets_its_open_runs_folded_and_kept(redis_url: str) -> None:
+    """A store created before layout 2 (each stream a Redis stream, ids as text in the ``ids`` hash) keeps its
+    layout and gets the open runs like any other."""
+    prefix = redis_prefix(redis_url)
+    history = [
+        ("workflow-a", h.WORKFLOW_STARTED, '{"workflow":"alpha"}'),
+        ("workflow-a", h.WORKFLOW_CLAIMED, '{"worker":"k"}'),
+    ]
+    with redis_client() as client:
+        for position, (stream, kind, data) in enumerate(history, 1):
+            entry = f'[{position},{position},1796400000000000,"{stream}","{kind}","{uuid.uuid4()}",{data},{{}}]'
+            client.xadd(f"{prefix}:s:{stream}", {"e": entry}, id=f"0-{position}")
+            client.xadd(f"{prefix}:all", {"e": entry}, id=f"0-{position}")
+            client.hset(f"{prefix}:ids", str(uuid.uuid4()), f"{position} 1 2 {position} {stream}")
+        client.hset(f"{prefix}:versions", "workflow-a", 2)
+        client.set(f"{prefix}:head", 2)
+    async with agentfold.connect(redis_url) as store:
+        assert (await kept(store)) == (2, {"a": OpenRun("a", "alpha", "k")})
+        await store.append("workflow-b", [started("beta")], NO_STREAM)
+        await store.append("workflow-a", [event(h.WORKFLOW_COMPLETED, result=1)], 2)
+        assert (await kept(store))[1] == {"b": OpenRun("b", "beta")} == await folded(store)
+        assert _redis_rows(prefix)[2] == b"4"
+        with redis_client() as client:
+            assert client.type(f"{prefix}:s:workflow-b") == b"stream"
+
+
+async def test_a_redis_append_whose_open_runs_key_is_damaged_writes_nothing(redis_url: str) -> None:
+    """The script checks the open runs' keys before it writes: a run's start meets a key of another type with a
+    typed error and leaves no event; an append that changes no open run is written."""
+    prefix = redis_prefix(redis_url)
+    async with agentfold.connect(redis_url) as store:
+        await store.append("workflow-ok", [started()], NO_STREAM)
+        with redis_client() as client:
+            client.delete(f"{prefix}:holders")
+            client.set(f"{prefix}:holders", "not a hash")
+        with pytest.raises(StoreCorrupted):
+            await store.append("workflow-boom", [started()], NO_STREAM)
+        assert await store.stream_version("workflow-boom") == 0
+        assert (await store.append("order-1", [NewEvent("Placed", {})])).position == 2
+        with redis_client() as client:
+            client.delete(f"{prefix}:holders")
+        await store.append("workflow-boom", [started()], NO_STREAM)
+        position, runs = await kept(store)
+        assert runs == {"ok": OpenRun("ok", "w"), "boom": OpenRun("boom", "w")} == await folded(store)
+        assert position == 3

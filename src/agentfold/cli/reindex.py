@@ -39,10 +39,10 @@ class Reindexed:
 def reindex(store_url: str, as_json: bool) -> None:
     """Rebuild the runs index and the open runs from the log (the log itself is not changed).
 
-    The runs index loses its rows and checkpoint and folds every event again; the open runs (SQLite and
-    PostgreSQL stores keep them with each append) are folded again in one step no append interleaves with. Workers
-    may keep running meanwhile. On a Redis store both live in the memory of the processes that read them, so there
-    is nothing kept to rebuild."""
+    The runs index loses its rows and checkpoint and folds every event again; the open runs (SQLite, PostgreSQL
+    and Redis stores keep them with each append) are folded again and replaced in one step no append interleaves
+    with. Workers may keep running meanwhile. On a Redis store the runs index lives in the memory of the processes
+    that read it, so there is no runs index kept to rebuild."""
 
     async def rebuild(store: EventStore) -> Reindexed:
         started = time.perf_counter()
