@@ -472,7 +472,8 @@ def _decode_entries(records: list[bytes], where: str) -> list[_Entry]:
 
 
 class _KeptEntry(msgspec.Struct, array_like=True, gc=False):
-    """What a fold of the open runs reads of an entry: its stream, type and data, the rest left undecoded."""
+    """An entry with its id, data and metadata left undecoded: what a filtered read and a fold of the open runs
+    need to choose the entries they keep."""
 
     version: int
     position: int
@@ -485,6 +486,18 @@ class _KeptEntry(msgspec.Struct, array_like=True, gc=False):
 
 
 _kept_page_decoder = msgspec.json.Decoder(list[_KeptEntry])
+
+
+def _decode_kept_entries(records: list[bytes], where: str) -> list[_KeptEntry]:
+    """A page's records with their data and metadata left undecoded, joined and decoded in one call."""
+    if not records:
+        return []
+    try:
+        return _kept_page_decoder.decode(b"[" + b",".join(records) + b"]")
+    except msgspec.DecodeError as error:
+        raise StoreCorrupted(f"an entry of {where} was not written by agentfold: {error}") from None
+
+
 _KEPT_TYPES: Final = frozenset(openruns.KEPT_TYPES)
 
 
@@ -1064,16 +1077,22 @@ class RedisBackend:
         stream_prefix: str | None,
     ) -> tuple[list[RecordedEvent], int]:
         records, _ = await self._read_records(self._all_key, after_position, limit)
-        entries = _decode_entries(records, repr(self._all_key.decode()))
-        if not entries:
+        where = repr(self._all_key.decode())
+        if types is None and stream_prefix is None:
+            entries = _decode_entries(records, where)
+            return [_event(entry) for entry in entries], entries[-1].position if entries else after_position
+        # A filtered page: every entry's stream and type are decoded, the data and metadata only of those kept (a
+        # worker's start reads the workers' few heartbeats out of the whole log this way).
+        scanned = _decode_kept_entries(records, where)
+        if not scanned:
             return [], after_position
-        events = [
-            _event(entry)
-            for entry in entries
+        chosen = [
+            record
+            for record, entry in zip(records, scanned, strict=True)
             if (types is None or entry.type in types)
             and (stream_prefix is None or entry.stream_id.startswith(stream_prefix))
         ]
-        return events, entries[-1].position
+        return [_event(entry) for entry in _decode_entries(chosen, where)], scanned[-1].position
 
     async def _read_records(self, key: bytes, after: int, limit: int) -> tuple[list[bytes], int]:
         """One ``XRANGE`` after entry id ``0-<after>``: the entries' JSON records, and the sequence number of the last
@@ -1283,8 +1302,7 @@ class RedisBackend:
             if not entries:
                 return
             try:
-                records = [entry[1][1] for entry in entries]
-                page = _kept_page_decoder.decode(b"[" + b",".join(records) + b"]")
+                page = _decode_kept_entries([entry[1][1] for entry in entries], repr(self._all_key.decode()))
                 for entry in page:
                     if entry.type in _KEPT_TYPES:
                         change = openruns.change_of(entry.stream_id, entry.type, bytes(entry.data))
