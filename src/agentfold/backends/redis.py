@@ -14,7 +14,9 @@ touched:
 - ``{prefix}:checkpoints``: a hash, subscriber name -> position;
 - ``{prefix}:blobs``: a hash, digest -> a blob's content (`agentfold.blobs`); ``{prefix}:blobrefs``: digest -> how
   many events refer to it; ``{prefix}:blobbytes``: the bytes of all blobs; ``{prefix}:blobevents``: position -> the
-  digests its event refers to, which the trim script reads to release them.
+  digests its event refers to, which the trim script reads to release them;
+- ``{prefix}:runs``: a hash, workflow id -> its workflow, one field per open run (`agentfold.openruns`);
+  ``{prefix}:holders``: workflow id -> the worker holding it; ``{prefix}:runsat``: the position both are as of.
 
 Each event is the JSON array ``[version, position, recorded_at_us, stream_id, type, id, data, metadata]``, the same
 bytes in its stream's list and in the global stream's entry (field ``e``). A read is one ``LRANGE`` (a stream) or
@@ -27,9 +29,15 @@ text. A Redis stream allocates 4 KB for its newest node, which every stream key 
 bytes go"). Scripts and readers tell the layouts apart by the type of ``{prefix}:ids``.
 
 Every append runs inside one Lua script (`APPEND_SCRIPT`): the id lookup, the expected-version check and all writes,
-blobs and their reference counts included, happen in one step no other client can interleave. Concurrent appends
-from one process are sent together: the script takes several independent appends per call and answers each on its
-own, so 16 writers cost one round trip.
+blobs and their reference counts and the open runs included, happen in one step no other client can interleave.
+Concurrent appends from one process are sent together: the script takes several independent appends per call and
+answers each on its own, so 16 writers cost one round trip.
+
+The open runs are always `agentfold.openruns.fold` of the log up to ``{prefix}:runsat``. An older agentfold appends
+without keeping them (only another type for ``{prefix}:head``, the one key of ours its script reads before it
+writes, would make it refuse, and every older reader with it), and a store that had events before has no
+``runsat``: appends then keep nothing until a reader folds the events after ``runsat`` on top and writes the rows
+back (`RedisBackend.open_runs`, and `open_store` for a store that had events before).
 """
 
 from __future__ import annotations
