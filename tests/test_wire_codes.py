@@ -46,15 +46,16 @@ async def postgres_outcomes() -> list[int]:
 
 async def redis_outcomes() -> list[int]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
-    names = ("head", "all", "ids", "versions", "blobs", "blobrefs", "blobbytes", "idx", "blobevents", "s:s")
+    names = ("head", "all", "ids", "versions", "blobs", "blobrefs", "blobbytes", "idx", "blobevents")
+    names += ("runs", "holders", "runsat", "s:s")
     keys = [f"{prefix}:{name}" for name in names]
     client = aioredis.Redis.from_url(REDIS_URL)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
 
     async def call(expected: str, event_id: str) -> int:
         tail = f'"s","Done","{event_id}",{{}},{{}}]'
-        # one append of one event without blobs: no digests for the event, no blob for the append
-        arguments = ("1", "s", expected, "1", packed_id(event_id), event_id, tail, "", "0")
+        # one append of one event without blobs: no digests for the event, no blob, no open-run change
+        arguments = ("1", "s", expected, "1", packed_id(event_id), event_id, tail, "", "0", "0")
         reply = await client.eval(APPEND_SCRIPT, len(keys), *keys, *arguments)
         return int(reply.split(b"\n")[0].split(b" ")[0])
 
