@@ -491,10 +491,11 @@ _EVENT_INDEXES: Final = (
 
 # Migration 8's indexes for filtered reads: (hash of the type, position) and (hash of the category, position).
 # A page of a type is a range of positions under one key, as before; a row of another type under the same key
-# (`hashtext` collides rarely) is left out when the page reads its events. Keyed by text, an entry was as wide as the type's name, and a
-# type's range ends in the middle of the tree, where PostgreSQL splits a full page in half: grown by appends, the
-# index ended about half full (72.7 bytes per event at 1M). Fixed-width keys of two integers are ones PostgreSQL
-# recognises as rising within their group and splits after the new entry, so its pages stay packed (docs/scaling.md).
+# (`hashtext` collides rarely) is left out when the page reads its events. Keyed by text, an entry was as wide as the
+# type's name, and a type's range ends in the middle of the tree, where PostgreSQL splits a full page in half: grown
+# by appends, the index ended about half full (72.7 bytes per event at 1M). Fixed-width keys of two integers are ones
+# PostgreSQL recognises as rising within their group and splits after the new entry, so its pages stay packed
+# (docs/scaling.md).
 _TYPE_KEY: Final = "hashtext(type)"
 _CATEGORY_KEY: Final = f"hashtext({_CATEGORY})"
 _HASHED_EVENT_INDEXES: Final = (
