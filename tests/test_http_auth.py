@@ -147,6 +147,37 @@ async def test_expired_and_revoked_tokens_are_refused_on_every_process(db_url: s
     assert await store.stream_version("agent-1") == 2
 
 
+async def test_an_append_checks_its_token_as_of_its_own_write(db_url: str, store: EventStore) -> None:
+    """A server that already knows a token does not read the tokens before an append: the append is written only
+    if no token was created or revoked since (on any process). A token revoked elsewhere is refused as such before
+    any other answer (a bad body, a stream out of scope, an exact retry); a token created elsewhere
+    moves the tokens stream, and an append by a token still valid is then written once."""
+    live = await token_for(store, "live", write=["agent-*"])
+    async with await agentfold.connect(db_url) as other_store:  # another serve process: its own connection
+        async with running(api_only_app(store)) as server, httpx.AsyncClient(base_url=f"{server}/api/v1") as http:
+            body = append_body()
+            assert (await http.post("/streams/agent-1", json=body, headers=bearer(live))).status_code == 200
+            await TokenRegistry(other_store).create("newcomer", write=["agent-*"])
+            again = await http.post("/streams/agent-1", json=append_body(), headers=bearer(live))
+            assert again.status_code == 200 and again.json()["version"] == 2
+            retried = await http.post("/streams/agent-1", json=body, headers=bearer(live))
+            assert retried.status_code == 200 and retried.json()["version"] == 1
+
+            await TokenRegistry(other_store).revoke("live")
+            requests = [
+                ("/streams/agent-1", b'{"events": [{"type": 5}]}'),
+                ("/streams/elsewhere-1", json.dumps(append_body()).encode()),
+                ("/streams/agent-1", json.dumps(body).encode()),
+                ("/streams/agent-1", json.dumps(append_body()).encode()),
+            ]
+            for path, content in requests:
+                answer = await http.post(path, content=content, headers=bearer(live))
+                assert answer.status_code == 401, (path, answer.text)
+                assert answer.json()["type"] == "urn:agentfold:error:TokenRevoked"
+    assert await store.stream_version("agent-1") == 2
+    assert await store.stream_version("elsewhere-1") == 0
+
+
 async def test_a_subscription_closes_when_its_token_is_revoked(store: EventStore, base: str) -> None:
     token = await token_for(store, "watcher", read=["order-*"])
     await store.append("order-1", [NewEvent("Placed")])

@@ -14,6 +14,7 @@ import pytest
 
 import agentfold
 from agentfold import ANY, NO_STREAM, AppendResult, NewEvent, StreamSnapshot
+from agentfold.appending import Watched, WatchedStreamMoved
 
 # private: _fetch_page_records runs on a connection whose string limit a test lowers (no public knob); the filtered
 # reads' statements are planned by hand to show which index serves them
@@ -662,3 +663,64 @@ async def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.M
     await absolute.close()
     assert f"sqlite:///{tmp_path / 'absolute.db'}".startswith("sqlite:////")
     assert (tmp_path / "absolute.db").exists()
+
+
+async def test_an_append_watching_a_stream_is_written_only_while_that_stream_stays_put(store: SQLiteStore) -> None:
+    """`append_watching` checks the watched stream's version in the append's own transaction: an append watching a
+    stream that moved writes nothing; one watching it where it is, is written; the check comes before an exact
+    retry's answer too."""
+    assert store.watches_streams
+    await store.append("watched", events(2))
+    moved = Watched("watched", 1)
+    with pytest.raises(WatchedStreamMoved) as refused:
+        await store.append_watching("work", events(1), ANY, moved)
+    assert refused.value.actual == 2
+    assert await store.stream_version("work") == 0
+
+    first = [NewEvent("Noted", {"n": 1})]
+    written = await store.append_watching("work", first, NO_STREAM, Watched("watched", 2))
+    assert written.version == 1
+    assert await store.append_watching("work", first, NO_STREAM, Watched("watched", 2)) == written  # exact retry
+    with pytest.raises(WatchedStreamMoved):
+        await store.append_watching("work", first, NO_STREAM, moved)
+    assert await store.append_watching("work", events(1), ANY, Watched("never-written", 0)) == AppendResult(2, 4)
+    assert await store.stream_version("work") == 2
+
+
+async def test_appends_watching_a_stream_keep_the_group_s_serial_order(store: SQLiteStore) -> None:
+    """In one group, an append to the watched stream moves it for the appends after it (in the group's order), not
+    for those before; each one fails or stands alone."""
+    await store.append("watched", events(1))
+    at_one = Watched("watched", 1)
+    before = store.append_watching("a", events(1), ANY, at_one)
+    mover = store.append("watched", events(1))
+    after = store.append_watching("b", events(1), ANY, at_one)
+    retried_after = store.append_watching("c", events(1), ANY, Watched("watched", 2))
+    outcomes = await asyncio.gather(before, mover, after, retried_after, return_exceptions=True)
+
+    assert isinstance(outcomes[0], AppendResult) and isinstance(outcomes[1], AppendResult)
+    assert isinstance(outcomes[2], WatchedStreamMoved) and outcomes[2].actual == 2
+    assert isinstance(outcomes[3], AppendResult)
+    assert [await store.stream_version(stream) for stream in ("a", "b", "c", "watched")] == [1, 0, 1, 2]
+
+
+async def test_an_append_watching_a_stream_that_another_process_moved_writes_nothing(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """Another store on the same file (another process) moves the watched stream: the check reads the file in the
+    append's transaction, so it sees that write."""
+    other = await open_sqlite(db_path)
+    try:
+        await other.append("watched", events(1))
+    finally:
+        await other.close()
+    with pytest.raises(WatchedStreamMoved):
+        await store.append_watching("work", events(1), ANY, Watched("watched", 0))
+    assert await store.stream_version("work") == 0
+
+
+async def test_a_store_that_cannot_watch_streams_says_so() -> None:
+    async with await agentfold.connect("memory://") as memory:
+        assert not memory.watches_streams
+        with pytest.raises(NotImplementedError):
+            await memory.append_watching("work", events(1), ANY, Watched("watched", 0))

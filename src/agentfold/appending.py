@@ -71,6 +71,30 @@ class IdRecord(NamedTuple):
     position: int
 
 
+class Watched(NamedTuple):
+    """A condition an append may carry (`EventLog.append_watching`): the stream `stream_id` must be at `version`
+    when the append is written, checked in the append's own transaction."""
+
+    stream_id: str
+    version: int
+
+
+class WatchedStreamMoved(Exception):
+    """The stream an append watched was no longer at the version it named: nothing was written. Not an
+    `AgentfoldError`: the caller that set the condition handles it and never shows it to anyone."""
+
+    def __init__(self, watched: Watched, actual: int) -> None:
+        super().__init__(f"stream {watched.stream_id!r} moved from version {watched.version} to {actual}")
+        self.watched = watched
+        self.actual = actual
+
+
+def check_watched(watched: Watched | None, current: int) -> None:
+    """Raise `WatchedStreamMoved` unless the watched stream, at version `current`, is still where `watched` says."""
+    if watched is not None and current != watched.version:
+        raise WatchedStreamMoved(watched, current)
+
+
 class RetriedAppend(AppendResult, frozen=True):
     """What a backend's `_append` returns for a retry: the original append's result, and the version of its first
     event, so the store can compare the retry's content with what was written (`check_retry_content`)."""

@@ -18,7 +18,7 @@ from typing import Any, Final, Self
 import msgspec
 
 from agentfold import instrumentation
-from agentfold.appending import RetriedAppend, check_retry_content
+from agentfold.appending import RetriedAppend, Watched, check_retry_content
 from agentfold.backend import DEFAULT_PAGE_SIZE, Backend, BlobStorage, OpenRunsStorage, RecordDecoder
 from agentfold.blobs import (
     BLOBS_KEY,
@@ -191,15 +191,52 @@ class EventLog:
         write = partial(self._append, stream_id, expected_version)
         return await observer.append(self.scheme, stream_id, events, expected_version, write)
 
+    @property
+    def watches_streams(self) -> bool:
+        """Whether `append_watching` is available: the backend checks another stream's version in the append's own
+        transaction."""
+        return bool(getattr(self.backend, "watches_streams", False))
+
+    async def append_watching(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion,
+        watched: Watched,
+    ) -> AppendResult:
+        """`append`, written only if the stream `watched.stream_id` is at `watched.version` when the append is
+        written: checked in the append's own transaction, so no write to that stream can come between the check and
+        the append. When it moved, nothing is written and `agentfold.appending.WatchedStreamMoved` is raised; an
+        exact retry is answered only once the watched stream passes the check too.
+
+        For a caller that decided to append from what it read of another stream (the HTTP API checks a token
+        against the tokens it folded, `agentfold.tokens`), without reading that stream again first. Only where
+        `watches_streams` is true (SQLite); `NotImplementedError` elsewhere."""
+        if not self.watches_streams:
+            raise NotImplementedError(f"the {self.scheme} backend does not check watched streams")
+        check_stream_id(watched.stream_id)
+        observer = instrumentation.observer
+        if observer is None:
+            return await self._append(stream_id, expected_version, events, watched)
+        write = partial(self._append, stream_id, expected_version, watched=watched)
+        return await observer.append(self.scheme, stream_id, events, expected_version, write)
+
     async def _append(
-        self, stream_id: str, expected_version: ExpectedVersion, events: Sequence[NewEvent]
+        self,
+        stream_id: str,
+        expected_version: ExpectedVersion,
+        events: Sequence[NewEvent],
+        watched: Watched | None = None,
     ) -> AppendResult:
         """`append` itself; with an observer, it is called with the events the observer annotated."""
         self._check_open()
         check_stream_id(stream_id)
         expected = check_expected_version(expected_version)
         encoded = encode_events(events, self.max_event_size, self.blob_policy)
-        result = await self.backend.append(stream_id, encoded, expected)
+        if watched is None:
+            result = await self.backend.append(stream_id, encoded, expected)
+        else:
+            result = await self.backend.append(stream_id, encoded, expected, watched=watched)  # type: ignore[call-arg]
         if type(result) is RetriedAppend:  # the ids were written before: exact retry, or DuplicateEventId
             return await self._check_retry(stream_id, encoded, result)
         return result

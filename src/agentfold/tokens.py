@@ -4,7 +4,10 @@ A token reads ``aft_<id>_<secret>``. The store keeps only the SHA-256 of its 256
 (`TOKENS_STREAM`), so every `agentfold serve` process on the same store knows the same tokens and revocations.
 Checking a token costs one `stream_version` read, shared by the requests that arrive while it waits to begin: the
 registry folds the stream once and reads again only the events after the version it folded, so a revocation is
-refused from the next request on, on every process.
+refused from the next request on, on every process. Where the store can check the tokens stream's version in an
+append's own transaction (SQLite), an append by a token the registry knows skips that read (`known`): it is written
+only if the stream is still at the version folded, which refuses a revocation committed before the append even when
+it came after the request.
 
 A scope names streams by globs where ``*`` matches any run of characters and every other character only itself
 (case and code point exact: ``agent-a*`` never matches a look-alike spelled with a Cyrillic a, ``agent-a`` never matches
@@ -242,6 +245,25 @@ class TokenRegistry:
         if info is None or not hmac.compare_digest(info.secret_sha256, _hash_secret(secret)):
             raise InvalidToken("the token is not known to this store")
         return self._check_status(info)
+
+    def known(self, token: str | None) -> tuple[TokenInfo, int] | None:
+        """The token's record and the version of `TOKENS_STREAM` this registry folded, when the token is well formed,
+        known, unexpired and unrevoked as far as that version tells; None otherwise (`authenticate` then reads and
+        says why). Reads nothing: the caller acts only where the store checks, in the same transaction, that the
+        tokens stream is still at that version (`EventLog.append_watching`), and calls `recheck` before any other
+        answer."""
+        if not token:
+            return None
+        match = _TOKEN_PATTERN.fullmatch(token)
+        if match is None:
+            return None
+        token_id, secret = match.groups()
+        info = self._tokens.get(token_id)
+        if info is None or info.status() != "active":
+            return None
+        if not hmac.compare_digest(info.secret_sha256, _hash_secret(secret)):
+            return None
+        return info, self._version
 
     async def recheck(self, info: TokenInfo) -> TokenInfo:
         """`info` again as of the store's latest write: `TokenRevoked` or `TokenExpired` once it no longer holds."""

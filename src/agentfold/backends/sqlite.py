@@ -43,7 +43,7 @@ from urllib.parse import unquote
 import msgspec
 
 from agentfold import openruns
-from agentfold.appending import IdRecord, check_expected, find_retry
+from agentfold.appending import IdRecord, Watched, WatchedStreamMoved, check_expected, check_watched, find_retry
 from agentfold.backend import RecordDecoder, prefix_category
 from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.committer import GroupCommitter
@@ -381,12 +381,15 @@ def translate_error(error: sqlite3.Error, path: str) -> AgentfoldError:
 class _AppendRequest:
     """One append waiting for its group; `outcome` is set in the writer thread."""
 
-    __slots__ = ("events", "expected", "outcome", "stream_id")
+    __slots__ = ("events", "expected", "outcome", "stream_id", "watched")
 
-    def __init__(self, stream_id: str, events: list[EncodedEvent], expected: ExpectedVersion) -> None:
+    def __init__(
+        self, stream_id: str, events: list[EncodedEvent], expected: ExpectedVersion, watched: Watched | None = None
+    ) -> None:
         self.stream_id = stream_id
         self.events = events
         self.expected = expected
+        self.watched = watched
         self.outcome: AppendResult | BaseException | None = None
 
 
@@ -828,6 +831,8 @@ class _Writer:
         now_us = time.time_ns() // 1000
         all_ids = [event.id for request in appends for event in request.events]
         stream_ids = list({request.stream_id: None for request in appends})
+        watched_ids = {request.watched.stream_id for request in appends if request.watched is not None}
+        stream_ids += watched_ids.difference(stream_ids)
         known_text, versions_text, head = connection.execute(
             _SELECT_GROUP_STATE, (_json_list(all_ids), _json_list(stream_ids))
         ).fetchone()
@@ -844,6 +849,13 @@ class _Writer:
             stream_id = request.stream_id
             events = request.events
             ids = [event.id for event in events]
+            watched = request.watched
+            if watched is not None:
+                try:
+                    check_watched(watched, versions.get(watched.stream_id, 0))
+                except WatchedStreamMoved as moved:
+                    request.outcome = moved
+                    continue
             if not known_ids.isdisjoint(ids):
                 leftovers.append(request)
                 continue
@@ -886,6 +898,9 @@ class _Writer:
         now_us = time.time_ns() // 1000
 
         def append(connection: sqlite3.Connection) -> AppendResult:
+            if request.watched is not None:
+                watched = connection.execute(_SELECT_VERSION, (request.watched.stream_id,)).fetchone()
+                check_watched(request.watched, watched[0] if watched else 0)
             ids = [event.id for event in request.events]
             known = _load_id_records(connection, ids)
             retry = find_retry(request.stream_id, request.events, [known.get(event.id) for event in request.events])
@@ -919,7 +934,7 @@ class _Writer:
         connection.execute("SAVEPOINT one_request")
         try:
             request.outcome = work(connection)
-        except AgentfoldError as error:
+        except (AgentfoldError, WatchedStreamMoved) as error:
             request.outcome = error
         except sqlite3.IntegrityError as error:
             request.outcome = translate_error(error, self._path)
@@ -938,6 +953,8 @@ class SQLiteBackend:
     """The I/O of an event store in one SQLite file: a writer thread committing groups, reader threads."""
 
     scheme = "sqlite"
+    watches_streams = True
+    """`append` takes `watched`: the version of another stream, checked in the append's transaction."""
     reads_ahead = True  # a reader thread fetches the next pages while this one decodes and folds
     page_size = 500
     """Smaller than the default 1,000: a page's joined text and its events then fit memory this process already
@@ -986,9 +1003,16 @@ class SQLiteBackend:
     # -- writes ----------------------------------------------------------------------------------------------------
 
     async def append(
-        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
+        self,
+        stream_id: str,
+        events: list[EncodedEvent],
+        expected_version: ExpectedVersion,
+        watched: Watched | None = None,
     ) -> AppendResult:
-        result: AppendResult = await self._committer.submit(_AppendRequest(stream_id, events, expected_version))
+        """`Backend.append`; with `watched`, written only if that stream is at that version in the same transaction
+        (`WatchedStreamMoved` otherwise, nothing written; `EventLog.append_watching`)."""
+        request = _AppendRequest(stream_id, events, expected_version, watched)
+        result: AppendResult = await self._committer.submit(request)
         return result
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:

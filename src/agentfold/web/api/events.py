@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agentfold.appending import Watched
 from agentfold.encoding import encode_events
 from agentfold.errors import (
     InvalidEventData,
@@ -90,10 +91,13 @@ class EventRoutes:
         require_write(info, stream_id)
         return json_response(await self.append_body(info, stream_id, await request.body()))
 
-    async def append_body(self, info: TokenInfo, stream_id: str, raw: bytes) -> dict[str, Any]:
+    async def append_body(
+        self, info: TokenInfo, stream_id: str, raw: bytes, watched: Watched | None = None
+    ) -> dict[str, Any]:
         """Append the events of the request body `raw` for the token `info`, which may write `stream_id`; the
         answer's JSON. The append route's work after the gate and the scope check, for every way it is served
-        (`agentfold.web.api.direct`)."""
+        (`agentfold.web.api.direct`). With `watched`, the append carries that condition
+        (`EventLog.append_watching`: `WatchedStreamMoved`, nothing written, when it no longer holds)."""
         body = decode_body(raw, AppendIn)
         expected = expected_version(body.expected_version)
         events: list[NewEvent] = []
@@ -106,7 +110,10 @@ class EventRoutes:
         if not events:
             raise naming(InvalidInput("an append needs at least one event"), "events")
         try:
-            result = await self.store.append(stream_id, events, expected)
+            if watched is None:
+                result = await self.store.append(stream_id, events, expected)
+            else:
+                result = await self.store.append_watching(stream_id, events, expected, watched)
         except InvalidInput as error:
             raise naming(error, self._field_of(error, events)) from None
         return {"stream_id": stream_id, "version": result.version, "position": result.position}

@@ -13,8 +13,9 @@ from typing import Final
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agentfold.appending import Watched
 from agentfold.errors import AgentfoldError, InvalidInput, RequestTooLarge
-from agentfold.tokens import TokenInfo, TokenRegistry
+from agentfold.tokens import TOKENS_STREAM, TokenInfo, TokenRegistry
 from agentfold.web.api.problems import error_response
 from agentfold.web.api.ratelimit import RateLimiter
 
@@ -36,11 +37,29 @@ class ApiGate:
         """The token of the request `scope`; `InvalidToken`, `TokenExpired`, `TokenRevoked`, `RateLimited`, or
         `RequestTooLarge` (from its Content-Length) otherwise."""
         info = await self.tokens.authenticate(_bearer(scope))
+        self.within_limits(scope, info)
+        return info
+
+    def known(self, scope: Scope) -> tuple[TokenInfo, Watched] | None:
+        """The token of the request `scope` as far as the tokens this process folded tell, without reading the
+        store, and the condition on the tokens stream under which that holds; None when only `admit` can tell.
+
+        An append made on it carries the condition (`EventLog.append_watching`): it is written only if no token
+        was created or revoked since, on any process, so it stands for a check as of its own transaction. Any other
+        answer waits for `tokens.recheck` first, so a revoked token is refused as such before anything else."""
+        found = self.tokens.known(_bearer(scope))
+        if found is None:
+            return None
+        info, version = found
+        return info, Watched(TOKENS_STREAM, version)
+
+    def within_limits(self, scope: Scope, info: TokenInfo) -> None:
+        """`RateLimited` once `info`'s token is over its rate (spending one request otherwise), `RequestTooLarge`
+        for a declared body over the limit."""
         self.limiter.take(info.token_id)
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             raise RequestTooLarge(declared, self.max_body_bytes)
-        return info
 
 
 class ApiGuard:
