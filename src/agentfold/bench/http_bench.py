@@ -11,7 +11,6 @@ import contextlib
 import os
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
@@ -20,6 +19,7 @@ import msgspec
 
 from agentfold.bench import Figures, event_payload, measure_appends, scratch_store
 from agentfold.errors import StoreUnavailable
+from agentfold.events import new_event_id
 from agentfold.tokens import TokenRegistry
 
 WRITERS: Final = 32
@@ -136,7 +136,12 @@ async def measure_http_appends(base_url: str, token: str, writers: int, seconds:
 
 async def http_appends(base_url: str, token: str, writers: int, seconds: float) -> tuple[int, float]:
     """One-event appends over HTTP from `writers` connections for about `seconds`: (acknowledged events, seconds
-    taken)."""
+    taken).
+
+    Each event carries its own id, as docs/http.md asks of a client that may retry, made as the store makes the ids
+    of the in-process writers it is compared with (time-ordered, `agentfold.events.new_event_id`): random ids
+    (version 4) land all over the index of event ids, and SQLite then writes about a page of it per append, which
+    would measure the ids and not the HTTP path (docs/measurements.md)."""
     count = 0
     deadline = time.perf_counter() + seconds
 
@@ -146,7 +151,7 @@ async def http_appends(base_url: str, token: str, writers: int, seconds: float) 
         try:
             index = 0
             while time.perf_counter() < deadline:
-                event = {"id": str(uuid.uuid4()), "type": "OrderUpdated", "data": event_payload(index)}
+                event = {"id": str(new_event_id()), "type": "OrderUpdated", "data": event_payload(index)}
                 body = _encoder.encode({"events": [event]})
                 status, answer = await connection.request("POST", f"/api/v1/streams/bench-{task}", token, body)
                 if status != 200:
