@@ -17,6 +17,7 @@ import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 
+from agentfold.appending import Watched
 from agentfold.blobs import BlobUsage
 from agentfold.encoding import EncodedEvent
 from agentfold.events import AppendResult, ExpectedVersion, RecordedEvent
@@ -181,6 +182,23 @@ class OpenRunsStorage(Protocol):
         ...
 
 
+@runtime_checkable
+class WatchingAppends(Protocol):
+    """What a backend adds to `Backend` to make an append depend on another stream's version. Optional: without it,
+    a caller that decided to append from what it read of another stream reads that stream again first.
+
+    A backend that has it promises: `append_watching` writes the append only if the stream `watched.stream_id` is
+    at `watched.version` in the same step as the append (no write to that stream can come between), raising
+    `agentfold.appending.WatchedStreamMoved` and writing nothing otherwise; else it is `Backend.append`.
+    """
+
+    async def append_watching(
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion, watched: Watched
+    ) -> AppendResult:
+        """`append`, under the condition `watched`."""
+        ...
+
+
 async def apply_then(apply: Callable[[Any], Any] | None) -> None:
     """Run `apply(None)` (plain or async), for a backend without transactions before it saves a checkpoint."""
     if apply is None:
@@ -266,6 +284,7 @@ __all__ = [
     "OpenRunsStorage",
     "RecordDecoder",
     "RecordPage",
+    "WatchingAppends",
     "apply_then",
     "prefix_category",
     "read_pages",

@@ -19,7 +19,14 @@ import msgspec
 
 from agentfold import instrumentation
 from agentfold.appending import RetriedAppend, Watched, check_retry_content
-from agentfold.backend import DEFAULT_PAGE_SIZE, Backend, BlobStorage, OpenRunsStorage, RecordDecoder
+from agentfold.backend import (
+    DEFAULT_PAGE_SIZE,
+    Backend,
+    BlobStorage,
+    OpenRunsStorage,
+    RecordDecoder,
+    WatchingAppends,
+)
 from agentfold.blobs import (
     BLOBS_KEY,
     READ_BATCH_BYTES,
@@ -111,6 +118,7 @@ class EventLog:
         self._closed = False
         self._blob_storage: BlobStorage | None = backend if isinstance(backend, BlobStorage) else None
         self._open_runs: OpenRunsStorage | None = backend if isinstance(backend, OpenRunsStorage) else None
+        self._watching: WatchingAppends | None = backend if isinstance(backend, WatchingAppends) else None
         self._blob_batch_bytes = READ_BATCH_BYTES
 
     @property
@@ -194,8 +202,8 @@ class EventLog:
     @property
     def watches_streams(self) -> bool:
         """Whether `append_watching` is available: the backend checks another stream's version in the append's own
-        transaction."""
-        return bool(getattr(self.backend, "watches_streams", False))
+        transaction (`agentfold.backend.WatchingAppends`)."""
+        return self._watching is not None
 
     async def append_watching(
         self,
@@ -236,7 +244,8 @@ class EventLog:
         if watched is None:
             result = await self.backend.append(stream_id, encoded, expected)
         else:
-            result = await self.backend.append(stream_id, encoded, expected, watched=watched)  # type: ignore[call-arg]
+            assert self._watching is not None  # `append_watching` checked
+            result = await self._watching.append_watching(stream_id, encoded, expected, watched)
         if type(result) is RetriedAppend:  # the ids were written before: exact retry, or DuplicateEventId
             return await self._check_retry(stream_id, encoded, result)
         return result

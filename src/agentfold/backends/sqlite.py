@@ -953,8 +953,6 @@ class SQLiteBackend:
     """The I/O of an event store in one SQLite file: a writer thread committing groups, reader threads."""
 
     scheme = "sqlite"
-    watches_streams = True
-    """`append` takes `watched`: the version of another stream, checked in the append's transaction."""
     reads_ahead = True  # a reader thread fetches the next pages while this one decodes and folds
     page_size = 500
     """Smaller than the default 1,000: a page's joined text and its events then fit memory this process already
@@ -1003,14 +1001,16 @@ class SQLiteBackend:
     # -- writes ----------------------------------------------------------------------------------------------------
 
     async def append(
-        self,
-        stream_id: str,
-        events: list[EncodedEvent],
-        expected_version: ExpectedVersion,
-        watched: Watched | None = None,
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
-        """`Backend.append`; with `watched`, written only if that stream is at that version in the same transaction
-        (`WatchedStreamMoved` otherwise, nothing written; `EventLog.append_watching`)."""
+        result: AppendResult = await self._committer.submit(_AppendRequest(stream_id, events, expected_version))
+        return result
+
+    async def append_watching(
+        self, stream_id: str, events: list[EncodedEvent], expected_version: ExpectedVersion, watched: Watched
+    ) -> AppendResult:
+        """`WatchingAppends.append_watching`: the watched stream's version is read in the append's transaction (in
+        the group's state read, beside the streams appended to)."""
         request = _AppendRequest(stream_id, events, expected_version, watched)
         result: AppendResult = await self._committer.submit(request)
         return result
