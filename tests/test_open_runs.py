@@ -291,18 +291,24 @@ def _forget_open_runs(name: str, url: str) -> None:
         )
 
 
+async def thirty_runs(store: EventStore) -> dict[str, OpenRun]:
+    """Thirty runs of two workflows claimed by three workers, every other one completed, beside other streams; the
+    open runs a fold of the log gives then."""
+    for index in range(30):
+        stream = f"workflow-u{index}"
+        await store.append(stream, [started(f"w{index % 2}"), claimed(f"k{index % 3}")], NO_STREAM)
+        if index % 2:
+            await store.append(stream, [event(h.WORKFLOW_COMPLETED, result=index)], 2)
+        await store.append(f"order-{index}", [NewEvent("Placed", {"n": index})])
+    return await folded(store)
+
+
 async def test_a_store_upgraded_to_keep_the_open_runs_folds_them_from_its_log(
     sql_store_url: tuple[str, str],
 ) -> None:
     name, url = sql_store_url
     async with agentfold.connect(url) as store:
-        for index in range(30):
-            stream = f"workflow-u{index}"
-            await store.append(stream, [started(f"w{index % 2}"), claimed(f"k{index % 3}")], NO_STREAM)
-            if index % 2:
-                await store.append(stream, [event(h.WORKFLOW_COMPLETED, result=index)], 2)
-            await store.append(f"order-{index}", [NewEvent("Placed", {"n": index})])
-        expected = await folded(store)
+        expected = await thirty_runs(store)
     _forget_open_runs(name, url)
     async with agentfold.connect(url) as store:
         position, runs = await kept(store)
@@ -463,13 +469,7 @@ async def test_redis_rows_left_behind_by_appends_that_kept_nothing_are_folded_on
 async def test_a_redis_store_written_before_the_open_runs_gets_them_folded_when_opened(redis_url: str) -> None:
     prefix = redis_prefix(redis_url)
     async with agentfold.connect(redis_url) as store:
-        for index in range(30):
-            stream = f"workflow-u{index}"
-            await store.append(stream, [started(f"w{index % 2}"), claimed(f"k{index % 3}")], NO_STREAM)
-            if index % 2:
-                await store.append(stream, [event(h.WORKFLOW_COMPLETED, result=index)], 2)
-            await store.append(f"order-{index}", [NewEvent("Placed", {"n": index})])
-        expected = await folded(store)
+        expected = await thirty_runs(store)
         head = await store.head_position()
     _put_redis_rows(prefix, ({}, {}, None))  # the keys as agentfold left them before it kept the open runs
     async with agentfold.connect(redis_url) as store:

@@ -469,14 +469,21 @@ _page_decoder = msgspec.json.Decoder(list[_Entry])
 _entry_decoder = msgspec.json.Decoder(_Entry)
 
 
-def _decode_entries(records: list[bytes], where: str) -> list[_Entry]:
-    """A page's records, joined and decoded in one call."""
+def _decode_records(decoder: msgspec.json.Decoder[Any], records: list[bytes], where: str) -> list[Any]:
+    """A page's records, joined and decoded in one call by `decoder` (of a list)."""
     if not records:
         return []
     try:
-        return _page_decoder.decode(b"[" + b",".join(records) + b"]")
+        decoded: list[Any] = decoder.decode(b"[" + b",".join(records) + b"]")
     except msgspec.DecodeError as error:
         raise StoreCorrupted(f"an entry of {where} was not written by agentfold: {error}") from None
+    return decoded
+
+
+def _decode_entries(records: list[bytes], where: str) -> list[_Entry]:
+    """A page's records, joined and decoded in one call."""
+    entries: list[_Entry] = _decode_records(_page_decoder, records, where)
+    return entries
 
 
 class _KeptEntry(msgspec.Struct, array_like=True, gc=False):
@@ -498,12 +505,8 @@ _kept_page_decoder = msgspec.json.Decoder(list[_KeptEntry])
 
 def _decode_kept_entries(records: list[bytes], where: str) -> list[_KeptEntry]:
     """A page's records with their data and metadata left undecoded, joined and decoded in one call."""
-    if not records:
-        return []
-    try:
-        return _kept_page_decoder.decode(b"[" + b",".join(records) + b"]")
-    except msgspec.DecodeError as error:
-        raise StoreCorrupted(f"an entry of {where} was not written by agentfold: {error}") from None
+    entries: list[_KeptEntry] = _decode_records(_kept_page_decoder, records, where)
+    return entries
 
 
 _KEPT_TYPES: Final = frozenset(openruns.KEPT_TYPES)
