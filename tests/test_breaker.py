@@ -24,6 +24,7 @@ from agentfold.runtime.breaker import (
     breaker_state,
     breaker_stream,
 )
+from agentfold.runtime.history import workflow_stream
 from agentfold.store import EventStore
 
 TIMEOUT = 30.0
@@ -64,7 +65,12 @@ def app(dependency: Dependency, cool_down: float) -> Runtime:
 async def run_once(runtime: Runtime, store: EventStore, workflow_id: str) -> Any:
     client = runtime.client(store)
     await client.start("charge", workflow_id, workflow_id=workflow_id)
-    return await client.result(workflow_id, timeout=TIMEOUT)
+    try:
+        return await client.result(workflow_id, timeout=TIMEOUT)
+    except TimeoutError:  # say where the run and the breaker stood, so that a rare hang can be told apart
+        run = [(event.type, event.data) async for event in store.read_stream(workflow_stream(workflow_id))]
+        breaker = [(event.type, event.data) async for event in store.read_stream(breaker_stream("payments-api"))]
+        raise AssertionError(f"{workflow_id!r} unfinished; its events: {run}; the breaker's: {breaker}") from None
 
 
 async def test_opens_after_the_threshold_fails_fast_then_a_probe_closes_it(store: EventStore) -> None:
