@@ -13,7 +13,7 @@ import importlib.util
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,15 @@ class Backend:
 
     def available(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
+
+    def filled(self, tmp_path: Path, fill: Callable[[str], Awaitable[None]]) -> Iterator[str]:
+        """A fixture's body: a fresh store of this backend (its service required), filled by `fill(url)`, its URL
+        yielded, then removed."""
+        require_service(self)
+        url = self.make_url(tmp_path)
+        asyncio.run(fill(url))
+        yield url
+        self.cleanup(url)
 
 
 def _no_cleanup(url: str) -> None:

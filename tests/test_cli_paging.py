@@ -16,7 +16,7 @@ import agentfold
 from agentfold.bench import run_events
 from agentfold.events import NO_STREAM
 from agentfold.runtime import history as h
-from tests.backends import BACKENDS, Backend, require_service
+from tests.backends import BACKENDS, Backend
 from tests.test_cli import cli, ok_json, ok_text
 
 RUNS = 23
@@ -27,11 +27,7 @@ SQL_BACKENDS = [backend for backend in BACKENDS if backend.name in ("sqlite", "p
 @pytest.fixture(params=SQL_BACKENDS, ids=lambda backend: backend.name)
 def runs_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     backend: Backend = request.param
-    require_service(backend)
-    url = backend.make_url(tmp_path)
-    asyncio.run(make_runs(url))
-    yield url
-    backend.cleanup(url)
+    yield from backend.filled(tmp_path, make_runs)
 
 
 async def make_runs(url: str) -> None:

@@ -15,7 +15,7 @@ import agentfold
 from agentfold.bench import run_events
 from agentfold.events import NO_STREAM, NewEvent
 from agentfold.runtime import history as h
-from tests.backends import BACKENDS, REDIS_URL, Backend, execute_sql, require_service
+from tests.backends import BACKENDS, REDIS_URL, Backend, execute_sql
 from tests.test_cli import ok_json, ok_text
 
 RUNS = 7  # as the bench writes them: run 5 waits for a signal, the others end
@@ -26,11 +26,7 @@ WAITING = {"done-5"}
 @pytest.fixture(params=[backend for backend in BACKENDS if backend.name != "memory"], ids=lambda backend: backend.name)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     backend: Backend = request.param
-    require_service(backend)
-    url = backend.make_url(tmp_path)
-    asyncio.run(make_runs(url))
-    yield url
-    backend.cleanup(url)
+    yield from backend.filled(tmp_path, make_runs)
 
 
 async def make_runs(url: str) -> None:

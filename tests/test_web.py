@@ -21,7 +21,7 @@ from agentfold.runs_index import STALLED, RunsIndex, RunsQuery
 from agentfold.runtime import history as h
 from agentfold.runtime.inspect import list_runs
 from agentfold.web.settings import ServeSettings
-from tests.backends import BACKENDS, Backend, require_service
+from tests.backends import BACKENDS, Backend
 from tests.group_helpers import until
 from tests.inspector_runs import XSS, seed
 from tests.inspector_server import served
@@ -42,12 +42,7 @@ def sqlite_store(tmp_path: Path) -> str:
 
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
 def seeded_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    backend = backend_named(request.param)
-    require_service(backend)
-    url = backend.make_url(tmp_path)
-    asyncio.run(seed(url))
-    yield url
-    backend.cleanup(url)
+    yield from backend_named(request.param).filled(tmp_path, seed)
 
 
 def test_runs_and_run_pages_with_their_json_twins(seeded_store: str) -> None:

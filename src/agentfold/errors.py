@@ -151,6 +151,11 @@ class StoreReadOnly(AgentfoldError):
     """The backend refused a write because it is read-only; nothing was written."""
 
 
+class CapabilityMissing(AgentfoldError, NotImplementedError):
+    """The store's backend lacks the optional capability a call needs (`agentfold.backend`: `WatchingAppends`, say);
+    nothing was read or written."""
+
+
 class StoreNotFound(AgentfoldError):
     """`connect(url, create=False)` found no agentfold store at the URL (no such file, schema or key prefix), or one
     that needs an upgrade it was told not to make. Nothing was created or changed."""

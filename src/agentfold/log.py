@@ -40,6 +40,7 @@ from agentfold.blobs import (
 from agentfold.encoding import EncodedEvent, encode_events
 from agentfold.errors import (
     AgentfoldError,
+    CapabilityMissing,
     DuplicateEventId,
     EventsTrimmed,
     InvalidInput,
@@ -219,9 +220,9 @@ class EventLog:
 
         For a caller that decided to append from what it read of another stream (the HTTP API checks a token
         against the tokens it folded, `agentfold.tokens`), without reading that stream again first. Only where
-        `watches_streams` is true (SQLite); `NotImplementedError` elsewhere."""
+        `watches_streams` is true (SQLite); `CapabilityMissing` elsewhere."""
         if not self.watches_streams:
-            raise NotImplementedError(f"the {self.scheme} backend does not check watched streams")
+            raise CapabilityMissing(f"the {self.scheme} backend does not check watched streams in an append")
         check_stream_id(watched.stream_id)
         observer = instrumentation.observer
         if observer is None:

@@ -11,6 +11,7 @@ On SQLite a known token is checked in the append's own transaction instead of by
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Final
 
 import msgspec
@@ -102,10 +103,8 @@ class DirectAppend:
             body = await read_body(receive, self.gate.max_body_bytes)
             if body is None:
                 return None
-            try:
+            with contextlib.suppress(WatchedStreamMoved):  # nothing written: a token was created or revoked since
                 return await self.events.append_body(info, stream_id, body, watched)
-            except WatchedStreamMoved:
-                pass  # nothing was written: a token was created or revoked since this process read them
         except AgentfoldError:
             await self.gate.tokens.recheck(info)  # a token revoked meanwhile is refused as such, before this
             raise
