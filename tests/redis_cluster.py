@@ -22,6 +22,7 @@ from redis.crc import key_slot
 from tests.servers import START_TIMEOUT, free_port, wait_until_redis_answers
 
 NODE_TIMEOUT_MS = 2000
+PORT_ATTEMPTS = 3
 
 
 def cluster_tools_installed() -> bool:
@@ -41,6 +42,8 @@ class Node:
     port: int = field(default_factory=free_port)
     bus_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    answered: bool = False
+    """Whether the node ever answered (then its address is the cluster's, and it is not moved to other ports)."""
 
     @property
     def address(self) -> str:
@@ -50,14 +53,28 @@ class Node:
         return redis.Redis(port=self.port, socket_connect_timeout=2, socket_timeout=10)
 
     def start(self) -> None:
+        """Start the node. Its ports were free when chosen; one that another process took before the node bound it
+        (tests run in parallel) is chosen again, before the cluster knows the node's address."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        command += ["--cluster-enabled", "yes", "--cluster-port", str(self.bus_port)]
-        command += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
-        command += ["--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0"]
-        command += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "redis.log"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until_redis_answers(self.process, self.port, self.folder / "redis.log")
+        log = self.folder / "redis.log"
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+            command += ["--cluster-enabled", "yes", "--cluster-port", str(self.bus_port)]
+            command += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+            command += ["--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0"]
+            command += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", log.name]
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_until_redis_answers(self.process, self.port, log)
+                self.answered = True
+                return
+            except RuntimeError as error:
+                taken = "Address already in use" in str(error)
+                if not taken or self.answered or attempt == PORT_ATTEMPTS:
+                    raise  # a node that answered once keeps the address the cluster knows
+                for left in (log, self.folder / "nodes.conf"):
+                    left.unlink(missing_ok=True)
+                self.port, self.bus_port = free_port(), free_port()
 
     def log(self) -> str:
         path = self.folder / "redis.log"
