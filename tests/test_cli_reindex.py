@@ -81,7 +81,6 @@ def test_reindex_puts_damaged_rows_right_and_leaves_the_log_alone(store_url: str
     assert asyncio.run(open_run_ids(store_url)) == {f"open-{index}" for index in range(OPEN)} | WAITING
     if kept:
         assert done["runs_index"]["runs"] == RUNS + OPEN
-        assert done["runs_index"]["events_folded"] == len(log)
     text = ok_text("reindex", "--store", store_url)
     assert "runs index:" in text and "open runs:" in text
 

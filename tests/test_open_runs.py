@@ -282,6 +282,7 @@ def _forget_open_runs(name: str, url: str) -> None:
             url,
             "DROP TABLE {s}open_runs",
             "DROP FUNCTION {s}apply_open_runs",
+            "DROP FUNCTION {s}apply_runs_index",
             "DROP INDEX {s}events_type_hash_position",
             "DROP INDEX {s}events_category_hash_position",
             "CREATE INDEX events_type_position ON {s}events (type, position)",

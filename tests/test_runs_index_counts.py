@@ -1,6 +1,7 @@
 """The runs index keeps its runs per state as counters, beside the rows: a listing without filters reads them (and
 the runs live workers hold) instead of counting every row, and they agree with the rows counted one by one as runs
-change state across pages, with stalled runs told apart; an index kept before the counters is counted once.
+change state, with stalled runs told apart; a store from before the index was kept with each append gets it folded
+when opened.
 On SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -8,11 +9,14 @@ from __future__ import annotations
 import sqlite3
 
 import psycopg
+import pytest
 
 import agentfold
+from agentfold.backends.runs_tables import COUNTS_TABLE, PROJECTOR_NAME, TABLE
 from agentfold.bench import run_events
+from agentfold.display import now_us
 from agentfold.events import NO_STREAM, NewEvent
-from agentfold.runs_index import COUNTS_TABLE, STALLED, RunsIndex, RunsQuery
+from agentfold.runs_index import STALLED, RunsIndex, RunsQuery
 from agentfold.runtime import history as h
 from agentfold.runtime.leases import WORKER_HEARTBEAT, worker_stream
 from agentfold.runtime.statemachine import AWAITING_INPUT, COMPLETED, FAILED, PROCESSING, TERMINATED
@@ -45,7 +49,7 @@ async def counts(index: RunsIndex) -> tuple[dict[str, int], dict[str, int]]:
 async def test_kept_counts_agree_with_the_rows_as_runs_change_state(sql_url: str) -> None:
     async with agentfold.connect(sql_url) as store:
         await write_runs(store)
-        async with RunsIndex(store, sql_url, page_size=7) as index:  # pages end in the middle of runs
+        async with RunsIndex(store, sql_url) as index:
             await index.catch_up()
             kept, counted = await counts(index)
             assert kept == counted
@@ -63,28 +67,50 @@ async def test_kept_counts_agree_with_the_rows_as_runs_change_state(sql_url: str
             assert sum(kept.values()) == RUNS + 4
 
 
-async def test_an_index_kept_before_the_counts_is_counted_once(sql_url: str) -> None:
+async def listing(store: EventStore, url: str) -> list[dict[str, object]]:
+    async with RunsIndex(store, url) as index:
+        page = await index.page(RunsQuery(limit=500), at_us=now_us())
+        return [row.to_json() | {"duration_s": 0} for row in page.runs] + [page.counts]
+
+
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["projector-checkpoint", "no-checkpoint"])
+async def test_a_store_from_before_gets_its_index_folded_when_opened(sql_url: str, checkpoint: bool) -> None:
+    """A store an earlier release wrote (its index kept by a projector with a checkpoint, or not at all, and
+    without counters) gets the index folded from the log once, when opened, and then kept by appends."""
     async with agentfold.connect(sql_url) as store:
         await write_runs(store)
-        async with RunsIndex(store, sql_url) as index:
-            await index.catch_up()
-            before = await counts(index)
-        drop_counts(sql_url)  # as an earlier release left the index: rows, no counters
-        async with RunsIndex(store, sql_url) as index:
-            assert await counts(index) == before
-            await index.catch_up()
-            assert await counts(index) == before
-            await index.rebuild()
-            assert await counts(index) == before
+        head = await store.head_position()
+        before = await listing(store, sql_url)
+    downgrade(sql_url, head if checkpoint else None)
+    async with agentfold.connect(sql_url) as store:
+        assert await listing(store, sql_url) == before
+        await store.append(h.workflow_stream("held-2"), [NewEvent(h.WORKFLOW_COMPLETED, {"result": 1})])
+        after = await listing(store, sql_url)
+        counts = after[-1]
+        assert isinstance(counts, dict)
+        assert (counts[COMPLETED], counts[PROCESSING]) == (35, 1)
 
 
-def drop_counts(url: str) -> None:
+def downgrade(url: str, checkpoint: int | None) -> None:
+    """Leave the store as an earlier release did: no counters, no schema step for the kept index, and either the
+    projector's checkpoint at `checkpoint` or (None) no checkpoint and rows the fold must not trust."""
+    statements = [f"DROP TABLE {{s}}{COUNTS_TABLE}"]
+    if checkpoint is None:
+        statements += [
+            f"DELETE FROM {{s}}{TABLE} WHERE workflow_id LIKE 'bench-00%'",
+            f"UPDATE {{s}}{TABLE} SET status = 'Failed'",
+        ]
+    else:
+        statements.append(f"INSERT INTO {{s}}checkpoints (name, position) VALUES ('{PROJECTOR_NAME}', {checkpoint})")
     if url.startswith("sqlite"):
         connection = sqlite3.connect(url.split("///", 1)[1])
-        connection.execute(f"DROP TABLE {COUNTS_TABLE}")
+        for statement in [*statements, "PRAGMA user_version = 4"]:
+            connection.execute(statement.replace("{s}", ""))
         connection.commit()
         connection.close()
         return
-    schema = url.rsplit("schema=", 1)[1].split("&")[0]
+    schema = '"' + url.rsplit("schema=", 1)[1].split("&")[0] + '".'
+    statements += ["DROP FUNCTION {s}apply_runs_index", "DELETE FROM {s}schema_migrations WHERE version = 9"]
     with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as connection:
-        connection.execute(f'DROP TABLE "{schema}".{COUNTS_TABLE}'.encode())
+        for statement in statements:
+            connection.execute(statement.replace("{s}", schema).encode())

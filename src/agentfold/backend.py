@@ -183,6 +183,23 @@ class OpenRunsStorage(Protocol):
 
 
 @runtime_checkable
+class RunsIndexStorage(Protocol):
+    """What a backend adds to `Backend` to keep the runs index (`agentfold.runrows`) with each append. Optional:
+    without it, a reader of the index folds the log into it with a projector.
+
+    A backend that has it promises: `append` applies `agentfold.runrows.written` of each written append to its
+    rows in the same step as the events, in position order (the rows `agentfold.runrows.Rows` would hold), so that
+    at every committed position they equal the fold of the log up to it; an append that writes nothing changes no
+    row. A store that held events before the backend kept the rows gets them folded from its log once, when opened.
+    """
+
+    async def rebuild_runs_index(self) -> int:
+        """Replace the rows with the fold of the log, in one step that no append interleaves with; return how many
+        runs there are."""
+        ...
+
+
+@runtime_checkable
 class WatchingAppends(Protocol):
     """What a backend adds to `Backend` to make an append depend on another stream's version. Optional: without it,
     a caller that decided to append from what it read of another stream reads that stream again first.
@@ -284,6 +301,7 @@ __all__ = [
     "OpenRunsStorage",
     "RecordDecoder",
     "RecordPage",
+    "RunsIndexStorage",
     "WatchingAppends",
     "apply_then",
     "prefix_category",

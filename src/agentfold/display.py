@@ -1,4 +1,19 @@
-"""How durations read in a table: one way for the command line and the web pages."""
+"""How times and durations read: one way for the command line, the web pages and the runs index."""
+
+import time
+from datetime import UTC, datetime
+
+
+def now_us() -> int:
+    """The current time in microseconds since the epoch (UTC), the unit events are stamped in."""
+    return time.time_ns() // 1000
+
+
+def iso_time(timestamp_us: int | None) -> str | None:
+    """An event time as ISO 8601 in UTC with microseconds, or None."""
+    if timestamp_us is None:
+        return None
+    return datetime.fromtimestamp(timestamp_us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def format_duration(duration_us: int | None) -> str:

@@ -25,6 +25,7 @@ from agentfold.backend import (
     BlobStorage,
     OpenRunsStorage,
     RecordDecoder,
+    RunsIndexStorage,
     WatchingAppends,
 )
 from agentfold.blobs import (
@@ -119,6 +120,7 @@ class EventLog:
         self._closed = False
         self._blob_storage: BlobStorage | None = backend if isinstance(backend, BlobStorage) else None
         self._open_runs: OpenRunsStorage | None = backend if isinstance(backend, OpenRunsStorage) else None
+        self._runs_index: RunsIndexStorage | None = backend if isinstance(backend, RunsIndexStorage) else None
         self._watching: WatchingAppends | None = backend if isinstance(backend, WatchingAppends) else None
         self._blob_batch_bytes = READ_BATCH_BYTES
 
@@ -613,6 +615,21 @@ class EventLog:
         self._check_open()
         storage = self._open_runs
         return None if storage is None else await storage.rebuild_open_runs()
+
+    # -- runs index ----------------------------------------------------------------------------------------------
+
+    @property
+    def keeps_runs_index(self) -> bool:
+        """True where the backend keeps the runs index with each append (`agentfold.runrows`): its rows are then
+        always as current as the log, and nobody folds the log to read them."""
+        return self._runs_index is not None
+
+    async def rebuild_runs_index(self) -> int | None:
+        """Fold the runs index from the log again, replacing what the backend kept (a repair); how many runs it
+        holds, or None where the backend keeps none."""
+        self._check_open()
+        storage = self._runs_index
+        return None if storage is None else await storage.rebuild_runs_index()
 
     async def apply_with_checkpoint(self, name: str, position: int, apply: Callable[[Any], Any]) -> None:
         """Run `apply(handle)` and save the checkpoint `name` = `position`: in one transaction where the backend has

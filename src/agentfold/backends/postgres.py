@@ -36,9 +36,10 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import RowFactory, scalar_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from agentfold import openruns
+from agentfold import openruns, runrows
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
 from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, prefix_category, read_pages
+from agentfold.backends import runs_tables
 from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
@@ -570,6 +571,87 @@ $body$"""
 assert (openruns.OPEN, openruns.CLOSE, openruns.HOLD) == ("open", "close", "hold")
 
 
+_STORED_STATUSES_SQL: Final = "ARRAY[" + ", ".join(f"'{status}'" for status in runrows.STORED_STATUSES) + "]"
+_APPLY_RUNS_INDEX: Final = f"""CREATE FUNCTION {{s}}.apply_runs_index(
+    written integer[], versions bigint[], updates jsonb
+) RETURNS integer LANGUAGE plpgsql VOLATILE AS $body$
+-- Applies the runs-index updates (agentfold.runrows.written, computed by the client; one element per append that
+-- has any: its slot, its run update or null, its worker updates) of the appends of a group that were written, in
+-- order, in the caller's statement: the one that ran append_group(), so under its lock and in its transaction.
+-- `versions` holds each append's stream version after it, by slot. What it does is `agentfold.runrows.Rows.apply`.
+DECLARE
+    at_us bigint := (extract(epoch FROM statement_timestamp()) * 1000000)::bigint;
+    item jsonb;
+    run jsonb;
+    delta jsonb;
+    beat jsonb;
+    run_id text;
+    old_status text;
+    new_status text;
+    child text;
+    slot integer;
+BEGIN
+    FOR item IN SELECT u FROM jsonb_array_elements(updates) AS u LOOP
+        slot := (item->>'slot')::integer;
+        CONTINUE WHEN NOT (slot = ANY (written));
+        run := item->'run';
+        IF jsonb_typeof(run) = 'object' THEN
+            run_id := run->>'workflow_id';
+            SELECT status INTO old_status FROM {{s}}.{runs_tables.TABLE} WHERE workflow_id = run_id;
+            IF FOUND THEN
+                delta := run->'whole';
+            ELSIF jsonb_typeof(run->'since_start') = 'object' THEN
+                delta := run->'since_start';
+                INSERT INTO {{s}}.{runs_tables.TABLE} (workflow_id, workflow, agent, status, started_at_us,
+                    last_event_at_us, last_event_type, finished_at_us, version, retries, failed_steps, owner,
+                    parent_id)
+                VALUES (run_id, run->>'workflow', run->>'agent', 'Idle', at_us, at_us, '', NULL, 0, 0, 0, NULL,
+                    NULL);
+            ELSE
+                delta := NULL;
+            END IF;
+            IF delta IS NOT NULL THEN
+                UPDATE {{s}}.{runs_tables.TABLE} r SET
+                    status = coalesce(delta->'statuses'->>(array_position({_STORED_STATUSES_SQL}, r.status) - 1),
+                                      r.status),
+                    last_event_at_us = at_us,
+                    last_event_type = delta->>'last_event_type',
+                    finished_at_us = CASE (delta->>'finished')::integer WHEN 1 THEN at_us WHEN 2 THEN NULL
+                                     ELSE r.finished_at_us END,
+                    version = versions[slot],
+                    retries = r.retries + (delta->>'retries')::bigint,
+                    failed_steps = r.failed_steps + (delta->>'failed_steps')::bigint,
+                    owner = CASE WHEN (delta->>'owner_changed')::boolean THEN delta->>'owner' ELSE r.owner END
+                WHERE r.workflow_id = run_id
+                RETURNING r.status INTO new_status;
+                IF old_status IS DISTINCT FROM new_status THEN
+                    IF old_status IS NOT NULL THEN
+                        INSERT INTO {{s}}.{runs_tables.COUNTS_TABLE} AS c (status, runs) VALUES (old_status, -1)
+                        ON CONFLICT (status) DO UPDATE SET runs = c.runs - 1;
+                    END IF;
+                    INSERT INTO {{s}}.{runs_tables.COUNTS_TABLE} AS c (status, runs) VALUES (new_status, 1)
+                    ON CONFLICT (status) DO UPDATE SET runs = c.runs + 1;
+                END IF;
+                FOR child IN SELECT h FROM jsonb_array_elements_text(delta->'handed') AS h LOOP
+                    UPDATE {{s}}.{runs_tables.TABLE} SET parent_id = run_id
+                    WHERE workflow_id = child AND parent_id IS NULL;
+                END LOOP;
+            END IF;
+        END IF;
+        FOR beat IN SELECT b FROM jsonb_array_elements(item->'workers') AS b LOOP
+            INSERT INTO {{s}}.{runs_tables.WORKERS_TABLE} AS w (worker, expires_at_us)
+            VALUES (beat->>'worker', CASE WHEN jsonb_typeof(beat->'ttl_us') = 'number'
+                                            THEN at_us + (beat->>'ttl_us')::bigint ELSE 0 END)
+            ON CONFLICT (worker) DO UPDATE SET expires_at_us = CASE WHEN excluded.expires_at_us = 0 THEN 0
+                ELSE greatest(w.expires_at_us, excluded.expires_at_us) END;
+        END LOOP;
+    END LOOP;
+    RETURN 0;
+END
+$body$"""
+assert (runrows.UNCHANGED, runrows.SET, runrows.CLEAR) == (0, 1, 2)
+
+
 MIGRATIONS: Final[tuple[_Migration, ...]] = (
     _Migration(
         1,
@@ -675,6 +757,14 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
             "DROP INDEX {s}.events_category_position",
             *_HASHED_EVENT_INDEXES,
         ),
+    ),
+    # The runs index (agentfold.runrows), kept by every append in its transaction; a store that had events before
+    # gets it folded from its log by `_fill_runs_index` (from the checkpoint of the projector that kept it before,
+    # where there is one), in this migration's transaction.
+    _Migration(
+        9,
+        "runs index kept with each append",
+        (*runs_tables.create_statements("text", "bigint", "{s}."), _APPLY_RUNS_INDEX),
     ),
 )
 
@@ -937,6 +1027,8 @@ async def _migrate(
                 await connection.execute(statement.replace("{s}", quoted).encode())
             if migration.version == 7:
                 await _fill_open_runs(connection, quoted)
+            if migration.version == 9:
+                await _fill_runs_index(connection, quoted)
             await connection.execute(
                 f"INSERT INTO {quoted}.schema_migrations (version, description) VALUES (%s, %s)".encode(),
                 (migration.version, migration.description),
@@ -967,6 +1059,96 @@ async def _fill_open_runs(connection: psycopg.AsyncConnection[Any], quoted: str)
         )
 
 
+_RUN_COLUMNS: Final = ", ".join(runrows.COLUMNS)
+_FOLD_PAGE: Final = 5000
+
+
+async def _fill_runs_index(connection: psycopg.AsyncConnection[Any], quoted: str) -> None:
+    """Bring the runs index of a store that had events before appends kept it up to its head, in the migration's
+    transaction: from the checkpoint of the projector that kept it then, if it has one, else from the start; then
+    count the runs per status again and drop that checkpoint."""
+    cursor = await connection.execute(
+        f"SELECT position FROM {quoted}.checkpoints WHERE name = %s".encode(), (runs_tables.PROJECTOR_NAME,)
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        for statement in runs_tables.clear(f"{quoted}."):
+            await connection.execute(statement.encode())
+    await _fold_runs_index(connection, quoted, 0 if row is None else int(row[0]))
+    for statement in runs_tables.recount(f"{quoted}."):
+        await connection.execute(statement.encode())
+    await connection.execute(
+        f"DELETE FROM {quoted}.checkpoints WHERE name = %s".encode(), (runs_tables.PROJECTOR_NAME,)
+    )
+
+
+async def _fold_runs_index(connection: psycopg.AsyncConnection[Any], quoted: str, after_position: int) -> None:
+    """Fold the events of runs' and workers' streams after `after_position` into the runs index, a page at a time
+    through the category index (the two tables are independent, so one category after the other)."""
+    statement = (
+        f"SELECT {_RECORD}, e.stream_id, e.position FROM {quoted}.events e "
+        f"WHERE ({_CATEGORY_KEY}, e.position) > (hashtext(%(category)s), %(after)s) "
+        f"AND {_CATEGORY_KEY} <= hashtext(%(category)s) ORDER BY {_CATEGORY_KEY}, e.position LIMIT %(limit)s"
+    ).encode()
+    for category in (openruns.WORKFLOW_STREAM_PREFIX, runrows.WORKER_STREAM_PREFIX):
+        after = after_position
+        while True:
+            cursor = await connection.execute(statement, {"category": category, "after": after, "limit": _FOLD_PAGE})
+            found = await cursor.fetchall()
+            if not found:
+                break
+            records = [record for record, stream_id, _ in found if stream_id.startswith(category)]
+            appends = runrows.recorded(_decode_page(records))
+            rows = await _load_runs_index(connection, quoted, appends)
+            rows.apply(appends)
+            await _write_runs_index(connection, quoted, rows)
+            after = int(found[-1][2])
+
+
+async def _load_runs_index(
+    connection: psycopg.AsyncConnection[Any], quoted: str, appends: Sequence[runrows.Written]
+) -> runrows.Rows:
+    """The stored rows of the runs and workers `appends` name (those that have one)."""
+    cursor = await connection.execute(
+        f"SELECT {_RUN_COLUMNS} FROM {quoted}.{runs_tables.TABLE} WHERE workflow_id = ANY(%s)".encode(),
+        (list(runrows.named_runs(appends)),),
+    )
+    runs = {record[0]: runrows.RunRow(*record) for record in await cursor.fetchall()}
+    cursor = await connection.execute(
+        f"SELECT worker, expires_at_us FROM {quoted}.{runs_tables.WORKERS_TABLE} WHERE worker = ANY(%s)".encode(),
+        (list(runrows.named_workers(appends)),),
+    )
+    return runrows.Rows(runs, {worker: int(expires) for worker, expires in await cursor.fetchall()})
+
+
+async def _write_runs_index(connection: psycopg.AsyncConnection[Any], quoted: str, rows: runrows.Rows) -> None:
+    changed, counts, workers = rows.changes()
+    schema = f"{quoted}."
+    async with connection.cursor() as cursor:
+        if changed:
+            await cursor.executemany(_placeholders(runs_tables.upsert_row(schema)), map(runrows.row_values, changed))
+        if counts:
+            await cursor.executemany(_placeholders(runs_tables.add_count(schema)), list(counts.items()))
+        if workers:
+            await cursor.executemany(_placeholders(runs_tables.set_worker(schema)), list(workers.items()))
+
+
+def _placeholders(statement: str) -> bytes:
+    """A statement written with ``?`` placeholders (`agentfold.backends.runs_tables`) as psycopg takes it."""
+    return statement.replace("%", "%%").replace("?", "%s").encode()
+
+
+async def _rebuild_runs_index(connection: psycopg.AsyncConnection[Any], quoted: str) -> int:
+    for statement in runs_tables.clear(f"{quoted}."):
+        await connection.execute(statement.encode())
+    await _fold_runs_index(connection, quoted, 0)
+    for statement in runs_tables.recount(f"{quoted}."):
+        await connection.execute(statement.encode())
+    cursor = await connection.execute(f"SELECT count(*) FROM {quoted}.{runs_tables.TABLE}".encode())
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
 # -- statements ---------------------------------------------------------------------------------------------------
 
 
@@ -990,6 +1172,8 @@ _ID_RECORD: Final = (
 )
 
 _STATEMENTS: Final = {
+    # What an append takes first (append_group()), for a step no append may interleave with.
+    "lock_writers": "LOCK TABLE {s}.events IN EXCLUSIVE MODE",
     # Each array comes as one string of its elements joined by a separator, split here by string_to_array: one
     # parameter per array for the driver instead of one per element (psycopg's binary array dumping was the larger
     # cost: docs/measurements.md). The separator cannot occur in an element: stream ids
@@ -1001,9 +1185,9 @@ _STATEMENTS: Final = {
                               string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, E'\\x1e'),
                               string_to_array(%s::text, E'\\x1e'), %s::text)
     """,
-    # A group with open-run changes: the same call, then the changes of the appends it wrote, in one statement (one
-    # round trip, one transaction, under the lock append_group() takes). The CTEs are materialized in order: the
-    # changes are applied once append_group() has decided every append.
+    # A group with open-run or runs-index changes: the same call, then the changes of the appends it wrote, in one
+    # statement (one round trip, one transaction, under the lock append_group() takes). The CTEs are materialized
+    # in order: the changes are applied once append_group() has decided every append.
     "append_group_runs": """
         WITH decided AS MATERIALIZED (
             SELECT g.outcome, g.result_version, g.result_position, g.slot
@@ -1015,9 +1199,14 @@ _STATEMENTS: Final = {
         ), applied AS MATERIALIZED (
             SELECT {s}.apply_open_runs(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
                                        %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[]) AS done
+        ), indexed AS MATERIALIZED (
+            SELECT {s}.apply_runs_index(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
+                                        ARRAY(SELECT result_version FROM decided ORDER BY slot),
+                                        %s::jsonb) AS done
+            FROM applied
         )
         SELECT decided.outcome, decided.result_version, decided.result_position
-        FROM decided, applied ORDER BY decided.slot
+        FROM decided, indexed ORDER BY decided.slot
     """,
     "id_records": f"""
         SELECT {_ID_RECORD}
@@ -1157,6 +1346,7 @@ _PARTITIONED_STATEMENTS: Final = {
     "open_runs": """
         SELECT h.position, r.workflow_id, r.workflow, r.owner FROM {s}.head h LEFT JOIN {s}.open_runs r ON true
     """,
+    "lock_writers": "SELECT FROM {s}.head FOR UPDATE",
     "id_records": _STATEMENTS["id_records"].replace(
         "FROM {s}.events e WHERE e.id", "FROM {s}.event_ids i JOIN {s}.events e USING (position) WHERE i.id"
     ),
@@ -1199,7 +1389,7 @@ def _stream_json(stream_id: str) -> str:
 class _PendingAppend:
     """An append waiting for its group; `size` (its JSON and blob bytes) counts against `MAX_GROUP_BYTES`."""
 
-    __slots__ = ("blob_bytes", "events", "expected", "opened", "size", "stream_id")
+    __slots__ = ("blob_bytes", "events", "expected", "indexed", "opened", "size", "stream_id")
 
     def __init__(self, stream_id: str, events: list[EncodedEvent], expected: ExpectedVersion) -> None:
         self.stream_id = stream_id
@@ -1209,6 +1399,9 @@ class _PendingAppend:
         self.size = sum(len(event.data) + len(event.metadata) for event in events) + self.blob_bytes
         self.opened = openruns.changes(stream_id, ((event.type, event.data) for event in events))
         """What the append does to the open runs, if it is written."""
+        read = ((event.type, event.data, event.metadata) for event in events)
+        self.indexed = runrows.written(stream_id, read, 0, 0)
+        """What the append does to the runs index, if it is written (its version and time are the database's)."""
 
 
 def _size_of(pending: _PendingAppend) -> int:
@@ -1245,6 +1438,29 @@ def _open_run_arguments(group: list[_PendingAppend]) -> tuple[list[Any], ...]:
         [change.workflow for _, change in changes],
         [change.owner for _, change in changes],
     )
+
+
+class _IndexedSlot(msgspec.Struct, frozen=True):
+    """One append's runs-index updates as `apply_runs_index()` reads them."""
+
+    slot: int
+    run: runrows.RunUpdate | None
+    workers: list[runrows.WorkerUpdate]
+
+
+_encode_updates: Final = msgspec.json.Encoder().encode
+
+
+def _runs_index_argument(group: list[_PendingAppend]) -> str:
+    """The runs-index updates of the group's appends, each with its append's slot (1-based), as JSON: what
+    `apply_runs_index()` takes after the arrays of `apply_open_runs()`."""
+    return _encode_updates(
+        [
+            _IndexedSlot(slot, pending.indexed.run, pending.indexed.workers)
+            for slot, pending in enumerate(group, 1)
+            if pending.indexed is not None
+        ]
+    ).decode()
 
 
 def _blob_arguments(
@@ -1365,9 +1581,13 @@ class PostgresBackend:
         See https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-TABLES and
         https://www.postgresql.org/docs/current/xfunc-volatility.html
         """
-        if any(pending.opened for pending in group):
+        if any(pending.opened or pending.indexed is not None for pending in group):
             statement = self._sql["append_group_runs"]
-            arguments: tuple[Any, ...] = (*_group_arguments(group, self._channel), *_open_run_arguments(group))
+            arguments: tuple[Any, ...] = (
+                *_group_arguments(group, self._channel),
+                *_open_run_arguments(group),
+                _runs_index_argument(group),
+            )
         else:
             statement, arguments = self._sql["append_group"], _group_arguments(group, self._channel)
         async with self._connection() as connection:
@@ -1516,6 +1736,12 @@ class PostgresBackend:
             cursor = await connection.execute(f"SELECT count(*) FROM {quoted}.open_runs".encode())
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    async def rebuild_runs_index(self) -> int:
+        async with self._connection() as connection, connection.transaction():
+            # Appends wait for the lock they take first, held here, so none interleaves with the rebuild.
+            await connection.execute(self._sql["lock_writers"])
+            return await _rebuild_runs_index(connection, sql.Identifier(self.schema).as_string(connection))
 
     async def open_runs(self) -> tuple[int, list[openruns.OpenRun]]:
         rows = await self._fetch_all("open_runs", ())

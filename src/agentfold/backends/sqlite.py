@@ -34,7 +34,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
@@ -42,9 +42,10 @@ from urllib.parse import unquote
 
 import msgspec
 
-from agentfold import openruns
+from agentfold import openruns, runrows
 from agentfold.appending import IdRecord, Watched, WatchedStreamMoved, check_expected, check_watched, find_retry
 from agentfold.backend import RecordDecoder, prefix_category
+from agentfold.backends import runs_tables
 from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import DEFAULT_MAX_EVENT_SIZE, EncodedEvent
@@ -68,7 +69,7 @@ from agentfold.wakeup import Broadcast, retrieve_outcome
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """Stored in `PRAGMA user_version`: the number of the last step of `_MIGRATIONS` the file has."""
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
@@ -184,6 +185,10 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         ) WITHOUT ROWID
         """,
     ),
+    # The runs index (agentfold.runrows), kept by every append in its transaction; a file that had events before
+    # gets it folded from its log by `_fill_runs_index` (from the checkpoint of the projector that kept it before,
+    # where there is one), in the same transaction as this step.
+    5: tuple(runs_tables.create_statements("TEXT", "INTEGER")),
 }
 """Schema steps after the first (`_SCHEMA`), by the `user_version` they bring a file to; each runs once, in order,
 in the transaction that sets that version. Never edit a released step; add one."""
@@ -481,6 +486,8 @@ def _create_schema(connection: sqlite3.Connection, path: str) -> None:
                 connection.execute(statement)
             if step == 4 and found > 0:
                 _fill_open_runs(connection)
+            if step == 5 and found > 0:
+                _fill_runs_index(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -514,6 +521,94 @@ def _apply_open_runs(connection: sqlite3.Connection, found: Sequence[openruns.Ch
 
 def _open_run_changes(stream_id: str, events: Sequence[EncodedEvent]) -> list[openruns.Change]:
     return openruns.changes(stream_id, ((event.type, event.data) for event in events))
+
+
+_RUN_COLUMNS: Final = ", ".join(runrows.COLUMNS)
+_SELECT_RUN_ROWS: Final = (
+    f"SELECT {_RUN_COLUMNS} FROM {runs_tables.TABLE} WHERE workflow_id IN (SELECT value FROM json_each(?))"
+)
+_SELECT_WORKER_EXPIRIES: Final = (
+    f"SELECT worker, expires_at_us FROM {runs_tables.WORKERS_TABLE} WHERE worker IN (SELECT value FROM json_each(?))"
+)
+_RUNS_INDEX_CATEGORIES: Final = (openruns.WORKFLOW_STREAM_PREFIX, runrows.WORKER_STREAM_PREFIX)
+"""The categories of the streams whose events change the runs index: runs' and workers'."""
+_FOLD_PAGE: Final = 5000
+
+
+def _read_back(events: Sequence[EncodedEvent]) -> Iterator[runrows.Encoded]:
+    return ((event.type, event.data, event.metadata) for event in events)
+
+
+def _apply_runs_index(connection: sqlite3.Connection, appends: Sequence[runrows.Written]) -> None:
+    """Apply written appends' runs-index updates, in order, in the caller's transaction."""
+    if not appends:
+        return
+    rows = _load_runs_index(connection, runrows.named_runs(appends), runrows.named_workers(appends))
+    rows.apply(appends)
+    _write_runs_index(connection, rows)
+
+
+def _load_runs_index(connection: sqlite3.Connection, run_ids: Iterable[str], workers: Iterable[str]) -> runrows.Rows:
+    """The stored rows of these runs and workers (those that have one)."""
+    run_list, worker_list = list(run_ids), list(workers)
+    runs = {}
+    if run_list:
+        for record in connection.execute(_SELECT_RUN_ROWS, (_json_list(run_list),)):
+            runs[record[0]] = runrows.RunRow(*record)
+    expiries: dict[str, int] = {}
+    if worker_list:
+        expiries = dict(connection.execute(_SELECT_WORKER_EXPIRIES, (_json_list(worker_list),)).fetchall())
+    return runrows.Rows(runs, expiries)
+
+
+def _write_runs_index(connection: sqlite3.Connection, rows: runrows.Rows) -> None:
+    changed, counts, workers = rows.changes()
+    if changed:
+        connection.executemany(runs_tables.upsert_row(), [runrows.row_values(row) for row in changed])
+    if counts:
+        connection.executemany(runs_tables.add_count(), list(counts.items()))
+    if workers:
+        connection.executemany(runs_tables.set_worker(), list(workers.items()))
+
+
+def _fold_runs_index(connection: sqlite3.Connection, after_position: int) -> None:
+    """Fold the events of runs' and workers' streams after `after_position` into the runs index, a page at a time
+    through the category index (the two tables are independent, so one category after the other)."""
+    for category in _RUNS_INDEX_CATEGORIES:
+        after = after_position
+        while True:
+            records = connection.execute(
+                _SELECT_CATEGORY_PAGE.format(record="record"), (category, after, _FOLD_PAGE)
+            ).fetchall()
+            if not records:
+                break
+            _apply_runs_index(connection, runrows.recorded(_record_decoder.decode(record) for record, _ in records))
+            after = records[-1][1]
+
+
+def _fill_runs_index(connection: sqlite3.Connection) -> None:
+    """Bring the runs index of a file that had events before appends kept it up to its head (once, in the upgrade's
+    transaction, which holds the write lock): from the checkpoint of the projector that kept it then, if it has
+    one, else from the start; then count the runs per status again and drop that checkpoint."""
+    row = connection.execute(
+        "SELECT position FROM checkpoints WHERE name = ?", (runs_tables.PROJECTOR_NAME,)
+    ).fetchone()
+    if row is None:
+        for statement in runs_tables.clear():
+            connection.execute(statement)
+    _fold_runs_index(connection, 0 if row is None else int(row[0]))
+    for statement in runs_tables.recount():
+        connection.execute(statement)
+    connection.execute("DELETE FROM checkpoints WHERE name = ?", (runs_tables.PROJECTOR_NAME,))
+
+
+def _rebuild_runs_index(connection: sqlite3.Connection) -> int:
+    for statement in runs_tables.clear():
+        connection.execute(statement)
+    _fold_runs_index(connection, 0)
+    for statement in runs_tables.recount():
+        connection.execute(statement)
+    return int(connection.execute(f"SELECT count(*) FROM {runs_tables.TABLE}").fetchone()[0])
 
 
 def _json_list(values: Iterable[str]) -> str:
@@ -844,6 +939,7 @@ class _Writer:
         links: list[tuple[int, str]] = []
         written_streams: dict[str, int] = {}
         opened: list[openruns.Change] = []
+        indexed: list[runrows.Written] = []
         leftovers: list[_AppendRequest] = []
         for request in appends:
             stream_id = request.stream_id
@@ -872,6 +968,9 @@ class _Writer:
             rows += _event_rows(stream_id, events, current + 1, next_position, now_us)
             _blob_rows(events, next_position, blobs, links)
             opened += _open_run_changes(stream_id, events)
+            found = runrows.written(stream_id, _read_back(events), current + count, now_us)
+            if found is not None:
+                indexed.append(found)
             next_position += count
             versions[stream_id] = written_streams[stream_id] = current + count
             request.outcome = AppendResult(current + count, next_position - 1)
@@ -883,6 +982,7 @@ class _Writer:
             if links:
                 _insert_blobs(connection, blobs, links, _INSERT_LINKS_GROUP)
             _apply_open_runs(connection, opened)
+            _apply_runs_index(connection, indexed)
         except sqlite3.IntegrityError:
             # The tables disagree with the checks above (a damaged file): fall back to one append at a time so
             # only the appends that meet the damage fail. `OR ROLLBACK` has already ended the transaction.
@@ -924,6 +1024,9 @@ class _Writer:
             if links:
                 _insert_blobs(connection, blobs, links, _INSERT_LINKS)
             _apply_open_runs(connection, _open_run_changes(request.stream_id, request.events))
+            found = runrows.written(request.stream_id, _read_back(request.events), current + count, now_us)
+            if found is not None:
+                _apply_runs_index(connection, [found])
             return AppendResult(current + count, first_position + count - 1)
 
         self._in_savepoint(request, append)
@@ -1164,6 +1267,9 @@ class SQLiteBackend:
 
     async def rebuild_open_runs(self) -> int:
         return await self._write(_rebuild_open_runs)  # in the writer's transaction: no append interleaves
+
+    async def rebuild_runs_index(self) -> int:
+        return await self._write(_rebuild_runs_index)  # in the writer's transaction: no append interleaves
 
     async def wait_for_append(self, after_position: int, timeout: float) -> None:
         deadline = self._loop.time() + timeout

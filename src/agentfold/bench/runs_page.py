@@ -1,7 +1,8 @@
 """The inspector's runs page over a store holding many runs: how long its first page takes, through the app itself.
 
 The store gets `runs` runs written as the runtime writes them (started, a step, an outcome; some failed, some
-waiting for a signal), the runs index is built from the log, and then the page is requested over ASGI as a browser
+waiting for a signal), the runs index is folded from the log (where appends kept it, folded again, as `agentfold
+reindex` does), and then the page is requested over ASGI as a browser
 would (HTML, counts per state and the workflow list included), unfiltered, filtered by state, and deep in the
 listing through its cursor.
 """
@@ -64,10 +65,14 @@ async def measure_runs_page(url: str, store: EventStore, runs: int = 100_000) ->
     figures: Figures = {"runs_page_runs": float(runs), "runs_page_populate_runs_per_s": runs / populate_s}
     settings = ServeSettings(store_url=url)
     app = create_app(store, settings)
-    async with RunsIndex(store, url, page_size=2000) as index:
+    async with RunsIndex(store, url) as index:
         began = time.perf_counter()
-        applied = await index.catch_up()
-        figures["runs_index_build_events_per_s"] = applied / (time.perf_counter() - began)
+        if index.kept_by_store:  # appends kept it: what is left to time is folding it from the log again
+            await index.rebuild()
+            figures["runs_index_rebuild_runs_per_s"] = runs / (time.perf_counter() - began)
+        else:
+            applied = await index.catch_up()
+            figures["runs_index_build_events_per_s"] = applied / (time.perf_counter() - began)
         app.state.index = index
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:

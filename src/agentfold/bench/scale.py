@@ -441,7 +441,7 @@ async def _until_started(store: EventStore, began: float, workflow_id: str) -> f
 
 async def build_runs_index(filled: Filled) -> float:
     """Bring the store's runs index up to date (the first time: fold the whole log); the seconds it took."""
-    async with RunsIndex(filled.store, filled.url, page_size=2000) as index:
+    async with RunsIndex(filled.store, filled.url) as index:
         began = time.perf_counter()
         await index.catch_up()
         return time.perf_counter() - began

@@ -36,7 +36,7 @@ from agentfold.cli.common import (
 )
 from agentfold.cli.langgraph_threads import is_thread, replay_thread, show_thread
 from agentfold.cli.tables import Cell, Column, fit_table
-from agentfold.display import format_duration
+from agentfold.display import format_duration, iso_time, now_us
 from agentfold.errors import InvalidInput
 from agentfold.events import AGENT_ID, RecordedEvent
 from agentfold.runs_index import MAX_PAGE, STALLED, RunsIndex, RunsPage, RunsQuery
@@ -61,8 +61,6 @@ from agentfold.runtime.inspect import (
     diff_versions,
     event_json,
     export_trace,
-    iso_time,
-    now_us,
     replay,
     run_summary,
     state_at,

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 from agentfold.cli import main
 from agentfold.cli.common import json_option, output_console, print_json, run_with_store, store_option
-from agentfold.runs_index import RunsIndex, RunsQuery
+from agentfold.runs_index import RunsIndex
 from agentfold.store import EventStore
 
 
 @dataclass(frozen=True)
 class Reindexed:
-    events_folded: int
     runs: int
     durable_index: bool
     open_runs: int | None
@@ -27,7 +26,7 @@ class Reindexed:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "runs_index": {"events_folded": self.events_folded, "runs": self.runs, "kept_in_store": self.durable_index},
+            "runs_index": {"runs": self.runs, "kept_in_store": self.durable_index},
             "open_runs": self.open_runs,
             "seconds": round(self.seconds, 3),
         }
@@ -39,19 +38,18 @@ class Reindexed:
 def reindex(store_url: str, as_json: bool) -> None:
     """Rebuild the runs index and the open runs from the log (the log itself is not changed).
 
-    The runs index loses its rows and checkpoint and folds every event again; the open runs (SQLite, PostgreSQL
-    and Redis stores keep them with each append) are folded again and replaced in one step no append interleaves
-    with. Workers may keep running meanwhile. On a Redis store the runs index lives in the memory of the processes
-    that read it, so there is no runs index kept to rebuild."""
+    The runs index and the open runs (SQLite and PostgreSQL stores keep both with each append, Redis the open
+    runs) are folded again and replaced, each in one step no append interleaves with. Workers may keep running
+    meanwhile. On a Redis store the runs index lives in the memory of the processes that read it, so there is no
+    runs index kept to rebuild."""
 
     async def rebuild(store: EventStore) -> Reindexed:
         started = time.perf_counter()
         async with RunsIndex(store, store_url) as index:
-            folded = await index.rebuild()
-            counts = (await index.page(RunsQuery(limit=1))).counts
-            durable = index.table.durable
+            runs = await index.rebuild()
+            durable = index.kept_by_store
         open_runs = await store.rebuild_open_runs()
-        return Reindexed(folded, sum(counts.values()), durable, open_runs, time.perf_counter() - started)
+        return Reindexed(runs, durable, open_runs, time.perf_counter() - started)
 
     done = run_with_store(store_url, rebuild)
     if as_json:
@@ -59,7 +57,7 @@ def reindex(store_url: str, as_json: bool) -> None:
         return
     console = output_console()
     if done.durable_index:
-        console.print(f"runs index: {done.runs:,} runs from {done.events_folded:,} events")
+        console.print(f"runs index: {done.runs:,} runs")
     else:
         console.print("runs index: not kept in this store (each reader folds the log into its own memory)")
     if done.open_runs is None:

@@ -16,13 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from agentfold import openruns
+from agentfold import lifecycle, openruns, runrows
 from agentfold.events import TRACE_KEYS, TRACEPARENT, RecordedEvent
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 from agentfold.store import EventStore
 from agentfold.validation import check_stream_id, check_text
 
-# The stream and the types the backends keep the open runs from (`agentfold.openruns`), defined there once.
+# The stream and the types the backends keep the open runs and the runs index from (`agentfold.openruns`,
+# `agentfold.lifecycle`, `agentfold.runrows`), defined there once.
 WORKFLOW_STREAM_PREFIX: Final = openruns.WORKFLOW_STREAM_PREFIX
 SIGNAL_STREAM_PREFIX: Final = "signals-"
 
@@ -35,31 +36,31 @@ WORKFLOW_CANCELLED: Final = openruns.WORKFLOW_CANCELLED
 WORKFLOW_TERMINATED: Final = openruns.WORKFLOW_TERMINATED
 WORKFLOW_RESTARTED: Final = openruns.WORKFLOW_RESTARTED
 
-WORKFLOW_SUSPENDED: Final = "WorkflowSuspended"
+WORKFLOW_SUSPENDED: Final = runrows.WORKFLOW_SUSPENDED
 STEP_STARTED: Final = "StepStarted"
-STEP_COMPLETED: Final = "StepCompleted"
-STEP_FAILED: Final = "StepFailed"
+STEP_COMPLETED: Final = runrows.STEP_COMPLETED
+STEP_FAILED: Final = runrows.STEP_FAILED
 STEP_RECONCILED: Final = "StepReconciled"
-WAIT_STARTED: Final = "WaitStarted"
-SIGNAL_RECEIVED: Final = "SignalReceived"
-WAIT_TIMED_OUT: Final = "WaitTimedOut"
+WAIT_STARTED: Final = lifecycle.WAIT_STARTED
+SIGNAL_RECEIVED: Final = lifecycle.SIGNAL_RECEIVED
+WAIT_TIMED_OUT: Final = lifecycle.WAIT_TIMED_OUT
 TIMER_STARTED: Final = "TimerStarted"
 TIMER_FIRED: Final = "TimerFired"
 TIME_RECORDED: Final = "TimeRecorded"
 RANDOM_RECORDED: Final = "RandomRecorded"
 PATCH_APPLIED: Final = "PatchApplied"
 SIGNAL_SENT: Final = "SignalSent"
-WORKFLOW_CANCEL_REQUESTED: Final = "WorkflowCancelRequested"
+WORKFLOW_CANCEL_REQUESTED: Final = lifecycle.WORKFLOW_CANCEL_REQUESTED
 
-LEASE_TYPES: Final = (WORKFLOW_CLAIMED, WORKFLOW_RELEASED)
+LEASE_TYPES: Final = runrows.LEASE_TYPES
 """Ownership records (see `agentfold.runtime.leases`): they change who runs the run, never what it did."""
-OWNER_KEY: Final = "worker"
+OWNER_KEY: Final = runrows.OWNER_KEY
 """The metadata key naming the worker that made an append: the first append of every execution carries it."""
 INCARNATION_KEY: Final = "incarnation"
 """The metadata key naming which start of that worker's id made the append (see `agentfold.runtime.leases`)."""
 
 FINISHED_TYPES: Final = openruns.FINISHED_TYPES
-CONTROL_TYPES: Final = (WORKFLOW_CANCEL_REQUESTED,)
+CONTROL_TYPES: Final = runrows.CONTROL_TYPES
 """Run control records that anyone may append to a running run's stream: the run absorbs them and goes on."""
 
 STEP: Final = "step"
@@ -82,7 +83,7 @@ _KIND_OF: Final = {
     RANDOM_RECORDED: RANDOM,
 }
 
-MAX_WORKFLOW_ID_LENGTH: Final = 190
+MAX_WORKFLOW_ID_LENGTH: Final = runrows.MAX_WORKFLOW_ID_LENGTH
 
 
 def check_workflow_id(workflow_id: object) -> str:

@@ -12,24 +12,21 @@ from __future__ import annotations
 
 import difflib
 import heapq
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
+from agentfold.display import iso_time, now_us
 from agentfold.encoding import encode_json
 from agentfold.errors import AgentfoldError, InvalidInput, WorkflowNotFound
 from agentfold.events import AGENT_ID, RecordedEvent
+from agentfold.runrows import SUSPENDED, run_id_of
 from agentfold.runtime import history as h
 from agentfold.runtime.conversation import describe_exchange, describe_tool_result, model_exchange
 from agentfold.runtime.history import History
 from agentfold.runtime.statemachine import AWAITING_INPUT, CANCELLED, COMPLETED, FAILED, IDLE, PROCESSING, TERMINATED
 from agentfold.store import EventStore
-
-SUSPENDED: Final = "Suspended"
-"""Not a lifecycle state: a run whose code no longer matches its history, stopped until matching code resumes it."""
 
 RUN_STATUSES: Final = (IDLE, PROCESSING, AWAITING_INPUT, COMPLETED, FAILED, CANCELLED, TERMINATED, SUSPENDED)
 """What `RunFilter.status` accepts: the lifecycle states, and `Suspended`."""
@@ -58,25 +55,6 @@ DETAIL_LIMIT: Final = 240
 
 Progress = Callable[[int], None]
 """Called while reading with how far the read got: a global position, or a version for one run's stream."""
-
-
-def now_us() -> int:
-    """The current time in microseconds since the epoch (UTC), the unit events are stamped in."""
-    return time.time_ns() // 1000
-
-
-def iso_time(timestamp_us: int | None) -> str | None:
-    """An event time as ISO 8601 in UTC with microseconds, or None."""
-    if timestamp_us is None:
-        return None
-    return datetime.fromtimestamp(timestamp_us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
-
-
-def run_id_of(stream_id: str) -> str | None:
-    """The workflow id recorded by a ``workflow-<id>`` stream, or None for any other stream."""
-    if stream_id.startswith(h.WORKFLOW_STREAM_PREFIX) and len(stream_id) > len(h.WORKFLOW_STREAM_PREFIX):
-        return stream_id[len(h.WORKFLOW_STREAM_PREFIX) :]
-    return None
 
 
 # -- runs ----------------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
+from agentfold import runrows
 from agentfold.errors import InvalidInput, WorkerIdInUse, WorkerSuperseded, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.runtime import history as h
@@ -54,9 +55,9 @@ from agentfold.validation import check_stream_id, check_text
 logger = logging.getLogger("agentfold.runtime")
 
 DEFAULT_LEASE_TTL: Final = 10.0
-WORKER_STREAM_PREFIX: Final = "$worker-"
-WORKER_HEARTBEAT: Final = "WorkerHeartbeat"
-WORKER_STOPPED: Final = "WorkerStopped"
+WORKER_STREAM_PREFIX: Final = runrows.WORKER_STREAM_PREFIX
+WORKER_HEARTBEAT: Final = runrows.WORKER_HEARTBEAT
+WORKER_STOPPED: Final = runrows.WORKER_STOPPED
 LIVENESS_TYPES: Final = (WORKER_HEARTBEAT, WORKER_STOPPED)
 TRIM_EVERY: Final = 64
 """Heartbeats between trims of a worker's stream."""

@@ -13,18 +13,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from agentfold import lifecycle
 from agentfold.errors import IllegalTransition, InvalidInput, WrongExpectedVersion
 from agentfold.events import AppendResult, NewEvent, RecordedEvent
+from agentfold.lifecycle import AWAITING_INPUT, CANCELLED, COMPLETED, FAILED, IDLE, PROCESSING, TERMINATED
 from agentfold.store import EventStore
 from agentfold.validation import check_event_type, check_stream_id
-
-IDLE: Final = "Idle"
-PROCESSING: Final = "Processing"
-AWAITING_INPUT: Final = "AwaitingInput"
-COMPLETED: Final = "Completed"
-FAILED: Final = "Failed"
-CANCELLED: Final = "Cancelled"
-TERMINATED: Final = "Terminated"
 
 Guard = Callable[[str, Mapping[str, Any]], bool]
 """`guard(current_state, event_data) -> bool`: may the transition be taken now? Checked when firing, not on replay."""
@@ -181,30 +175,26 @@ class Agent:
             return result
 
 
-_RUNNING: Final = (PROCESSING, AWAITING_INPUT)
-_FINISHED: Final = (COMPLETED, FAILED, CANCELLED, TERMINATED)
-
 DEFAULT_LIFECYCLE: Final = StateMachine(
     "lifecycle",
-    states=[IDLE, PROCESSING, AWAITING_INPUT, COMPLETED, FAILED, CANCELLED, TERMINATED],
+    states=lifecycle.STATES,
     initial=IDLE,
-    final=_FINISHED,
-    transitions=[
-        Transition.of("WorkflowStarted", IDLE, PROCESSING),
-        Transition.of("WaitStarted", _RUNNING, AWAITING_INPUT),
-        # From Processing too: with several waits in flight (`asyncio.gather`), the first answer already moved on.
-        Transition.of("SignalReceived", _RUNNING, PROCESSING),
-        Transition.of("WaitTimedOut", _RUNNING, PROCESSING),
-        Transition.of("WorkflowCompleted", _RUNNING, COMPLETED),
-        Transition.of("WorkflowFailed", _RUNNING, FAILED),
-        # Run control: a cancel is asked of a running run and ends it once its code has cleaned up; a termination
-        # ends it at once; a restart (a retry, or a restart from a step) opens a new attempt of a run that ended,
-        # or of a suspended one (the client checks that it is suspended).
-        Transition.of("WorkflowCancelRequested", PROCESSING, PROCESSING),
-        Transition.of("WorkflowCancelRequested", AWAITING_INPUT, AWAITING_INPUT),
-        Transition.of("WorkflowCancelled", _RUNNING, CANCELLED),
-        Transition.of("WorkflowTerminated", _RUNNING, TERMINATED),
-        Transition.of("WorkflowRestarted", (*_RUNNING, *_FINISHED), PROCESSING),
-    ],
+    final=lifecycle.FINISHED,
+    transitions=[Transition.of(event_type, sources, target) for event_type, sources, target in lifecycle.TRANSITIONS],
 )
-"""Every workflow run follows this machine; its transitions are the runtime's own event types."""
+"""Every workflow run follows this machine: the table of `agentfold.lifecycle`, whose transitions are the runtime's
+own event types."""
+
+__all__ = [
+    "AWAITING_INPUT",
+    "CANCELLED",
+    "COMPLETED",
+    "DEFAULT_LIFECYCLE",
+    "FAILED",
+    "IDLE",
+    "PROCESSING",
+    "TERMINATED",
+    "Agent",
+    "StateMachine",
+    "Transition",
+]

@@ -17,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from agentfold.display import iso_time
 from agentfold.errors import InvalidInput
 from agentfold.events import RecordedEvent
-from agentfold.runtime.inspect import compact_json, describe_event, iso_time
+from agentfold.runtime.inspect import compact_json, describe_event
 from agentfold.store import EventStore
 
 PING_SECONDS: Final = 15

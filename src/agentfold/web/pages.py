@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from agentfold import display
+from agentfold.display import iso_time, now_us
 from agentfold.errors import InvalidInput, WorkflowNotFound
 from agentfold.events import RecordedEvent
 from agentfold.runs_index import LISTED_STATUSES, RunRow, RunsIndex, RunsQuery
@@ -28,8 +29,6 @@ from agentfold.runtime.inspect import (
     INBOX,
     diff_states,
     event_json,
-    iso_time,
-    now_us,
     run_events,
     state_at,
     timeline,
