@@ -15,6 +15,7 @@ applied where the row is. Counters are added, and the version and times come fro
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -165,6 +166,22 @@ class Delta(msgspec.Struct, frozen=True):
     """Runs these events handed work to: each such run without a parent gets this run as its parent."""
 
 
+def _changes_beyond_status(delta: Delta) -> bool:
+    """Whether `delta` changes more of a row than its status and its last event (version, time and type)."""
+    return bool(
+        delta.retries or delta.failed_steps or delta.finished != UNCHANGED or delta.owner_changed or delta.handed
+    )
+
+
+def _moves_stored(delta: Delta) -> bool:
+    """Whether `delta` changes more of a row than its last event."""
+    return delta.statuses != STORED_STATUSES or _changes_beyond_status(delta)
+
+
+RESUMING: Final = tuple(lifecycle.PROCESSING if status == SUSPENDED else status for status in STORED_STATUSES)
+"""The statuses after an ordinary event (a step): each as it was, except that a suspended run goes on running."""
+
+
 class RunUpdate(msgspec.Struct, frozen=True):
     """What one append to ``workflow-<id>`` does to the run's row: `whole` when the row exists; when it does not,
     the row the append starts (`workflow`, `agent`, then `since_start`, the events from its first
@@ -196,6 +213,15 @@ def step_status(status: str, event_type: str) -> str:
     return status if after is None else after
 
 
+_STATUS_INDEX: Final = {status: index for index, status in enumerate(STORED_STATUSES)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _status_map(event_type: str) -> tuple[str, ...]:
+    """`step_status` of one event type from each stored status, in `STORED_STATUSES` order."""
+    return tuple(step_status(status, event_type) for status in STORED_STATUSES)
+
+
 def _handed_to(fields: _Fields) -> str | None:
     raw = bytes(fields.result)
     if not raw.startswith(b'"') or len(raw) > 6 * MAX_WORKFLOW_ID_LENGTH + 2:
@@ -209,7 +235,7 @@ class _Folding:
 
     def __init__(self, workflow_id: str) -> None:
         self.workflow_id = workflow_id
-        self.statuses = list(STORED_STATUSES)
+        self.statuses: tuple[str, ...] = STORED_STATUSES
         self.last_event_type = ""
         self.retries = 0
         self.failed_steps = 0
@@ -219,7 +245,11 @@ class _Folding:
         self.handed: list[str] = []
 
     def add(self, event_type: str, fields: _Fields | None, metadata: Mapping[str, Any] | None) -> None:
-        self.statuses = [step_status(status, event_type) for status in self.statuses]
+        after = _status_map(event_type)
+        if self.statuses is STORED_STATUSES:
+            self.statuses = after
+        else:
+            self.statuses = tuple(after[_STATUS_INDEX[status]] for status in self.statuses)
         self.last_event_type = event_type
         if event_type == STEP_FAILED:
             if fields is not None and fields.final:
@@ -242,7 +272,7 @@ class _Folding:
 
     def delta(self) -> Delta:
         return Delta(
-            tuple(self.statuses),
+            self.statuses,
             self.last_event_type,
             self.retries,
             self.failed_steps,
@@ -283,11 +313,23 @@ def run_id_of(stream_id: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _plain_delta(event_type: str) -> Delta:
+    """What one event of `event_type` does when neither its data nor its metadata matter."""
+    folding = _Folding("")
+    folding.add(event_type, None, None)
+    return folding.delta()
+
+
 def run_update(stream_id: str, events: Iterable[Encoded]) -> RunUpdate | None:
     """What one append of `events` to `stream_id` does to its run's row; None for every other stream."""
     workflow_id = run_id_of(stream_id)
     if workflow_id is None:
         return None
+    if isinstance(events, list) and len(events) == 1:  # most appends: one event, often one whose data is not read
+        event_type, _, metadata = events[0]
+        if event_type not in _DATA_TYPES and _metadata_of(metadata) is None:
+            return RunUpdate(workflow_id, _plain_delta(event_type))
     whole = _Folding(workflow_id)
     since_start: _Folding | None = None
     workflow = agent = ""
@@ -391,6 +433,30 @@ def written(stream_id: str, events: Iterable[Encoded], version: int, at_us: int)
     return Written(run, workers, version, at_us) if run is not None or workers else None
 
 
+def only_resumes(update: RunUpdate) -> bool:
+    """Whether `update` changes nothing of an existing row but its last event, unless the run is suspended (it
+    then goes on running): what a run's ordinary events (its steps) do. A store can apply such updates with one
+    statement for all runs instead of reading each row."""
+    delta = update.whole
+    return update.since_start is None and delta.statuses == RESUMING and not _changes_beyond_status(delta)
+
+
+LAST_EVENT_COLUMNS: Final = ("version", "last_event_at_us", "last_event_type")
+"""The columns a store may leave as of the row's last other change, and read from the run's stream instead."""
+
+
+def stored(append: Written | None) -> Written | None:
+    """`append` less what a store that reads a run's last event from its stream (`LAST_EVENT_COLUMNS`) need not
+    write: a run update that changes nothing else (most of a run's appends: its steps) is dropped; None when
+    nothing is left."""
+    if append is None or append.run is None:
+        return append
+    run = append.run
+    if run.since_start is not None or _moves_stored(run.whole):
+        return append
+    return Written(None, append.workers, append.version, append.at_us) if append.workers else None
+
+
 def recorded(events: Iterable[RecordedEvent]) -> list[Written]:
     """Recorded events, each as an append of its own: how the index is built from the log."""
     found = (written(event.stream_id, [encoded(event)], event.version, event.recorded_at_us) for event in events)
@@ -423,7 +489,7 @@ class Rows:
     def __init__(self, runs: Mapping[str, RunRow] | None = None, workers: Mapping[str, int] | None = None) -> None:
         self.runs: dict[str, RunRow] = dict(runs or {})
         self.workers: dict[str, int] = dict(workers or {})
-        self._before: dict[str, str | None] = {}
+        self._before: dict[str, RunRow | None] = {}
         self._changed_workers: set[str] = set()
 
     def apply(self, appends: Iterable[Written]) -> None:
@@ -447,16 +513,20 @@ class Rows:
 
     def _change(self, row: RunRow | None, after: RunRow) -> None:
         if after.workflow_id not in self._before:
-            self._before[after.workflow_id] = None if row is None else row.status
+            self._before[after.workflow_id] = row
         self.runs[after.workflow_id] = after
 
     def changes(self) -> tuple[list[RunRow], dict[str, int], dict[str, int]]:
-        """The rows changed since the last call, how they change the runs per stored status, and the workers'
-        changed expiries; then starts over."""
-        rows = [self.runs[workflow_id] for workflow_id in self._before]
+        """The rows changed since the last call beyond their last event (`LAST_EVENT_COLUMNS`), how they change
+        the runs per stored status, and the workers' changed expiries; then starts over."""
+        rows: list[RunRow] = []
         counts: dict[str, int] = {}
-        for row in rows:
-            old = self._before[row.workflow_id]
+        for workflow_id, before in self._before.items():
+            row = self.runs[workflow_id]
+            if before is not None and replace(before, **_last_event_of(row)) == row:
+                continue
+            rows.append(row)
+            old = None if before is None else before.status
             if old == row.status:
                 continue
             if old is not None:
@@ -468,6 +538,10 @@ class Rows:
         return rows, {status: number for status, number in counts.items() if number}, workers
 
 
+def _last_event_of(row: RunRow) -> dict[str, Any]:
+    return {column: getattr(row, column) for column in LAST_EVENT_COLUMNS}
+
+
 def encoded(event: RecordedEvent) -> Encoded:
     """A recorded event as an update reads it."""
     return event.type, event.data, event.metadata
@@ -475,6 +549,8 @@ def encoded(event: RecordedEvent) -> Encoded:
 
 __all__ = [
     "COLUMNS",
+    "LAST_EVENT_COLUMNS",
+    "RESUMING",
     "STORED_STATUSES",
     "SUSPENDED",
     "Delta",
@@ -488,11 +564,13 @@ __all__ = [
     "handed",
     "named_runs",
     "named_workers",
+    "only_resumes",
     "recorded",
     "row_values",
     "run_id_of",
     "run_update",
     "step_status",
+    "stored",
     "worker_updates",
     "written",
 ]

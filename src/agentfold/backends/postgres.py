@@ -573,12 +573,16 @@ assert (openruns.OPEN, openruns.CLOSE, openruns.HOLD) == ("open", "close", "hold
 
 _STORED_STATUSES_SQL: Final = "ARRAY[" + ", ".join(f"'{status}'" for status in runrows.STORED_STATUSES) + "]"
 _APPLY_RUNS_INDEX: Final = f"""CREATE FUNCTION {{s}}.apply_runs_index(
-    written integer[], versions bigint[], updates jsonb
+    written integer[], versions bigint[], updates jsonb, resumed_slots integer[], resumed_runs text[],
+    resumed_types text[]
 ) RETURNS integer LANGUAGE plpgsql VOLATILE AS $body$
 -- Applies the runs-index updates (agentfold.runrows.written, computed by the client; one element per append that
 -- has any: its slot, its run update or null, its worker updates) of the appends of a group that were written, in
 -- order, in the caller's statement: the one that ran append_group(), so under its lock and in its transaction.
--- `versions` holds each append's stream version after it, by slot. What it does is `agentfold.runrows.Rows.apply`.
+-- `versions` holds each append's stream version after it, by slot. What it does is `agentfold.runrows.Rows.apply`;
+-- a row whose only change would be its last event is left as it is (readers take that from the run's stream).
+-- The appends of runs that only resume (agentfold.runrows.only_resumes: a run's steps) come apart, as arrays: one
+-- statement for all of them changes the rows of those runs that are suspended.
 DECLARE
     at_us bigint := (extract(epoch FROM statement_timestamp()) * 1000000)::bigint;
     item jsonb;
@@ -586,45 +590,70 @@ DECLARE
     delta jsonb;
     beat jsonb;
     run_id text;
-    old_status text;
-    new_status text;
-    child text;
     slot integer;
+    child text;
+    old_status text;
+    old_finished bigint;
+    old_owner text;
+    new_status text;
+    new_finished bigint;
+    new_owner text;
+    added_retries bigint;
+    added_failed bigint;
 BEGIN
+    IF resumed_slots <> '{{}}' THEN
+        WITH resumed AS (
+            UPDATE {{s}}.{runs_tables.TABLE} r SET status = 'Processing', last_event_at_us = at_us,
+                last_event_type = c.type, version = versions[c.slot]
+            FROM unnest(resumed_slots, resumed_runs, resumed_types) AS c(slot, run, type)
+            WHERE r.workflow_id = c.run AND r.status = 'Suspended' AND c.slot = ANY (written)
+            RETURNING r.workflow_id
+        ), moved AS (SELECT count(*) AS runs FROM resumed)
+        INSERT INTO {{s}}.{runs_tables.COUNTS_TABLE} AS c (status, runs)
+        SELECT s.status, s.sign * moved.runs
+        FROM moved, (VALUES ('Suspended', -1), ('Processing', 1)) AS s(status, sign) WHERE moved.runs > 0
+        ON CONFLICT (status) DO UPDATE SET runs = c.runs + excluded.runs;
+    END IF;
     FOR item IN SELECT u FROM jsonb_array_elements(updates) AS u LOOP
         slot := (item->>'slot')::integer;
         CONTINUE WHEN NOT (slot = ANY (written));
         run := item->'run';
         IF jsonb_typeof(run) = 'object' THEN
             run_id := run->>'workflow_id';
-            SELECT status INTO old_status FROM {{s}}.{runs_tables.TABLE} WHERE workflow_id = run_id;
+            SELECT r.status, r.finished_at_us, r.owner INTO old_status, old_finished, old_owner
+            FROM {{s}}.{runs_tables.TABLE} r WHERE r.workflow_id = run_id;
             IF FOUND THEN
                 delta := run->'whole';
             ELSIF jsonb_typeof(run->'since_start') = 'object' THEN
                 delta := run->'since_start';
-                INSERT INTO {{s}}.{runs_tables.TABLE} (workflow_id, workflow, agent, status, started_at_us,
-                    last_event_at_us, last_event_type, finished_at_us, version, retries, failed_steps, owner,
-                    parent_id)
-                VALUES (run_id, run->>'workflow', run->>'agent', 'Idle', at_us, at_us, '', NULL, 0, 0, 0, NULL,
-                    NULL);
             ELSE
                 delta := NULL;
             END IF;
             IF delta IS NOT NULL THEN
-                UPDATE {{s}}.{runs_tables.TABLE} r SET
-                    status = coalesce(delta->'statuses'->>(array_position({_STORED_STATUSES_SQL}, r.status) - 1),
-                                      r.status),
-                    last_event_at_us = at_us,
-                    last_event_type = delta->>'last_event_type',
-                    finished_at_us = CASE (delta->>'finished')::integer WHEN 1 THEN at_us WHEN 2 THEN NULL
-                                     ELSE r.finished_at_us END,
-                    version = versions[slot],
-                    retries = r.retries + (delta->>'retries')::bigint,
-                    failed_steps = r.failed_steps + (delta->>'failed_steps')::bigint,
-                    owner = CASE WHEN (delta->>'owner_changed')::boolean THEN delta->>'owner' ELSE r.owner END
-                WHERE r.workflow_id = run_id
-                RETURNING r.status INTO new_status;
-                IF old_status IS DISTINCT FROM new_status THEN
+                new_status := coalesce(
+                    delta->'statuses'->>(array_position({_STORED_STATUSES_SQL}, coalesce(old_status, 'Idle')) - 1),
+                    old_status);
+                new_finished := CASE (delta->>'finished')::integer WHEN 1 THEN at_us WHEN 2 THEN NULL
+                                ELSE old_finished END;
+                new_owner := CASE WHEN (delta->>'owner_changed')::boolean THEN delta->>'owner' ELSE old_owner END;
+                added_retries := (delta->>'retries')::bigint;
+                added_failed := (delta->>'failed_steps')::bigint;
+                IF old_status IS NULL THEN
+                    INSERT INTO {{s}}.{runs_tables.TABLE} (workflow_id, workflow, agent, status, started_at_us,
+                        last_event_at_us, last_event_type, finished_at_us, version, retries, failed_steps, owner,
+                        parent_id)
+                    VALUES (run_id, run->>'workflow', run->>'agent', new_status, at_us, at_us,
+                        delta->>'last_event_type', new_finished, versions[slot], added_retries, added_failed,
+                        new_owner, NULL);
+                ELSIF new_status IS DISTINCT FROM old_status OR new_finished IS DISTINCT FROM old_finished
+                      OR new_owner IS DISTINCT FROM old_owner OR added_retries <> 0 OR added_failed <> 0 THEN
+                    UPDATE {{s}}.{runs_tables.TABLE} r SET status = new_status, last_event_at_us = at_us,
+                        last_event_type = delta->>'last_event_type', finished_at_us = new_finished,
+                        version = versions[slot], retries = r.retries + added_retries,
+                        failed_steps = r.failed_steps + added_failed, owner = new_owner
+                    WHERE r.workflow_id = run_id;
+                END IF;
+                IF new_status IS DISTINCT FROM old_status THEN
                     IF old_status IS NOT NULL THEN
                         INSERT INTO {{s}}.{runs_tables.COUNTS_TABLE} AS c (status, runs) VALUES (old_status, -1)
                         ON CONFLICT (status) DO UPDATE SET runs = c.runs - 1;
@@ -632,24 +661,29 @@ BEGIN
                     INSERT INTO {{s}}.{runs_tables.COUNTS_TABLE} AS c (status, runs) VALUES (new_status, 1)
                     ON CONFLICT (status) DO UPDATE SET runs = c.runs + 1;
                 END IF;
-                FOR child IN SELECT h FROM jsonb_array_elements_text(delta->'handed') AS h LOOP
-                    UPDATE {{s}}.{runs_tables.TABLE} SET parent_id = run_id
-                    WHERE workflow_id = child AND parent_id IS NULL;
-                END LOOP;
+                IF jsonb_array_length(delta->'handed') > 0 THEN
+                    FOR child IN SELECT h FROM jsonb_array_elements_text(delta->'handed') AS h LOOP
+                        UPDATE {{s}}.{runs_tables.TABLE} SET parent_id = run_id
+                        WHERE workflow_id = child AND parent_id IS NULL;
+                    END LOOP;
+                END IF;
             END IF;
         END IF;
-        FOR beat IN SELECT b FROM jsonb_array_elements(item->'workers') AS b LOOP
-            INSERT INTO {{s}}.{runs_tables.WORKERS_TABLE} AS w (worker, expires_at_us)
-            VALUES (beat->>'worker', CASE WHEN jsonb_typeof(beat->'ttl_us') = 'number'
-                                            THEN at_us + (beat->>'ttl_us')::bigint ELSE 0 END)
-            ON CONFLICT (worker) DO UPDATE SET expires_at_us = CASE WHEN excluded.expires_at_us = 0 THEN 0
-                ELSE greatest(w.expires_at_us, excluded.expires_at_us) END;
-        END LOOP;
+        IF jsonb_array_length(item->'workers') > 0 THEN
+            FOR beat IN SELECT b FROM jsonb_array_elements(item->'workers') AS b LOOP
+                INSERT INTO {{s}}.{runs_tables.WORKERS_TABLE} AS w (worker, expires_at_us)
+                VALUES (beat->>'worker', CASE WHEN jsonb_typeof(beat->'ttl_us') = 'number'
+                                              THEN at_us + (beat->>'ttl_us')::bigint ELSE 0 END)
+                ON CONFLICT (worker) DO UPDATE SET expires_at_us = CASE WHEN excluded.expires_at_us = 0 THEN 0
+                    ELSE greatest(w.expires_at_us, excluded.expires_at_us) END;
+            END LOOP;
+        END IF;
     END LOOP;
     RETURN 0;
 END
 $body$"""
 assert (runrows.UNCHANGED, runrows.SET, runrows.CLEAR) == (0, 1, 2)
+assert runrows.STORED_STATUSES[0] == "Idle"  # a new row's status is `statuses[0]` of the events since its start
 
 
 MIGRATIONS: Final[tuple[_Migration, ...]] = (
@@ -764,7 +798,13 @@ MIGRATIONS: Final[tuple[_Migration, ...]] = (
     _Migration(
         9,
         "runs index kept with each append",
-        (*runs_tables.create_statements("text", "bigint", "{s}."), _APPLY_RUNS_INDEX),
+        (
+            *runs_tables.create_statements("text", "bigint", "{s}."),
+            # Room in each page for a row's next version: an append that changes no indexed column (most do not)
+            # then updates it in place of its indexes (a heap-only tuple).
+            f"ALTER TABLE {{s}}.{runs_tables.TABLE} SET (fillfactor = 70)",
+            _APPLY_RUNS_INDEX,
+        ),
     ),
 )
 
@@ -1171,6 +1211,14 @@ _ID_RECORD: Final = (
     "e.position"
 )
 
+_GROUP_CALL: Final = (
+    "{s}.append_group(string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, ',')::bigint[], "
+    "string_to_array(%s::text, ',')::integer[], string_to_array(%s::text, ',')::uuid[], "
+    "string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, E'\\x1e'), "
+    "string_to_array(%s::text, E'\\x1e'), %s::text)"
+)
+"""The call that writes a group, each array as one string of its elements joined by a separator (see below)."""
+
 _STATEMENTS: Final = {
     # What an append takes first (append_group()), for a step no append may interleave with.
     "lock_writers": "LOCK TABLE {s}.events IN EXCLUSIVE MODE",
@@ -1180,21 +1228,15 @@ _STATEMENTS: Final = {
     # and types are printable, JSON escapes control characters inside strings, uuids and numbers hold no comma.
     "append_group": """
         SELECT outcome, result_version, result_position
-        FROM {s}.append_group(string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, ',')::bigint[],
-                              string_to_array(%s::text, ',')::integer[], string_to_array(%s::text, ',')::uuid[],
-                              string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, E'\\x1e'),
-                              string_to_array(%s::text, E'\\x1e'), %s::text)
-    """,
+        FROM {group_call}
+    """.replace("{group_call}", _GROUP_CALL),
     # A group with open-run or runs-index changes: the same call, then the changes of the appends it wrote, in one
     # statement (one round trip, one transaction, under the lock append_group() takes). The CTEs are materialized
     # in order: the changes are applied once append_group() has decided every append.
     "append_group_runs": """
         WITH decided AS MATERIALIZED (
             SELECT g.outcome, g.result_version, g.result_position, g.slot
-            FROM {s}.append_group(string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, ',')::bigint[],
-                                  string_to_array(%s::text, ',')::integer[], string_to_array(%s::text, ',')::uuid[],
-                                  string_to_array(%s::text, E'\\x1e'), string_to_array(%s::text, E'\\x1e'),
-                                  string_to_array(%s::text, E'\\x1e'), %s::text)
+            FROM {group_call}
                  WITH ORDINALITY AS g(outcome, result_version, result_position, slot)
         ), applied AS MATERIALIZED (
             SELECT {s}.apply_open_runs(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
@@ -1202,12 +1244,26 @@ _STATEMENTS: Final = {
         ), indexed AS MATERIALIZED (
             SELECT {s}.apply_runs_index(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
                                         ARRAY(SELECT result_version FROM decided ORDER BY slot),
-                                        %s::jsonb) AS done
+                                        %s::jsonb, %s::integer[], %s::text[], %s::text[]) AS done
             FROM applied
         )
         SELECT decided.outcome, decided.result_version, decided.result_position
         FROM decided, indexed ORDER BY decided.slot
-    """,
+    """.replace("{group_call}", _GROUP_CALL),
+    # A group with runs-index changes only (a run's steps): the same without the open runs.
+    "append_group_indexed": """
+        WITH decided AS MATERIALIZED (
+            SELECT g.outcome, g.result_version, g.result_position, g.slot
+            FROM {group_call}
+                 WITH ORDINALITY AS g(outcome, result_version, result_position, slot)
+        ), indexed AS MATERIALIZED (
+            SELECT {s}.apply_runs_index(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
+                                        ARRAY(SELECT result_version FROM decided ORDER BY slot),
+                                        %s::jsonb, %s::integer[], %s::text[], %s::text[]) AS done
+        )
+        SELECT decided.outcome, decided.result_version, decided.result_position
+        FROM decided, indexed ORDER BY decided.slot
+    """.replace("{group_call}", _GROUP_CALL),
     "id_records": f"""
         SELECT {_ID_RECORD}
         FROM {{s}}.events e WHERE e.id = ANY(%(ids)b::uuid[])
@@ -1400,7 +1456,7 @@ class _PendingAppend:
         self.opened = openruns.changes(stream_id, ((event.type, event.data) for event in events))
         """What the append does to the open runs, if it is written."""
         read = ((event.type, event.data, event.metadata) for event in events)
-        self.indexed = runrows.written(stream_id, read, 0, 0)
+        self.indexed = runrows.stored(runrows.written(stream_id, read, 0, 0))
         """What the append does to the runs index, if it is written (its version and time are the database's)."""
 
 
@@ -1451,16 +1507,28 @@ class _IndexedSlot(msgspec.Struct, frozen=True):
 _encode_updates: Final = msgspec.json.Encoder().encode
 
 
-def _runs_index_argument(group: list[_PendingAppend]) -> str:
-    """The runs-index updates of the group's appends, each with its append's slot (1-based), as JSON: what
-    `apply_runs_index()` takes after the arrays of `apply_open_runs()`."""
-    return _encode_updates(
-        [
-            _IndexedSlot(slot, pending.indexed.run, pending.indexed.workers)
-            for slot, pending in enumerate(group, 1)
-            if pending.indexed is not None
-        ]
-    ).decode()
+def _runs_index_arguments(group: list[_PendingAppend]) -> tuple[str, list[int], list[str], list[str]]:
+    """The runs-index updates of the group's appends as `apply_runs_index()` takes them after the arrays of
+    `apply_open_runs()`: as JSON, each with its append's slot (1-based); and apart, as arrays of slots, runs and
+    last event types, the appends of runs that only resume (every update of the run in the group does)."""
+    slots = [(slot, pending.indexed) for slot, pending in enumerate(group, 1) if pending.indexed is not None]
+    moving = {
+        found.run.workflow_id for _, found in slots if found.run is not None and not runrows.only_resumes(found.run)
+    }
+    updates: list[_IndexedSlot] = []
+    resumed: list[tuple[int, str, str]] = []
+    for slot, found in slots:
+        run = found.run
+        if run is not None and run.workflow_id not in moving and not found.workers:
+            resumed.append((slot, run.workflow_id, run.whole.last_event_type))
+        else:
+            updates.append(_IndexedSlot(slot, run, found.workers))
+    return (
+        _encode_updates(updates).decode(),
+        [slot for slot, _, _ in resumed],
+        [run_id for _, run_id, _ in resumed],
+        [event_type for _, _, event_type in resumed],
+    )
 
 
 def _blob_arguments(
@@ -1581,13 +1649,16 @@ class PostgresBackend:
         See https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-TABLES and
         https://www.postgresql.org/docs/current/xfunc-volatility.html
         """
-        if any(pending.opened or pending.indexed is not None for pending in group):
+        if any(pending.opened for pending in group):
             statement = self._sql["append_group_runs"]
             arguments: tuple[Any, ...] = (
                 *_group_arguments(group, self._channel),
                 *_open_run_arguments(group),
-                _runs_index_argument(group),
+                *_runs_index_arguments(group),
             )
+        elif any(pending.indexed is not None for pending in group):
+            statement = self._sql["append_group_indexed"]
+            arguments = (*_group_arguments(group, self._channel), *_runs_index_arguments(group))
         else:
             statement, arguments = self._sql["append_group"], _group_arguments(group, self._channel)
         async with self._connection() as connection:

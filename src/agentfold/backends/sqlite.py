@@ -968,7 +968,7 @@ class _Writer:
             rows += _event_rows(stream_id, events, current + 1, next_position, now_us)
             _blob_rows(events, next_position, blobs, links)
             opened += _open_run_changes(stream_id, events)
-            found = runrows.written(stream_id, _read_back(events), current + count, now_us)
+            found = runrows.stored(runrows.written(stream_id, _read_back(events), current + count, now_us))
             if found is not None:
                 indexed.append(found)
             next_position += count
@@ -1024,7 +1024,9 @@ class _Writer:
             if links:
                 _insert_blobs(connection, blobs, links, _INSERT_LINKS)
             _apply_open_runs(connection, _open_run_changes(request.stream_id, request.events))
-            found = runrows.written(request.stream_id, _read_back(request.events), current + count, now_us)
+            found = runrows.stored(
+                runrows.written(request.stream_id, _read_back(request.events), current + count, now_us)
+            )
             if found is not None:
                 _apply_runs_index(connection, [found])
             return AppendResult(current + count, first_position + count - 1)
