@@ -139,6 +139,18 @@ async def test_an_append_is_in_the_index_when_it_returns(sql_url: str) -> None:
         assert (rows["parent"].agent, rows["parent"].status, rows["parent"].version) == ("planner", "Processing", 2)
         assert rows["child"].parent_id == "parent"
         assert [row.workflow_id for row in await index.children("parent")] == ["child"]
+        suspended = NewEvent(h.WORKFLOW_SUSPENDED, {"reason": "code changed"})
+        await store.append(h.workflow_stream("child"), [suspended])
+        assert (await index.runs(["child"]))["child"].status == "Suspended"
+        assert (await index.page(RunsQuery(limit=5))).counts["Suspended"] == 1
+        steps = [
+            (run, NewEvent(h.STEP_STARTED, {"seq": 1, "name": "work", "attempt": 1})) for run in ("child", "parent")
+        ]
+        await asyncio.gather(*(store.append(h.workflow_stream(run), [step]) for run, step in steps))
+        child = (await index.runs(["child"]))["child"]
+        assert (child.status, child.last_event_type, child.version) == ("Processing", h.STEP_STARTED, 3)
+        counts = (await index.page(RunsQuery(limit=5))).counts
+        assert (counts["Suspended"], counts["Stalled"]) == (0, 2)  # both running, held by nobody
         await store.append(h.workflow_stream("child"), [NewEvent(h.WORKFLOW_COMPLETED, {"result": 2})])
         child = (await index.runs(["child"]))["child"]
         assert (child.status, child.finished_at_us) == ("Completed", child.last_event_at_us)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -441,6 +441,16 @@ def only_resumes(update: RunUpdate) -> bool:
     return update.since_start is None and delta.statuses == RESUMING and not _changes_beyond_status(delta)
 
 
+def resuming(appends: Sequence[Written]) -> list[bool]:
+    """For each of a group's appends, whether it can be applied apart as a resume (`only_resumes`): it is, and so
+    is every other update of its run in the group (whose order with it then does not matter), and it has no
+    worker updates."""
+    moving = {append.run.workflow_id for append in appends if append.run is not None and not only_resumes(append.run)}
+    return [
+        append.run is not None and append.run.workflow_id not in moving and not append.workers for append in appends
+    ]
+
+
 LAST_EVENT_COLUMNS: Final = ("version", "last_event_at_us", "last_event_type")
 """The columns a store may leave as of the row's last other change, and read from the run's stream instead."""
 
@@ -566,6 +576,7 @@ __all__ = [
     "named_workers",
     "only_resumes",
     "recorded",
+    "resuming",
     "row_values",
     "run_id_of",
     "run_update",

@@ -1512,17 +1512,13 @@ def _runs_index_arguments(group: list[_PendingAppend]) -> tuple[str, list[int], 
     `apply_open_runs()`: as JSON, each with its append's slot (1-based); and apart, as arrays of slots, runs and
     last event types, the appends of runs that only resume (every update of the run in the group does)."""
     slots = [(slot, pending.indexed) for slot, pending in enumerate(group, 1) if pending.indexed is not None]
-    moving = {
-        found.run.workflow_id for _, found in slots if found.run is not None and not runrows.only_resumes(found.run)
-    }
     updates: list[_IndexedSlot] = []
     resumed: list[tuple[int, str, str]] = []
-    for slot, found in slots:
-        run = found.run
-        if run is not None and run.workflow_id not in moving and not found.workers:
-            resumed.append((slot, run.workflow_id, run.whole.last_event_type))
+    for (slot, found), apart in zip(slots, runrows.resuming([found for _, found in slots]), strict=True):
+        if apart and found.run is not None:
+            resumed.append((slot, found.run.workflow_id, found.run.whole.last_event_type))
         else:
-            updates.append(_IndexedSlot(slot, run, found.workers))
+            updates.append(_IndexedSlot(slot, found.run, found.workers))
     return (
         _encode_updates(updates).decode(),
         [slot for slot, _, _ in resumed],

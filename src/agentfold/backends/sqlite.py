@@ -530,6 +530,11 @@ _SELECT_RUN_ROWS: Final = (
 _SELECT_WORKER_EXPIRIES: Final = (
     f"SELECT worker, expires_at_us FROM {runs_tables.WORKERS_TABLE} WHERE worker IN (SELECT value FROM json_each(?))"
 )
+_RESUME_RUNS: Final = (
+    f"UPDATE {runs_tables.TABLE} SET status = 'Processing', last_event_at_us = ?, last_event_type = ?, version = ? "
+    "WHERE workflow_id = ? AND status = 'Suspended'"
+)
+"""What an ordinary event does to its run's row (`agentfold.runrows.only_resumes`): a suspended run goes on."""
 _RUNS_INDEX_CATEGORIES: Final = (openruns.WORKFLOW_STREAM_PREFIX, runrows.WORKER_STREAM_PREFIX)
 """The categories of the streams whose events change the runs index: runs' and workers'."""
 _FOLD_PAGE: Final = 5000
@@ -543,8 +548,22 @@ def _apply_runs_index(connection: sqlite3.Connection, appends: Sequence[runrows.
     """Apply written appends' runs-index updates, in order, in the caller's transaction."""
     if not appends:
         return
-    rows = _load_runs_index(connection, runrows.named_runs(appends), runrows.named_workers(appends))
-    rows.apply(appends)
+    apart = runrows.resuming(appends)
+    resumed = [append for append, resumes in zip(appends, apart, strict=True) if resumes]
+    if resumed:  # a run's steps: one statement, which changes the rows of the runs that are suspended
+        values = [
+            (append.at_us, append.run.whole.last_event_type, append.version, append.run.workflow_id)
+            for append in resumed
+            if append.run is not None
+        ]
+        moved = connection.executemany(_RESUME_RUNS, values).rowcount
+        if moved > 0:
+            connection.executemany(runs_tables.add_count(), [("Suspended", -moved), ("Processing", moved)])
+    others = [append for append, resumes in zip(appends, apart, strict=True) if not resumes]
+    if not others:
+        return
+    rows = _load_runs_index(connection, runrows.named_runs(others), runrows.named_workers(others))
+    rows.apply(others)
     _write_runs_index(connection, rows)
 
 
