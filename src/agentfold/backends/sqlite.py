@@ -535,6 +535,7 @@ _RESUME_RUNS: Final = (
     "WHERE workflow_id = ? AND status = 'Suspended'"
 )
 """What an ordinary event does to its run's row (`agentfold.runrows.only_resumes`): a suspended run goes on."""
+_SUSPENDED_RUNS: Final = f"SELECT 1 FROM {runs_tables.COUNTS_TABLE} WHERE status = 'Suspended' AND runs > 0"
 _RUNS_INDEX_CATEGORIES: Final = (openruns.WORKFLOW_STREAM_PREFIX, runrows.WORKER_STREAM_PREFIX)
 """The categories of the streams whose events change the runs index: runs' and workers'."""
 _FOLD_PAGE: Final = 5000
@@ -550,7 +551,8 @@ def _apply_runs_index(connection: sqlite3.Connection, appends: Sequence[runrows.
         return
     apart = runrows.resuming(appends)
     resumed = [append for append, resumes in zip(appends, apart, strict=True) if resumes]
-    if resumed:  # a run's steps: one statement, which changes the rows of the runs that are suspended
+    if resumed and connection.execute(_SUSPENDED_RUNS).fetchone():
+        # A run's steps change the rows of the runs that are suspended (the counts say whether any is): one statement.
         values = [
             (append.at_us, append.run.whole.last_event_type, append.version, append.run.workflow_id)
             for append in resumed
