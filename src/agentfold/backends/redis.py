@@ -60,7 +60,15 @@ from redis.backoff import NoBackoff
 
 from agentfold import openruns
 from agentfold.appending import IdRecord, Outcome, find_retry, render_outcome_codes
-from agentfold.backend import DEFAULT_PAGE_SIZE, RecordDecoder, RecordPage, apply_then, read_pages
+from agentfold.backend import (
+    DEFAULT_PAGE_SIZE,
+    RecordDecoder,
+    RecordPage,
+    apply_then,
+    prefix_category,
+    read_pages,
+    stream_category,
+)
 from agentfold.blobs import DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BLOB_SIZE, BlobUsage
 from agentfold.committer import GroupCommitter
 from agentfold.encoding import EncodedEvent
@@ -122,8 +130,9 @@ _PACKED_STREAMS: Final = 4096
 _WATCH_BLOCK_MS: Final = 1000
 _WATCH_RETRY_SECONDS: Final = 0.1
 
-# KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, idx, blobevents, runs, holders, runsat, then each
-# append's stream key.
+# KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, idx, blobevents, runs, holders, runsat, catsat,
+# cats, then each append's stream key, then each append's category index key (`indexed_category`; "" when the
+# stream's category has none).
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
 # number), event count, then per event: its id packed (`packed_id`, the key in `idx`), its id as text (the key in
 # the `ids` hash of a layout-1 store), the JSON tail of its entry (`stream_id,type,id,data,metadata]`) and the
@@ -144,9 +153,30 @@ _WATCH_RETRY_SECONDS: Final = 0.1
 # order, only when the append is written and only while the rows are as of the head (`runsat` equals the head
 # before the call: no older agentfold appended without keeping them). Then `runsat` moves with the head. The types
 # of `runs` and `holders` are checked before anything is written, so applying a change cannot fail half-way.
+#
+# The category indexes (`indexed_category`): each written event of an indexed category has its position added to
+# its category's index (``XADD <index> 0-<position>``) right after its global entry, only while the indexes are as
+# of the head (`catsat` equals the head before the call); then `catsat` moves with the head, and each index key
+# written is in `cats`. Their types are checked before anything is written, like those of the open runs.
 LAYOUT_MARKER: Final = "agentfold layout 2: streams are lists, event ids packed in idx"
 """What ``{prefix}:ids`` holds in a store created with layout 2 (streams as lists, packed ids): a string, which
 older agentfold refuses (WRONGTYPE) before it writes anything."""
+
+
+INDEXED_CATEGORY_LEAD: Final = "$"
+"""The first character of the stream categories whose positions are indexed (`indexed_category`)."""
+
+
+def indexed_category(category: str) -> bool:
+    """Whether events of stream `category` (`agentfold.backend.stream_category`) have their positions kept in a
+    category index, ``{prefix}:cat:{category}``, that filtered reads of that category read instead of the log.
+
+    Only the categories of agentfold's own bookkeeping streams (``$worker-``, ``$breaker-``, ``$group-``...) are:
+    they are few among the events and trimmed, so their index costs what they hold, and a worker's start reads the
+    workers' streams (``$worker-``) through it instead of walking the whole log. Domain and ``workflow-`` streams,
+    most of a log, have none: their index would cost a stream entry per event (docs/redis.md) for reads that return
+    most of what they scan anyway."""
+    return category.startswith(INDEXED_CATEGORY_LEAD) and category.endswith("-")
 
 
 def packed_id(event_id: str) -> bytes:
@@ -212,6 +242,7 @@ APPEND_SCRIPT: Final = (
 local head_key, all_key, ids_key, versions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local blobs_key, refs_key, bytes_key, packed_ids_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local blob_events_key, runs_key, holders_key, runs_at_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local index_at_key, index_keys_key = KEYS[13], KEYS[14]
 local fmt, unpack = string.format, unpack
 local appends = tonumber(ARGV[1])
 -- The layout: a store created before layout 2 has its id records in the `ids` hash under the text id and each
@@ -278,6 +309,27 @@ if keep_runs and run_changes then
     end
   end
 end
+-- The category indexes likewise: kept only while `catsat` is the head, their keys' types checked first.
+local keep_index = tonumber(redis.call('GET', index_at_key) or '0') == head
+local indexed = {}
+if keep_index then
+  for append = 1, appends do
+    local index_key = KEYS[14 + appends + append]
+    if index_key ~= '' and indexed[index_key] == nil then
+      local kind = redis.call('TYPE', index_key)['ok']
+      if kind ~= 'stream' and kind ~= 'none' then
+        return redis.error_reply('WRONGTYPE ' .. index_key .. ' holds a ' .. kind .. ', not a category index')
+      end
+      indexed[index_key] = false
+    end
+  end
+  if next(indexed) ~= nil then
+    local kind = redis.call('TYPE', index_keys_key)['ok']
+    if kind ~= 'set' and kind ~= 'none' then
+      return redis.error_reply('WRONGTYPE ' .. index_keys_key .. ' holds a ' .. kind .. ', not a set')
+    end
+  end
+end
 local fresh, new_records, changed, replies = {}, {}, {}, {}
 local id_at = 0
 for append = 1, appends do
@@ -304,7 +356,8 @@ for append = 1, appends do
     if not ok then
       replies[#replies + 1] = '{outcome.WRONG_EXPECTED_VERSION} ' .. fmt('%d', current)
     else
-      local stream_key = KEYS[12 + append]
+      local stream_key = KEYS[14 + append]
+      local index_key = keep_index and KEYS[14 + appends + append] or ''
       local batch = ' ' .. fmt('%d', current + 1) .. ' ' .. fmt('%d', current + count) .. ' '
       local listed = {}
       for i = 1, count do
@@ -322,6 +375,7 @@ for append = 1, appends do
         end
         for digest in string.gmatch(digests, '%x+') do redis.call('HINCRBY', refs_key, digest, 1) end
         redis.call('XADD', all_key, '0-' .. position, 'e', entry)
+        if index_key ~= '' then redis.call('XADD', index_key, '0-' .. position, 'p', '') end
         local id = ids[id_at - count + i]
         local record = version .. batch .. position .. ' ' .. stream_id
         fresh[id] = record
@@ -339,6 +393,10 @@ for append = 1, appends do
         end
       end
       if keep_runs then apply_run_changes(runs_key, holders_key, blob_at + 1 + 2 * tonumber(ARGV[blob_at])) end
+      if index_key ~= '' and not indexed[index_key] then
+        redis.call('SADD', index_keys_key, index_key)
+        indexed[index_key] = true
+      end
       versions[stream_id] = current + count
       changed[stream_id] = true
       head = head + count
@@ -357,6 +415,7 @@ if head ~= start_head then
   hset(records_key, new_records)
   if ids_type == 'none' then redis.call('SET', ids_key, '{layout_marker}') end
   if keep_runs then redis.call('SET', runs_at_key, fmt('%d', head)) end
+  if keep_index then redis.call('SET', index_at_key, fmt('%d', head)) end
 end
 return table.concat(replies, '\\n')
 """)
@@ -376,8 +435,9 @@ end"""
 """The trim scripts' release of a trimmed event's blobs (KEYS[3..5]: blobs, blobrefs, blobbytes; `digests` the
 event's digests in hex): a blob goes with the last event that refers to it."""
 
-# KEYS: stream key, all, blobs, blobrefs, blobbytes. ARGV: last version to delete ("0-<version>"), at most how many.
-# Reply: how many went. A blob goes with the last event that refers to it, in the same script.
+# KEYS: stream key, all, blobs, blobrefs, blobbytes, the stream's category index ("" when none). ARGV: last version
+# to delete ("0-<version>"), at most how many. Reply: how many went. A blob goes with the last event that refers to
+# it, and a position leaves the category index with its entry, in the same script.
 TRIM_SCRIPT: Final = """#!lua
 {release_blobs}
 local entries = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
@@ -392,12 +452,14 @@ for i, entry in ipairs(entries) do
 end
 redis.call('XDEL', KEYS[1], unpack(own))
 redis.call('XDEL', KEYS[2], unpack(global))
+if KEYS[6] ~= '' then redis.call('XDEL', KEYS[6], unpack(global)) end
 return #entries
 """.replace("{release_blobs}", _RELEASE_BLOBS)
 
-# Layout 2. KEYS: stream key (a list), all, blobs, blobrefs, blobbytes, trimmed, blobevents. ARGV: stream id, the
-# first version to keep, at most how many to trim. Reply: how many went. Trimmed elements become empty strings, so
-# that element i stays version i + 1; `trimmed` holds, per stream, how many lead the list.
+# Layout 2. KEYS: stream key (a list), all, blobs, blobrefs, blobbytes, trimmed, blobevents, the stream's category
+# index ("" when none). ARGV: stream id, the first version to keep, at most how many to trim. Reply: how many went.
+# Trimmed elements become empty strings, so that element i stays version i + 1; `trimmed` holds, per stream, how
+# many lead the list. Trimmed positions leave the category index in the same script.
 TRIM_LIST_SCRIPT: Final = """#!lua
 {release_blobs}
 local stream_key, trimmed_key, events_key = KEYS[1], KEYS[6], KEYS[7]
@@ -419,6 +481,7 @@ for i = 1, #records do
   end
 end
 redis.call('XDEL', KEYS[2], unpack(global))
+if KEYS[8] ~= '' then redis.call('XDEL', KEYS[8], unpack(global)) end
 for i = start, start + #records - 1 do redis.call('LSET', stream_key, i, '') end
 redis.call('HSET', trimmed_key, ARGV[1], start + #records)
 return #records
@@ -447,6 +510,75 @@ if kept and tonumber(string.match(kept, '^(%d+) ')) > tonumber(ARGV[2]) then ret
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
+
+# KEYS: a category index, all, catsat. ARGV: the first entry id to read ("0-<after + 1>"), at most how many, after.
+# Reply: {catsat, the position scanned, then the records of the index's entries from ARGV[1] up to catsat, at most
+# ARGV[2] of them, in position order}, or {catsat} alone when the index covers nothing after `after`. The position
+# scanned is the last entry's when the page is full, else catsat: every event of the category up to it is in the
+# index (a position whose global entry was trimmed since its index entry was written is passed over). Reads only.
+READ_INDEX_SCRIPT: Final = """#!lua flags=no-writes
+local at = redis.call('GET', KEYS[3]) or '0'
+if tonumber(at) <= tonumber(ARGV[3]) then return {at} end
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '0-' .. at, 'COUNT', ARGV[2])
+local reply = {at, at}
+for _, entry in ipairs(entries) do
+  local found = redis.call('XRANGE', KEYS[2], entry[1], entry[1])
+  if found[1] then reply[#reply + 1] = found[1][2][2] end
+end
+if #entries == tonumber(ARGV[2]) then reply[2] = string.sub(entries[#entries][1], 3) end
+return reply
+"""
+
+# KEYS: head, catsat, cats, then the category indexes written. ARGV: the position P the indexes are as of now, the
+# position Q they are brought up to, then per event of an indexed category between them, in position order: the
+# number of its index among KEYS (1 for the first after cats), its entry id "0-<position>". Adds the entries, the
+# indexes to `cats`, and sets `catsat` to Q, in one step; nothing when `catsat` is no longer P (another reader
+# caught up meanwhile). Reply: -1 nothing written; else 1 when the indexes are now as of the head (appends keep
+# them again), 0 when not yet.
+CATCH_UP_INDEX_SCRIPT: Final = """#!lua
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return -1 end
+for k = 4, #KEYS do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a category index')
+  end
+end
+local kind = redis.call('TYPE', KEYS[3])['ok']
+if kind ~= 'set' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[3] .. ' holds a ' .. kind .. ', not a set')
+end
+for i = 3, #ARGV, 2 do redis.call('XADD', KEYS[3 + tonumber(ARGV[i])], ARGV[i + 1], 'p', '') end
+for k = 4, #KEYS do redis.call('SADD', KEYS[3], KEYS[k]) end
+redis.call('SET', KEYS[2], ARGV[2])
+if tonumber(redis.call('GET', KEYS[1]) or '0') == tonumber(ARGV[2]) then return 1 end
+return 0
+"""
+
+# KEYS: catsat, cats, then every index in cats. Deletes the indexes and `cats` and sets `catsat` to 0 (a catch-up
+# then builds them from the log) in one step, unless `cats` names an index not among KEYS (one appeared since the
+# caller read it). Reply: 1 done, 0 nothing written.
+DROP_INDEX_SCRIPT: Final = """#!lua
+if redis.call('SCARD', KEYS[2]) ~= #KEYS - 2 then return 0 end
+for k = 3, #KEYS do
+  if redis.call('SISMEMBER', KEYS[2], KEYS[k]) == 0 then return 0 end
+  redis.call('DEL', KEYS[k])
+end
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[1], '0')
+return 1
+"""
+
+SCRIPTS: Final = (
+    APPEND_SCRIPT,
+    TRIM_SCRIPT,
+    TRIM_LIST_SCRIPT,
+    SNAPSHOT_SCRIPT,
+    WRITE_RUNS_SCRIPT,
+    READ_INDEX_SCRIPT,
+    CATCH_UP_INDEX_SCRIPT,
+    DROP_INDEX_SCRIPT,
+)
+"""Every script the store runs, loaded at connect."""
 
 _WRITTEN: Final = b"%d" % Outcome.WRITTEN
 _WRONG_EXPECTED_VERSION: Final = b"%d" % Outcome.WRONG_EXPECTED_VERSION
@@ -510,6 +642,28 @@ def _decode_kept_entries(records: list[bytes], where: str) -> list[_KeptEntry]:
 
 
 _KEPT_TYPES: Final = frozenset(openruns.KEPT_TYPES)
+
+
+def _chosen(
+    records: list[bytes],
+    where: str,
+    types: tuple[str, ...] | None,
+    stream_prefix: str | None,
+    scanned: list[_KeptEntry] | None = None,
+) -> list[RecordedEvent]:
+    """The events among `records` of one of `types` in a stream starting with `stream_prefix` (None: any). Every
+    entry's stream and type are decoded (or taken from `scanned`, the records already decoded so), the data and
+    metadata only of those kept."""
+    if types is None and stream_prefix is None:
+        return [_event(entry) for entry in _decode_entries(records, where)]
+    kept = _decode_kept_entries(records, where) if scanned is None else scanned
+    chosen = [
+        record
+        for record, entry in zip(records, kept, strict=True)
+        if (types is None or entry.type in types)
+        and (stream_prefix is None or entry.stream_id.startswith(stream_prefix))
+    ]
+    return [_event(entry) for entry in _decode_entries(chosen, where)]
 
 
 class _RecordDecoder:
@@ -779,6 +933,7 @@ class _PendingAppend:
     events: list[EncodedEvent]
     expected: ExpectedVersion
     packed_key: bytes
+    packed_index_key: bytes
     packed_arguments: bytes
     argument_count: int
     blob_bytes: int
@@ -831,7 +986,12 @@ class RedisBackend:
         self._runs_key = base + b":runs"
         self._holders_key = base + b":holders"
         self._runs_at_key = base + b":runsat"
+        self._index_at_key = base + b":catsat"
+        self._index_keys_key = base + b":cats"
         self._write_runs_script = self._client.register_script(WRITE_RUNS_SCRIPT)
+        self._read_index_script = self._client.register_script(READ_INDEX_SCRIPT)
+        self._catch_up_index_script = self._client.register_script(CATCH_UP_INDEX_SCRIPT)
+        self._drop_index_script = self._client.register_script(DROP_INDEX_SCRIPT)
         fixed = (
             self._head_key,
             self._all_key,
@@ -843,6 +1003,8 @@ class RedisBackend:
             self._runs_key,
             self._holders_key,
             self._runs_at_key,
+            self._index_at_key,
+            self._index_keys_key,
         )
         self._lists: bool | None = None  # whether streams are lists (layout 2); None until a first append
         self._fixed_keys = b"".join(bulk_string(key) for key in fixed)
@@ -862,7 +1024,7 @@ class RedisBackend:
             spread=True,
             name="redis store",
         )
-        self._packed_streams: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self._packed_streams: dict[str, tuple[bytes, bytes, bytes, bytes]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._seen_head = 0
         self._head_changed = Broadcast()
@@ -872,6 +1034,12 @@ class RedisBackend:
         name = f"{self.prefix}:{kind}" if stream_id is None else f"{self.prefix}:{kind}:{stream_id}"
         return name.encode()
 
+    def index_key(self, stream_id: str) -> bytes:
+        """The key of the category index that holds the stream's positions (`indexed_category`); ``b""`` when its
+        category has none."""
+        category = stream_category(stream_id)
+        return self.key("cat", category) if indexed_category(category) else b""
+
     # -- appending -----------------------------------------------------------------------------------------------
 
     async def append(
@@ -880,7 +1048,7 @@ class RedisBackend:
         packed = self._packed_streams.get(stream_id)
         if packed is None:
             packed = self._pack_stream(stream_id)
-        packed_key, packed_stream_id, stream_json = packed
+        packed_key, packed_index_key, packed_stream_id, stream_json = packed
         if expected_version is ANY:
             expected = b"$3\r\nany\r\n"
         else:
@@ -920,17 +1088,20 @@ class RedisBackend:
             events,
             expected_version,
             packed_key,
+            packed_index_key,
             b"".join(parts),
             5 + 4 * len(events) + 2 * len(blobs) + 3 * len(found),
             sum(map(len, blobs.values())),
         )
         return _answer(pending, await self._committer.submit(pending))
 
-    def _pack_stream(self, stream_id: str) -> tuple[bytes, bytes, bytes]:
-        """A stream's key and id as RESP bulk strings, and its id as JSON; kept for the most recent streams."""
+    def _pack_stream(self, stream_id: str) -> tuple[bytes, bytes, bytes, bytes]:
+        """A stream's key, category index key and id as RESP bulk strings, and its id as JSON; kept for the most
+        recent streams."""
         stream_bytes = stream_id.encode()
         packed = (
             bulk_string(self._prefix_bytes + b":s:" + stream_bytes),
+            bulk_string(self.index_key(stream_id)),
             bulk_string(stream_bytes),
             _encoder.encode(stream_id),
         )
@@ -950,7 +1121,7 @@ class RedisBackend:
 
     async def _run_append_script(self, connection: Connection, group: list[_PendingAppend]) -> list[list[bytes]]:
         """One ``EVALSHA`` for the group, packed here (the driver's generic packing costs more than the script)."""
-        key_count = 12 + len(group)
+        key_count = 14 + 2 * len(group)
         argument_count = 1 + sum(pending.argument_count for pending in group)
         payload = [
             b"*%d\r\n" % (3 + key_count + argument_count),
@@ -958,6 +1129,7 @@ class RedisBackend:
             bulk_string(b"%d" % key_count),
             self._fixed_keys,
             *(pending.packed_key for pending in group),
+            *(pending.packed_index_key for pending in group),
             bulk_string(b"%d" % len(group)),
             *(pending.packed_arguments for pending in group),
         ]
@@ -1087,23 +1259,34 @@ class RedisBackend:
         types: tuple[str, ...] | None,
         stream_prefix: str | None,
     ) -> tuple[list[RecordedEvent], int]:
-        records, _ = await self._read_records(self._all_key, after_position, limit)
         where = repr(self._all_key.decode())
+        category = None if stream_prefix is None else prefix_category(stream_prefix)
+        if category is not None and indexed_category(category):
+            indexed = await self._read_index(self.key("cat", category), after_position, limit)
+            if indexed is not None:
+                records, position = indexed
+                return _chosen(records, where, types, stream_prefix), position
+        records, _ = await self._read_records(self._all_key, after_position, limit)
         if types is None and stream_prefix is None:
             entries = _decode_entries(records, where)
             return [_event(entry) for entry in entries], entries[-1].position if entries else after_position
-        # A filtered page: every entry's stream and type are decoded, the data and metadata only of those kept (a
-        # worker's start reads the workers' few heartbeats out of the whole log this way).
+        # A filtered page: every entry's stream and type are decoded, the data and metadata only of those kept.
         scanned = _decode_kept_entries(records, where)
         if not scanned:
             return [], after_position
-        chosen = [
-            record
-            for record, entry in zip(records, scanned, strict=True)
-            if (types is None or entry.type in types)
-            and (stream_prefix is None or entry.stream_id.startswith(stream_prefix))
-        ]
-        return [_event(entry) for entry in _decode_entries(chosen, where)], scanned[-1].position
+        return _chosen(records, where, types, stream_prefix, scanned), scanned[-1].position
+
+    async def _read_index(self, key: bytes, after: int, limit: int) -> tuple[list[bytes], int] | None:
+        """The records of a category index's next `limit` positions after `after`, and the position up to which
+        they are every event of the category (`READ_INDEX_SCRIPT`, one call); None when the index covers nothing
+        after `after` (appends that kept no index since: the log is scanned from there)."""
+        arguments: list[bytes | int] = [b"0-%d" % (after + 1), limit, after]
+        keys = [key, self._all_key, self._index_at_key]
+        with translate_errors(f"read {key.decode()!r} from Redis"):
+            reply = cast(list[bytes], await self._read_index_script(keys=keys, args=arguments))
+        if len(reply) < 2:
+            return None
+        return reply[2:], int(reply[1])
 
     async def _read_records(self, key: bytes, after: int, limit: int) -> tuple[list[bytes], int]:
         """One ``XRANGE`` after entry id ``0-<after>``: the entries' JSON records, and the sequence number of the last
@@ -1205,14 +1388,16 @@ class RedisBackend:
         if lists is None:
             return 0
         keys = [self.key("s", stream_id), self._all_key, *self._blob_keys]
+        index_key = self.index_key(stream_id)
         while True:
             with translate_errors(f"trim stream {stream_id!r} in Redis"):
                 if lists:
                     arguments: list[str | int] = [stream_id, before_version, _TRIM_PAGE]
-                    keys_2 = [*keys, self._trimmed_key, self._blob_events_key]
+                    keys_2 = [*keys, self._trimmed_key, self._blob_events_key, index_key]
                     count = int(await self._trim_list_script(keys=keys_2, args=arguments))
                 else:
-                    count = int(await self._trim_script(keys=keys, args=[f"0-{before_version - 1}", _TRIM_PAGE]))
+                    keys_1 = [*keys, index_key]
+                    count = int(await self._trim_script(keys=keys_1, args=[f"0-{before_version - 1}", _TRIM_PAGE]))
             removed += count
             if count < _TRIM_PAGE:
                 return removed
@@ -1265,6 +1450,7 @@ class RedisBackend:
         await self._fold_runs(runs, 0, head)
         await self._write_runs(head, runs, force=True, quiet=False)
         caught_up = await self.catch_up_open_runs()
+        await self.rebuild_category_indexes()
         return len(runs) if caught_up is None else caught_up
 
     async def catch_up_open_runs(self) -> int | None:
@@ -1336,6 +1522,88 @@ class RedisBackend:
             if not quiet:
                 raise
             return -1
+
+    # -- category indexes ----------------------------------------------------------------------------------------
+    #
+    # `cat:<category>` (a Redis stream of empty entries, id 0-<position>) holds the positions of the events of an
+    # indexed category (`indexed_category`) up to `catsat`, always: the append script adds an append's positions
+    # only while `catsat` is the head, and the catch-up adds the positions after `catsat` in order and moves it on,
+    # in one script per page. An append that keeps nothing (an older agentfold's, or one while the indexes are
+    # behind) leaves `catsat` behind the head; filtered reads then use the indexes up to `catsat` and scan the log
+    # after it, and the next catch-up brings them up to the head.
+
+    async def catch_up_category_indexes(self, *, quiet: bool = True) -> bool:
+        """Bring the category indexes up to the head where appends left them behind (a store written before this
+        agentfold kept them, one an older agentfold appended to, or one whose indexes were just dropped), so that
+        appends keep them again; whether they are as of the head now (False when appends kept moving the head past
+        every round). Done when a store is opened. `quiet`: a write the server refuses (a read-only replica, a full
+        memory) leaves the catch-up to later readers (False) instead of raising."""
+        for _ in range(_CATCH_UP_ROUNDS):
+            with translate_errors("read the category indexes' position from Redis"):
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.get(self._head_key)
+                    pipe.get(self._index_at_key)
+                    head_value, at_value = await pipe.execute()
+            head, at = int(head_value or 0), int(at_value or 0)
+            if at >= head:
+                return True
+            while at < head:
+                try:
+                    reached, written = await self._index_page(at, head)
+                except AgentfoldError:
+                    if quiet:
+                        return False
+                    raise
+                if written < 0:
+                    break  # another reader moved `catsat` meanwhile: read where it stands
+                if written == 1:
+                    return True
+                at = reached
+        return False
+
+    async def _index_page(self, after: int, until: int) -> tuple[int, int]:
+        """Add to the category indexes the positions of the indexed events after `after`, up to `until` at most one
+        page of the global stream (`CATCH_UP_INDEX_SCRIPT`); the position the indexes are then as of, and the
+        script's reply (-1 nothing written, 1 as of the head, 0 not yet)."""
+        with translate_errors(f"read {self._all_key.decode()!r} from Redis"):
+            entries = await _execute(
+                self._client, "XRANGE", self._all_key, b"0-%d" % (after + 1), b"0-%d" % until, b"COUNT", _FOLD_PAGE
+            )
+        reached = until
+        keys: dict[bytes, int] = {}
+        arguments: list[bytes] = []
+        if entries:
+            try:
+                page = _decode_kept_entries([entry[1][1] for entry in entries], repr(self._all_key.decode()))
+            except (IndexError, TypeError) as error:
+                where = self._all_key.decode()
+                raise StoreCorrupted(f"an entry of {where!r} was not written by agentfold: {error}") from None
+            if len(entries) == _FOLD_PAGE:
+                reached = page[-1].position
+            for entry in page:
+                key = self.index_key(entry.stream_id)
+                if key:
+                    number = keys.setdefault(key, len(keys) + 1)
+                    arguments += (b"%d" % number, b"0-%d" % entry.position)
+        script_keys = [self._head_key, self._index_at_key, self._index_keys_key, *keys]
+        with translate_errors("write the category indexes in Redis"):
+            written = int(await self._catch_up_index_script(keys=script_keys, args=[after, reached, *arguments]))
+        return reached, written
+
+    async def rebuild_category_indexes(self) -> bool:
+        """Drop the category indexes and build them again from the log (`DROP_INDEX_SCRIPT`, then the catch-up):
+        filtered reads scan the log meanwhile, and appends keep the indexes again once the catch-up reached the
+        head. Whether it did (see `catch_up_category_indexes`)."""
+        for _ in range(_CATCH_UP_ROUNDS):
+            with translate_errors("read the category indexes' keys from Redis"):
+                members = cast(set[bytes], await self._client.smembers(self._index_keys_key))
+            keys = [self._index_at_key, self._index_keys_key, *sorted(members)]
+            with translate_errors("drop the category indexes in Redis"):
+                if int(await self._drop_index_script(keys=keys, args=[])) == 1:
+                    return await self.catch_up_category_indexes(quiet=False)
+        raise StoreUnavailable(
+            f"drop the category indexes in Redis: appends kept adding categories for {_CATCH_UP_ROUNDS} rounds; retry"
+        )
 
     async def close(self) -> None:
         self._closed = True
@@ -1432,7 +1700,7 @@ async def check_server(settings: RedisSettings) -> tuple[tuple[int, ...], Persis
                         f"durability=waitaof needs the append-only file, which is off at {settings.shown_url} "
                         "(appendonly no)"
                     )
-            for script in (APPEND_SCRIPT, TRIM_SCRIPT, TRIM_LIST_SCRIPT, SNAPSHOT_SCRIPT, WRITE_RUNS_SCRIPT):
+            for script in SCRIPTS:
                 await client.script_load(script)
     return version, describe_persistence(config, settings.durability)
 
@@ -1462,6 +1730,7 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> RedisS
     backend = RedisBackend(settings, persistence, version)
     try:
         await backend.catch_up_open_runs()  # a store that had events before it kept the open runs: folded once
+        await backend.catch_up_category_indexes()  # likewise its category indexes
     except BaseException:
         await backend.close()
         raise
