@@ -275,6 +275,12 @@ FILTERS: list[dict[str, Any]] = [
     {"types": ["Paid"], "stream_prefix": "order-big-"},
     {"types": ["Placed", "Rare"], "stream_prefix": "order-"},
     {"types": ["Noise"], "stream_prefix": "plain"},
+    {"stream_prefix": "$worker-"},
+    {"stream_prefix": "$worker-a"},
+    {"stream_prefix": "$w"},
+    {"types": ["Beat", "Stopped"], "stream_prefix": "$worker-"},
+    {"types": ["Stopped"], "stream_prefix": "$worker-b"},
+    {"stream_prefix": "$breaker-"},
 ]
 
 
@@ -285,9 +291,13 @@ def matches(event: agentfold.RecordedEvent, filters: dict[str, Any]) -> bool:
 
 
 async def write_sparse_log(store: EventStore) -> list[agentfold.RecordedEvent]:
-    """A log where most events match no filter: noise between a few orders, plain streams and a rare type."""
+    """A log where most events match no filter: noise between a few orders, plain streams, a rare type, and
+    streams of the categories agentfold's own bookkeeping uses (``$worker-``, which Redis indexes)."""
     for round_ in range(6):
         await store.append(f"noise-{round_}", events(40, "Noise"))
+        await store.append(f"$worker-{'ab'[round_ % 2]}{round_ // 2}", [NewEvent("Beat", {"n": round_})])
+        if round_ % 2:
+            await store.append(f"$worker-b{round_ // 2}", [NewEvent("Stopped", {"n": round_})])
         await store.append(f"order-{round_}", [NewEvent("Placed", {"n": round_}), NewEvent("Paid", {"n": round_})])
         await store.append(f"order-big-{round_}", [NewEvent("Paid", {"n": round_})])
         await store.append("plain", [NewEvent("Noise", {"n": round_})])
@@ -329,11 +339,12 @@ async def test_filtered_reads_among_many_non_matching_events_return_exactly_the_
 
 async def test_nothing_appears_at_or_below_a_filtered_read_s_position_while_writers_append(store: EventStore) -> None:
     writers, appends = 8, 25
-    seen: dict[str, list[agentfold.RecordedEvent]] = {"types": [], "category": [], "prefix": []}
+    seen: dict[str, list[agentfold.RecordedEvent]] = {"types": [], "category": [], "prefix": [], "own": []}
     queries: dict[str, dict[str, Any]] = {
         "types": {"types": ["Paid"], "stream_prefix": None},
         "category": {"types": None, "stream_prefix": "order-"},
         "prefix": {"types": None, "stream_prefix": "ord"},
+        "own": {"types": ["Paid"], "stream_prefix": "$worker-"},
     }
     done = asyncio.Event()
 
@@ -341,6 +352,7 @@ async def test_nothing_appears_at_or_below_a_filtered_read_s_position_while_writ
         for index in range(appends):
             await store.append(f"noise-{task}", events(3, "Noise"))
             await store.append(f"order-{task}", [NewEvent("Paid" if index % 2 else "Placed", {"n": index})])
+            await store.append(f"$worker-{task}", [NewEvent("Paid" if index % 3 else "Beat", {"n": index})])
 
     async def follower(name: str) -> None:
         after = 0
@@ -892,6 +904,24 @@ async def test_trimming_keeps_versions_and_positions(store: EventStore) -> None:
     assert result.version == 11
     assert result.position > head
     assert await store.trim_stream("nobody", 5) == 0
+
+
+@pytest.mark.parametrize("prefix", ["$worker-", "$worker-a", "order-", "ord"])
+async def test_filtered_reads_skip_trimmed_events_as_the_unfiltered_read_does(store: EventStore, prefix: str) -> None:
+    """Heartbeat streams are trimmed as they grow (`append_capped`): a filtered read, whatever serves it (an index
+    on Redis's ``$worker-`` category), holds exactly what the unfiltered read holds of the category."""
+    store.page_size = 3
+    for round_ in range(5):
+        await store.append("$worker-a", events(4, "Beat", round=round_))
+        await store.append("$worker-b", events(2, "Beat", round=round_))
+        await store.append("order-1", events(3, "Paid", round=round_))
+        await store.trim_stream("$worker-a", 4 * round_ + 3)
+        await store.trim_stream("order-1", 3 * round_)
+        everything = await all_list(store)
+        for types in (None, ["Beat"], ["Paid"]):
+            expected = [e for e in everything if e.stream_id.startswith(prefix) and (types is None or e.type in types)]
+            assert await all_list(store, stream_prefix=prefix, types=types) == expected
+    assert [event.version for event in await all_list(store, stream_prefix="$worker-a")] == list(range(19, 21))
 
 
 async def test_checkpoints(store: EventStore) -> None:

@@ -205,6 +205,24 @@ end"""
 `run_change_arguments`) to the ``runs`` and ``holders`` hashes, in order; return the index after them. The rules
 are `agentfold.openruns`'s, applied by the client's `changes`: this only carries out OPEN, CLOSE and HOLD."""
 
+_CHECK_INDEX: Final = """local function check_index(key, at)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return nil end
+  if kind ~= 'stream' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a category index')
+  end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' and tonumber(string.match(info[i + 1], '%-(%d+)$')) > at then
+      return redis.error_reply('CORRUPTED ' .. key .. ' holds positions past the ones indexed, which agentfold ' ..
+        'never writes: `agentfold reindex` builds it again')
+    end
+  end
+  return nil
+end"""
+"""The check of a category index before a script adds positions after `at` to it: an error reply, or nil when the
+key is absent or a Redis stream whose ids all stayed at or below `at` (so that the additions cannot fail)."""
+
 RUN_OPENED: Final = b"o"
 RUN_CLOSED: Final = b"c"
 RUN_HELD: Final = b"h"
@@ -271,6 +289,8 @@ end
 
 {apply_run_changes}
 
+{check_index}
+
 local starts, stream_ids, ids = {}, {}, {}
 local run_changes = false
 local at = 2
@@ -316,10 +336,8 @@ if keep_index then
   for append = 1, appends do
     local index_key = KEYS[14 + appends + append]
     if index_key ~= '' and indexed[index_key] == nil then
-      local kind = redis.call('TYPE', index_key)['ok']
-      if kind ~= 'stream' and kind ~= 'none' then
-        return redis.error_reply('WRONGTYPE ' .. index_key .. ' holds a ' .. kind .. ', not a category index')
-      end
+      local refused = check_index(index_key, head)
+      if refused then return refused end
       indexed[index_key] = false
     end
   end
@@ -421,6 +439,7 @@ return table.concat(replies, '\\n')
 """)
     .replace("{layout_marker}", LAYOUT_MARKER)
     .replace("{apply_run_changes}", _APPLY_RUN_CHANGES)
+    .replace("{check_index}", _CHECK_INDEX)
 )
 
 _RELEASE_BLOBS: Final = """local function release(digests)
@@ -536,12 +555,11 @@ return reply
 # caught up meanwhile). Reply: -1 nothing written; else 1 when the indexes are now as of the head (appends keep
 # them again), 0 when not yet.
 CATCH_UP_INDEX_SCRIPT: Final = """#!lua
+{check_index}
 if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return -1 end
 for k = 4, #KEYS do
-  local kind = redis.call('TYPE', KEYS[k])['ok']
-  if kind ~= 'stream' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a category index')
-  end
+  local refused = check_index(KEYS[k], tonumber(ARGV[1]))
+  if refused then return refused end
 end
 local kind = redis.call('TYPE', KEYS[3])['ok']
 if kind ~= 'set' and kind ~= 'none' then
@@ -552,7 +570,7 @@ for k = 4, #KEYS do redis.call('SADD', KEYS[3], KEYS[k]) end
 redis.call('SET', KEYS[2], ARGV[2])
 if tonumber(redis.call('GET', KEYS[1]) or '0') == tonumber(ARGV[2]) then return 1 end
 return 0
-"""
+""".replace("{check_index}", _CHECK_INDEX)
 
 # KEYS: catsat, cats, then every index in cats. Deletes the indexes and `cats` and sets `catsat` to 0 (a catch-up
 # then builds them from the log) in one step, unless `cats` names an index not among KEYS (one appeared since the
@@ -748,7 +766,7 @@ def translate_errors(what: str) -> Iterator[None]:
             raise StoreUnavailable(f"{what}: Redis cannot serve writes now ({message})") from error
         if "DB index is out of range" in message or "invalid DB index" in message:
             raise InvalidURL(f"{what}: this Redis has no such database ({message})") from None
-        if message.startswith("WRONGTYPE"):
+        if message.startswith(("WRONGTYPE", "CORRUPTED")):
             raise StoreCorrupted(
                 f"{what}: a key under the store's prefix is not what agentfold wrote ({message})"
             ) from error
