@@ -16,7 +16,10 @@ touched:
   many events refer to it; ``{prefix}:blobbytes``: the bytes of all blobs; ``{prefix}:blobevents``: position -> the
   digests its event refers to, which the trim script reads to release them;
 - ``{prefix}:runs``: a hash, workflow id -> its workflow, one field per open run (`agentfold.openruns`);
-  ``{prefix}:holders``: workflow id -> the worker holding it; ``{prefix}:runsat``: the position both are as of.
+  ``{prefix}:holders``: workflow id -> the worker holding it; ``{prefix}:runsat``: the position both are as of;
+- ``{prefix}:cat:{category}``: a category index, a Redis stream whose entry ids ``0-<position>`` are the positions of
+  the category's events (`indexed_category`: agentfold's own ``$``-categories only); ``{prefix}:cats``: a set of
+  the index keys; ``{prefix}:catsat``: the position the indexes are as of.
 
 Each event is the JSON array ``[version, position, recorded_at_us, stream_id, type, id, data, metadata]``, the same
 bytes in its stream's list and in the global stream's entry (field ``e``). A read is one ``LRANGE`` (a stream) or
@@ -38,6 +41,11 @@ without keeping them (only another type for ``{prefix}:head``, the one key of ou
 writes, would make it refuse, and every older reader with it), and a store that had events before has no
 ``runsat``: appends then keep nothing until a reader folds the events after ``runsat`` on top and writes the rows
 back (`RedisBackend.open_runs`, and `open_store` for a store that had events before).
+
+The category indexes follow the same rules with ``{prefix}:catsat``: the append script adds positions only while
+it is the head, a filtered read uses an index up to ``catsat`` and scans the global stream after it (exact either
+way), and `open_store` and `agentfold reindex` catch them up from the log
+(`RedisBackend.catch_up_category_indexes`).
 """
 
 from __future__ import annotations
