@@ -514,7 +514,8 @@ class EventLog:
         """One page of `read_all`: at most `limit` matching events above `after_position`, and the position up to
         which they are every match, the position scanned (equal to `after_position` when nothing is there yet).
         Without an index for the filters a backend scans at most `limit` positions; SQLite and PostgreSQL read
-        type and stream-category filters from an index, and may report up to their head when nothing more
+        type and stream-category filters from an index, Redis the categories of agentfold's own streams
+        (``$worker-``...), and may report up to their head (Redis: its index's position) when nothing more
         matches. Readers that filter resume after the position scanned, not after the last event they got, so a
         long run of non-matching events is passed over once. The positions are final: nothing later appears at or
         below the position scanned.

@@ -41,7 +41,8 @@ def reindex(store_url: str, as_json: bool) -> None:
     The runs index and the open runs (SQLite and PostgreSQL stores keep both with each append, Redis the open
     runs) are folded again and replaced, each in one step no append interleaves with. Workers may keep running
     meanwhile. On a Redis store the runs index lives in the memory of the processes that read it, so there is no
-    runs index kept to rebuild."""
+    runs index kept to rebuild; its category indexes (the positions of agentfold's own streams, `$worker-`...) are
+    dropped and built again from the log."""
 
     async def rebuild(store: EventStore) -> Reindexed:
         started = time.perf_counter()
