@@ -1219,6 +1219,20 @@ _GROUP_CALL: Final = (
 )
 """The call that writes a group, each array as one string of its elements joined by a separator (see below)."""
 
+_DECIDED: Final = f"""decided AS MATERIALIZED (
+            SELECT g.outcome, g.result_version, g.result_position, g.slot
+            FROM {_GROUP_CALL}
+                 WITH ORDINALITY AS g(outcome, result_version, result_position, slot)
+        )"""
+"""The group written, one row per append in order (its slot), as a CTE of the statements that then apply changes."""
+_INDEXED: Final = """indexed AS MATERIALIZED (
+            SELECT {s}.apply_runs_index(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
+                                        ARRAY(SELECT result_version FROM decided ORDER BY slot),
+                                        %s::jsonb, %s::integer[], %s::text[], %s::text[]) AS done
+            {after}
+        )"""
+"""The runs-index changes of the appends `decided` wrote, as a CTE; `{after}` what it must wait for."""
+
 _STATEMENTS: Final = {
     # What an append takes first (append_group()), for a step no append may interleave with.
     "lock_writers": "LOCK TABLE {s}.events IN EXCLUSIVE MODE",
@@ -1233,37 +1247,20 @@ _STATEMENTS: Final = {
     # A group with open-run or runs-index changes: the same call, then the changes of the appends it wrote, in one
     # statement (one round trip, one transaction, under the lock append_group() takes). The CTEs are materialized
     # in order: the changes are applied once append_group() has decided every append.
-    "append_group_runs": """
-        WITH decided AS MATERIALIZED (
-            SELECT g.outcome, g.result_version, g.result_position, g.slot
-            FROM {group_call}
-                 WITH ORDINALITY AS g(outcome, result_version, result_position, slot)
-        ), applied AS MATERIALIZED (
-            SELECT {s}.apply_open_runs(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
+    "append_group_runs": f"""
+        WITH {_DECIDED}, applied AS MATERIALIZED (
+            SELECT {{s}}.apply_open_runs(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
                                        %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[]) AS done
-        ), indexed AS MATERIALIZED (
-            SELECT {s}.apply_runs_index(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
-                                        ARRAY(SELECT result_version FROM decided ORDER BY slot),
-                                        %s::jsonb, %s::integer[], %s::text[], %s::text[]) AS done
-            FROM applied
-        )
+        ), {_INDEXED.replace("{after}", "FROM applied")}
         SELECT decided.outcome, decided.result_version, decided.result_position
         FROM decided, indexed ORDER BY decided.slot
-    """.replace("{group_call}", _GROUP_CALL),
+    """,
     # A group with runs-index changes only (a run's steps): the same without the open runs.
-    "append_group_indexed": """
-        WITH decided AS MATERIALIZED (
-            SELECT g.outcome, g.result_version, g.result_position, g.slot
-            FROM {group_call}
-                 WITH ORDINALITY AS g(outcome, result_version, result_position, slot)
-        ), indexed AS MATERIALIZED (
-            SELECT {s}.apply_runs_index(ARRAY(SELECT slot::integer FROM decided WHERE outcome = 0),
-                                        ARRAY(SELECT result_version FROM decided ORDER BY slot),
-                                        %s::jsonb, %s::integer[], %s::text[], %s::text[]) AS done
-        )
+    "append_group_indexed": f"""
+        WITH {_DECIDED}, {_INDEXED.replace("{after}", "")}
         SELECT decided.outcome, decided.result_version, decided.result_position
         FROM decided, indexed ORDER BY decided.slot
-    """.replace("{group_call}", _GROUP_CALL),
+    """,
     "id_records": f"""
         SELECT {_ID_RECORD}
         FROM {{s}}.events e WHERE e.id = ANY(%(ids)b::uuid[])
