@@ -526,14 +526,15 @@ class Rows:
             self._before[after.workflow_id] = row
         self.runs[after.workflow_id] = after
 
-    def changes(self) -> tuple[list[RunRow], dict[str, int], dict[str, int]]:
+    def changes(self, *, last_event: bool = False) -> tuple[list[RunRow], dict[str, int], dict[str, int]]:
         """The rows changed since the last call beyond their last event (`LAST_EVENT_COLUMNS`), how they change
-        the runs per stored status, and the workers' changed expiries; then starts over."""
+        the runs per stored status, and the workers' changed expiries; then starts over. With `last_event`, rows
+        whose only change is their last event are in too (for rows kept without reading the run's stream)."""
         rows: list[RunRow] = []
         counts: dict[str, int] = {}
         for workflow_id, before in self._before.items():
             row = self.runs[workflow_id]
-            if before is not None and replace(before, **_last_event_of(row)) == row:
+            if not last_event and before is not None and replace(before, **_last_event_of(row)) == row:
                 continue
             rows.append(row)
             old = None if before is None else before.status

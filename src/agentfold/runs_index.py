@@ -3,8 +3,10 @@
 On SQLite and PostgreSQL the rows are tables in the store's own database, written by each append in its transaction
 (`agentfold.runrows` says what an append changes), so a listing is always as current as the log and nobody folds the
 log to read it. On memory and Redis stores they live in this process's memory, folded from the log by the same
-code when opened and followed from there. Either way they can be dropped and rebuilt from the log at any time
-(`rebuild()`); the log stays the truth.
+code and followed from there; a memory store's reader folds the whole log when opened, a Redis store's reader loads
+the rows its readers keep in Redis with the position they are as of, and folds only the events after it
+(`RedisRunsTable`). Either way they can be dropped and rebuilt from the log at any time (`rebuild()`); the log stays
+the truth.
 
 A row holds what a listing filters and sorts on: workflow, agent, status, start, last event, finish, retries, failed
 steps, the worker holding the run and the parent that started it. A run is `Stalled` when it is unfinished and no
@@ -22,15 +24,17 @@ import base64
 import contextlib
 import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import msgspec
 
 from agentfold import runrows
 from agentfold.backends.runs_tables import COUNTS_TABLE, TABLE, WORKERS_TABLE
 from agentfold.display import now_us
-from agentfold.errors import InvalidInput
+from agentfold.errors import InvalidInput, StoreCorrupted, StoreReadOnly
 from agentfold.lifecycle import (
     AWAITING_INPUT,
     CANCELLED,
@@ -143,6 +147,9 @@ def _ordered_counts(counter: Counter[str]) -> dict[str, int]:
 class RunsTable:
     """Where the index rows are read from; one implementation per kind of backend."""
 
+    kept: ClassVar[bool] = True
+    """Whether the rows are kept in the store, for every reader (False: only in this process's memory)."""
+
     async def open(self) -> None:
         """Connect."""
 
@@ -164,7 +171,9 @@ class RunsTable:
 
 
 class MemoryRunsTable(RunsTable):
-    """Rows in this process, for memory and Redis stores: folded from the log on every start."""
+    """Rows in this process, for memory stores: folded from the whole log on every start."""
+
+    kept = False
 
     def __init__(self) -> None:
         self.rows = runrows.Rows()
@@ -175,17 +184,39 @@ class MemoryRunsTable(RunsTable):
     def update(self, events: Sequence[Any]) -> None:
         """Fold one page of recorded events."""
         self.rows.apply(runrows.recorded(events))
-        changed, _, _ = self.rows.changes()
-        for row in changed:
+        changed, _, workers = self.rows.changes(last_event=True)
+        self._list(changed)
+        self.changed(changed, workers)
+
+    def _list(self, rows: Iterable[RunRow]) -> None:
+        for row in rows:
             if row.workflow_id not in self._listed:
                 self._listed.add(row.workflow_id)
                 self._order.append((row.started_at_us, row.workflow_id))
                 self._sorted = False
 
+    def changed(self, rows: Sequence[RunRow], workers: dict[str, int]) -> None:
+        """What one page of events changed (every row it touched, its last event included): kept nowhere here."""
+
     def clear(self) -> None:
         self.rows = runrows.Rows()
         self._listed.clear()
         self._order.clear()
+        self._sorted = True
+
+    async def load(self) -> int:
+        """Start from the rows kept for this store; the position they are as of (0: nothing kept, fold it all)."""
+        self.clear()
+        return 0
+
+    async def save(self, position: int) -> bool:
+        """Keep the rows as of `position` for the next reader, where the store can; False when the kept rows were
+        dropped or rebuilt since this table loaded them (`load` them again, then fold on top)."""
+        return True
+
+    async def drop(self) -> None:
+        """Forget every row, and any kept for the store: the next fold starts from the log's first event."""
+        self.clear()
 
     def _stalled(self, row: RunRow, at_us: int) -> bool:
         if row.status not in UNFINISHED:
@@ -227,6 +258,162 @@ class MemoryRunsTable(RunsTable):
 
     async def workflows(self) -> list[str]:
         return sorted({row.workflow for row in self.rows.runs.values()})
+
+
+SAVE_SCRIPT: Final = """
+local at = redis.call('GET', KEYS[3])
+local epoch = redis.call('GET', KEYS[4]) or '0'
+if epoch ~= ARGV[3] then return -1 end
+local stored = tonumber(at or '0')
+if stored < tonumber(ARGV[1]) then return -1 end
+if stored >= tonumber(ARGV[2]) then return 0 end
+local last = 4 + 2 * tonumber(ARGV[4])
+local i = 5
+while i <= last do
+  local j = math.min(i + 999, last)
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, j))
+  i = j + 1
+end
+while i <= #ARGV do
+  local j = math.min(i + 999, #ARGV)
+  redis.call('HSET', KEYS[2], unpack(ARGV, i, j))
+  i = j + 1
+end
+redis.call('SET', KEYS[3], ARGV[2])
+return 1
+"""
+"""KEYS: rows, workers, at, epoch. ARGV: the position the writer last agreed with the kept rows, the position its
+rows are as of, the epoch it loaded, how many rows follow, then workflow id, row pairs and worker, expiry pairs.
+-1: the kept rows are not the ones the writer started from (another epoch, or behind it); 0: they are already as
+of that position or later, nothing written; 1: written."""
+
+DROP_SCRIPT: Final = """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return redis.call('INCR', KEYS[4])
+"""
+
+_ROW_DECODER: Final = msgspec.msgpack.Decoder(
+    tuple[str, str, str, str, int, int, str, int | None, int, int, int, str | None, str | None]
+)
+_ROW_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+class RedisRunsTable(MemoryRunsTable):
+    """Rows in this process for a Redis store, kept in Redis by the readers for the next one: a projector and its
+    checkpoint. Opening loads the rows (one per run, not one per event) and the position they are as of; the
+    index then folds only the events after it, and writes back what they changed.
+
+    Keys, beside the store's own under its prefix: ``{prefix}:runsindex:rows`` (workflow id -> the row's
+    `runrows.COLUMNS` as a msgpack array), ``{prefix}:runsindex:workers`` (worker -> when its leases run out),
+    ``{prefix}:runsindex:at`` (the position both are as of: they are always the fold of the log up to it) and
+    ``{prefix}:runsindex:epoch`` (counts the drops, `agentfold reindex`'s).
+
+    A reader writes only the rows and workers it changed since it last agreed with the kept ones (loaded them, or
+    wrote them at position q), with the new position n, in one script that writes only if the kept rows are of
+    the same epoch and as of a position p with q <= p < n. That is exact: the kept rows are the fold up to p; a row
+    this reader did not change in (q, n] is the same at p as at n (p lies between), and every row it did change it
+    writes as it is at n. Where p >= n another reader is as far or further, and its rows include these changes:
+    nothing is written, and this reader keeps its changes to write with its next, later position. Where the kept
+    rows were dropped or rebuilt since (another epoch, or p < q), this reader loads them again and folds on top.
+    """
+
+    kept = True
+
+    def __init__(self, url: str) -> None:
+        from agentfold.backends.redis import parse_url
+
+        super().__init__()
+        self.settings = parse_url(url, {})
+        keys = f"{self.settings.prefix}:runsindex"
+        self.keys = [f"{keys}:rows", f"{keys}:workers", f"{keys}:at", f"{keys}:epoch"]
+        self._client: Any = None
+        self._save_script: Any = None
+        self._drop_script: Any = None
+        self._epoch = b"0"
+        self._agreed = 0
+        """The position the kept rows and these last agreed at (loaded or written)."""
+        self._unsaved: set[str] = set()
+        self._unsaved_workers: set[str] = set()
+
+    async def open(self) -> None:
+        from agentfold.backends.redis import make_client
+
+        self._client = make_client(self.settings, self.settings.timeout)
+        self._save_script = self._client.register_script(SAVE_SCRIPT)
+        self._drop_script = self._client.register_script(DROP_SCRIPT)
+
+    def changed(self, rows: Sequence[RunRow], workers: dict[str, int]) -> None:
+        self._unsaved.update(row.workflow_id for row in rows)
+        self._unsaved_workers.update(workers)
+
+    def _forget_changes(self, position: int) -> None:
+        self._agreed = position
+        self._unsaved.clear()
+        self._unsaved_workers.clear()
+
+    async def load(self) -> int:
+        from agentfold.backends.redis import translate_errors
+
+        rows_key, workers_key, at_key, epoch_key = self.keys
+        with translate_errors("load the runs index from Redis"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(at_key)
+                pipe.get(epoch_key)
+                pipe.hgetall(rows_key)
+                pipe.hgetall(workers_key)
+                at, epoch, rows, workers = await pipe.execute()
+        self.clear()
+        self._epoch = bytes(epoch or b"0")
+        position = 0 if at is None else int(at)
+        if at is not None:
+            try:
+                runs = {key.decode(): RunRow(*_ROW_DECODER.decode(value)) for key, value in rows.items()}
+                expiries = {key.decode(): int(value) for key, value in workers.items()}
+            except (ValueError, msgspec.DecodeError) as error:
+                raise StoreCorrupted(
+                    f"a row of {rows_key!r} or {workers_key!r} was not written by agentfold: {error}"
+                ) from None
+            self.rows = runrows.Rows(runs, expiries)
+            self._list(runs.values())
+        self._forget_changes(position)
+        return position
+
+    async def save(self, position: int) -> bool:
+        from agentfold.backends.redis import translate_errors
+
+        if position <= self._agreed and not self._unsaved and not self._unsaved_workers:
+            return True
+        arguments: list[bytes | str | int] = [self._agreed, position, self._epoch, len(self._unsaved)]
+        runs = self.rows.runs
+        for workflow_id in self._unsaved:
+            arguments += [workflow_id, _ROW_ENCODER.encode(runrows.row_values(runs[workflow_id]))]
+        workers = self.rows.workers
+        for worker in self._unsaved_workers:
+            arguments += [worker, workers[worker]]
+        try:
+            with translate_errors("keep the runs index in Redis"):
+                written = int(await self._save_script(keys=self.keys, args=arguments))
+        except StoreReadOnly:
+            return True  # a replica: the rows stay in this process, a reader of the primary keeps them
+        if written == -1:
+            return False
+        if written == 1:
+            self._forget_changes(position)
+        return True
+
+    async def drop(self) -> None:
+        from agentfold.backends.redis import translate_errors
+
+        with translate_errors("drop the runs index in Redis"):
+            epoch = await self._drop_script(keys=self.keys, args=[])
+        self.clear()
+        self._epoch = b"%d" % int(epoch)
+        self._forget_changes(0)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
 
 
 def _matches(row: RunRow, query: RunsQuery) -> bool:
@@ -494,6 +681,8 @@ def table_for(url: str) -> RunsTable:
 
         schema = parse_qs(urlsplit(url).query).get("schema", [DEFAULT_SCHEMA])[-1]
         return PostgresRunsTable(url, schema)
+    if scheme == "redis":
+        return RedisRunsTable(url)
     return MemoryRunsTable()
 
 
@@ -516,6 +705,8 @@ class RunsIndex:
 
     async def __aenter__(self) -> RunsIndex:
         await self.table.open()
+        if isinstance(self.table, MemoryRunsTable):
+            self.position = await self.table.load()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -527,6 +718,12 @@ class RunsIndex:
         """True where the store writes the rows with each append (SQL backends): nothing to fold here."""
         return self.store.keeps_runs_index
 
+    @property
+    def kept_in_store(self) -> bool:
+        """True where the rows are kept in the store for every reader: by its appends (`kept_by_store`), or by its
+        readers with the position they are as of (Redis); False where each reader folds the whole log."""
+        return self.table.kept
+
     async def catch_up(self) -> int:
         """Apply every event appended so far; return how many were applied (none where the store keeps the rows).
         Callers may overlap (a page view and the follower): one catches up at a time."""
@@ -535,12 +732,22 @@ class RunsIndex:
                 self.position = await self.store.head_position()
                 return 0
             assert isinstance(self.table, MemoryRunsTable)
-            applied = 0
-            async for page in self.store.read_all_pages(after_position=self.position):
-                self.table.update(page)
-                self.position = page[-1].position
-                applied += len(page)
+            applied = await self._fold()
+            if applied and not await self.table.save(self.position):
+                # The kept rows were dropped or rebuilt since they were loaded: start from them again.
+                self.position = await self.table.load()
+                await self._fold()
+                await self.table.save(self.position)
             return applied
+
+    async def _fold(self) -> int:
+        assert isinstance(self.table, MemoryRunsTable)
+        applied = 0
+        async for page in self.store.read_all_pages(after_position=self.position):
+            self.table.update(page)
+            self.position = page[-1].position
+            applied += len(page)
+        return applied
 
     async def run(self, pause: float = 0.0) -> None:
         """Catch up, then follow new events until `stop()`, waiting at least `pause` seconds after each catch-up
@@ -561,14 +768,15 @@ class RunsIndex:
         self._stopping.set()
 
     async def rebuild(self) -> int:
-        """Forget every row and fold the whole log again; return how many runs the index holds."""
+        """Forget every row (those kept in the store too) and fold the whole log again; return how many runs the
+        index holds."""
         if self.kept_by_store:
             runs = await self.store.rebuild_runs_index()
             self.position = await self.store.head_position()
             return int(runs or 0)
         assert isinstance(self.table, MemoryRunsTable)
         async with self._catching_up:
-            self.table.clear()
+            await self.table.drop()
             self.position = 0
         await self.catch_up()
         return len(self.table.rows.runs)
