@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 import agentfold
 from agentfold import runrows
-from agentfold.runs_index import RunsIndex, RunsQuery
+from agentfold.runs_index import RedisRunsTable, RunsIndex, RunsQuery
 from agentfold.store import EventStore
 from tests.backends import REDIS_URL
 from tests.test_runs_index_kept import RUNS, folded, stalled, write_randomly
@@ -39,7 +39,8 @@ async def assert_is_the_fold(store: EventStore, index: RunsIndex) -> None:
     expected = await folded(store)
     shown = {run_id: replace(row, stalled=stalled(row, expected)) for run_id, row in expected.runs.items()}
     assert await index.runs(RUNS, at_us=0) == shown
-    assert index.table.rows.workers == expected.workers  # type: ignore[attr-defined]
+    assert isinstance(index.table, RedisRunsTable)
+    assert index.table.rows.workers == expected.workers
     counted: dict[str, int] = {}
     for row in shown.values():
         counted[row.shown_status] = counted.get(row.shown_status, 0) + 1
@@ -49,14 +50,15 @@ async def assert_is_the_fold(store: EventStore, index: RunsIndex) -> None:
 
 async def fold_until(index: RunsIndex, limit: int) -> bool:
     """What `catch_up` does, stopped at position `limit`: fold the events up to it, then keep the rows."""
+    assert isinstance(index.table, RedisRunsTable)
     async for page in index.store.read_all_pages(after_position=index.position):
         chosen = [event for event in page if event.position <= limit]
         if chosen:
-            index.table.update(chosen)  # type: ignore[attr-defined]
+            index.table.update(chosen)
             index.position = chosen[-1].position
         if len(chosen) < len(page):
             break
-    return await index.table.save(index.position)  # type: ignore[attr-defined]
+    return await index.table.save(index.position)
 
 
 async def test_a_reader_loads_the_kept_rows_and_folds_only_the_events_after_them(redis_target: str) -> None:

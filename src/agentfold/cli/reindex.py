@@ -40,15 +40,16 @@ def reindex(store_url: str, as_json: bool) -> None:
 
     The runs index and the open runs (SQLite and PostgreSQL stores keep both with each append, Redis the open
     runs) are folded again and replaced, each in one step no append interleaves with. Workers may keep running
-    meanwhile. On a Redis store the runs index lives in the memory of the processes that read it, so there is no
-    runs index kept to rebuild; its category indexes (the positions of agentfold's own streams, `$worker-`...) are
-    dropped and built again from the log."""
+    meanwhile. On a Redis store the runs index is kept by the processes that read it, with the position it is as
+    of: it is dropped and folded again, and readers that loaded it before load the new rows at their next catch-up;
+    its category indexes (the positions of agentfold's own streams, `$worker-`...) are dropped and built again from
+    the log. On a memory store each reader folds the log into its own memory: nothing is kept to rebuild."""
 
     async def rebuild(store: EventStore) -> Reindexed:
         started = time.perf_counter()
         async with RunsIndex(store, store_url) as index:
             runs = await index.rebuild()
-            durable = index.kept_by_store
+            durable = index.kept_in_store
         open_runs = await store.rebuild_open_runs()
         return Reindexed(runs, durable, open_runs, time.perf_counter() - started)
 
