@@ -34,7 +34,7 @@ import msgspec
 from agentfold import runrows
 from agentfold.backends.runs_tables import COUNTS_TABLE, TABLE, WORKERS_TABLE
 from agentfold.display import now_us
-from agentfold.errors import InvalidInput, StoreCorrupted, StoreReadOnly
+from agentfold.errors import InvalidInput, StoreCorrupted, StoreFull, StoreReadOnly
 from agentfold.lifecycle import (
     AWAITING_INPUT,
     CANCELLED,
@@ -260,7 +260,7 @@ class MemoryRunsTable(RunsTable):
         return sorted({row.workflow for row in self.rows.runs.values()})
 
 
-SAVE_SCRIPT: Final = """
+SAVE_SCRIPT: Final = """#!lua
 local at = redis.call('GET', KEYS[3])
 local epoch = redis.call('GET', KEYS[4]) or '0'
 if epoch ~= ARGV[3] then return -1 end
@@ -287,7 +287,7 @@ rows are as of, the epoch it loaded, how many rows follow, then workflow id, row
 -1: the kept rows are not the ones the writer started from (another epoch, or behind it); 0: they are already as
 of that position or later, nothing written; 1: written."""
 
-DROP_SCRIPT: Final = """
+DROP_SCRIPT: Final = """#!lua
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return redis.call('INCR', KEYS[4])
 """
@@ -393,8 +393,8 @@ class RedisRunsTable(MemoryRunsTable):
         try:
             with translate_errors("keep the runs index in Redis"):
                 written = int(await self._save_script(keys=self.keys, args=arguments))
-        except StoreReadOnly:
-            return True  # a replica: the rows stay in this process, a reader of the primary keeps them
+        except (StoreReadOnly, StoreFull):
+            return True  # a replica, or a full server: the rows stay in this process, a later catch-up writes them
         if written == -1:
             return False
         if written == 1:
@@ -726,7 +726,8 @@ class RunsIndex:
 
     async def catch_up(self) -> int:
         """Apply every event appended so far; return how many were applied (none where the store keeps the rows).
-        Callers may overlap (a page view and the follower): one catches up at a time."""
+        On Redis the rows they changed are then kept for the next reader (`RedisRunsTable`). Callers may overlap (a
+        page view and the follower): one catches up at a time."""
         async with self._catching_up:
             if self.kept_by_store:
                 self.position = await self.store.head_position()
