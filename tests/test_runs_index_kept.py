@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 import agentfold
 from agentfold import runrows
@@ -21,7 +24,7 @@ from agentfold.runs_index import UNFINISHED, RunsIndex, RunsQuery
 from agentfold.runtime import history as h
 from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, worker_stream
 from agentfold.store import EventStore
-from tests.backends import PG_URL
+from tests.backends import PG_PARTITIONED, PG_URL, SQL, Backend, require_service
 
 RUNS = [f"run-{index}" for index in range(12)]
 STEPS = [
@@ -93,7 +96,18 @@ async def folded(store: EventStore) -> runrows.Rows:
     return rows
 
 
-async def test_the_kept_rows_are_the_fold_of_the_log(sql_url: str) -> None:
+@pytest.fixture(params=[*SQL, PG_PARTITIONED], ids=lambda backend: backend.name)
+def kept_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store of every layout that keeps the index with each append (PostgreSQL's partitioned one too)."""
+    chosen: Backend = request.param
+    require_service(chosen)
+    url = chosen.make_url(tmp_path)
+    yield url
+    chosen.cleanup(url)
+
+
+async def test_the_kept_rows_are_the_fold_of_the_log(kept_url: str) -> None:
+    sql_url = kept_url
     async with agentfold.connect(sql_url) as store:
         await write_randomly(store, seed=27)
         expected = await folded(store)
