@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from agentfold.runtime.leases import WORKER_HEARTBEAT, WORKER_STOPPED, worker_st
 from agentfold.runtime.statemachine import DEFAULT_LIFECYCLE
 
 RUN_IDS = ("a", "b", "c")
+encode = msgspec.json.encode
 TYPES = (
     h.WORKFLOW_STARTED,
     h.STEP_STARTED,
@@ -91,7 +93,10 @@ def test_an_appends_update_is_its_events_applied_one_by_one(appends: list[tuple[
             versions[run_id] += 1
             events.append(recorded(run_id, versions[run_id], part, at * 1000))
         one_by_one.apply(runrows.recorded(events))
-        update = runrows.written(h.workflow_stream(run_id), map(runrows.encoded, events), versions[run_id], at * 1000)
+        stream_id = h.workflow_stream(run_id)
+        update = runrows.written(stream_id, map(runrows.encoded, events), versions[run_id], at * 1000)
+        as_json = [(event.type, encode(event.data), encode(event.metadata)) for event in events]
+        assert runrows.written(stream_id, as_json, versions[run_id], at * 1000) == update  # as a backend reads it
         together.apply([] if update is None else [update])
     assert together.runs == one_by_one.runs
     assert together.changes() == one_by_one.changes()

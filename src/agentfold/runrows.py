@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -313,6 +314,16 @@ def run_id_of(stream_id: str) -> str | None:
     return None
 
 
+_TEXT_RESULT: Final = re.compile(rb'"result"\s*:\s*"')
+"""How a step's result that is text begins in its data's JSON (the only result that can name a run)."""
+
+
+def _result_not_text(event_type: str, data: bytes | Mapping[str, Any]) -> bool:
+    """Whether a completed step's data, as JSON, cannot hold a result that is text: most results are not, and then
+    the data need not be decoded. Conservative: text that looks like one anywhere in the JSON counts."""
+    return event_type == STEP_COMPLETED and isinstance(data, bytes | bytearray) and _TEXT_RESULT.search(data) is None
+
+
 @functools.lru_cache(maxsize=4096)
 def _plain_delta(event_type: str) -> Delta:
     """What one event of `event_type` does when neither its data nor its metadata matter."""
@@ -327,8 +338,8 @@ def run_update(stream_id: str, events: Iterable[Encoded]) -> RunUpdate | None:
     if workflow_id is None:
         return None
     if isinstance(events, list) and len(events) == 1:  # most appends: one event, often one whose data is not read
-        event_type, _, metadata = events[0]
-        if event_type not in _DATA_TYPES and _metadata_of(metadata) is None:
+        event_type, data, metadata = events[0]
+        if (event_type not in _DATA_TYPES or _result_not_text(event_type, data)) and _metadata_of(metadata) is None:
             return RunUpdate(workflow_id, _plain_delta(event_type))
     whole = _Folding(workflow_id)
     since_start: _Folding | None = None
