@@ -601,7 +601,9 @@ DECLARE
     added_retries bigint;
     added_failed bigint;
 BEGIN
-    IF resumed_slots <> '{{}}' THEN
+    IF resumed_slots <> '{{}}' AND EXISTS (
+        SELECT FROM {{s}}.{runs_tables.COUNTS_TABLE} WHERE status = 'Suspended' AND runs > 0
+    ) THEN
         WITH resumed AS (
             UPDATE {{s}}.{runs_tables.TABLE} r SET status = 'Processing', last_event_at_us = at_us,
                 last_event_type = c.type, version = versions[c.slot]
@@ -613,6 +615,9 @@ BEGIN
         SELECT s.status, s.sign * moved.runs
         FROM moved, (VALUES ('Suspended', -1), ('Processing', 1)) AS s(status, sign) WHERE moved.runs > 0
         ON CONFLICT (status) DO UPDATE SET runs = c.runs + excluded.runs;
+    END IF;
+    IF jsonb_array_length(updates) = 0 THEN
+        RETURN 0;
     END IF;
     FOR item IN SELECT u FROM jsonb_array_elements(updates) AS u LOOP
         slot := (item->>'slot')::integer;
