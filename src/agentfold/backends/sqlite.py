@@ -386,7 +386,7 @@ def translate_error(error: sqlite3.Error, path: str) -> AgentfoldError:
 class _AppendRequest:
     """One append waiting for its group; `outcome` is set in the writer thread."""
 
-    __slots__ = ("events", "expected", "outcome", "stream_id", "watched")
+    __slots__ = ("events", "expected", "indexed", "outcome", "stream_id", "watched")
 
     def __init__(
         self, stream_id: str, events: list[EncodedEvent], expected: ExpectedVersion, watched: Watched | None = None
@@ -396,6 +396,15 @@ class _AppendRequest:
         self.expected = expected
         self.watched = watched
         self.outcome: AppendResult | BaseException | None = None
+        self.indexed = runrows.stored(runrows.written(stream_id, _read_back(events), 0, 0))
+        """What the append does to the runs index if it is written, computed before the writer takes the file's
+        lock (its version and time are set when it is written: `_indexed`)."""
+
+
+def _indexed(request: _AppendRequest, version: int, at_us: int) -> runrows.Written | None:
+    """The request's runs-index updates as written at stream version `version` and time `at_us`."""
+    found = request.indexed
+    return None if found is None else msgspec.structs.replace(found, version=version, at_us=at_us)
 
 
 class _WriteJob:
@@ -989,7 +998,7 @@ class _Writer:
             rows += _event_rows(stream_id, events, current + 1, next_position, now_us)
             _blob_rows(events, next_position, blobs, links)
             opened += _open_run_changes(stream_id, events)
-            found = runrows.stored(runrows.written(stream_id, _read_back(events), current + count, now_us))
+            found = _indexed(request, current + count, now_us)
             if found is not None:
                 indexed.append(found)
             next_position += count
@@ -1045,9 +1054,7 @@ class _Writer:
             if links:
                 _insert_blobs(connection, blobs, links, _INSERT_LINKS)
             _apply_open_runs(connection, _open_run_changes(request.stream_id, request.events))
-            found = runrows.stored(
-                runrows.written(request.stream_id, _read_back(request.events), current + count, now_us)
-            )
+            found = _indexed(request, current + count, now_us)
             if found is not None:
                 _apply_runs_index(connection, [found])
             return AppendResult(current + count, first_position + count - 1)
