@@ -28,6 +28,7 @@ from agentfold.backends.sqlite import (
     _fetch_page_records,
 )
 from agentfold.errors import (
+    CapabilityMissing,
     DuplicateEventId,
     InvalidURL,
     StoreClosed,
@@ -722,5 +723,5 @@ async def test_an_append_watching_a_stream_that_another_process_moved_writes_not
 async def test_a_store_that_cannot_watch_streams_says_so() -> None:
     async with await agentfold.connect("memory://") as memory:
         assert not memory.watches_streams
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(CapabilityMissing):
             await memory.append_watching("work", events(1), ANY, Watched("watched", 0))

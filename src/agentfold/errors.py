@@ -151,7 +151,7 @@ class StoreReadOnly(AgentfoldError):
     """The backend refused a write because it is read-only; nothing was written."""
 
 
-class CapabilityMissing(AgentfoldError, NotImplementedError):
+class CapabilityMissing(AgentfoldError):
     """The store's backend lacks the optional capability a call needs (`agentfold.backend`: `WatchingAppends`, say);
     nothing was read or written."""
 
