@@ -30,6 +30,8 @@ from agentfold.events import AGENT_ID, RecordedEvent
 
 SUSPENDED: Final = "Suspended"
 """Not a lifecycle state: a run whose code no longer matches its history, stopped until matching code resumes it."""
+STALLED: Final = "Stalled"
+"""Not stored either: an unfinished run no live worker holds, decided when a row is read (`RunRow.stalled`)."""
 STORED_STATUSES: Final = (*lifecycle.STATES, SUSPENDED)
 """Every status a row holds, in the order `Delta.statuses` maps them."""
 
@@ -102,7 +104,7 @@ class RunRow:
 
     @property
     def shown_status(self) -> str:
-        return "Stalled" if self.stalled else self.status
+        return STALLED if self.stalled else self.status
 
     def duration_us(self, at_us: int | None = None) -> int:
         end = self.finished_at_us if self.finished_at_us is not None else (now_us() if at_us is None else at_us)
@@ -172,11 +174,6 @@ def _changes_beyond_status(delta: Delta) -> bool:
     return bool(
         delta.retries or delta.failed_steps or delta.finished != UNCHANGED or delta.owner_changed or delta.handed
     )
-
-
-def _moves_stored(delta: Delta) -> bool:
-    """Whether `delta` changes more of a row than its last event."""
-    return delta.statuses != STORED_STATUSES or _changes_beyond_status(delta)
 
 
 RESUMING: Final = tuple(lifecycle.PROCESSING if status == SUSPENDED else status for status in STORED_STATUSES)
@@ -466,18 +463,6 @@ LAST_EVENT_COLUMNS: Final = ("version", "last_event_at_us", "last_event_type")
 """The columns a store may leave as of the row's last other change, and read from the run's stream instead."""
 
 
-def stored(append: Written | None) -> Written | None:
-    """`append` less what a store that reads a run's last event from its stream (`LAST_EVENT_COLUMNS`) need not
-    write: a run update that changes nothing else (most of a run's appends: its steps) is dropped; None when
-    nothing is left."""
-    if append is None or append.run is None:
-        return append
-    run = append.run
-    if run.since_start is not None or _moves_stored(run.whole):
-        return append
-    return Written(None, append.workers, append.version, append.at_us) if append.workers else None
-
-
 def recorded(events: Iterable[RecordedEvent]) -> list[Written]:
     """Recorded events, each as an append of its own: how the index is built from the log."""
     found = (written(event.stream_id, [encoded(event)], event.version, event.recorded_at_us) for event in events)
@@ -573,6 +558,7 @@ __all__ = [
     "COLUMNS",
     "LAST_EVENT_COLUMNS",
     "RESUMING",
+    "STALLED",
     "STORED_STATUSES",
     "SUSPENDED",
     "Delta",
@@ -593,7 +579,6 @@ __all__ = [
     "run_id_of",
     "run_update",
     "step_status",
-    "stored",
     "worker_updates",
     "written",
 ]

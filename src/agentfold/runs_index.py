@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import msgspec
 
 from agentfold import runrows
-from agentfold.backends.runs_tables import COUNTS_TABLE, TABLE, WORKERS_TABLE
+from agentfold.backends.runs_tables import COUNTS_TABLE, TABLE, WORKERS_TABLE, for_psycopg
 from agentfold.display import now_us
 from agentfold.errors import InvalidInput, StoreCorrupted, StoreFull, StoreReadOnly
 from agentfold.lifecycle import (
@@ -45,10 +45,9 @@ from agentfold.lifecycle import (
     TERMINATED,
 )
 from agentfold.openruns import WORKFLOW_STREAM_PREFIX
-from agentfold.runrows import COLUMNS, SUSPENDED, RunRow
+from agentfold.runrows import COLUMNS, STALLED, SUSPENDED, RunRow
 from agentfold.store import EventStore
 
-STALLED: Final = "Stalled"
 LISTED_STATUSES: Final = (
     PROCESSING,
     AWAITING_INPUT,
@@ -484,7 +483,7 @@ class SqlRunsTable(RunsTable):
 
     def _with_last_events(self, rows_sql: str, order: str) -> str:
         """`rows_sql` (a `_select` chosen and limited) with each run's last event read from its stream: the store
-        writes a row's version, last event time and type only with its other changes (`runrows.stored`), so a
+        writes a row's version, last event time and type only with its other changes (`runrows.Rows.changes`), so a
         run's steps cost no write to the index. Three index probes per row shown, never per row scanned."""
         last = (
             f"(SELECT {{}} FROM {self.events_table} e WHERE e.stream_id = '{WORKFLOW_STREAM_PREFIX}' || r.workflow_id "
@@ -636,10 +635,6 @@ class PostgresRunsTable(SqlRunsTable):
         self.recorded_at_sql = "e.recorded_at_us"
         self._pool: Any = None
 
-    @staticmethod
-    def _pg(statement: str) -> bytes:
-        return statement.replace("%", "%%").replace("?", "%s").encode()
-
     async def open(self) -> None:
         from psycopg_pool import AsyncConnectionPool
 
@@ -650,7 +645,7 @@ class PostgresRunsTable(SqlRunsTable):
 
     async def _query(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async with self._pool.connection() as connection:
-            cursor = await connection.execute(self._pg(statement), params)
+            cursor = await connection.execute(for_psycopg(statement), params)
             rows: list[tuple[Any, ...]] = await cursor.fetchall()
             return rows
 

@@ -1111,20 +1111,26 @@ _FOLD_PAGE: Final = 5000
 async def _fill_runs_index(connection: psycopg.AsyncConnection[Any], quoted: str) -> None:
     """Bring the runs index of a store that had events before appends kept it up to its head, in the migration's
     transaction: from the checkpoint of the projector that kept it then, if it has one, else from the start; then
-    count the runs per status again and drop that checkpoint."""
+    drop that checkpoint."""
     cursor = await connection.execute(
         f"SELECT position FROM {quoted}.checkpoints WHERE name = %s".encode(), (runs_tables.PROJECTOR_NAME,)
     )
     row = await cursor.fetchone()
-    if row is None:
-        for statement in runs_tables.clear(f"{quoted}."):
-            await connection.execute(statement.encode())
-    await _fold_runs_index(connection, quoted, 0 if row is None else int(row[0]))
-    for statement in runs_tables.recount(f"{quoted}."):
-        await connection.execute(statement.encode())
+    await _fold_runs_index_again(connection, quoted, 0 if row is None else int(row[0]))
     await connection.execute(
         f"DELETE FROM {quoted}.checkpoints WHERE name = %s".encode(), (runs_tables.PROJECTOR_NAME,)
     )
+
+
+async def _fold_runs_index_again(connection: psycopg.AsyncConnection[Any], quoted: str, after_position: int) -> None:
+    """Fold the runs index on from `after_position` (0: from nothing, every row dropped first), then count the runs
+    per status again from the rows."""
+    if after_position == 0:
+        for statement in runs_tables.clear(f"{quoted}."):
+            await connection.execute(statement.encode())
+    await _fold_runs_index(connection, quoted, after_position)
+    for statement in runs_tables.recount(f"{quoted}."):
+        await connection.execute(statement.encode())
 
 
 async def _fold_runs_index(connection: psycopg.AsyncConnection[Any], quoted: str, after_position: int) -> None:
@@ -1171,24 +1177,17 @@ async def _write_runs_index(connection: psycopg.AsyncConnection[Any], quoted: st
     schema = f"{quoted}."
     async with connection.cursor() as cursor:
         if changed:
-            await cursor.executemany(_placeholders(runs_tables.upsert_row(schema)), map(runrows.row_values, changed))
+            await cursor.executemany(
+                runs_tables.for_psycopg(runs_tables.upsert_row(schema)), map(runrows.row_values, changed)
+            )
         if counts:
-            await cursor.executemany(_placeholders(runs_tables.add_count(schema)), list(counts.items()))
+            await cursor.executemany(runs_tables.for_psycopg(runs_tables.add_count(schema)), list(counts.items()))
         if workers:
-            await cursor.executemany(_placeholders(runs_tables.set_worker(schema)), list(workers.items()))
-
-
-def _placeholders(statement: str) -> bytes:
-    """A statement written with ``?`` placeholders (`agentfold.backends.runs_tables`) as psycopg takes it."""
-    return statement.replace("%", "%%").replace("?", "%s").encode()
+            await cursor.executemany(runs_tables.for_psycopg(runs_tables.set_worker(schema)), list(workers.items()))
 
 
 async def _rebuild_runs_index(connection: psycopg.AsyncConnection[Any], quoted: str) -> int:
-    for statement in runs_tables.clear(f"{quoted}."):
-        await connection.execute(statement.encode())
-    await _fold_runs_index(connection, quoted, 0)
-    for statement in runs_tables.recount(f"{quoted}."):
-        await connection.execute(statement.encode())
+    await _fold_runs_index_again(connection, quoted, 0)
     cursor = await connection.execute(f"SELECT count(*) FROM {quoted}.{runs_tables.TABLE}".encode())
     row = await cursor.fetchone()
     return int(row[0]) if row else 0
@@ -1458,7 +1457,7 @@ class _PendingAppend:
         self.opened = openruns.changes(stream_id, ((event.type, event.data) for event in events))
         """What the append does to the open runs, if it is written."""
         read = ((event.type, event.data, event.metadata) for event in events)
-        self.indexed = runrows.stored(runrows.written(stream_id, read, 0, 0))
+        self.indexed = runrows.written(stream_id, read, 0, 0)
         """What the append does to the runs index, if it is written (its version and time are the database's)."""
 
 

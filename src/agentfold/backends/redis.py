@@ -213,12 +213,16 @@ end"""
 `run_change_arguments`) to the ``runs`` and ``holders`` hashes, in order; return the index after them. The rules
 are `agentfold.openruns`'s, applied by the client's `changes`: this only carries out OPEN, CLOSE and HOLD."""
 
-_CHECK_INDEX: Final = """local function check_index(key, at)
+_CHECK_INDEX: Final = """local function wrong_type(key, wanted, what)
   local kind = redis.call('TYPE', key)['ok']
-  if kind == 'none' then return nil end
-  if kind ~= 'stream' then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a category index')
+  if kind ~= wanted and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not ' .. what), kind
   end
+  return nil, kind
+end
+local function check_index(key, at)
+  local refused, kind = wrong_type(key, 'stream', 'a category index')
+  if refused or kind == 'none' then return refused end
   local info = redis.call('XINFO', 'STREAM', key)
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' and tonumber(string.match(info[i + 1], '%-(%d+)$')) > at then
@@ -228,8 +232,11 @@ _CHECK_INDEX: Final = """local function check_index(key, at)
   end
   return nil
 end"""
-"""The check of a category index before a script adds positions after `at` to it: an error reply, or nil when the
-key is absent or a Redis stream whose ids all stayed at or below `at` (so that the additions cannot fail)."""
+"""`wrong_type`: an error reply unless `key` is absent or of the Redis type `wanted` (and the type found), before a
+script writes to it.
+`check_index`: the check of a category index before a script adds positions after `at` to it: an error reply, or
+nil when the key is absent or a Redis stream whose ids all stayed at or below `at` (so that the additions cannot
+fail)."""
 
 RUN_OPENED: Final = b"o"
 RUN_CLOSED: Final = b"c"
@@ -331,10 +338,8 @@ local start_head = head
 local keep_runs = tonumber(redis.call('GET', runs_at_key) or '0') == head
 if keep_runs and run_changes then
   for _, key in ipairs({runs_key, holders_key}) do
-    local kind = redis.call('TYPE', key)['ok']
-    if kind ~= 'hash' and kind ~= 'none' then
-      return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not the open runs agentfold keeps')
-    end
+    local refused = wrong_type(key, 'hash', 'the open runs agentfold keeps')
+    if refused then return refused end
   end
 end
 -- The category indexes likewise: kept only while `catsat` is the head, their keys' types checked first.
@@ -350,10 +355,8 @@ if keep_index then
     end
   end
   if next(indexed) ~= nil then
-    local kind = redis.call('TYPE', index_keys_key)['ok']
-    if kind ~= 'set' and kind ~= 'none' then
-      return redis.error_reply('WRONGTYPE ' .. index_keys_key .. ' holds a ' .. kind .. ', not a set')
-    end
+    local refused = wrong_type(index_keys_key, 'set', 'a set')
+    if refused then return refused end
   end
 end
 local fresh, new_records, changed, replies = {}, {}, {}, {}

@@ -68,6 +68,11 @@ def recount(schema: str = "") -> list[str]:
     ]
 
 
+def for_psycopg(statement: str) -> bytes:
+    """A statement written with ``?`` placeholders, as psycopg takes it (``%s``, and a literal ``%`` doubled)."""
+    return statement.replace("%", "%%").replace("?", "%s").encode()
+
+
 def clear(schema: str = "") -> list[str]:
     return [f"DELETE FROM {schema}{table}" for table in (TABLE, WORKERS_TABLE, COUNTS_TABLE)]
 
@@ -80,6 +85,7 @@ __all__ = [
     "add_count",
     "clear",
     "create_statements",
+    "for_psycopg",
     "recount",
     "set_worker",
     "upsert_row",

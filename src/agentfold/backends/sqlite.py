@@ -396,7 +396,7 @@ class _AppendRequest:
         self.expected = expected
         self.watched = watched
         self.outcome: AppendResult | BaseException | None = None
-        self.indexed = runrows.stored(runrows.written(stream_id, _read_back(events), 0, 0))
+        self.indexed = runrows.written(stream_id, _read_back(events), 0, 0)
         """What the append does to the runs index if it is written, computed before the writer takes the file's
         lock (its version and time are set when it is written: `_indexed`)."""
 
@@ -619,25 +619,27 @@ def _fold_runs_index(connection: sqlite3.Connection, after_position: int) -> Non
 def _fill_runs_index(connection: sqlite3.Connection) -> None:
     """Bring the runs index of a file that had events before appends kept it up to its head (once, in the upgrade's
     transaction, which holds the write lock): from the checkpoint of the projector that kept it then, if it has
-    one, else from the start; then count the runs per status again and drop that checkpoint."""
+    one, else from the start; then drop that checkpoint."""
     row = connection.execute(
         "SELECT position FROM checkpoints WHERE name = ?", (runs_tables.PROJECTOR_NAME,)
     ).fetchone()
-    if row is None:
-        for statement in runs_tables.clear():
-            connection.execute(statement)
-    _fold_runs_index(connection, 0 if row is None else int(row[0]))
-    for statement in runs_tables.recount():
-        connection.execute(statement)
+    _fold_runs_index_again(connection, 0 if row is None else int(row[0]))
     connection.execute("DELETE FROM checkpoints WHERE name = ?", (runs_tables.PROJECTOR_NAME,))
 
 
-def _rebuild_runs_index(connection: sqlite3.Connection) -> int:
-    for statement in runs_tables.clear():
-        connection.execute(statement)
-    _fold_runs_index(connection, 0)
+def _fold_runs_index_again(connection: sqlite3.Connection, after_position: int) -> None:
+    """Fold the runs index on from `after_position` (0: from nothing, every row dropped first), then count the runs
+    per status again from the rows."""
+    if after_position == 0:
+        for statement in runs_tables.clear():
+            connection.execute(statement)
+    _fold_runs_index(connection, after_position)
     for statement in runs_tables.recount():
         connection.execute(statement)
+
+
+def _rebuild_runs_index(connection: sqlite3.Connection) -> int:
+    _fold_runs_index_again(connection, 0)
     return int(connection.execute(f"SELECT count(*) FROM {runs_tables.TABLE}").fetchone()[0])
 
 
