@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Final
 
 
 class Broadcast:
@@ -51,10 +51,16 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     return False
 
 
+LOSER_GRACE_SECONDS: Final = 1.0
+"""How long `wait_unless` lets the cancelled loser end before it returns: so a component that stops leaves no wait
+of its own still running, and a driver that swallows a cancellation cannot hold it up for longer."""
+
+
 async def wait_unless(waiting: Awaitable[Any], until: asyncio.Event | None) -> None:
     """Await `waiting`, or stop as soon as `until` is set, whichever comes first.
 
-    The loser is cancelled. A cancellation of the calling task during the wait is always raised, even when
+    The loser is cancelled, and has ended when this returns (unless it takes more than `LOSER_GRACE_SECONDS`). A
+    cancellation of the calling task during the wait is always raised, even when
     `waiting` swallowed it. A driver may still finish a cancelled wait with an error (redis-py does when a store
     closes under a blocked read); that outcome is retrieved so it is never reported as unhandled. An error of
     `waiting` itself, when it finished first, is raised.
@@ -69,10 +75,12 @@ async def wait_unless(waiting: Awaitable[Any], until: asyncio.Event | None) -> N
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (waiter, stopper):
-                if not task.done():
-                    task.cancel()
-                    task.add_done_callback(retrieve_outcome)
+            losers = [task for task in (waiter, stopper) if not task.done()]
+            for task in losers:
+                task.cancel()
+                task.add_done_callback(retrieve_outcome)
+            if losers:  # they end before this returns (a driver cancelling a query takes a round trip), within reason
+                await asyncio.wait(losers, timeout=LOSER_GRACE_SECONDS)
         if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
             raise waiter.exception()  # type: ignore[misc]
     if current is not None and current.cancelling() > cancelling:
