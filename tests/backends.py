@@ -114,6 +114,18 @@ PG_PARTITIONS = 4
 create, and more than one, so every read crosses partitions."""
 
 
+SQLITE_EVENTS_BEFORE_SCHEMA_6: tuple[str, ...] = (
+    "UPDATE events SET record = json_object('stream_id', stream_id, 'version', version, 'position', position, "
+    "'type', type, 'data', json(data), 'metadata', json(metadata), '_id', event_id, "
+    "'_recorded_at_us', recorded_at_us) WHERE data IS NOT NULL",
+    "ALTER TABLE events DROP COLUMN data",
+    "ALTER TABLE events DROP COLUMN metadata",
+    "ALTER TABLE events DROP COLUMN recorded_at_us",
+)
+"""Statements that leave a SQLite store's events as releases before schema 6 stored them (the whole event as JSON
+in `record`, no columns of their own for its data, metadata and time), for tests of files those releases wrote."""
+
+
 def _pg_partitioned_url(tmp_path: Path) -> str:
     return f"{_pg_url(tmp_path)}&partitions={PG_PARTITIONS}"
 

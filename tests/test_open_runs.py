@@ -29,7 +29,15 @@ from agentfold.openruns import OpenRun
 from agentfold.runtime import NO_RETRY, Runtime, WorkflowContext
 from agentfold.runtime import history as h
 from agentfold.store import EventStore
-from tests.backends import AVAILABLE, PG_PARTITIONED, REDIS_URL, Backend, execute_sql, require_service
+from tests.backends import (
+    AVAILABLE,
+    PG_PARTITIONED,
+    REDIS_URL,
+    SQLITE_EVENTS_BEFORE_SCHEMA_6,
+    Backend,
+    execute_sql,
+    require_service,
+)
 from tests.waiting_app import until as wait_until
 from tests.waiting_app import waiting_app
 
@@ -276,7 +284,7 @@ async def test_an_append_whose_open_run_write_fails_writes_nothing(sql_store_url
 def _forget_open_runs(name: str, url: str) -> None:
     """Put the store back as the release before the open runs left it: no table, the schema one step back."""
     if name == "sqlite":
-        execute_sql(url, "DROP TABLE open_runs", "PRAGMA user_version = 3")
+        execute_sql(url, "DROP TABLE open_runs", *SQLITE_EVENTS_BEFORE_SCHEMA_6, "PRAGMA user_version = 3")
     else:
         execute_sql(
             url,

@@ -21,7 +21,7 @@ from agentfold.runtime import history as h
 from agentfold.runtime.leases import WORKER_HEARTBEAT, worker_stream
 from agentfold.runtime.statemachine import AWAITING_INPUT, COMPLETED, FAILED, PROCESSING, TERMINATED
 from agentfold.store import EventStore
-from tests.backends import PG_URL
+from tests.backends import PG_URL, SQLITE_EVENTS_BEFORE_SCHEMA_6
 
 RUNS = 40
 
@@ -104,7 +104,7 @@ def downgrade(url: str, checkpoint: int | None) -> None:
         statements.append(f"INSERT INTO {{s}}checkpoints (name, position) VALUES ('{PROJECTOR_NAME}', {checkpoint})")
     if url.startswith("sqlite"):
         connection = sqlite3.connect(url.split("///", 1)[1])
-        for statement in [*statements, "PRAGMA user_version = 4"]:
+        for statement in [*statements, *SQLITE_EVENTS_BEFORE_SCHEMA_6, "PRAGMA user_version = 4"]:
             connection.execute(statement.replace("{s}", ""))
         connection.commit()
         connection.close()

@@ -38,6 +38,7 @@ from agentfold.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
+from tests.backends import SQLITE_EVENTS_BEFORE_SCHEMA_6
 from tests.group_helpers import until
 
 
@@ -421,7 +422,7 @@ async def test_a_corrupt_record_is_reported(store: SQLiteStore, db_path: Path) -
     await store.append("s", events(2), NO_STREAM)
     connection = sqlite3.connect(db_path, isolation_level=None)
     try:
-        connection.execute("UPDATE events SET record = '{\"stream_id\": oops' WHERE version = 2")
+        connection.execute("UPDATE events SET data = '{\"order\": oops' WHERE version = 2")
     finally:
         connection.close()
     with pytest.raises(StoreCorrupted):
@@ -454,6 +455,8 @@ async def test_a_file_of_schema_1_gains_the_blob_tables_when_opened(db_path: Pat
     try:  # the file as agentfold before blobs left it
         connection.execute("DROP TABLE event_blobs")
         connection.execute("DROP TABLE blobs")
+        for statement in SQLITE_EVENTS_BEFORE_SCHEMA_6:
+            connection.execute(statement)
         connection.execute("PRAGMA user_version = 1")
     finally:
         connection.close()
@@ -534,6 +537,8 @@ async def test_a_version_2_file_is_upgraded_and_its_filtered_reads_use_the_new_i
     connection = sqlite3.connect(db_path)
     connection.execute("DROP INDEX events_type")
     connection.execute("DROP INDEX events_category")
+    for statement in SQLITE_EVENTS_BEFORE_SCHEMA_6:
+        connection.execute(statement)
     connection.execute("PRAGMA user_version = 2")  # the file as version 2 (blobs, no filtered-read indexes) left it
     connection.commit()
     connection.close()
@@ -586,7 +591,7 @@ async def test_a_page_beyond_sqlites_string_limit_is_read_row_by_row(store: SQLi
         records_row_by_row = _fetch_page_records(connection, "s", 5, 20)
         with pytest.raises(sqlite3.DataError):  # the joined page is over the limit, and was refused
             connection.execute(
-                "SELECT group_concat(record) FROM events WHERE stream_id = 's' AND version > 5 AND version <= 25"
+                "SELECT group_concat(data) FROM events WHERE stream_id = 's' AND version > 5 AND version <= 25"
             ).fetchone()
     finally:
         connection.close()
@@ -603,7 +608,7 @@ async def test_a_record_holding_the_separator_is_store_corrupted(store: SQLiteSt
     await store.append("s", events(3))
     connection = sqlite3.connect(db_path, isolation_level=None)
     try:
-        connection.execute("UPDATE events SET record = record || char(30) WHERE stream_id = 's' AND version = 2")
+        connection.execute("UPDATE events SET data = data || char(30) WHERE stream_id = 's' AND version = 2")
         with pytest.raises(StoreCorrupted, match="char 30"):
             _fetch_page_records(connection, "s", 0, 10)
     finally:
@@ -725,3 +730,72 @@ async def test_a_store_that_cannot_watch_streams_says_so() -> None:
         assert not memory.watches_streams
         with pytest.raises(CapabilityMissing):
             await memory.append_watching("work", events(1), ANY, Watched("watched", 0))
+
+
+async def _every_read(store: SQLiteStore) -> dict[str, list[Any]]:
+    """What each kind of read returns from the store of `test_a_schema_5_file_...`."""
+    return {
+        "all": [event async for event in store.read_all()],
+        "typed": [event async for event in store.read_all(types=["Paid", "Noted"])],
+        "typed in streams": [event async for event in store.read_all(types=["Noted"], stream_prefix='o"rder-1')],
+        "category": [event async for event in store.read_all(stream_prefix="order-")],
+        "streams": [event async for event in store.read_all(stream_prefix="o")],
+        "stream": [event async for event in store.read_stream('o"rder-1')],
+        "backwards": [event async for event in store.read_stream("order-2", backwards=True, limit=3)],
+        "blob": [event.data["prompt"][:3] async for event in store.read_stream("prompts")],
+    }
+
+
+async def test_a_schema_5_file_reads_as_before_and_stores_what_comes_after_by_column(db_path: Path) -> None:
+    """A file of schema 5 holds each event whole in `record`; opened by this release its events read back the same,
+    through every kind of read, side by side with events stored by column."""
+
+    def written(round_: int) -> list[tuple[str, list[NewEvent]]]:
+        return [
+            ('o"rder-1', [NewEvent("Noted", {"n": round_, "text": 'quote " back \\ ünï'}, {"by": "agent-\u00e9"})]),
+            ("order-2", [NewEvent("Paid", {"n": round_, "amount": 1.5}), NewEvent("Noted", {"n": -round_})]),
+            ("prompts", [NewEvent("Prompted", {"prompt": f"{round_:03d}" + "p" * 100_000})]),
+        ]
+
+    store = await open_sqlite(db_path)
+    try:
+        for stream_id, batch in written(1) + written(2):
+            await store.append(stream_id, batch)
+        before = await _every_read(store)
+    finally:
+        await store.close()
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        for statement in SQLITE_EVENTS_BEFORE_SCHEMA_6:
+            connection.execute(statement)
+        connection.execute("PRAGMA user_version = 5")
+        record = connection.execute("SELECT record FROM events WHERE position = 1").fetchone()[0]
+        assert record.startswith('{"stream_id":"o\\"rder-1","version":1,"position":1,"type":"Noted","data":{')
+    finally:
+        connection.close()
+
+    store = await open_sqlite(db_path)
+    try:
+        assert await _every_read(store) == before
+        for stream_id, batch in written(3):
+            await store.append(stream_id, batch)
+        after = await _every_read(store)
+    finally:
+        await store.close()
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        kept = connection.execute("SELECT count(*) FROM events WHERE record <> '' AND data IS NULL").fetchone()[0]
+        by_column = connection.execute("SELECT record, data, metadata FROM events ORDER BY position DESC").fetchone()
+    finally:
+        connection.close()
+    assert kept == len(before["all"])
+    assert by_column[0] == "" and by_column[2] == '{"$blobs":["prompt"]}' and by_column[1].startswith('{"prompt":')
+    assert after["all"][: len(before["all"])] == before["all"]
+    assert [event.data["n"] for event in after["typed"]] == [1, 1, -1, 2, 2, -2, 3, 3, -3]
+    assert [event.data["n"] for event in after["typed in streams"]] == [1, 2, 3]
+    assert after["typed in streams"][2].metadata == {"by": "agent-\u00e9"}
+    assert after["typed in streams"][2].data["text"] == 'quote " back \\ ünï'
+    assert [event.version for event in after["backwards"]] == [6, 5, 4]
+    assert after["blob"] == ["001", "002", "003"]
+    assert [event.position for event in after["all"]] == list(range(1, len(after["all"]) + 1))

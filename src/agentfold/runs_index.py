@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import msgspec
 
 from agentfold import runrows
-from agentfold.backends.runs_tables import COUNTS_TABLE, TABLE, WORKERS_TABLE, for_psycopg
+from agentfold.backends.runs_tables import COUNTS_TABLE, SQLITE_RECORDED_AT, TABLE, WORKERS_TABLE, for_psycopg
 from agentfold.display import now_us
 from agentfold.errors import InvalidInput, StoreCorrupted, StoreFull, StoreReadOnly
 from agentfold.lifecycle import (
@@ -474,7 +474,7 @@ class SqlRunsTable(RunsTable):
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     events_table = "events"
-    recorded_at_sql = "json_extract(e.record, '$._recorded_at_us')"
+    recorded_at_sql = SQLITE_RECORDED_AT
     """A stored event's time, in SQL over the events table as `e`."""
 
     def _select(self) -> str:

@@ -17,6 +17,9 @@ COUNTS_TABLE: Final = "agentfold_runs_index_counts"
 PROJECTOR_NAME: Final = "agentfold-runs-index"
 """The checkpoint of the projector that kept the tables before appends did: a store upgraded from then folds the
 log from it, and drops it."""
+SQLITE_RECORDED_AT: Final = "coalesce(e.recorded_at_us, json_extract(e.record, '$._recorded_at_us'))"
+"""A stored event's time on SQLite, over the events table as `e`: its column, or in the `record` of a row written
+before schema 6."""
 
 
 def create_statements(text: str, integer: str, schema: str = "") -> list[str]:
@@ -80,6 +83,7 @@ def clear(schema: str = "") -> list[str]:
 __all__ = [
     "COUNTS_TABLE",
     "PROJECTOR_NAME",
+    "SQLITE_RECORDED_AT",
     "TABLE",
     "WORKERS_TABLE",
     "add_count",

@@ -69,7 +69,7 @@ from agentfold.wakeup import Broadcast, retrieve_outcome
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 """Stored in `PRAGMA user_version`: the number of the last step of `_MIGRATIONS` the file has."""
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
@@ -146,6 +146,16 @@ _SCHEMA: Final = (
 _CATEGORY: Final = "substr(stream_id, 1, instr(stream_id, '-'))"
 """A stream's category as SQL (`agentfold.backend.stream_category`): the expression the category index holds,
 written the same way in every query that uses it."""
+_RECORD: Final = (
+    'CASE WHEN events.data IS NULL THEN events.record ELSE printf(\'{"stream_id":%s,"version":%d,'
+    '"position":%d,"type":%s,"data":%s,"metadata":%s,"_id":"%s","_recorded_at_us":%d}\', '
+    "json_quote(events.stream_id), events.version, events.position, json_quote(events.type), events.data, "
+    "events.metadata, events.event_id, events.recorded_at_us) END"
+)
+"""An event as SQL: the JSON text a `RecordedEvent` decodes from, built from the row's columns (an event id is the
+canonical text of a UUID, so it needs no quoting), or the `record` of a row written before schema 6."""
+_DATA: Final = "coalesce(events.data, json_extract(events.record, '$.data'))"
+"""An event's data as SQL (JSON text), whichever schema wrote its row."""
 
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # Blobs: large data fields kept apart from their events, once per content (agentfold.blobs). A rowid table, so a
@@ -189,6 +199,15 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # gets it folded from its log by `_fill_runs_index` (from the checkpoint of the projector that kept it before,
     # where there is one), in the same transaction as this step.
     5: tuple(runs_tables.create_statements("TEXT", "INTEGER")),
+    # Each fact of an event stored once: its data, metadata and time in columns of their own beside the stream,
+    # version, type and id, and readers' JSON built from them by the read statements (`_RECORD`), where a row used
+    # to hold the whole event again as JSON in `record`, key names included. Rows written before keep their
+    # `record` (no rewrite of the log on upgrade); rows written after hold '' there.
+    6: (
+        "ALTER TABLE events ADD COLUMN data TEXT",
+        "ALTER TABLE events ADD COLUMN metadata TEXT",
+        "ALTER TABLE events ADD COLUMN recorded_at_us INTEGER",
+    ),
 }
 """Schema steps after the first (`_SCHEMA`), by the `user_version` they bring a file to; each runs once, in order,
 in the transaction that sets that version. Never edit a released step; add one."""
@@ -202,7 +221,7 @@ _OPEN_RUN_SQL: Final = {
 }
 """What each kind of `agentfold.openruns.Change` does to the table."""
 _SELECT_KEPT_EVENTS: Final = (
-    "SELECT stream_id, type, json_extract(record, '$.data') FROM events WHERE type IN ({types}) "
+    f"SELECT stream_id, type, {_DATA} FROM events WHERE type IN ({{types}}) "
     "AND substr(stream_id, 1, {length}) = ? ORDER BY position"
 ).format(types=", ".join("?" * len(openruns.KEPT_TYPES)), length=len(openruns.WORKFLOW_STREAM_PREFIX))
 _SELECT_OPEN_RUNS: Final = "SELECT workflow_id, workflow, owner FROM open_runs"
@@ -220,14 +239,15 @@ _SELECT_TYPED_PAGE: Final = (
     "scanned AS (SELECT CASE WHEN (SELECT count(*) FROM chosen) = :limit THEN (SELECT max(position) FROM chosen) "
     "ELSE (SELECT position FROM bound) END AS position) "
     "SELECT matched.record, scanned.position FROM scanned LEFT JOIN "
-    "(SELECT events.record, events.position FROM chosen JOIN events ON events.position = chosen.position {also}) "
+    "(SELECT {record} AS record, events.position FROM chosen JOIN events ON events.position = chosen.position "
+    "{also}) "
     "AS matched ON 1 ORDER BY matched.position"
 )
 """A page of events of the types asked for, as `_typed_page` says, in one statement."""
 _SELECT_CATEGORY_PAGE: Final = (
     f"SELECT {{record}}, position FROM events WHERE {_CATEGORY} = ? AND position > ? ORDER BY position LIMIT ?"
 )
-_SELECT_ALL_PAGE: Final = "SELECT record FROM events WHERE position > ? AND position <= ? {also} ORDER BY position"
+_SELECT_ALL_PAGE: Final = "SELECT {record} FROM events WHERE position > ? AND position <= ? {also} ORDER BY position"
 _IN_PREFIX: Final = "substr(stream_id, 1, ?) = ?"
 _SELECT_ID_RECORDS: Final = (
     "SELECT event_id, stream_id, version, batch_first, batch_last, position FROM events "
@@ -248,7 +268,8 @@ _SELECT_GROUP_STATE: Final = (
 known (a JSON array), the current versions of the group's streams (a JSON object) and the head position."""
 _SELECT_VERSION: Final = "SELECT version FROM streams WHERE stream_id = ?"
 _INSERT_EVENTS: Final = (
-    "INSERT INTO events (position, stream_id, version, type, event_id, batch_first, batch_last, record) VALUES {rows}"
+    "INSERT INTO events (position, stream_id, version, type, event_id, batch_first, batch_last, record, data, "
+    "metadata, recorded_at_us) VALUES {rows}"
 )
 _UPSERT_STREAMS: Final = (
     "INSERT INTO streams (stream_id, version) VALUES {rows} "
@@ -279,13 +300,13 @@ _UPSERT_CHECKPOINT: Final = (
     "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
 )
 _SELECT_STREAM_PAGE: Final = (
-    "SELECT CAST(record AS BLOB), version FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
+    f"SELECT CAST({_RECORD} AS BLOB), version FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?"
 )
 _STREAM_PAGE_ROWS: Final = (
-    "(SELECT record, version FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?)"
+    f"(SELECT {_RECORD} AS record, version FROM events WHERE stream_id = ? AND version > ? ORDER BY version LIMIT ?)"
 )
 _SELECT_STREAM_PAGE_BACKWARDS: Final = (
-    "SELECT CAST(record AS BLOB) FROM events WHERE stream_id = ? AND version < ? AND version > ? "
+    f"SELECT CAST({_RECORD} AS BLOB) FROM events WHERE stream_id = ? AND version < ? AND version > ? "
     "ORDER BY version DESC LIMIT ?"
 )
 _SELECT_STREAM_PAGE_SEPARATED: Final = (
@@ -493,10 +514,12 @@ def _create_schema(connection: sqlite3.Connection, path: str) -> None:
         for step in range(max(found, 1) + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[step]:
                 connection.execute(statement)
-            if step == 4 and found > 0:
-                _fill_open_runs(connection)
-            if step == 5 and found > 0:
-                _fill_runs_index(connection)
+        # The tables a step added are filled from the log once every step has run: the fills read the events as
+        # the current schema stores them.
+        if 0 < found < 4:
+            _fill_open_runs(connection)
+        if 0 < found < 5:
+            _fill_runs_index(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -608,7 +631,7 @@ def _fold_runs_index(connection: sqlite3.Connection, after_position: int) -> Non
         after = after_position
         while True:
             records = connection.execute(
-                _SELECT_CATEGORY_PAGE.format(record="record"), (category, after, _FOLD_PAGE)
+                _SELECT_CATEGORY_PAGE.format(record=_RECORD), (category, after, _FOLD_PAGE)
             ).fetchall()
             if not records:
                 break
@@ -652,43 +675,28 @@ def _load_id_records(connection: sqlite3.Connection, ids: Sequence[str]) -> dict
     return {row[0]: IdRecord(*row[1:]) for row in rows}
 
 
-class _StoredRecord(msgspec.Struct, frozen=True, gc=False):
-    """What the `record` column holds: a `RecordedEvent` encoded as JSON, written once by the writer thread (which
-    knows the event's version and position before inserting it), so that a page of events decodes in one call."""
-
-    stream_id: str
-    version: int
-    position: int
-    type: str
-    data: msgspec.Raw
-    metadata: msgspec.Raw
-    _id: str
-    _recorded_at_us: int
-
-
 def _event_rows(
     stream_id: str, events: list[EncodedEvent], first_version: int, first_position: int, now_us: int
 ) -> list[tuple[Any, ...]]:
+    """The `events` rows of an append, as `_INSERT_EVENTS` takes them: each fact once (`_RECORD` says how a reader
+    gets the event back)."""
     last_version = first_version + len(events) - 1
-    encode = _json_encoder.encode
-    rows: list[tuple[Any, ...]] = []
-    for offset, event in enumerate(events):
-        version = first_version + offset
-        position = first_position + offset
-        record = _StoredRecord(
+    return [
+        (
+            first_position + offset,
             stream_id,
-            version,
-            position,
+            first_version + offset,
             event.type,
-            msgspec.Raw(event.data),
-            msgspec.Raw(event.metadata),
             event.id,
+            first_version,
+            last_version,
+            "",
+            event.data.decode(),
+            event.metadata.decode(),
             now_us,
         )
-        rows.append(
-            (position, stream_id, version, event.type, event.id, first_version, last_version, encode(record).decode())
-        )
-    return rows
+        for offset, event in enumerate(events)
+    ]
 
 
 def _blob_rows(
@@ -1451,7 +1459,7 @@ def _prefix_test(stream_prefix: str | None) -> tuple[str, list[Any]]:
 def _typed_page_sql(type_count: int, prefixed: bool) -> str:
     found = " UNION ALL ".join(_SELECT_TYPE_POSITIONS.format(index=index) for index in range(type_count))
     also = "WHERE substr(events.stream_id, 1, :prefix_length) = :prefix" if prefixed else ""
-    return _SELECT_TYPED_PAGE.format(found=found, also=also)
+    return _SELECT_TYPED_PAGE.format(found=found, also=also, record=_RECORD)
 
 
 def _typed_page(
@@ -1478,9 +1486,9 @@ def _category_page(
     """A page of a stream category's events through the category index: its next `limit` events, of which those
     on streams starting with `stream_prefix` (a prefix longer than the category) are returned."""
     if stream_prefix == category:
-        sql, parameters = _SELECT_CATEGORY_PAGE.format(record="record"), [category, after, limit]
+        sql, parameters = _SELECT_CATEGORY_PAGE.format(record=_RECORD), [category, after, limit]
     else:
-        record = f"CASE WHEN {_IN_PREFIX} THEN record END"
+        record = f"CASE WHEN {_IN_PREFIX} THEN {_RECORD} END"
         sql = _SELECT_CATEGORY_PAGE.format(record=record)
         parameters = [len(stream_prefix), stream_prefix, category, after, limit]
     connection.execute("BEGIN")
@@ -1497,7 +1505,9 @@ def _scanned_page(
     serves a prefix without a ``-``, nor no filter at all)."""
     also, parameters = _prefix_test(stream_prefix)
     connection.execute("BEGIN")
-    rows = connection.execute(_SELECT_ALL_PAGE.format(also=also), [after, after + limit, *parameters]).fetchall()
+    rows = connection.execute(
+        _SELECT_ALL_PAGE.format(also=also, record=_RECORD), [after, after + limit, *parameters]
+    ).fetchall()
     head = _head(connection)
     connection.execute("COMMIT")
     return _decode_page(rows), max(after, min(after + limit, head))
