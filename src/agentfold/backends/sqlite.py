@@ -147,13 +147,14 @@ _CATEGORY: Final = "substr(stream_id, 1, instr(stream_id, '-'))"
 """A stream's category as SQL (`agentfold.backend.stream_category`): the expression the category index holds,
 written the same way in every query that uses it."""
 _RECORD: Final = (
-    'CASE WHEN events.data IS NULL THEN events.record ELSE printf(\'{"stream_id":%s,"version":%d,'
-    '"position":%d,"type":%s,"data":%s,"metadata":%s,"_id":"%s","_recorded_at_us":%d}\', '
-    "json_quote(events.stream_id), events.version, events.position, json_quote(events.type), events.data, "
-    "events.metadata, events.event_id, events.recorded_at_us) END"
+    'CASE WHEN events.data IS NULL THEN events.record ELSE printf(\'{"stream_id":"%s","version":%d,'
+    '"position":%d,"type":"%s","data":%s,"metadata":%s,"_id":"%s","_recorded_at_us":%d}\', '
+    "events.stream_id, events.version, events.position, events.type, events.data, events.metadata, events.event_id, "
+    "events.recorded_at_us) END"
 )
-"""An event as SQL: the JSON text a `RecordedEvent` decodes from, built from the row's columns (an event id is the
-canonical text of a UUID, so it needs no quoting), or the `record` of a row written before schema 6."""
+"""An event as SQL: the JSON text a `RecordedEvent` decodes from, built from the row's columns, or the `record` of a
+row that holds the whole event (`_event_rows`). The texts go in unquoted: an event id is the canonical text of a
+UUID, and a row whose stream id or type JSON would escape keeps the whole event in `record`."""
 _DATA: Final = "coalesce(events.data, json_extract(events.record, '$.data'))"
 """An event's data as SQL (JSON text), whichever schema wrote its row."""
 
@@ -202,7 +203,8 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # Each fact of an event stored once: its data, metadata and time in columns of their own beside the stream,
     # version, type and id, and readers' JSON built from them by the read statements (`_RECORD`), where a row used
     # to hold the whole event again as JSON in `record`, key names included. Rows written before keep their
-    # `record` (no rewrite of the log on upgrade); rows written after hold '' there.
+    # `record` (no rewrite of the log on upgrade); rows written after hold '' there (`_event_rows` says which keep
+    # it still).
     6: (
         "ALTER TABLE events ADD COLUMN data TEXT",
         "ALTER TABLE events ADD COLUMN metadata TEXT",
@@ -675,28 +677,67 @@ def _load_id_records(connection: sqlite3.Connection, ids: Sequence[str]) -> dict
     return {row[0]: IdRecord(*row[1:]) for row in rows}
 
 
+def _escaped_in_json(text: str) -> bool:
+    """Whether JSON would escape a character of `text` (stream ids and types hold no control characters)."""
+    return '"' in text or "\\" in text
+
+
+class _StoredRecord(msgspec.Struct, frozen=True, gc=False):
+    """A whole event as the JSON a `RecordedEvent` decodes from, as `record` holds it in the rows that keep it."""
+
+    stream_id: str
+    version: int
+    position: int
+    type: str
+    data: msgspec.Raw
+    metadata: msgspec.Raw
+    _id: str
+    _recorded_at_us: int
+
+
 def _event_rows(
     stream_id: str, events: list[EncodedEvent], first_version: int, first_position: int, now_us: int
 ) -> list[tuple[Any, ...]]:
-    """The `events` rows of an append, as `_INSERT_EVENTS` takes them: each fact once (`_RECORD` says how a reader
-    gets the event back)."""
+    """The `events` rows of an append, as `_INSERT_EVENTS` takes them: each fact once, in its column (`_RECORD` says
+    how a reader gets the event back). An event whose stream id or type holds a character JSON escapes (`"` or
+    `\\`) is kept whole in `record` instead, as every event was before schema 6, so that reads of the others build
+    their JSON without quoting texts."""
     last_version = first_version + len(events) - 1
-    return [
-        (
-            first_position + offset,
-            stream_id,
-            first_version + offset,
-            event.type,
-            event.id,
-            first_version,
-            last_version,
-            "",
-            event.data.decode(),
-            event.metadata.decode(),
-            now_us,
-        )
-        for offset, event in enumerate(events)
-    ]
+    stream_escaped = _escaped_in_json(stream_id)
+    rows: list[tuple[Any, ...]] = []
+    for offset, event in enumerate(events):
+        version = first_version + offset
+        position = first_position + offset
+        if stream_escaped or _escaped_in_json(event.type):
+            whole = _StoredRecord(
+                stream_id,
+                version,
+                position,
+                event.type,
+                msgspec.Raw(event.data),
+                msgspec.Raw(event.metadata),
+                event.id,
+                now_us,
+            )
+            row = (position, stream_id, version, event.type, event.id, first_version, last_version)
+            rows.append((*row, _json_encoder.encode(whole).decode(), None, None, None))
+        else:
+            rows.append(
+                (
+                    position,
+                    stream_id,
+                    version,
+                    event.type,
+                    event.id,
+                    first_version,
+                    last_version,
+                    "",
+                    event.data.decode(),
+                    event.metadata.decode(),
+                    now_us,
+                )
+            )
+    return rows
 
 
 def _blob_rows(
