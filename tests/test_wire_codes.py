@@ -47,8 +47,9 @@ async def postgres_outcomes() -> list[int]:
 async def redis_outcomes() -> list[int]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     names = ("head", "all", "ids", "versions", "blobs", "blobrefs", "blobbytes", "idx", "blobevents")
-    names += ("runs", "holders", "runsat", "catsat", "cats", "s:s")
-    keys = [f"{prefix}:{name}" for name in names] + [""]  # the stream "s" has no category index
+    names += ("runs", "holders", "runsat", "catsat", "cats", "typesat", "types", "s:s")
+    # the stream "s" has no category index; its one event's type index
+    keys = [f"{prefix}:{name}" for name in names] + ["", f"{prefix}:type:Done"]
     client = aioredis.Redis.from_url(REDIS_URL)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
 

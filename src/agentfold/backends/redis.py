@@ -139,8 +139,9 @@ _WATCH_BLOCK_MS: Final = 1000
 _WATCH_RETRY_SECONDS: Final = 0.1
 
 # KEYS: head, all, ids, versions, blobs, blobrefs, blobbytes, idx, blobevents, runs, holders, runsat, catsat,
-# cats, then each append's stream key, then each append's category index key (`indexed_category`; "" when the
-# stream's category has none).
+# cats, typesat, types, then each append's stream key, then each append's category index key (`indexed_category`;
+# "" when the stream's category has none), then each event's type index key (``{prefix}:type:{type}``), the
+# events of all appends in order.
 # ARGV: number of appends, then for each append: stream id, expected version ("any", "no_stream", "exists" or a
 # number), event count, then per event: its id packed (`packed_id`, the key in `idx`), its id as text (the key in
 # the `ids` hash of a layout-1 store), the JSON tail of its entry (`stream_id,type,id,data,metadata]`) and the
@@ -165,7 +166,9 @@ _WATCH_RETRY_SECONDS: Final = 0.1
 # The category indexes (`indexed_category`): each written event of an indexed category has its position added to
 # its category's index (``XADD <index> 0-<position>``) right after its global entry, only while the indexes are as
 # of the head (`catsat` equals the head before the call); then `catsat` moves with the head, and each index key
-# written is in `cats`. Their types are checked before anything is written, like those of the open runs.
+# written is in `cats`. Their types are checked before anything is written, like those of the open runs. The type
+# indexes follow the same rules with `typesat` and `types`: every written event's position is added to the index
+# of its type (``XADD {prefix}:type:{type} 0-<position>``) while `typesat` equals the head before the call.
 LAYOUT_MARKER: Final = "agentfold layout 2: streams are lists, event ids packed in idx"
 """What ``{prefix}:ids`` holds in a store created with layout 2 (streams as lists, packed ids): a string, which
 older agentfold refuses (WRONGTYPE) before it writes anything."""
@@ -221,22 +224,22 @@ _CHECK_INDEX: Final = """local function wrong_type(key, wanted, what)
   return nil, kind
 end
 local function check_index(key, at)
-  local refused, kind = wrong_type(key, 'stream', 'a category index')
-  if refused or kind == 'none' then return refused end
+  local refused, kind = wrong_type(key, 'stream', 'a position index')
+  if refused or kind == 'none' then return refused, false end
   local info = redis.call('XINFO', 'STREAM', key)
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' and tonumber(string.match(info[i + 1], '%-(%d+)$')) > at then
       return redis.error_reply('CORRUPTED ' .. key .. ' holds positions past the ones indexed, which agentfold ' ..
-        'never writes: `agentfold reindex` builds it again')
+        'never writes: `agentfold reindex` builds it again'), true
     end
   end
-  return nil
+  return nil, true
 end"""
 """`wrong_type`: an error reply unless `key` is absent or of the Redis type `wanted` (and the type found), before a
 script writes to it.
-`check_index`: the check of a category index before a script adds positions after `at` to it: an error reply, or
-nil when the key is absent or a Redis stream whose ids all stayed at or below `at` (so that the additions cannot
-fail)."""
+`check_index`: the check of a position index (a category's or a type's) before a script adds positions after `at`
+to it: an error reply, or nil when the key is absent or a Redis stream whose ids all stayed at or below `at` (so
+that the additions cannot fail); and whether the key exists (one that does is already in its set of index keys)."""
 
 RUN_OPENED: Final = b"o"
 RUN_CLOSED: Final = b"c"
@@ -275,7 +278,7 @@ APPEND_SCRIPT: Final = (
 local head_key, all_key, ids_key, versions_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local blobs_key, refs_key, bytes_key, packed_ids_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local blob_events_key, runs_key, holders_key, runs_at_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local index_at_key, index_keys_key = KEYS[13], KEYS[14]
+local index_at_key, index_keys_key, types_at_key, type_keys_key = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local fmt, unpack = string.format, unpack
 local appends = tonumber(ARGV[1])
 -- The layout: a store created before layout 2 has its id records in the `ids` hash under the text id and each
@@ -342,22 +345,33 @@ if keep_runs and run_changes then
     if refused then return refused end
   end
 end
--- The category indexes likewise: kept only while `catsat` is the head, their keys' types checked first.
+-- The position indexes likewise: the category indexes kept only while `catsat` is the head, the type indexes
+-- while `typesat` is, their keys checked first. `indexed[key]` is true once the key is known to be in its set.
 local keep_index = tonumber(redis.call('GET', index_at_key) or '0') == head
+local keep_types = tonumber(redis.call('GET', types_at_key) or '0') == head
+local type_base = 16 + 2 * appends
 local indexed = {}
-if keep_index then
-  for append = 1, appends do
-    local index_key = KEYS[14 + appends + append]
+local function check_indexes(first, last, set_key)
+  local added = false
+  for k = first, last do
+    local index_key = KEYS[k]
     if index_key ~= '' and indexed[index_key] == nil then
-      local refused = check_index(index_key, head)
+      local refused, exists = check_index(index_key, head)
       if refused then return refused end
-      indexed[index_key] = false
+      indexed[index_key] = exists
+      if not exists then added = true end
     end
   end
-  if next(indexed) ~= nil then
-    local refused = wrong_type(index_keys_key, 'set', 'a set')
-    if refused then return refused end
-  end
+  if added then return wrong_type(set_key, 'set', 'a set') end
+  return nil
+end
+if keep_index then
+  local refused = check_indexes(17 + appends, type_base, index_keys_key)
+  if refused then return refused end
+end
+if keep_types then
+  local refused = check_indexes(type_base + 1, #KEYS, type_keys_key)
+  if refused then return refused end
 end
 local fresh, new_records, changed, replies = {}, {}, {}, {}
 local id_at = 0
@@ -385,8 +399,9 @@ for append = 1, appends do
     if not ok then
       replies[#replies + 1] = '{outcome.WRONG_EXPECTED_VERSION} ' .. fmt('%d', current)
     else
-      local stream_key = KEYS[14 + append]
-      local index_key = keep_index and KEYS[14 + appends + append] or ''
+      local stream_key = KEYS[16 + append]
+      local index_key = keep_index and KEYS[16 + appends + append] or ''
+      local type_at = type_base + id_at - count
       local batch = ' ' .. fmt('%d', current + 1) .. ' ' .. fmt('%d', current + count) .. ' '
       local listed = {}
       for i = 1, count do
@@ -405,6 +420,14 @@ for append = 1, appends do
         for digest in string.gmatch(digests, '%x+') do redis.call('HINCRBY', refs_key, digest, 1) end
         redis.call('XADD', all_key, '0-' .. position, 'e', entry)
         if index_key ~= '' then redis.call('XADD', index_key, '0-' .. position, 'p', '') end
+        if keep_types then
+          local type_key = KEYS[type_at + i]
+          redis.call('XADD', type_key, '0-' .. position, 'p', '')
+          if not indexed[type_key] then
+            redis.call('SADD', type_keys_key, type_key)
+            indexed[type_key] = true
+          end
+        end
         local id = ids[id_at - count + i]
         local record = version .. batch .. position .. ' ' .. stream_id
         fresh[id] = record
@@ -445,6 +468,7 @@ if head ~= start_head then
   if ids_type == 'none' then redis.call('SET', ids_key, '{layout_marker}') end
   if keep_runs then redis.call('SET', runs_at_key, fmt('%d', head)) end
   if keep_index then redis.call('SET', index_at_key, fmt('%d', head)) end
+  if keep_types then redis.call('SET', types_at_key, fmt('%d', head)) end
 end
 return table.concat(replies, '\\n')
 """)
@@ -559,6 +583,38 @@ if #entries == tonumber(ARGV[2]) then reply[2] = string.sub(entries[#entries][1]
 return reply
 """
 
+# KEYS: all, typesat, then the type indexes of the types asked for (each once). ARGV: after, at most how many.
+# Reply: {typesat, the position scanned, then the records of the page}, or {typesat} alone when the indexes cover
+# nothing after `after`. Each index gives its first ARGV[2] positions after `after` up to typesat; every event of
+# the types up to the lowest last position of an index that gave that many (else typesat) is among them. The page is
+# the first ARGV[2] of those, in position order, and the position scanned the last of them when there are that many,
+# else that bound (a position whose global entry was trimmed since is passed over). Reads only.
+READ_TYPES_SCRIPT: Final = """#!lua flags=no-writes
+local at = redis.call('GET', KEYS[2]) or '0'
+local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tonumber(at) <= after then return {at} end
+local first = '0-' .. string.format('%d', after + 1)
+local bound = tonumber(at)
+local found = {}
+for k = 3, #KEYS do
+  local entries = redis.call('XRANGE', KEYS[k], first, '0-' .. at, 'COUNT', limit)
+  for _, entry in ipairs(entries) do found[#found + 1] = tonumber(string.sub(entry[1], 3)) end
+  if #entries == limit then bound = math.min(bound, found[#found]) end
+end
+table.sort(found)
+local reply = {at, string.format('%d', bound)}
+local count = 0
+for _, position in ipairs(found) do
+  if position > bound or count == limit then break end
+  count = count + 1
+  local id = '0-' .. string.format('%d', position)
+  local entry = redis.call('XRANGE', KEYS[1], id, id)
+  if entry[1] then reply[#reply + 1] = entry[1][2][2] end
+  if count == limit then reply[2] = string.format('%d', position) end
+end
+return reply
+"""
+
 # KEYS: head, catsat, cats, then the category indexes written. ARGV: the position P the indexes are as of now, the
 # position Q they are brought up to, then per event of an indexed category between them, in position order: the
 # number of its index among KEYS (1 for the first after cats), its entry id "0-<position>". Adds the entries, the
@@ -604,6 +660,7 @@ SCRIPTS: Final = (
     SNAPSHOT_SCRIPT,
     WRITE_RUNS_SCRIPT,
     READ_INDEX_SCRIPT,
+    READ_TYPES_SCRIPT,
     CATCH_UP_INDEX_SCRIPT,
     DROP_INDEX_SCRIPT,
 )
@@ -963,9 +1020,26 @@ class _PendingAppend:
     expected: ExpectedVersion
     packed_key: bytes
     packed_index_key: bytes
+    packed_type_keys: bytes
+    """The type index key of each event, in order."""
     packed_arguments: bytes
     argument_count: int
     blob_bytes: int
+
+
+@dataclass(frozen=True)
+class _IndexKind:
+    """A kind of position index the append script keeps (see the module docstring): the category indexes or the
+    type indexes. Both are kept, caught up, dropped and rebuilt by the same code and scripts."""
+
+    what: str
+    """``"category"`` or ``"type"``, for messages."""
+    at_key: bytes
+    """The position the indexes are as of (``catsat``, ``typesat``)."""
+    keys_key: bytes
+    """The set of the index keys (``cats``, ``types``)."""
+    key_of: Callable[[str, str], bytes]
+    """The index key of an event, from its stream id and type; ``b""`` when it has none."""
 
 
 def _event_count(pending: _PendingAppend) -> int:
@@ -1017,8 +1091,11 @@ class RedisBackend:
         self._runs_at_key = base + b":runsat"
         self._index_at_key = base + b":catsat"
         self._index_keys_key = base + b":cats"
+        self._types_at_key = base + b":typesat"
+        self._type_keys_key = base + b":types"
         self._write_runs_script = self._client.register_script(WRITE_RUNS_SCRIPT)
         self._read_index_script = self._client.register_script(READ_INDEX_SCRIPT)
+        self._read_types_script = self._client.register_script(READ_TYPES_SCRIPT)
         self._catch_up_index_script = self._client.register_script(CATCH_UP_INDEX_SCRIPT)
         self._drop_index_script = self._client.register_script(DROP_INDEX_SCRIPT)
         fixed = (
@@ -1034,6 +1111,8 @@ class RedisBackend:
             self._runs_at_key,
             self._index_at_key,
             self._index_keys_key,
+            self._types_at_key,
+            self._type_keys_key,
         )
         self._lists: bool | None = None  # whether streams are lists (layout 2); None until a first append
         self._fixed_keys = b"".join(bulk_string(key) for key in fixed)
@@ -1054,6 +1133,13 @@ class RedisBackend:
             name="redis store",
         )
         self._packed_streams: dict[str, tuple[bytes, bytes, bytes, bytes]] = {}
+        self._packed_type_keys: dict[str, bytes] = {}
+        self._category_indexes = _IndexKind(
+            "category", self._index_at_key, self._index_keys_key, lambda stream_id, _: self.index_key(stream_id)
+        )
+        self._type_indexes = _IndexKind(
+            "type", self._types_at_key, self._type_keys_key, lambda _, event_type: self.type_index_key(event_type)
+        )
         self._watcher: asyncio.Task[None] | None = None
         self._seen_head = 0
         self._head_changed = Broadcast()
@@ -1068,6 +1154,19 @@ class RedisBackend:
         category has none."""
         category = stream_category(stream_id)
         return self.key("cat", category) if indexed_category(category) else b""
+
+    def type_index_key(self, event_type: str) -> bytes:
+        """The key of the type index that holds the positions of the events of `event_type`."""
+        return self.key("type", event_type)
+
+    def _packed_type_key(self, event_type: str) -> bytes:
+        """`type_index_key` as a RESP bulk string, kept for the types met (bounded like `_packed_streams`)."""
+        packed = self._packed_type_keys.get(event_type)
+        if packed is None:
+            if len(self._packed_type_keys) >= _PACKED_STREAMS:
+                self._packed_type_keys.clear()
+            packed = self._packed_type_keys[event_type] = bulk_string(self.type_index_key(event_type))
+        return packed
 
     # -- appending -----------------------------------------------------------------------------------------------
 
@@ -1118,6 +1217,7 @@ class RedisBackend:
             expected_version,
             packed_key,
             packed_index_key,
+            b"".join([self._packed_type_key(event.type) for event in events]),
             b"".join(parts),
             5 + 4 * len(events) + 2 * len(blobs) + 3 * len(found),
             sum(map(len, blobs.values())),
@@ -1150,7 +1250,7 @@ class RedisBackend:
 
     async def _run_append_script(self, connection: Connection, group: list[_PendingAppend]) -> list[list[bytes]]:
         """One ``EVALSHA`` for the group, packed here (the driver's generic packing costs more than the script)."""
-        key_count = 14 + 2 * len(group)
+        key_count = 16 + 2 * len(group) + sum(len(pending.events) for pending in group)
         argument_count = 1 + sum(pending.argument_count for pending in group)
         payload = [
             b"*%d\r\n" % (3 + key_count + argument_count),
@@ -1159,6 +1259,7 @@ class RedisBackend:
             self._fixed_keys,
             *(pending.packed_key for pending in group),
             *(pending.packed_index_key for pending in group),
+            *(pending.packed_type_keys for pending in group),
             bulk_string(b"%d" % len(group)),
             *(pending.packed_arguments for pending in group),
         ]
@@ -1295,6 +1396,11 @@ class RedisBackend:
             if indexed is not None:
                 records, position = indexed
                 return _chosen(records, where, types, stream_prefix), position
+        if types is not None:
+            indexed = await self._read_types(types, after_position, limit)
+            if indexed is not None:
+                records, position = indexed
+                return _chosen(records, where, None, stream_prefix), position
         records, _ = await self._read_records(self._all_key, after_position, limit)
         if types is None and stream_prefix is None:
             entries = _decode_entries(records, where)
@@ -1313,6 +1419,17 @@ class RedisBackend:
         keys = [key, self._all_key, self._index_at_key]
         with translate_errors(f"read {key.decode()!r} from Redis"):
             reply = cast(list[bytes], await self._read_index_script(keys=keys, args=arguments))
+        if len(reply) < 2:
+            return None
+        return reply[2:], int(reply[1])
+
+    async def _read_types(self, types: tuple[str, ...], after: int, limit: int) -> tuple[list[bytes], int] | None:
+        """The records of the next events of `types` after `after` through the type indexes, at most `limit`, and
+        the position up to which they are every such event (`READ_TYPES_SCRIPT`, one call); None when the indexes
+        cover nothing after `after` (appends that kept no index since: the log is scanned from there)."""
+        keys = [self._all_key, self._types_at_key, *map(self.type_index_key, dict.fromkeys(types))]
+        with translate_errors(f"read the type indexes {types!r} from Redis"):
+            reply = cast(list[bytes], await self._read_types_script(keys=keys, args=[after, limit]))
         if len(reply) < 2:
             return None
         return reply[2:], int(reply[1])
@@ -1480,6 +1597,7 @@ class RedisBackend:
         await self._write_runs(head, runs, force=True, quiet=False)
         caught_up = await self.catch_up_open_runs()
         await self.rebuild_category_indexes()
+        await self.rebuild_type_indexes()
         return len(runs) if caught_up is None else caught_up
 
     async def catch_up_open_runs(self) -> int | None:
@@ -1552,14 +1670,15 @@ class RedisBackend:
                 raise
             return -1
 
-    # -- category indexes ----------------------------------------------------------------------------------------
+    # -- position indexes ----------------------------------------------------------------------------------------
     #
     # `cat:<category>` (a Redis stream of empty entries, id 0-<position>) holds the positions of the events of an
     # indexed category (`indexed_category`) up to `catsat`, always: the append script adds an append's positions
     # only while `catsat` is the head, and the catch-up adds the positions after `catsat` in order and moves it on,
     # in one script per page. An append that keeps nothing (an older agentfold's, or one while the indexes are
     # behind) leaves `catsat` behind the head; filtered reads then use the indexes up to `catsat` and scan the log
-    # after it, and the next catch-up brings them up to the head.
+    # after it, and the next catch-up brings them up to the head. `type:<type>` holds the positions of every event
+    # of the type up to `typesat`, by the same rules and the same code (`_IndexKind`).
 
     async def catch_up_category_indexes(self, *, quiet: bool = True) -> bool:
         """Bring the category indexes up to the head where appends left them behind (a store written before this
@@ -1567,33 +1686,50 @@ class RedisBackend:
         appends keep them again; whether they are as of the head now (False when appends kept moving the head past
         every round). Done when a store is opened. `quiet`: a write the server refuses (a read-only replica, a full
         memory) leaves the catch-up to later readers (False) instead of raising."""
+        return await self._catch_up_indexes(self._category_indexes, quiet=quiet)
+
+    async def catch_up_type_indexes(self, *, quiet: bool = True) -> bool:
+        """`catch_up_category_indexes` for the type indexes (``{prefix}:type:*``, as of ``{prefix}:typesat``)."""
+        return await self._catch_up_indexes(self._type_indexes, quiet=quiet)
+
+    async def rebuild_category_indexes(self) -> bool:
+        """Drop the category indexes and build them again from the log (`DROP_INDEX_SCRIPT`, then the catch-up):
+        filtered reads scan the log meanwhile, and appends keep the indexes again once the catch-up reached the
+        head. Whether it did (see `catch_up_category_indexes`)."""
+        return await self._rebuild_indexes(self._category_indexes)
+
+    async def rebuild_type_indexes(self) -> bool:
+        """`rebuild_category_indexes` for the type indexes."""
+        return await self._rebuild_indexes(self._type_indexes)
+
+    async def _catch_up_indexes(self, kind: _IndexKind, *, quiet: bool) -> bool:
         for _ in range(_CATCH_UP_ROUNDS):
-            with translate_errors("read the category indexes' position from Redis"):
+            with translate_errors(f"read the {kind.what} indexes' position from Redis"):
                 async with self._client.pipeline(transaction=True) as pipe:
                     pipe.get(self._head_key)
-                    pipe.get(self._index_at_key)
+                    pipe.get(kind.at_key)
                     head_value, at_value = await pipe.execute()
             head, at = int(head_value or 0), int(at_value or 0)
             if at >= head:
                 return True
             while at < head:
                 try:
-                    reached, written = await self._index_page(at, head)
+                    reached, written = await self._index_page(kind, at, head)
                 except AgentfoldError:
                     if quiet:
                         return False
                     raise
                 if written < 0:
-                    break  # another reader moved `catsat` meanwhile: read where it stands
+                    break  # another reader moved the mark meanwhile: read where it stands
                 if written == 1:
                     return True
                 at = reached
         return False
 
-    async def _index_page(self, after: int, until: int) -> tuple[int, int]:
-        """Add to the category indexes the positions of the indexed events after `after`, up to `until` at most one
-        page of the global stream (`CATCH_UP_INDEX_SCRIPT`); the position the indexes are then as of, and the
-        script's reply (-1 nothing written, 1 as of the head, 0 not yet)."""
+    async def _index_page(self, kind: _IndexKind, after: int, until: int) -> tuple[int, int]:
+        """Add to the indexes of `kind` the positions of the events after `after` that have one, up to `until` at
+        most one page of the global stream (`CATCH_UP_INDEX_SCRIPT`); the position the indexes are then as of, and
+        the script's reply (-1 nothing written, 1 as of the head, 0 not yet)."""
         with translate_errors(f"read {self._all_key.decode()!r} from Redis"):
             entries = await _execute(
                 self._client, "XRANGE", self._all_key, b"0-%d" % (after + 1), b"0-%d" % until, b"COUNT", _FOLD_PAGE
@@ -1610,28 +1746,26 @@ class RedisBackend:
             if len(entries) == _FOLD_PAGE:
                 reached = page[-1].position
             for entry in page:
-                key = self.index_key(entry.stream_id)
+                key = kind.key_of(entry.stream_id, entry.type)
                 if key:
                     number = keys.setdefault(key, len(keys) + 1)
                     arguments += (b"%d" % number, b"0-%d" % entry.position)
-        script_keys = [self._head_key, self._index_at_key, self._index_keys_key, *keys]
-        with translate_errors("write the category indexes in Redis"):
+        script_keys = [self._head_key, kind.at_key, kind.keys_key, *keys]
+        with translate_errors(f"write the {kind.what} indexes in Redis"):
             written = int(await self._catch_up_index_script(keys=script_keys, args=[after, reached, *arguments]))
         return reached, written
 
-    async def rebuild_category_indexes(self) -> bool:
-        """Drop the category indexes and build them again from the log (`DROP_INDEX_SCRIPT`, then the catch-up):
-        filtered reads scan the log meanwhile, and appends keep the indexes again once the catch-up reached the
-        head. Whether it did (see `catch_up_category_indexes`)."""
+    async def _rebuild_indexes(self, kind: _IndexKind) -> bool:
         for _ in range(_CATCH_UP_ROUNDS):
-            with translate_errors("read the category indexes' keys from Redis"):
-                members = cast(set[bytes], await self._client.smembers(self._index_keys_key))
-            keys = [self._index_at_key, self._index_keys_key, *sorted(members)]
-            with translate_errors("drop the category indexes in Redis"):
+            with translate_errors(f"read the {kind.what} indexes' keys from Redis"):
+                members = cast(set[bytes], await self._client.smembers(kind.keys_key))
+            keys = [kind.at_key, kind.keys_key, *sorted(members)]
+            with translate_errors(f"drop the {kind.what} indexes in Redis"):
                 if int(await self._drop_index_script(keys=keys, args=[])) == 1:
-                    return await self.catch_up_category_indexes(quiet=False)
+                    return await self._catch_up_indexes(kind, quiet=False)
         raise StoreUnavailable(
-            f"drop the category indexes in Redis: appends kept adding categories for {_CATCH_UP_ROUNDS} rounds; retry"
+            f"drop the {kind.what} indexes in Redis: appends kept adding {kind.what}s for {_CATCH_UP_ROUNDS} "
+            "rounds; retry"
         )
 
     async def close(self) -> None:
@@ -1760,6 +1894,7 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> RedisS
     try:
         await backend.catch_up_open_runs()  # a store that had events before it kept the open runs: folded once
         await backend.catch_up_category_indexes()  # likewise its category indexes
+        await backend.catch_up_type_indexes()  # and its type indexes
     except BaseException:
         await backend.close()
         raise
