@@ -489,44 +489,93 @@ end"""
 """The trim scripts' release of a trimmed event's blobs (KEYS[3..5]: blobs, blobrefs, blobbytes; `digests` the
 event's digests in hex): a blob goes with the last event that refers to it."""
 
-# KEYS: stream key, all, blobs, blobrefs, blobbytes, the stream's category index ("" when none). ARGV: last version
-# to delete ("0-<version>"), at most how many. Reply: how many went. A blob goes with the last event that refers to
-# it, and a position leaves the category index with its entry, in the same script.
+_TYPE_INDEXES: Final = """local type_keys = {}
+for k = first_type_key, #KEYS do type_keys[ARGV[first_type_arg + k - first_type_key]] = KEYS[k] end
+local function closing_quote(record, at)
+  while true do
+    local found = string.find(record, '["\\\\]', at)
+    if not found then return nil end
+    if string.sub(record, found, found) == '"' then return found end
+    at = found + 2
+  end
+end
+local function type_key(record)
+  local stream_start = string.find(record, '"', 1, true)
+  local stream_end = stream_start and closing_quote(record, stream_start + 1)
+  local type_start = stream_end and string.find(record, '"', stream_end + 1, true)
+  local type_end = type_start and closing_quote(record, type_start + 1)
+  if not type_end then return nil end
+  return type_keys[cjson.decode(string.sub(record, type_start, type_end))]
+end
+local function unindex(keys, positions)
+  local by_key = {}
+  for i = 1, #keys do
+    local listed = by_key[keys[i]]
+    if not listed then listed = {}; by_key[keys[i]] = listed end
+    listed[#listed + 1] = positions[i]
+  end
+  for key, listed in pairs(by_key) do redis.call('XDEL', key, unpack(listed)) end
+end"""
+"""The trim scripts' type indexes: KEYS from `first_type_key` on are the type index keys the caller expects, the
+types they index at ARGV from `first_type_arg` on, in the same order. `type_key`: the index key of a record's type
+(read from the record's fourth element, the type's JSON string), nil when the caller passed none (the script trims
+no further: the caller reads the events again). `unindex`: removes each entry id in `positions` from the key at the
+same place in `keys`."""
+
+# KEYS: stream key, all, blobs, blobrefs, blobbytes, the stream's category index ("" when none), then the type
+# indexes of the events the caller expects to trim. ARGV: last version to delete ("0-<version>"), at most how many,
+# then the types of those indexes. Reply: how many went. A blob goes with the last event that refers to it, and a
+# position leaves the category and type indexes with its entry, in the same script; the trim stops before an event
+# whose type's index the caller did not pass.
 TRIM_SCRIPT: Final = """#!lua
 {release_blobs}
+local first_type_key, first_type_arg = 7, 3
+{type_indexes}
 local entries = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
-if #entries == 0 then return 0 end
-local own, global = {}, {}
+local own, global, keys = {}, {}, {}
 for i, entry in ipairs(entries) do
+  local key = type_key(entry[2][2])
+  if not key then break end
   own[i] = entry[1]
   global[i] = '0-' .. string.match(entry[2][2], '^%[%d+,(%d+),')
-  if entry[2][3] == 'b' then
-    release(entry[2][4])
-  end
+  keys[i] = key
+end
+if #own == 0 then return 0 end
+for i = 1, #own do
+  if entries[i][2][3] == 'b' then release(entries[i][2][4]) end
 end
 redis.call('XDEL', KEYS[1], unpack(own))
 redis.call('XDEL', KEYS[2], unpack(global))
 if KEYS[6] ~= '' then redis.call('XDEL', KEYS[6], unpack(global)) end
-return #entries
-""".replace("{release_blobs}", _RELEASE_BLOBS)
+unindex(keys, global)
+return #own
+""".replace("{release_blobs}", _RELEASE_BLOBS).replace("{type_indexes}", _TYPE_INDEXES)
 
 # Layout 2. KEYS: stream key (a list), all, blobs, blobrefs, blobbytes, trimmed, blobevents, the stream's category
-# index ("" when none). ARGV: stream id, the first version to keep, at most how many to trim. Reply: how many went.
-# Trimmed elements become empty strings, so that element i stays version i + 1; `trimmed` holds, per stream, how
-# many lead the list. Trimmed positions leave the category index in the same script.
+# index ("" when none), then the type indexes of the events the caller expects to trim. ARGV: stream id, the first
+# version to keep, at most how many to trim, then the types of those indexes. Reply: how many went. Trimmed elements
+# become empty strings, so that element i stays version i + 1; `trimmed` holds, per stream, how many lead the list.
+# Trimmed positions leave the category and type indexes in the same script; the trim stops before an event whose
+# type's index the caller did not pass.
 TRIM_LIST_SCRIPT: Final = """#!lua
 {release_blobs}
+local first_type_key, first_type_arg = 9, 4
+{type_indexes}
 local stream_key, trimmed_key, events_key = KEYS[1], KEYS[6], KEYS[7]
 local start = tonumber(redis.call('HGET', trimmed_key, ARGV[1]) or '0')
 local last = math.min(tonumber(ARGV[2]) - 1, start + tonumber(ARGV[3]))
 if last <= start then return 0 end
-local records = redis.call('LRANGE', stream_key, start, last - 1)
-if #records == 0 then return 0 end
-local global, positions = {}, {}
-for i = 1, #records do
+local listed = redis.call('LRANGE', stream_key, start, last - 1)
+local records, global, positions, keys = {}, {}, {}, {}
+for i = 1, #listed do
+  local key = type_key(listed[i])
+  if not key then break end
+  records[i] = listed[i]
   positions[i] = string.match(records[i], '^%[%d+,(%d+),')
   global[i] = '0-' .. positions[i]
+  keys[i] = key
 end
+if #records == 0 then return 0 end
 local found = redis.call('HMGET', events_key, unpack(positions))
 for i = 1, #records do
   if found[i] then
@@ -536,10 +585,11 @@ for i = 1, #records do
 end
 redis.call('XDEL', KEYS[2], unpack(global))
 if KEYS[8] ~= '' then redis.call('XDEL', KEYS[8], unpack(global)) end
+unindex(keys, global)
 for i = start, start + #records - 1 do redis.call('LSET', stream_key, i, '') end
 redis.call('HSET', trimmed_key, ARGV[1], start + #records)
 return #records
-""".replace("{release_blobs}", _RELEASE_BLOBS)
+""".replace("{release_blobs}", _RELEASE_BLOBS).replace("{type_indexes}", _TYPE_INDEXES)
 
 # KEYS: the stream's snapshot hash. ARGV: name, version, "version state". Keeps the newest version.
 # KEYS: head, runs, holders, runsat. ARGV: the position P the rows are as of, "force" or "ahead", then changes
@@ -1533,20 +1583,40 @@ class RedisBackend:
         lists = await self._streams_are_lists()
         if lists is None:
             return 0
-        keys = [self.key("s", stream_id), self._all_key, *self._blob_keys]
+        stream_key = self.key("s", stream_id)
+        keys = [stream_key, self._all_key, *self._blob_keys]
         index_key = self.index_key(stream_id)
+        idle = 0
         while True:
+            # The events of the next page, read first: the script is passed the index keys of their types (a script
+            # touches only the keys it is given), and trims no further than the first event of another type.
             with translate_errors(f"trim stream {stream_id!r} in Redis"):
                 if lists:
-                    arguments: list[str | int] = [stream_id, before_version, _TRIM_PAGE]
-                    keys_2 = [*keys, self._trimmed_key, self._blob_events_key, index_key]
+                    start = int(await self._client.hget(self._trimmed_key, stream_id) or 0)
+                    last = min(before_version - 1, start + _TRIM_PAGE)
+                    found = cast(list[bytes], await _execute(self._client, "LRANGE", stream_key, start, last - 1))
+                    records = [record for record in found if record] if last > start else []
+                else:
+                    entries = await _execute(
+                        self._client, "XRANGE", stream_key, b"-", b"0-%d" % (before_version - 1), b"COUNT", _TRIM_PAGE
+                    )
+                    records = [entry[1][1] for entry in entries]
+                if not records:
+                    return removed
+                types = list(dict.fromkeys(entry.type for entry in _decode_kept_entries(records, repr(stream_key))))
+                type_keys = [self.type_index_key(event_type) for event_type in types]
+                if lists:
+                    arguments: list[str | int] = [stream_id, before_version, _TRIM_PAGE, *types]
+                    keys_2 = [*keys, self._trimmed_key, self._blob_events_key, index_key, *type_keys]
                     count = int(await self._trim_list_script(keys=keys_2, args=arguments))
                 else:
-                    keys_1 = [*keys, index_key]
-                    count = int(await self._trim_script(keys=keys_1, args=[f"0-{before_version - 1}", _TRIM_PAGE]))
+                    keys_1 = [*keys, index_key, *type_keys]
+                    arguments = [f"0-{before_version - 1}", _TRIM_PAGE, *types]
+                    count = int(await self._trim_script(keys=keys_1, args=arguments))
             removed += count
-            if count < _TRIM_PAGE:
-                return removed
+            idle = idle + 1 if count == 0 else 0
+            if idle > _CATCH_UP_ROUNDS:
+                raise StoreCorrupted(f"trim stream {stream_id!r} in Redis: the script cannot read its events' types")
 
     async def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
         if not digests:

@@ -269,15 +269,15 @@ async def storage_figures(backend: str, url: str, store: EventStore, events: int
     }
 
 
-REDIS_KEY_KINDS: Final = ("s", "all", "ids", "idx", "versions")
+REDIS_KEY_KINDS: Final = ("s", "all", "ids", "idx", "versions", "type")
 """The Redis key kinds reported on their own (``prefix:s:*`` summed); every other key is in the total only."""
 
 
 async def redis_storage_figures(store: EventStore, events: int) -> Figures:
     """Bytes in Redis memory per event: ``MEMORY USAGE ... SAMPLES 0`` (every element counted) of each key under
     the store's prefix, in all and per key kind (the per-stream keys, the global stream, the id records (``ids``
-    in a layout-1 store, ``idx`` in layout 2) and the versions). ``table`` is the per-stream keys and the global
-    stream, ``indexes`` the id records and the versions."""
+    in a layout-1 store, ``idx`` in layout 2), the versions and the type indexes (``prefix:type:*`` summed).
+    ``table`` is the per-stream keys and the global stream, ``indexes`` the id records and the versions."""
     from agentfold.backends.redis import RedisStore, make_client
 
     assert isinstance(store, RedisStore)
