@@ -19,7 +19,9 @@ touched:
   ``{prefix}:holders``: workflow id -> the worker holding it; ``{prefix}:runsat``: the position both are as of;
 - ``{prefix}:cat:{category}``: a category index, a Redis stream whose entry ids ``0-<position>`` are the positions of
   the category's events (`indexed_category`: agentfold's own ``$``-categories only); ``{prefix}:cats``: a set of
-  the index keys; ``{prefix}:catsat``: the position the indexes are as of.
+  the index keys; ``{prefix}:catsat``: the position the indexes are as of;
+- ``{prefix}:type:{type}``: a type index, the same kind of Redis stream, of the positions of every event of the type;
+  ``{prefix}:types``: a set of the index keys; ``{prefix}:typesat``: the position the indexes are as of.
 
 Each event is the JSON array ``[version, position, recorded_at_us, stream_id, type, id, data, metadata]``, the same
 bytes in its stream's list and in the global stream's entry (field ``e``). A read is one ``LRANGE`` (a stream) or
@@ -45,7 +47,9 @@ back (`RedisBackend.open_runs`, and `open_store` for a store that had events bef
 The category indexes follow the same rules with ``{prefix}:catsat``: the append script adds positions only while
 it is the head, a filtered read uses an index up to ``catsat`` and scans the global stream after it (exact either
 way), and `open_store` and `agentfold reindex` catch them up from the log
-(`RedisBackend.catch_up_category_indexes`).
+(`RedisBackend.catch_up_category_indexes`). So do the type indexes with ``{prefix}:typesat``, by the same code
+(`_IndexKind`): a read filtered by types merges the first positions of each type's index in one script
+(`READ_TYPES_SCRIPT`), as SQLite's and PostgreSQL's type indexes serve it.
 """
 
 from __future__ import annotations
