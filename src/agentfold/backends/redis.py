@@ -522,7 +522,7 @@ local function unindex(keys, positions)
 end"""
 """The trim scripts' type indexes: KEYS from `first_type_key` on are the type index keys the caller expects, the
 types they index at ARGV from `first_type_arg` on, in the same order. `type_key`: the index key of a record's type
-(read from the record's fourth element, the type's JSON string), nil when the caller passed none (the script trims
+(read from the record's fifth element, the type's JSON string), nil when the caller passed none (the script trims
 no further: the caller reads the events again). `unindex`: removes each entry id in `positions` from the key at the
 same place in `keys`."""
 
