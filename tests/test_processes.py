@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -52,6 +53,19 @@ def kill_after_acks(process: subprocess.Popen[str], count: int) -> list[str]:
     process.stdout.close()
     process.stderr.close()
     return lines
+
+
+async def settled(url: str) -> None:
+    """Return once the store holds still: a server may still commit the last transaction a SIGKILLed client had
+    sent (it learns of the kill only when it next reads from the connection), after the kill has returned."""
+    async with agentfold.connect(url) as store:
+        seen = None
+        for _ in range(100):
+            now = (await store.head_position(), await store.blob_usage())
+            if now == seen:
+                return
+            seen = now
+            await asyncio.sleep(0.3)
 
 
 async def everything(url: str) -> list[Any]:
@@ -117,6 +131,7 @@ async def test_a_writer_sigkilled_mid_append_of_large_payloads_leaves_events_and
     async with agentfold.connect(durable_url):
         pass
     lines = kill_after_acks(start("blob-writer", durable_url, "4"), 30)
+    await settled(durable_url)
 
     async with agentfold.connect(durable_url) as store:
         stored = [event async for event in store.read_all(blobs=False)]
