@@ -190,7 +190,8 @@ def indexed_category(category: str) -> bool:
     they are few among the events and trimmed, so their index costs what they hold, and a worker's start reads the
     workers' streams (``$worker-``) through it instead of walking the whole log. Domain and ``workflow-`` streams,
     most of a log, have none: their index would cost a stream entry per event (docs/redis.md) for reads that return
-    most of what they scan anyway."""
+    most of what they scan anyway, and each index key holds a stream's first node (about 4.7 KB) however few its
+    entries, while a store's categories can be as many as its users (``user42-...``)."""
     return category.startswith(INDEXED_CATEGORY_LEAD) and category.endswith("-")
 
 
