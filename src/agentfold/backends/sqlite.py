@@ -708,6 +708,7 @@ def _event_rows(
     for offset, event in enumerate(events):
         version = first_version + offset
         position = first_position + offset
+        facts = (position, stream_id, version, event.type, event.id, first_version, last_version)
         if stream_escaped or _escaped_in_json(event.type):
             whole = _StoredRecord(
                 stream_id,
@@ -719,24 +720,9 @@ def _event_rows(
                 event.id,
                 now_us,
             )
-            row = (position, stream_id, version, event.type, event.id, first_version, last_version)
-            rows.append((*row, _json_encoder.encode(whole).decode(), None, None, None))
+            rows.append((*facts, _json_encoder.encode(whole).decode(), None, None, None))
         else:
-            rows.append(
-                (
-                    position,
-                    stream_id,
-                    version,
-                    event.type,
-                    event.id,
-                    first_version,
-                    last_version,
-                    "",
-                    event.data.decode(),
-                    event.metadata.decode(),
-                    now_us,
-                )
-            )
+            rows.append((*facts, "", event.data.decode(), event.metadata.decode(), now_us))
     return rows
 
 
