@@ -906,6 +906,21 @@ async def test_trimming_keeps_versions_and_positions(store: EventStore) -> None:
     assert await store.trim_stream("nobody", 5) == 0
 
 
+async def test_a_stream_trimmed_of_every_event_keeps_its_version(store: EventStore) -> None:
+    await store.append("s", events(4))
+    await store.append("s", events(2), expected_version=4)
+    assert await store.trim_stream("s", 100) == 6
+    assert await store.stream_version("s") == 6
+    assert await stream_list(store, "s") == []
+    with pytest.raises(WrongExpectedVersion):
+        await store.append("s", events(1), NO_STREAM)
+    assert (await store.append("s", events(1), expected_version=6)).version == 7
+    assert await store.trim_stream("s", 8) == 1
+    assert await store.stream_version("s") == 7
+    assert (await store.append("s", events(2), expected_version=7)).version == 9
+    assert [event.version for event in await stream_list(store, "s")] == [8, 9]
+
+
 @pytest.mark.parametrize("prefix", ["$worker-", "$worker-a", "order-", "ord"])
 async def test_filtered_reads_skip_trimmed_events_as_the_unfiltered_read_does(store: EventStore, prefix: str) -> None:
     """Heartbeat streams are trimmed as they grow (`append_capped`): a filtered read, whatever serves it (an index

@@ -480,11 +480,13 @@ async def test_a_file_of_schema_1_gains_the_blob_tables_when_opened(db_path: Pat
 async def test_a_group_meeting_tables_that_disagree_fails_only_the_damaged_append(
     store: SQLiteStore, db_path: Path
 ) -> None:
-    await store.append("damaged", events(2), NO_STREAM)
+    prompt = {"prompt": "p" * 100_000}
     await store.append("healthy", events(1), NO_STREAM)
+    await store.append("seen", [NewEvent("Prompted", prompt)])
+    [seen] = [event async for event in store.read_stream("seen", blobs=False)]
     connection = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        connection.execute("DELETE FROM streams WHERE stream_id = 'damaged'")  # its version now reads as 0
+    try:  # a link to the prompt's blob at position 5, where no event is yet: the next event there meets it
+        connection.execute("INSERT INTO event_blobs (position, digest) VALUES (5, ?)", (seen.data["prompt"]["$blob"],))
     finally:
         connection.close()
     commits_before = store.commit_count
@@ -494,7 +496,7 @@ async def test_a_group_meeting_tables_that_disagree_fails_only_the_damaged_appen
         await writer_thread_is_committing(store)
         attempts = [
             asyncio.ensure_future(store.append("healthy", events(1), expected_version=1)),
-            asyncio.ensure_future(store.append("damaged", events(1), NO_STREAM)),
+            asyncio.ensure_future(store.append("damaged", [NewEvent("Prompted", prompt)], NO_STREAM)),
             asyncio.ensure_future(store.append("fresh", events(2), NO_STREAM)),
         ]
         await let_tasks_submit(attempts)
@@ -503,11 +505,11 @@ async def test_a_group_meeting_tables_that_disagree_fails_only_the_damaged_appen
 
     assert store.commit_count - commits_before == 2
     assert isinstance(damaged, StoreCorrupted)
-    assert healthy == AppendResult(2, 5)
-    assert fresh == AppendResult(2, 7)
-    assert [event.version async for event in store.read_stream("damaged")] == [1, 2]
+    assert healthy == AppendResult(2, 4)
+    assert fresh == AppendResult(2, 6)
+    assert [event.version async for event in store.read_stream("damaged")] == []
     positions = [event.position async for event in store.read_all()]
-    assert positions == list(range(1, 8))
+    assert positions == list(range(1, 7))
 
 
 def test_a_file_that_is_not_a_database_is_refused(db_path: Path) -> None:

@@ -69,7 +69,7 @@ from agentfold.wakeup import Broadcast, retrieve_outcome
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 """Stored in `PRAGMA user_version`: the number of the last step of `_MIGRATIONS` the file has."""
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5000
@@ -108,7 +108,7 @@ _SCHEMA: Final = (
         UNIQUE (stream_id, version)
     )
     """,
-    # The stream's version survives trimming its events, so it is kept apart from them.
+    # The version of a stream whose last events a trim deleted (`_version_of`): it outlives its events.
     """
     CREATE TABLE IF NOT EXISTS streams (
         stream_id TEXT PRIMARY KEY,
@@ -210,6 +210,10 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE events ADD COLUMN metadata TEXT",
         "ALTER TABLE events ADD COLUMN recorded_at_us INTEGER",
     ),
+    # A stream's version read from its last event (`_version_of`), appends writing no `streams` row; the rows kept
+    # so far stay (at most the version). No table changes: the step makes an earlier agentfold, which reads the
+    # version from `streams` alone, refuse the file.
+    7: (),
 }
 """Schema steps after the first (`_SCHEMA`), by the `user_version` they bring a file to; each runs once, in order,
 in the transaction that sets that version. Never edit a released step; add one."""
@@ -257,28 +261,42 @@ _SELECT_ID_RECORDS: Final = (
     "UNION ALL SELECT event_id, stream_id, version, batch_first, batch_last, position FROM trimmed_events "
     "WHERE event_id IN (SELECT value FROM json_each(?1))"
 )
+
+
+def _version_of(stream_id_sql: str) -> str:
+    """A stream's version as SQL: its last event's, through the `(stream_id, version)` index, or the one `streams`
+    kept for it when a trim deleted its last events. Since schema 7 an append writes no `streams` row: the index
+    leaf it reads is the one its insert then changes, where a row of its own was one more page written per append,
+    in another place of the file for each stream (docs/measurements.md). Rows an earlier schema kept for every
+    stream are at most the version, never above it."""
+    return (
+        f"max(coalesce((SELECT max(version) FROM events WHERE stream_id = {stream_id_sql}), 0), "
+        f"coalesce((SELECT version FROM streams WHERE stream_id = {stream_id_sql}), 0))"
+    )
+
+
 _SELECT_GROUP_STATE: Final = (
     "SELECT "
     "(SELECT json_group_array(event_id) FROM ("
     "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?1)) "
     "UNION ALL SELECT event_id FROM trimmed_events WHERE event_id IN (SELECT value FROM json_each(?1)))), "
-    "(SELECT json_group_object(stream_id, version) FROM streams "
-    "WHERE stream_id IN (SELECT value FROM json_each(?2))), "
+    "(SELECT json_group_object(value, version) FROM ("
+    f"SELECT value, {_version_of('value')} AS version FROM json_each(?2)) WHERE version > 0), "
     "(SELECT seq FROM sqlite_sequence WHERE name = 'events')"
 )
 """Everything a group's checks need, as one row from one statement: which of the group's event ids are already
 known (a JSON array), the current versions of the group's streams (a JSON object) and the head position."""
-_SELECT_VERSION: Final = "SELECT version FROM streams WHERE stream_id = ?"
+_SELECT_VERSION: Final = f"SELECT {_version_of('?1')}"
 _INSERT_EVENTS: Final = (
     "INSERT INTO events (position, stream_id, version, type, event_id, batch_first, batch_last, record, data, "
     "metadata, recorded_at_us) VALUES {rows}"
 )
-_UPSERT_STREAMS: Final = (
-    "INSERT INTO streams (stream_id, version) VALUES {rows} "
-    "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version"
+_KEEP_VERSION: Final = (
+    "INSERT INTO streams (stream_id, version) SELECT stream_id, max(version) FROM events WHERE stream_id = ?1 "
+    "GROUP BY stream_id ON CONFLICT (stream_id) DO UPDATE SET version = max(version, excluded.version)"
 )
+"""Before a trim: keep the stream's version in `streams`, where it outlives the events the trim deletes."""
 _INSERT_EVENTS_GROUP: Final = _INSERT_EVENTS.replace("INSERT INTO", "INSERT OR ROLLBACK INTO")
-_UPSERT_STREAMS_GROUP: Final = _UPSERT_STREAMS.replace("INSERT INTO", "INSERT OR ROLLBACK INTO")
 """The group's writes. `OR ROLLBACK` ends the whole transaction on a constraint failure instead of undoing only
 the failing statement, which spares SQLite a statement journal (a copy of every page the statement first touches:
 the cost of inserting rows into many streams' places in the `(stream_id, version)` index at once)."""
@@ -1004,7 +1022,6 @@ class _Writer:
         rows: list[tuple[Any, ...]] = []
         blobs: dict[str, bytes] = {}
         links: list[tuple[int, str]] = []
-        written_streams: dict[str, int] = {}
         opened: list[openruns.Change] = []
         indexed: list[runrows.Written] = []
         leftovers: list[_AppendRequest] = []
@@ -1039,13 +1056,12 @@ class _Writer:
             if found is not None:
                 indexed.append(found)
             next_position += count
-            versions[stream_id] = written_streams[stream_id] = current + count
+            versions[stream_id] = current + count
             request.outcome = AppendResult(current + count, next_position - 1)
         if not rows:
             return leftovers
         try:
             _insert_rows(connection, _INSERT_EVENTS_GROUP, rows)
-            _insert_rows(connection, _UPSERT_STREAMS_GROUP, list(written_streams.items()))
             if links:
                 _insert_blobs(connection, blobs, links, _INSERT_LINKS_GROUP)
             _apply_open_runs(connection, opened)
@@ -1084,7 +1100,6 @@ class _Writer:
                 _INSERT_EVENTS,
                 _event_rows(request.stream_id, request.events, current + 1, first_position, now_us),
             )
-            _insert_rows(connection, _UPSERT_STREAMS, [(request.stream_id, current + count)])
             blobs: dict[str, bytes] = {}
             links: list[tuple[int, str]] = []
             _blob_rows(request.events, first_position, blobs, links)
@@ -1376,6 +1391,7 @@ class SQLiteBackend:
 
     async def trim_stream(self, stream_id: str, before_version: int) -> int:
         def trim(connection: sqlite3.Connection) -> int:
+            connection.execute(_KEEP_VERSION, (stream_id,))
             unlinked = connection.execute(_SELECT_TRIMMED_LINKS, (stream_id, before_version)).fetchall()
             if unlinked:
                 connection.execute(_DELETE_TRIMMED_LINKS, (stream_id, before_version))
