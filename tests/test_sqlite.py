@@ -634,12 +634,26 @@ async def test_cache_options_set_the_read_connections_and_the_writer_s_cache(db_
         await store.close()
 
 
+async def test_checkpoint_pages_sets_how_much_log_a_commit_copies_at_once(db_path: Path) -> None:
+    for url_tail, pages in (("", 1000), ("?checkpoint_pages=4000", 4000)):
+        store = await open_sqlite(db_path, url_tail)
+        try:
+            # private: the PRAGMA as the writer's connection sees it, run as a write job in the writer thread
+            found = await store.backend._write(
+                lambda connection: connection.execute("PRAGMA wal_autocheckpoint").fetchone()
+            )
+            assert found[0] == pages
+        finally:
+            await store.close()
+
+
 @pytest.mark.parametrize(
     ("url_tail", "options", "named"),
     [
         ("?synchronous=OFF", {}, "synchronous"),
         ("", {"synchronous": "EXTRA"}, "synchronous"),
         ("?busy_timeout=soon", {}, "busy_timeout"),
+        ("?checkpoint_pages=0", {}, "checkpoint_pages"),
         ("?busy_timeout=-1", {}, "busy_timeout"),
         ("", {"busy_timeout": 1.5}, "busy_timeout"),
         ("?max_event_size=0", {}, "max_event_size"),
