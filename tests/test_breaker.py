@@ -4,6 +4,7 @@ shared by every worker on the store through the breaker's stream, and visible in
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -97,17 +98,25 @@ async def test_opens_after_the_threshold_fails_fast_then_a_probe_closes_it(store
     assert other.calls == 0
 
 
+async def cooled_down(store: EventStore, name: str) -> None:
+    """Return once the open breaker's cool-down, as its stream holds it, is over by the wall clock it is kept in:
+    the next call is then its probe (nothing is asserted on time)."""
+    state = await breaker_state(store, name)
+    assert state.state == OPEN
+    await asyncio.sleep(max(0.0, state.open_until_us / 1e6 - time.time()) + 0.05)
+
+
 async def test_half_open_probe_recloses_or_reopens(store: EventStore) -> None:
     dependency = Dependency()
     runtime = app(dependency, cool_down=0.2)
     async with runtime.worker(store):
         for n in range(3):
             assert await run_once(runtime, store, f"fail-{n}") == "ConnectionError"
-        await asyncio.sleep(0.25)  # the cool-down is the breaker's own timer: nothing is asserted on time
+        await cooled_down(store, "payments-api")
         assert await run_once(runtime, store, "probe-fails") == "ConnectionError"
         assert (await breaker_state(store, "payments-api")).state == OPEN
         dependency.down = False
-        await asyncio.sleep(0.25)
+        await cooled_down(store, "payments-api")
         assert await run_once(runtime, store, "probe-succeeds") == "ok-probe-succeeds"
         assert await run_once(runtime, store, "closed-again") == "ok-closed-again"
     history = [event async for event in store.read_all(stream_prefix=breaker_stream("payments-api"))]
