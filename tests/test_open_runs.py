@@ -357,11 +357,11 @@ async def test_the_first_worker_leaves_a_run_a_live_worker_holds_to_it(store: Ev
     calls: Counter[str] = Counter()
     app = waiting_app(calls)
     client = app.client(store)
-    async with app.worker(store, lease_ttl=1.0, heartbeat=0.25, worker_id="holder") as holder:
+    async with app.worker(store, lease_ttl=3.0, heartbeat=0.25, worker_id="holder") as holder:
         await client.start("waiting", 1, workflow_id="held")
         await wait_until(store, lambda: client_waiting(client, "held"), 30)
         assert await store.load_log_snapshot("workers-registry") is None
-        async with app.worker(store, lease_ttl=1.0, heartbeat=0.25, worker_id="newcomer") as newcomer:
+        async with app.worker(store, lease_ttl=3.0, heartbeat=0.25, worker_id="newcomer") as newcomer:
             assert (await kept(store))[1]["held"] == OpenRun("held", "waiting")
             await asyncio.sleep(0.6)  # a few of the newcomer's rounds
             assert newcomer.taken_over == 0 and newcomer.running == []
