@@ -17,16 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 import agentfold
 from agentfold.errors import StoreCorrupted
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.store import EventStore
-from tests.backends import BACKENDS, REDIS_URL, require_service
+from tests.redis_indexes import (
+    assert_exact,
+    client,
+    fresh_url,
+    index_keys,
+    index_mark,
+    indexed_positions,
+    prefix_of,
+)
 from tests.test_cli import ok_json
 
-REDIS = next(backend for backend in BACKENDS if backend.name == "redis")
 QUERIES: list[dict[str, Any]] = [
     {"stream_prefix": "$worker-"},
     {"stream_prefix": "$worker-b"},
@@ -40,34 +46,7 @@ QUERIES: list[dict[str, Any]] = [
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    require_service(REDIS)
-    url = REDIS.make_url(tmp_path)
-    yield url
-    REDIS.cleanup(url)
-
-
-def client() -> redis.Redis:
-    return redis.Redis.from_url(REDIS_URL.split("?")[0])
-
-
-def prefix_of(url: str) -> str:
-    return url.rsplit("prefix=", 1)[1].split("&")[0]
-
-
-def index_keys(prefix: str) -> list[str]:
-    with client() as redis_client:
-        return sorted(key.decode() for key in redis_client.scan_iter(match=f"{prefix}:cat:*"))
-
-
-def indexed_positions(prefix: str, category: str) -> list[int]:
-    with client() as redis_client:
-        return [int(entry_id.split(b"-")[1]) for entry_id, _ in redis_client.xrange(f"{prefix}:cat:{category}")]
-
-
-def index_at(prefix: str) -> int | None:
-    with client() as redis_client:
-        value = redis_client.get(f"{prefix}:catsat")
-    return None if value is None else int(value)
+    yield from fresh_url(tmp_path)
 
 
 async def write(store: EventStore, rounds: int, tag: str = "") -> None:
@@ -82,27 +61,6 @@ async def write(store: EventStore, rounds: int, tag: str = "") -> None:
             await store.append(f"$breaker-x{tag}", [NewEvent("Opened", {"n": round_})])
 
 
-async def assert_exact(store: EventStore) -> list[RecordedEvent]:
-    """Every query, read at several page sizes and from several positions, equals the unfiltered read filtered
-    here; the whole log is returned."""
-    everything = [event async for event in store.read_all()]
-    for query in QUERIES:
-        types, prefix = query.get("types"), query.get("stream_prefix")
-        for page_size in (1, 3, 1000):
-            store.page_size = page_size
-            for after in (0, everything[len(everything) // 3].position):
-                expected = [
-                    event
-                    for event in everything
-                    if event.position > after
-                    and (types is None or event.type in types)
-                    and (prefix is None or event.stream_id.startswith(prefix))
-                ]
-                assert [event async for event in store.read_all(after, **query)] == expected, (query, after)
-    store.page_size = 1000
-    return everything
-
-
 def worker_positions(everything: list[RecordedEvent]) -> list[int]:
     return [event.position for event in everything if event.stream_id.startswith("$worker-")]
 
@@ -111,10 +69,10 @@ async def test_appends_keep_the_index_of_their_category_as_of_the_head(redis_url
     prefix = prefix_of(redis_url)
     async with agentfold.connect(redis_url) as store:
         await write(store, 12)
-        everything = await assert_exact(store)
-        assert index_at(prefix) == await store.head_position()
-        assert indexed_positions(prefix, "$worker-") == worker_positions(everything)
-        assert index_keys(prefix) == [f"{prefix}:cat:$breaker-", f"{prefix}:cat:$worker-"]  # none for order-
+        everything = await assert_exact(store, QUERIES)
+        assert index_mark(prefix, "catsat") == await store.head_position()
+        assert indexed_positions(prefix, "cat", "$worker-") == worker_positions(everything)
+        assert index_keys(prefix, "cat") == [f"{prefix}:cat:$breaker-", f"{prefix}:cat:$worker-"]  # none for order-
 
 
 async def test_a_store_written_before_the_indexes_is_read_exactly_then_indexed_when_opened(redis_url: str) -> None:
@@ -122,19 +80,22 @@ async def test_a_store_written_before_the_indexes_is_read_exactly_then_indexed_w
     async with agentfold.connect(redis_url) as store:
         await write(store, 10)
         with client() as redis_client:  # the keys as agentfold left them before it kept the indexes
-            redis_client.delete(f"{prefix}:catsat", f"{prefix}:cats", *index_keys(prefix))
-        await assert_exact(store)
+            redis_client.delete(f"{prefix}:catsat", f"{prefix}:cats", *index_keys(prefix, "cat"))
+        await assert_exact(store, QUERIES)
         await write(store, 4, "x")  # behind the head: these appends keep no index
-        assert index_keys(prefix) == [] and index_at(prefix) is None
-        await assert_exact(store)
+        assert index_keys(prefix, "cat") == [] and index_mark(prefix, "catsat") is None
+        await assert_exact(store, QUERIES)
     async with agentfold.connect(redis_url) as store:
         head = await store.head_position()
-        assert index_at(prefix) == head  # caught up when opened
-        everything = await assert_exact(store)
-        assert indexed_positions(prefix, "$worker-") == worker_positions(everything)
+        assert index_mark(prefix, "catsat") == head  # caught up when opened
+        everything = await assert_exact(store, QUERIES)
+        assert indexed_positions(prefix, "cat", "$worker-") == worker_positions(everything)
         written = await store.append("$worker-a", [NewEvent("Beat", {})])
-        assert index_at(prefix) == head + 1 and indexed_positions(prefix, "$worker-")[-1] == written.position
-        await assert_exact(store)
+        assert (
+            index_mark(prefix, "catsat") == head + 1
+            and indexed_positions(prefix, "cat", "$worker-")[-1] == written.position
+        )
+        await assert_exact(store, QUERIES)
 
 
 async def test_appends_that_kept_no_index_leave_it_behind_and_a_catch_up_brings_it_on(redis_url: str) -> None:
@@ -144,8 +105,8 @@ async def test_appends_that_kept_no_index_leave_it_behind_and_a_catch_up_brings_
     prefix = prefix_of(redis_url)
     async with agentfold.connect(redis_url) as store:
         await write(store, 6)
-        behind = index_at(prefix)
-        kept = [f"{prefix}:catsat", f"{prefix}:cats", *index_keys(prefix)]
+        behind = index_mark(prefix, "catsat")
+        kept = [f"{prefix}:catsat", f"{prefix}:cats", *index_keys(prefix, "cat")]
         with client() as redis_client:
             dumped = {key: redis_client.dump(key) for key in kept}
         await write(store, 6, "y")
@@ -153,14 +114,14 @@ async def test_appends_that_kept_no_index_leave_it_behind_and_a_catch_up_brings_
             for key, value in dumped.items():
                 redis_client.restore(key, 0, value, replace=True)  # type: ignore[arg-type]
         await write(store, 2, "z")  # keeps nothing: the index is behind the head
-        assert index_at(prefix) == behind
-        everything = await assert_exact(store)
+        assert index_mark(prefix, "catsat") == behind
+        everything = await assert_exact(store, QUERIES)
         assert await store.backend.catch_up_category_indexes()  # type: ignore[attr-defined]
-        assert index_at(prefix) == await store.head_position()
-        assert indexed_positions(prefix, "$worker-") == worker_positions(everything)
+        assert index_mark(prefix, "catsat") == await store.head_position()
+        assert indexed_positions(prefix, "cat", "$worker-") == worker_positions(everything)
         await write(store, 2, "w")
-        everything = await assert_exact(store)
-        assert indexed_positions(prefix, "$worker-") == worker_positions(everything)
+        everything = await assert_exact(store, QUERIES)
+        assert indexed_positions(prefix, "cat", "$worker-") == worker_positions(everything)
 
 
 async def test_trimmed_positions_leave_the_index(redis_url: str) -> None:
@@ -169,8 +130,8 @@ async def test_trimmed_positions_leave_the_index(redis_url: str) -> None:
         await write(store, 12)
         assert await store.trim_stream("$worker-a", 10) == 9
         assert await store.trim_stream("$worker-b", 5) == 4
-        everything = await assert_exact(store)
-        assert indexed_positions(prefix, "$worker-") == worker_positions(everything)
+        everything = await assert_exact(store, QUERIES)
+        assert indexed_positions(prefix, "cat", "$worker-") == worker_positions(everything)
         assert len(worker_positions(everything)) == 3 + 8
 
 
@@ -183,11 +144,11 @@ def test_reindex_puts_a_damaged_index_right(redis_url: str) -> None:
 
     async def check() -> list[RecordedEvent]:
         async with agentfold.connect(redis_url) as store:
-            return await assert_exact(store)
+            return await assert_exact(store, QUERIES)
 
     asyncio.run(fill())
     with client() as redis_client:  # an entry gone, one for an event of another category, a stray index
-        first = indexed_positions(prefix, "$worker-")[0]
+        first = indexed_positions(prefix, "cat", "$worker-")[0]
         redis_client.xdel(f"{prefix}:cat:$worker-", f"0-{first}")
         redis_client.xadd(f"{prefix}:cat:$breaker-", {"p": ""}, id="0-999999")
         redis_client.sadd(f"{prefix}:cats", f"{prefix}:cat:$stray-")
@@ -197,11 +158,11 @@ def test_reindex_puts_a_damaged_index_right(redis_url: str) -> None:
 
     assert done["open_runs"] == 0
     everything = asyncio.run(check())
-    assert indexed_positions(prefix, "$worker-") == worker_positions(everything)
+    assert indexed_positions(prefix, "cat", "$worker-") == worker_positions(everything)
     breakers = [event.position for event in everything if event.stream_id.startswith("$breaker-")]
-    assert indexed_positions(prefix, "$breaker-") == breakers
-    assert index_keys(prefix) == [f"{prefix}:cat:$breaker-", f"{prefix}:cat:$worker-"]
-    assert index_at(prefix) == len(everything)
+    assert indexed_positions(prefix, "cat", "$breaker-") == breakers
+    assert index_keys(prefix, "cat") == [f"{prefix}:cat:$breaker-", f"{prefix}:cat:$worker-"]
+    assert index_mark(prefix, "catsat") == len(everything)
 
 
 async def test_a_layout_1_store_gets_its_indexes_and_trims_them(redis_url: str) -> None:
@@ -219,11 +180,11 @@ async def test_a_layout_1_store_gets_its_indexes_and_trims_them(redis_url: str) 
         redis_client.hset(f"{prefix}:versions", mapping=versions)  # type: ignore[arg-type]
         redis_client.set(f"{prefix}:head", len(history))
     async with agentfold.connect(redis_url) as store:
-        assert index_at(prefix) == 4 and indexed_positions(prefix, "$worker-") == [1, 3, 4]
+        assert index_mark(prefix, "catsat") == 4 and indexed_positions(prefix, "cat", "$worker-") == [1, 3, 4]
         await store.append("$worker-a", [NewEvent("Beat", {})], 2)
         assert await store.trim_stream("$worker-a", 3) == 2
-        everything = await assert_exact(store)
-        assert indexed_positions(prefix, "$worker-") == worker_positions(everything) == [4, 5]
+        everything = await assert_exact(store, QUERIES)
+        assert indexed_positions(prefix, "cat", "$worker-") == worker_positions(everything) == [4, 5]
         with client() as redis_client:
             assert redis_client.type(f"{prefix}:s:$worker-a") == b"stream"
 
@@ -243,8 +204,8 @@ async def test_an_index_key_of_another_type_refuses_the_appends_that_write_to_it
             redis_client.delete(f"{prefix}:cat:$worker-")
         await store.rebuild_open_runs()
         await store.append("$worker-b", [NewEvent("Beat", {})])
-        everything = await assert_exact(store)
-        assert indexed_positions(prefix, "$worker-") == worker_positions(everything) == [1, 3]
+        everything = await assert_exact(store, QUERIES)
+        assert indexed_positions(prefix, "cat", "$worker-") == worker_positions(everything) == [1, 3]
 
 
 async def test_an_index_holding_positions_past_the_head_refuses_its_appends_until_reindexed(redis_url: str) -> None:
@@ -260,5 +221,5 @@ async def test_an_index_holding_positions_past_the_head_refuses_its_appends_unti
         assert await store.stream_version("$worker-a") == 1 and await store.head_position() == 1
         await store.rebuild_open_runs()
         await store.append("$worker-a", [NewEvent("Beat", {})])
-        everything = await assert_exact(store)
-        assert indexed_positions(prefix, "$worker-") == worker_positions(everything) == [1, 2]
+        everything = await assert_exact(store, QUERIES)
+        assert indexed_positions(prefix, "cat", "$worker-") == worker_positions(everything) == [1, 2]

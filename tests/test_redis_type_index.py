@@ -17,16 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 import agentfold
 from agentfold.errors import StoreCorrupted, WrongExpectedVersion
 from agentfold.events import NewEvent, RecordedEvent
 from agentfold.store import EventStore
-from tests.backends import BACKENDS, REDIS_URL, require_service
+from tests.redis_indexes import (
+    assert_exact,
+    client,
+    fresh_url,
+    index_keys,
+    index_mark,
+    indexed_positions,
+    prefix_of,
+)
 from tests.test_cli import ok_json
 
-REDIS = next(backend for backend in BACKENDS if backend.name == "redis")
 TYPES = [f"T{number}" for number in range(7)]
 QUERIES: list[dict[str, Any]] = [
     {"types": ["T0"]},
@@ -42,42 +48,15 @@ QUERIES: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    require_service(REDIS)
-    url = REDIS.make_url(tmp_path)
-    yield url
-    REDIS.cleanup(url)
-
-
-def client() -> redis.Redis:
-    return redis.Redis.from_url(REDIS_URL.split("?")[0])
-
-
-def prefix_of(url: str) -> str:
-    return url.rsplit("prefix=", 1)[1].split("&")[0]
-
-
-def type_keys(prefix: str) -> list[str]:
-    with client() as redis_client:
-        return sorted(key.decode() for key in redis_client.scan_iter(match=f"{prefix}:type:*"))
-
-
-def indexed_positions(prefix: str, event_type: str) -> list[int]:
-    with client() as redis_client:
-        return [int(entry_id.split(b"-")[1]) for entry_id, _ in redis_client.xrange(f"{prefix}:type:{event_type}")]
-
-
-def types_at(prefix: str) -> int | None:
-    with client() as redis_client:
-        value = redis_client.get(f"{prefix}:typesat")
-    return None if value is None else int(value)
-
-
 def drop_type_indexes(prefix: str) -> None:
     """The keys as agentfold left them before it kept the type indexes."""
     with client() as redis_client:
-        redis_client.delete(f"{prefix}:typesat", f"{prefix}:types", *type_keys(prefix))
+        redis_client.delete(f"{prefix}:typesat", f"{prefix}:types", *index_keys(prefix, "type"))
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    yield from fresh_url(tmp_path)
 
 
 async def write(store: EventStore, rounds: int, tag: str = "") -> None:
@@ -103,44 +82,25 @@ async def write(store: EventStore, rounds: int, tag: str = "") -> None:
     await asyncio.gather(*(one(round_) for round_ in range(rounds)))
 
 
-async def assert_exact(store: EventStore) -> list[RecordedEvent]:
-    """Every query, read at several page sizes and from several positions, equals the unfiltered read filtered
-    here; the whole log is returned."""
-    everything = [event async for event in store.read_all()]
-    for query in QUERIES:
-        types, prefix = query.get("types"), query.get("stream_prefix")
-        for page_size in (1, 2, 5, 1000):
-            store.page_size = page_size
-            for after in (0, everything[len(everything) // 3].position, everything[-1].position):
-                expected = [
-                    event
-                    for event in everything
-                    if event.position > after
-                    and (types is None or event.type in types)
-                    and (prefix is None or event.stream_id.startswith(prefix))
-                ]
-                assert [event async for event in store.read_all(after, **query)] == expected, (query, after)
-    store.page_size = 1000
-    return everything
-
-
 def assert_indexed(prefix: str, everything: list[RecordedEvent]) -> None:
     """Each type index holds exactly the positions of the type's events, and no other type has one."""
     kinds = sorted({event.type for event in everything})
-    assert type_keys(prefix) == [f"{prefix}:type:{kind}" for kind in kinds]
+    assert index_keys(prefix, "type") == [f"{prefix}:type:{kind}" for kind in kinds]
     for kind in kinds:
-        assert indexed_positions(prefix, kind) == [event.position for event in everything if event.type == kind]
+        assert indexed_positions(prefix, "type", kind) == [event.position for event in everything if event.type == kind]
 
 
 async def test_appends_keep_the_index_of_their_types_as_of_the_head(redis_url: str) -> None:
     prefix = prefix_of(redis_url)
     async with agentfold.connect(redis_url) as store:
         await write(store, 60)
-        everything = await assert_exact(store)
-        assert types_at(prefix) == await store.head_position() == len(everything)
+        everything = await assert_exact(store, QUERIES)
+        assert index_mark(prefix, "typesat") == await store.head_position() == len(everything)
         assert_indexed(prefix, everything)
         with client() as redis_client:
-            assert {member.decode() for member in redis_client.smembers(f"{prefix}:types")} == set(type_keys(prefix))
+            assert {member.decode() for member in redis_client.smembers(f"{prefix}:types")} == set(
+                index_keys(prefix, "type")
+            )
 
 
 async def test_a_page_never_claims_a_position_a_later_match_falls_at_or_below(redis_url: str) -> None:
@@ -164,18 +124,21 @@ async def test_a_store_written_before_the_indexes_is_read_exactly_then_indexed_w
     async with agentfold.connect(redis_url) as store:
         await write(store, 30)
         drop_type_indexes(prefix)
-        await assert_exact(store)
+        await assert_exact(store, QUERIES)
         await write(store, 10, "x")  # behind the head: these appends keep no index
-        assert type_keys(prefix) == [] and types_at(prefix) is None
-        await assert_exact(store)
+        assert index_keys(prefix, "type") == [] and index_mark(prefix, "typesat") is None
+        await assert_exact(store, QUERIES)
     async with agentfold.connect(redis_url) as store:
         head = await store.head_position()
-        assert types_at(prefix) == head  # caught up when opened
-        everything = await assert_exact(store)
+        assert index_mark(prefix, "typesat") == head  # caught up when opened
+        everything = await assert_exact(store, QUERIES)
         assert_indexed(prefix, everything)
         written = await store.append("order-9", [NewEvent("T3", {})])
-        assert types_at(prefix) == head + 1 and indexed_positions(prefix, "T3")[-1] == written.position
-        assert_indexed(prefix, await assert_exact(store))
+        assert (
+            index_mark(prefix, "typesat") == head + 1
+            and indexed_positions(prefix, "type", "T3")[-1] == written.position
+        )
+        assert_indexed(prefix, await assert_exact(store, QUERIES))
 
 
 async def test_appends_that_kept_no_index_leave_it_behind_and_a_catch_up_brings_it_on(redis_url: str) -> None:
@@ -184,8 +147,8 @@ async def test_appends_that_kept_no_index_leave_it_behind_and_a_catch_up_brings_
     prefix = prefix_of(redis_url)
     async with agentfold.connect(redis_url) as store:
         await write(store, 20)
-        behind = types_at(prefix)
-        kept = [f"{prefix}:typesat", f"{prefix}:types", *type_keys(prefix)]
+        behind = index_mark(prefix, "typesat")
+        kept = [f"{prefix}:typesat", f"{prefix}:types", *index_keys(prefix, "type")]
         with client() as redis_client:
             dumped = {key: redis_client.dump(key) for key in kept}
         await write(store, 20, "y")
@@ -193,12 +156,12 @@ async def test_appends_that_kept_no_index_leave_it_behind_and_a_catch_up_brings_
             for key, value in dumped.items():
                 redis_client.restore(key, 0, value, replace=True)  # type: ignore[arg-type]
         await write(store, 5, "z")  # keeps nothing: the indexes are behind the head
-        assert types_at(prefix) == behind
-        await assert_exact(store)
+        assert index_mark(prefix, "typesat") == behind
+        await assert_exact(store, QUERIES)
         assert await store.backend.catch_up_type_indexes()  # type: ignore[attr-defined]
-        assert types_at(prefix) == await store.head_position()
+        assert index_mark(prefix, "typesat") == await store.head_position()
         await write(store, 5, "w")
-        assert_indexed(prefix, await assert_exact(store))
+        assert_indexed(prefix, await assert_exact(store, QUERIES))
 
 
 async def test_appends_during_a_catch_up_are_indexed_once_it_is_done(redis_url: str) -> None:
@@ -213,10 +176,10 @@ async def test_appends_during_a_catch_up_are_indexed_once_it_is_done(redis_url: 
             caught_up = [await store.backend.catch_up_type_indexes() for _ in range(3)]  # type: ignore[attr-defined]
             await writing
         assert await store.backend.catch_up_type_indexes()  # type: ignore[attr-defined]
-        assert caught_up[-1] or types_at(prefix) is not None
-        assert types_at(prefix) == await store.head_position()
+        assert caught_up[-1] or index_mark(prefix, "typesat") is not None
+        assert index_mark(prefix, "typesat") == await store.head_position()
         await write(store, 5, "d")
-        assert_indexed(prefix, await assert_exact(store))
+        assert_indexed(prefix, await assert_exact(store, QUERIES))
 
 
 async def test_trimmed_positions_leave_the_indexes(redis_url: str) -> None:
@@ -226,7 +189,7 @@ async def test_trimmed_positions_leave_the_indexes(redis_url: str) -> None:
         for stream in ("order-1", "item-0"):
             version = await store.stream_version(stream)
             assert await store.trim_stream(stream, version - 1) == version - 2
-        everything = await assert_exact(store)
+        everything = await assert_exact(store, QUERIES)
         assert_indexed(prefix, everything)
 
 
@@ -239,11 +202,11 @@ def test_reindex_puts_damaged_indexes_right(redis_url: str) -> None:
 
     async def check() -> list[RecordedEvent]:
         async with agentfold.connect(redis_url) as store:
-            return await assert_exact(store)
+            return await assert_exact(store, QUERIES)
 
     asyncio.run(fill())
     with client() as redis_client:  # an entry gone, one for an event of another type, a stray index
-        first = indexed_positions(prefix, "T0")[0]
+        first = indexed_positions(prefix, "type", "T0")[0]
         redis_client.xdel(f"{prefix}:type:T0", f"0-{first}")
         redis_client.xadd(f"{prefix}:type:T1", {"p": ""}, id="0-999999")
         redis_client.sadd(f"{prefix}:types", f"{prefix}:type:Stray")
@@ -253,7 +216,7 @@ def test_reindex_puts_damaged_indexes_right(redis_url: str) -> None:
 
     everything = asyncio.run(check())
     assert_indexed(prefix, everything)
-    assert types_at(prefix) == len(everything)
+    assert index_mark(prefix, "typesat") == len(everything)
 
 
 async def test_a_layout_1_store_gets_its_type_indexes_and_trims_them(redis_url: str) -> None:
@@ -271,10 +234,10 @@ async def test_a_layout_1_store_gets_its_type_indexes_and_trims_them(redis_url: 
         redis_client.hset(f"{prefix}:versions", mapping=versions)  # type: ignore[arg-type]
         redis_client.set(f"{prefix}:head", len(history))
     async with agentfold.connect(redis_url) as store:
-        assert types_at(prefix) == 5 and indexed_positions(prefix, "T0") == [1, 5]
+        assert index_mark(prefix, "typesat") == 5 and indexed_positions(prefix, "type", "T0") == [1, 5]
         await store.append("order-1", [NewEvent("T0", {})], 3)
         assert await store.trim_stream("order-1", 3) == 2
-        everything = await assert_exact(store)
+        everything = await assert_exact(store, QUERIES)
         assert [event.position for event in everything] == [2, 4, 5, 6]
         assert_indexed(prefix, everything)
         with client() as redis_client:
@@ -291,9 +254,9 @@ async def test_a_type_index_key_of_another_type_refuses_the_appends_that_write_t
         with pytest.raises(StoreCorrupted):
             await store.append("order-2", [NewEvent("T1", {}), NewEvent("T0", {})])
         assert await store.stream_version("order-2") == 0 and await store.head_position() == 1
-        assert type_keys(prefix) == [f"{prefix}:type:T0"]  # the refused append added no T1 index either
+        assert index_keys(prefix, "type") == [f"{prefix}:type:T0"]  # the refused append added no T1 index either
         with client() as redis_client:
             redis_client.delete(f"{prefix}:type:T0")
         await store.rebuild_open_runs()
         await store.append("order-2", [NewEvent("T1", {}), NewEvent("T0", {})])
-        assert_indexed(prefix, await assert_exact(store))
+        assert_indexed(prefix, await assert_exact(store, QUERIES))
