@@ -635,7 +635,7 @@ async def test_cache_options_set_the_read_connections_and_the_writer_s_cache(db_
 
 
 async def test_checkpoint_pages_sets_how_much_log_a_commit_copies_at_once(db_path: Path) -> None:
-    for url_tail, pages in (("", 1000), ("?checkpoint_pages=4000", 4000)):
+    for url_tail, pages in (("", 2000), ("?checkpoint_pages=1000", 1000)):
         store = await open_sqlite(db_path, url_tail)
         try:
             # private: the PRAGMA as the writer's connection sees it, run as a write job in the writer thread

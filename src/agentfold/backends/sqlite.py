@@ -82,12 +82,12 @@ DEFAULT_WRITE_CACHE_MB: Final = 32
 store's tables and indexes no longer fit, so appends read them from the file again: at 5M events, an append to a
 random stream read 4.5 pages from the file instead of 3.6 (docs/benchmarks.md, "The log grows"). Memory is taken
 only as pages are read."""
-DEFAULT_CHECKPOINT_PAGES: Final = 1000
-"""WAL pages after which a commit copies the log into the database file (SQLite's `wal_autocheckpoint`, whose
-default this is): the commit that reaches it waits for the copy and its fsync, about 1 in 125 one-event appends.
-Larger checkpoints stall fewer commits and copy a page many commits change once instead of several times, but each
-stall is longer: at 5M events 4,000 pages gave appends to random streams a p99 of 0.66 ms instead of 0.80 and 7%
-more events/s from 16 writers, and a p99.9 of 17 ms instead of 5.9 (docs/measurements.md)."""
+DEFAULT_CHECKPOINT_PAGES: Final = 2000
+"""WAL pages after which a commit copies the log into the database file (SQLite's `wal_autocheckpoint`). The commit
+that reaches it waits for the copy and its fsync. Twice SQLite's default, so that this commit is about 1 in 290
+one-event appends, not 1 in 150: rarer than 1 in 200, the p99 of appends is the append's own cost and not the
+checkpoint's, on a large store as on a small one. The price is a stall about 1.6 times as long for the commit that
+pays it (a higher p99.9); `checkpoint_pages=1000` is the other side of that trade (docs/measurements.md)."""
 SYNCHRONOUS_MODES: Final = ("FULL", "NORMAL")
 POLL_INTERVAL: Final = 0.025
 """How often `_wait_for_append` looks for appends made by other processes (seconds)."""
@@ -1621,7 +1621,7 @@ async def open_store(url: str, *, create: bool = True, **options: Any) -> SQLite
     Options, in the URL query or as keywords (keywords win): `synchronous` = `FULL` (default) or `NORMAL`,
     `busy_timeout` in milliseconds (default 5000), `max_event_size`, `blob_threshold` and `max_blob_size` in bytes,
     `read_cache_mb` and `write_cache_mb`: the page cache of each read connection and of the writer (default 32
-    each), `checkpoint_pages`: the WAL pages after which a commit copies the log into the file (default 1000).
+    each), `checkpoint_pages`: the WAL pages after which a commit copies the log into the file (default 2000).
     Bad options raise `InvalidURL`.
     With `create=False` a missing file, or one without agentfold's tables, raises `StoreNotFound` untouched.
     """

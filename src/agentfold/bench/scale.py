@@ -82,7 +82,7 @@ class Turns:
     writers per turn, worker restarts and runs pages per side."""
 
     rounds: int = 4
-    appends: int = 250
+    appends: int = 1000
     seconds: float = 1.5
     worker_starts: int = 3
     runs_pages: int = 5
