@@ -10,8 +10,8 @@ for a signal). So 5M events hold 100k streams of orders and 100k runs. Then, on 
 - a worker's start until it is ready, on a fresh connection: the first workers the store ever had (several, started
   one after another as a fleet starts, before any has saved a registry snapshot), and a restart (which finds the
   registry snapshot the worker before it saved);
-- the first trigger dispatch of those first workers: from appending the triggering event to the run it starts
-  (a new trigger group reads the whole log for its event type);
+- the first trigger dispatches of those first workers: from appending a triggering event to the run it starts
+  (a new trigger group reads the whole log for its event type), the median of the group's first three;
 - the `agentfold workflows --limit 50` path (the runs index brought up to date, one page, the page's runs folded),
   after the index was built once (that build is reported too);
 - bytes per event on disk beside the payload bytes per event.
@@ -68,12 +68,15 @@ DOMAIN_TYPES: Final = ("OrderPlaced", "OrderUpdated", "OrderPaid", "OrderShipped
 FILL_TASKS: Final = 32
 """Units appended at once while filling: their appends share the backend's group commits."""
 KICK_TYPE: Final = "ScaleBenchKick"
-"""The event type of the bench's trigger: appended once per size, after the fill."""
+"""The event type of the bench's trigger: appended three times per size, after the fill."""
 WAITING_RUNS: Final = 20
 """The runs a fill leaves waiting for a signal, at every size (`first_waiting_unit`)."""
 REFERENCE_SIZE: Final = 20_000
 """The size of the reference store measured in turns with each size (the smallest size, if smaller)."""
 PAGE_LIMIT: Final = 50
+KICKS: Final = 3
+"""Triggering events appended one after another per size: the median of the trigger group's first dispatches is
+reported: one dispatch alone, which waits on wake-ups and fsyncs, moved too much from one try to the next."""
 DISPATCH_TIMEOUT: Final = 600.0
 
 
@@ -424,10 +427,13 @@ async def worker_figures(filled: Filled, reference: Filled, turns: Turns) -> Fig
             running.append((connected, worker))
             firsts.append(elapsed)
         figures["worker_first_ready_ms"] = statistics.median(firsts)
-        kick = NewEvent(KICK_TYPE, {"kick": tag})
-        began = time.perf_counter()
-        await store.append(f"kick-{tag}", [kick])
-        figures["trigger_first_dispatch_ms"] = await _until_started(store, began, f"{KICK_TRIGGER.name}-{kick.id}")
+        dispatches = []
+        for kick_number in range(KICKS):
+            kick = NewEvent(KICK_TYPE, {"kick": tag, "number": kick_number})
+            began = time.perf_counter()
+            await store.append(f"kick-{tag}", [kick])
+            dispatches.append(await _until_started(store, began, f"{KICK_TRIGGER.name}-{kick.id}"))
+        figures["trigger_first_dispatch_ms"] = statistics.median(dispatches)
     finally:
         for connected, worker in reversed(running):
             await _close_worker(store, connected, worker)
