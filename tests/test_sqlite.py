@@ -16,6 +16,9 @@ import agentfold
 from agentfold import ANY, NO_STREAM, AppendResult, NewEvent, StreamSnapshot
 from agentfold.appending import Watched, WatchedStreamMoved
 
+# private: POLL_INTERVAL, how often a store looks for other processes' appends, is switched off by the wake-up tests
+from agentfold.backends import sqlite as sqlite_backend
+
 # private: _fetch_page_records runs on a connection whose string limit a test lowers (no public knob); the filtered
 # reads' statements are planned by hand to show which index serves them
 from agentfold.backends.sqlite import (
@@ -816,3 +819,57 @@ async def test_a_schema_5_file_reads_as_before_and_stores_what_comes_after_by_co
     assert [event.version for event in after["backwards"]] == [6, 5, 4]
     assert after["blob"] == ["001", "002", "003"]
     assert [event.position for event in after["all"]] == list(range(1, len(after["all"]) + 1))
+
+
+async def test_an_append_wakes_the_readers_of_other_stores_of_this_process_on_the_file(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With polling for other processes' appends switched off, only the wake of a store on the same file can end
+    # these waits: one in this event loop, one in a loop of its own thread (as the sync API runs).
+    monkeypatch.setattr(sqlite_backend, "POLL_INTERVAL", 3600.0)
+    writer, neighbour = await open_sqlite(db_path), await open_sqlite(db_path)
+    waiting_elsewhere, woken_elsewhere = threading.Event(), threading.Event()
+
+    def wait_in_own_loop() -> None:
+        async def wait() -> None:
+            store = await open_sqlite(db_path)
+            try:
+                waiting = asyncio.create_task(store.wait_for_append(0, 3600))
+                await asyncio.sleep(0)
+                waiting_elsewhere.set()
+                await asyncio.wait_for(waiting, 60)
+                woken_elsewhere.set()
+            finally:
+                await store.close()
+
+        asyncio.run(wait())
+
+    thread = threading.Thread(target=wait_in_own_loop)
+    thread.start()
+    try:
+        waiting_here = asyncio.create_task(neighbour.wait_for_append(0, 3600))
+        await asyncio.to_thread(waiting_elsewhere.wait, 60)
+        await asyncio.sleep(0)
+        assert not waiting_here.done()
+        await writer.append("order-1", [NewEvent("OrderPlaced", {})], NO_STREAM)
+        await asyncio.wait_for(waiting_here, 60)
+        assert await asyncio.to_thread(woken_elsewhere.wait, 60)
+    finally:
+        await asyncio.to_thread(thread.join, 60)
+        await writer.close()
+        await neighbour.close()
+
+
+async def test_a_store_closed_on_the_file_does_not_keep_an_append_from_waking_the_others(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "POLL_INTERVAL", 3600.0)
+    writer, closed, open_one = await open_sqlite(db_path), await open_sqlite(db_path), await open_sqlite(db_path)
+    await closed.close()
+    try:
+        await writer.append("order-1", [NewEvent("OrderPlaced", {})], NO_STREAM)
+        await asyncio.wait_for(open_one.wait_for_append(0, 3600), 60)
+        assert [event.stream_id async for event in open_one.read_all()] == ["order-1"]
+    finally:
+        await writer.close()
+        await open_one.close()

@@ -34,6 +34,7 @@ import queue
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,7 +91,8 @@ checkpoint's, on a large store as on a small one. The price is a stall about 1.6
 pays it (a higher p99.9); `checkpoint_pages=1000` is the other side of that trade (docs/measurements.md)."""
 SYNCHRONOUS_MODES: Final = ("FULL", "NORMAL")
 POLL_INTERVAL: Final = 0.025
-"""How often `_wait_for_append` looks for appends made by other processes (seconds)."""
+"""How often `wait_for_append` looks for appends made by other processes (seconds); stores of this process on the
+same file wake each other at once (`_SameFileStores`)."""
 MAX_GROUP_APPENDS: Final = 1000
 MAX_GROUP_EVENTS: Final = 20_000
 READ_THREADS: Final = 2
@@ -1144,6 +1146,35 @@ class _Writer:
         connection.execute("RELEASE one_request")
 
 
+class _SameFileStores:
+    """The stores this process has open on each database file, so that an append wakes the waiting readers of the
+    others at once. SQLite tells no one of a commit; without this, a worker and an app that each opened the file in
+    one process would see each other's appends only at their next poll (`POLL_INTERVAL`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_file: dict[tuple[int, int], weakref.WeakSet[SQLiteBackend]] = {}
+
+    def join(self, file: tuple[int, int], backend: SQLiteBackend) -> None:
+        with self._lock:
+            self._by_file.setdefault(file, weakref.WeakSet()).add(backend)
+
+    def leave(self, file: tuple[int, int], backend: SQLiteBackend) -> None:
+        with self._lock:
+            stores = self._by_file.get(file)
+            if stores is not None:
+                stores.discard(backend)
+                if not stores:
+                    del self._by_file[file]
+
+    def others(self, file: tuple[int, int], backend: SQLiteBackend) -> list[SQLiteBackend]:
+        with self._lock:
+            return [store for store in self._by_file.get(file, ()) if store is not backend]
+
+
+_SAME_FILE: Final = _SameFileStores()
+
+
 class SQLiteBackend:
     """The I/O of an event store in one SQLite file: a writer thread committing groups, reader threads."""
 
@@ -1177,6 +1208,9 @@ class SQLiteBackend:
         self._read_connections_lock = threading.Lock()
         self._appended = Broadcast()
         self._committed_position = 0
+        status = os.stat(settings.path)
+        self._file = (status.st_dev, status.st_ino)
+        _SAME_FILE.join(self._file, self)
 
     @property
     def path(self) -> str:
@@ -1228,7 +1262,21 @@ class SQLiteBackend:
                     self._committed_position = outcome.position
         if appended:
             self._appended.wake()
+            for other in _SAME_FILE.others(self._file, self):
+                other._appended_elsewhere(self._committed_position)
         return outcomes
+
+    def _appended_elsewhere(self, position: int) -> None:
+        """Another store of this process committed up to `position` in this file: this one's readers, waiting now
+        or about to wait for what is below it, return at once. Run in this store's own loop (the other store may
+        run in another thread, as the sync API's does)."""
+        with contextlib.suppress(RuntimeError):  # this store's loop is closed: nobody waits in it
+            self._loop.call_soon_threadsafe(self._take_committed, position)
+
+    def _take_committed(self, position: int) -> None:
+        if position > self._committed_position:
+            self._committed_position = position
+        self._appended.wake()
 
     # -- reads -----------------------------------------------------------------------------------------------------
 
@@ -1459,6 +1507,7 @@ class SQLiteBackend:
         """Let the writer commit everything queued before the close, then stop the threads and close connections."""
         self._closed = True
         await self._committer.close()
+        _SAME_FILE.leave(self._file, self)
         self._writer.stop()
         await asyncio.to_thread(self._writer.thread.join)
         await asyncio.to_thread(self._readers.shutdown, True)
