@@ -88,8 +88,8 @@ class Turns:
     rounds: int = 4
     appends: int = 1000
     seconds: float = 1.5
-    worker_starts: int = 3
-    runs_pages: int = 5
+    worker_starts: int = 5
+    runs_pages: int = 9
 
     @classmethod
     def quick(cls) -> Turns:
