@@ -522,14 +522,20 @@ async def measure_size(
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each size's figures beside `<figure>_vs_smallest`: its ratio to the same figure at the smallest size."""
+    """Each size's figures beside `<figure>_vs_smallest`: its ratio to the same figure at the smallest size.
+
+    A figure measured in turns with the reference also has its `_vs_reference` ratio compared between sizes
+    (`<figure>_vs_reference_vs_smallest`): the reference is one store measured beside every size, so this
+    takes out how much the machine moved between the minutes of the smallest size and those of this one,
+    which the plain ratio cannot tell from the size's own effect."""
     if not rows:
         return rows
     smallest = rows[0]["figures"]
+    names = [*RATIO_FIGURES, *(f"{name}_vs_reference" for name in RATIO_FIGURES)]
     for row in rows:
         row["ratios"] = {
             f"{name}_vs_smallest": row["figures"][name] / smallest[name]
-            for name in RATIO_FIGURES
+            for name in names
             if name in row["figures"] and smallest.get(name)
         }
     return rows
