@@ -83,22 +83,24 @@ DISPATCH_TIMEOUT: Final = 600.0
 @dataclass(frozen=True)
 class Turns:
     """How much each size is measured: turns with the reference, one-at-a-time appends per turn, seconds of 16
-    writers per turn, worker restarts and runs pages per side."""
+    writers per turn, worker restarts and runs pages per side, and the first workers started on each store (few:
+    each runs while the next starts, and wakes for its start)."""
 
     rounds: int = 4
     appends: int = 1000
     seconds: float = 1.5
     worker_starts: int = 5
     runs_pages: int = 9
+    first_workers: int = 3
 
     @classmethod
     def quick(cls) -> Turns:
-        return cls(rounds=2, appends=150, seconds=1.0, worker_starts=3, runs_pages=3)
+        return cls(rounds=2, appends=150, seconds=1.0, worker_starts=3, runs_pages=3, first_workers=3)
 
     @classmethod
     def tiny(cls) -> Turns:
         """For tests: one of everything."""
-        return cls(rounds=1, appends=10, seconds=0.1, worker_starts=1, runs_pages=1)
+        return cls(rounds=1, appends=10, seconds=0.1, worker_starts=1, runs_pages=1, first_workers=1)
 
 
 RATIO_FIGURES: Final = (
@@ -413,7 +415,7 @@ async def worker_figures(filled: Filled, reference: Filled, turns: Turns) -> Fig
     """The first workers' start (no registry snapshot yet), their first trigger dispatch, and restarts (each
     with the registry the worker before saved), in turns with restarts on the reference store.
 
-    The first start is measured `turns.worker_starts` times, as a fleet starts on a store: each worker started
+    The first start is measured `turns.first_workers` times, as a fleet starts on a store: each worker started
     while those before it still run, so none has stopped and saved a registry snapshot yet. The median is
     reported: a single start is a few fsyncs, which move it too much from one try to the next."""
     figures: Figures = {}
@@ -422,7 +424,7 @@ async def worker_figures(filled: Filled, reference: Filled, turns: Turns) -> Fig
     running: list[tuple[EventStore, Any]] = []
     firsts: list[float] = []
     try:
-        for attempt in range(turns.worker_starts):
+        for attempt in range(turns.first_workers):
             connected, worker, elapsed = await _open_worker(filled.url, store, f"scale-{tag}-first-{attempt}")
             running.append((connected, worker))
             firsts.append(elapsed)
