@@ -26,7 +26,7 @@ import time
 import traceback
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -195,14 +195,12 @@ class ConsumerGroupMember:
             if len(self._leases) <= share:
                 break
             await self._release(partition)
-        for partition in list(self._leases):
-            await self._renew(partition)
-        if len(self._leases) < share:
-            for partition in self._claim_order(live):
-                if len(self._leases) >= share:
-                    break
-                if partition not in self._leases:
-                    await self._try_claim(partition, now)
+        await _all_done(self._renew(partition) for partition in list(self._leases))
+        candidates = [partition for partition in self._claim_order(live) if partition not in self._leases]
+        while len(self._leases) < share and candidates:
+            wanted = share - len(self._leases)
+            await _all_done(self._try_claim(partition, now) for partition in candidates[:wanted])
+            candidates = candidates[wanted:]
 
     def _claim_order(self, live: list[str]) -> list[int]:
         """Start with the partitions a round-robin assignment would give us, so members rarely race."""
@@ -284,12 +282,14 @@ class ConsumerGroupMember:
             del self._leases[partition]
 
     async def _release_all(self) -> None:
-        for partition in list(self._leases):
+        async def release(partition: int) -> None:
             try:
                 await self._release(partition)
             except Exception:  # the store may be gone; the lease then simply expires
                 logger.exception("could not release partition %d of %s", partition, self.settings.name)
                 self._leases.pop(partition, None)
+
+        await _all_done(release(partition) for partition in list(self._leases))
         try:
             # Counted as gone at once, not when its last heartbeat runs out: a member that joins meanwhile
             # (a worker restarted under a new id) takes every partition instead of its share of two.
@@ -397,6 +397,16 @@ class ConsumerGroupMember:
             return
         after = min(lease.processed for lease in self._leases.values())
         await self.store.wait_for_append(after, wait, until=self._stopping)
+
+
+async def _all_done(upkeep: Iterable[Awaitable[None]]) -> None:
+    """Run the lease writes of several partitions at once, each to its own stream, so that the backend commits
+    them together (one group commit) where one after another each waited for its own; every one has finished
+    before this returns, and the first failure is raised then."""
+    outcomes = await asyncio.gather(*upkeep, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 async def dead_letters(store: EventLog, group: str) -> list[RecordedEvent]:
