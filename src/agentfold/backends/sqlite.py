@@ -1252,18 +1252,14 @@ class SQLiteBackend:
         return outcome
 
     async def _commit_group(self, group: list[_Request]) -> list[Any]:
-        """Commit a group in the writer thread, then wake the waiting readers when it appended."""
+        """Commit a group in the writer thread, then wake the waiting readers, this store's and those of the other
+        stores of this process on the file, when it appended."""
         outcomes = await self._writer.commit(group)
-        appended = False
-        for outcome in outcomes:
-            if type(outcome) is AppendResult:
-                appended = True
-                if outcome.position > self._committed_position:
-                    self._committed_position = outcome.position
-        if appended:
-            self._appended.wake()
+        last = max((outcome.position for outcome in outcomes if type(outcome) is AppendResult), default=0)
+        if last:
+            self._take_committed(last)
             for other in _SAME_FILE.others(self._file, self):
-                other._appended_elsewhere(self._committed_position)
+                other._appended_elsewhere(last)
         return outcomes
 
     def _appended_elsewhere(self, position: int) -> None:
@@ -1274,6 +1270,7 @@ class SQLiteBackend:
             self._loop.call_soon_threadsafe(self._take_committed, position)
 
     def _take_committed(self, position: int) -> None:
+        """Events up to `position` are committed: wake this store's waiting readers."""
         if position > self._committed_position:
             self._committed_position = position
         self._appended.wake()
