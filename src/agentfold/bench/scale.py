@@ -68,7 +68,7 @@ DOMAIN_TYPES: Final = ("OrderPlaced", "OrderUpdated", "OrderPaid", "OrderShipped
 FILL_TASKS: Final = 32
 """Units appended at once while filling: their appends share the backend's group commits."""
 KICK_TYPE: Final = "ScaleBenchKick"
-"""The event type of the bench's trigger: appended three times per size, after the fill."""
+"""The event type of the bench's trigger: appended `KICKS` times per size, after the fill."""
 WAITING_RUNS: Final = 20
 """The runs a fill leaves waiting for a signal, at every size (`first_waiting_unit`)."""
 REFERENCE_SIZE: Final = 20_000
