@@ -1,9 +1,11 @@
 """What the tests of Redis's position indexes share (`test_redis_category_index`, `test_redis_type_index`): a store
-of their own, the index keys as Redis holds them, and the check that filtered reads equal the unfiltered read
-filtered here."""
+of their own, the index keys as Redis holds them, a store as layout 1 left it, keys put back as an older agentfold
+leaves them, and the check that filtered reads equal the unfiltered read filtered here."""
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,3 +74,30 @@ async def assert_exact(store: EventStore, queries: list[dict[str, Any]]) -> list
                 assert [event async for event in store.read_all(after, **query)] == expected, (query, after)
     store.page_size = 1000
     return everything
+
+
+@contextlib.contextmanager
+def put_back(keys: list[str]) -> Iterator[None]:
+    """The `keys` as they were on entry, put back on exit: what the appends made meanwhile leave of them is as if
+    an older agentfold, which kept none of them, had made those appends."""
+    with client() as redis_client:
+        dumped = {key: redis_client.dump(key) for key in keys}
+    yield
+    with client() as redis_client:
+        for key, value in dumped.items():
+            redis_client.restore(key, 0, value, replace=True)  # type: ignore[arg-type]
+
+
+def write_layout_1_store(prefix: str, history: list[tuple[str, str]]) -> None:
+    """A store as agentfold's layout 1 left it (each stream a Redis stream, ids in the `ids` hash), holding one event
+    of each (stream id, type) of `history`, in order."""
+    versions: dict[str, int] = {}
+    with client() as redis_client:
+        for position, (stream, kind) in enumerate(history, 1):
+            version = versions[stream] = versions.get(stream, 0) + 1
+            entry = f'[{version},{position},1796400000000000,"{stream}","{kind}","{uuid.uuid4()}",{{}},{{}}]'
+            redis_client.xadd(f"{prefix}:s:{stream}", {"e": entry}, id=f"0-{version}")
+            redis_client.xadd(f"{prefix}:all", {"e": entry}, id=f"0-{position}")
+            redis_client.hset(f"{prefix}:ids", str(uuid.uuid4()), f"{version} 1 1 {position} {stream}")
+        redis_client.hset(f"{prefix}:versions", mapping=versions)  # type: ignore[arg-type]
+        redis_client.set(f"{prefix}:head", len(history))

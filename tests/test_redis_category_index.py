@@ -11,7 +11,6 @@ appends that would write to it, writing nothing.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ from tests.redis_indexes import (
     index_mark,
     indexed_positions,
     prefix_of,
+    put_back,
+    write_layout_1_store,
 )
 from tests.test_cli import ok_json
 
@@ -107,12 +108,8 @@ async def test_appends_that_kept_no_index_leave_it_behind_and_a_catch_up_brings_
         await write(store, 6)
         behind = index_mark(prefix, "catsat")
         kept = [f"{prefix}:catsat", f"{prefix}:cats", *index_keys(prefix, "cat")]
-        with client() as redis_client:
-            dumped = {key: redis_client.dump(key) for key in kept}
-        await write(store, 6, "y")
-        with client() as redis_client:  # as if an older agentfold had appended those
-            for key, value in dumped.items():
-                redis_client.restore(key, 0, value, replace=True)  # type: ignore[arg-type]
+        with put_back(kept):  # as if an older agentfold had appended those
+            await write(store, 6, "y")
         await write(store, 2, "z")  # keeps nothing: the index is behind the head
         assert index_mark(prefix, "catsat") == behind
         everything = await assert_exact(store, QUERIES)
@@ -169,16 +166,7 @@ async def test_a_layout_1_store_gets_its_indexes_and_trims_them(redis_url: str) 
     """A store created before layout 2 (each stream a Redis stream) is indexed like any other when opened."""
     prefix = prefix_of(redis_url)
     history = [("$worker-a", "Beat"), ("order-1", "Placed"), ("$worker-a", "Beat"), ("$worker-b", "Stopped")]
-    versions: dict[str, int] = {}
-    with client() as redis_client:
-        for position, (stream, kind) in enumerate(history, 1):
-            version = versions[stream] = versions.get(stream, 0) + 1
-            entry = f'[{version},{position},1796400000000000,"{stream}","{kind}","{uuid.uuid4()}",{{}},{{}}]'
-            redis_client.xadd(f"{prefix}:s:{stream}", {"e": entry}, id=f"0-{version}")
-            redis_client.xadd(f"{prefix}:all", {"e": entry}, id=f"0-{position}")
-            redis_client.hset(f"{prefix}:ids", str(uuid.uuid4()), f"{version} 1 1 {position} {stream}")
-        redis_client.hset(f"{prefix}:versions", mapping=versions)  # type: ignore[arg-type]
-        redis_client.set(f"{prefix}:head", len(history))
+    write_layout_1_store(prefix, history)
     async with agentfold.connect(redis_url) as store:
         assert index_mark(prefix, "catsat") == 4 and indexed_positions(prefix, "cat", "$worker-") == [1, 3, 4]
         await store.append("$worker-a", [NewEvent("Beat", {})], 2)
